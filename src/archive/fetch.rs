@@ -1,0 +1,233 @@
+//! wal-fetch: hand PostgreSQL the file it asks `restore_command` for, verified, and prefetch the next segments.
+//!
+//! Invariants:
+//! - `%p` is written through a temp file in its directory and renamed only after size and blake3 match the
+//!   object header; nothing partial or unverified is ever visible at `%p`.
+//! - "Not in the archive" is returned only on a definitive answer from storage; every other failure is an error
+//!   that must stop recovery.
+//! - A `.partial` is served only when asked for by its own name.
+//! - Prefetched objects are verified again when served; one prefetcher at a time (lock).
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
+
+use super::{ArchiveContext, blocking};
+use crate::Error;
+use crate::codec;
+use crate::repository::{self, store};
+use crate::spool::{Lock, Spool};
+use crate::wal::{SegmentName, SegmentSize, WalFileName};
+
+/// Where a served file came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source {
+    /// The prefetch queue in the spool.
+    Spool,
+    /// The repository.
+    Repository,
+}
+
+/// What one wal-fetch call did.
+#[derive(Debug, Clone)]
+pub struct FetchReport {
+    /// The name served.
+    pub name: WalFileName,
+    /// Raw bytes written to `%p`.
+    pub raw_size: u64,
+    /// Where it came from.
+    pub source: Source,
+    /// Wall time.
+    pub elapsed_ms: u64,
+}
+
+/// Fetch `name` (PostgreSQL's `%f`) into `dest` (`%p`).
+#[tracing::instrument(skip_all, fields(segment = name))]
+pub async fn run(ctx: &ArchiveContext, name: &str, dest: &Path) -> Result<FetchReport, Error> {
+    let started = Instant::now();
+    let wal_name: WalFileName = name.parse()?;
+    if let WalFileName::Segment(_) = wal_name {
+        ctx.spool.set_wanted(name)?;
+    }
+
+    // Served from the prefetch queue if a verified copy is there.
+    let spool = ctx.spool.clone();
+    let (n, d) = (name.to_owned(), dest.to_path_buf());
+    let from_spool = blocking(move || {
+        let Some(object) = spool.read_prefetched(&n)? else { return Ok(None) };
+        let result = write_verified(&object, &d, &format!("{}", spool.prefetched_path(&n).display()));
+        spool.remove_prefetched(&n)?;
+        match result {
+            Ok(size) => Ok(Some(size)),
+            Err(e) => {
+                tracing::warn!(segment = %n, error = %e, "discarding a bad prefetched copy; fetching from the repository");
+                Ok(None)
+            }
+        }
+    })
+    .await?;
+
+    let (raw_size, source) = match from_spool {
+        Some(size) => (size, Source::Spool),
+        None => {
+            let key = repository::wal_key(&wal_name);
+            let object = match ctx.storage.get(&key).await {
+                Ok(o) => o,
+                Err(e) if e.is_not_found() => {
+                    return Err(Error::NotInArchive { name: name.to_owned(), backend: ctx.storage.to_string() });
+                }
+                Err(e) => return Err(e.into()),
+            };
+            let what = format!("{}/{key}", ctx.storage);
+            let d = dest.to_path_buf();
+            (blocking(move || write_verified(&object, &d, &what)).await?, Source::Repository)
+        }
+    };
+    Ok(FetchReport { name: wal_name, raw_size, source, elapsed_ms: started.elapsed().as_millis() as u64 })
+}
+
+/// Decode `object` into a temp file beside `dest`, verify, and rename it into place.
+fn write_verified(object: &[u8], dest: &Path, what: &str) -> Result<u64, Error> {
+    let dir = match dest.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    let werr = |source| Error::WriteDestination { path: dest.to_path_buf(), source };
+    let mut tmp = tempfile::Builder::new().prefix(".wal-fetch-").tempfile_in(&dir).map_err(werr)?;
+    let header = {
+        let mut out = std::io::BufWriter::with_capacity(1 << 20, tmp.as_file_mut());
+        let header = codec::decode(object, &mut out).map_err(|e| match e {
+            codec::Error::Io(source) => werr(source),
+            other => Error::Corrupt { what: what.to_owned(), source: other },
+        })?;
+        std::io::Write::flush(&mut out).map_err(werr)?;
+        header
+    };
+    // No fsync: after a crash PostgreSQL asks for the file again; the rename keeps %p all-or-nothing.
+    tmp.persist(dest).map_err(|e| werr(e.error))?;
+    Ok(header.raw_size)
+}
+
+/// Remove prefetched files outside the window after `wanted`; return the window's names not yet in the spool.
+fn plan_prefetch(
+    spool: &Spool,
+    wanted: SegmentName,
+    size: SegmentSize,
+    depth: usize,
+) -> Result<Vec<SegmentName>, Error> {
+    let mut window = Vec::with_capacity(depth);
+    let mut next = wanted;
+    for _ in 0..depth {
+        next = next.next(size)?;
+        window.push(next);
+    }
+    let names: Vec<String> = window.iter().map(ToString::to_string).collect();
+    let present = spool.prefetched_names()?;
+    for stale in present.iter().filter(|n| !names.contains(n)) {
+        spool.remove_prefetched(stale)?;
+    }
+    Ok(window.into_iter().filter(|s| !present.contains(&s.to_string())).collect())
+}
+
+/// The prefetcher: keep the next `fetch_prefetch` segments after the newest wanted one in the spool, until the
+/// archive ends or PostgreSQL stops asking. Returns at once if another prefetcher holds the lock.
+pub async fn prefetch(ctx: &ArchiveContext, idle_exit: Duration) -> Result<usize, Error> {
+    let depth = ctx.settings.fetch_prefetch;
+    let lock_path = ctx.spool.fetch_lock_path();
+    let Some(_lock) = blocking(move || Lock::try_acquire(&lock_path).map_err(Error::from)).await? else {
+        return Ok(0);
+    };
+    let Some(cluster) = store::cluster_info(ctx.storage.as_ref()).await? else { return Ok(0) };
+    let size = SegmentSize::new(cluster.wal_segment_size)?;
+    let mut fetched = 0usize;
+    let mut last_progress = Instant::now();
+    let mut end_of_archive: Option<SegmentName> = None;
+    loop {
+        let wanted = ctx.spool.wanted()?.and_then(|w| w.parse::<SegmentName>().ok());
+        let Some(wanted) = wanted else { return Ok(fetched) };
+        let todo: Vec<SegmentName> = plan_prefetch(&ctx.spool, wanted, size, depth)?
+            .into_iter()
+            .filter(|s| end_of_archive.is_none_or(|end| *s < end))
+            .collect();
+        if todo.is_empty() {
+            if last_progress.elapsed() > idle_exit {
+                return Ok(fetched);
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            continue;
+        }
+        let (n, missing) = fetch_into_spool(ctx, todo).await;
+        fetched += n;
+        if n > 0 {
+            last_progress = Instant::now();
+        }
+        if let Some(m) = missing {
+            // The archive ends here for now; stop rather than poll storage for WAL that may never come.
+            end_of_archive = Some(m);
+            if n == 0 {
+                return Ok(fetched);
+            }
+        }
+    }
+}
+
+/// Download segments into the spool in parallel; returns how many were stored and the first missing one.
+async fn fetch_into_spool(ctx: &ArchiveContext, todo: Vec<SegmentName>) -> (usize, Option<SegmentName>) {
+    let semaphore = Arc::new(Semaphore::new(ctx.settings.push_concurrency.max(2)));
+    let mut set = JoinSet::new();
+    for seg in todo {
+        let (storage, spool, semaphore) = (ctx.storage.clone(), ctx.spool.clone(), semaphore.clone());
+        set.spawn(async move {
+            let _permit = semaphore.acquire_owned().await;
+            let key = repository::wal_key(&WalFileName::Segment(seg));
+            match storage.get(&key).await {
+                Ok(object) => {
+                    let name = seg.to_string();
+                    match blocking(move || spool.write_prefetched(&name, &object).map_err(Error::from)).await {
+                        Ok(()) => (seg, Ok(true)),
+                        Err(e) => (seg, Err(e)),
+                    }
+                }
+                Err(e) if e.is_not_found() => (seg, Ok(false)),
+                Err(e) => (seg, Err(Error::from(e))),
+            }
+        });
+    }
+    let (mut stored, mut missing) = (0usize, None::<SegmentName>);
+    while let Some(joined) = set.join_next().await {
+        match joined {
+            Ok((_, Ok(true))) => stored += 1,
+            Ok((seg, Ok(false))) => missing = Some(missing.map_or(seg, |m| m.min(seg))),
+            Ok((seg, Err(e))) => {
+                tracing::warn!(segment = %seg, error = %e, "prefetch failed; wal-fetch will fetch it directly");
+                missing = Some(missing.map_or(seg, |m| m.min(seg)));
+            }
+            Err(e) => tracing::warn!(error = %e, "prefetch task failed"),
+        }
+    }
+    (stored, missing)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn plan_prefetch_window_and_cleanup() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let spool = Spool::open(dir.path()).expect("spool");
+        let size = SegmentSize::DEFAULT;
+        for n in ["0000000100000000000000FE", "000000010000000100000001", "000000020000000100000000"] {
+            spool.write_prefetched(n, b"x").expect("write");
+        }
+        let wanted: SegmentName = "0000000100000000000000FF".parse().expect("name");
+        let todo = plan_prefetch(&spool, wanted, size, 3).expect("plan");
+        let todo: Vec<String> = todo.iter().map(ToString::to_string).collect();
+        assert_eq!(todo, vec!["000000010000000100000000", "000000010000000100000002"]);
+        // Stale entries (before the window, other timeline) are gone; the one inside the window stays.
+        assert_eq!(spool.prefetched_names().expect("names"), vec!["000000010000000100000001"]);
+    }
+}

@@ -1,0 +1,229 @@
+//! wal-push: archive the file PostgreSQL hands to `archive_command`, and push the next `.ready` segments ahead.
+//!
+//! Invariants:
+//! - Returns `Ok` for the requested file only once it is durable in the repository (or an identical copy is).
+//! - A spool record is written only after its file is durable; a record lets a later call return at once.
+//! - One pusher at a time per spool (lock). Look-ahead takes segments in name order and stops scheduling at the
+//!   first failure. History files are never pushed ahead: PostgreSQL hands them over first, synchronously.
+
+pub mod segment;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
+
+use self::segment::{PushedFile, push_file};
+use super::{ArchiveContext, blocking};
+use crate::Error;
+use crate::repository::{ClusterInfo, store};
+use crate::spool::{Lock, PushRecord};
+use crate::wal::WalFileName;
+
+/// What one wal-push call did.
+#[derive(Debug)]
+pub struct PushReport {
+    /// The requested file: `None` when a spool record showed it was already pushed ahead.
+    pub requested: Option<PushedFile>,
+    /// The requested file's name.
+    pub name: WalFileName,
+    /// Files pushed ahead durably in this call.
+    pub ahead: Vec<PushedFile>,
+    /// Look-ahead failures (logged; PostgreSQL will hand these files over itself).
+    pub ahead_failed: Vec<(WalFileName, Error)>,
+}
+
+/// Archive `wal_path` (PostgreSQL's `%p`).
+#[tracing::instrument(skip_all, fields(segment))]
+pub async fn run(ctx: &ArchiveContext, wal_path: &Path, now_rfc3339: &str) -> Result<PushReport, Error> {
+    let file_name = wal_path
+        .file_name()
+        .and_then(|n| n.to_str())
+        .ok_or_else(|| Error::Usage(format!("{} has no file name", wal_path.display())))?;
+    let name: WalFileName = file_name.parse()?;
+    tracing::Span::current().record("segment", file_name);
+    let repo_id = ctx.storage.to_string();
+
+    if take_record(ctx, &name, wal_path, &repo_id)? {
+        return Ok(PushReport { requested: None, name, ahead: Vec::new(), ahead_failed: Vec::new() });
+    }
+    let lock_path = ctx.spool.push_lock_path();
+    let wait = Duration::from_secs(ctx.settings.retry_deadline_seconds);
+    let _lock: Lock = blocking(move || Lock::acquire(&lock_path, wait).map_err(Error::from)).await?;
+    // A pusher that held the lock may have pushed this file ahead meanwhile.
+    if take_record(ctx, &name, wal_path, &repo_id)? {
+        return Ok(PushReport { requested: None, name, ahead: Vec::new(), ahead_failed: Vec::new() });
+    }
+
+    let storage = ctx.storage.as_ref();
+    store::ensure_descriptor(storage, now_rfc3339).await?;
+    let mut cluster = store::cluster_info(storage).await?;
+    if cluster.is_none() && name.is_segment_data() {
+        let (n, p) = (name.clone(), wal_path.to_path_buf());
+        let inspected = blocking(move || segment::inspect(&n, &p)).await?;
+        if let Some(offered) = inspected.cluster {
+            cluster = Some(store::claim_cluster(storage, &offered).await?);
+        }
+    }
+
+    let ahead = match &name {
+        WalFileName::Segment(_) if ctx.settings.push_ahead > 0 => {
+            let (n, p, limit, spool) = (name.clone(), wal_path.to_path_buf(), ctx.settings.push_ahead, ctx.spool.clone());
+            blocking(move || Ok(ready_after(&p, &n, limit, &|s| spool.push_record(s).ok().flatten().is_some())))
+                .await?
+        }
+        _ => Vec::new(),
+    };
+
+    let mut jobs = vec![(name.clone(), wal_path.to_path_buf())];
+    jobs.extend(ahead);
+    let mut results = push_batch(ctx, jobs, cluster).await;
+    // invariant: the requested file is always the first job, so results is never empty.
+    let (_, first) = results.remove(0);
+    let requested = first?;
+
+    let mut report = PushReport { requested: Some(requested), name, ahead: Vec::new(), ahead_failed: Vec::new() };
+    for (n, r) in results {
+        match r {
+            Ok(pushed) => {
+                ctx.spool.write_push_record(&n.to_string(), &PushRecord::new(&repo_id, pushed.digest, pushed.raw_size))?;
+                report.ahead.push(pushed);
+            }
+            Err(e) => report.ahead_failed.push((n, e)),
+        }
+    }
+    remove_stale_records(ctx, &report.name)?;
+    Ok(report)
+}
+
+/// If a spool record says `name` is already durable in this repository, consume it and return true.
+fn take_record(ctx: &ArchiveContext, name: &WalFileName, path: &Path, repo_id: &str) -> Result<bool, Error> {
+    let key = name.to_string();
+    let Some(record) = ctx.spool.push_record(&key)? else { return Ok(false) };
+    let size = std::fs::metadata(path).map_err(|source| Error::ReadWal { path: path.to_path_buf(), source })?.len();
+    if record.repository != repo_id || record.raw_size != size {
+        // Stale (another repository, or a different file): ignore it and push for real.
+        ctx.spool.remove_push_record(&key)?;
+        return Ok(false);
+    }
+    ctx.spool.remove_push_record(&key)?;
+    tracing::debug!(segment = %key, "already pushed ahead");
+    Ok(true)
+}
+
+/// Records for names before `current` were never claimed (PostgreSQL archives in order): drop them.
+fn remove_stale_records(ctx: &ArchiveContext, current: &WalFileName) -> Result<(), Error> {
+    let current = current.to_string();
+    for n in ctx.spool.push_record_names()? {
+        if n < current {
+            ctx.spool.remove_push_record(&n)?;
+        }
+    }
+    Ok(())
+}
+
+/// The `.ready` segments after `requested`, in name order, at most `limit`, skipping those already recorded.
+fn ready_after(
+    wal_path: &Path,
+    requested: &WalFileName,
+    limit: usize,
+    has_record: &dyn Fn(&str) -> bool,
+) -> Vec<(WalFileName, PathBuf)> {
+    let pg_wal = wal_path.parent().unwrap_or(Path::new("."));
+    let Ok(entries) = std::fs::read_dir(pg_wal.join("archive_status")) else { return Vec::new() };
+    let requested_s = requested.to_string();
+    let mut ready: Vec<String> = entries
+        .filter_map(|e| e.ok())
+        .filter_map(|e| e.file_name().to_str().and_then(|n| n.strip_suffix(".ready")).map(str::to_owned))
+        .filter(|n| n.as_str() > requested_s.as_str() && n.len() == 24 && !has_record(n))
+        .collect();
+    ready.sort();
+    ready
+        .into_iter()
+        .filter_map(|n| match n.parse::<WalFileName>() {
+            Ok(w @ WalFileName::Segment(_)) => Some((w, pg_wal.join(&n))),
+            _ => None,
+        })
+        .take(limit)
+        .collect()
+}
+
+/// Push files with bounded concurrency, in order; after the first failure no further file is started.
+async fn push_batch(
+    ctx: &ArchiveContext,
+    jobs: Vec<(WalFileName, PathBuf)>,
+    cluster: Option<ClusterInfo>,
+) -> Vec<(WalFileName, Result<PushedFile, Error>)> {
+    let semaphore = Arc::new(Semaphore::new(ctx.settings.push_concurrency));
+    let failed = Arc::new(AtomicBool::new(false));
+    let cluster = Arc::new(cluster);
+    let mut set = JoinSet::new();
+    let count = jobs.len();
+    for (index, (name, path)) in jobs.into_iter().enumerate() {
+        let (semaphore, failed, cluster) = (semaphore.clone(), failed.clone(), cluster.clone());
+        let (storage, level) = (ctx.storage.clone(), ctx.compression_level);
+        set.spawn(async move {
+            let result = match semaphore.acquire_owned().await {
+                Ok(_permit) if !failed.load(Ordering::SeqCst) => {
+                    let r = push_file(storage.as_ref(), level, &name, &path, cluster.as_ref().as_ref()).await;
+                    if r.is_err() {
+                        failed.store(true, Ordering::SeqCst);
+                    }
+                    r
+                }
+                _ => Err(Error::Task(format!("{name} not started after an earlier failure"))),
+            };
+            (index, name, result)
+        });
+    }
+    let mut out: Vec<Option<(WalFileName, Result<PushedFile, Error>)>> = (0..count).map(|_| None).collect();
+    while let Some(joined) = set.join_next().await {
+        match joined {
+            Ok((index, name, result)) => out[index] = Some((name, result)),
+            Err(e) => tracing::error!(error = %e, "push task panicked"),
+        }
+    }
+    out.into_iter()
+        .enumerate()
+        .map(|(i, r)| {
+            r.unwrap_or_else(|| {
+                // invariant: only a panicked task leaves a hole; report it as a failure of that slot.
+                let name = WalFileName::History(crate::wal::TimelineId(i as u32 + 1));
+                (name, Err(Error::Task("push task panicked".to_owned())))
+            })
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ready_after_orders_and_filters() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let status = dir.path().join("archive_status");
+        std::fs::create_dir(&status).expect("mkdir");
+        for n in [
+            "000000010000000000000003.ready",
+            "000000010000000000000005.ready",
+            "000000010000000000000004.ready",
+            "000000010000000000000001.ready",
+            "000000010000000000000006.done",
+            "00000002.history.ready",
+            "000000010000000000000007.ready",
+            "000000010000000000000004.00000028.backup.ready",
+        ] {
+            std::fs::write(status.join(n), b"").expect("write");
+        }
+        let requested: WalFileName = "000000010000000000000002".parse().expect("name");
+        let wal = dir.path().join("000000010000000000000002");
+        let got = ready_after(&wal, &requested, 2, &|n| n == "000000010000000000000004");
+        let names: Vec<String> = got.iter().map(|(n, _)| n.to_string()).collect();
+        assert_eq!(names, vec!["000000010000000000000003", "000000010000000000000005"]);
+        assert_eq!(got[0].1, dir.path().join("000000010000000000000003"));
+    }
+}

@@ -1,0 +1,241 @@
+//! Push one WAL file: validate, dedupe against the repository, compress, create-only put.
+//!
+//! Takes every input as a parameter so that several can run in parallel. Invariants:
+//! - A segment's long page header must agree with its name and size before anything is written.
+//! - An existing object with the same digest is success; with a different digest, an error. Never overwritten.
+//! - Returns `Ok` only after the backend confirmed a durable write (or an identical object exists).
+
+use std::fs::File;
+use std::io::{Read, Seek, SeekFrom};
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use bytes::Bytes;
+
+use crate::Error;
+use crate::archive::blocking;
+use crate::codec::{self, Digest, HEADER_LEN, ObjectHeader};
+use crate::repository::{self, ClusterInfo};
+use crate::storage::{self, PutMode, Storage};
+use crate::wal::{LONG_HEADER_LEN, LongPageHeader, WalFileName, pg_version_for_magic};
+
+/// The largest `.history` or `.backup` file accepted.
+const MAX_TEXT_FILE: u64 = 1 << 20;
+
+/// What the repository did with a pushed file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stored {
+    /// Written now.
+    New,
+    /// An identical object was already there.
+    AlreadyPresent,
+}
+
+/// One pushed file.
+#[derive(Debug, Clone)]
+pub struct PushedFile {
+    /// Its name.
+    pub name: WalFileName,
+    /// Digest of the raw content.
+    pub digest: Digest,
+    /// Raw size.
+    pub raw_size: u64,
+    /// Bytes written to the repository (0 if already present).
+    pub stored_size: u64,
+    /// New or already present.
+    pub outcome: Stored,
+    /// Wall time.
+    pub elapsed_ms: u64,
+}
+
+/// A file checked against its name.
+#[derive(Debug, Clone)]
+pub struct Inspected {
+    /// Size at open.
+    pub size: u64,
+    /// The cluster this segment says it belongs to (segments and partials only).
+    pub cluster: Option<ClusterInfo>,
+}
+
+/// Check a WAL file's content against its name, without reading more than the first page of a segment.
+pub fn inspect(name: &WalFileName, path: &Path) -> Result<Inspected, Error> {
+    let read_err = |source| Error::ReadWal { path: path.to_path_buf(), source };
+    let mut file = File::open(path).map_err(read_err)?;
+    let size = file.metadata().map_err(read_err)?.len();
+    match name {
+        WalFileName::Segment(seg) | WalFileName::Partial(seg) => {
+            let mut first = vec![0u8; LONG_HEADER_LEN];
+            let n = read_up_to(&mut file, &mut first).map_err(read_err)?;
+            let bad = |source| Error::BadSegment { path: path.to_path_buf(), source };
+            let header = LongPageHeader::parse(&name.to_string(), &first[..n]).map_err(bad)?;
+            let seg_size = header.validate(seg, &name.to_string(), size).map_err(bad)?;
+            let cluster = ClusterInfo {
+                system_identifier: header.system_identifier.to_string(),
+                wal_segment_size: seg_size.bytes(),
+                // invariant: validate() accepted the magic, so it maps to a version.
+                pg_version: pg_version_for_magic(header.magic).unwrap_or(0),
+            };
+            Ok(Inspected { size, cluster: Some(cluster) })
+        }
+        WalFileName::History(_) | WalFileName::BackupHistory(..) => {
+            let kind = if matches!(name, WalFileName::History(_)) { "timeline history" } else { "backup history" };
+            let bad = |reason: String| Error::BadTextFile { path: path.to_path_buf(), kind, reason };
+            if size > MAX_TEXT_FILE {
+                return Err(bad(format!("{size} bytes is too large")));
+            }
+            let mut text = String::new();
+            file.read_to_string(&mut text).map_err(|e| bad(e.to_string()))?;
+            match name {
+                WalFileName::History(_) => validate_history(&text).map_err(bad)?,
+                _ => {
+                    if !text.starts_with("START WAL LOCATION: ") {
+                        return Err(bad("does not start with \"START WAL LOCATION: \"".to_owned()));
+                    }
+                }
+            }
+            Ok(Inspected { size, cluster: None })
+        }
+    }
+}
+
+/// A timeline history file: lines of `parent-tli<TAB>switch-lsn<TAB>reason`, blank lines and `#` comments.
+fn validate_history(text: &str) -> Result<(), String> {
+    let mut entries = 0;
+    for (n, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let mut fields = line.split_whitespace();
+        let tli_ok = fields.next().is_some_and(|t| t.parse::<u32>().is_ok_and(|t| t > 0));
+        let lsn_ok = fields.next().is_some_and(|l| l.parse::<crate::wal::Lsn>().is_ok());
+        if !tli_ok || !lsn_ok {
+            return Err(format!("line {} is not \"<timeline> <lsn> <reason>\"", n + 1));
+        }
+        entries += 1;
+    }
+    if entries == 0 { Err("it has no timeline entries".to_owned()) } else { Ok(()) }
+}
+
+fn read_up_to(file: &mut File, buf: &mut [u8]) -> std::io::Result<usize> {
+    let mut total = 0;
+    while total < buf.len() {
+        match file.read(&mut buf[total..]) {
+            Ok(0) => break,
+            Ok(n) => total += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(total)
+}
+
+/// Read the whole file through zstd and blake3 in one pass, checking it did not change size.
+fn encode_file(path: &Path, expected: u64, level: i32) -> Result<(Vec<u8>, ObjectHeader), Error> {
+    let read_err = |source| Error::ReadWal { path: path.to_path_buf(), source };
+    let mut file = File::open(path).map_err(read_err)?;
+    file.seek(SeekFrom::Start(0)).map_err(read_err)?;
+    let (object, header) = codec::encode(&mut file, level, expected).map_err(|e| match e {
+        codec::Error::Io(source) => Error::ReadWal { path: path.to_path_buf(), source },
+        other => Error::Corrupt { what: path.display().to_string(), source: other },
+    })?;
+    if header.raw_size != expected {
+        return Err(Error::FileChanged { path: path.to_path_buf(), expected, actual: header.raw_size });
+    }
+    Ok((object, header))
+}
+
+/// Digest of a file (for comparing with an object already stored, without compressing).
+fn digest_file(path: &Path, expected: u64) -> Result<Digest, Error> {
+    let read_err = |source| Error::ReadWal { path: path.to_path_buf(), source };
+    let mut hasher = blake3::Hasher::new();
+    let file = File::open(path).map_err(read_err)?;
+    let n = std::io::copy(&mut std::io::BufReader::with_capacity(1 << 20, file), &mut hasher).map_err(read_err)?;
+    if n != expected {
+        return Err(Error::FileChanged { path: path.to_path_buf(), expected, actual: n });
+    }
+    Ok(Digest::Blake3(*hasher.finalize().as_bytes()))
+}
+
+/// The header of the stored object for `key`, or `None` if absent.
+async fn stored_header(storage: &dyn Storage, key: &storage::Key) -> Result<Option<ObjectHeader>, Error> {
+    match storage.get_range(key, 0..HEADER_LEN as u64).await {
+        Ok(bytes) => ObjectHeader::parse(&bytes)
+            .map(Some)
+            .map_err(|source| Error::Corrupt { what: format!("{storage}/{key}"), source }),
+        Err(e) if e.is_not_found() => Ok(None),
+        Err(e) => Err(e.into()),
+    }
+}
+
+fn compare(name: &WalFileName, stored: &ObjectHeader, offered: Digest, size: u64) -> Result<(), Error> {
+    if stored.digest == offered && stored.raw_size == size {
+        Ok(())
+    } else {
+        Err(Error::DifferentContent { name: name.to_string(), stored: stored.digest, offered })
+    }
+}
+
+/// Push one file. `cluster` is the repository's cluster record, checked against segment headers.
+pub async fn push_file(
+    storage: &dyn Storage,
+    level: i32,
+    name: &WalFileName,
+    path: &Path,
+    cluster: Option<&ClusterInfo>,
+) -> Result<PushedFile, Error> {
+    let started = Instant::now();
+    let (n, p) = (name.clone(), path.to_path_buf());
+    let inspected = blocking(move || inspect(&n, &p)).await?;
+    if let (Some(on_record), Some(offered)) = (cluster, &inspected.cluster) {
+        repository::store::check_cluster(storage, on_record, offered)?;
+    }
+    let key = repository::wal_key(name);
+    let size = inspected.size;
+    let done = |digest, stored_size, outcome| PushedFile {
+        name: name.clone(),
+        digest,
+        raw_size: size,
+        stored_size,
+        outcome,
+        elapsed_ms: started.elapsed().as_millis() as u64,
+    };
+
+    if let Some(existing) = stored_header(storage, &key).await? {
+        let p: PathBuf = path.to_path_buf();
+        let digest = blocking(move || digest_file(&p, size)).await?;
+        compare(name, &existing, digest, size)?;
+        return Ok(done(digest, 0, Stored::AlreadyPresent));
+    }
+
+    let p: PathBuf = path.to_path_buf();
+    let (object, header) = blocking(move || encode_file(&p, size, level)).await?;
+    let stored_size = object.len() as u64;
+    match storage.put(&key, Bytes::from(object), PutMode::Create).await {
+        Ok(()) => Ok(done(header.digest, stored_size, Stored::New)),
+        Err(storage::Error::AlreadyExists { .. }) => {
+            // Raced with another pusher: theirs must be identical.
+            let existing = stored_header(storage, &key)
+                .await?
+                .ok_or_else(|| storage::Error::NotFound { backend: storage.to_string(), key: key.clone() })?;
+            compare(name, &existing, header.digest, size)?;
+            Ok(done(header.digest, 0, Stored::AlreadyPresent))
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn history_validation() {
+        assert!(validate_history("1\t0/3000000\tno recovery target specified\n\n").is_ok());
+        assert!(validate_history("# comment\n1\t0/3000000\tbefore 2026\n2\t0/5000158\tat restore point\n").is_ok());
+        assert!(validate_history("").is_err());
+        assert!(validate_history("garbage line\n").is_err());
+        assert!(validate_history("1\tnot-an-lsn\treason\n").is_err());
+        assert!(validate_history("0\t0/1\treason\n").is_err());
+    }
+}

@@ -1,0 +1,4 @@
+//! base-backup: not implemented in this release (see the README's roadmap).
+fn main() -> std::process::ExitCode {
+    backupctl::cli::not_yet("base-backup")
+}

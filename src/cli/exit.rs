@@ -1,0 +1,88 @@
+//! Every exit status, in one table.
+//!
+//! | binary    | 0                                   | 1                                 | other |
+//! |-----------|-------------------------------------|-----------------------------------|-------|
+//! | wal-push  | durably archived, or identical copy exists | any failure (PostgreSQL retries) | 2 = bad configuration or usage; never >= 126 (PostgreSQL would treat it as an archiver crash) |
+//! | wal-fetch | `%p` written and verified           | the archive definitely lacks the file | 255 for everything else, so that recovery stops instead of promoting early |
+//! | others    | ok                                  | failure                           | 2 = bad configuration or usage |
+
+use std::process::ExitCode;
+
+use crate::Error;
+
+/// Which program is exiting.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Program {
+    /// `wal-push` (archive_command).
+    WalPush,
+    /// `wal-fetch` (restore_command).
+    WalFetch,
+    /// Any other binary.
+    Other,
+}
+
+/// Success.
+pub const OK: u8 = 0;
+/// Failure (wal-fetch: file not in the archive).
+pub const FAILURE: u8 = 1;
+/// Bad configuration or usage.
+pub const USAGE: u8 = 2;
+/// wal-fetch: anything but success or "not in the archive": stops recovery.
+pub const FETCH_FATAL: u8 = 255;
+
+/// The exit status for a result.
+pub fn code(program: Program, result: Result<(), &Error>) -> u8 {
+    match (program, result) {
+        (_, Ok(())) => OK,
+        (Program::WalFetch, Err(e)) if e.is_not_in_archive() => FAILURE,
+        (Program::WalFetch, Err(_)) => FETCH_FATAL,
+        (_, Err(e)) if e.is_usage() => USAGE,
+        (_, Err(_)) => FAILURE,
+    }
+}
+
+/// The same as an `ExitCode`.
+pub fn exit_code(program: Program, result: Result<(), &Error>) -> ExitCode {
+    ExitCode::from(code(program, result))
+}
+
+/// Exit status for a command-line parse failure (`--help`/`--version` are successes).
+pub fn clap_code(program: Program, e: &clap::Error) -> u8 {
+    use clap::error::ErrorKind;
+    match e.kind() {
+        ErrorKind::DisplayHelp | ErrorKind::DisplayVersion | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => OK,
+        _ if program == Program::WalFetch => FETCH_FATAL,
+        _ => USAGE,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exit_code_table() {
+        let not_found = Error::NotInArchive { name: "x".into(), backend: "file:///r".into() };
+        let usage = Error::Usage("bad".into());
+        let other = Error::Task("boom".into());
+        let cases: &[(Program, Option<&Error>, u8)] = &[
+            (Program::WalPush, None, 0),
+            (Program::WalPush, Some(&other), 1),
+            (Program::WalPush, Some(&not_found), 1),
+            (Program::WalPush, Some(&usage), 2),
+            (Program::WalFetch, None, 0),
+            (Program::WalFetch, Some(&not_found), 1),
+            (Program::WalFetch, Some(&usage), 255),
+            (Program::WalFetch, Some(&other), 255),
+            (Program::Other, Some(&usage), 2),
+            (Program::Other, Some(&other), 1),
+        ];
+        for (p, e, want) in cases {
+            let got = code(*p, e.map_or(Ok(()), Err));
+            assert_eq!(got, *want, "{p:?} {e:?}");
+            if *p == Program::WalPush {
+                assert!(got < 126, "wal-push must never exit >= 126");
+            }
+        }
+    }
+}

@@ -1,0 +1,94 @@
+//! Command-line front ends: argument types, config resolution, tracing, runtime, exit codes.
+//!
+//! Each binary's `main` calls one `run_*` function here, which: parses arguments, resolves and validates the
+//! configuration once (flag > `$BACKUPCTL_CONFIG` > default path), installs the tracing subscriber, builds the
+//! runtime, runs the command, prints `error: …` / `hint: …`, and maps the outcome to an exit code.
+
+pub mod admin;
+pub mod exit;
+pub mod wal_fetch;
+pub mod wal_push;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use crate::Error;
+use crate::archive::ArchiveContext;
+use crate::config::Config;
+use crate::spool::Spool;
+
+/// Load the configuration named by the flag, `$BACKUPCTL_CONFIG`, or the default path.
+pub fn load_config(flag: Option<&Path>) -> Result<(PathBuf, Config), Error> {
+    let path = Config::resolve_path(flag);
+    let config = Config::load(&path)?;
+    Ok((path, config))
+}
+
+/// Install the stderr subscriber: one line per event, no ANSI colours (stderr often lands in the server log).
+pub fn init_tracing(config: Option<&Config>) {
+    use tracing_subscriber::EnvFilter;
+    let level = config.map_or("info", |c| c.log.level.as_str());
+    let filter = EnvFilter::try_from_env("BACKUPCTL_LOG").unwrap_or_else(|_| EnvFilter::new(format!("backupctl={level}")));
+    let builder = tracing_subscriber::fmt().with_writer(std::io::stderr).with_ansi(false).with_target(false).with_env_filter(filter);
+    let json = config.is_some_and(|c| c.log.format == "json");
+    let _ = if json { builder.json().try_init() } else { builder.try_init() };
+}
+
+/// Print an error and its hint, one line each.
+pub fn report_error(program: &str, e: &Error) {
+    eprintln!("{program}: error: {e}");
+    if let Some(h) = e.hint() {
+        eprintln!("{program}: hint: {h}");
+    }
+}
+
+/// A single-threaded runtime: wal-push and wal-fetch run once per file; CPU work goes to the blocking pool.
+pub fn current_thread_runtime() -> Result<tokio::runtime::Runtime, Error> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .max_blocking_threads(16)
+        .build()
+        .map_err(|e| Error::Task(format!("cannot start runtime: {e}")))
+}
+
+/// Open storage and spool for the archive commands.
+pub async fn archive_context(config: &Config) -> Result<ArchiveContext, Error> {
+    let deadline = Duration::from_secs(config.archive.retry_deadline_seconds);
+    let storage = crate::storage::open(&config.repository.url, &config.repository.s3, deadline).await?;
+    let spool = Spool::open(&config.spool.path)?;
+    Ok(ArchiveContext {
+        storage,
+        spool,
+        compression_level: config.repository.compression_level,
+        settings: config.archive.clone(),
+    })
+}
+
+/// Now, as RFC 3339 UTC.
+pub fn now_rfc3339() -> String {
+    time::OffsetDateTime::now_utc()
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_else(|_| "unknown".to_owned())
+}
+
+/// Human-readable byte count.
+pub fn human_bytes(n: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = n as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u + 1 < UNITS.len() {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 { format!("{n} B") } else { format!("{v:.1} {}", UNITS[u]) }
+}
+
+/// Entry point for binaries whose command is not implemented yet: says so and fails.
+pub fn not_yet(program: &str) -> std::process::ExitCode {
+    let wants_help = std::env::args().skip(1).any(|a| a == "--help" || a == "-h");
+    eprintln!("{program}: base backups and point-in-time restore are not implemented in this release yet");
+    if wants_help {
+        return std::process::ExitCode::SUCCESS;
+    }
+    std::process::ExitCode::from(exit::FAILURE)
+}

@@ -1,0 +1,117 @@
+//! `wal-fetch`: PostgreSQL's `restore_command`.
+
+use std::path::PathBuf;
+use std::process::{ExitCode, Stdio};
+use std::time::Duration;
+
+use clap::Parser;
+
+use super::exit::{self, Program};
+use crate::Error;
+use crate::archive::fetch;
+use crate::spool::Lock;
+use crate::wal::WalFileName;
+
+/// Fetch one WAL file from the repository, verify it, and write it atomically.
+///
+/// Use as: restore_command = 'wal-fetch --config /etc/backupctl/backupctl.toml %f %p'
+///
+/// Exit status: 0 written and verified; 1 the archive does not hold the file (PostgreSQL treats this as the end
+/// of the archive); 255 for every other failure (unreachable storage after retries, a corrupt object, bad
+/// configuration or arguments), so that recovery stops instead of ending early with transactions missing.
+#[derive(Debug, Parser)]
+#[command(name = "wal-fetch", version, about, long_about = None)]
+pub struct Args {
+    /// Configuration file (default: $BACKUPCTL_CONFIG, then /etc/backupctl/backupctl.toml).
+    #[arg(long, value_name = "PATH")]
+    pub config: Option<PathBuf>,
+    /// Run as the background prefetcher (started by wal-fetch itself; not for interactive use).
+    #[arg(long, hide = true)]
+    pub prefetch_worker: bool,
+    /// The file PostgreSQL asks for: %f (a segment, .partial, .history or .backup file name).
+    #[arg(value_name = "NAME", required_unless_present = "prefetch_worker")]
+    pub name: Option<String>,
+    /// Where to write it: %p (often pg_wal/RECOVERYXLOG).
+    #[arg(value_name = "DEST", required_unless_present = "prefetch_worker")]
+    pub dest: Option<PathBuf>,
+}
+
+/// Entry point of the `wal-fetch` binary.
+pub fn main() -> ExitCode {
+    let args = match Args::try_parse() {
+        Ok(a) => a,
+        Err(e) => {
+            let _ = e.print();
+            return ExitCode::from(exit::clap_code(Program::WalFetch, &e));
+        }
+    };
+    let result = run(&args);
+    match &result {
+        Err(e) if e.is_not_in_archive() => tracing::debug!("{e}"),
+        Err(e) => super::report_error("wal-fetch", e),
+        Ok(()) => {}
+    }
+    exit::exit_code(Program::WalFetch, result.as_ref().map(|_| ()))
+}
+
+/// Run with parsed arguments.
+pub fn run(args: &Args) -> Result<(), Error> {
+    let (config_path, config) = super::load_config(args.config.as_deref())?;
+    super::init_tracing(Some(&config));
+    let rt = super::current_thread_runtime()?;
+    if args.prefetch_worker {
+        return rt.block_on(async {
+            let ctx = super::archive_context(&config).await?;
+            let n = fetch::prefetch(&ctx, Duration::from_secs(2)).await?;
+            tracing::debug!(fetched = n, "prefetcher done");
+            Ok(())
+        });
+    }
+    let (Some(name), Some(dest)) = (&args.name, &args.dest) else {
+        return Err(Error::Usage("wal-fetch needs NAME and DEST (%f %p)".to_owned()));
+    };
+    let ctx = rt.block_on(super::archive_context(&config))?;
+    let report = rt.block_on(fetch::run(&ctx, name, dest))?;
+    tracing::info!(
+        segment = %report.name, bytes = report.raw_size, elapsed_ms = report.elapsed_ms, source = ?report.source,
+        "restored {}", super::human_bytes(report.raw_size)
+    );
+    if ctx.settings.fetch_prefetch > 0 && matches!(report.name, WalFileName::Segment(_)) {
+        start_prefetcher(&config_path, &ctx.spool.fetch_lock_path());
+    }
+    Ok(())
+}
+
+/// Start the detached prefetcher unless one is running (it follows the newest wanted segment by itself).
+fn start_prefetcher(config_path: &std::path::Path, lock_path: &std::path::Path) {
+    match Lock::try_acquire(lock_path) {
+        Ok(Some(lock)) => drop(lock),
+        Ok(None) => return,
+        Err(e) => {
+            tracing::warn!(error = %e, "prefetch disabled for this call");
+            return;
+        }
+    }
+    let exe = match std::env::current_exe() {
+        Ok(p) => p,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot start prefetcher");
+            return;
+        }
+    };
+    let mut cmd = std::process::Command::new(exe);
+    cmd.arg("--config").arg(config_path).arg("--prefetch-worker");
+    cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::inherit());
+    // Detach into its own session so that signals to PostgreSQL's restore_command process group do not hit it.
+    use std::os::unix::process::CommandExt;
+    // SAFETY: setsid is async-signal-safe and touches no Rust state in the child.
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::setsid();
+            Ok(())
+        });
+    }
+    if let Err(e) = cmd.spawn() {
+        tracing::warn!(error = %e, "cannot start prefetcher");
+    }
+}

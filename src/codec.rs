@@ -1,0 +1,307 @@
+//! Stored-object format: a 64-byte self-checking header (raw size, blake3 of the raw content) then a zstd frame.
+//!
+//! Pure over `Read`/`Write`. Invariants:
+//! - The digest is of the uncompressed content, so it does not depend on the compression level or zstd version.
+//! - [`decode`] writes at most `raw_size` bytes and fails unless both size and digest match; callers write into a
+//!   temp file and publish it only when `decode` returns `Ok`.
+//!
+//! Header layout (little-endian): `0..8` magic `BKCTLOB1`, `8` codec (0 none, 1 zstd), `9` digest algorithm
+//! (1 blake3), `10..16` zero, `16..24` raw size, `24..56` digest, `56..64` first 8 bytes of blake3 of bytes `0..56`.
+
+use std::fmt;
+use std::io::{self, Read, Write};
+
+/// Length of the object header.
+pub const HEADER_LEN: usize = 64;
+const MAGIC: &[u8; 8] = b"BKCTLOB1";
+const CHUNK: usize = 1 << 20;
+
+/// Codec failures.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The header is missing, has a wrong magic, or fails its own checksum.
+    #[error("corrupt object header: {reason}")]
+    BadHeader {
+        /// What is wrong.
+        reason: &'static str,
+    },
+    /// The decompressed content's checksum differs from the header's.
+    #[error("checksum mismatch: object header says {expected}, content is {actual}")]
+    ChecksumMismatch {
+        /// From the header.
+        expected: Digest,
+        /// Computed.
+        actual: Digest,
+    },
+    /// The decompressed content's size differs from the header's.
+    #[error("size mismatch: object header says {expected} bytes, content is {actual} bytes")]
+    SizeMismatch {
+        /// From the header.
+        expected: u64,
+        /// Decompressed (or read) so far.
+        actual: u64,
+    },
+    /// The compressed body is not a valid zstd frame.
+    #[error("cannot decompress: {0}")]
+    Decompress(io::Error),
+    /// The underlying reader or writer failed.
+    #[error("{0}")]
+    Io(#[from] io::Error),
+}
+
+/// A content digest, tagged with its algorithm.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Digest {
+    /// BLAKE3-256.
+    Blake3([u8; 32]),
+}
+
+impl Digest {
+    /// Digest of a byte slice.
+    pub fn of(bytes: &[u8]) -> Self {
+        Digest::Blake3(*blake3::hash(bytes).as_bytes())
+    }
+}
+
+impl fmt::Display for Digest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Digest::Blake3(b) => write!(f, "blake3:{}", hex::encode(b)),
+        }
+    }
+}
+
+impl fmt::Debug for Digest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(self, f)
+    }
+}
+
+impl std::str::FromStr for Digest {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let bad = Error::BadHeader { reason: "digest is not blake3:<64 hex digits>" };
+        let hexpart = s.strip_prefix("blake3:").ok_or(Error::BadHeader { reason: "unknown digest algorithm" })?;
+        let bytes = hex::decode(hexpart).map_err(|_| Error::BadHeader { reason: "digest is not hex" })?;
+        let arr: [u8; 32] = bytes.try_into().map_err(|_| bad)?;
+        Ok(Digest::Blake3(arr))
+    }
+}
+
+/// How the body is encoded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Codec {
+    /// Stored as is.
+    None,
+    /// One zstd frame.
+    Zstd,
+}
+
+/// What an object's header says about its content.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ObjectHeader {
+    /// Body encoding.
+    pub codec: Codec,
+    /// Size of the uncompressed content.
+    pub raw_size: u64,
+    /// Digest of the uncompressed content.
+    pub digest: Digest,
+}
+
+impl ObjectHeader {
+    /// Serialize to the fixed 64 bytes.
+    pub fn to_bytes(&self) -> [u8; HEADER_LEN] {
+        let mut h = [0u8; HEADER_LEN];
+        h[0..8].copy_from_slice(MAGIC);
+        h[8] = match self.codec {
+            Codec::None => 0,
+            Codec::Zstd => 1,
+        };
+        let Digest::Blake3(d) = self.digest;
+        h[9] = 1;
+        h[16..24].copy_from_slice(&self.raw_size.to_le_bytes());
+        h[24..56].copy_from_slice(&d);
+        let check = blake3::hash(&h[0..56]);
+        h[56..64].copy_from_slice(&check.as_bytes()[0..8]);
+        h
+    }
+
+    /// Parse and self-check the first 64 bytes of an object.
+    pub fn parse(bytes: &[u8]) -> Result<Self, Error> {
+        let h = bytes.get(0..HEADER_LEN).ok_or(Error::BadHeader { reason: "object shorter than its header" })?;
+        if &h[0..8] != MAGIC {
+            return Err(Error::BadHeader { reason: "wrong magic (not a backupctl object)" });
+        }
+        if h[56..64] != blake3::hash(&h[0..56]).as_bytes()[0..8] {
+            return Err(Error::BadHeader { reason: "header checksum mismatch" });
+        }
+        let codec = match h[8] {
+            0 => Codec::None,
+            1 => Codec::Zstd,
+            _ => return Err(Error::BadHeader { reason: "unknown codec" }),
+        };
+        if h[9] != 1 {
+            return Err(Error::BadHeader { reason: "unknown digest algorithm" });
+        }
+        let mut size = [0u8; 8];
+        size.copy_from_slice(&h[16..24]);
+        let mut d = [0u8; 32];
+        d.copy_from_slice(&h[24..56]);
+        Ok(Self { codec, raw_size: u64::from_le_bytes(size), digest: Digest::Blake3(d) })
+    }
+}
+
+/// Read all of `input`, hash it, and compress it (zstd at `level`) into a new object: header plus body.
+/// One pass over the input; memory is the compressed size.
+pub fn encode(mut input: impl Read, level: i32, size_hint: u64) -> Result<(Vec<u8>, ObjectHeader), Error> {
+    let mut out = Vec::with_capacity(HEADER_LEN + (size_hint / 2) as usize);
+    out.extend_from_slice(&[0u8; HEADER_LEN]);
+    let mut hasher = blake3::Hasher::new();
+    let mut raw_size = 0u64;
+    let mut encoder = zstd::stream::write::Encoder::new(out, level)?;
+    encoder.include_checksum(false)?;
+    let mut buf = vec![0u8; CHUNK];
+    loop {
+        let n = match input.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e.into()),
+        };
+        hasher.update(&buf[..n]);
+        encoder.write_all(&buf[..n])?;
+        raw_size += n as u64;
+    }
+    let mut out = encoder.finish()?;
+    let header = ObjectHeader { codec: Codec::Zstd, raw_size, digest: Digest::Blake3(*hasher.finalize().as_bytes()) };
+    out[0..HEADER_LEN].copy_from_slice(&header.to_bytes());
+    Ok((out, header))
+}
+
+/// Decode an object into `out`, verifying size and digest. Returns the header.
+pub fn decode(object: &[u8], out: &mut impl Write) -> Result<ObjectHeader, Error> {
+    let header = ObjectHeader::parse(object)?;
+    let body = &object[HEADER_LEN..];
+    let mut sink = VerifyingWriter { inner: out, hasher: blake3::Hasher::new(), written: 0, limit: header.raw_size };
+    match header.codec {
+        Codec::None => sink.write_all(body).map_err(|e| sink_error(e, &header))?,
+        Codec::Zstd => {
+            let mut dec = zstd::stream::read::Decoder::with_buffer(body).map_err(Error::Decompress)?;
+            let mut buf = vec![0u8; CHUNK];
+            loop {
+                let n = match dec.read(&mut buf) {
+                    Ok(0) => break,
+                    Ok(n) => n,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                    Err(e) => return Err(Error::Decompress(e)),
+                };
+                sink.write_all(&buf[..n]).map_err(|e| sink_error(e, &header))?;
+            }
+        }
+    }
+    if sink.written != header.raw_size {
+        return Err(Error::SizeMismatch { expected: header.raw_size, actual: sink.written });
+    }
+    let actual = Digest::Blake3(*sink.hasher.finalize().as_bytes());
+    if actual != header.digest {
+        return Err(Error::ChecksumMismatch { expected: header.digest, actual });
+    }
+    Ok(header)
+}
+
+fn sink_error(e: io::Error, header: &ObjectHeader) -> Error {
+    if e.kind() == io::ErrorKind::WriteZero {
+        Error::SizeMismatch { expected: header.raw_size, actual: header.raw_size + 1 }
+    } else {
+        Error::Io(e)
+    }
+}
+
+/// Hashes and counts what passes through, refusing to write past `limit` bytes.
+struct VerifyingWriter<'a, W: Write> {
+    inner: &'a mut W,
+    hasher: blake3::Hasher,
+    written: u64,
+    limit: u64,
+}
+
+impl<W: Write> Write for VerifyingWriter<'_, W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        if self.written + buf.len() as u64 > self.limit {
+            return Err(io::Error::new(io::ErrorKind::WriteZero, "content longer than its header says"));
+        }
+        let n = self.inner.write(buf)?;
+        self.hasher.update(&buf[..n]);
+        self.written += n as u64;
+        Ok(n)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn round_trip_and_header() {
+        let data: Vec<u8> = (0..200_000u32).flat_map(|i| (i % 251).to_le_bytes()).collect();
+        let (obj, header) = encode(&data[..], 3, data.len() as u64).expect("encode");
+        assert_eq!(header.raw_size, data.len() as u64);
+        assert_eq!(header.digest, Digest::of(&data));
+        assert!(obj.len() < data.len());
+        assert_eq!(ObjectHeader::parse(&obj).expect("parse"), header);
+        let mut out = Vec::new();
+        assert_eq!(decode(&obj, &mut out).expect("decode"), header);
+        assert_eq!(out, data);
+    }
+
+    #[test]
+    fn corruption_is_detected() {
+        let data = vec![7u8; 100_000];
+        let (obj, _) = encode(&data[..], 1, 0).expect("encode");
+        // A flipped byte in the header fails the header self-check.
+        let mut bad = obj.clone();
+        bad[20] ^= 1;
+        assert!(matches!(ObjectHeader::parse(&bad), Err(Error::BadHeader { .. })));
+        // Truncated body.
+        let mut out = Vec::new();
+        assert!(decode(&obj[..obj.len() - 3], &mut out).is_err());
+        // A forged header (valid self-check) with a different digest.
+        let mut forged = ObjectHeader::parse(&obj).expect("parse");
+        forged.digest = Digest::of(b"other");
+        let mut f = obj.clone();
+        f[..HEADER_LEN].copy_from_slice(&forged.to_bytes());
+        assert!(matches!(decode(&f, &mut Vec::new()), Err(Error::ChecksumMismatch { .. })));
+        // A header claiming fewer bytes than the body holds: nothing past the limit is written.
+        forged = ObjectHeader::parse(&obj).expect("parse");
+        forged.raw_size = 10;
+        f[..HEADER_LEN].copy_from_slice(&forged.to_bytes());
+        let mut out = Vec::new();
+        assert!(matches!(decode(&f, &mut out), Err(Error::SizeMismatch { .. })));
+        assert!(out.len() <= 10);
+        assert!(ObjectHeader::parse(b"short").is_err());
+        assert!(ObjectHeader::parse(&[0u8; 64]).is_err());
+    }
+
+    #[test]
+    fn digest_round_trip() {
+        let d = Digest::of(b"abc");
+        assert_eq!(d.to_string().parse::<Digest>().expect("parse"), d);
+        assert!("sha1:00".parse::<Digest>().is_err());
+        assert!("blake3:zz".parse::<Digest>().is_err());
+    }
+
+    proptest! {
+        #[test]
+        fn compress_round_trips(data in proptest::collection::vec(any::<u8>(), 0..20_000), level in 1i32..6) {
+            let (obj, h) = encode(&data[..], level, 0).expect("encode");
+            let mut out = Vec::new();
+            prop_assert_eq!(decode(&obj, &mut out).expect("decode"), h);
+            prop_assert_eq!(out, data);
+        }
+    }
+}

@@ -1,0 +1,461 @@
+//! Configuration: TOML with `${VAR}` / `${VAR:default}` interpolation, validated once into an immutable value.
+//!
+//! Invariants:
+//! - This is the only module that reads configuration files or the process environment.
+//! - Unknown keys are errors (`deny_unknown_fields`); every problem names the file and the key.
+//! - Secrets never reach logs: `Debug` is written by hand where a value may be secret.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+/// Where the configuration is looked for when neither `--config` nor `$BACKUPCTL_CONFIG` is given.
+pub const DEFAULT_CONFIG_PATH: &str = "/etc/backupctl/backupctl.toml";
+/// The environment variable naming the configuration file.
+pub const CONFIG_ENV: &str = "BACKUPCTL_CONFIG";
+
+/// Configuration errors. Each names the file, and the key where there is one.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The file could not be read.
+    #[error("cannot read configuration file {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// `${VAR}` names an unset variable and gives no default.
+    #[error("{path}: line {line}: environment variable {var} is not set and has no default (write ${{{var}:default}})")]
+    UnsetVariable {
+        /// The file.
+        path: PathBuf,
+        /// 1-based line.
+        line: usize,
+        /// The variable.
+        var: String,
+    },
+    /// A `${` without a closing `}` or with an invalid name.
+    #[error("{path}: line {line}: malformed interpolation {text:?}")]
+    BadInterpolation {
+        /// The file.
+        path: PathBuf,
+        /// 1-based line.
+        line: usize,
+        /// The offending text.
+        text: String,
+    },
+    /// TOML syntax, an unknown key, a missing required key or a wrongly typed value.
+    #[error("{path}: {message}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// toml's message, flattened to one line.
+        message: String,
+    },
+    /// Values that parse but make no sense; all problems at once.
+    #[error("{path}: {}", problems.join("; "))]
+    Invalid {
+        /// The file.
+        path: PathBuf,
+        /// One entry per problem, each starting with the key.
+        problems: Vec<String>,
+    },
+}
+
+/// The whole configuration file.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Where backups and WAL are stored.
+    pub repository: RepositoryConfig,
+    /// Local working directory for status records and prefetched WAL.
+    pub spool: SpoolConfig,
+    /// WAL archiving (wal-push, wal-fetch).
+    #[serde(default)]
+    pub archive: ArchiveConfig,
+    /// Logging.
+    #[serde(default)]
+    pub log: LogConfig,
+}
+
+/// `[repository]`
+#[derive(Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RepositoryConfig {
+    /// Repository URL: `file:///absolute/path` or `s3://bucket/optional/prefix`.
+    pub url: String,
+    /// zstd compression level for stored objects (1-19; negative levels are faster and compress less).
+    #[serde(default = "default_compression_level")]
+    pub compression_level: i32,
+    /// S3 settings, used when `url` starts with `s3://`.
+    #[serde(default)]
+    pub s3: S3Config,
+}
+
+fn default_compression_level() -> i32 {
+    1
+}
+
+impl fmt::Debug for RepositoryConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RepositoryConfig")
+            .field("url", &self.url)
+            .field("compression_level", &self.compression_level)
+            .field("s3", &self.s3)
+            .finish()
+    }
+}
+
+/// `[repository.s3]`
+#[derive(Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct S3Config {
+    /// AWS region (default `us-east-1`).
+    pub region: String,
+    /// Endpoint URL of an S3-compatible service, e.g. `https://minio.internal:9000`; empty means AWS.
+    pub endpoint: Option<String>,
+    /// Address buckets as `endpoint/bucket` instead of `bucket.endpoint` (most S3-compatible services need this).
+    pub force_path_style: bool,
+    /// Server-side encryption: `"AES256"` (SSE-S3) or `"aws:kms"` (SSE-KMS).
+    pub sse: Option<String>,
+    /// KMS key id or ARN for `sse = "aws:kms"`; empty uses the bucket's default key.
+    pub sse_kms_key_id: Option<String>,
+    /// Storage class for new objects (e.g. `STANDARD_IA`); empty uses the bucket default.
+    pub storage_class: Option<String>,
+    /// Allow a plain `http://` endpoint. Off by default: traffic and credentials would travel unencrypted.
+    pub allow_http: bool,
+    /// Objects larger than this many MiB are uploaded in parts (multipart upload).
+    pub multipart_threshold_mib: u64,
+    /// Part size in MiB for multipart uploads (at least 5).
+    pub multipart_part_size_mib: u64,
+}
+
+impl Default for S3Config {
+    fn default() -> Self {
+        Self {
+            region: "us-east-1".to_owned(),
+            endpoint: None,
+            force_path_style: false,
+            sse: None,
+            sse_kms_key_id: None,
+            storage_class: None,
+            allow_http: false,
+            multipart_threshold_mib: 64,
+            multipart_part_size_mib: 16,
+        }
+    }
+}
+
+impl fmt::Debug for S3Config {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("S3Config")
+            .field("region", &self.region)
+            .field("endpoint", &self.endpoint)
+            .field("force_path_style", &self.force_path_style)
+            .field("sse", &self.sse)
+            .field("sse_kms_key_id", &self.sse_kms_key_id.as_ref().map(|_| "<redacted>"))
+            .field("storage_class", &self.storage_class)
+            .field("allow_http", &self.allow_http)
+            .finish_non_exhaustive()
+    }
+}
+
+/// `[spool]`
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct SpoolConfig {
+    /// Spool directory (must be writable by the PostgreSQL OS user). Holds status records and prefetched WAL.
+    pub path: PathBuf,
+}
+
+/// `[archive]`
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct ArchiveConfig {
+    /// How many segments wal-push compresses and uploads at once (the requested one plus look-ahead).
+    pub push_concurrency: usize,
+    /// How many `.ready` segments one wal-push call may push ahead of the requested one (0 disables look-ahead).
+    pub push_ahead: usize,
+    /// How many segments wal-fetch prefetches ahead of the one PostgreSQL asked for (0 disables prefetch).
+    pub fetch_prefetch: usize,
+    /// How long to retry transient storage errors before failing, in seconds.
+    pub retry_deadline_seconds: u64,
+}
+
+impl Default for ArchiveConfig {
+    fn default() -> Self {
+        Self { push_concurrency: 2, push_ahead: 16, fetch_prefetch: 8, retry_deadline_seconds: 60 }
+    }
+}
+
+/// `[log]`
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct LogConfig {
+    /// Minimum level: `error`, `warn`, `info`, `debug` or `trace`.
+    pub level: String,
+    /// Output format: `text` or `json`.
+    pub format: String,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self { level: "info".to_owned(), format: "text".to_owned() }
+    }
+}
+
+impl Config {
+    /// Choose the configuration path: the flag, else `$BACKUPCTL_CONFIG`, else [`DEFAULT_CONFIG_PATH`].
+    pub fn resolve_path(flag: Option<&Path>) -> PathBuf {
+        if let Some(p) = flag {
+            return p.to_path_buf();
+        }
+        match std::env::var_os(CONFIG_ENV) {
+            Some(v) if !v.is_empty() => PathBuf::from(v),
+            _ => PathBuf::from(DEFAULT_CONFIG_PATH),
+        }
+    }
+
+    /// Read, interpolate from the process environment, parse and validate a file.
+    pub fn load(path: &Path) -> Result<Self, Error> {
+        let text = std::fs::read_to_string(path).map_err(|source| Error::Read { path: path.to_path_buf(), source })?;
+        let env: BTreeMap<String, String> = std::env::vars().collect();
+        Self::parse(path, &text, &|name| env.get(name).cloned())
+    }
+
+    /// Interpolate, parse and validate text; `lookup` resolves environment variables.
+    pub fn parse(path: &Path, text: &str, lookup: &dyn Fn(&str) -> Option<String>) -> Result<Self, Error> {
+        let text = interpolate(path, text, lookup)?;
+        let config: Config = toml::from_str(&text).map_err(|e| Error::Parse {
+            path: path.to_path_buf(),
+            message: e.to_string().split_whitespace().collect::<Vec<_>>().join(" "),
+        })?;
+        config.validate(path)?;
+        Ok(config)
+    }
+
+    /// Check values; report every problem at once.
+    pub fn validate(&self, path: &Path) -> Result<(), Error> {
+        let mut problems = Vec::new();
+        let url = &self.repository.url;
+        if let Some(rest) = url.strip_prefix("file://") {
+            if !rest.starts_with('/') {
+                problems.push(format!("repository.url: {url:?} must be an absolute path (file:///...)"));
+            }
+        } else if let Some(rest) = url.strip_prefix("s3://") {
+            if rest.split('/').next().is_none_or(str::is_empty) {
+                problems.push(format!("repository.url: {url:?} names no bucket"));
+            }
+            let s3 = &self.repository.s3;
+            if let Some(ep) = &s3.endpoint {
+                if ep.starts_with("http://") && !s3.allow_http {
+                    problems.push(format!(
+                        "repository.s3.endpoint: {ep:?} is plain HTTP; set repository.s3.allow_http = true to allow it"
+                    ));
+                } else if !ep.starts_with("http://") && !ep.starts_with("https://") {
+                    problems.push(format!("repository.s3.endpoint: {ep:?} must start with https:// or http://"));
+                }
+            }
+            match (s3.sse.as_deref(), &s3.sse_kms_key_id) {
+                (None | Some("AES256"), Some(_)) => {
+                    problems.push("repository.s3.sse_kms_key_id: requires sse = \"aws:kms\"".to_owned())
+                }
+                (None | Some("AES256") | Some("aws:kms"), _) => {}
+                (Some(other), _) => {
+                    problems.push(format!("repository.s3.sse: {other:?} must be \"AES256\" or \"aws:kms\""))
+                }
+            }
+            if s3.multipart_part_size_mib < 5 {
+                problems.push("repository.s3.multipart_part_size_mib: must be at least 5".to_owned());
+            }
+            if s3.region.is_empty() {
+                problems.push("repository.s3.region: must not be empty".to_owned());
+            }
+        } else {
+            problems.push(format!("repository.url: {url:?} must start with file:// or s3://"));
+        }
+        let level = self.repository.compression_level;
+        if !(-7..=19).contains(&level) || level == 0 {
+            problems.push(format!("repository.compression_level: {level} must be between -7 and 19, not 0"));
+        }
+        if !self.spool.path.is_absolute() {
+            problems.push(format!("spool.path: {:?} must be an absolute path", self.spool.path));
+        }
+        let a = &self.archive;
+        if a.push_concurrency == 0 || a.push_concurrency > 64 {
+            problems.push(format!("archive.push_concurrency: {} must be between 1 and 64", a.push_concurrency));
+        }
+        if a.push_ahead > 1024 {
+            problems.push(format!("archive.push_ahead: {} must be at most 1024", a.push_ahead));
+        }
+        if a.fetch_prefetch > 256 {
+            problems.push(format!("archive.fetch_prefetch: {} must be at most 256", a.fetch_prefetch));
+        }
+        if a.retry_deadline_seconds == 0 {
+            problems.push("archive.retry_deadline_seconds: must be at least 1".to_owned());
+        }
+        if !["error", "warn", "info", "debug", "trace"].contains(&self.log.level.as_str()) {
+            problems.push(format!("log.level: {:?} must be error, warn, info, debug or trace", self.log.level));
+        }
+        if !["text", "json"].contains(&self.log.format.as_str()) {
+            problems.push(format!("log.format: {:?} must be text or json", self.log.format));
+        }
+        if problems.is_empty() { Ok(()) } else { Err(Error::Invalid { path: path.to_path_buf(), problems }) }
+    }
+}
+
+/// Replace `${VAR}` and `${VAR:default}`; `$$` stays a literal `$`. Comments are interpolated too.
+fn interpolate(path: &Path, text: &str, lookup: &dyn Fn(&str) -> Option<String>) -> Result<String, Error> {
+    let mut out = String::with_capacity(text.len());
+    for (n, line) in text.split_inclusive('\n').enumerate() {
+        let lineno = n + 1;
+        // A comment line needs no interpolation; leave it alone so that examples in comments do not fail.
+        if line.trim_start().starts_with('#') {
+            out.push_str(line);
+            continue;
+        }
+        let mut rest = line;
+        while let Some(pos) = rest.find('$') {
+            out.push_str(&rest[..pos]);
+            let after = &rest[pos + 1..];
+            if let Some(stripped) = after.strip_prefix('$') {
+                out.push('$');
+                rest = stripped;
+            } else if let Some(body) = after.strip_prefix('{') {
+                let Some(end) = body.find('}') else {
+                    return Err(Error::BadInterpolation {
+                        path: path.to_path_buf(),
+                        line: lineno,
+                        text: format!("${{{}", body.trim_end()),
+                    });
+                };
+                let inner = &body[..end];
+                let (name, default) = match inner.split_once(':') {
+                    Some((n, d)) => (n, Some(d)),
+                    None => (inner, None),
+                };
+                let valid = !name.is_empty()
+                    && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+                    && !name.starts_with(|c: char| c.is_ascii_digit());
+                if !valid {
+                    return Err(Error::BadInterpolation {
+                        path: path.to_path_buf(),
+                        line: lineno,
+                        text: format!("${{{inner}}}"),
+                    });
+                }
+                match (lookup(name), default) {
+                    (Some(v), _) => out.push_str(&v),
+                    (None, Some(d)) => out.push_str(d),
+                    (None, None) => {
+                        return Err(Error::UnsetVariable {
+                            path: path.to_path_buf(),
+                            line: lineno,
+                            var: name.to_owned(),
+                        });
+                    }
+                }
+                rest = &body[end + 1..];
+            } else {
+                out.push('$');
+                rest = after;
+            }
+        }
+        out.push_str(rest);
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config, Error> {
+        let env = |name: &str| match name {
+            "BUCKET" => Some("my-bucket".to_owned()),
+            "EMPTY" => Some(String::new()),
+            _ => None,
+        };
+        Config::parse(Path::new("/etc/b.toml"), text, &env)
+    }
+
+    const MINIMAL: &str = "[repository]\nurl = \"file:///var/lib/backupctl/repo\"\n[spool]\npath = \"/var/lib/backupctl/spool\"\n";
+
+    #[test]
+    fn minimal_file_gets_defaults() {
+        let c = parse(MINIMAL).expect("minimal config");
+        assert_eq!(c.repository.url, "file:///var/lib/backupctl/repo");
+        assert_eq!(c.archive, ArchiveConfig::default());
+        assert_eq!(c.repository.compression_level, 1);
+    }
+
+    #[test]
+    fn interpolation_with_and_without_default() {
+        let c = parse("[repository]\nurl = \"s3://${BUCKET}/p\"\n[repository.s3]\nregion = \"${REGION:eu-west-1}\"\n[spool]\npath = \"/s${EMPTY}\"\n")
+            .expect("config");
+        assert_eq!(c.repository.url, "s3://my-bucket/p");
+        assert_eq!(c.repository.s3.region, "eu-west-1");
+        assert_eq!(c.spool.path, PathBuf::from("/s"));
+    }
+
+    #[test]
+    fn error_table() {
+        let cases: &[(&str, &str)] = &[
+            ("[repository]\nurl = \"${NOPE}\"\n[spool]\npath = \"/s\"\n", "line 2: environment variable NOPE is not set"),
+            ("[repository]\nurl = \"${NOPE\"\n[spool]\npath = \"/s\"\n", "line 2: malformed interpolation"),
+            ("[repository]\nurl = \"${1X}\"\n[spool]\npath = \"/s\"\n", "malformed interpolation"),
+            ("[repository]\nurl = \"file:///r\"\nbogus = 1\n[spool]\npath = \"/s\"\n", "unknown field `bogus`"),
+            ("[repository]\nurl = \"file:///r\"\n", "missing field `spool`"),
+            ("[repository]\n[spool]\npath = \"/s\"\n", "missing field `url`"),
+            ("[repository]\nurl = \"ftp://x\"\n[spool]\npath = \"/s\"\n", "repository.url"),
+            ("[repository]\nurl = \"file://rel\"\n[spool]\npath = \"/s\"\n", "absolute path"),
+            ("[repository]\nurl = \"s3://\"\n[spool]\npath = \"/s\"\n", "names no bucket"),
+            (
+                "[repository]\nurl = \"s3://b\"\n[repository.s3]\nendpoint = \"http://127.0.0.1:9000\"\n[spool]\npath = \"/s\"\n",
+                "allow_http",
+            ),
+            ("[repository]\nurl = \"s3://b\"\n[repository.s3]\nsse = \"rot13\"\n[spool]\npath = \"/s\"\n", "repository.s3.sse"),
+            ("[repository]\nurl = \"s3://b\"\n[repository.s3]\nsse_kms_key_id = \"k\"\n[spool]\npath = \"/s\"\n", "requires sse"),
+            ("[repository]\nurl = \"file:///r\"\ncompression_level = 0\n[spool]\npath = \"/s\"\n", "compression_level"),
+            ("[repository]\nurl = \"file:///r\"\n[spool]\npath = \"rel\"\n", "spool.path"),
+            ("[repository]\nurl = \"file:///r\"\n[spool]\npath = \"/s\"\n[archive]\npush_concurrency = 0\n", "push_concurrency"),
+            ("[repository]\nurl = \"file:///r\"\n[spool]\npath = \"/s\"\n[archive]\nretry_deadline_seconds = 0\n", "retry_deadline"),
+            ("[repository]\nurl = \"file:///r\"\n[spool]\npath = \"/s\"\n[log]\nlevel = \"loud\"\n", "log.level"),
+            ("[repository]\nurl = \"file:///r\"\n[spool]\npath = \"/s\"\n[archive]\npush_concurrency = \"x\"\n", "invalid type"),
+        ];
+        for (text, want) in cases {
+            let err = parse(text).expect_err(text).to_string();
+            assert!(err.contains(want), "{text:?}: {err:?} should contain {want:?}");
+            assert!(err.starts_with("/etc/b.toml") || err.contains("/etc/b.toml"), "{err} names the file");
+            assert!(!err.contains('\n'), "one line: {err:?}");
+        }
+    }
+
+    #[test]
+    fn several_problems_reported_at_once() {
+        let err = parse("[repository]\nurl = \"file:///r\"\ncompression_level = 99\n[spool]\npath = \"rel\"\n")
+            .expect_err("invalid")
+            .to_string();
+        assert!(err.contains("compression_level") && err.contains("spool.path"), "{err}");
+    }
+
+    #[test]
+    fn dollar_escapes_and_comments() {
+        let c = parse("# ${NOT_SET} in a comment is fine\n[repository]\nurl = \"file:///r$$x\"\n[spool]\npath = \"/s\"\n")
+            .expect("config");
+        assert_eq!(c.repository.url, "file:///r$x");
+    }
+
+    #[test]
+    fn debug_redacts_kms_key() {
+        let c = parse("[repository]\nurl = \"s3://b\"\n[repository.s3]\nsse = \"aws:kms\"\nsse_kms_key_id = \"secret-key-id\"\n[spool]\npath = \"/s\"\n")
+            .expect("config");
+        let dbg = format!("{c:?}");
+        assert!(!dbg.contains("secret-key-id"), "{dbg}");
+    }
+}

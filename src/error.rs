@@ -1,0 +1,169 @@
+//! `crate::Error`: every module's error, plus the command-level failures, with a one-line hint each.
+//!
+//! Rules (follow them when adding a variant):
+//! - Messages are lower-case, one line, no trailing period, and name the object: the segment, key, file or URL.
+//! - Variants carry typed context, not pre-formatted strings.
+//! - Guidance for the operator goes in [`Error::hint`], one sentence per variant, never in the message.
+//! - Exit codes are decided in `cli::exit` from [`Error::is_usage`] and [`Error::is_not_in_archive`], not here.
+
+use std::path::PathBuf;
+
+use crate::codec::Digest;
+
+/// Any failure of a command.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// Configuration could not be loaded or is invalid.
+    #[error(transparent)]
+    Config(#[from] crate::config::Error),
+    /// Command-line usage error (bad argument).
+    #[error("{0}")]
+    Usage(String),
+    /// Storage failed.
+    #[error(transparent)]
+    Storage(#[from] crate::storage::Error),
+    /// The spool failed or is locked.
+    #[error(transparent)]
+    Spool(#[from] crate::spool::Error),
+    /// A repository record is unreadable, from a newer format, or for another cluster.
+    #[error(transparent)]
+    Repository(#[from] crate::repository::store::Error),
+    /// A name PostgreSQL does not archive.
+    #[error(transparent)]
+    Name(#[from] crate::wal::ParseError),
+    /// A segment's page header contradicts its name, its size, or is not WAL.
+    #[error("{path}: {source}")]
+    BadSegment {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        #[source]
+        source: crate::wal::HeaderError,
+    },
+    /// A `.history` or `.backup` file whose content is not what PostgreSQL writes.
+    #[error("{path}: not a valid {kind} file: {reason}")]
+    BadTextFile {
+        /// The file.
+        path: PathBuf,
+        /// `timeline history` or `backup history`.
+        kind: &'static str,
+        /// What is wrong.
+        reason: String,
+    },
+    /// Reading the WAL file to push failed (vanished, unreadable, changed while read).
+    #[error("cannot read {path}: {source}")]
+    ReadWal {
+        /// The file.
+        path: PathBuf,
+        /// Cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The file changed size while it was being read.
+    #[error("{path} changed while being read ({expected} bytes before, {actual} read)")]
+    FileChanged {
+        /// The file.
+        path: PathBuf,
+        /// Size at open.
+        expected: u64,
+        /// Bytes read.
+        actual: u64,
+    },
+    /// The repository holds this name with other content: never overwritten.
+    #[error("{name} already archived with a different checksum (repository has {stored}, this file is {offered})")]
+    DifferentContent {
+        /// The WAL file name.
+        name: String,
+        /// Digest in the repository.
+        stored: Digest,
+        /// Digest of the file offered.
+        offered: Digest,
+    },
+    /// The repository does not hold the file asked for (a definitive answer).
+    #[error("{name} is not in the archive {backend}")]
+    NotInArchive {
+        /// The WAL file name.
+        name: String,
+        /// Backend display.
+        backend: String,
+    },
+    /// A stored object failed verification.
+    #[error("{what} is corrupt: {source}")]
+    Corrupt {
+        /// What was being read (key or spool file).
+        what: String,
+        /// Cause.
+        #[source]
+        source: crate::codec::Error,
+    },
+    /// Writing the destination file failed.
+    #[error("cannot write {path}: {source}")]
+    WriteDestination {
+        /// The file.
+        path: PathBuf,
+        /// Cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A feature that this build does not implement yet.
+    #[error("{0} is not implemented yet")]
+    NotImplemented(&'static str),
+    /// A background task failed to run.
+    #[error("internal task failed: {0}")]
+    Task(String),
+}
+
+impl Error {
+    /// A bad configuration or command line: exit status 2 (255 for wal-fetch).
+    pub fn is_usage(&self) -> bool {
+        matches!(self, Error::Config(_) | Error::Usage(_))
+            || matches!(self, Error::Storage(crate::storage::Error::InvalidUrl { .. }))
+    }
+
+    /// The repository definitively does not hold the file (wal-fetch exit status 1).
+    pub fn is_not_in_archive(&self) -> bool {
+        matches!(self, Error::NotInArchive { .. })
+    }
+
+    /// One sentence of guidance for the operator, if there is any.
+    pub fn hint(&self) -> Option<&'static str> {
+        use crate::storage::Error as S;
+        Some(match self {
+            Error::Config(_) => "fix the configuration file and run again; see docs/configuration.md",
+            Error::Usage(_) => "run with --help for usage",
+            Error::Storage(S::Transient { .. }) => {
+                "the repository is unreachable or failing; check the endpoint, network and credentials (retried until archive.retry_deadline_seconds)"
+            }
+            Error::Storage(S::PermissionDenied { .. }) => {
+                "check the credentials and the bucket policy or directory permissions for the PostgreSQL OS user"
+            }
+            Error::Storage(S::InvalidUrl { .. }) => "repository.url must be file:///absolute/path or s3://bucket/prefix",
+            Error::Storage(_) => return None,
+            Error::Spool(crate::spool::Error::Locked { .. }) => {
+                "another wal-push or wal-fetch is running against this spool; it will be retried"
+            }
+            Error::Spool(_) => "spool.path must exist or be creatable, and be writable by the PostgreSQL OS user",
+            Error::Repository(crate::repository::store::Error::WrongCluster { .. }) => {
+                "each cluster needs its own repository url; check repository.url in this cluster's configuration"
+            }
+            Error::Repository(_) => "run 'backupctl check' and restore the repository records from a copy if needed",
+            Error::Name(_) => "archive_command must pass %p and restore_command must pass %f and %p",
+            Error::BadSegment { .. } | Error::BadTextFile { .. } => {
+                "this is not WAL of this cluster; check archive_command and the data directory"
+            }
+            Error::ReadWal { .. } | Error::FileChanged { .. } => {
+                "the file must exist in pg_wal and be readable by the PostgreSQL OS user"
+            }
+            Error::DifferentContent { .. } => {
+                "another cluster or a restored copy may be archiving into this repository; give it its own repository url"
+            }
+            Error::NotInArchive { .. } => return None,
+            Error::Corrupt { .. } => {
+                "the stored object is damaged; recovery stops here rather than skip WAL: restore the object from a copy"
+            }
+            Error::WriteDestination { .. } => "check free space and permissions of the destination directory",
+            Error::NotImplemented(_) | Error::Task(_) => return None,
+        })
+    }
+}

@@ -1,0 +1,18 @@
+//! backupctl: PostgreSQL continuous archiving, base backups and point-in-time recovery.
+//!
+//! Layout (arrows point down only): binaries → [`cli`] → commands ([`archive`]) → domain ([`wal`], [`codec`],
+//! [`config`], [`repository`]) and infrastructure ([`storage`], [`spool`]). Lower modules return their own error
+//! enums; commands return [`Error`].
+#![warn(missing_docs)]
+
+pub mod archive;
+pub mod cli;
+pub mod codec;
+pub mod config;
+pub mod error;
+pub mod repository;
+pub mod spool;
+pub mod storage;
+pub mod wal;
+
+pub use error::Error;

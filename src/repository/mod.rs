@@ -1,0 +1,92 @@
+//! Repository layout: which key holds what. Pure; [`store`] does the I/O.
+//!
+//! ```text
+//! backupctl.json                               descriptor: format version (create-only)
+//! cluster.json                                 the one cluster this repository belongs to (create-only)
+//! wal/<timeline><log>/<segment>                WAL segments, 16 hex digit directory per 4 GiB of WAL
+//! wal/<timeline><log>/<segment>.partial        partial segments
+//! wal/<timeline><log>/<segment>.<off>.backup   backup history files
+//! wal/timelines/<timeline>.history             timeline history files
+//! backups/                                     base backups (a later format revision)
+//! ```
+//! Every object is in the [`crate::codec`] format. Nothing is ever overwritten with different content.
+
+pub mod store;
+
+use serde::{Deserialize, Serialize};
+
+use crate::storage::Key;
+use crate::wal::WalFileName;
+
+/// The format version this build writes and reads.
+pub const FORMAT_VERSION: u32 = 1;
+
+/// Key of the repository descriptor.
+pub fn descriptor_key() -> Key {
+    fixed_key("backupctl.json")
+}
+
+/// Key of the cluster identity record.
+pub fn cluster_key() -> Key {
+    fixed_key("cluster.json")
+}
+
+fn fixed_key(s: &'static str) -> Key {
+    // invariant: the literal is a valid key (covered by tests).
+    Key::new(s).unwrap_or_else(|_| unreachable!("static key {s} is valid"))
+}
+
+/// Key of an archived WAL file.
+pub fn wal_key(name: &WalFileName) -> Key {
+    let key = match name {
+        WalFileName::History(_) => format!("wal/timelines/{name}"),
+        other => {
+            let s = other.to_string();
+            format!("wal/{}/{s}", &s[0..16])
+        }
+    };
+    // invariant: WalFileName renders only hex digits, '.', and fixed suffixes.
+    Key::new(key).unwrap_or_else(|e| unreachable!("wal key is valid: {e}"))
+}
+
+/// The repository descriptor (`backupctl.json`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Descriptor {
+    /// Layout format version.
+    pub format: u32,
+    /// The program that created the repository.
+    pub created_by: String,
+    /// When, RFC 3339.
+    pub created_at: String,
+}
+
+/// The cluster the repository belongs to (`cluster.json`), from the first segment it received.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterInfo {
+    /// `pg_control` system identifier, as a decimal string (as `pg_controldata` prints it).
+    pub system_identifier: String,
+    /// `wal_segment_size` in bytes.
+    pub wal_segment_size: u64,
+    /// PostgreSQL major version (from the WAL page magic).
+    pub pg_version: u32,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys() {
+        assert_eq!(descriptor_key().as_str(), "backupctl.json");
+        assert_eq!(cluster_key().as_str(), "cluster.json");
+        let cases = [
+            ("000000010000000A000000FF", "wal/000000010000000A/000000010000000A000000FF"),
+            ("000000010000000A000000FF.partial", "wal/000000010000000A/000000010000000A000000FF.partial"),
+            ("000000010000000A000000FF.00000028.backup", "wal/000000010000000A/000000010000000A000000FF.00000028.backup"),
+            ("00000002.history", "wal/timelines/00000002.history"),
+        ];
+        for (name, key) in cases {
+            assert_eq!(wal_key(&name.parse().expect(name)).as_str(), key);
+        }
+    }
+}

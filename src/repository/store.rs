@@ -1,0 +1,155 @@
+//! Load and save the repository's own records (descriptor, cluster identity), each checksummed by the codec.
+//!
+//! Invariants: records are written create-only; a concurrent creator's record wins and is then compared.
+
+use bytes::Bytes;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use super::{ClusterInfo, Descriptor, FORMAT_VERSION, cluster_key, descriptor_key};
+use crate::codec;
+use crate::storage::{self, Key, PutMode, Storage};
+
+/// Errors reading or writing repository records.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// Storage failed.
+    #[error(transparent)]
+    Storage(#[from] storage::Error),
+    /// A record is corrupt.
+    #[error("repository record {key} is corrupt: {source}")]
+    Corrupt {
+        /// The key.
+        key: Key,
+        /// Cause.
+        #[source]
+        source: codec::Error,
+    },
+    /// A record is not valid JSON of the expected shape.
+    #[error("repository record {key} is unreadable: {source}")]
+    BadJson {
+        /// The key.
+        key: Key,
+        /// Cause.
+        #[source]
+        source: serde_json::Error,
+    },
+    /// The repository was written by a newer format.
+    #[error("repository {backend} has format {found}; this build reads format {FORMAT_VERSION}")]
+    UnsupportedFormat {
+        /// Backend display.
+        backend: String,
+        /// Its format version.
+        found: u32,
+    },
+    /// WAL from another cluster.
+    #[error(
+        "repository {backend} belongs to cluster {expected} (wal segment size {expected_seg_size}), not to cluster {found} (wal segment size {found_seg_size})"
+    )]
+    WrongCluster {
+        /// Backend display.
+        backend: String,
+        /// System id on record.
+        expected: String,
+        /// Segment size on record.
+        expected_seg_size: u64,
+        /// System id offered.
+        found: String,
+        /// Segment size offered.
+        found_seg_size: u64,
+    },
+}
+
+/// Read a checksummed JSON record, or `None` if absent.
+pub async fn load<T: DeserializeOwned>(storage: &dyn Storage, key: &Key) -> Result<Option<T>, Error> {
+    let bytes = match storage.get(key).await {
+        Ok(b) => b,
+        Err(e) if e.is_not_found() => return Ok(None),
+        Err(e) => return Err(e.into()),
+    };
+    let mut json = Vec::new();
+    codec::decode(&bytes, &mut json).map_err(|source| Error::Corrupt { key: key.clone(), source })?;
+    serde_json::from_slice(&json).map(Some).map_err(|source| Error::BadJson { key: key.clone(), source })
+}
+
+/// Write a checksummed JSON record create-only. Returns false if the key already existed (nothing written).
+pub async fn create<T: Serialize>(storage: &dyn Storage, key: &Key, value: &T) -> Result<bool, Error> {
+    let json = serde_json::to_vec_pretty(value).map_err(|source| Error::BadJson { key: key.clone(), source })?;
+    let (object, _) = codec::encode(&json[..], 3, json.len() as u64).map_err(|source| Error::Corrupt {
+        key: key.clone(),
+        source,
+    })?;
+    match storage.put(key, Bytes::from(object), PutMode::Create).await {
+        Ok(()) => Ok(true),
+        Err(storage::Error::AlreadyExists { .. }) => Ok(false),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Make sure the repository has a descriptor this build understands, creating it on first use.
+pub async fn ensure_descriptor(storage: &dyn Storage, now_rfc3339: &str) -> Result<Descriptor, Error> {
+    let key = descriptor_key();
+    if let Some(d) = load::<Descriptor>(storage, &key).await? {
+        return check_format(storage, d);
+    }
+    let d = Descriptor {
+        format: FORMAT_VERSION,
+        created_by: format!("backupctl {}", env!("CARGO_PKG_VERSION")),
+        created_at: now_rfc3339.to_owned(),
+    };
+    if create(storage, &key, &d).await? {
+        tracing::info!(backend = %storage, "created repository");
+        return Ok(d);
+    }
+    // Someone else created it first: theirs is the one.
+    match load::<Descriptor>(storage, &key).await? {
+        Some(d) => check_format(storage, d),
+        None => Err(storage::Error::NotFound { backend: storage.to_string(), key }.into()),
+    }
+}
+
+fn check_format(storage: &dyn Storage, d: Descriptor) -> Result<Descriptor, Error> {
+    if d.format > FORMAT_VERSION {
+        return Err(Error::UnsupportedFormat { backend: storage.to_string(), found: d.format });
+    }
+    Ok(d)
+}
+
+/// The cluster on record, if any WAL has been archived.
+pub async fn cluster_info(storage: &dyn Storage) -> Result<Option<ClusterInfo>, Error> {
+    load(storage, &cluster_key()).await
+}
+
+/// Check `offered` against the cluster on record, recording it if the repository has none yet.
+pub async fn claim_cluster(storage: &dyn Storage, offered: &ClusterInfo) -> Result<ClusterInfo, Error> {
+    let on_record = match cluster_info(storage).await? {
+        Some(c) => c,
+        None => {
+            if create(storage, &cluster_key(), offered).await? {
+                tracing::info!(backend = %storage, system_identifier = %offered.system_identifier, "repository now belongs to this cluster");
+                return Ok(offered.clone());
+            }
+            cluster_info(storage)
+                .await?
+                .ok_or_else(|| storage::Error::NotFound { backend: storage.to_string(), key: cluster_key() })?
+        }
+    };
+    check_cluster(storage, &on_record, offered)?;
+    Ok(on_record)
+}
+
+/// Refuse WAL whose system identifier or segment size differs from the record.
+pub fn check_cluster(storage: &dyn Storage, on_record: &ClusterInfo, offered: &ClusterInfo) -> Result<(), Error> {
+    if on_record.system_identifier != offered.system_identifier || on_record.wal_segment_size != offered.wal_segment_size
+    {
+        return Err(Error::WrongCluster {
+            backend: storage.to_string(),
+            expected: on_record.system_identifier.clone(),
+            expected_seg_size: on_record.wal_segment_size,
+            found: offered.system_identifier.clone(),
+            found_seg_size: offered.wal_segment_size,
+        });
+    }
+    Ok(())
+}

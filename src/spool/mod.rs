@@ -1,0 +1,267 @@
+//! The local spool: push status records, the fetch prefetch queue, and their lock files.
+//!
+//! ```text
+//! <spool>/push.lock            held by the wal-push that is pushing
+//! <spool>/push/<name>.ok       "durably stored" record: repository, digest, raw size (written after the upload)
+//! <spool>/fetch.lock           held by the one prefetcher
+//! <spool>/fetch/<name>         a prefetched object, exactly as stored (verified again when served)
+//! <spool>/fetch/wanted         the newest name PostgreSQL asked for (the prefetcher follows it)
+//! ```
+//! Invariants: every file is written atomically (temp file, fsync, rename, fsync of the directory), so a
+//! `kill -9` leaves either no record or a complete one. A record is written only after the repository has
+//! confirmed the object is durable. The spool never holds copies of WAL on the push side.
+
+pub mod lock;
+
+use std::io::{ErrorKind, Write};
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+pub use lock::Lock;
+
+use crate::codec::Digest;
+
+/// Spool failures.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// A file in the spool could not be read or written.
+    #[error("spool {path}: {source}")]
+    Io {
+        /// The path.
+        path: PathBuf,
+        /// Cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Another process holds the lock.
+    #[error("spool lock {path} is held by another process ({holder})")]
+    Locked {
+        /// The lock file.
+        path: PathBuf,
+        /// What the holder wrote (pid, start time).
+        holder: String,
+    },
+}
+
+/// A "durably stored" record for one pushed file.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PushRecord {
+    /// The repository it was stored in (display form of the backend).
+    pub repository: String,
+    /// Digest of the raw content.
+    pub digest: String,
+    /// Raw size in bytes.
+    pub raw_size: u64,
+}
+
+impl PushRecord {
+    /// Build a record.
+    pub fn new(repository: &str, digest: Digest, raw_size: u64) -> Self {
+        Self { repository: repository.to_owned(), digest: digest.to_string(), raw_size }
+    }
+}
+
+/// The spool directory.
+#[derive(Debug, Clone)]
+pub struct Spool {
+    root: PathBuf,
+}
+
+impl Spool {
+    /// Open (and create if needed) the spool at `root`.
+    pub fn open(root: &Path) -> Result<Self, Error> {
+        let spool = Self { root: root.to_path_buf() };
+        for dir in [spool.root.clone(), spool.push_dir(), spool.fetch_dir()] {
+            std::fs::create_dir_all(&dir).map_err(|source| Error::Io { path: dir.clone(), source })?;
+        }
+        Ok(spool)
+    }
+
+    /// The spool root.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    fn push_dir(&self) -> PathBuf {
+        self.root.join("push")
+    }
+
+    /// Directory of prefetched objects.
+    pub fn fetch_dir(&self) -> PathBuf {
+        self.root.join("fetch")
+    }
+
+    /// Lock file for wal-push.
+    pub fn push_lock_path(&self) -> PathBuf {
+        self.root.join("push.lock")
+    }
+
+    /// Lock file for the prefetcher.
+    pub fn fetch_lock_path(&self) -> PathBuf {
+        self.root.join("fetch.lock")
+    }
+
+    fn record_path(&self, name: &str) -> PathBuf {
+        self.push_dir().join(format!("{name}.ok"))
+    }
+
+    /// The push record for `name`, if one exists and parses (a damaged record counts as absent).
+    pub fn push_record(&self, name: &str) -> Result<Option<PushRecord>, Error> {
+        let path = self.record_path(name);
+        match std::fs::read(&path) {
+            Ok(bytes) => Ok(serde_json::from_slice(&bytes).ok()),
+            Err(e) if e.kind() == ErrorKind::NotFound => Ok(None),
+            Err(source) => Err(Error::Io { path, source }),
+        }
+    }
+
+    /// Durably record that `name` is stored.
+    pub fn write_push_record(&self, name: &str, record: &PushRecord) -> Result<(), Error> {
+        // invariant: serializing a struct of strings and integers cannot fail.
+        let json = serde_json::to_vec(record).unwrap_or_default();
+        write_atomic(&self.record_path(name), &json, true)
+    }
+
+    /// Remove the push record for `name` (after PostgreSQL has been told it is archived).
+    pub fn remove_push_record(&self, name: &str) -> Result<(), Error> {
+        remove_if_exists(&self.record_path(name))
+    }
+
+    /// Names that have a push record, sorted.
+    pub fn push_record_names(&self) -> Result<Vec<String>, Error> {
+        let mut names = list_names(&self.push_dir())?
+            .into_iter()
+            .filter_map(|n| n.strip_suffix(".ok").map(str::to_owned))
+            .collect::<Vec<_>>();
+        names.sort();
+        Ok(names)
+    }
+
+    /// Path of a prefetched object.
+    pub fn prefetched_path(&self, name: &str) -> PathBuf {
+        self.fetch_dir().join(name)
+    }
+
+    /// Store a prefetched object atomically (not fsynced: a lost prefetch is simply fetched again).
+    pub fn write_prefetched(&self, name: &str, object: &[u8]) -> Result<(), Error> {
+        write_atomic(&self.prefetched_path(name), object, false)
+    }
+
+    /// Read a prefetched object, if present.
+    pub fn read_prefetched(&self, name: &str) -> Result<Option<Vec<u8>>, Error> {
+        let path = self.prefetched_path(name);
+        match std::fs::read(&path) {
+            Ok(b) => Ok(Some(b)),
+            Err(e) if e.kind() == ErrorKind::NotFound => Ok(None),
+            Err(source) => Err(Error::Io { path, source }),
+        }
+    }
+
+    /// Remove a prefetched object.
+    pub fn remove_prefetched(&self, name: &str) -> Result<(), Error> {
+        remove_if_exists(&self.prefetched_path(name))
+    }
+
+    /// Names in the prefetch queue (excluding the `wanted` marker and temp files), sorted.
+    pub fn prefetched_names(&self) -> Result<Vec<String>, Error> {
+        let mut names: Vec<String> = list_names(&self.fetch_dir())?.into_iter().filter(|n| n != "wanted").collect();
+        names.sort();
+        Ok(names)
+    }
+
+    /// Record the newest name PostgreSQL asked wal-fetch for.
+    pub fn set_wanted(&self, name: &str) -> Result<(), Error> {
+        write_atomic(&self.fetch_dir().join("wanted"), name.as_bytes(), false)
+    }
+
+    /// The newest name PostgreSQL asked for, if recorded.
+    pub fn wanted(&self) -> Result<Option<String>, Error> {
+        let path = self.fetch_dir().join("wanted");
+        match std::fs::read_to_string(&path) {
+            Ok(s) => Ok(Some(s.trim().to_owned()).filter(|s| !s.is_empty())),
+            Err(e) if e.kind() == ErrorKind::NotFound => Ok(None),
+            Err(source) => Err(Error::Io { path, source }),
+        }
+    }
+}
+
+fn list_names(dir: &Path) -> Result<Vec<String>, Error> {
+    let entries = match std::fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(source) => return Err(Error::Io { path: dir.to_path_buf(), source }),
+    };
+    let mut out = Vec::new();
+    for entry in entries {
+        let entry = entry.map_err(|source| Error::Io { path: dir.to_path_buf(), source })?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if !name.starts_with('.') {
+            out.push(name);
+        }
+    }
+    Ok(out)
+}
+
+fn remove_if_exists(path: &Path) -> Result<(), Error> {
+    match std::fs::remove_file(path) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == ErrorKind::NotFound => Ok(()),
+        Err(source) => Err(Error::Io { path: path.to_path_buf(), source }),
+    }
+}
+
+/// Write `bytes` to `path` through a temp file in the same directory and a rename; with `durable`, fsync the
+/// file before the rename and the directory after it.
+pub fn write_atomic(path: &Path, bytes: &[u8], durable: bool) -> Result<(), Error> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let io = |source| Error::Io { path: path.to_path_buf(), source };
+    let mut tmp = tempfile::Builder::new().prefix(".tmp-").tempfile_in(dir).map_err(io)?;
+    tmp.write_all(bytes).map_err(io)?;
+    if durable {
+        tmp.as_file().sync_all().map_err(io)?;
+    }
+    tmp.persist(path).map_err(|e| io(e.error))?;
+    if durable {
+        crate::storage::fs::sync_dir(dir).map_err(io)?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn push_records_round_trip() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let spool = Spool::open(dir.path()).expect("open");
+        let name = "000000010000000000000003";
+        assert_eq!(spool.push_record(name).expect("read"), None);
+        let rec = PushRecord::new("file:///r", Digest::of(b"x"), 16);
+        spool.write_push_record(name, &rec).expect("write");
+        assert_eq!(spool.push_record(name).expect("read"), Some(rec));
+        assert_eq!(spool.push_record_names().expect("names"), vec![name.to_owned()]);
+        spool.remove_push_record(name).expect("remove");
+        spool.remove_push_record(name).expect("remove twice is fine");
+        assert!(spool.push_record_names().expect("names").is_empty());
+        // A damaged record counts as absent.
+        std::fs::write(dir.path().join("push").join(format!("{name}.ok")), b"{trunc").expect("write");
+        assert_eq!(spool.push_record(name).expect("read"), None);
+    }
+
+    #[test]
+    fn prefetch_queue() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let spool = Spool::open(dir.path()).expect("open");
+        spool.write_prefetched("B", b"2").expect("write");
+        spool.write_prefetched("A", b"1").expect("write");
+        spool.set_wanted("A").expect("wanted");
+        assert_eq!(spool.prefetched_names().expect("names"), vec!["A", "B"]);
+        assert_eq!(spool.read_prefetched("A").expect("read"), Some(b"1".to_vec()));
+        assert_eq!(spool.wanted().expect("wanted"), Some("A".to_owned()));
+        spool.remove_prefetched("A").expect("remove");
+        assert_eq!(spool.read_prefetched("A").expect("read"), None);
+    }
+}

@@ -1,0 +1,285 @@
+//! Object storage behind one trait: a local directory (`file://`) or S3 (`s3://`).
+//!
+//! Invariants:
+//! - Keys are opaque, validated [`Key`] values; this module knows nothing about PostgreSQL or the repository layout.
+//! - Every `put` is atomic and durable before it returns `Ok`: a reader sees the whole object or nothing.
+//! - `PutMode::Create` never replaces an existing object; it fails with [`Error::AlreadyExists`].
+//! - Backends classify their failures into the kinds of [`Error`]; callers branch on kinds, never on messages.
+//!   Only [`Error::Transient`] is retried, by the [`retry::Retrying`] wrapper, within a deadline.
+
+pub mod fs;
+pub mod retry;
+pub mod s3;
+pub mod testing;
+
+use std::fmt;
+use std::ops::Range;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+
+/// A validated object key: `/`-separated, relative, no empty, `.` or `..` segments.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Key(String);
+
+/// Why a string is not a valid [`Key`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid storage key {key:?}: {reason}")]
+pub struct InvalidKey {
+    /// The rejected key.
+    pub key: String,
+    /// What is wrong with it.
+    pub reason: &'static str,
+}
+
+impl Key {
+    /// Validate and wrap a key.
+    pub fn new(key: impl Into<String>) -> Result<Self, InvalidKey> {
+        let key = key.into();
+        let reason = if key.is_empty() {
+            Some("empty")
+        } else if key.starts_with('/') {
+            Some("leading '/'")
+        } else if key.contains('\\') || key.contains('\0') {
+            Some("backslash or NUL")
+        } else if key.split('/').any(|s| s.is_empty() || s == "." || s == "..") {
+            Some("empty, '.' or '..' segment")
+        } else {
+            None
+        };
+        match reason {
+            Some(reason) => Err(InvalidKey { key, reason }),
+            None => Ok(Self(key)),
+        }
+    }
+
+    /// The key as a string.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// The last `/`-separated segment.
+    pub fn file_name(&self) -> &str {
+        self.0.rsplit('/').next().unwrap_or(&self.0)
+    }
+}
+
+impl fmt::Display for Key {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::str::FromStr for Key {
+    type Err = InvalidKey;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Self::new(s)
+    }
+}
+
+/// What a listing or `head` says about one object.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ObjectMeta {
+    /// The object's key.
+    pub key: Key,
+    /// Stored size in bytes.
+    pub size: u64,
+}
+
+/// Whether a `put` may replace an existing object.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PutMode {
+    /// Replace any existing object (atomically).
+    Overwrite,
+    /// Fail with [`Error::AlreadyExists`] if the key exists.
+    Create,
+}
+
+/// Optional abilities a backend advertises.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Capabilities {
+    /// `PutMode::Create` is enforced atomically by the backend (no check-then-write race).
+    pub is_create_atomic: bool,
+    /// Writes are made durable by fsync of the file and its directory.
+    pub has_fsync_dir: bool,
+}
+
+/// Storage failures, by the kind callers branch on.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The object does not exist (a definitive answer from the backend).
+    #[error("{backend}: object {key} not found")]
+    NotFound {
+        /// Backend display name.
+        backend: String,
+        /// The key asked for.
+        key: Key,
+    },
+    /// A create-only put found the key already present.
+    #[error("{backend}: object {key} already exists")]
+    AlreadyExists {
+        /// Backend display name.
+        backend: String,
+        /// The key written.
+        key: Key,
+    },
+    /// Access was refused.
+    #[error("{backend}: permission denied for {key}: {source}")]
+    PermissionDenied {
+        /// Backend display name.
+        backend: String,
+        /// The key.
+        key: String,
+        /// Underlying cause.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    /// A failure that may go away on retry (network, throttling, 5xx, 409 conflicts).
+    #[error("{backend}: {op} {key} failed after {attempts} attempt(s): {source}")]
+    Transient {
+        /// Backend display name.
+        backend: String,
+        /// Operation name (`put`, `get`, ...).
+        op: &'static str,
+        /// The key.
+        key: String,
+        /// How many attempts were made.
+        attempts: u32,
+        /// Underlying cause.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    /// Any other failure (not retried).
+    #[error("{backend}: {op} {key} failed: {source}")]
+    Other {
+        /// Backend display name.
+        backend: String,
+        /// Operation name.
+        op: &'static str,
+        /// The key.
+        key: String,
+        /// Underlying cause.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    /// The repository URL or backend settings are unusable.
+    #[error("invalid repository url {url:?}: {reason}")]
+    InvalidUrl {
+        /// The URL.
+        url: String,
+        /// Why.
+        reason: String,
+    },
+    /// A key could not be built.
+    #[error(transparent)]
+    InvalidKey(#[from] InvalidKey),
+}
+
+impl Error {
+    /// True for [`Error::NotFound`].
+    pub fn is_not_found(&self) -> bool {
+        matches!(self, Error::NotFound { .. })
+    }
+
+    /// True for [`Error::Transient`].
+    pub fn is_transient(&self) -> bool {
+        matches!(self, Error::Transient { .. })
+    }
+
+    /// Build an [`Error::Other`] from any error.
+    pub fn other(
+        backend: &dyn fmt::Display,
+        op: &'static str,
+        key: &dyn fmt::Display,
+        source: impl Into<Box<dyn std::error::Error + Send + Sync>>,
+    ) -> Self {
+        Error::Other { backend: backend.to_string(), op, key: key.to_string(), source: source.into() }
+    }
+
+    /// Build an [`Error::Transient`] (one attempt so far) from any error.
+    pub fn transient(
+        backend: &dyn fmt::Display,
+        op: &'static str,
+        key: &dyn fmt::Display,
+        source: impl Into<Box<dyn std::error::Error + Send + Sync>>,
+    ) -> Self {
+        Error::Transient { backend: backend.to_string(), op, key: key.to_string(), attempts: 1, source: source.into() }
+    }
+}
+
+/// Result alias for storage calls.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// An object store. Implementations must be safe to share between tasks.
+#[async_trait]
+pub trait Storage: Send + Sync + fmt::Display + fmt::Debug {
+    /// Store `body` under `key`, atomically and durably.
+    async fn put(&self, key: &Key, body: Bytes, mode: PutMode) -> Result<()>;
+    /// Read a whole object.
+    async fn get(&self, key: &Key) -> Result<Bytes>;
+    /// Read a byte range of an object (shorter if the object is shorter).
+    async fn get_range(&self, key: &Key, range: Range<u64>) -> Result<Bytes>;
+    /// Size of an object, or `NotFound`.
+    async fn head(&self, key: &Key) -> Result<ObjectMeta>;
+    /// All objects whose key starts with `prefix` (a string prefix, not only a directory), sorted by key.
+    async fn list(&self, prefix: &str) -> Result<Vec<ObjectMeta>>;
+    /// Delete an object; deleting a missing object is not an error.
+    async fn delete(&self, key: &Key) -> Result<()>;
+    /// What this backend guarantees.
+    fn capabilities(&self) -> Capabilities;
+
+    /// True if the object exists.
+    async fn exists(&self, key: &Key) -> Result<bool> {
+        match self.head(key).await {
+            Ok(_) => Ok(true),
+            Err(e) if e.is_not_found() => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+}
+
+/// A shared, dynamically dispatched storage handle.
+pub type DynStorage = Arc<dyn Storage>;
+
+/// Open the backend named by a repository URL, wrapped in retries bounded by `retry_deadline`.
+///
+/// `file:///absolute/path` opens a local directory, `s3://bucket[/prefix]` a bucket (configured by `s3`); anything
+/// else is [`Error::InvalidUrl`].
+pub async fn open(url: &str, s3: &crate::config::S3Config, retry_deadline: std::time::Duration) -> Result<DynStorage> {
+    let invalid = |reason: &str| Error::InvalidUrl { url: url.to_owned(), reason: reason.to_owned() };
+    let inner: DynStorage = if let Some(path) = url.strip_prefix("file://") {
+        if !path.starts_with('/') {
+            return Err(invalid("a file:// URL needs an absolute path, e.g. file:///srv/archive"));
+        }
+        Arc::new(fs::FsStorage::new(path))
+    } else if let Some(rest) = url.strip_prefix("s3://") {
+        let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+        if bucket.is_empty() {
+            return Err(invalid("names no bucket, e.g. s3://bucket/prefix"));
+        }
+        Arc::new(s3::S3Storage::connect(bucket, prefix, s3).await?)
+    } else {
+        return Err(invalid("must start with file:// or s3://"));
+    };
+    Ok(Arc::new(retry::Retrying::new(inner, retry_deadline)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn key_validation_table() {
+        for good in ["a", "wal/0000000100000000/000000010000000000000001", "a.b/c-d_e"] {
+            let key = Key::new(good).expect(good);
+            assert_eq!(key.to_string(), good);
+            assert_eq!(good.parse::<Key>().expect("parse"), key);
+        }
+        for bad in ["", "/a", "a//b", "a/../b", "..", "./a", "a/", "a\\b"] {
+            assert!(Key::new(bad).is_err(), "{bad:?} must be rejected");
+        }
+        assert_eq!(Key::new("x/y/z").expect("key").file_name(), "z");
+    }
+}

@@ -1,0 +1,613 @@
+//! S3 backend (`s3://bucket/prefix`) on aws-sdk-s3.
+//!
+//! Invariants:
+//! - Every key is stored as `prefix/key`; listings strip the prefix again, so callers only see their own keys.
+//! - A put sends our own SHA-256 of the body (`x-amz-checksum-sha256`, a signed header), so the service rejects a
+//!   body damaged in transit; multipart parts each carry their own SHA-256. An object is visible only once it is
+//!   complete; a failed or cancelled multipart upload is aborted.
+//! - `PutMode::Create` sends `If-None-Match: *` (on `PutObject` or `CompleteMultipartUpload`): a 412 becomes
+//!   [`Error::AlreadyExists`], a 409 (concurrent conditional write) is [`Error::Transient`].
+//! - The SDK never retries (one attempt per call); [`super::retry::Retrying`] retries [`Error::Transient`] within a
+//!   deadline. Credentials come only from the standard AWS chain.
+//! - A missing bucket is never reported as [`Error::NotFound`] for `get` (that would read as "segment absent"),
+//!   except by `head`, whose 404 carries no body to tell the two apart.
+
+use std::fmt;
+use std::ops::Range;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use aws_config::BehaviorVersion;
+use aws_config::Region;
+use aws_config::retry::RetryConfig;
+use aws_config::timeout::TimeoutConfig;
+use aws_sdk_s3::Client;
+use aws_sdk_s3::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
+use aws_sdk_s3::operation::RequestId;
+use aws_sdk_s3::primitives::ByteStream;
+use aws_sdk_s3::types::{
+    ChecksumAlgorithm, CompletedMultipartUpload, CompletedPart, ServerSideEncryption, StorageClass,
+};
+use base64::Engine as _;
+use bytes::Bytes;
+use sha2::{Digest as _, Sha256};
+
+use super::{Capabilities, Error, Key, ObjectMeta, PutMode, Result, Storage};
+use crate::config::S3Config;
+
+const MIB: u64 = 1024 * 1024;
+/// S3's smallest part (except the last) and largest part count.
+const MIN_PART_SIZE: u64 = 5 * MIB;
+const MAX_PARTS: u64 = 10_000;
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Per-attempt limit for requests without a large body.
+const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(60);
+/// Uploads get [`ATTEMPT_TIMEOUT`] plus one second per MiB, so a slow link (1 MiB/s) can still finish a part.
+const UPLOAD_SECS_PER_MIB: u64 = 1;
+
+/// A repository in an S3 bucket, under an optional key prefix.
+#[derive(Clone)]
+pub struct S3Storage {
+    client: Client,
+    bucket: String,
+    /// No leading or trailing `/`; empty for the bucket root.
+    prefix: String,
+    sse: Option<ServerSideEncryption>,
+    sse_kms_key_id: Option<String>,
+    storage_class: Option<StorageClass>,
+    multipart_threshold: u64,
+    part_size: u64,
+}
+
+impl S3Storage {
+    /// Build a client for `bucket` and key `prefix` from `cfg` and the standard AWS credential chain.
+    ///
+    /// No request is sent: a wrong bucket or missing credentials show up on the first call.
+    pub async fn connect(bucket: &str, prefix: &str, cfg: &S3Config) -> Result<Self> {
+        let invalid = |reason: String| Error::InvalidUrl { url: format!("s3://{bucket}/{prefix}"), reason };
+        if bucket.is_empty() || bucket.contains('/') {
+            return Err(invalid("the bucket name must be non-empty and contain no '/'".to_owned()));
+        }
+        let prefix = prefix.trim_matches('/');
+        if !prefix.is_empty() {
+            Key::new(prefix).map_err(|e| invalid(format!("bad key prefix: {}", e.reason)))?;
+        }
+        if cfg.region.is_empty() {
+            return Err(invalid("repository.s3.region must not be empty".to_owned()));
+        }
+        let endpoint = cfg.endpoint.as_deref().filter(|e| !e.is_empty());
+        if let Some(ep) = endpoint {
+            if ep.starts_with("http://") && !cfg.allow_http {
+                return Err(invalid(format!("endpoint {ep:?} is plain HTTP and repository.s3.allow_http is off")));
+            }
+            if !ep.starts_with("http://") && !ep.starts_with("https://") {
+                return Err(invalid(format!("endpoint {ep:?} must start with https:// or http://")));
+            }
+        }
+        let sse = match cfg.sse.as_deref().filter(|s| !s.is_empty()) {
+            None => None,
+            Some("AES256") => Some(ServerSideEncryption::Aes256),
+            Some("aws:kms") => Some(ServerSideEncryption::AwsKms),
+            Some(other) => return Err(invalid(format!("sse {other:?} must be \"AES256\" or \"aws:kms\""))),
+        };
+        let sse_kms_key_id = cfg.sse_kms_key_id.clone().filter(|k| !k.is_empty());
+        if sse_kms_key_id.is_some() && sse != Some(ServerSideEncryption::AwsKms) {
+            return Err(invalid("sse_kms_key_id requires sse = \"aws:kms\"".to_owned()));
+        }
+
+        let sdk = aws_config::defaults(BehaviorVersion::latest())
+            .region(Region::new(cfg.region.clone()))
+            .timeout_config(timeouts(ATTEMPT_TIMEOUT))
+            .retry_config(RetryConfig::standard().with_max_attempts(1))
+            .load()
+            .await;
+        let mut conf = aws_sdk_s3::config::Builder::from(&sdk).force_path_style(cfg.force_path_style);
+        if let Some(ep) = endpoint {
+            conf = conf.endpoint_url(ep);
+        }
+        Ok(Self {
+            client: Client::from_conf(conf.build()),
+            bucket: bucket.to_owned(),
+            prefix: prefix.to_owned(),
+            sse,
+            sse_kms_key_id,
+            storage_class: cfg.storage_class.as_deref().filter(|s| !s.is_empty()).map(StorageClass::from),
+            multipart_threshold: cfg.multipart_threshold_mib.saturating_mul(MIB),
+            part_size: cfg.multipart_part_size_mib.saturating_mul(MIB).max(MIN_PART_SIZE),
+        })
+    }
+
+    fn object_key(&self, key: &str) -> String {
+        join_key(&self.prefix, key)
+    }
+
+    /// Turn an SDK failure into a storage error of the right kind.
+    fn error<E>(&self, op: &'static str, key: &str, err: &SdkError<E>) -> Error
+    where
+        E: ProvideErrorMetadata + std::error::Error + 'static,
+    {
+        let (class, message) = describe(err);
+        self.class_error(class, op, key, message)
+    }
+
+    fn class_error(&self, class: Class, op: &'static str, key: &str, message: String) -> Error {
+        let backend = self.to_string();
+        match class {
+            // NotFound only makes sense for reads; a 404 on a write names a missing bucket or upload.
+            Class::NotFound if matches!(op, "get" | "head") => match Key::new(key) {
+                Ok(key) => Error::NotFound { backend, key },
+                Err(e) => Error::InvalidKey(e),
+            },
+            Class::PermissionDenied => Error::PermissionDenied { backend, key: key.to_owned(), source: message.into() },
+            Class::Transient => Error::transient(&backend, op, &key, message),
+            _ => Error::other(&backend, op, &key, message),
+        }
+    }
+
+    async fn put_single(&self, key: &Key, body: Bytes, mode: PutMode) -> Result<()> {
+        let checksum = sha256_base64(body.clone()).await.map_err(|e| self.class_error(Class::Other, "put", key.as_str(), e))?;
+        let timeout = upload_timeout(body.len());
+        let mut req = self
+            .client
+            .put_object()
+            .bucket(&self.bucket)
+            .key(self.object_key(key.as_str()))
+            .body(ByteStream::from(body))
+            .checksum_algorithm(ChecksumAlgorithm::Sha256)
+            .checksum_sha256(checksum)
+            .set_server_side_encryption(self.sse.clone())
+            .set_ssekms_key_id(self.sse_kms_key_id.clone())
+            .set_storage_class(self.storage_class.clone());
+        if mode == PutMode::Create {
+            req = req.if_none_match("*");
+        }
+        match req.customize().config_override(attempt_override(timeout)).send().await {
+            Ok(_) => Ok(()),
+            Err(e) => Err(self.put_error(key, mode, &e)),
+        }
+    }
+
+    fn put_error<E>(&self, key: &Key, mode: PutMode, err: &SdkError<E>) -> Error
+    where
+        E: ProvideErrorMetadata + std::error::Error + 'static,
+    {
+        match describe(err) {
+            (Class::PreconditionFailed, _) if mode == PutMode::Create => {
+                Error::AlreadyExists { backend: self.to_string(), key: key.clone() }
+            }
+            (class, message) => self.class_error(class, "put", key.as_str(), message),
+        }
+    }
+
+    async fn put_multipart(&self, key: &Key, body: Bytes, mode: PutMode) -> Result<()> {
+        let object_key = self.object_key(key.as_str());
+        let created = self
+            .client
+            .create_multipart_upload()
+            .bucket(&self.bucket)
+            .key(&object_key)
+            .checksum_algorithm(ChecksumAlgorithm::Sha256)
+            .set_server_side_encryption(self.sse.clone())
+            .set_ssekms_key_id(self.sse_kms_key_id.clone())
+            .set_storage_class(self.storage_class.clone())
+            .send()
+            .await
+            .map_err(|e| self.error("put", key.as_str(), &e))?;
+        let Some(upload_id) = created.upload_id().map(str::to_owned) else {
+            let message = "CreateMultipartUpload returned no upload id".to_owned();
+            return Err(self.class_error(Class::Other, "put", key.as_str(), message));
+        };
+        let mut guard = AbortOnDrop { s3: Some(self.clone()), object_key, upload_id };
+        let result = self.upload_parts(key, body, mode, &guard.object_key, &guard.upload_id).await;
+        if result.is_err() {
+            // Abort now (awaited) rather than from the guard, so the upload is gone when we return.
+            if let Some(s3) = guard.s3.take() {
+                s3.abort(&guard.object_key, &guard.upload_id).await;
+            }
+        }
+        guard.s3 = None;
+        result
+    }
+
+    async fn upload_parts(&self, key: &Key, body: Bytes, mode: PutMode, object_key: &str, upload_id: &str) -> Result<()> {
+        let total = body.len() as u64;
+        let part_size = self.part_size.max(total.div_ceil(MAX_PARTS));
+        let mut parts = Vec::new();
+        let mut start = 0u64;
+        let mut number = 1i32;
+        while start < total {
+            let end = (start + part_size).min(total);
+            // invariant: start < end <= total = body.len(), so both fit in usize.
+            let part = body.slice(start as usize..end as usize);
+            let checksum = sha256_base64(part.clone())
+                .await
+                .map_err(|e| self.class_error(Class::Other, "put", key.as_str(), e))?;
+            let out = self
+                .client
+                .upload_part()
+                .bucket(&self.bucket)
+                .key(object_key)
+                .upload_id(upload_id)
+                .part_number(number)
+                .body(ByteStream::from(part.clone()))
+                .checksum_algorithm(ChecksumAlgorithm::Sha256)
+                .checksum_sha256(&checksum)
+                .customize()
+                .config_override(attempt_override(upload_timeout(part.len())))
+                .send()
+                .await
+                .map_err(|e| self.error("put", key.as_str(), &e))?;
+            tracing::debug!(key = %key, backend = %self, part = number, bytes = part.len(), "uploaded part");
+            parts.push(
+                CompletedPart::builder()
+                    .part_number(number)
+                    .set_e_tag(out.e_tag().map(str::to_owned))
+                    .checksum_sha256(checksum)
+                    .build(),
+            );
+            start = end;
+            number += 1;
+        }
+        let mut req = self
+            .client
+            .complete_multipart_upload()
+            .bucket(&self.bucket)
+            .key(object_key)
+            .upload_id(upload_id)
+            .multipart_upload(CompletedMultipartUpload::builder().set_parts(Some(parts)).build());
+        if mode == PutMode::Create {
+            req = req.if_none_match("*");
+        }
+        req.send().await.map(|_| ()).map_err(|e| self.put_error(key, mode, &e))
+    }
+
+    async fn abort(&self, object_key: &str, upload_id: &str) {
+        let req = self.client.abort_multipart_upload().bucket(&self.bucket).key(object_key).upload_id(upload_id);
+        if let Err(e) = req.send().await {
+            tracing::warn!(key = object_key, backend = %self, upload_id, error = %DisplayErrorContext(&e),
+                "could not abort a failed multipart upload; a bucket lifecycle rule should remove it");
+        }
+    }
+
+    async fn get_object(&self, key: &Key, range: Option<String>) -> Result<Bytes> {
+        let out = self
+            .client
+            .get_object()
+            .bucket(&self.bucket)
+            .key(self.object_key(key.as_str()))
+            .set_range(range)
+            .send()
+            .await;
+        let out = match out {
+            Ok(out) => out,
+            Err(e) => match describe(&e) {
+                (Class::InvalidRange, _) => return Ok(Bytes::new()),
+                (class, message) => return Err(self.class_error(class, "get", key.as_str(), message)),
+            },
+        };
+        match out.body.collect().await {
+            Ok(data) => Ok(data.into_bytes()),
+            Err(e) => Err(self.class_error(Class::Transient, "get", key.as_str(), one_line(DisplayErrorContext(&e)))),
+        }
+    }
+}
+
+/// Aborts a multipart upload if the put future is dropped (cancelled) before it finished.
+struct AbortOnDrop {
+    s3: Option<S3Storage>,
+    object_key: String,
+    upload_id: String,
+}
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        let Some(s3) = self.s3.take() else { return };
+        let (object_key, upload_id) = (std::mem::take(&mut self.object_key), std::mem::take(&mut self.upload_id));
+        if let Ok(handle) = tokio::runtime::Handle::try_current() {
+            handle.spawn(async move { s3.abort(&object_key, &upload_id).await });
+        }
+    }
+}
+
+/// How a failure should be reported.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Class {
+    NotFound,
+    PreconditionFailed,
+    PermissionDenied,
+    InvalidRange,
+    Transient,
+    Other,
+}
+
+/// Classify a service response by HTTP status and S3 error code.
+fn classify(status: u16, code: Option<&str>) -> Class {
+    const TRANSIENT_CODES: &[&str] = &[
+        "SlowDown",
+        "Throttling",
+        "ThrottlingException",
+        "RequestLimitExceeded",
+        "RequestTimeout",
+        "RequestTimeTooSkewed",
+        "ExpiredToken",
+        "InternalError",
+        "ServiceUnavailable",
+        "OperationAborted",
+    ];
+    match (status, code) {
+        // Never let a missing or misnamed bucket read as "object absent".
+        (_, Some("NoSuchBucket")) => Class::Other,
+        (412, _) | (_, Some("PreconditionFailed")) => Class::PreconditionFailed,
+        (404, _) | (_, Some("NoSuchKey")) => Class::NotFound,
+        (403, _) | (_, Some("AccessDenied")) => Class::PermissionDenied,
+        (416, _) | (_, Some("InvalidRange")) => Class::InvalidRange,
+        (409 | 429 | 500..=599, _) => Class::Transient,
+        (_, Some(c)) if TRANSIENT_CODES.contains(&c) => Class::Transient,
+        _ => Class::Other,
+    }
+}
+
+/// Classify an SDK error and describe it on one line, with its underlying cause.
+fn describe<E>(err: &SdkError<E>) -> (Class, String)
+where
+    E: ProvideErrorMetadata + std::error::Error + 'static,
+{
+    match err {
+        SdkError::ServiceError(se) => {
+            let status = se.raw().status().as_u16();
+            let code = se.err().code();
+            let mut message = format!("HTTP {status}");
+            if let Some(code) = code {
+                message.push(' ');
+                message.push_str(code);
+            }
+            if let Some(text) = se.err().message().filter(|m| !m.is_empty()) {
+                message.push_str(": ");
+                message.push_str(text);
+            }
+            if let Some(id) = err.request_id() {
+                message.push_str(&format!(" (request id {id})"));
+            }
+            (classify(status, code), one_line(message))
+        }
+        SdkError::DispatchFailure(d) if d.is_user() => (Class::Other, one_line(DisplayErrorContext(err))),
+        // Connection refused or reset, DNS, TLS, timeouts, truncated responses, credential-provider failures.
+        SdkError::DispatchFailure(_) | SdkError::TimeoutError(_) | SdkError::ResponseError(_) => {
+            (Class::Transient, one_line(DisplayErrorContext(err)))
+        }
+        _ => (Class::Other, one_line(DisplayErrorContext(err))),
+    }
+}
+
+fn one_line(message: impl fmt::Display) -> String {
+    message.to_string().split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+/// `prefix/key`, or `key` when the prefix is empty.
+fn join_key(prefix: &str, key: &str) -> String {
+    if prefix.is_empty() { key.to_owned() } else { format!("{prefix}/{key}") }
+}
+
+/// The inverse of [`join_key`]: `None` for a key outside the prefix.
+fn strip_key<'a>(prefix: &str, object_key: &'a str) -> Option<&'a str> {
+    if prefix.is_empty() {
+        Some(object_key)
+    } else {
+        object_key.strip_prefix(prefix)?.strip_prefix('/')
+    }
+}
+
+/// The HTTP `Range` header for a half-open byte range, or `None` if the range is empty.
+fn range_header(range: &Range<u64>) -> Option<String> {
+    (range.start < range.end).then(|| format!("bytes={}-{}", range.start, range.end - 1))
+}
+
+fn timeouts(attempt: Duration) -> TimeoutConfig {
+    TimeoutConfig::builder().connect_timeout(CONNECT_TIMEOUT).operation_attempt_timeout(attempt).build()
+}
+
+fn attempt_override(attempt: Duration) -> aws_sdk_s3::config::Builder {
+    aws_sdk_s3::config::Builder::default().timeout_config(timeouts(attempt))
+}
+
+fn upload_timeout(len: usize) -> Duration {
+    ATTEMPT_TIMEOUT + Duration::from_secs((len as u64).div_ceil(MIB) * UPLOAD_SECS_PER_MIB)
+}
+
+/// Base64 of the SHA-256 of `body`, computed off the async threads.
+async fn sha256_base64(body: Bytes) -> std::result::Result<String, String> {
+    tokio::task::spawn_blocking(move || base64::engine::general_purpose::STANDARD.encode(Sha256::digest(&body)))
+        .await
+        .map_err(|e| format!("checksum task failed: {e}"))
+}
+
+impl fmt::Display for S3Storage {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.prefix.is_empty() {
+            write!(f, "s3://{}", self.bucket)
+        } else {
+            write!(f, "s3://{}/{}", self.bucket, self.prefix)
+        }
+    }
+}
+
+impl fmt::Debug for S3Storage {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("S3Storage")
+            .field("bucket", &self.bucket)
+            .field("prefix", &self.prefix)
+            .field("sse", &self.sse)
+            .field("sse_kms_key_id", &self.sse_kms_key_id.as_ref().map(|_| "<redacted>"))
+            .field("storage_class", &self.storage_class)
+            .field("multipart_threshold", &self.multipart_threshold)
+            .field("part_size", &self.part_size)
+            .finish_non_exhaustive()
+    }
+}
+
+#[async_trait]
+impl Storage for S3Storage {
+    async fn put(&self, key: &Key, body: Bytes, mode: PutMode) -> Result<()> {
+        if body.len() as u64 > self.multipart_threshold {
+            self.put_multipart(key, body, mode).await
+        } else {
+            self.put_single(key, body, mode).await
+        }
+    }
+
+    async fn get(&self, key: &Key) -> Result<Bytes> {
+        self.get_object(key, None).await
+    }
+
+    async fn get_range(&self, key: &Key, range: Range<u64>) -> Result<Bytes> {
+        match range_header(&range) {
+            Some(header) => self.get_object(key, Some(header)).await,
+            // Still answer NotFound for a missing object, like a real read would.
+            None => self.head(key).await.map(|_| Bytes::new()),
+        }
+    }
+
+    async fn head(&self, key: &Key) -> Result<ObjectMeta> {
+        let out = self
+            .client
+            .head_object()
+            .bucket(&self.bucket)
+            .key(self.object_key(key.as_str()))
+            .send()
+            .await
+            .map_err(|e| self.error("head", key.as_str(), &e))?;
+        let size = out.content_length().and_then(|n| u64::try_from(n).ok()).unwrap_or(0);
+        Ok(ObjectMeta { key: key.clone(), size })
+    }
+
+    async fn list(&self, prefix: &str) -> Result<Vec<ObjectMeta>> {
+        let full_prefix = join_key(&self.prefix, prefix);
+        let mut out = Vec::new();
+        let mut token = None;
+        loop {
+            let page = self
+                .client
+                .list_objects_v2()
+                .bucket(&self.bucket)
+                .prefix(&full_prefix)
+                .set_continuation_token(token.take())
+                .send()
+                .await
+                .map_err(|e| self.error("list", prefix, &e))?;
+            for object in page.contents() {
+                let Some(name) = object.key().and_then(|k| strip_key(&self.prefix, k)) else { continue };
+                match Key::new(name) {
+                    Ok(key) => out.push(ObjectMeta { key, size: object.size().and_then(|n| u64::try_from(n).ok()).unwrap_or(0) }),
+                    Err(e) => tracing::debug!(backend = %self, error = %e, "skipping an object whose name is not a valid key"),
+                }
+            }
+            match page.next_continuation_token() {
+                Some(next) if page.is_truncated() == Some(true) => token = Some(next.to_owned()),
+                _ => break,
+            }
+        }
+        out.sort_by(|a, b| a.key.cmp(&b.key));
+        Ok(out)
+    }
+
+    async fn delete(&self, key: &Key) -> Result<()> {
+        self.client
+            .delete_object()
+            .bucket(&self.bucket)
+            .key(self.object_key(key.as_str()))
+            .send()
+            .await
+            .map(|_| ())
+            .map_err(|e| self.error("delete", key.as_str(), &e))
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        Capabilities { is_create_atomic: true, has_fsync_dir: false }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_are_prefixed_and_stripped() {
+        for (prefix, key, object_key) in [("", "a/b", "a/b"), ("repo", "a/b", "repo/a/b"), ("x/y", "k", "x/y/k")] {
+            assert_eq!(join_key(prefix, key), object_key);
+            assert_eq!(strip_key(prefix, object_key), Some(key));
+        }
+        // A sibling prefix that merely starts with the same characters is not ours.
+        assert_eq!(strip_key("repo", "repo2/a"), None);
+        assert_eq!(strip_key("repo", "other/a"), None);
+        assert_eq!(join_key("repo", ""), "repo/", "list of everything under the prefix");
+    }
+
+    #[test]
+    fn range_headers() {
+        for (range, want) in [
+            (0..1, Some("bytes=0-0")),
+            (2..5, Some("bytes=2-4")),
+            (10..1 << 40, Some("bytes=10-1099511627775")),
+            (3..3, None),
+            (5..2, None),
+        ] {
+            assert_eq!(range_header(&range).as_deref(), want, "{range:?}");
+        }
+    }
+
+    #[test]
+    fn classification_table() {
+        for (status, code, want) in [
+            (404, Some("NoSuchKey"), Class::NotFound),
+            (404, Some("NotFound"), Class::NotFound),
+            (404, None, Class::NotFound),
+            (404, Some("NoSuchBucket"), Class::Other),
+            (412, Some("PreconditionFailed"), Class::PreconditionFailed),
+            (403, Some("AccessDenied"), Class::PermissionDenied),
+            (403, None, Class::PermissionDenied),
+            (416, Some("InvalidRange"), Class::InvalidRange),
+            (409, Some("ConditionalRequestConflict"), Class::Transient),
+            (429, None, Class::Transient),
+            (503, Some("SlowDown"), Class::Transient),
+            (500, Some("InternalError"), Class::Transient),
+            (400, Some("RequestTimeout"), Class::Transient),
+            (400, Some("InvalidArgument"), Class::Other),
+            (301, Some("PermanentRedirect"), Class::Other),
+        ] {
+            assert_eq!(classify(status, code), want, "{status} {code:?}");
+        }
+    }
+
+    #[test]
+    fn upload_timeout_grows_with_the_body() {
+        assert_eq!(upload_timeout(0), ATTEMPT_TIMEOUT);
+        assert_eq!(upload_timeout(16 * MIB as usize), ATTEMPT_TIMEOUT + Duration::from_secs(16));
+    }
+
+    #[test]
+    fn messages_are_one_line() {
+        assert_eq!(one_line("a\n  b\tc "), "a b c");
+    }
+
+    #[tokio::test]
+    async fn connect_rejects_bad_settings() {
+        let http = S3Config { endpoint: Some("http://127.0.0.1:9".into()), ..S3Config::default() };
+        let kms_without_sse = S3Config { sse_kms_key_id: Some("k".into()), ..S3Config::default() };
+        let bad_sse = S3Config { sse: Some("rot13".into()), ..S3Config::default() };
+        for (bucket, prefix, cfg, want) in [
+            ("bkt", "", &http, "allow_http"),
+            ("bkt", "", &kms_without_sse, "requires sse"),
+            ("bkt", "", &bad_sse, "rot13"),
+            ("", "", &S3Config::default(), "bucket"),
+            ("bkt", "a//b", &S3Config::default(), "prefix"),
+        ] {
+            match S3Storage::connect(bucket, prefix, cfg).await {
+                Err(e @ Error::InvalidUrl { .. }) => assert!(e.to_string().contains(want), "{e}"),
+                other => panic!("{bucket}/{prefix} {cfg:?}: expected InvalidUrl, got {other:?}"),
+            }
+        }
+        let s3 = S3Storage::connect("bkt", "/a/b/", &S3Config::default()).await.expect("valid settings");
+        assert_eq!(s3.to_string(), "s3://bkt/a/b");
+        assert_eq!(s3.capabilities(), Capabilities { is_create_atomic: true, has_fsync_dir: false });
+    }
+}

@@ -1,0 +1,1 @@
+//! Test helpers: a real wrapper backend that injects faults.

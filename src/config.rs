@@ -384,7 +384,8 @@ mod tests {
         Config::parse(Path::new("/etc/b.toml"), text, &env)
     }
 
-    const MINIMAL: &str = "[repository]\nurl = \"file:///var/lib/backupctl/repo\"\n[spool]\npath = \"/var/lib/backupctl/spool\"\n";
+    const MINIMAL: &str =
+        "[repository]\nurl = \"file:///var/lib/backupctl/repo\"\n[spool]\npath = \"/var/lib/backupctl/spool\"\n";
 
     #[test]
     fn minimal_file_gets_defaults() {
@@ -406,7 +407,10 @@ mod tests {
     #[test]
     fn error_table() {
         let cases: &[(&str, &str)] = &[
-            ("[repository]\nurl = \"${NOPE}\"\n[spool]\npath = \"/s\"\n", "line 2: environment variable NOPE is not set"),
+            (
+                "[repository]\nurl = \"${NOPE}\"\n[spool]\npath = \"/s\"\n",
+                "line 2: environment variable NOPE is not set",
+            ),
             ("[repository]\nurl = \"${NOPE\"\n[spool]\npath = \"/s\"\n", "line 2: malformed interpolation"),
             ("[repository]\nurl = \"${1X}\"\n[spool]\npath = \"/s\"\n", "malformed interpolation"),
             ("[repository]\nurl = \"file:///r\"\nbogus = 1\n[spool]\npath = \"/s\"\n", "unknown field `bogus`"),
@@ -419,14 +423,29 @@ mod tests {
                 "[repository]\nurl = \"s3://b\"\n[repository.s3]\nendpoint = \"http://127.0.0.1:9000\"\n[spool]\npath = \"/s\"\n",
                 "allow_http",
             ),
-            ("[repository]\nurl = \"s3://b\"\n[repository.s3]\nsse = \"rot13\"\n[spool]\npath = \"/s\"\n", "repository.s3.sse"),
-            ("[repository]\nurl = \"s3://b\"\n[repository.s3]\nsse_kms_key_id = \"k\"\n[spool]\npath = \"/s\"\n", "requires sse"),
+            (
+                "[repository]\nurl = \"s3://b\"\n[repository.s3]\nsse = \"rot13\"\n[spool]\npath = \"/s\"\n",
+                "repository.s3.sse",
+            ),
+            (
+                "[repository]\nurl = \"s3://b\"\n[repository.s3]\nsse_kms_key_id = \"k\"\n[spool]\npath = \"/s\"\n",
+                "requires sse",
+            ),
             ("[repository]\nurl = \"file:///r\"\ncompression_level = 0\n[spool]\npath = \"/s\"\n", "compression_level"),
             ("[repository]\nurl = \"file:///r\"\n[spool]\npath = \"rel\"\n", "spool.path"),
-            ("[repository]\nurl = \"file:///r\"\n[spool]\npath = \"/s\"\n[archive]\npush_concurrency = 0\n", "push_concurrency"),
-            ("[repository]\nurl = \"file:///r\"\n[spool]\npath = \"/s\"\n[archive]\nretry_deadline_seconds = 0\n", "retry_deadline"),
+            (
+                "[repository]\nurl = \"file:///r\"\n[spool]\npath = \"/s\"\n[archive]\npush_concurrency = 0\n",
+                "push_concurrency",
+            ),
+            (
+                "[repository]\nurl = \"file:///r\"\n[spool]\npath = \"/s\"\n[archive]\nretry_deadline_seconds = 0\n",
+                "retry_deadline",
+            ),
             ("[repository]\nurl = \"file:///r\"\n[spool]\npath = \"/s\"\n[log]\nlevel = \"loud\"\n", "log.level"),
-            ("[repository]\nurl = \"file:///r\"\n[spool]\npath = \"/s\"\n[archive]\npush_concurrency = \"x\"\n", "invalid type"),
+            (
+                "[repository]\nurl = \"file:///r\"\n[spool]\npath = \"/s\"\n[archive]\npush_concurrency = \"x\"\n",
+                "invalid type",
+            ),
         ];
         for (text, want) in cases {
             let err = parse(text).expect_err(text).to_string();
@@ -446,8 +465,9 @@ mod tests {
 
     #[test]
     fn dollar_escapes_and_comments() {
-        let c = parse("# ${NOT_SET} in a comment is fine\n[repository]\nurl = \"file:///r$$x\"\n[spool]\npath = \"/s\"\n")
-            .expect("config");
+        let c =
+            parse("# ${NOT_SET} in a comment is fine\n[repository]\nurl = \"file:///r$$x\"\n[spool]\npath = \"/s\"\n")
+                .expect("config");
         assert_eq!(c.repository.url, "file:///r$x");
     }
 

@@ -138,7 +138,9 @@ impl Error {
             Error::Storage(S::PermissionDenied { .. }) => {
                 "check the credentials and the bucket policy or directory permissions for the PostgreSQL OS user"
             }
-            Error::Storage(S::InvalidUrl { .. }) => "repository.url must be file:///absolute/path or s3://bucket/prefix",
+            Error::Storage(S::InvalidUrl { .. }) => {
+                "repository.url must be file:///absolute/path or s3://bucket/prefix"
+            }
             Error::Storage(_) => return None,
             Error::Spool(crate::spool::Error::Locked { .. }) => {
                 "another wal-push or wal-fetch is running against this spool; it will be retried"

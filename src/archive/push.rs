@@ -71,9 +71,9 @@ pub async fn run(ctx: &ArchiveContext, wal_path: &Path, now_rfc3339: &str) -> Re
 
     let ahead = match &name {
         WalFileName::Segment(_) if ctx.settings.push_ahead > 0 => {
-            let (n, p, limit, spool) = (name.clone(), wal_path.to_path_buf(), ctx.settings.push_ahead, ctx.spool.clone());
-            blocking(move || Ok(ready_after(&p, &n, limit, &|s| spool.push_record(s).ok().flatten().is_some())))
-                .await?
+            let (n, p, limit, spool) =
+                (name.clone(), wal_path.to_path_buf(), ctx.settings.push_ahead, ctx.spool.clone());
+            blocking(move || Ok(ready_after(&p, &n, limit, &|s| spool.push_record(s).ok().flatten().is_some()))).await?
         }
         _ => Vec::new(),
     };
@@ -89,7 +89,8 @@ pub async fn run(ctx: &ArchiveContext, wal_path: &Path, now_rfc3339: &str) -> Re
     for (n, r) in results {
         match r {
             Ok(pushed) => {
-                ctx.spool.write_push_record(&n.to_string(), &PushRecord::new(&repo_id, pushed.digest, pushed.raw_size))?;
+                ctx.spool
+                    .write_push_record(&n.to_string(), &PushRecord::new(&repo_id, pushed.digest, pushed.raw_size))?;
                 report.ahead.push(pushed);
             }
             Err(e) => report.ahead_failed.push((n, e)),

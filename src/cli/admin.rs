@@ -61,7 +61,12 @@ pub fn main() -> ExitCode {
             (Program::WalPush, super::wal_push::run(&a))
         }
         Command::WalFetch { name, dest } => {
-            let a = super::wal_fetch::Args { config: args.config, prefetch_worker: false, name: Some(name), dest: Some(dest) };
+            let a = super::wal_fetch::Args {
+                config: args.config,
+                prefetch_worker: false,
+                name: Some(name),
+                dest: Some(dest),
+            };
             (Program::WalFetch, super::wal_fetch::run(&a))
         }
         other => (Program::Other, run(args.config, other)),
@@ -95,7 +100,8 @@ fn run(config_flag: Option<PathBuf>, command: Command) -> Result<(), Error> {
                 println!("spool: {} ok", ctx.spool.root().display());
                 let d = store::ensure_descriptor(storage, &super::now_rfc3339()).await?;
                 println!("repository: {storage} format {} ok", d.format);
-                let key = Key::new(format!("check/probe-{}", std::process::id())).map_err(crate::storage::Error::from)?;
+                let key =
+                    Key::new(format!("check/probe-{}", std::process::id())).map_err(crate::storage::Error::from)?;
                 let body = Bytes::from(format!("backupctl check {}", super::now_rfc3339()));
                 storage.put(&key, body.clone(), PutMode::Overwrite).await?;
                 let back = storage.get(&key).await?;
@@ -118,8 +124,7 @@ fn run(config_flag: Option<PathBuf>, command: Command) -> Result<(), Error> {
                     None => println!("cluster: none yet (no WAL archived)"),
                 }
                 let wal = storage.list("wal/").await?;
-                let mut segments: Vec<&str> =
-                    wal.iter().map(|m| m.key.file_name()).filter(|n| n.len() == 24).collect();
+                let mut segments: Vec<&str> = wal.iter().map(|m| m.key.file_name()).filter(|n| n.len() == 24).collect();
                 segments.sort_unstable();
                 let bytes: u64 = wal.iter().map(|m| m.size).sum();
                 match (segments.first(), segments.last()) {

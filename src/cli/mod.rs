@@ -28,8 +28,13 @@ pub fn load_config(flag: Option<&Path>) -> Result<(PathBuf, Config), Error> {
 pub fn init_tracing(config: Option<&Config>) {
     use tracing_subscriber::EnvFilter;
     let level = config.map_or("info", |c| c.log.level.as_str());
-    let filter = EnvFilter::try_from_env("BACKUPCTL_LOG").unwrap_or_else(|_| EnvFilter::new(format!("backupctl={level}")));
-    let builder = tracing_subscriber::fmt().with_writer(std::io::stderr).with_ansi(false).with_target(false).with_env_filter(filter);
+    let filter =
+        EnvFilter::try_from_env("BACKUPCTL_LOG").unwrap_or_else(|_| EnvFilter::new(format!("backupctl={level}")));
+    let builder = tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_ansi(false)
+        .with_target(false)
+        .with_env_filter(filter);
     let json = config.is_some_and(|c| c.log.format == "json");
     let _ = if json { builder.json().try_init() } else { builder.try_init() };
 }

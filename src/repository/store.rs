@@ -76,10 +76,8 @@ pub async fn load<T: DeserializeOwned>(storage: &dyn Storage, key: &Key) -> Resu
 /// Write a checksummed JSON record create-only. Returns false if the key already existed (nothing written).
 pub async fn create<T: Serialize>(storage: &dyn Storage, key: &Key, value: &T) -> Result<bool, Error> {
     let json = serde_json::to_vec_pretty(value).map_err(|source| Error::BadJson { key: key.clone(), source })?;
-    let (object, _) = codec::encode(&json[..], 3, json.len() as u64).map_err(|source| Error::Corrupt {
-        key: key.clone(),
-        source,
-    })?;
+    let (object, _) =
+        codec::encode(&json[..], 3, json.len() as u64).map_err(|source| Error::Corrupt { key: key.clone(), source })?;
     match storage.put(key, Bytes::from(object), PutMode::Create).await {
         Ok(()) => Ok(true),
         Err(storage::Error::AlreadyExists { .. }) => Ok(false),
@@ -141,7 +139,8 @@ pub async fn claim_cluster(storage: &dyn Storage, offered: &ClusterInfo) -> Resu
 
 /// Refuse WAL whose system identifier or segment size differs from the record.
 pub fn check_cluster(storage: &dyn Storage, on_record: &ClusterInfo, offered: &ClusterInfo) -> Result<(), Error> {
-    if on_record.system_identifier != offered.system_identifier || on_record.wal_segment_size != offered.wal_segment_size
+    if on_record.system_identifier != offered.system_identifier
+        || on_record.wal_segment_size != offered.wal_segment_size
     {
         return Err(Error::WrongCluster {
             backend: storage.to_string(),

@@ -39,7 +39,6 @@ impl Retrying {
             .with_max_delay(Duration::from_secs(5))
             .with_factor(2.0)
             .with_jitter()
-            .with_total_delay(Some(deadline))
             .without_max_times();
         let mut attempts = 0u32;
         let mut f = f;
@@ -48,13 +47,23 @@ impl Retrying {
             f()
         })
         .retry(backoff)
-        .when(|e: &Error| e.is_transient() && started.elapsed() < deadline)
+        .when(|e: &Error| e.is_transient())
+        // Retry until the deadline: never sleep past it, and stop once it has passed.
+        .adjust(|_, wait| {
+            let left = deadline.checked_sub(started.elapsed())?;
+            if left < Duration::from_millis(10) {
+                return None;
+            }
+            Some(wait.unwrap_or(left).min(left))
+        })
         .notify(|e: &Error, wait: Duration| {
-            tracing::warn!(op, key = %key, backend = %self.inner, error = %e, wait_ms = wait.as_millis() as u64, "transient storage error, retrying");
+            tracing::warn!(op, key, backend = %self.inner, error = %e, wait_ms = wait.as_millis() as u64, "transient storage error, retrying");
         })
         .await;
         result.map_err(|e| match e {
-            Error::Transient { backend, op, key, source, .. } => Error::Transient { backend, op, key, attempts, source },
+            Error::Transient { backend, op, key, source, .. } => {
+                Error::Transient { backend, op, key, attempts, source }
+            }
             other => other,
         })
     }

@@ -22,7 +22,7 @@ use aws_config::Region;
 use aws_config::retry::RetryConfig;
 use aws_config::timeout::TimeoutConfig;
 use aws_sdk_s3::Client;
-use aws_sdk_s3::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
+use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_s3::operation::RequestId;
 use aws_sdk_s3::primitives::ByteStream;
 use aws_sdk_s3::types::{
@@ -49,6 +49,8 @@ const UPLOAD_SECS_PER_MIB: u64 = 1;
 #[derive(Clone)]
 pub struct S3Storage {
     client: Client,
+    /// The configured endpoint, named in connection errors; `None` for AWS.
+    endpoint: Option<String>,
     bucket: String,
     /// No leading or trailing `/`; empty for the bucket root.
     prefix: String,
@@ -107,6 +109,7 @@ impl S3Storage {
         }
         Ok(Self {
             client: Client::from_conf(conf.build()),
+            endpoint: endpoint.map(str::to_owned),
             bucket: bucket.to_owned(),
             prefix: prefix.to_owned(),
             sse,
@@ -126,8 +129,20 @@ impl S3Storage {
     where
         E: ProvideErrorMetadata + std::error::Error + 'static,
     {
-        let (class, message) = describe(err);
+        let (class, message) = self.describe(err);
         self.class_error(class, op, key, message)
+    }
+
+    /// [`describe`], plus the endpoint when the service could not be reached.
+    fn describe<E>(&self, err: &SdkError<E>) -> (Class, String)
+    where
+        E: ProvideErrorMetadata + std::error::Error + 'static,
+    {
+        let (class, mut message) = describe(err);
+        if let (SdkError::DispatchFailure(_) | SdkError::TimeoutError(_), Some(endpoint)) = (err, &self.endpoint) {
+            message.push_str(&format!(" (endpoint {endpoint})"));
+        }
+        (class, message)
     }
 
     fn class_error(&self, class: Class, op: &'static str, key: &str, message: String) -> Error {
@@ -145,7 +160,8 @@ impl S3Storage {
     }
 
     async fn put_single(&self, key: &Key, body: Bytes, mode: PutMode) -> Result<()> {
-        let checksum = sha256_base64(body.clone()).await.map_err(|e| self.class_error(Class::Other, "put", key.as_str(), e))?;
+        let checksum =
+            sha256_base64(body.clone()).await.map_err(|e| self.class_error(Class::Other, "put", key.as_str(), e))?;
         let timeout = upload_timeout(body.len());
         let mut req = self
             .client
@@ -171,7 +187,7 @@ impl S3Storage {
     where
         E: ProvideErrorMetadata + std::error::Error + 'static,
     {
-        match describe(err) {
+        match self.describe(err) {
             (Class::PreconditionFailed, _) if mode == PutMode::Create => {
                 Error::AlreadyExists { backend: self.to_string(), key: key.clone() }
             }
@@ -209,7 +225,14 @@ impl S3Storage {
         result
     }
 
-    async fn upload_parts(&self, key: &Key, body: Bytes, mode: PutMode, object_key: &str, upload_id: &str) -> Result<()> {
+    async fn upload_parts(
+        &self,
+        key: &Key,
+        body: Bytes,
+        mode: PutMode,
+        object_key: &str,
+        upload_id: &str,
+    ) -> Result<()> {
         let total = body.len() as u64;
         let part_size = self.part_size.max(total.div_ceil(MAX_PARTS));
         let mut parts = Vec::new();
@@ -264,7 +287,7 @@ impl S3Storage {
     async fn abort(&self, object_key: &str, upload_id: &str) {
         let req = self.client.abort_multipart_upload().bucket(&self.bucket).key(object_key).upload_id(upload_id);
         if let Err(e) = req.send().await {
-            tracing::warn!(key = object_key, backend = %self, upload_id, error = %DisplayErrorContext(&e),
+            tracing::warn!(key = object_key, backend = %self, upload_id, error = %cause_chain(&e),
                 "could not abort a failed multipart upload; a bucket lifecycle rule should remove it");
         }
     }
@@ -280,14 +303,14 @@ impl S3Storage {
             .await;
         let out = match out {
             Ok(out) => out,
-            Err(e) => match describe(&e) {
+            Err(e) => match self.describe(&e) {
                 (Class::InvalidRange, _) => return Ok(Bytes::new()),
                 (class, message) => return Err(self.class_error(class, "get", key.as_str(), message)),
             },
         };
         match out.body.collect().await {
             Ok(data) => Ok(data.into_bytes()),
-            Err(e) => Err(self.class_error(Class::Transient, "get", key.as_str(), one_line(DisplayErrorContext(&e)))),
+            Err(e) => Err(self.class_error(Class::Transient, "get", key.as_str(), cause_chain(&e))),
         }
     }
 }
@@ -361,22 +384,46 @@ where
                 message.push(' ');
                 message.push_str(code);
             }
-            if let Some(text) = se.err().message().filter(|m| !m.is_empty()) {
-                message.push_str(": ");
-                message.push_str(text);
+            match se.err().message().filter(|m| !m.is_empty()) {
+                Some(text) => {
+                    message.push_str(": ");
+                    message.push_str(text);
+                }
+                // No S3 error document (e.g. a HEAD, or a reply the SDK could not read): say what the SDK saw.
+                None if code.is_none() => {
+                    message.push_str(": ");
+                    message.push_str(&cause_chain(se.err()));
+                }
+                None => {}
             }
             if let Some(id) = err.request_id() {
                 message.push_str(&format!(" (request id {id})"));
             }
             (classify(status, code), one_line(message))
         }
-        SdkError::DispatchFailure(d) if d.is_user() => (Class::Other, one_line(DisplayErrorContext(err))),
+        SdkError::DispatchFailure(d) if d.is_user() => (Class::Other, cause_chain(err)),
         // Connection refused or reset, DNS, TLS, timeouts, truncated responses, credential-provider failures.
         SdkError::DispatchFailure(_) | SdkError::TimeoutError(_) | SdkError::ResponseError(_) => {
-            (Class::Transient, one_line(DisplayErrorContext(err)))
+            (Class::Transient, cause_chain(err))
         }
-        _ => (Class::Other, one_line(DisplayErrorContext(err))),
+        _ => (Class::Other, cause_chain(err)),
     }
+}
+
+/// An error and its sources on one line, e.g. `dispatch failure: io error: client error (Connect): tcp connect
+/// error: Connection refused (os error 111)`.
+fn cause_chain(err: &dyn std::error::Error) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    let mut next = Some(err);
+    while let Some(e) = next {
+        let text = e.to_string();
+        // Skip a layer that only repeats what the one above it already said.
+        if !text.is_empty() && !parts.last().is_some_and(|above| above.contains(&text)) {
+            parts.push(text);
+        }
+        next = e.source();
+    }
+    one_line(parts.join(": "))
 }
 
 fn one_line(message: impl fmt::Display) -> String {
@@ -390,11 +437,7 @@ fn join_key(prefix: &str, key: &str) -> String {
 
 /// The inverse of [`join_key`]: `None` for a key outside the prefix.
 fn strip_key<'a>(prefix: &str, object_key: &'a str) -> Option<&'a str> {
-    if prefix.is_empty() {
-        Some(object_key)
-    } else {
-        object_key.strip_prefix(prefix)?.strip_prefix('/')
-    }
+    if prefix.is_empty() { Some(object_key) } else { object_key.strip_prefix(prefix)?.strip_prefix('/') }
 }
 
 /// The HTTP `Range` header for a half-open byte range, or `None` if the range is empty.
@@ -434,6 +477,7 @@ impl fmt::Display for S3Storage {
 impl fmt::Debug for S3Storage {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("S3Storage")
+            .field("endpoint", &self.endpoint)
             .field("bucket", &self.bucket)
             .field("prefix", &self.prefix)
             .field("sse", &self.sse)
@@ -497,8 +541,11 @@ impl Storage for S3Storage {
             for object in page.contents() {
                 let Some(name) = object.key().and_then(|k| strip_key(&self.prefix, k)) else { continue };
                 match Key::new(name) {
-                    Ok(key) => out.push(ObjectMeta { key, size: object.size().and_then(|n| u64::try_from(n).ok()).unwrap_or(0) }),
-                    Err(e) => tracing::debug!(backend = %self, error = %e, "skipping an object whose name is not a valid key"),
+                    Ok(key) => out
+                        .push(ObjectMeta { key, size: object.size().and_then(|n| u64::try_from(n).ok()).unwrap_or(0) }),
+                    Err(e) => {
+                        tracing::debug!(backend = %self, error = %e, "skipping an object whose name is not a valid key")
+                    }
                 }
             }
             match page.next_continuation_token() {
@@ -549,7 +596,7 @@ mod tests {
             (2..5, Some("bytes=2-4")),
             (10..1 << 40, Some("bytes=10-1099511627775")),
             (3..3, None),
-            (5..2, None),
+            (Range { start: 5, end: 2 }, None), // reversed
         ] {
             assert_eq!(range_header(&range).as_deref(), want, "{range:?}");
         }
@@ -585,8 +632,24 @@ mod tests {
     }
 
     #[test]
-    fn messages_are_one_line() {
+    fn messages_are_one_line_with_their_causes() {
         assert_eq!(one_line("a\n  b\tc "), "a b c");
+        #[derive(Debug)]
+        struct Outer(std::io::Error, &'static str);
+        impl fmt::Display for Outer {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(self.1)
+            }
+        }
+        impl std::error::Error for Outer {
+            fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+                Some(&self.0)
+            }
+        }
+        let refused = || std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "Connection refused");
+        assert_eq!(cause_chain(&Outer(refused(), "dispatch failure")), "dispatch failure: Connection refused");
+        // A layer that repeats its cause is not repeated.
+        assert_eq!(cause_chain(&Outer(refused(), "io: Connection refused")), "io: Connection refused");
     }
 
     #[tokio::test]

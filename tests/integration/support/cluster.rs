@@ -184,7 +184,11 @@ impl Cluster {
             .output()
             .expect("pg_ctl start");
         if !out.status.success() {
-            panic!("pg_ctl start failed: {}\n--- server log ---\n{}", String::from_utf8_lossy(&out.stderr), self.log_text());
+            panic!(
+                "pg_ctl start failed: {}\n--- server log ---\n{}",
+                String::from_utf8_lossy(&out.stderr),
+                self.log_text()
+            );
         }
         self.running = true;
     }
@@ -242,7 +246,10 @@ impl Cluster {
                 return;
             }
             if Instant::now() > deadline {
-                panic!("segment {segment} not archived within {timeout:?} (last {done:?})\n--- log ---\n{}", self.log_text());
+                panic!(
+                    "segment {segment} not archived within {timeout:?} (last {done:?})\n--- log ---\n{}",
+                    self.log_text()
+                );
             }
             std::thread::sleep(Duration::from_millis(50));
         }

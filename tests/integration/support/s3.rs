@@ -137,10 +137,7 @@ fn launch(program: &Path) -> Result<MotoServer, String> {
         (Err(e), _) | (_, Err(e)) => return Err(format!("log file: {e}")),
     };
     let mut cmd = Command::new(program);
-    cmd.args(["-H", "127.0.0.1", "-p", &port.to_string()])
-        .stdin(Stdio::null())
-        .stdout(child_out)
-        .stderr(child_err);
+    cmd.args(["-H", "127.0.0.1", "-p", &port.to_string()]).stdin(Stdio::null()).stdout(child_out).stderr(child_err);
     // SAFETY: the closure only calls prctl, which is async-signal-safe, and allocates nothing.
     unsafe {
         cmd.pre_exec(|| {

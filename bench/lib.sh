@@ -1,0 +1,329 @@
+# Shared helpers for the benchmark scripts in bench/ (sourced, not run).
+# Everything runs on 127.0.0.1 only; clusters run as the `postgres` OS user; a trap stops what was started.
+# shellcheck shell=bash
+
+BENCH_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+ROOT=$(cd "$BENCH_DIR/.." && pwd)
+PG_BIN=${PG_BIN:-$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -1)}
+SEG=$((16 * 1024 * 1024))
+S3_KEY=${S3_KEY:-benchkey}
+S3_SECRET=${S3_SECRET:-benchsecret}
+S3_SERVER=${S3_SERVER:-moto}          # moto | s3s-fs
+PGBR_COMPRESS_LEVEL=${PGBR_COMPRESS_LEVEL:-}   # empty: pgBackRest's default for zst (3)
+
+log() { printf '[%s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
+die() { log "ERROR: $*"; exit 1; }
+as_pg() { runuser -u postgres -- "$@"; }
+
+# ---------------------------------------------------------------------------------------------------------------
+# prerequisites (idempotent)
+ensure_prereqs() {
+    local need=()
+    command -v pgbackrest >/dev/null || need+=(pgbackrest)
+    command -v hyperfine >/dev/null || need+=(hyperfine)
+    command -v stunnel4 >/dev/null || need+=(stunnel4)
+    [ -x /usr/bin/time ] || need+=(time)
+    command -v openssl >/dev/null || need+=(openssl)
+    command -v curl >/dev/null || need+=(curl)
+    if [ -z "$PG_BIN" ] || [ ! -x "$PG_BIN/initdb" ]; then need+=(postgresql postgresql-contrib); fi
+    if [ ${#need[@]} -gt 0 ]; then
+        log "installing: ${need[*]}"
+        apt-get update -qq >/dev/null
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
+        PG_BIN=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -1)
+    fi
+    if ! python3 - <<'EOF' 2>/dev/null
+import importlib.metadata as m, sys
+v = tuple(int(x) for x in m.version("moto").split(".")[:3])
+import flask, boto3  # moto[server] extras
+sys.exit(0 if v >= (5, 2, 5) else 1)
+EOF
+    then
+        log "installing moto[server] from PyPI"
+        pip install -q 'moto[server]>=5.2.5' >/dev/null
+    fi
+    if [ "$S3_SERVER" = s3s-fs ] && ! command -v s3s-fs >/dev/null; then
+        log "installing s3s-fs 0.14.1 (takes a few minutes)"
+        cargo install s3s-fs@0.14.1 --features binary --locked -q
+    fi
+}
+
+# Build the binaries (waits for the cargo lock if another build runs) and copy them into $WORK/bin so a
+# concurrent rebuild cannot swap them mid-run.
+build_bins() {
+    log "building backupctl (cargo build --release --bins)"
+    (cd "$ROOT" && cargo build --release --bins -q) || die "cargo build failed"
+    mkdir -p "$WORK/bin"
+    cp "$ROOT/target/release/wal-push" "$ROOT/target/release/wal-fetch" "$WORK/bin/"
+    WAL_PUSH=$WORK/bin/wal-push
+    WAL_FETCH=$WORK/bin/wal-fetch
+    local rev dirty
+    rev=$(cd "$ROOT" && git rev-parse --short HEAD 2>/dev/null || echo unknown)
+    dirty=$(cd "$ROOT" && git status --porcelain -- src Cargo.toml Cargo.lock 2>/dev/null | wc -l)
+    log "binaries: git $rev (+$dirty modified files in src/Cargo), wal-push sha256 $(sha256sum "$WAL_PUSH" | cut -c1-12)"
+}
+
+# ---------------------------------------------------------------------------------------------------------------
+# work dir, cleanup
+CLUSTERS=()
+BG_PIDS=()
+new_workdir() {
+    WORK=$(mktemp -d "/tmp/backupctl-bench-$1.XXXXXX")
+    chmod 755 "$WORK"
+    chown postgres:postgres "$WORK"
+    trap cleanup EXIT
+    trap 'exit 130' INT TERM
+}
+cleanup() {
+    local rc=$?
+    set +e
+    for d in "${CLUSTERS[@]}"; do
+        [ -f "$d/postmaster.pid" ] && as_pg "$PG_BIN/pg_ctl" -D "$d" -m immediate stop >/dev/null 2>&1
+    done
+    for p in "${BG_PIDS[@]}"; do
+        kill "$p" 2>/dev/null && wait "$p" 2>/dev/null
+    done
+    if [ -n "${KEEP:-}" ] || [ "$rc" -ne 0 ]; then
+        log "work dir kept: $WORK"
+    else
+        rm -rf "$WORK"
+    fi
+}
+
+free_port() {
+    local p
+    while :; do
+        p=$((20000 + RANDOM % 20000))
+        ss -Hltn "sport = :$p" 2>/dev/null | grep -q . || { echo "$p"; return; }
+    done
+}
+
+# ---------------------------------------------------------------------------------------------------------------
+# PostgreSQL
+# pg_new DIR PORT [extra settings...]: initdb a throwaway cluster (archive_mode on, archive_command empty so
+# segments stay .ready).
+pg_new() {
+    local dir=$1 port=$2
+    shift 2
+    as_pg "$PG_BIN/initdb" -D "$dir" -A trust -U postgres --no-sync >/dev/null
+    cat >> "$dir/postgresql.conf" <<EOF
+port = $port
+listen_addresses = '127.0.0.1'
+unix_socket_directories = '$WORK'
+wal_level = replica
+archive_mode = on
+archive_command = ''
+fsync = off
+max_wal_size = '2GB'
+shared_buffers = '256MB'
+log_line_prefix = '%m [%p] '
+EOF
+    local s
+    for s in "$@"; do echo "$s" >> "$dir/postgresql.conf"; done
+    CLUSTERS+=("$dir")
+}
+pg_start() { as_pg "$PG_BIN/pg_ctl" -D "$1" -l "$1.log" -w -t 600 start >/dev/null || { tail -20 "$1.log" >&2; die "start $1"; }; }
+pg_stop() { as_pg "$PG_BIN/pg_ctl" -D "$1" -m "${2:-fast}" -w -t 600 stop >/dev/null 2>&1 || true; }
+# sql PORT QUERY: one value, unaligned
+sql() { psql -X -A -t -q -h "$WORK" -p "$1" -U postgres -d postgres -c "$2"; }
+
+# gen_wal PORT N: write at least N full segments of pgbench WAL (alternating pgbench -i and pgbench runs),
+# then switch, so that every written segment is complete (and .ready when archive_command is empty).
+gen_wal() {
+    local port=$1 n=$2 start now target i=0
+    start=$(sql "$port" "select pg_current_wal_lsn() - '0/0'")
+    target=$((start + n * SEG))
+    while :; do
+        now=$(sql "$port" "select pg_current_wal_lsn() - '0/0'")
+        [ "$now" -ge "$target" ] && break
+        if [ $((i % 2)) -eq 0 ]; then
+            as_pg "$PG_BIN/pgbench" -h "$WORK" -p "$port" -U postgres -i -s 10 -q postgres >/dev/null 2>&1 \
+                || die "pgbench -i failed"
+        else
+            as_pg "$PG_BIN/pgbench" -h "$WORK" -p "$port" -U postgres -c 2 -j 2 -T 4 postgres >/dev/null 2>&1 \
+                || die "pgbench failed"
+        fi
+        i=$((i + 1))
+        log "  generated $(((now - start) / SEG)) / $n segments"
+    done
+    sql "$port" "select pg_switch_wal()" >/dev/null
+}
+
+# ready_count DATADIR
+ready_count() { find "$1/pg_wal/archive_status" -name '*.ready' 2>/dev/null | wc -l; }
+
+# ---------------------------------------------------------------------------------------------------------------
+# S3 server on loopback (+ stunnel for pgBackRest, which speaks HTTPS only)
+export AWS_ACCESS_KEY_ID=$S3_KEY AWS_SECRET_ACCESS_KEY=$S3_SECRET AWS_EC2_METADATA_DISABLED=true AWS_REGION=us-east-1
+unset AWS_PROFILE AWS_SESSION_TOKEN
+S3_PID=
+# s3_start: start a fresh S3 server (in memory for moto; a fresh directory for s3s-fs) on $S3_PORT
+s3_start() {
+    S3_PORT=${S3_PORT:-$(free_port)}
+    case "$S3_SERVER" in
+        moto)
+            python3 -m moto.server -H 127.0.0.1 -p "$S3_PORT" >"$WORK/s3.log" 2>&1 &
+            ;;
+        s3s-fs)
+            rm -rf "$WORK/s3root"
+            mkdir -p "$WORK/s3root"
+            s3s-fs --host 127.0.0.1 --port "$S3_PORT" --access-key "$S3_KEY" --secret-key "$S3_SECRET" \
+                "$WORK/s3root" >"$WORK/s3.log" 2>&1 &
+            ;;
+        *) die "S3_SERVER must be moto or s3s-fs" ;;
+    esac
+    S3_PID=$!
+    BG_PIDS+=("$S3_PID")
+    local i
+    for i in $(seq 1 100); do
+        curl -s -o /dev/null "http://127.0.0.1:$S3_PORT/" && return 0
+        sleep 0.1
+    done
+    die "S3 server ($S3_SERVER) did not start: $(tail -5 "$WORK/s3.log")"
+}
+s3_stop() {
+    [ -n "$S3_PID" ] || return 0
+    kill "$S3_PID" 2>/dev/null
+    wait "$S3_PID" 2>/dev/null
+    S3_PID=
+}
+# s3_bucket NAME
+s3_bucket() {
+    if [ "$S3_SERVER" = s3s-fs ]; then
+        mkdir -p "$WORK/s3root/$1"
+    else
+        python3 - "$S3_PORT" "$1" <<'EOF'
+import sys, boto3
+c = boto3.client("s3", endpoint_url=f"http://127.0.0.1:{sys.argv[1]}", region_name="us-east-1")
+c.create_bucket(Bucket=sys.argv[2])
+EOF
+    fi
+}
+# s3_usage BUCKET: "objects bytes"
+s3_usage() {
+    python3 - "$S3_PORT" "$1" <<'EOF'
+import sys, boto3
+c = boto3.client("s3", endpoint_url=f"http://127.0.0.1:{sys.argv[1]}", region_name="us-east-1")
+n = b = 0
+for page in c.get_paginator("list_objects_v2").paginate(Bucket=sys.argv[2]):
+    for o in page.get("Contents", []):
+        n += 1; b += o["Size"]
+print(n, b)
+EOF
+}
+
+STUNNEL_PID=
+# stunnel_start: TLS on $TLS_PORT -> plain HTTP on $S3_PORT (self-signed certificate)
+stunnel_start() {
+    TLS_PORT=${TLS_PORT:-$(free_port)}
+    if [ ! -f "$WORK/stunnel.pem" ]; then
+        openssl req -x509 -newkey rsa:2048 -nodes -days 2 -subj /CN=127.0.0.1 \
+            -keyout "$WORK/stunnel.key" -out "$WORK/stunnel.crt" >/dev/null 2>&1
+        cat "$WORK/stunnel.key" "$WORK/stunnel.crt" > "$WORK/stunnel.pem"
+        chmod 600 "$WORK/stunnel.pem"
+    fi
+    cat > "$WORK/stunnel.conf" <<EOF
+foreground = yes
+pid =
+debug = 3
+output = $WORK/stunnel.log
+[s3]
+accept = 127.0.0.1:$TLS_PORT
+connect = 127.0.0.1:$S3_PORT
+cert = $WORK/stunnel.pem
+socket = l:TCP_NODELAY=1
+socket = r:TCP_NODELAY=1
+EOF
+    stunnel4 "$WORK/stunnel.conf" >/dev/null 2>&1 &
+    STUNNEL_PID=$!
+    BG_PIDS+=("$STUNNEL_PID")
+    local i
+    for i in $(seq 1 50); do
+        ss -Hltn "sport = :$TLS_PORT" | grep -q . && return 0
+        sleep 0.1
+    done
+    die "stunnel did not start: $(tail -5 "$WORK/stunnel.log")"
+}
+stunnel_stop() {
+    [ -n "$STUNNEL_PID" ] || return 0
+    kill "$STUNNEL_PID" 2>/dev/null
+    wait "$STUNNEL_PID" 2>/dev/null
+    STUNNEL_PID=
+}
+
+# ---------------------------------------------------------------------------------------------------------------
+# configuration files
+# walpush_conf FILE URL SPOOL [key=value lines for [archive]]
+walpush_conf() {
+    local file=$1 url=$2 spool=$3
+    shift 3
+    {
+        echo "[repository]"
+        echo "url = \"$url\""
+        echo "compression_level = ${WALPUSH_LEVEL:-1}"
+        if [[ $url == s3://* ]]; then
+            echo "[repository.s3]"
+            echo "region = \"us-east-1\""
+            echo "endpoint = \"http://127.0.0.1:$S3_PORT\""
+            echo "force_path_style = true"
+            echo "allow_http = true"
+        fi
+        echo "[spool]"
+        echo "path = \"$spool\""
+        echo "[archive]"
+        local kv
+        for kv in "$@"; do echo "$kv"; done
+    } > "$file"
+    mkdir -p "$spool"
+    chown postgres:postgres "$file" "$spool"
+}
+
+# pgbr_conf FILE KIND(posix|s3) REPO_PATH DATADIR PORT [extra global lines...]
+pgbr_conf() {
+    local file=$1 kind=$2 repo=$3 data=$4 port=$5
+    shift 5
+    local base
+    base=$(dirname "$file")
+    mkdir -p "$base/pgbr-log" "$base/pgbr-lock" "$base/pgbr-spool"
+    {
+        echo "[global]"
+        if [ "$kind" = s3 ]; then
+            echo "repo1-type=s3"
+            echo "repo1-path=$repo"
+            echo "repo1-s3-bucket=pgbr"
+            echo "repo1-s3-endpoint=127.0.0.1"
+            echo "repo1-storage-port=$TLS_PORT"
+            echo "repo1-s3-region=us-east-1"
+            echo "repo1-s3-key=$S3_KEY"
+            echo "repo1-s3-key-secret=$S3_SECRET"
+            echo "repo1-s3-uri-style=path"
+            echo "repo1-storage-verify-tls=n"
+        else
+            echo "repo1-path=$repo"
+        fi
+        echo "repo1-retention-full=1"
+        echo "compress-type=zst"
+        [ -n "$PGBR_COMPRESS_LEVEL" ] && echo "compress-level=$PGBR_COMPRESS_LEVEL"
+        echo "log-path=$base/pgbr-log"
+        echo "lock-path=$base/pgbr-lock"
+        echo "spool-path=$base/pgbr-spool"
+        echo "log-level-console=warn"
+        echo "log-level-stderr=warn"
+        echo "log-level-file=info"
+        local kv
+        for kv in "$@"; do echo "$kv"; done
+        echo "[bench]"
+        echo "pg1-path=$data"
+        echo "pg1-port=$port"
+        echo "pg1-socket-path=$WORK"
+        echo "pg1-user=postgres"
+    } > "$file"
+    chown -R postgres:postgres "$file" "$base/pgbr-log" "$base/pgbr-lock" "$base/pgbr-spool"
+}
+
+# ---------------------------------------------------------------------------------------------------------------
+# statistics
+# median of the numbers on stdin (one per line)
+median() { sort -g | awk '{a[NR]=$1} END {if (NR==0) {print "nan"; exit} if (NR%2) print a[(NR+1)/2]; else print (a[NR/2]+a[NR/2+1])/2}'; }
+minimum() { sort -g | head -1; }
+maximum() { sort -g | tail -1; }

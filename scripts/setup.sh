@@ -17,9 +17,17 @@ fi
 id postgres >/dev/null 2>&1 || { echo "setup: the postgres OS user is missing" >&2; exit 1; }
 
 # The S3-protocol server the tests run on 127.0.0.1.
-if ! python3 -c 'import moto.server, flask' >/dev/null 2>&1; then
-    echo "setup: pip install moto[server]"
-    python3 -m pip install -q 'moto[server]>=5.1'
+# moto before 5.2.5 answers CompleteMultipartUpload with the wrong XML root (getmoto/moto#10055).
+if ! python3 - <<'PY' >/dev/null 2>&1
+import moto.server, flask
+v = tuple(int(x) for x in moto.__version__.split(".")[:3])
+assert v >= (5, 2, 5), v
+PY
+then
+    echo "setup: pip install moto[server]>=5.2.5"
+    python3 -m pip install -q --upgrade 'moto[server]>=5.2.5'
+    command -v pyenv >/dev/null 2>&1 && pyenv rehash || true
 fi
+command -v moto_server >/dev/null 2>&1 || { echo "setup: moto_server is not on PATH" >&2; exit 1; }
 python3 -c 'import moto.server' || { echo "setup: moto did not install" >&2; exit 1; }
 echo "setup: ok ($(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -1), moto $(python3 -c 'import moto; print(moto.__version__)'))"

@@ -117,3 +117,36 @@ fn real_cluster_file_repository() {
     let s = Scenario { url: format!("file://{}", repo.display()), dir, extra: String::new() };
     archive_fetch_and_recover(&s);
 }
+
+#[test]
+fn real_cluster_s3_repository() {
+    if require_pg().is_none() {
+        return;
+    }
+    let Some(server) = crate::support::s3::server() else { return };
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+    let bucket = rt.block_on(server.new_bucket("cluster"));
+    let dir = PgDir::new("archive-s3");
+    let extra = format!(
+        "[repository.s3]\nendpoint = \"{}\"\nforce_path_style = true\nallow_http = true\nsse = \"AES256\"\n",
+        server.endpoint
+    );
+    let s = Scenario { url: format!("s3://{bucket}/db1"), dir, extra };
+    archive_fetch_and_recover(&s);
+
+    // Every WAL object was written with the SSE setting.
+    rt.block_on(async {
+        let client = server.client();
+        let listed = client.list_objects_v2().bucket(&bucket).prefix("db1/wal/").send().await.expect("list");
+        let keys: Vec<String> = listed.contents().iter().filter_map(|o| o.key().map(str::to_owned)).collect();
+        assert!(keys.len() >= 32, "{} WAL objects", keys.len());
+        for key in keys.iter().take(5) {
+            let head = client.head_object().bucket(&bucket).key(key).send().await.expect("head");
+            assert_eq!(
+                head.server_side_encryption(),
+                Some(&aws_sdk_s3::types::ServerSideEncryption::Aes256),
+                "{key}"
+            );
+        }
+    });
+}

@@ -2,5 +2,6 @@
 
 mod archive;
 mod push;
+mod s3_archive;
 mod storage_conformance;
 mod support;

@@ -128,20 +128,12 @@ impl Error {
 
     /// One sentence of guidance for the operator, if there is any.
     pub fn hint(&self) -> Option<&'static str> {
-        use crate::storage::Error as S;
         Some(match self {
             Error::Config(_) => "fix the configuration file and run again; see docs/configuration.md",
             Error::Usage(_) => "run with --help for usage",
-            Error::Storage(S::Transient { .. }) => {
-                "the repository is unreachable or failing; check the endpoint, network and credentials (retried until archive.retry_deadline_seconds)"
+            Error::Storage(e) | Error::Repository(crate::repository::store::Error::Storage(e)) => {
+                return storage_hint(e);
             }
-            Error::Storage(S::PermissionDenied { .. }) => {
-                "check the credentials and the bucket policy or directory permissions for the PostgreSQL OS user"
-            }
-            Error::Storage(S::InvalidUrl { .. }) => {
-                "repository.url must be file:///absolute/path or s3://bucket/prefix"
-            }
-            Error::Storage(_) => return None,
             Error::Spool(crate::spool::Error::Locked { .. }) => {
                 "another wal-push or wal-fetch is running against this spool; it will be retried"
             }
@@ -168,4 +160,18 @@ impl Error {
             Error::NotImplemented(_) | Error::Task(_) => return None,
         })
     }
+}
+
+fn storage_hint(e: &crate::storage::Error) -> Option<&'static str> {
+    use crate::storage::Error as S;
+    Some(match e {
+        S::Transient { .. } => {
+            "the repository is unreachable or failing; check the endpoint, network and credentials (retried until archive.retry_deadline_seconds)"
+        }
+        S::PermissionDenied { .. } => {
+            "check the credentials and the bucket policy or directory permissions for the PostgreSQL OS user"
+        }
+        S::InvalidUrl { .. } => "repository.url must be file:///absolute/path or s3://bucket/prefix",
+        _ => return None,
+    })
 }

@@ -50,6 +50,9 @@ pub async fn run(ctx: &ArchiveContext, wal_path: &Path, now_rfc3339: &str) -> Re
     if take_record(ctx, &name, wal_path, &repo_id)? {
         return Ok(PushReport { requested: None, name, ahead: Vec::new(), ahead_failed: Vec::new() });
     }
+    // Refuse a bad file before touching storage or the lock.
+    let (n, p) = (name.clone(), wal_path.to_path_buf());
+    let inspected = blocking(move || segment::inspect(&n, &p)).await?;
     let lock_path = ctx.spool.push_lock_path();
     let wait = Duration::from_secs(ctx.settings.retry_deadline_seconds);
     let _lock: Lock = blocking(move || Lock::acquire(&lock_path, wait).map_err(Error::from)).await?;
@@ -61,9 +64,7 @@ pub async fn run(ctx: &ArchiveContext, wal_path: &Path, now_rfc3339: &str) -> Re
     let storage = ctx.storage.as_ref();
     store::ensure_descriptor(storage, now_rfc3339).await?;
     let mut cluster = store::cluster_info(storage).await?;
-    if cluster.is_none() && name.is_segment_data() {
-        let (n, p) = (name.clone(), wal_path.to_path_buf());
-        let inspected = blocking(move || segment::inspect(&n, &p)).await?;
+    if cluster.is_none() {
         if let Some(offered) = inspected.cluster {
             cluster = Some(store::claim_cluster(storage, &offered).await?);
         }

@@ -1,1 +1,134 @@
-//! Test helpers: a real wrapper backend that injects faults.
+//! Test helpers: [`Faulty`], a real wrapper backend that injects failures and latency into a real backend.
+//!
+//! It is not a mock: every call that is not failed goes to the wrapped backend.
+
+use std::fmt;
+use std::ops::Range;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+
+use super::{Capabilities, DynStorage, Error, Key, ObjectMeta, PutMode, Result, Storage};
+
+/// Fails chosen calls with a transient error and optionally delays every call.
+#[derive(Debug)]
+pub struct Faulty {
+    inner: DynStorage,
+    calls: AtomicU32,
+    fail_first: u32,
+    latency: Duration,
+}
+
+impl Faulty {
+    /// Fail the first `fail_first` calls (any operation) with [`Error::Transient`], then pass through.
+    pub fn new(inner: DynStorage, fail_first: u32, latency: Duration) -> Self {
+        Self { inner, calls: AtomicU32::new(0), fail_first, latency }
+    }
+
+    /// How many calls were made so far.
+    pub fn calls(&self) -> u32 {
+        self.calls.load(Ordering::SeqCst)
+    }
+
+    async fn gate(&self, op: &'static str, key: &str) -> Result<()> {
+        if !self.latency.is_zero() {
+            tokio::time::sleep(self.latency).await;
+        }
+        let n = self.calls.fetch_add(1, Ordering::SeqCst);
+        if n < self.fail_first {
+            return Err(Error::transient(&self.inner, op, &key, format!("injected failure {}", n + 1)));
+        }
+        Ok(())
+    }
+}
+
+impl fmt::Display for Faulty {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(&self.inner, f)
+    }
+}
+
+#[async_trait]
+impl Storage for Faulty {
+    async fn put(&self, key: &Key, body: Bytes, mode: PutMode) -> Result<()> {
+        self.gate("put", key.as_str()).await?;
+        self.inner.put(key, body, mode).await
+    }
+    async fn get(&self, key: &Key) -> Result<Bytes> {
+        self.gate("get", key.as_str()).await?;
+        self.inner.get(key).await
+    }
+    async fn get_range(&self, key: &Key, range: Range<u64>) -> Result<Bytes> {
+        self.gate("get", key.as_str()).await?;
+        self.inner.get_range(key, range).await
+    }
+    async fn head(&self, key: &Key) -> Result<ObjectMeta> {
+        self.gate("head", key.as_str()).await?;
+        self.inner.head(key).await
+    }
+    async fn list(&self, prefix: &str) -> Result<Vec<ObjectMeta>> {
+        self.gate("list", prefix).await?;
+        self.inner.list(prefix).await
+    }
+    async fn delete(&self, key: &Key) -> Result<()> {
+        self.gate("delete", key.as_str()).await?;
+        self.inner.delete(key).await
+    }
+    fn capabilities(&self) -> Capabilities {
+        self.inner.capabilities()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::time::Instant;
+
+    use super::*;
+    use crate::storage::fs::FsStorage;
+    use crate::storage::retry::Retrying;
+
+    fn key(s: &str) -> Key {
+        Key::new(s).expect("key")
+    }
+
+    #[tokio::test]
+    async fn retries_transient_failures_then_succeeds() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let faulty = Arc::new(Faulty::new(Arc::new(FsStorage::new(dir.path())), 3, Duration::ZERO));
+        let store = Retrying::new(faulty.clone(), Duration::from_secs(10));
+        store.put(&key("a/b"), Bytes::from_static(b"x"), PutMode::Create).await.expect("put after retries");
+        assert_eq!(faulty.calls(), 4);
+        assert_eq!(store.get(&key("a/b")).await.expect("get"), Bytes::from_static(b"x"));
+    }
+
+    #[tokio::test]
+    async fn gives_up_at_the_deadline_and_counts_attempts() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let faulty = Arc::new(Faulty::new(Arc::new(FsStorage::new(dir.path())), u32::MAX, Duration::ZERO));
+        let store = Retrying::new(faulty.clone(), Duration::from_millis(1500));
+        let started = Instant::now();
+        let err = store.get(&key("k")).await.expect_err("always failing");
+        let took = started.elapsed();
+        assert!(took >= Duration::from_millis(1200) && took < Duration::from_millis(3000), "{took:?}");
+        match err {
+            Error::Transient { attempts, .. } => assert!(attempts >= 3 && attempts == faulty.calls(), "{attempts}"),
+            other => panic!("expected transient, got {other}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn definitive_errors_are_not_retried() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let faulty = Arc::new(Faulty::new(Arc::new(FsStorage::new(dir.path())), 0, Duration::ZERO));
+        let store = Retrying::new(faulty.clone(), Duration::from_secs(10));
+        assert!(store.get(&key("missing")).await.expect_err("absent").is_not_found());
+        assert_eq!(faulty.calls(), 1);
+        store.put(&key("k"), Bytes::from_static(b"1"), PutMode::Create).await.expect("put");
+        let err = store.put(&key("k"), Bytes::from_static(b"2"), PutMode::Create).await.expect_err("exists");
+        assert!(matches!(err, Error::AlreadyExists { .. }), "{err}");
+        assert_eq!(faulty.calls(), 3);
+    }
+}

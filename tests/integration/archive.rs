@@ -105,6 +105,9 @@ pub fn archive_fetch_and_recover(s: &Scenario) {
     let replayed = log.matches("restored log file").count();
     assert!(replayed >= 32, "replayed only {replayed} segments through wal-fetch\n{log}");
     assert!(!log.contains("FATAL"), "{log}");
+    // The prefetcher served most segments from the spool.
+    let from_spool = log.matches("source=Spool").count();
+    assert!(from_spool * 2 >= replayed, "only {from_spool} of {replayed} segments came from the prefetch spool\n{log}");
 }
 
 #[test]
@@ -142,11 +145,7 @@ fn real_cluster_s3_repository() {
         assert!(keys.len() >= 32, "{} WAL objects", keys.len());
         for key in keys.iter().take(5) {
             let head = client.head_object().bucket(&bucket).key(key).send().await.expect("head");
-            assert_eq!(
-                head.server_side_encryption(),
-                Some(&aws_sdk_s3::types::ServerSideEncryption::Aes256),
-                "{key}"
-            );
+            assert_eq!(head.server_side_encryption(), Some(&aws_sdk_s3::types::ServerSideEncryption::Aes256), "{key}");
         }
     });
 }

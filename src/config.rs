@@ -478,4 +478,28 @@ mod tests {
         let dbg = format!("{c:?}");
         assert!(!dbg.contains("secret-key-id"), "{dbg}");
     }
+
+    #[test]
+    fn reference_lists_every_key() {
+        let mut c = parse(MINIMAL).expect("config");
+        c.repository.s3.endpoint = Some("https://e".into());
+        c.repository.s3.sse = Some("aws:kms".into());
+        c.repository.s3.sse_kms_key_id = Some("k".into());
+        c.repository.s3.storage_class = Some("STANDARD".into());
+        let value = toml::Value::try_from(&c).expect("to toml");
+        let doc = include_str!("../docs/configuration.md");
+        fn walk(prefix: &str, v: &toml::Value, doc: &str) {
+            let Some(table) = v.as_table() else { return };
+            for (k, v) in table {
+                let path = if prefix.is_empty() { k.clone() } else { format!("{prefix}.{k}") };
+                if v.is_table() {
+                    assert!(doc.contains(&format!("## `[{path}]`")), "docs/configuration.md lacks section [{path}]");
+                    walk(&path, v, doc);
+                } else {
+                    assert!(doc.contains(&format!("| `{k}` |")), "docs/configuration.md lacks key {path}");
+                }
+            }
+        }
+        walk("", &value, doc);
+    }
 }

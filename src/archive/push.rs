@@ -64,10 +64,8 @@ pub async fn run(ctx: &ArchiveContext, wal_path: &Path, now_rfc3339: &str) -> Re
     let storage = ctx.storage.as_ref();
     store::ensure_descriptor(storage, now_rfc3339).await?;
     let mut cluster = store::cluster_info(storage).await?;
-    if cluster.is_none() {
-        if let Some(offered) = inspected.cluster {
-            cluster = Some(store::claim_cluster(storage, &offered).await?);
-        }
+    if let (None, Some(offered)) = (&cluster, &inspected.cluster) {
+        cluster = Some(store::claim_cluster(storage, offered).await?);
     }
 
     let ahead = match &name {

@@ -97,3 +97,39 @@ pub fn not_yet(program: &str) -> std::process::ExitCode {
     }
     std::process::ExitCode::from(exit::FAILURE)
 }
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    /// The commands in postgresql.conf.sample parse with the binaries' own argument definitions.
+    #[test]
+    fn sample_conf_commands_parse() {
+        let sample = include_str!("../../postgresql.conf.sample");
+        let command = |setting: &str| -> Vec<String> {
+            let line = sample
+                .lines()
+                .find(|l| l.starts_with(&format!("{setting} = '")))
+                .unwrap_or_else(|| panic!("{setting} missing from postgresql.conf.sample"));
+            let inner = line.split('\'').nth(1).expect("quoted command");
+            inner.split_whitespace().map(str::to_owned).collect()
+        };
+        let push = command("archive_command");
+        assert!(push[0].ends_with("/wal-push"), "{push:?}");
+        let args = super::wal_push::Args::try_parse_from(&push).expect("archive_command parses");
+        assert_eq!(args.wal_path.to_str(), Some("%p"));
+        assert!(args.config.is_some());
+        let fetch = command("restore_command");
+        assert!(fetch[0].ends_with("/wal-fetch"), "{fetch:?}");
+        let args = super::wal_fetch::Args::try_parse_from(&fetch).expect("restore_command parses");
+        assert_eq!(args.name.as_deref(), Some("%f"));
+        assert_eq!(args.dest.as_ref().and_then(|p| p.to_str()), Some("%p"));
+    }
+
+    #[test]
+    fn human_bytes_table() {
+        assert_eq!(super::human_bytes(512), "512 B");
+        assert_eq!(super::human_bytes(16 << 20), "16.0 MiB");
+        assert_eq!(super::human_bytes(1536), "1.5 KiB");
+    }
+}

@@ -48,6 +48,10 @@ reset_backlog() {
         rm -f "$st/$f.done"
         [ -f "$st/$f.ready" ] || runuser -u postgres -- touch "$st/$f.ready"
     done < "$WORK/backlog.txt"
+    # a clean shutdown with archiving on switches to a new segment: mark those extra ones archived
+    for f in "$st"/*.ready; do
+        grep -qxF "$(basename "$f" .ready)" "$WORK/backlog.txt" || mv "$f" "${f%.ready}.done"
+    done
     [ "$(ready_count "$DATA")" -eq "$N" ] || die "expected $N .ready files, found $(ready_count "$DATA")"
 }
 
@@ -148,7 +152,7 @@ drain() {
         pgbr-*) size=$(du -sb "$d/pgbr-repo" | cut -f1); objs=$(find "$d/pgbr-repo" -type f | wc -l) ;;
     esac
     local errs
-    errs=$(tail -c +"$((logsize + 1))" "$DATA.log" | grep -ciE 'error|fatal|warn|failed' || true)
+    errs=$(tail -c +"$((logsize + 1))" "$DATA.log" | grep -v 'archiving is not configured' | grep -ciE 'error|fatal|warn|failed' || true)
     tail -c +"$((logsize + 1))" "$DATA.log" > "$WORK/log-$tool-$run.txt"
     printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$tool" "$run" "$secs" "$rate" "$failed" "$errs" "$((size / 1024 / 1024))" "$busy" \
         >> "$RESULTS"
@@ -189,9 +193,9 @@ stunnel_stop
     echo "total time: $(($(date +%s) - T0)) s"
 } | tee "$WORK/report.txt"
 for f in "$WORK"/log-*.txt; do
-    if grep -qiE 'error|fatal|warn|failed' "$f"; then
-        echo "--- $(basename "$f"): first matching server-log lines"
-        grep -iE 'error|fatal|warn|failed' "$f" | sed -E 's/^[0-9-]+ [0-9:.]+ [A-Z]+ \[[0-9]+\] //; s/[0-9A-F]{24}/<SEG>/g' \
+    if grep -v 'archiving is not configured' "$f" | grep -qiE 'error|fatal|warn|failed'; then
+        echo "--- $(basename "$f"): most frequent matching server-log lines"
+        grep -v 'archiving is not configured' "$f" | grep -iE 'error|fatal|warn|failed' | sed -E 's/^[0-9-]+ [0-9:.]+ [A-Z]+ \[[0-9]+\] //; s/[0-9A-F]{24}/<SEG>/g' \
             | sort | uniq -c | sort -rn | head -5
     fi
 done | tee -a "$WORK/report.txt"

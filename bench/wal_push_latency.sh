@@ -33,8 +33,11 @@ R=$WORK/repos; SP=$WORK/spools; TPL=$WORK/templates; J=$WORK/json
 mkdir -p "$R" "$SP" "$TPL" "$J"
 chown -R postgres:postgres "$WORK"
 
+# The cold segment: the one of S[1..8] with the median zstd -1 size (a typical segment, not a bulk-load one).
+COLD=$(for s in "${SEGS[@]:1}"; do echo "$(zstd -1 -q -c "$SRC/pg_wal/$s" | wc -c) $s"; done | sort -n | sed -n 4p | cut -d' ' -f2)
+COLD_Z=$(zstd -1 -q -c "$SRC/pg_wal/$COLD" | wc -c)
+log "cold segment $COLD: zstd -1 ratio $(awk "BEGIN {printf \"%.2f\", $SEG / $COLD_Z}")"
 # A fake pg_wal holding only the cold segment (no other .ready: no look-ahead in the timed call).
-COLD=${SEGS[4]}
 mkdir -p "$WORK/cold/pg_wal/archive_status"
 cp "$SRC/pg_wal/$COLD" "$WORK/cold/pg_wal/"
 touch "$WORK/cold/pg_wal/archive_status/$COLD.ready"
@@ -85,16 +88,9 @@ fi
 for d in wp-init pgbr3 pgbr1; do cp -a "$R/$d" "$TPL/$d"; done
 pg_stop "$SRC"
 
-# S3 prepare step: delete every object of BUCKET whose key contains NAME (the segment about to be pushed).
-cat > "$WORK/s3del.py" <<EOF
-import sys, boto3
-c = boto3.client("s3", endpoint_url="http://127.0.0.1:${S3_PORT:-0}", region_name="us-east-1")
-bucket, name = sys.argv[1], sys.argv[2]
-for page in c.get_paginator("list_objects_v2").paginate(Bucket=bucket):
-    for o in page.get("Contents", []):
-        if name in o["Key"]:
-            c.delete_object(Bucket=bucket, Key=o["Key"])
-EOF
+# S3 prepare step: delete the objects of a bucket whose key contains the segment name.
+cp "$BENCH_DIR/s3del.sh" "$WORK/s3del.sh"
+S3DEL="$WORK/s3del.sh ${S3_PORT:-0}"
 chown -R postgres:postgres "$WORK"
 
 HF=(hyperfine --style basic --runs "$RUNS" --warmup 1)
@@ -102,16 +98,16 @@ CW="$WORK/cold/pg_wal/$COLD"
 log "timing one cold segment push ($RUNS runs each)"
 as_pg "${HF[@]}" --export-json "$J/cold.json" \
     -n "wal-push file://, empty repo (first push ever)" \
-    --prepare "rm -rf $R/wp-empty $SP/wp-empty; mkdir -p $SP/wp-empty" \
+    --prepare "rm -rf $R/wp-empty $SP/wp-empty && mkdir -p $SP/wp-empty" \
     "$WAL_PUSH --config $WORK/wp-empty.toml $CW" \
     -n "wal-push file://, initialized repo" \
-    --prepare "rm -rf $R/wp-init $SP/wp-init; cp -a $TPL/wp-init $R/wp-init; mkdir -p $SP/wp-init" \
+    --prepare "rm -rf $R/wp-init $SP/wp-init && cp -a $TPL/wp-init $R/wp-init && mkdir -p $SP/wp-init" \
     "$WAL_PUSH --config $WORK/wp-init.toml $CW" \
     -n "pgbackrest archive-push posix zst (default level 3), sync" \
-    --prepare "rm -rf $R/pgbr3; cp -a $TPL/pgbr3 $R/pgbr3" \
+    --prepare "rm -rf $R/pgbr3 && cp -a $TPL/pgbr3 $R/pgbr3" \
     "pgbackrest --config=$WORK/pgbr3/pgbackrest.conf --stanza=bench archive-push $CW" \
     -n "pgbackrest archive-push posix zst level 1, sync" \
-    --prepare "rm -rf $R/pgbr1; cp -a $TPL/pgbr1 $R/pgbr1" \
+    --prepare "rm -rf $R/pgbr1 && cp -a $TPL/pgbr1 $R/pgbr1" \
     "pgbackrest --config=$WORK/pgbr1/pgbackrest.conf --stanza=bench archive-push $CW" \
     >"$WORK/hf-cold.out" 2>&1 || { cat "$WORK/hf-cold.out"; die "hyperfine (cold) failed"; }
 
@@ -119,10 +115,10 @@ if [ "$S3" = 1 ]; then
     log "timing one cold segment push into S3 ($S3_SERVER on loopback; pgBackRest through stunnel)"
     as_pg "${HF[@]}" --export-json "$J/s3.json" \
         -n "wal-push s3:// ($S3_SERVER), initialized bucket" \
-        --prepare "python3 $WORK/s3del.py walpush $COLD; rm -rf $SP/wp-s3; mkdir -p $SP/wp-s3" \
+        --prepare "$S3DEL walpush $COLD && rm -rf $SP/wp-s3 && mkdir -p $SP/wp-s3" \
         "$WAL_PUSH --config $WORK/wp-s3.toml $CW" \
         -n "pgbackrest archive-push s3 zst (default level 3), sync, via stunnel" \
-        --prepare "python3 $WORK/s3del.py pgbr $COLD" \
+        --prepare "$S3DEL pgbr $COLD" \
         "pgbackrest --config=$WORK/pgbrs3/pgbackrest.conf --stanza=bench archive-push $CW" \
         >"$WORK/hf-s3.out" 2>&1 || { cat "$WORK/hf-s3.out"; die "hyperfine (s3) failed"; }
 fi
@@ -172,13 +168,21 @@ while pgrep -f "config=$WORK/pgbra/" >/dev/null; do sleep 0.2; done   # the asyn
 mkdir -p "$TPL/pgbr-out"
 cp -a "$OUTDIR/." "$TPL/pgbr-out/"
 
-log "timing the fast path ($RUNS runs each)"
+log "timing the fast path, and a first call that pushes 8 segments ahead ($RUNS runs each)"
+walpush_conf "$WORK/wp-ahead-c1.toml" "file://$R/wp-ahead-c1" "$SP/wp-ahead-c1" push_concurrency=1 push_ahead=16
+walpush_conf "$WORK/wp-ahead-c2.toml" "file://$R/wp-ahead-c2" "$SP/wp-ahead-c2" push_concurrency=2 push_ahead=16
 FASTCMDS=(-n "wal-push, segment recorded by look-ahead (spool record)"
     --prepare "cp -a $TPL/records/. $SP/wp-ahead/push/"
     "$WAL_PUSH --config $WORK/wp-ahead.toml $AW/$FAST"
     -n "wal-push, segment already in repo, no record (re-push of identical file)"
-    --prepare "rm -rf $SP/wp-ahead/push; mkdir -p $SP/wp-ahead/push"
-    "$WAL_PUSH --config $WORK/wp-ahead.toml $CW")
+    --prepare "rm -rf $SP/wp-ahead/push && mkdir -p $SP/wp-ahead/push"
+    "$WAL_PUSH --config $WORK/wp-ahead.toml $CW"
+    -n "wal-push, first call + 8 pushed ahead, push_concurrency=1 (empty repo)"
+    --prepare "rm -rf $R/wp-ahead-c1 $SP/wp-ahead-c1 && mkdir -p $SP/wp-ahead-c1"
+    "$WAL_PUSH --config $WORK/wp-ahead-c1.toml $AW/${SEGS[0]}"
+    -n "wal-push, first call + 8 pushed ahead, push_concurrency=2 (empty repo)"
+    --prepare "rm -rf $R/wp-ahead-c2 $SP/wp-ahead-c2 && mkdir -p $SP/wp-ahead-c2"
+    "$WAL_PUSH --config $WORK/wp-ahead-c2.toml $AW/${SEGS[0]}")
 if [ "$PGBR_FAST" = 1 ]; then
     FASTCMDS+=(-n "pgbackrest archive-push async, segment already pushed (.ok in spool)"
         --prepare "cp -a $TPL/pgbr-out/. $OUTDIR/"
@@ -197,9 +201,10 @@ rss() {
     shift
     local out=$WORK/rss.$RANDOM.txt
     if /usr/bin/time -v -o "$out" runuser -u postgres -- "$@" >"$out.log" 2>&1; then
-        RSS_ROWS+=("$(printf '%-72s %8.1f %10s' "$label" \
+        RSS_ROWS+=("$(printf '%-72s %8.1f %10s %9s' "$label" \
             "$(awk -F': ' '/Maximum resident/ {print $2/1024}' "$out")" \
-            "$(awk -F': ' '/Elapsed \(wall clock\)/ {print $2}' "$out")")")
+            "$(awk -F': ' '/Elapsed \(wall clock\)/ {print $2}' "$out")" \
+            "$(awk -F': ' '/User time/ {u=$2} /System time/ {s=$2} END {printf "%.2f", u+s}' "$out")")")
     else
         RSS_ROWS+=("$(printf '%-72s FAILED (exit %s): %s' "$label" "$(awk -F': ' '/Exit status/ {print $2}' "$out")" \
             "$(tail -2 "$out.log" | tr '\n' ' ')")")
@@ -209,13 +214,16 @@ rm -rf "$R/wp-empty" "$SP/wp-empty"; mkdir -p "$SP/wp-empty"; chown postgres:pos
 rss "wal-push file://, one cold segment, empty repo" "$WAL_PUSH" --config "$WORK/wp-empty.toml" "$CW"
 RSS_ROWS+=("$(printf '%-72s %8.1f %10s' "wal-push file://, first call + $((K - 1)) pushed ahead (concurrency 2)" \
     "$(awk -F': ' '/Maximum resident/ {print $2/1024}' "$WORK/rss-ahead.txt")" "$AHEAD_FIRST_S")")
+rm -rf "$R/wp-ahead-c2" "$SP/wp-ahead-c2"; mkdir -p "$SP/wp-ahead-c2"; chown postgres:postgres "$SP/wp-ahead-c2"
+rss "wal-push file://, first call + $((K - 1)) pushed ahead (concurrency 2), again" \
+    "$WAL_PUSH" --config "$WORK/wp-ahead-c2.toml" "$AW/${SEGS[0]}"
 rm -rf "$R/pgbr3"; cp -a "$TPL/pgbr3" "$R/pgbr3"
 rss "pgbackrest archive-push posix zst, sync, one segment" \
     pgbackrest --config="$WORK/pgbr3/pgbackrest.conf" --stanza=bench archive-push "$CW"
 if [ "$S3" = 1 ]; then
-    as_pg python3 "$WORK/s3del.py" walpush "$COLD"
+    as_pg $S3DEL walpush "$COLD"
     rss "wal-push s3://, one cold segment" "$WAL_PUSH" --config "$WORK/wp-s3.toml" "$CW"
-    as_pg python3 "$WORK/s3del.py" pgbr "$COLD"
+    as_pg $S3DEL pgbr "$COLD"
     rss "pgbackrest archive-push s3 zst, sync, one segment" \
         pgbackrest --config="$WORK/pgbrs3/pgbackrest.conf" --stanza=bench archive-push "$CW"
 fi
@@ -230,8 +238,8 @@ rss "wal-fetch file://, one segment, prefetch 8 (foreground process only)" \
     "$WAL_FETCH" --config "$WORK/wf8.toml" "${SEGS[1]}" "$WORK/restore/pg_wal/RECOVERYXLOG"
 # the prefetch worker it started: wait for it to finish, then run one ourselves to measure it
 for _ in $(seq 1 100); do pgrep -f "config $WORK/wf8.toml" >/dev/null || break; sleep 0.1; done
-PREF_BEFORE=$(find "$SP/wf8" -path '*fetch*' -type f | wc -l)
-find "$SP/wf8" -path '*fetch/*' -type f -delete 2>/dev/null || true
+PREF_BEFORE=$(find "$SP/wf8/fetch" -regextype egrep -regex '.*/[0-9A-F]{24}' -type f | wc -l)
+find "$SP/wf8/fetch" -regextype egrep -regex '.*/[0-9A-F]{24}' -type f -delete   # keep the 'wanted' marker
 rss "wal-fetch --prefetch-worker file:// (fetches up to 8, exits after 2 s idle)" \
     "$WAL_FETCH" --config "$WORK/wf8.toml" --prefetch-worker
 if [ "$S3" = 1 ]; then
@@ -247,16 +255,16 @@ rss "pgbackrest archive-get posix, sync, one segment" \
 {
     echo
     echo "### wal_push_latency: $(date -u +%FT%TZ), $(nproc) cores, binaries from $ROOT ($(cd "$ROOT" && git rev-parse --short HEAD))"
-    echo "segment: $COLD (16 MiB of pgbench WAL); wal-push compression_level ${WALPUSH_LEVEL:-1}, push_concurrency 2"
+    echo "cold segment: $COLD (16 MiB of pgbench WAL, zstd -1 ratio $(awk "BEGIN {printf \"%.2f\", $SEG / $COLD_Z}")); wal-push compression_level ${WALPUSH_LEVEL:-1}, push_concurrency 2"
     python3 "$BENCH_DIR/hf_table.py" "one cold segment, file:// / posix repository (fresh repo each run)" "$J/cold.json"
     [ "$S3" = 1 ] && python3 "$BENCH_DIR/hf_table.py" "one cold segment, S3 on loopback ($S3_SERVER)" "$J/s3.json"
-    python3 "$BENCH_DIR/hf_table.py" "segment already pushed ahead (the call PostgreSQL makes after look-ahead)" "$J/fast.json"
+    python3 "$BENCH_DIR/hf_table.py" "segment already pushed ahead (the call PostgreSQL makes after look-ahead); first call with look-ahead" "$J/fast.json"
     echo
     echo "first wal-push call with $((K - 1)) more .ready segments (pushes them ahead): $AHEAD_FIRST_S (m:ss.cc), $NREC records left"
     echo "prefetch worker had fetched $PREF_BEFORE file(s) into the spool before the measured worker run"
     echo
     echo "== peak RSS"
-    printf '%-72s %8s %10s\n' "case" "max MiB" "wall"
+    printf '%-72s %8s %10s %9s\n' "case" "max MiB" "wall" "cpu s"
     printf -- '-%.0s' $(seq 1 92); echo
     printf '%s\n' "${RSS_ROWS[@]}"
     echo

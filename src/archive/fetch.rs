@@ -22,6 +22,9 @@ use crate::repository::{self, store};
 use crate::spool::{Lock, Spool};
 use crate::wal::{SegmentName, SegmentSize, WalFileName};
 
+/// A prefetched file older than this is left over from an earlier recovery and is fetched again instead.
+const PREFETCH_MAX_AGE: Duration = Duration::from_secs(3600);
+
 /// Where a served file came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Source {
@@ -57,7 +60,7 @@ pub async fn run(ctx: &ArchiveContext, name: &str, dest: &Path) -> Result<FetchR
     let spool = ctx.spool.clone();
     let (n, d) = (name.to_owned(), dest.to_path_buf());
     let from_spool = blocking(move || {
-        let Some(object) = spool.read_prefetched(&n)? else { return Ok(None) };
+        let Some(object) = spool.read_prefetched(&n, PREFETCH_MAX_AGE)? else { return Ok(None) };
         let result = write_verified(&object, &d, &format!("{}", spool.prefetched_path(&n).display()));
         spool.remove_prefetched(&n)?;
         match result {
@@ -218,7 +221,7 @@ mod tests {
     #[test]
     fn plan_prefetch_window_and_cleanup() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let spool = Spool::open(dir.path()).expect("spool");
+        let spool = Spool::open(dir.path(), "file:///r").expect("spool");
         let size = SegmentSize::DEFAULT;
         for n in ["0000000100000000000000FE", "000000010000000100000001", "000000020000000100000000"] {
             spool.write_prefetched(n, b"x").expect("write");

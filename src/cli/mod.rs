@@ -60,7 +60,7 @@ pub fn current_thread_runtime() -> Result<tokio::runtime::Runtime, Error> {
 pub async fn archive_context(config: &Config) -> Result<ArchiveContext, Error> {
     let deadline = Duration::from_secs(config.archive.retry_deadline_seconds);
     let storage = crate::storage::open(&config.repository.url, &config.repository.s3, deadline).await?;
-    let spool = Spool::open(&config.spool.path)?;
+    let spool = Spool::open(&config.spool.path, &storage.to_string())?;
     Ok(ArchiveContext {
         storage,
         spool,

@@ -4,8 +4,10 @@
 //! <spool>/push.lock            held by the wal-push that is pushing
 //! <spool>/push/<name>.ok       "durably stored" record: repository, digest, raw size (written after the upload)
 //! <spool>/fetch.lock           held by the one prefetcher
-//! <spool>/fetch/<name>         a prefetched object, exactly as stored (verified again when served)
-//! <spool>/fetch/wanted         the newest name PostgreSQL asked for (the prefetcher follows it)
+//! <spool>/fetch/<repo>/<name>  a prefetched object, exactly as stored (verified again when served); <repo> is a
+//!                              short hash of the repository URL, so a spool reused for another repository never
+//!                              serves the old one's files
+//! <spool>/fetch/<repo>/wanted  the newest name PostgreSQL asked for (the prefetcher follows it)
 //! ```
 //! Invariants: every file is written atomically (temp file, fsync, rename, fsync of the directory), so a
 //! `kill -9` leaves either no record or a complete one. A record is written only after the repository has
@@ -67,12 +69,14 @@ impl PushRecord {
 #[derive(Debug, Clone)]
 pub struct Spool {
     root: PathBuf,
+    repository_scope: String,
 }
 
 impl Spool {
-    /// Open (and create if needed) the spool at `root`.
-    pub fn open(root: &Path) -> Result<Self, Error> {
-        let spool = Self { root: root.to_path_buf() };
+    /// Open (and create if needed) the spool at `root` for the repository displayed as `repository`.
+    pub fn open(root: &Path, repository: &str) -> Result<Self, Error> {
+        let scope = blake3::hash(repository.as_bytes()).to_hex()[..16].to_owned();
+        let spool = Self { root: root.to_path_buf(), repository_scope: scope };
         for dir in [spool.root.clone(), spool.push_dir(), spool.fetch_dir()] {
             std::fs::create_dir_all(&dir).map_err(|source| Error::Io { path: dir.clone(), source })?;
         }
@@ -88,9 +92,9 @@ impl Spool {
         self.root.join("push")
     }
 
-    /// Directory of prefetched objects.
+    /// Directory of prefetched objects (of this spool's repository).
     pub fn fetch_dir(&self) -> PathBuf {
-        self.root.join("fetch")
+        self.root.join("fetch").join(&self.repository_scope)
     }
 
     /// Lock file for wal-push.
@@ -149,9 +153,16 @@ impl Spool {
         write_atomic(&self.prefetched_path(name), object, false)
     }
 
-    /// Read a prefetched object, if present.
-    pub fn read_prefetched(&self, name: &str) -> Result<Option<Vec<u8>>, Error> {
+    /// Read a prefetched object, if present and written within `max_age` (older ones are left over from an
+    /// earlier recovery and are not trusted to be current).
+    pub fn read_prefetched(&self, name: &str, max_age: std::time::Duration) -> Result<Option<Vec<u8>>, Error> {
         let path = self.prefetched_path(name);
+        let fresh = std::fs::metadata(&path)
+            .and_then(|m| m.modified())
+            .is_ok_and(|t| t.elapsed().is_ok_and(|age| age <= max_age));
+        if !fresh {
+            return Ok(None);
+        }
         match std::fs::read(&path) {
             Ok(b) => Ok(Some(b)),
             Err(e) if e.kind() == ErrorKind::NotFound => Ok(None),
@@ -236,7 +247,7 @@ mod tests {
     #[test]
     fn push_records_round_trip() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let spool = Spool::open(dir.path()).expect("open");
+        let spool = Spool::open(dir.path(), "file:///r").expect("open");
         let name = "000000010000000000000003";
         assert_eq!(spool.push_record(name).expect("read"), None);
         let rec = PushRecord::new("file:///r", Digest::of(b"x"), 16);
@@ -254,14 +265,17 @@ mod tests {
     #[test]
     fn prefetch_queue() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let spool = Spool::open(dir.path()).expect("open");
+        let spool = Spool::open(dir.path(), "file:///r").expect("open");
         spool.write_prefetched("B", b"2").expect("write");
         spool.write_prefetched("A", b"1").expect("write");
         spool.set_wanted("A").expect("wanted");
         assert_eq!(spool.prefetched_names().expect("names"), vec!["A", "B"]);
-        assert_eq!(spool.read_prefetched("A").expect("read"), Some(b"1".to_vec()));
+        assert_eq!(spool.read_prefetched("A", std::time::Duration::from_secs(60)).expect("read"), Some(b"1".to_vec()));
+        assert_eq!(spool.read_prefetched("A", std::time::Duration::ZERO).expect("read"), None, "too old");
+        let other = Spool::open(dir.path(), "s3://other").expect("open");
+        assert!(other.prefetched_names().expect("names").is_empty(), "scoped by repository");
         assert_eq!(spool.wanted().expect("wanted"), Some("A".to_owned()));
         spool.remove_prefetched("A").expect("remove");
-        assert_eq!(spool.read_prefetched("A").expect("read"), None);
+        assert_eq!(spool.read_prefetched("A", std::time::Duration::from_secs(60)).expect("read"), None);
     }
 }

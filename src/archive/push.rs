@@ -20,7 +20,7 @@ use self::segment::{PushedFile, push_file};
 use super::{ArchiveContext, blocking};
 use crate::Error;
 use crate::repository::{ClusterInfo, store};
-use crate::spool::{Lock, PushRecord};
+use crate::spool::{FileIdentity, Lock, PushRecord};
 use crate::wal::WalFileName;
 
 /// What one wal-push call did.
@@ -89,7 +89,7 @@ pub async fn run(ctx: &ArchiveContext, wal_path: &Path, now_rfc3339: &str) -> Re
         match r {
             Ok(pushed) => {
                 ctx.spool
-                    .write_push_record(&n.to_string(), &PushRecord::new(&repo_id, pushed.digest, pushed.raw_size))?;
+                    .write_push_record(&n.to_string(), &PushRecord::new(&repo_id, pushed.digest, pushed.identity))?;
                 report.ahead.push(pushed);
             }
             Err(e) => report.ahead_failed.push((n, e)),
@@ -103,8 +103,8 @@ pub async fn run(ctx: &ArchiveContext, wal_path: &Path, now_rfc3339: &str) -> Re
 fn take_record(ctx: &ArchiveContext, name: &WalFileName, path: &Path, repo_id: &str) -> Result<bool, Error> {
     let key = name.to_string();
     let Some(record) = ctx.spool.push_record(&key)? else { return Ok(false) };
-    let size = std::fs::metadata(path).map_err(|source| Error::ReadWal { path: path.to_path_buf(), source })?.len();
-    if record.repository != repo_id || record.raw_size != size {
+    let meta = std::fs::metadata(path).map_err(|source| Error::ReadWal { path: path.to_path_buf(), source })?;
+    if record.repository != repo_id || record.file != FileIdentity::of(&meta) {
         // Stale (another repository, or a different file): ignore it and push for real.
         ctx.spool.remove_push_record(&key)?;
         return Ok(false);

@@ -47,6 +47,30 @@ pub enum Error {
     },
 }
 
+/// Which file on disk a record is about: a segment rewritten under the same name has another mtime (PostgreSQL
+/// recycles segments by renaming and rewriting them), so a record never vouches for different content.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileIdentity {
+    /// Size in bytes.
+    pub size: u64,
+    /// Modification time, nanoseconds since the epoch.
+    pub mtime_ns: i128,
+    /// Inode number.
+    pub inode: u64,
+}
+
+impl FileIdentity {
+    /// The identity of a file from its metadata.
+    pub fn of(meta: &std::fs::Metadata) -> Self {
+        use std::os::unix::fs::MetadataExt;
+        Self {
+            size: meta.len(),
+            mtime_ns: i128::from(meta.mtime()) * 1_000_000_000 + i128::from(meta.mtime_nsec()),
+            inode: meta.ino(),
+        }
+    }
+}
+
 /// A "durably stored" record for one pushed file.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PushRecord {
@@ -54,14 +78,14 @@ pub struct PushRecord {
     pub repository: String,
     /// Digest of the raw content.
     pub digest: String,
-    /// Raw size in bytes.
-    pub raw_size: u64,
+    /// The file that was pushed.
+    pub file: FileIdentity,
 }
 
 impl PushRecord {
     /// Build a record.
-    pub fn new(repository: &str, digest: Digest, raw_size: u64) -> Self {
-        Self { repository: repository.to_owned(), digest: digest.to_string(), raw_size }
+    pub fn new(repository: &str, digest: Digest, file: FileIdentity) -> Self {
+        Self { repository: repository.to_owned(), digest: digest.to_string(), file }
     }
 }
 
@@ -250,7 +274,7 @@ mod tests {
         let spool = Spool::open(dir.path(), "file:///r").expect("open");
         let name = "000000010000000000000003";
         assert_eq!(spool.push_record(name).expect("read"), None);
-        let rec = PushRecord::new("file:///r", Digest::of(b"x"), 16);
+        let rec = PushRecord::new("file:///r", Digest::of(b"x"), FileIdentity { size: 16, mtime_ns: 5, inode: 7 });
         spool.write_push_record(name, &rec).expect("write");
         assert_eq!(spool.push_record(name).expect("read"), Some(rec));
         assert_eq!(spool.push_record_names().expect("names"), vec![name.to_owned()]);

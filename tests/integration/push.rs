@@ -259,8 +259,17 @@ fn look_ahead_pushes_ready_segments_and_later_calls_use_the_spool() {
         assert_eq!(code, Some(0), "{n}: {err}");
     }
     std::fs::rename(env.dir.path().join("repo-moved"), env.repo()).expect("move back");
+    // A record never vouches for a file rewritten under the same name: it is checked for real, and refused.
+    let n7 = segment_name(1, 7, MB);
+    env.segment(7, MB, 3);
+    mark_ready(&env.pg_wal, &n7);
     let (code, err) = status(&push(&env.config, &env.pg_wal.join(&names[5])));
     assert_eq!(code, Some(0), "{err}");
+    // (a wal-push run lies between the two writes, so their mtimes differ even on a coarse clock)
+    env.segment(7, MB, 4);
+    let (code, err) = status(&push(&env.config, &env.pg_wal.join(&n7)));
+    assert_eq!(code, Some(1), "rewritten segment must not pass on an old record: {err}");
+    assert!(err.contains("different checksum"), "{err}");
     for n in &names {
         let (code, err, got) = env.fetch_back(n);
         assert_eq!(code, Some(0), "{err}");

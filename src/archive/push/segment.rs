@@ -16,6 +16,7 @@ use crate::Error;
 use crate::archive::blocking;
 use crate::codec::{self, Digest, HEADER_LEN, ObjectHeader};
 use crate::repository::{self, ClusterInfo};
+use crate::spool::FileIdentity;
 use crate::storage::{self, PutMode, Storage};
 use crate::wal::{LONG_HEADER_LEN, LongPageHeader, WalFileName, pg_version_for_magic};
 
@@ -40,6 +41,8 @@ pub struct PushedFile {
     pub digest: Digest,
     /// Raw size.
     pub raw_size: u64,
+    /// The file as it was when pushed.
+    pub identity: FileIdentity,
     /// Bytes written to the repository (0 if already present).
     pub stored_size: u64,
     /// New or already present.
@@ -53,6 +56,8 @@ pub struct PushedFile {
 pub struct Inspected {
     /// Size at open.
     pub size: u64,
+    /// Size, mtime and inode at open.
+    pub identity: FileIdentity,
     /// The cluster this segment says it belongs to (segments and partials only).
     pub cluster: Option<ClusterInfo>,
 }
@@ -61,7 +66,8 @@ pub struct Inspected {
 pub fn inspect(name: &WalFileName, path: &Path) -> Result<Inspected, Error> {
     let read_err = |source| Error::ReadWal { path: path.to_path_buf(), source };
     let mut file = File::open(path).map_err(read_err)?;
-    let size = file.metadata().map_err(read_err)?.len();
+    let meta = file.metadata().map_err(read_err)?;
+    let (size, identity) = (meta.len(), FileIdentity::of(&meta));
     match name {
         WalFileName::Segment(seg) | WalFileName::Partial(seg) => {
             let mut first = vec![0u8; LONG_HEADER_LEN];
@@ -75,7 +81,7 @@ pub fn inspect(name: &WalFileName, path: &Path) -> Result<Inspected, Error> {
                 // invariant: validate() accepted the magic, so it maps to a version.
                 pg_version: pg_version_for_magic(header.magic).unwrap_or(0),
             };
-            Ok(Inspected { size, cluster: Some(cluster) })
+            Ok(Inspected { size, identity, cluster: Some(cluster) })
         }
         WalFileName::History(_) | WalFileName::BackupHistory(..) => {
             let kind = if matches!(name, WalFileName::History(_)) { "timeline history" } else { "backup history" };
@@ -93,7 +99,7 @@ pub fn inspect(name: &WalFileName, path: &Path) -> Result<Inspected, Error> {
                     }
                 }
             }
-            Ok(Inspected { size, cluster: None })
+            Ok(Inspected { size, identity, cluster: None })
         }
     }
 }
@@ -196,6 +202,7 @@ pub async fn push_file(
         name: name.clone(),
         digest,
         raw_size: size,
+        identity: inspected.identity,
         stored_size,
         outcome,
         elapsed_ms: started.elapsed().as_millis() as u64,

@@ -77,14 +77,15 @@ pub async fn run(ctx: &ArchiveContext, name: &str, dest: &Path) -> Result<FetchR
         Some(size) => (size, Source::Spool),
         None => {
             let key = repository::wal_key(&wal_name);
-            let object = match ctx.storage.get(&key).await {
+            let storage = ctx.storage().await?;
+            let object = match storage.get(&key).await {
                 Ok(o) => o,
                 Err(e) if e.is_not_found() => {
-                    return Err(Error::NotInArchive { name: name.to_owned(), backend: ctx.storage.to_string() });
+                    return Err(Error::NotInArchive { name: name.to_owned(), backend: storage.to_string() });
                 }
                 Err(e) => return Err(e.into()),
             };
-            let what = format!("{}/{key}", ctx.storage);
+            let what = format!("{storage}/{key}");
             let d = dest.to_path_buf();
             (blocking(move || write_verified(&object, &d, &what)).await?, Source::Repository)
         }
@@ -143,7 +144,7 @@ pub async fn prefetch(ctx: &ArchiveContext, idle_exit: Duration) -> Result<usize
     let Some(_lock) = blocking(move || Lock::try_acquire(&lock_path).map_err(Error::from)).await? else {
         return Ok(0);
     };
-    let Some(cluster) = store::cluster_info(ctx.storage.as_ref()).await? else { return Ok(0) };
+    let Some(cluster) = store::cluster_info(ctx.storage().await?.as_ref()).await? else { return Ok(0) };
     let size = SegmentSize::new(cluster.wal_segment_size)?;
     let mut fetched = 0usize;
     let mut last_progress = Instant::now();
@@ -179,10 +180,17 @@ pub async fn prefetch(ctx: &ArchiveContext, idle_exit: Duration) -> Result<usize
 
 /// Download segments into the spool in parallel; returns how many were stored and the first missing one.
 async fn fetch_into_spool(ctx: &ArchiveContext, todo: Vec<SegmentName>) -> (usize, Option<SegmentName>) {
+    let storage = match ctx.storage().await {
+        Ok(s) => s.clone(),
+        Err(e) => {
+            tracing::warn!(error = %e, "prefetch: cannot open the repository");
+            return (0, todo.first().copied());
+        }
+    };
     let semaphore = Arc::new(Semaphore::new(ctx.settings.push_concurrency.max(2)));
     let mut set = JoinSet::new();
     for seg in todo {
-        let (storage, spool, semaphore) = (ctx.storage.clone(), ctx.spool.clone(), semaphore.clone());
+        let (storage, spool, semaphore) = (storage.clone(), ctx.spool.clone(), semaphore.clone());
         set.spawn(async move {
             let _permit = semaphore.acquire_owned().await;
             let key = repository::wal_key(&WalFileName::Segment(seg));

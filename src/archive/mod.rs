@@ -3,21 +3,53 @@
 pub mod fetch;
 pub mod push;
 
-use crate::config::ArchiveConfig;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::OnceCell;
+
+use crate::config::{ArchiveConfig, RepositoryConfig};
 use crate::spool::Spool;
 use crate::storage::DynStorage;
 
 /// Everything an archive command needs, resolved once by `cli`.
+///
+/// The storage backend is opened on first use: the fast paths (a spool record, a prefetched segment) never build
+/// an S3 client at all.
 #[derive(Debug, Clone)]
 pub struct ArchiveContext {
-    /// The repository backend (already wrapped in retries).
-    pub storage: DynStorage,
+    /// Identifies the repository in spool records: its canonical URL.
+    pub repository_id: String,
+    /// `[repository]` settings.
+    pub repository: RepositoryConfig,
     /// The local spool.
     pub spool: Spool,
-    /// zstd level for new objects.
-    pub compression_level: i32,
     /// `[archive]` settings.
     pub settings: ArchiveConfig,
+    storage: Arc<OnceCell<DynStorage>>,
+}
+
+impl ArchiveContext {
+    /// A context whose storage is opened from `repository` on first use.
+    pub fn new(repository: &RepositoryConfig, settings: &ArchiveConfig, spool: Spool) -> Self {
+        Self {
+            repository_id: crate::storage::canonical_url(&repository.url),
+            repository: repository.clone(),
+            spool,
+            settings: settings.clone(),
+            storage: Arc::new(OnceCell::new()),
+        }
+    }
+
+    /// The repository backend (wrapped in retries), opened on first call.
+    pub async fn storage(&self) -> Result<&DynStorage, crate::Error> {
+        let deadline = Duration::from_secs(self.settings.retry_deadline_seconds);
+        let storage = self
+            .storage
+            .get_or_try_init(|| crate::storage::open(&self.repository.url, &self.repository.s3, deadline))
+            .await?;
+        Ok(storage)
+    }
 }
 
 /// Run blocking work (file I/O, hashing, compression) off the async threads.

@@ -21,6 +21,7 @@ use super::{ArchiveContext, blocking};
 use crate::Error;
 use crate::repository::{ClusterInfo, store};
 use crate::spool::{FileIdentity, Lock, PushRecord};
+use crate::storage::DynStorage;
 use crate::wal::WalFileName;
 
 /// What one wal-push call did.
@@ -45,7 +46,7 @@ pub async fn run(ctx: &ArchiveContext, wal_path: &Path, now_rfc3339: &str) -> Re
         .ok_or_else(|| Error::Usage(format!("{} has no file name", wal_path.display())))?;
     let name: WalFileName = file_name.parse()?;
     tracing::Span::current().record("segment", file_name);
-    let repo_id = ctx.storage.to_string();
+    let repo_id = ctx.repository_id.clone();
 
     if take_record(ctx, &name, wal_path, &repo_id)? {
         return Ok(PushReport { requested: None, name, ahead: Vec::new(), ahead_failed: Vec::new() });
@@ -61,7 +62,7 @@ pub async fn run(ctx: &ArchiveContext, wal_path: &Path, now_rfc3339: &str) -> Re
         return Ok(PushReport { requested: None, name, ahead: Vec::new(), ahead_failed: Vec::new() });
     }
 
-    let storage = ctx.storage.as_ref();
+    let storage = ctx.storage().await?.as_ref();
     store::ensure_descriptor(storage, now_rfc3339).await?;
     let mut cluster = store::cluster_info(storage).await?;
     if let (None, Some(offered)) = (&cluster, &inspected.cluster) {
@@ -79,7 +80,7 @@ pub async fn run(ctx: &ArchiveContext, wal_path: &Path, now_rfc3339: &str) -> Re
 
     let mut jobs = vec![(name.clone(), wal_path.to_path_buf())];
     jobs.extend(ahead);
-    let mut results = push_batch(ctx, jobs, cluster).await;
+    let mut results = push_batch(ctx, ctx.storage().await?, jobs, cluster).await;
     // invariant: the requested file is always the first job, so results is never empty.
     let (_, first) = results.remove(0);
     let requested = first?;
@@ -154,6 +155,7 @@ fn ready_after(
 /// Push files with bounded concurrency, in order; after the first failure no further file is started.
 async fn push_batch(
     ctx: &ArchiveContext,
+    storage: &DynStorage,
     jobs: Vec<(WalFileName, PathBuf)>,
     cluster: Option<ClusterInfo>,
 ) -> Vec<(WalFileName, Result<PushedFile, Error>)> {
@@ -164,7 +166,7 @@ async fn push_batch(
     let count = jobs.len();
     for (index, (name, path)) in jobs.into_iter().enumerate() {
         let (semaphore, failed, cluster) = (semaphore.clone(), failed.clone(), cluster.clone());
-        let (storage, level) = (ctx.storage.clone(), ctx.compression_level);
+        let (storage, level) = (storage.clone(), ctx.repository.compression_level);
         set.spawn(async move {
             let result = match semaphore.acquire_owned().await {
                 Ok(_permit) if !failed.load(Ordering::SeqCst) => {

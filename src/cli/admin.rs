@@ -92,8 +92,8 @@ fn run(config_flag: Option<PathBuf>, command: Command) -> Result<(), Error> {
         .build()
         .map_err(|e| Error::Task(format!("cannot start runtime: {e}")))?;
     rt.block_on(async {
-        let ctx = super::archive_context(&config).await?;
-        let storage = ctx.storage.as_ref();
+        let ctx = super::archive_context(&config)?;
+        let storage = ctx.storage().await?.as_ref();
         match command {
             Command::Check => {
                 println!("configuration: {} ok", path.display());

@@ -10,7 +10,6 @@ pub mod wal_fetch;
 pub mod wal_push;
 
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
 use crate::Error;
 use crate::archive::ArchiveContext;
@@ -56,17 +55,10 @@ pub fn current_thread_runtime() -> Result<tokio::runtime::Runtime, Error> {
         .map_err(|e| Error::Task(format!("cannot start runtime: {e}")))
 }
 
-/// Open storage and spool for the archive commands.
-pub async fn archive_context(config: &Config) -> Result<ArchiveContext, Error> {
-    let deadline = Duration::from_secs(config.archive.retry_deadline_seconds);
-    let storage = crate::storage::open(&config.repository.url, &config.repository.s3, deadline).await?;
-    let spool = Spool::open(&config.spool.path, &storage.to_string())?;
-    Ok(ArchiveContext {
-        storage,
-        spool,
-        compression_level: config.repository.compression_level,
-        settings: config.archive.clone(),
-    })
+/// The spool and the (lazily opened) storage for the archive commands.
+pub fn archive_context(config: &Config) -> Result<ArchiveContext, Error> {
+    let spool = Spool::open(&config.spool.path, &crate::storage::canonical_url(&config.repository.url))?;
+    Ok(ArchiveContext::new(&config.repository, &config.archive, spool))
 }
 
 /// Now, as RFC 3339 UTC.

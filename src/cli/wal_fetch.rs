@@ -61,7 +61,7 @@ pub fn run(args: &Args) -> Result<(), Error> {
     let rt = super::current_thread_runtime()?;
     if args.prefetch_worker {
         return rt.block_on(async {
-            let ctx = super::archive_context(&config).await?;
+            let ctx = super::archive_context(&config)?;
             let n = fetch::prefetch(&ctx, Duration::from_secs(2)).await?;
             tracing::debug!(fetched = n, "prefetcher done");
             Ok(())
@@ -70,7 +70,7 @@ pub fn run(args: &Args) -> Result<(), Error> {
     let (Some(name), Some(dest)) = (&args.name, &args.dest) else {
         return Err(Error::Usage("wal-fetch needs NAME and DEST (%f %p)".to_owned()));
     };
-    let ctx = rt.block_on(super::archive_context(&config))?;
+    let ctx = super::archive_context(&config)?;
     let report = rt.block_on(fetch::run(&ctx, name, dest))?;
     tracing::info!(
         segment = %report.name, bytes = report.raw_size, elapsed_ms = report.elapsed_ms, source = ?report.source,

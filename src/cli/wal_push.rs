@@ -45,17 +45,17 @@ pub fn run(args: &Args) -> Result<(), Error> {
     super::init_tracing(Some(&config));
     let rt = super::current_thread_runtime()?;
     rt.block_on(async {
-        let ctx = super::archive_context(&config).await?;
+        let ctx = super::archive_context(&config)?;
         let report = push::run(&ctx, &args.wal_path, &super::now_rfc3339()).await?;
         match &report.requested {
             None => tracing::info!(segment = %report.name, "already archived by look-ahead"),
             Some(p) if p.outcome == Stored::AlreadyPresent => tracing::warn!(
-                segment = %report.name, backend = %ctx.storage,
+                segment = %report.name, backend = %ctx.repository_id,
                 "already archived with the same checksum; nothing written"
             ),
             Some(p) => tracing::info!(
                 segment = %report.name, bytes = p.raw_size, stored = p.stored_size, elapsed_ms = p.elapsed_ms,
-                ahead = report.ahead.len(), backend = %ctx.storage,
+                ahead = report.ahead.len(), backend = %ctx.repository_id,
                 "archived {} as {}", super::human_bytes(p.raw_size), super::human_bytes(p.stored_size)
             ),
         }

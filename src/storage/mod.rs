@@ -243,6 +243,11 @@ pub trait Storage: Send + Sync + fmt::Display + fmt::Debug {
 /// A shared, dynamically dispatched storage handle.
 pub type DynStorage = Arc<dyn Storage>;
 
+/// The canonical form of a repository URL (no trailing `/`), used to tell repositories apart in the spool.
+pub fn canonical_url(url: &str) -> String {
+    url.trim_end_matches('/').to_owned()
+}
+
 /// Open the backend named by a repository URL, wrapped in retries bounded by `retry_deadline`.
 ///
 /// `file:///absolute/path` opens a local directory, `s3://bucket[/prefix]` a bucket (configured by `s3`); anything

@@ -172,7 +172,7 @@ stunnel_stop
 {
     echo
     echo "### archive_throughput: $(date -u +%FT%TZ), $(nproc) cores, N=$N segments of pgbench WAL, $RUNS run(s)," \
-        "binaries from $ROOT ($(cd "$ROOT" && git rev-parse --short HEAD))"
+        "binaries from $ROOT ($BIN_REV)"
     echo "wal-push: compression_level ${WALPUSH_LEVEL:-1}, push_concurrency $PUSH_CONCURRENCY, push_ahead $PUSH_AHEAD;" \
         "pgBackRest: compress-type zst (level ${PGBR_COMPRESS_LEVEL:-default 3}), process-max 2; S3 server: $S3_SERVER on 127.0.0.1" \
         "(pgBackRest through stunnel TLS)"

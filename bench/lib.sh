@@ -60,6 +60,7 @@ build_bins() {
     WAL_FETCH=$WORK/bin/wal-fetch
     local rev dirty
     rev=$(cd "$ROOT" && git rev-parse --short HEAD 2>/dev/null || echo unknown)
+    BIN_REV="git $rev, +$(cd "$ROOT" && git status --porcelain -- src Cargo.toml Cargo.lock 2>/dev/null | wc -l) modified"
     dirty=$(cd "$ROOT" && git status --porcelain -- src Cargo.toml Cargo.lock 2>/dev/null | wc -l)
     log "binaries: git $rev (+$dirty modified files in src/Cargo), wal-push sha256 $(sha256sum "$WAL_PUSH" | cut -c1-12)"
 }

@@ -43,21 +43,21 @@ mkdir -p "$WORK/pgbr-push"
 pgbr_conf "$WORK/pgbr-push/pgbackrest.conf" posix "$WORK/pgbr-repo" "$SRC" "$PORT" archive-async=y process-max=2
 chown -R postgres:postgres "$WORK"
 
-log "source cluster (port $PORT), base backup (pg_basebackup -X none), then $N segments of pgbench WAL"
+ARCH="$WAL_PUSH --config $WORK/push.toml %p"
+[ "$S3_NEEDED" = 1 ] && ARCH="$ARCH && $WAL_PUSH --config $WORK/push-s3.toml %p"
+ARCH="$ARCH && pgbackrest --config=$WORK/pgbr-push/pgbackrest.conf --stanza=bench archive-push %p && cp %p $PLAIN/%f"
+log "source cluster (port $PORT) archiving through: $ARCH"
 pg_new "$SRC" "$PORT" "wal_keep_size = '$(((N + 64) * 16))MB'"
 pg_start "$SRC"
 as_pg pgbackrest --config="$WORK/pgbr-push/pgbackrest.conf" --stanza=bench stanza-create >"$WORK/stanza.log" 2>&1 \
     || { cat "$WORK/stanza.log"; die "stanza-create failed"; }
+sql "$PORT" "alter system set archive_command = '$ARCH'" >/dev/null
+sql "$PORT" "select pg_reload_conf()" >/dev/null
+log "base backup (pg_basebackup -X none -c fast), then $N segments of pgbench WAL"
 as_pg "$PG_BIN/pg_basebackup" -h "$WORK" -p "$PORT" -U postgres -D "$WORK/base" -X none -c fast
 gen_wal "$PORT" "$N"
 LAST=$(sql "$PORT" "select pg_walfile_name(pg_current_wal_lsn() - 1)")
-
-ARCH="$WAL_PUSH --config $WORK/push.toml %p"
-[ "$S3_NEEDED" = 1 ] && ARCH="$ARCH && $WAL_PUSH --config $WORK/push-s3.toml %p"
-ARCH="$ARCH && pgbackrest --config=$WORK/pgbr-push/pgbackrest.conf --stanza=bench archive-push %p && cp %p $PLAIN/%f"
-log "archiving the backlog through: $ARCH"
-sql "$PORT" "alter system set archive_command = '$ARCH'" >/dev/null
-sql "$PORT" "select pg_reload_conf()" >/dev/null
+log "waiting for the archiver to reach $LAST"
 for _ in $(seq 1 3000); do
     DONE=$(sql "$PORT" "select coalesce(last_archived_wal, '') from pg_stat_archiver")
     [[ "$DONE" > "$LAST" || "$DONE" == "$LAST" ]] && [ "$(ready_count "$SRC")" -eq 0 ] && break
@@ -154,7 +154,7 @@ s3_stop
 {
     echo
     echo "### recovery: $(date -u +%FT%TZ), $(nproc) cores, N=$N segments generated after the base backup" \
-        "($NSEG in the archive), $RUNS run(s), binaries from $ROOT ($(cd "$ROOT" && git rev-parse --short HEAD))"
+        "($NSEG in the archive), $RUNS run(s), binaries from $ROOT ($BIN_REV)"
     echo "repositories: wal-push file:// zstd level ${WALPUSH_LEVEL:-1} ($(du -sh "$WORK/wp-repo" | cut -f1));" \
         "pgBackRest posix zst level ${PGBR_COMPRESS_LEVEL:-default 3} ($(du -sh "$WORK/pgbr-repo" | cut -f1)); plain ($(du -sh "$PLAIN" | cut -f1))"
     printf '\n%-18s %10s %14s %20s %10s %10s %12s\n' method "median s" "median seg/s" "runs s" restored "log warn" "data ok"

@@ -254,7 +254,7 @@ rss "pgbackrest archive-get posix, sync, one segment" \
 # ---- report
 {
     echo
-    echo "### wal_push_latency: $(date -u +%FT%TZ), $(nproc) cores, binaries from $ROOT ($(cd "$ROOT" && git rev-parse --short HEAD))"
+    echo "### wal_push_latency: $(date -u +%FT%TZ), $(nproc) cores, binaries from $ROOT ($BIN_REV)"
     echo "cold segment: $COLD (16 MiB of pgbench WAL, zstd -1 ratio $(awk "BEGIN {printf \"%.2f\", $SEG / $COLD_Z}")); wal-push compression_level ${WALPUSH_LEVEL:-1}, push_concurrency 2"
     python3 "$BENCH_DIR/hf_table.py" "one cold segment, file:// / posix repository (fresh repo each run)" "$J/cold.json"
     [ "$S3" = 1 ] && python3 "$BENCH_DIR/hf_table.py" "one cold segment, S3 on loopback ($S3_SERVER)" "$J/s3.json"

@@ -152,15 +152,23 @@ impl ObjectHeader {
     }
 }
 
-/// Read all of `input`, hash it, and compress it (zstd at `level`) into a new object: header plus body.
-/// One pass over the input; memory is the compressed size.
-pub fn encode(mut input: impl Read, level: i32, size_hint: u64) -> Result<(Vec<u8>, ObjectHeader), Error> {
+/// Read all of `input`, hash it, and compress it (zstd at `level`, on `workers` threads when more than 1) into a
+/// new object: header plus body. One pass over the input; memory is the compressed size.
+pub fn encode(
+    mut input: impl Read,
+    level: i32,
+    size_hint: u64,
+    workers: u32,
+) -> Result<(Vec<u8>, ObjectHeader), Error> {
     let mut out = Vec::with_capacity(HEADER_LEN + (size_hint / 2) as usize);
     out.extend_from_slice(&[0u8; HEADER_LEN]);
     let mut hasher = blake3::Hasher::new();
     let mut raw_size = 0u64;
     let mut encoder = zstd::stream::write::Encoder::new(out, level)?;
     encoder.include_checksum(false)?;
+    if workers > 1 {
+        encoder.multithread(workers)?;
+    }
     let mut buf = vec![0u8; CHUNK];
     loop {
         let n = match input.read(&mut buf) {
@@ -249,7 +257,7 @@ mod tests {
     #[test]
     fn round_trip_and_header() {
         let data: Vec<u8> = (0..200_000u32).flat_map(|i| (i % 251).to_le_bytes()).collect();
-        let (obj, header) = encode(&data[..], 3, data.len() as u64).expect("encode");
+        let (obj, header) = encode(&data[..], 3, data.len() as u64, 1).expect("encode");
         assert_eq!(header.raw_size, data.len() as u64);
         assert_eq!(header.digest, Digest::of(&data));
         assert!(obj.len() < data.len());
@@ -262,7 +270,7 @@ mod tests {
     #[test]
     fn corruption_is_detected() {
         let data = vec![7u8; 100_000];
-        let (obj, _) = encode(&data[..], 1, 0).expect("encode");
+        let (obj, _) = encode(&data[..], 1, 0, 2).expect("encode");
         // A flipped byte in the header fails the header self-check.
         let mut bad = obj.clone();
         bad[20] ^= 1;
@@ -298,7 +306,7 @@ mod tests {
     proptest! {
         #[test]
         fn compress_round_trips(data in proptest::collection::vec(any::<u8>(), 0..20_000), level in 1i32..6) {
-            let (obj, h) = encode(&data[..], level, 0).expect("encode");
+            let (obj, h) = encode(&data[..], level, 0, 1).expect("encode");
             let mut out = Vec::new();
             prop_assert_eq!(decode(&obj, &mut out).expect("decode"), h);
             prop_assert_eq!(out, data);

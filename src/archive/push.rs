@@ -164,13 +164,15 @@ async fn push_batch(
     let cluster = Arc::new(cluster);
     let mut set = JoinSet::new();
     let count = jobs.len();
+    // A lone file gets every core the batch would have used.
+    let workers = if count == 1 { ctx.settings.push_concurrency as u32 } else { 1 };
     for (index, (name, path)) in jobs.into_iter().enumerate() {
         let (semaphore, failed, cluster) = (semaphore.clone(), failed.clone(), cluster.clone());
         let (storage, level) = (storage.clone(), ctx.repository.compression_level);
         set.spawn(async move {
             let result = match semaphore.acquire_owned().await {
                 Ok(_permit) if !failed.load(Ordering::SeqCst) => {
-                    let r = push_file(storage.as_ref(), level, &name, &path, cluster.as_ref().as_ref()).await;
+                    let r = push_file(storage.as_ref(), level, workers, &name, &path, cluster.as_ref().as_ref()).await;
                     if r.is_err() {
                         failed.store(true, Ordering::SeqCst);
                     }

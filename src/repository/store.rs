@@ -76,8 +76,8 @@ pub async fn load<T: DeserializeOwned>(storage: &dyn Storage, key: &Key) -> Resu
 /// Write a checksummed JSON record create-only. Returns false if the key already existed (nothing written).
 pub async fn create<T: Serialize>(storage: &dyn Storage, key: &Key, value: &T) -> Result<bool, Error> {
     let json = serde_json::to_vec_pretty(value).map_err(|source| Error::BadJson { key: key.clone(), source })?;
-    let (object, _) =
-        codec::encode(&json[..], 3, json.len() as u64).map_err(|source| Error::Corrupt { key: key.clone(), source })?;
+    let (object, _) = codec::encode(&json[..], 3, json.len() as u64, 1)
+        .map_err(|source| Error::Corrupt { key: key.clone(), source })?;
     match storage.put(key, Bytes::from(object), PutMode::Create).await {
         Ok(()) => Ok(true),
         Err(storage::Error::AlreadyExists { .. }) => Ok(false),

@@ -137,11 +137,11 @@ fn read_up_to(file: &mut File, buf: &mut [u8]) -> std::io::Result<usize> {
 }
 
 /// Read the whole file through zstd and blake3 in one pass, checking it did not change size.
-fn encode_file(path: &Path, expected: u64, level: i32) -> Result<(Vec<u8>, ObjectHeader), Error> {
+fn encode_file(path: &Path, expected: u64, level: i32, workers: u32) -> Result<(Vec<u8>, ObjectHeader), Error> {
     let read_err = |source| Error::ReadWal { path: path.to_path_buf(), source };
     let mut file = File::open(path).map_err(read_err)?;
     file.seek(SeekFrom::Start(0)).map_err(read_err)?;
-    let (object, header) = codec::encode(&mut file, level, expected).map_err(|e| match e {
+    let (object, header) = codec::encode(&mut file, level, expected, workers).map_err(|e| match e {
         codec::Error::Io(source) => Error::ReadWal { path: path.to_path_buf(), source },
         other => Error::Corrupt { what: path.display().to_string(), source: other },
     })?;
@@ -182,10 +182,12 @@ fn compare(name: &WalFileName, stored: &ObjectHeader, offered: Digest, size: u64
     }
 }
 
-/// Push one file. `cluster` is the repository's cluster record, checked against segment headers.
+/// Push one file. `cluster` is the repository's cluster record, checked against segment headers. `workers` is
+/// how many threads compress it (more than 1 only when it is the only file being pushed).
 pub async fn push_file(
     storage: &dyn Storage,
     level: i32,
+    workers: u32,
     name: &WalFileName,
     path: &Path,
     cluster: Option<&ClusterInfo>,
@@ -216,7 +218,7 @@ pub async fn push_file(
     }
 
     let p: PathBuf = path.to_path_buf();
-    let (object, header) = blocking(move || encode_file(&p, size, level)).await?;
+    let (object, header) = blocking(move || encode_file(&p, size, level, workers)).await?;
     let stored_size = object.len() as u64;
     match storage.put(&key, Bytes::from(object), PutMode::Create).await {
         Ok(()) => Ok(done(header.digest, stored_size, Stored::New)),

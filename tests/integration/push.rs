@@ -399,3 +399,37 @@ fn repository_refuses_another_cluster() {
     assert_eq!(code, Some(1));
     assert!(err.contains("wal segment size"), "{err}");
 }
+
+#[test]
+fn concurrent_invocations_do_not_race() {
+    let env = Env::new("[archive]\npush_concurrency = 2\npush_ahead = 8");
+    let names: Vec<String> = (1..=12).map(|n| segment_name(1, n, 4 * MB)).collect();
+    for n in 1..=12u64 {
+        env.segment(n, 4 * MB, 11);
+        mark_ready(&env.pg_wal, &names[n as usize - 1]);
+    }
+    // Four pushers at once, over overlapping look-ahead windows.
+    let children: Vec<_> = [0usize, 0, 3, 6]
+        .iter()
+        .map(|&i| {
+            Command::new(env!("CARGO_BIN_EXE_wal-push"))
+                .arg("--config")
+                .arg(&env.config)
+                .arg(env.pg_wal.join(&names[i]))
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .expect("spawn")
+        })
+        .collect();
+    for child in children {
+        let out = child.wait_with_output().expect("wait");
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    }
+    for n in &names {
+        let (code, err) = status(&push(&env.config, &env.pg_wal.join(n)));
+        assert_eq!(code, Some(0), "{n}: {err}");
+        let (code, err, got) = env.fetch_back(n);
+        assert_eq!(code, Some(0), "{n}: {err}");
+        assert_eq!(got.expect("got"), std::fs::read(env.pg_wal.join(n)).expect("src"), "{n}");
+    }
+}

@@ -108,11 +108,12 @@ drain() {
         *) die "unknown tool $tool" ;;
     esac
     chown -R postgres:postgres "$d"
-    local base failed0 logsize t0 t1 now cnt rdy cpu0 cpu1 ok=1
+    local base failed0 logsize t0 t1 now cnt rdy cpu0 cpu1 u0 u1 ok=1
     base=$(sql "$PORT" "select archived_count from pg_stat_archiver")
     failed0=$(sql "$PORT" "select failed_count from pg_stat_archiver")
     logsize=$(stat -c %s "$DATA.log")
     cpu0=$(cpu_busy)
+    u0=$(cg_usage)
     t0=$(date +%s.%N)
     sql "$PORT" "alter system set archive_command = '$cmd'" >/dev/null
     sql "$PORT" "select pg_reload_conf()" >/dev/null
@@ -132,13 +133,15 @@ drain() {
     done
     t1=$(date +%s.%N)
     cpu1=$(cpu_busy)
-    local failed secs rate busy
+    u1=$(cg_usage)
+    local failed secs rate busy cpuseg
     failed=$(( $(sql "$PORT" "select failed_count from pg_stat_archiver") - failed0 ))
     sql "$PORT" "alter system reset archive_command" >/dev/null
     sql "$PORT" "select pg_reload_conf()" >/dev/null
     secs=$(awk "BEGIN {printf \"%.2f\", $t1 - $t0}")
     rate=$(awk "BEGIN {printf \"%.2f\", $N / ($t1 - $t0)}")
     busy=$(echo "$cpu0 $cpu1" | awk '{printf "%.0f", 100 * ($3 - $1) / ($4 - $2) }')
+    cpuseg=$(awk "BEGIN {printf \"%.0f\", ($u1 - $u0) / 1e6 / $N}")
     [ "$ok" = 1 ] || rate=timeout
     # pgBackRest's async process and the wal-push children finish by themselves
     for _ in $(seq 1 150); do pgrep -f "$d/" >/dev/null || break; sleep 0.2; done
@@ -155,9 +158,9 @@ drain() {
     errs=$(tail -c +"$((logsize + 1))" "$DATA.log" | grep -v 'archiving is not configured' | grep -ciE 'error|fatal|warn|failed' || true)
     tail -c +"$((logsize + 1))" "$DATA.log" > "$WORK/log-$tool-$run.txt"
     printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$tool" "$run" "$secs" "$rate" "$failed" "$errs" "$((size / 1024 / 1024))" "$busy" \
-        >> "$RESULTS"
+        "$cpuseg" >> "$RESULTS"
     log "  $tool run $run: $secs s, $rate seg/s, archiver failures $failed, log lines with error/warn $errs," \
-        "repo $((size / 1024 / 1024)) MiB in $objs objects, CPU busy $busy%"
+        "repo $((size / 1024 / 1024)) MiB in $objs objects, machine CPU busy $busy%, cluster+tool CPU $cpuseg ms/segment"
 }
 
 for run in $(seq 1 "$RUNS"); do
@@ -176,8 +179,8 @@ stunnel_stop
     echo "wal-push: compression_level ${WALPUSH_LEVEL:-1}, push_concurrency $PUSH_CONCURRENCY, push_ahead $PUSH_AHEAD;" \
         "pgBackRest: compress-type zst (level ${PGBR_COMPRESS_LEVEL:-default 3}), process-max 2; S3 server: $S3_SERVER on 127.0.0.1" \
         "(pgBackRest through stunnel TLS)"
-    printf '\n%-22s %10s %12s %14s %8s %10s %10s %9s\n' tool "median s" "median seg/s" "runs seg/s" failures "log warn" "repo MiB" "CPU busy"
-    printf -- '-%.0s' $(seq 1 104); echo
+    printf '\n%-22s %10s %12s %20s %8s %8s %9s %9s %11s\n' tool "median s" "median seg/s" "runs seg/s" failures "log warn" "repo MiB" "CPU busy" "CPU ms/seg"
+    printf -- '-%.0s' $(seq 1 120); echo
     for tool in $TOOLS; do
         s=$(awk -F'\t' -v t="$tool" '$1 == t {print $3}' "$RESULTS" | median)
         rates=$(awk -F'\t' -v t="$tool" '$1 == t {print $4}' "$RESULTS" | paste -sd/)
@@ -186,10 +189,13 @@ stunnel_stop
         e=$(awk -F'\t' -v t="$tool" '$1 == t {s += $6} END {print s}' "$RESULTS")
         m=$(awk -F'\t' -v t="$tool" '$1 == t {print $7}' "$RESULTS" | median)
         c=$(awk -F'\t' -v t="$tool" '$1 == t {print $8}' "$RESULTS" | median)
-        printf '%-22s %10s %12s %14s %8s %10s %10s %8s%%\n' "$tool" "$s" "$r" "$rates" "$f" "$e" "$m" "$c"
+        u=$(awk -F'\t' -v t="$tool" '$1 == t {print $9}' "$RESULTS" | median)
+        printf '%-22s %10s %12s %20s %8s %8s %9s %8s%% %11s\n' "$tool" "$s" "$r" "$rates" "$f" "$e" "$m" "$c" "$u"
     done
     echo "(failures: pg_stat_archiver.failed_count growth, summed over runs; log warn: server-log lines matching"
-    echo " error|fatal|warn|failed during the drains; CPU busy: whole machine, both cores, during the drain)"
+    echo " error|fatal|warn|failed during the drains; CPU busy: whole machine, both cores, during the drain;"
+    echo " CPU ms/seg: CPU time of the cluster and all it started (archive_command, pgBackRest async processes; not the"
+    echo " S3 server or stunnel) per segment, median, from a cpuacct cgroup; 0 when the cgroup could not be made)"
     echo "total time: $(($(date +%s) - T0)) s"
 } | tee "$WORK/report.txt"
 for f in "$WORK"/log-*.txt; do

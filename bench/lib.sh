@@ -75,6 +75,7 @@ new_workdir() {
     chown postgres:postgres "$WORK"
     trap cleanup EXIT
     trap 'exit 130' INT TERM
+    cg_init
 }
 cleanup() {
     local rc=$?
@@ -85,11 +86,41 @@ cleanup() {
     for p in "${BG_PIDS[@]}"; do
         kill "$p" 2>/dev/null && wait "$p" 2>/dev/null
     done
+    cg_remove
     if [ -n "${KEEP:-}" ] || [ "$rc" -ne 0 ]; then
         log "work dir kept: $WORK"
     else
         rm -rf "$WORK"
     fi
+}
+
+# CPU accounting: when the cgroup-v1 cpuacct hierarchy is writable, clusters start inside a child cgroup of
+# their own, so every process they spawn (archive_command / restore_command, pgBackRest's detached async
+# processes, wal-fetch's prefetch worker) is counted: CPU seconds per segment, robust to a busy machine.
+CG=
+cg_init() {
+    local base=/sys/fs/cgroup/cpuacct
+    [ -w "$base" ] && [ -f "$base/cpuacct.usage" ] || return 0
+    CG=$base/backupctl-bench-$$
+    mkdir -p "$CG" 2>/dev/null || CG=
+}
+cg_usage() { if [ -n "$CG" ]; then cat "$CG/cpuacct.usage"; else echo 0; fi; }   # nanoseconds
+# cg_run CMD...: run CMD (and all it starts) inside the accounting cgroup
+cg_run() {
+    if [ -n "$CG" ]; then
+        (echo "$BASHPID" > "$CG/tasks" && "$@")
+    else
+        "$@"
+    fi
+}
+cg_remove() {
+    [ -n "$CG" ] && [ -d "$CG" ] || return 0
+    local i
+    for i in $(seq 1 50); do
+        [ -s "$CG/tasks" ] || break
+        sleep 0.1
+    done
+    rmdir "$CG" 2>/dev/null || log "cgroup $CG still has tasks: $(tr '\n' ' ' < "$CG/tasks")"
 }
 
 free_port() {
@@ -124,7 +155,7 @@ EOF
     for s in "$@"; do echo "$s" >> "$dir/postgresql.conf"; done
     CLUSTERS+=("$dir")
 }
-pg_start() { as_pg "$PG_BIN/pg_ctl" -D "$1" -l "$1.log" -w -t 600 start >/dev/null || { tail -20 "$1.log" >&2; die "start $1"; }; }
+pg_start() { cg_run as_pg "$PG_BIN/pg_ctl" -D "$1" -l "$1.log" -w -t 600 start >/dev/null || { tail -20 "$1.log" >&2; die "start $1"; }; }
 pg_stop() { as_pg "$PG_BIN/pg_ctl" -D "$1" -m "${2:-fast}" -w -t 600 stop >/dev/null 2>&1 || true; }
 # sql PORT QUERY: one value, unaligned
 sql() { psql -X -A -t -q -h "$WORK" -p "$1" -U postgres -d postgres -c "$2"; }

@@ -107,9 +107,10 @@ EOF
     touch "$R/recovery.signal"
     chown -R postgres:postgres "$R" "$WORK/spools" "$WORK"/pgbr-get 2>/dev/null || true
     rm -f "$R.log"
-    local t0 t1 st ok=1
+    local t0 t1 st ok=1 u0 u1
+    u0=$(cg_usage)
     t0=$(date +%s.%N)
-    as_pg "$PG_BIN/pg_ctl" -D "$R" -l "$R.log" start >/dev/null
+    cg_run as_pg "$PG_BIN/pg_ctl" -D "$R" -l "$R.log" start >/dev/null
     while :; do
         sleep 0.2
         st=$(psql -X -A -t -q -h "$WORK" -p "$RPORT" -U postgres -d postgres -c 'select pg_is_in_recovery()' 2>/dev/null || true)
@@ -126,7 +127,9 @@ EOF
         fi
     done
     t1=$(date +%s.%N)
-    local restored got errs secs
+    u1=$(cg_usage)
+    local restored got errs secs cpu
+    cpu=$(awk "BEGIN {printf \"%.1f\", ($u1 - $u0) / 1e9}")
     restored=$(grep -c 'restored log file "[0-9A-F]\{24\}"' "$R.log" || true)
     got=$(psql -X -A -t -q -h "$WORK" -p "$RPORT" -U postgres -d postgres \
         -c "select count(*) || ' accounts, sum ' || sum(abalance) from pgbench_accounts" 2>/dev/null || echo "?")
@@ -139,8 +142,8 @@ EOF
     [ "$ok" = 1 ] || secs="failed"
     local match=yes
     [ "$got" = "$EXPECTED" ] || match="NO ($got)"
-    printf '%s\t%s\t%s\t%s\t%s\t%s\n' "$m" "$run" "$secs" "$restored" "$errs" "$match" >> "$RESULTS"
-    log "  $m run $run: $secs s, $restored segments restored, $errs error/warn log lines, data matches: $match"
+    printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$m" "$run" "$secs" "$restored" "$errs" "$match" "$cpu" >> "$RESULTS"
+    log "  $m run $run: $secs s, $restored segments restored, $errs error/warn log lines, data matches: $match, CPU $cpu s"
 }
 
 for run in $(seq 1 "$RUNS"); do
@@ -157,8 +160,8 @@ s3_stop
         "($NSEG in the archive), $RUNS run(s), binaries from $ROOT ($BIN_REV)"
     echo "repositories: wal-push file:// zstd level ${WALPUSH_LEVEL:-1} ($(du -sh "$WORK/wp-repo" | cut -f1));" \
         "pgBackRest posix zst level ${PGBR_COMPRESS_LEVEL:-default 3} ($(du -sh "$WORK/pgbr-repo" | cut -f1)); plain ($(du -sh "$PLAIN" | cut -f1))"
-    printf '\n%-18s %10s %14s %20s %10s %10s %12s\n' method "median s" "median seg/s" "runs s" restored "log warn" "data ok"
-    printf -- '-%.0s' $(seq 1 100); echo
+    printf '\n%-18s %10s %14s %20s %10s %10s %12s %10s\n' method "median s" "median seg/s" "runs s" restored "log warn" "data ok" "CPU s"
+    printf -- '-%.0s' $(seq 1 111); echo
     for m in $METHODS; do
         s=$(awk -F'\t' -v t="$m" '$1 == t && $3 != "failed" {print $3}' "$RESULTS" | median)
         runs=$(awk -F'\t' -v t="$m" '$1 == t {print $3}' "$RESULTS" | paste -sd/)
@@ -166,10 +169,13 @@ s3_stop
         e=$(awk -F'\t' -v t="$m" '$1 == t {s += $5} END {print s}' "$RESULTS")
         ok=$(awk -F'\t' -v t="$m" '$1 == t && $6 != "yes" {bad++} END {print (bad ? bad " bad" : "all")}' "$RESULTS")
         rate=$(awk "BEGIN {if (\"$s\" == \"nan\") print \"-\"; else printf \"%.1f\", $n / $s}")
-        printf '%-18s %10s %14s %20s %10s %10s %12s\n' "$m" "$s" "$rate" "$runs" "$n" "$e" "$ok"
+        c=$(awk -F'\t' -v t="$m" '$1 == t {print $7}' "$RESULTS" | median)
+        printf '%-18s %10s %14s %20s %10s %10s %12s %10s\n' "$m" "$s" "$rate" "$runs" "$n" "$e" "$ok" "$c"
     done
     echo "(restored: 'restored log file' lines in the server log, median; log warn: lines matching"
-    echo " error|fatal|panic|warn, summed over runs; data ok: pgbench_accounts count and sum equal the source's)"
+    echo " error|fatal|panic|warn, summed over runs; data ok: pgbench_accounts count and sum equal the source's;"
+    echo " CPU s: CPU time of the recovering cluster and everything it started (replay + restore_command + prefetch),"
+    echo " median, from a cpuacct cgroup; 0 when the cgroup could not be made)"
     echo "total time: $(($(date +%s) - T0)) s"
 } | tee "$WORK/report.txt"
 for f in "$WORK"/log-*.txt; do

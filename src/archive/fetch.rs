@@ -17,7 +17,7 @@ use tokio::task::JoinSet;
 
 use super::{ArchiveContext, blocking};
 use crate::Error;
-use crate::codec;
+use crate::codec::{self, Digest};
 use crate::repository::{self, store};
 use crate::spool::{Lock, Spool};
 use crate::wal::{SegmentName, SegmentSize, WalFileName};
@@ -56,12 +56,12 @@ pub async fn run(ctx: &ArchiveContext, name: &str, dest: &Path) -> Result<FetchR
         ctx.spool.set_wanted(name)?;
     }
 
-    // Served from the prefetch queue if a verified copy is there.
+    // Served from the prefetch queue if a copy is there and still has its digest.
     let spool = ctx.spool.clone();
     let (n, d) = (name.to_owned(), dest.to_path_buf());
     let from_spool = blocking(move || {
-        let Some(object) = spool.read_prefetched(&n, PREFETCH_MAX_AGE)? else { return Ok(None) };
-        let result = write_verified(&object, &d, &format!("{}", spool.prefetched_path(&n).display()));
+        let Some((path, digest)) = spool.find_prefetched(&n, PREFETCH_MAX_AGE)? else { return Ok(None) };
+        let result = serve_prefetched(&path, digest, &d);
         spool.remove_prefetched(&n)?;
         match result {
             Ok(size) => Ok(Some(size)),
@@ -95,10 +95,7 @@ pub async fn run(ctx: &ArchiveContext, name: &str, dest: &Path) -> Result<FetchR
 
 /// Decode `object` into a temp file beside `dest`, verify, and rename it into place.
 fn write_verified(object: &[u8], dest: &Path, what: &str) -> Result<u64, Error> {
-    let dir = match dest.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-        _ => PathBuf::from("."),
-    };
+    let dir = dest_dir(dest);
     let werr = |source| Error::WriteDestination { path: dest.to_path_buf(), source };
     let mut tmp = tempfile::Builder::new().prefix(".wal-fetch-").tempfile_in(&dir).map_err(werr)?;
     let header = {
@@ -115,7 +112,39 @@ fn write_verified(object: &[u8], dest: &Path, what: &str) -> Result<u64, Error> 
     Ok(header.raw_size)
 }
 
-/// Remove prefetched files outside the window after `wanted`; return the window's names not yet in the spool.
+/// Check a prefetched file against its digest, then move it to `dest` (rename on the same filesystem, else a copy
+/// through a temp file beside `dest` and a rename).
+fn serve_prefetched(path: &Path, digest: Digest, dest: &Path) -> Result<u64, Error> {
+    let what = path.display().to_string();
+    let read_err = |source| Error::Corrupt { what: what.clone(), source: codec::Error::Io(source) };
+    let mut hasher = blake3::Hasher::new();
+    let file = std::fs::File::open(path).map_err(read_err)?;
+    let size = std::io::copy(&mut std::io::BufReader::with_capacity(1 << 20, file), &mut hasher).map_err(read_err)?;
+    let actual = Digest::Blake3(*hasher.finalize().as_bytes());
+    if actual != digest {
+        return Err(Error::Corrupt { what, source: codec::Error::ChecksumMismatch { expected: digest, actual } });
+    }
+    let werr = |source| Error::WriteDestination { path: dest.to_path_buf(), source };
+    match std::fs::rename(path, dest) {
+        Ok(()) => return Ok(size),
+        Err(e) if e.raw_os_error() == Some(libc::EXDEV) => {}
+        Err(e) => return Err(werr(e)),
+    }
+    let mut tmp = tempfile::Builder::new().prefix(".wal-fetch-").tempfile_in(dest_dir(dest)).map_err(werr)?;
+    let mut src = std::fs::File::open(path).map_err(read_err)?;
+    std::io::copy(&mut src, tmp.as_file_mut()).map_err(werr)?;
+    tmp.persist(dest).map_err(|e| werr(e.error))?;
+    Ok(size)
+}
+
+fn dest_dir(dest: &Path) -> PathBuf {
+    match dest.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    }
+}
+
+/// Remove prefetched files outside `wanted` and the window after it; return the window's names not yet in the spool.
 fn plan_prefetch(
     spool: &Spool,
     wanted: SegmentName,
@@ -128,9 +157,11 @@ fn plan_prefetch(
         next = next.next(size)?;
         window.push(next);
     }
-    let names: Vec<String> = window.iter().map(ToString::to_string).collect();
+    // The wanted segment itself is kept: wal-fetch may be serving it right now, and removes it when done.
+    let mut keep: Vec<String> = window.iter().map(ToString::to_string).collect();
+    keep.push(wanted.to_string());
     let present = spool.prefetched_names()?;
-    for stale in present.iter().filter(|n| !names.contains(n)) {
+    for stale in present.iter().filter(|n| !keep.contains(n)) {
         spool.remove_prefetched(stale)?;
     }
     Ok(window.into_iter().filter(|s| !present.contains(&s.to_string())).collect())
@@ -178,6 +209,23 @@ pub async fn prefetch(ctx: &ArchiveContext, idle_exit: Duration) -> Result<usize
     }
 }
 
+/// Decompress and verify a downloaded object into the prefetch queue.
+fn store_prefetched(spool: &Spool, seg: SegmentName, object: &[u8], what: &str) -> Result<(), Error> {
+    let mut tmp = spool.prefetch_temp()?;
+    let werr = |source| Error::WriteDestination { path: spool.fetch_dir(), source };
+    let header = {
+        let mut out = std::io::BufWriter::with_capacity(1 << 20, tmp.as_file_mut());
+        let header = codec::decode(object, &mut out).map_err(|e| match e {
+            codec::Error::Io(source) => werr(source),
+            other => Error::Corrupt { what: what.to_owned(), source: other },
+        })?;
+        std::io::Write::flush(&mut out).map_err(werr)?;
+        header
+    };
+    spool.publish_prefetched(tmp, &seg.to_string(), header.digest)?;
+    Ok(())
+}
+
 /// Download segments into the spool in parallel; returns how many were stored and the first missing one.
 async fn fetch_into_spool(ctx: &ArchiveContext, todo: Vec<SegmentName>) -> (usize, Option<SegmentName>) {
     let storage = match ctx.storage().await {
@@ -196,8 +244,8 @@ async fn fetch_into_spool(ctx: &ArchiveContext, todo: Vec<SegmentName>) -> (usiz
             let key = repository::wal_key(&WalFileName::Segment(seg));
             match storage.get(&key).await {
                 Ok(object) => {
-                    let name = seg.to_string();
-                    match blocking(move || spool.write_prefetched(&name, &object).map_err(Error::from)).await {
+                    let what = format!("{storage}/{key}");
+                    match blocking(move || store_prefetched(&spool, seg, &object, &what)).await {
                         Ok(()) => (seg, Ok(true)),
                         Err(e) => (seg, Err(e)),
                     }
@@ -231,14 +279,45 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let spool = Spool::open(dir.path(), "file:///r").expect("spool");
         let size = SegmentSize::DEFAULT;
-        for n in ["0000000100000000000000FE", "000000010000000100000001", "000000020000000100000000"] {
-            spool.write_prefetched(n, b"x").expect("write");
+        for n in [
+            "0000000100000000000000FE",
+            "0000000100000000000000FF",
+            "000000010000000100000001",
+            "000000020000000100000000",
+        ] {
+            let tmp = spool.prefetch_temp().expect("temp");
+            spool.publish_prefetched(tmp, n, Digest::of(b"")).expect("publish");
         }
         let wanted: SegmentName = "0000000100000000000000FF".parse().expect("name");
         let todo = plan_prefetch(&spool, wanted, size, 3).expect("plan");
         let todo: Vec<String> = todo.iter().map(ToString::to_string).collect();
         assert_eq!(todo, vec!["000000010000000100000000", "000000010000000100000002"]);
         // Stale entries (before the window, other timeline) are gone; the one inside the window stays.
-        assert_eq!(spool.prefetched_names().expect("names"), vec!["000000010000000100000001"]);
+        assert_eq!(
+            spool.prefetched_names().expect("names"),
+            vec!["0000000100000000000000FF", "000000010000000100000001"]
+        );
+    }
+
+    #[test]
+    fn prefetched_copy_is_verified_when_served() {
+        use std::io::Write;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let spool = Spool::open(dir.path(), "file:///r").expect("spool");
+        let (object, _) = codec::encode(&b"segment bytes"[..], 1, 0, 1).expect("encode");
+        let seg: SegmentName = "000000010000000000000003".parse().expect("name");
+        store_prefetched(&spool, seg, &object, "obj").expect("store");
+        let (path, digest) = spool.find_prefetched(&seg.to_string(), PREFETCH_MAX_AGE).expect("find").expect("there");
+        let dest = dir.path().join("RECOVERYXLOG");
+        assert_eq!(serve_prefetched(&path, digest, &dest).expect("serve"), 13);
+        assert_eq!(std::fs::read(&dest).expect("dest"), b"segment bytes");
+        // A damaged copy is refused and nothing is written.
+        let mut tmp = spool.prefetch_temp().expect("temp");
+        tmp.write_all(b"segment bytez").expect("write");
+        spool.publish_prefetched(tmp, &seg.to_string(), digest).expect("publish");
+        let (path, digest) = spool.find_prefetched(&seg.to_string(), PREFETCH_MAX_AGE).expect("find").expect("there");
+        let dest2 = dir.path().join("OTHER");
+        assert!(matches!(serve_prefetched(&path, digest, &dest2), Err(Error::Corrupt { .. })));
+        assert!(!dest2.exists());
     }
 }

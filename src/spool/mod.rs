@@ -4,9 +4,9 @@
 //! <spool>/push.lock            held by the wal-push that is pushing
 //! <spool>/push/<name>.ok       "durably stored" record: repository, digest, raw size (written after the upload)
 //! <spool>/fetch.lock           held by the one prefetcher
-//! <spool>/fetch/<repo>/<name>  a prefetched object, exactly as stored (verified again when served); <repo> is a
-//!                              short hash of the repository URL, so a spool reused for another repository never
-//!                              serves the old one's files
+//! <spool>/fetch/<repo>/<name>.<blake3>  a prefetched segment, decompressed and verified, named with its digest
+//!                              (verified again when served); <repo> is a short hash of the repository URL, so a
+//!                              spool reused for another repository never serves the old one's files
 //! <spool>/fetch/<repo>/wanted  the newest name PostgreSQL asked for (the prefetcher follows it)
 //! ```
 //! Invariants: every file is written atomically (temp file, fsync, rename, fsync of the directory), so a
@@ -167,42 +167,60 @@ impl Spool {
         Ok(names)
     }
 
-    /// Path of a prefetched object.
-    pub fn prefetched_path(&self, name: &str) -> PathBuf {
-        self.fetch_dir().join(name)
+    /// A temp file in the prefetch directory, for [`Spool::publish_prefetched`]; removed if dropped.
+    pub fn prefetch_temp(&self) -> Result<tempfile::NamedTempFile, Error> {
+        let dir = self.fetch_dir();
+        tempfile::Builder::new().prefix(".tmp-").tempfile_in(&dir).map_err(|source| Error::Io { path: dir, source })
     }
 
-    /// Store a prefetched object atomically (not fsynced: a lost prefetch is simply fetched again).
-    pub fn write_prefetched(&self, name: &str, object: &[u8]) -> Result<(), Error> {
-        write_atomic(&self.prefetched_path(name), object, false)
+    /// Publish a decompressed, verified segment under `<name>.<digest hex>` (atomic rename; not fsynced: a lost
+    /// prefetch is simply fetched again).
+    pub fn publish_prefetched(&self, tmp: tempfile::NamedTempFile, name: &str, digest: Digest) -> Result<(), Error> {
+        let Digest::Blake3(d) = digest;
+        let path = self.fetch_dir().join(format!("{name}.{}", hex::encode(d)));
+        tmp.persist(&path).map_err(|e| Error::Io { path, source: e.error })?;
+        Ok(())
     }
 
-    /// Read a prefetched object, if present and written within `max_age` (older ones are left over from an
-    /// earlier recovery and are not trusted to be current).
-    pub fn read_prefetched(&self, name: &str, max_age: std::time::Duration) -> Result<Option<Vec<u8>>, Error> {
-        let path = self.prefetched_path(name);
-        let fresh = std::fs::metadata(&path)
-            .and_then(|m| m.modified())
-            .is_ok_and(|t| t.elapsed().is_ok_and(|age| age <= max_age));
-        if !fresh {
-            return Ok(None);
+    /// A prefetched segment written within `max_age`, with the digest it must have (older files are left over
+    /// from an earlier recovery and are not trusted to be current).
+    pub fn find_prefetched(
+        &self,
+        name: &str,
+        max_age: std::time::Duration,
+    ) -> Result<Option<(PathBuf, Digest)>, Error> {
+        for file in list_names(&self.fetch_dir())? {
+            let Some((n, digest)) = split_prefetched(&file) else { continue };
+            if n != name {
+                continue;
+            }
+            let path = self.fetch_dir().join(&file);
+            let fresh = std::fs::metadata(&path)
+                .and_then(|m| m.modified())
+                .is_ok_and(|t| t.elapsed().is_ok_and(|age| age <= max_age));
+            return Ok(fresh.then_some((path, digest)));
         }
-        match std::fs::read(&path) {
-            Ok(b) => Ok(Some(b)),
-            Err(e) if e.kind() == ErrorKind::NotFound => Ok(None),
-            Err(source) => Err(Error::Io { path, source }),
-        }
+        Ok(None)
     }
 
-    /// Remove a prefetched object.
+    /// Remove every prefetched copy of `name`.
     pub fn remove_prefetched(&self, name: &str) -> Result<(), Error> {
-        remove_if_exists(&self.prefetched_path(name))
+        for file in list_names(&self.fetch_dir())? {
+            if split_prefetched(&file).is_some_and(|(n, _)| n == name) {
+                remove_if_exists(&self.fetch_dir().join(&file))?;
+            }
+        }
+        Ok(())
     }
 
     /// Names in the prefetch queue (excluding the `wanted` marker and temp files), sorted.
     pub fn prefetched_names(&self) -> Result<Vec<String>, Error> {
-        let mut names: Vec<String> = list_names(&self.fetch_dir())?.into_iter().filter(|n| n != "wanted").collect();
+        let mut names: Vec<String> = list_names(&self.fetch_dir())?
+            .iter()
+            .filter_map(|f| split_prefetched(f).map(|(n, _)| n.to_owned()))
+            .collect();
         names.sort();
+        names.dedup();
         Ok(names)
     }
 
@@ -220,6 +238,13 @@ impl Spool {
             Err(source) => Err(Error::Io { path, source }),
         }
     }
+}
+
+/// `<name>.<64 hex digits>` → (name, digest).
+fn split_prefetched(file: &str) -> Option<(&str, Digest)> {
+    let (name, hexpart) = file.rsplit_once('.')?;
+    let bytes: [u8; 32] = hex::decode(hexpart).ok()?.try_into().ok()?;
+    Some((name, Digest::Blake3(bytes)))
 }
 
 fn list_names(dir: &Path) -> Result<Vec<String>, Error> {
@@ -288,18 +313,25 @@ mod tests {
 
     #[test]
     fn prefetch_queue() {
+        use std::io::Write;
+        use std::time::Duration;
         let dir = tempfile::tempdir().expect("tempdir");
         let spool = Spool::open(dir.path(), "file:///r").expect("open");
-        spool.write_prefetched("B", b"2").expect("write");
-        spool.write_prefetched("A", b"1").expect("write");
+        for (name, body) in [("B", b"2"), ("A", b"1")] {
+            let mut tmp = spool.prefetch_temp().expect("temp");
+            tmp.write_all(body).expect("write");
+            spool.publish_prefetched(tmp, name, Digest::of(body)).expect("publish");
+        }
         spool.set_wanted("A").expect("wanted");
         assert_eq!(spool.prefetched_names().expect("names"), vec!["A", "B"]);
-        assert_eq!(spool.read_prefetched("A", std::time::Duration::from_secs(60)).expect("read"), Some(b"1".to_vec()));
-        assert_eq!(spool.read_prefetched("A", std::time::Duration::ZERO).expect("read"), None, "too old");
-        let other = Spool::open(dir.path(), "s3://other").expect("open");
-        assert!(other.prefetched_names().expect("names").is_empty(), "scoped by repository");
+        let (path, digest) = spool.find_prefetched("A", Duration::from_secs(60)).expect("find").expect("present");
+        assert_eq!(std::fs::read(path).expect("read"), b"1");
+        assert_eq!(digest, Digest::of(b"1"));
+        assert_eq!(spool.find_prefetched("A", Duration::ZERO).expect("find"), None, "too old");
         assert_eq!(spool.wanted().expect("wanted"), Some("A".to_owned()));
         spool.remove_prefetched("A").expect("remove");
-        assert_eq!(spool.read_prefetched("A", std::time::Duration::from_secs(60)).expect("read"), None);
+        assert_eq!(spool.find_prefetched("A", Duration::from_secs(60)).expect("find"), None);
+        let other = Spool::open(dir.path(), "s3://other").expect("open");
+        assert!(other.prefetched_names().expect("names").is_empty(), "scoped by repository");
     }
 }

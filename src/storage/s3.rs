@@ -12,6 +12,9 @@
 //! - A missing bucket is never reported as [`Error::NotFound`] for `get` (that would read as "segment absent"),
 //!   except by `head`, whose 404 carries no body to tell the two apart.
 
+mod error;
+use self::error::{Class, cause_chain, describe};
+
 use std::fmt;
 use std::ops::Range;
 use std::time::Duration;
@@ -23,7 +26,7 @@ use aws_config::retry::RetryConfig;
 use aws_config::timeout::TimeoutConfig;
 use aws_sdk_s3::Client;
 use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
-use aws_sdk_s3::operation::RequestId;
+
 use aws_sdk_s3::primitives::ByteStream;
 use aws_sdk_s3::types::{
     ChecksumAlgorithm, CompletedMultipartUpload, CompletedPart, ServerSideEncryption, StorageClass,
@@ -332,104 +335,6 @@ impl Drop for AbortOnDrop {
     }
 }
 
-/// How a failure should be reported.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Class {
-    NotFound,
-    PreconditionFailed,
-    PermissionDenied,
-    InvalidRange,
-    Transient,
-    Other,
-}
-
-/// Classify a service response by HTTP status and S3 error code.
-fn classify(status: u16, code: Option<&str>) -> Class {
-    const TRANSIENT_CODES: &[&str] = &[
-        "SlowDown",
-        "Throttling",
-        "ThrottlingException",
-        "RequestLimitExceeded",
-        "RequestTimeout",
-        "RequestTimeTooSkewed",
-        "ExpiredToken",
-        "InternalError",
-        "ServiceUnavailable",
-        "OperationAborted",
-    ];
-    match (status, code) {
-        // Never let a missing or misnamed bucket read as "object absent".
-        (_, Some("NoSuchBucket")) => Class::Other,
-        (412, _) | (_, Some("PreconditionFailed")) => Class::PreconditionFailed,
-        (404, _) | (_, Some("NoSuchKey")) => Class::NotFound,
-        (403, _) | (_, Some("AccessDenied")) => Class::PermissionDenied,
-        (416, _) | (_, Some("InvalidRange")) => Class::InvalidRange,
-        (409 | 429 | 500..=599, _) => Class::Transient,
-        (_, Some(c)) if TRANSIENT_CODES.contains(&c) => Class::Transient,
-        _ => Class::Other,
-    }
-}
-
-/// Classify an SDK error and describe it on one line, with its underlying cause.
-fn describe<E>(err: &SdkError<E>) -> (Class, String)
-where
-    E: ProvideErrorMetadata + std::error::Error + 'static,
-{
-    match err {
-        SdkError::ServiceError(se) => {
-            let status = se.raw().status().as_u16();
-            let code = se.err().code();
-            let mut message = format!("HTTP {status}");
-            if let Some(code) = code {
-                message.push(' ');
-                message.push_str(code);
-            }
-            match se.err().message().filter(|m| !m.is_empty()) {
-                Some(text) => {
-                    message.push_str(": ");
-                    message.push_str(text);
-                }
-                // No S3 error document (e.g. a HEAD, or a reply the SDK could not read): say what the SDK saw.
-                None if code.is_none() => {
-                    message.push_str(": ");
-                    message.push_str(&cause_chain(se.err()));
-                }
-                None => {}
-            }
-            if let Some(id) = err.request_id() {
-                message.push_str(&format!(" (request id {id})"));
-            }
-            (classify(status, code), one_line(message))
-        }
-        SdkError::DispatchFailure(d) if d.is_user() => (Class::Other, cause_chain(err)),
-        // Connection refused or reset, DNS, TLS, timeouts, truncated responses, credential-provider failures.
-        SdkError::DispatchFailure(_) | SdkError::TimeoutError(_) | SdkError::ResponseError(_) => {
-            (Class::Transient, cause_chain(err))
-        }
-        _ => (Class::Other, cause_chain(err)),
-    }
-}
-
-/// An error and its sources on one line, e.g. `dispatch failure: io error: client error (Connect): tcp connect
-/// error: Connection refused (os error 111)`.
-fn cause_chain(err: &dyn std::error::Error) -> String {
-    let mut parts: Vec<String> = Vec::new();
-    let mut next = Some(err);
-    while let Some(e) = next {
-        let text = e.to_string();
-        // Skip a layer that only repeats what the one above it already said.
-        if !text.is_empty() && !parts.last().is_some_and(|above| above.contains(&text)) {
-            parts.push(text);
-        }
-        next = e.source();
-    }
-    one_line(parts.join(": "))
-}
-
-fn one_line(message: impl fmt::Display) -> String {
-    message.to_string().split_whitespace().collect::<Vec<_>>().join(" ")
-}
-
 /// `prefix/key`, or `key` when the prefix is empty.
 fn join_key(prefix: &str, key: &str) -> String {
     if prefix.is_empty() { key.to_owned() } else { format!("{prefix}/{key}") }
@@ -575,6 +480,7 @@ impl Storage for S3Storage {
 
 #[cfg(test)]
 mod tests {
+    use super::error::{classify, one_line};
     use super::*;
 
     #[test]

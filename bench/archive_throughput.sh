@@ -157,7 +157,7 @@ drain() {
     local errs
     errs=$(tail -c +"$((logsize + 1))" "$DATA.log" | grep -v 'archiving is not configured' | grep -ciE 'error|fatal|warn|failed' || true)
     tail -c +"$((logsize + 1))" "$DATA.log" > "$WORK/log-$tool-$run.txt"
-    printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$tool" "$run" "$secs" "$rate" "$failed" "$errs" "$((size / 1024 / 1024))" "$busy" \
+    printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$tool" "$run" "$secs" "$rate" "$failed" "$errs" "$((size / 1024 / 1024))" "$busy" \
         "$cpuseg" >> "$RESULTS"
     log "  $tool run $run: $secs s, $rate seg/s, archiver failures $failed, log lines with error/warn $errs," \
         "repo $((size / 1024 / 1024)) MiB in $objs objects, machine CPU busy $busy%, cluster+tool CPU $cpuseg ms/segment"

@@ -164,6 +164,7 @@ async fn push_batch(
     let cluster = Arc::new(cluster);
     let mut set = JoinSet::new();
     let count = jobs.len();
+    let names: Vec<WalFileName> = jobs.iter().map(|(n, _)| n.clone()).collect();
     // A lone file gets every core the batch would have used.
     let workers = if count == 1 { ctx.settings.push_concurrency as u32 } else { 1 };
     for (index, (name, path)) in jobs.into_iter().enumerate() {
@@ -191,14 +192,9 @@ async fn push_batch(
         }
     }
     out.into_iter()
-        .enumerate()
-        .map(|(i, r)| {
-            r.unwrap_or_else(|| {
-                // invariant: only a panicked task leaves a hole; report it as a failure of that slot.
-                let name = WalFileName::History(crate::wal::TimelineId(i as u32 + 1));
-                (name, Err(Error::Task("push task panicked".to_owned())))
-            })
-        })
+        .zip(names)
+        // A hole is a task that panicked: report it as a failure of that file.
+        .map(|(r, name)| r.unwrap_or_else(|| (name, Err(Error::Task("push task panicked".to_owned())))))
         .collect()
 }
 

@@ -47,7 +47,9 @@ ARCH="$WAL_PUSH --config $WORK/push.toml %p"
 [ "$S3_NEEDED" = 1 ] && ARCH="$ARCH && $WAL_PUSH --config $WORK/push-s3.toml %p"
 ARCH="$ARCH && pgbackrest --config=$WORK/pgbr-push/pgbackrest.conf --stanza=bench archive-push %p && cp %p $PLAIN/%f"
 log "source cluster (port $PORT) archiving through: $ARCH"
-pg_new "$SRC" "$PORT" "wal_keep_size = '$(((N + 64) * 16))MB'"
+# autovacuum off: no WAL after the final switch, so every method replays exactly the same segments (look-ahead
+# in wal-push and pgBackRest async would otherwise archive segments the cp leg never reaches)
+pg_new "$SRC" "$PORT" "wal_keep_size = '$(((N + 64) * 16))MB'" "autovacuum = off"
 pg_start "$SRC"
 as_pg pgbackrest --config="$WORK/pgbr-push/pgbackrest.conf" --stanza=bench stanza-create >"$WORK/stanza.log" 2>&1 \
     || { cat "$WORK/stanza.log"; die "stanza-create failed"; }
@@ -56,6 +58,12 @@ sql "$PORT" "select pg_reload_conf()" >/dev/null
 log "base backup (pg_basebackup -X none -c fast), then $N segments of pgbench WAL"
 as_pg "$PG_BIN/pg_basebackup" -h "$WORK" -p "$PORT" -U postgres -D "$WORK/base" -X none -c fast
 gen_wal "$PORT" "$N"
+# The check query's scan prunes pages (WAL with full-page images): run it before the last switch, so that no WAL
+# follows the archive's last segment (look-ahead in wal-push and pgBackRest async would archive more of it than
+# the cp leg, and the methods would not replay the same segments).
+EXPECTED=$(sql "$PORT" "select count(*) || ' accounts, sum ' || sum(abalance) from pgbench_accounts")
+sql "$PORT" "checkpoint" >/dev/null
+sql "$PORT" "select pg_switch_wal()" >/dev/null
 LAST=$(sql "$PORT" "select pg_walfile_name(pg_current_wal_lsn() - 1)")
 log "waiting for the archiver to reach $LAST"
 for _ in $(seq 1 3000); do
@@ -65,15 +73,20 @@ for _ in $(seq 1 3000); do
 done
 [[ "$DONE" > "$LAST" || "$DONE" == "$LAST" ]] || die "archiving did not reach $LAST (at $DONE)"
 log "archived up to $DONE; archiver failures: $(sql "$PORT" "select failed_count from pg_stat_archiver")"
-EXPECTED=$(sql "$PORT" "select count(*) || ' accounts, sum ' || sum(abalance) from pgbench_accounts")
 pg_stop "$SRC" immediate   # no shutdown checkpoint: the archive ends with the switched segment
 while pgrep -f "config=$WORK/pgbr-push/" >/dev/null; do sleep 0.2; done
 NSEG=$(find "$PLAIN" -regextype egrep -regex '.*/[0-9A-F]{24}' | wc -l)
+LASTPLAIN=$(find "$PLAIN" -regextype egrep -regex '.*/[0-9A-F]{24}' -printf '%f\n' | sort | tail -1)
+LASTWP=$(find "$WORK/wp-repo" -type f -printf '%f\n' | grep -oE '^[0-9A-F]{24}' | sort | tail -1)
+LASTPGBR=$(find "$WORK/pgbr-repo/archive" -type f -printf '%f\n' | grep -oE '^[0-9A-F]{24}' | sort | tail -1)
+[ "$LASTPLAIN" = "$LAST" ] && [ "$LASTWP" = "$LAST" ] && [ "$LASTPGBR" = "$LAST" ] \
+    || log "WARNING: archives end at plain $LASTPLAIN, wal-push $LASTWP, pgBackRest $LASTPGBR, not all at $LAST: methods will replay different amounts"
 log "archive: $NSEG segments; wal-push repo $(du -sh "$WORK/wp-repo" | cut -f1), pgBackRest repo $(du -sh "$WORK/pgbr-repo" | cut -f1), plain $(du -sh "$PLAIN" | cut -f1)"
 
 RESULTS=$WORK/results.tsv
 : > "$RESULTS"
 R=$WORK/restore
+CLUSTERS+=("$R")
 # recover METHOD RUN
 recover() {
     local m=$1 run=$2 sp=$WORK/spools/$1 rc
@@ -130,7 +143,7 @@ EOF
     u1=$(cg_usage)
     local restored got errs secs cpu
     cpu=$(awk "BEGIN {printf \"%.1f\", ($u1 - $u0) / 1e9}")
-    restored=$(grep -c 'restored log file "[0-9A-F]\{24\}"' "$R.log" || true)
+    restored=$(grep -o 'restored log file "[0-9A-F]\{24\}"' "$R.log" | sort -u | wc -l)
     got=$(psql -X -A -t -q -h "$WORK" -p "$RPORT" -U postgres -d postgres \
         -c "select count(*) || ' accounts, sum ' || sum(abalance) from pgbench_accounts" 2>/dev/null || echo "?")
     errs=$(grep -ciE 'error|fatal|panic|warn' "$R.log" || true)
@@ -172,7 +185,7 @@ s3_stop
         c=$(awk -F'\t' -v t="$m" '$1 == t {print $7}' "$RESULTS" | median)
         printf '%-18s %10s %14s %20s %10s %10s %12s %10s\n' "$m" "$s" "$rate" "$runs" "$n" "$e" "$ok" "$c"
     done
-    echo "(restored: 'restored log file' lines in the server log, median; log warn: lines matching"
+    echo "(restored: distinct segments in 'restored log file' lines of the server log, median; log warn: lines matching"
     echo " error|fatal|panic|warn, summed over runs; data ok: pgbench_accounts count and sum equal the source's;"
     echo " CPU s: CPU time of the recovering cluster and everything it started (replay + restore_command + prefetch),"
     echo " median, from a cpuacct cgroup; 0 when the cgroup could not be made)"

@@ -238,8 +238,9 @@ rss "wal-fetch file://, one segment, prefetch 8 (foreground process only)" \
     "$WAL_FETCH" --config "$WORK/wf8.toml" "${SEGS[1]}" "$WORK/restore/pg_wal/RECOVERYXLOG"
 # the prefetch worker it started: wait for it to finish, then run one ourselves to measure it
 for _ in $(seq 1 100); do pgrep -f "config $WORK/wf8.toml" >/dev/null || break; sleep 0.1; done
-PREF_BEFORE=$(find "$SP/wf8/fetch" -regextype egrep -regex '.*/[0-9A-F]{24}' -type f | wc -l)
-find "$SP/wf8/fetch" -regextype egrep -regex '.*/[0-9A-F]{24}' -type f -delete   # keep the 'wanted' marker
+# empty the prefetch queue (whatever its file naming) but keep the 'wanted' marker, so the worker has work
+PREF_BEFORE=$(find "$SP/wf8/fetch" -type f ! -name wanted ! -name '*.lock' | wc -l)
+find "$SP/wf8/fetch" -type f ! -name wanted ! -name '*.lock' -delete
 rss "wal-fetch --prefetch-worker file:// (fetches up to 8, exits after 2 s idle)" \
     "$WAL_FETCH" --config "$WORK/wf8.toml" --prefetch-worker
 if [ "$S3" = 1 ]; then

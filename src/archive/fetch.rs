@@ -93,20 +93,24 @@ pub async fn run(ctx: &ArchiveContext, name: &str, dest: &Path) -> Result<FetchR
     Ok(FetchReport { name: wal_name, raw_size, source, elapsed_ms: started.elapsed().as_millis() as u64 })
 }
 
+/// Decode and verify `object` (named `what` in errors) into `file`; write failures name `path`.
+fn decode_into(object: &[u8], file: &mut std::fs::File, what: &str, path: &Path) -> Result<codec::ObjectHeader, Error> {
+    let werr = |source| Error::WriteDestination { path: path.to_path_buf(), source };
+    let mut out = std::io::BufWriter::with_capacity(1 << 20, file);
+    let header = codec::decode(object, &mut out).map_err(|e| match e {
+        codec::Error::Io(source) => werr(source),
+        other => Error::Corrupt { what: what.to_owned(), source: other },
+    })?;
+    std::io::Write::flush(&mut out).map_err(werr)?;
+    Ok(header)
+}
+
 /// Decode `object` into a temp file beside `dest`, verify, and rename it into place.
 fn write_verified(object: &[u8], dest: &Path, what: &str) -> Result<u64, Error> {
     let dir = dest_dir(dest);
     let werr = |source| Error::WriteDestination { path: dest.to_path_buf(), source };
     let mut tmp = tempfile::Builder::new().prefix(".wal-fetch-").tempfile_in(&dir).map_err(werr)?;
-    let header = {
-        let mut out = std::io::BufWriter::with_capacity(1 << 20, tmp.as_file_mut());
-        let header = codec::decode(object, &mut out).map_err(|e| match e {
-            codec::Error::Io(source) => werr(source),
-            other => Error::Corrupt { what: what.to_owned(), source: other },
-        })?;
-        std::io::Write::flush(&mut out).map_err(werr)?;
-        header
-    };
+    let header = decode_into(object, tmp.as_file_mut(), what, dest)?;
     // No fsync: after a crash PostgreSQL asks for the file again; the rename keeps %p all-or-nothing.
     tmp.persist(dest).map_err(|e| werr(e.error))?;
     Ok(header.raw_size)
@@ -212,16 +216,7 @@ pub async fn prefetch(ctx: &ArchiveContext, idle_exit: Duration) -> Result<usize
 /// Decompress and verify a downloaded object into the prefetch queue.
 fn store_prefetched(spool: &Spool, seg: SegmentName, object: &[u8], what: &str) -> Result<(), Error> {
     let mut tmp = spool.prefetch_temp()?;
-    let werr = |source| Error::WriteDestination { path: spool.fetch_dir(), source };
-    let header = {
-        let mut out = std::io::BufWriter::with_capacity(1 << 20, tmp.as_file_mut());
-        let header = codec::decode(object, &mut out).map_err(|e| match e {
-            codec::Error::Io(source) => werr(source),
-            other => Error::Corrupt { what: what.to_owned(), source: other },
-        })?;
-        std::io::Write::flush(&mut out).map_err(werr)?;
-        header
-    };
+    let header = decode_into(object, tmp.as_file_mut(), what, &spool.fetch_dir())?;
     spool.publish_prefetched(tmp, &seg.to_string(), header.digest)?;
     Ok(())
 }

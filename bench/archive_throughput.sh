@@ -19,10 +19,7 @@ PUSH_CONCURRENCY=${PUSH_CONCURRENCY:-2}
 PUSH_AHEAD=${PUSH_AHEAD:-16}
 TIMEOUT=${TIMEOUT:-900}
 
-ensure_prereqs
-new_workdir throughput
-build_bins
-T0=$(date +%s)
+bench_start throughput
 
 PORT=$(free_port)
 DATA=$WORK/data

@@ -364,3 +364,12 @@ pgbr_conf() {
 median() { sort -g | awk '{a[NR]=$1} END {if (NR==0) {print "nan"; exit} if (NR%2) print a[(NR+1)/2]; else print (a[NR/2]+a[NR/2+1])/2}'; }
 minimum() { sort -g | head -1; }
 maximum() { sort -g | tail -1; }
+
+# Common start of every benchmark: prerequisites, a work directory named after the benchmark, fresh binaries,
+# and the start time T0 (global).
+bench_start() {
+    ensure_prereqs
+    new_workdir "$1"
+    build_bins
+    T0=$(date +%s)
+}

@@ -20,10 +20,7 @@ RUNS=${RUNS:-3}
 METHODS=${METHODS:-"cp walfetch-pf8 walfetch-pf0 pgbr-sync pgbr-async"}
 TIMEOUT=${TIMEOUT:-900}
 
-ensure_prereqs
-new_workdir recovery
-build_bins
-T0=$(date +%s)
+bench_start recovery
 
 PORT=$(free_port)
 RPORT=$(free_port)

@@ -13,10 +13,7 @@ RUNS=${RUNS:-10}
 S3=${S3:-1}
 K=9   # segments used: S[0] initializes repos, S[4] is the cold one, S[1..8] are pushed ahead
 
-ensure_prereqs
-new_workdir latency
-build_bins
-T0=$(date +%s)
+bench_start latency
 
 PORT=$(free_port)
 SRC=$WORK/src

@@ -60,6 +60,15 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+    /// A file of the data directory could not be read by base-backup.
+    #[error("cannot read {path}: {source}")]
+    ReadSource {
+        /// The file.
+        path: PathBuf,
+        /// Cause.
+        #[source]
+        source: std::io::Error,
+    },
     /// The file changed size while it was being read.
     #[error("{path} changed while being read ({expected} bytes before, {actual} read)")]
     FileChanged {
@@ -105,6 +114,55 @@ pub enum Error {
         /// Cause.
         #[source]
         source: std::io::Error,
+    },
+    /// Talking to PostgreSQL failed.
+    #[error(transparent)]
+    Pg(#[from] crate::pg::Error),
+    /// The cluster cannot be backed up as it is (not archiving, a standby, ...).
+    #[error("cannot back up {data_directory}: {reason}")]
+    CannotBackup {
+        /// The data directory.
+        data_directory: PathBuf,
+        /// Why.
+        reason: String,
+    },
+    /// Another base-backup holds the lock.
+    #[error("another base-backup of this repository is running (lock {path} held by {holder})")]
+    BackupLocked {
+        /// The lock file.
+        path: PathBuf,
+        /// What the holder wrote (pid, start time).
+        holder: String,
+    },
+    /// The WAL a backup needs did not reach the archive in time.
+    #[error("WAL segment {segment} needed by backup {backup} did not reach the archive {backend} within {seconds} s")]
+    ArchiveTimeout {
+        /// The segment waited for.
+        segment: String,
+        /// The backup id.
+        backup: String,
+        /// Backend display.
+        backend: String,
+        /// How long we waited.
+        seconds: u64,
+    },
+    /// No backup can reach the requested target.
+    #[error("no backup in {backend} can restore to {target}: {reason}")]
+    NoBackup {
+        /// Backend display.
+        backend: String,
+        /// The target, as given.
+        target: String,
+        /// Why not.
+        reason: String,
+    },
+    /// The restore destination is unusable.
+    #[error("destination {path}: {reason}")]
+    Destination {
+        /// The directory.
+        path: PathBuf,
+        /// Why.
+        reason: String,
     },
     /// A feature that this build does not implement yet.
     #[error("{0} is not implemented yet")]
@@ -157,6 +215,21 @@ impl Error {
                 "the stored object is damaged; recovery stops here rather than skip WAL: restore the object from a copy"
             }
             Error::WriteDestination { .. } => "check free space and permissions of the destination directory",
+            Error::ReadSource { .. } => {
+                "run base-backup on the database host as a user that can read the data directory and tablespaces"
+            }
+            Error::Pg(_) => {
+                "check the [postgres] section (host, port, user, password) and that the user may run pg_backup_start"
+            }
+            Error::CannotBackup { .. } => "back up a primary with archive_mode on and archive_command running wal-push",
+            Error::BackupLocked { .. } => "wait for the running backup to finish; the lock is released when it exits",
+            Error::ArchiveTimeout { .. } => {
+                "check archive_command and pg_stat_archiver.failed_count on the server; this backup was not recorded"
+            }
+            Error::NoBackup { .. } => "run 'backupctl status' to list the backups and when each finished",
+            Error::Destination { .. } => {
+                "restore into a new or empty directory, or pass --delta over a stopped cluster"
+            }
             Error::NotImplemented(_) | Error::Task(_) => return None,
         })
     }

@@ -6,11 +6,15 @@
 #![warn(missing_docs)]
 
 pub mod archive;
+pub mod backup;
 pub mod cli;
 pub mod codec;
 pub mod config;
 pub mod error;
+pub mod pg;
+pub mod progress;
 pub mod repository;
+pub mod restore;
 pub mod spool;
 pub mod storage;
 pub mod wal;

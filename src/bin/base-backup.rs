@@ -1,4 +1,4 @@
-//! base-backup: not implemented in this release (see the README's roadmap).
+//! base-backup: take a base backup of the running cluster into the repository.
 fn main() -> std::process::ExitCode {
-    backupctl::cli::not_yet("base-backup")
+    backupctl::cli::base_backup::main()
 }

@@ -1,4 +1,4 @@
-//! pitr-restore: not implemented in this release (see the README's roadmap).
+//! pitr-restore: restore a base backup and set up point-in-time recovery.
 fn main() -> std::process::ExitCode {
-    backupctl::cli::not_yet("pitr-restore")
+    backupctl::cli::pitr_restore::main()
 }

@@ -8,7 +8,8 @@ use clap::{Parser, Subcommand};
 
 use super::exit::{self, Program};
 use crate::Error;
-use crate::repository::{self, store};
+use crate::repository::backup::{BackupType, Manifest};
+use crate::repository::store;
 use crate::storage::{Key, PutMode};
 
 /// Administer a backupctl repository.
@@ -30,8 +31,29 @@ pub enum Command {
     ConfigShow,
     /// Check configuration, spool and repository: write, read back and delete a probe object.
     Check,
-    /// Show the repository's cluster and the range of archived WAL.
-    Status,
+    /// Show the repository's cluster, the range of archived WAL, and the backups.
+    Status {
+        /// Only the newest N backups.
+        #[arg(long, value_name = "N")]
+        last: Option<usize>,
+        /// Only backups of this type (full or incremental).
+        #[arg(long = "type", value_name = "TYPE", value_parser = super::base_backup::parse_type)]
+        backup_type: Option<BackupType>,
+        /// Print the backups as JSON on stdout instead.
+        #[arg(long)]
+        json_output: bool,
+    },
+    /// Take a base backup (same as the base-backup binary).
+    Backup {
+        /// full or incremental.
+        #[arg(value_name = "TYPE", value_parser = super::base_backup::parse_type)]
+        backup_type: BackupType,
+        /// Options.
+        #[command(flatten)]
+        args: super::base_backup::BackupArgs,
+    },
+    /// Restore a backup and set up point-in-time recovery (same as the pitr-restore binary).
+    Restore(super::pitr_restore::RestoreArgs),
     /// Archive one WAL file (same as the wal-push binary).
     WalPush {
         /// PostgreSQL's %p.
@@ -69,6 +91,10 @@ pub fn main() -> ExitCode {
             };
             (Program::WalFetch, super::wal_fetch::run(&a))
         }
+        Command::Backup { backup_type, args: b } => {
+            (Program::Other, super::base_backup::run(args.config.as_deref(), backup_type, &b))
+        }
+        Command::Restore(r) => (Program::Other, super::pitr_restore::run(args.config.as_deref(), &r)),
         other => (Program::Other, run(args.config, other)),
     };
     match &result {
@@ -112,7 +138,17 @@ fn run(config_flag: Option<PathBuf>, command: Command) -> Result<(), Error> {
                 println!("storage round trip (put, get, delete): ok");
                 Ok(())
             }
-            Command::Status => {
+            Command::Status { last, backup_type, json_output } => {
+                let mut backups = store::manifests(storage).await?;
+                backups.retain(|m| backup_type.is_none_or(|t| m.backup_type == t));
+                if let Some(n) = last {
+                    backups.drain(..backups.len().saturating_sub(n));
+                }
+                if json_output {
+                    let list: Vec<serde_json::Value> = backups.iter().map(super::base_backup::summary).collect();
+                    println!("{}", serde_json::Value::Array(list));
+                    return Ok(());
+                }
                 println!("repository: {storage}");
                 match store::cluster_info(storage).await? {
                     Some(c) => println!(
@@ -136,18 +172,52 @@ fn run(config_flag: Option<PathBuf>, command: Command) -> Result<(), Error> {
                     ),
                     _ => println!("wal: none"),
                 }
-                let _ = repository::descriptor_key();
+                print_backups(&backups);
                 Ok(())
             }
-            Command::ConfigShow | Command::WalPush { .. } | Command::WalFetch { .. } => Ok(()),
+            Command::ConfigShow
+            | Command::WalPush { .. }
+            | Command::WalFetch { .. }
+            | Command::Backup { .. }
+            | Command::Restore(_) => Ok(()),
         }
     })
+}
+
+fn print_backups(backups: &[Manifest]) {
+    if backups.is_empty() {
+        println!("backups: none");
+        return;
+    }
+    println!("backups:");
+    let header = ["id", "type", "start", "stop", "start lsn", "stop lsn", "size", "stored", "label"];
+    println!(
+        "  {:<17} {:<11} {:<27} {:<27} {:<11} {:<11} {:>10} {:>10}  {}",
+        header[0], header[1], header[2], header[3], header[4], header[5], header[6], header[7], header[8]
+    );
+    for m in backups {
+        println!(
+            "  {:<17} {:<11} {:<27} {:<27} {:<11} {:<11} {:>10} {:>10}  {}",
+            m.id.to_string(),
+            m.backup_type.to_string(),
+            m.start_time,
+            m.stop_time,
+            m.start_lsn.to_string(),
+            m.stop_lsn.to_string(),
+            super::human_bytes(m.stats.bytes),
+            super::human_bytes(m.stats.bytes_stored),
+            m.label
+        );
+    }
 }
 
 fn redacted(config: &crate::config::Config) -> crate::config::Config {
     let mut c = config.clone();
     if c.repository.s3.sse_kms_key_id.is_some() {
         c.repository.s3.sse_kms_key_id = Some("<redacted>".to_owned());
+    }
+    if let Some(pg) = c.postgres.as_mut().filter(|pg| pg.password.is_some()) {
+        pg.password = Some("<redacted>".to_owned());
     }
     c
 }

@@ -5,7 +5,10 @@
 //! runtime, runs the command, prints `error: …` / `hint: …`, and maps the outcome to an exit code.
 
 pub mod admin;
+pub mod base_backup;
 pub mod exit;
+pub mod pitr_restore;
+pub mod progress;
 pub mod wal_fetch;
 pub mod wal_push;
 
@@ -55,6 +58,14 @@ pub fn current_thread_runtime() -> Result<tokio::runtime::Runtime, Error> {
         .map_err(|e| Error::Task(format!("cannot start runtime: {e}")))
 }
 
+/// A multi-threaded runtime for base-backup, pitr-restore and the admin commands.
+pub fn multi_thread_runtime() -> Result<tokio::runtime::Runtime, Error> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| Error::Task(format!("cannot start runtime: {e}")))
+}
+
 /// The spool and the (lazily opened) storage for the archive commands.
 pub fn archive_context(config: &Config) -> Result<ArchiveContext, Error> {
     let spool = Spool::open(&config.spool.path, &crate::storage::canonical_url(&config.repository.url))?;
@@ -78,16 +89,6 @@ pub fn human_bytes(n: u64) -> String {
         u += 1;
     }
     if u == 0 { format!("{n} B") } else { format!("{v:.1} {}", UNITS[u]) }
-}
-
-/// Entry point for binaries whose command is not implemented yet: says so and fails.
-pub fn not_yet(program: &str) -> std::process::ExitCode {
-    let wants_help = std::env::args().skip(1).any(|a| a == "--help" || a == "-h");
-    eprintln!("{program}: base backups and point-in-time restore are not implemented in this release yet");
-    if wants_help {
-        return std::process::ExitCode::SUCCESS;
-    }
-    std::process::ExitCode::from(exit::FAILURE)
 }
 
 #[cfg(test)]

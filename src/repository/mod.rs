@@ -7,10 +7,12 @@
 //! wal/<timeline><log>/<segment>.partial        partial segments
 //! wal/<timeline><log>/<segment>.<off>.backup   backup history files
 //! wal/timelines/<timeline>.history             timeline history files
-//! backups/                                     base backups (a later format revision)
+//! data/<2 hex>/<blake3>                         base backup content, stored once per distinct content
+//! backups/<id>/manifest                        one per base backup, written last (see [`backup`])
 //! ```
 //! Every object is in the [`crate::codec`] format. Nothing is ever overwritten with different content.
 
+pub mod backup;
 pub mod store;
 
 use serde::{Deserialize, Serialize};

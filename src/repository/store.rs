@@ -6,6 +6,7 @@ use bytes::Bytes;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
+use super::backup::{BackupId, InvalidManifest, Manifest};
 use super::{ClusterInfo, Descriptor, FORMAT_VERSION, cluster_key, descriptor_key};
 use crate::codec;
 use crate::storage::{self, Key, PutMode, Storage};
@@ -34,6 +35,15 @@ pub enum Error {
         /// Cause.
         #[source]
         source: serde_json::Error,
+    },
+    /// A manifest fails its own checks (hostile or damaged repository).
+    #[error("backup manifest {key} is invalid: {source}")]
+    InvalidManifest {
+        /// The key.
+        key: Key,
+        /// What is wrong.
+        #[source]
+        source: InvalidManifest,
     },
     /// The repository was written by a newer format.
     #[error("repository {backend} has format {found}; this build reads format {FORMAT_VERSION}")]
@@ -76,6 +86,10 @@ pub async fn load<T: DeserializeOwned>(storage: &dyn Storage, key: &Key) -> Resu
 /// Write a checksummed JSON record create-only. Returns false if the key already existed (nothing written).
 pub async fn create<T: Serialize>(storage: &dyn Storage, key: &Key, value: &T) -> Result<bool, Error> {
     let json = serde_json::to_vec_pretty(value).map_err(|source| Error::BadJson { key: key.clone(), source })?;
+    create_json(storage, key, json).await
+}
+
+async fn create_json(storage: &dyn Storage, key: &Key, json: Vec<u8>) -> Result<bool, Error> {
     let (object, _) = codec::encode(&json[..], 3, json.len() as u64, 1)
         .map_err(|source| Error::Corrupt { key: key.clone(), source })?;
     match storage.put(key, Bytes::from(object), PutMode::Create).await {
@@ -151,4 +165,42 @@ pub fn check_cluster(storage: &dyn Storage, on_record: &ClusterInfo, offered: &C
         });
     }
     Ok(())
+}
+
+/// Write a backup's manifest, create-only (compact JSON: manifests list every file). False if it existed.
+pub async fn save_manifest(storage: &dyn Storage, manifest: &Manifest) -> Result<bool, Error> {
+    let key = manifest.id.manifest_key();
+    let json = serde_json::to_vec(manifest).map_err(|source| Error::BadJson { key: key.clone(), source })?;
+    create_json(storage, &key, json).await
+}
+
+/// Load and validate one backup's manifest, or `None` if the backup does not exist.
+pub async fn load_manifest(storage: &dyn Storage, id: &BackupId) -> Result<Option<Manifest>, Error> {
+    let key = id.manifest_key();
+    let Some(manifest) = load::<Manifest>(storage, &key).await? else { return Ok(None) };
+    manifest.validate().map_err(|source| Error::InvalidManifest { key, source })?;
+    Ok(Some(manifest))
+}
+
+/// The ids of every backup (every manifest), oldest first.
+pub async fn backup_ids(storage: &dyn Storage) -> Result<Vec<BackupId>, Error> {
+    let mut ids: Vec<BackupId> = storage
+        .list(super::backup::BACKUPS_PREFIX)
+        .await?
+        .iter()
+        .filter_map(|m| BackupId::from_manifest_key(m.key.as_str()))
+        .collect();
+    ids.sort();
+    Ok(ids)
+}
+
+/// Every backup's manifest, oldest first.
+pub async fn manifests(storage: &dyn Storage) -> Result<Vec<Manifest>, Error> {
+    let mut out = Vec::new();
+    for id in backup_ids(storage).await? {
+        if let Some(m) = load_manifest(storage, &id).await? {
+            out.push(m);
+        }
+    }
+    Ok(out)
 }

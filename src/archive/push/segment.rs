@@ -92,7 +92,9 @@ pub fn inspect(name: &WalFileName, path: &Path) -> Result<Inspected, Error> {
             let mut text = String::new();
             file.read_to_string(&mut text).map_err(|e| bad(e.to_string()))?;
             match name {
-                WalFileName::History(_) => validate_history(&text).map_err(bad)?,
+                WalFileName::History(tli) => {
+                    crate::wal::TimelineHistory::parse(*tli, &text).map_err(bad)?;
+                }
                 _ => {
                     if !text.starts_with("START WAL LOCATION: ") {
                         return Err(bad("does not start with \"START WAL LOCATION: \"".to_owned()));
@@ -102,25 +104,6 @@ pub fn inspect(name: &WalFileName, path: &Path) -> Result<Inspected, Error> {
             Ok(Inspected { size, identity, cluster: None })
         }
     }
-}
-
-/// A timeline history file: lines of `parent-tli<TAB>switch-lsn<TAB>reason`, blank lines and `#` comments.
-fn validate_history(text: &str) -> Result<(), String> {
-    let mut entries = 0;
-    for (n, line) in text.lines().enumerate() {
-        let line = line.trim();
-        if line.is_empty() || line.starts_with('#') {
-            continue;
-        }
-        let mut fields = line.split_whitespace();
-        let tli_ok = fields.next().is_some_and(|t| t.parse::<u32>().is_ok_and(|t| t > 0));
-        let lsn_ok = fields.next().is_some_and(|l| l.parse::<crate::wal::Lsn>().is_ok());
-        if !tli_ok || !lsn_ok {
-            return Err(format!("line {} is not \"<timeline> <lsn> <reason>\"", n + 1));
-        }
-        entries += 1;
-    }
-    if entries == 0 { Err("it has no timeline entries".to_owned()) } else { Ok(()) }
 }
 
 fn read_up_to(file: &mut File, buf: &mut [u8]) -> std::io::Result<usize> {
@@ -231,20 +214,5 @@ pub async fn push_file(
             Ok(done(header.digest, 0, Stored::AlreadyPresent))
         }
         Err(e) => Err(e.into()),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn history_validation() {
-        assert!(validate_history("1\t0/3000000\tno recovery target specified\n\n").is_ok());
-        assert!(validate_history("# comment\n1\t0/3000000\tbefore 2026\n2\t0/5000158\tat restore point\n").is_ok());
-        assert!(validate_history("").is_err());
-        assert!(validate_history("garbage line\n").is_err());
-        assert!(validate_history("1\tnot-an-lsn\treason\n").is_err());
-        assert!(validate_history("0\t0/1\treason\n").is_err());
     }
 }

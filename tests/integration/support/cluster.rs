@@ -77,6 +77,8 @@ pub fn bin(name: &str) -> PathBuf {
             ("wal-push", env!("CARGO_BIN_EXE_wal-push")),
             ("wal-fetch", env!("CARGO_BIN_EXE_wal-fetch")),
             ("backupctl", env!("CARGO_BIN_EXE_backupctl")),
+            ("base-backup", env!("CARGO_BIN_EXE_base-backup")),
+            ("pitr-restore", env!("CARGO_BIN_EXE_pitr-restore")),
         ] {
             let dst = dir.join(n);
             std::fs::copy(src, &dst).expect("copy binary");

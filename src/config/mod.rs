@@ -11,6 +11,10 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+mod backup;
+
+pub use backup::{BackupConfig, PostgresConfig, RestoreConfig};
+
 /// Where the configuration is looked for when neither `--config` nor `$BACKUPCTL_CONFIG` is given.
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/backupctl/backupctl.toml";
 /// The environment variable naming the configuration file.
@@ -81,6 +85,15 @@ pub struct Config {
     /// Logging.
     #[serde(default)]
     pub log: LogConfig,
+    /// How base-backup connects to the cluster (required by base-backup only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub postgres: Option<PostgresConfig>,
+    /// Base backups.
+    #[serde(default)]
+    pub backup: BackupConfig,
+    /// Restores.
+    #[serde(default)]
+    pub restore: RestoreConfig,
 }
 
 /// `[repository]`
@@ -305,6 +318,7 @@ impl Config {
         if !["text", "json"].contains(&self.log.format.as_str()) {
             problems.push(format!("log.format: {:?} must be text or json", self.log.format));
         }
+        problems.extend(backup::validate(self.postgres.as_ref(), &self.backup, &self.restore));
         if problems.is_empty() { Ok(()) } else { Err(Error::Invalid { path: path.to_path_buf(), problems }) }
     }
 }
@@ -486,8 +500,13 @@ mod tests {
         c.repository.s3.sse = Some("aws:kms".into());
         c.repository.s3.sse_kms_key_id = Some("k".into());
         c.repository.s3.storage_class = Some("STANDARD".into());
+        c.postgres = Some(PostgresConfig {
+            password: Some("p".into()),
+            data_directory: Some("/d".into()),
+            ..PostgresConfig::default()
+        });
         let value = toml::Value::try_from(&c).expect("to toml");
-        let doc = include_str!("../docs/configuration.md");
+        let doc = include_str!("../../docs/configuration.md");
         fn walk(prefix: &str, v: &toml::Value, doc: &str) {
             let Some(table) = v.as_table() else { return };
             for (k, v) in table {

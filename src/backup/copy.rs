@@ -1,0 +1,225 @@
+//! Copy listed files into the repository as content-addressed objects: large files cut into page-aligned chunks,
+//! small files packed together, everything in parallel with bounded memory.
+//!
+//! Invariants:
+//! - At most `parallel` chunks or packs are in flight (a semaphore taken before a task is spawned), so memory is
+//!   about `parallel × 2 × chunk_size` whatever the size of the cluster.
+//! - A file that vanishes is left out; one that shrinks is recorded with the bytes read (WAL replay rewrites
+//!   every page changed during the backup, from full-page images).
+
+use std::collections::HashMap;
+use std::io::ErrorKind;
+use std::os::unix::fs::FileExt;
+use std::sync::Arc;
+
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
+
+use super::upload::ObjectWriter;
+use super::walk::SourceFile;
+use crate::Error;
+use crate::archive::blocking;
+use crate::progress::Progress;
+use crate::repository::backup::{FileEntry, ObjectId, Piece};
+
+/// How the copy runs.
+#[derive(Debug, Clone, Copy)]
+pub struct CopySettings {
+    /// Chunk size (a multiple of 8 KiB); files smaller than this are packed.
+    pub chunk_size: u64,
+    /// Chunks or packs in flight.
+    pub parallel: usize,
+}
+
+enum Done {
+    Chunk { file: usize, index: usize, piece: Option<Piece>, is_gone: bool },
+    Pack { members: Vec<(usize, Piece)> },
+}
+
+#[derive(Default)]
+struct Pack {
+    data: Vec<u8>,
+    members: Vec<(usize, u64, u64, ObjectId)>,
+}
+
+/// Copy `files`; `reusable` maps a small file's blake3 to a piece of an object the repository holds (incremental).
+pub async fn copy_files(
+    files: &[SourceFile],
+    writer: Arc<ObjectWriter>,
+    reusable: &HashMap<ObjectId, Piece>,
+    settings: CopySettings,
+    progress: &dyn Progress,
+) -> Result<Vec<FileEntry>, Error> {
+    let semaphore = Arc::new(Semaphore::new(settings.parallel.max(1)));
+    let mut tasks: JoinSet<Result<Done, Error>> = JoinSet::new();
+    let mut chunks: Vec<Vec<Option<Piece>>> = vec![Vec::new(); files.len()];
+    let mut vanished = vec![false; files.len()];
+    let mut pack = Pack::default();
+
+    for (i, f) in files.iter().enumerate() {
+        if f.size >= settings.chunk_size {
+            let n = f.size.div_ceil(settings.chunk_size) as usize;
+            chunks[i] = vec![None; n];
+            for index in 0..n {
+                let permit = acquire(&semaphore).await?;
+                collect_done(&mut tasks, &mut chunks, &mut vanished)?;
+                let (path, writer) = (f.abs.clone(), writer.clone());
+                let offset = index as u64 * settings.chunk_size;
+                let len = settings.chunk_size.min(f.size - offset);
+                tasks.spawn(async move {
+                    let _permit = permit;
+                    let p = path.clone();
+                    let data = blocking(move || read_range(&p, offset, len)).await?;
+                    let is_gone = data.is_none();
+                    let piece = match data {
+                        Some(d) if !d.is_empty() => {
+                            let length = d.len() as u64;
+                            let id = writer.store(d).await?;
+                            Some(Piece { object: id, offset: 0, length, blake3: id })
+                        }
+                        _ => None,
+                    };
+                    Ok(Done::Chunk { file: i, index, piece, is_gone })
+                });
+            }
+            progress.advance(f.size);
+            continue;
+        }
+        let p = f.abs.clone();
+        let data = blocking(move || read_range(&p, 0, u64::MAX)).await?;
+        let Some(data) = data else {
+            vanished[i] = true;
+            continue;
+        };
+        progress.advance(data.len() as u64);
+        if data.is_empty() {
+            continue;
+        }
+        let hash = ObjectId::of(&data);
+        if let Some(piece) = reusable.get(&hash).filter(|p| p.length == data.len() as u64) {
+            writer.note_reused(piece.length);
+            chunks[i] = vec![Some(piece.clone())];
+            continue;
+        }
+        let offset = pack.data.len() as u64;
+        pack.data.extend_from_slice(&data);
+        pack.members.push((i, offset, data.len() as u64, hash));
+        if pack.data.len() as u64 >= settings.chunk_size {
+            let full = std::mem::take(&mut pack);
+            let permit = acquire(&semaphore).await?;
+            collect_done(&mut tasks, &mut chunks, &mut vanished)?;
+            spawn_pack(&mut tasks, full, writer.clone(), permit);
+        }
+    }
+    if !pack.members.is_empty() {
+        let permit = acquire(&semaphore).await?;
+        spawn_pack(&mut tasks, pack, writer.clone(), permit);
+    }
+    while let Some(joined) = tasks.join_next().await {
+        record(joined, &mut chunks, &mut vanished)?;
+    }
+
+    let mut entries = Vec::with_capacity(files.len());
+    for (i, f) in files.iter().enumerate() {
+        let mut pieces = Vec::new();
+        for piece in chunks[i].drain(..) {
+            // A missing or short chunk means the file shrank while read: what follows it is not part of the file.
+            let Some(piece) = piece else { break };
+            let short = piece.length < settings.chunk_size && f.size >= settings.chunk_size;
+            pieces.push(piece);
+            if short {
+                break;
+            }
+        }
+        if vanished[i] {
+            // Removed while the backup ran: left out, as PostgreSQL's own base backup does.
+            tracing::debug!(path = %f.rel, "file vanished during the backup");
+            continue;
+        }
+        let size = pieces.iter().map(|p| p.length).sum();
+        entries.push(FileEntry { path: f.rel.clone(), size, mode: f.mode, mtime: f.mtime, pieces });
+    }
+    Ok(entries)
+}
+
+async fn acquire(semaphore: &Arc<Semaphore>) -> Result<tokio::sync::OwnedSemaphorePermit, Error> {
+    semaphore.clone().acquire_owned().await.map_err(|e| Error::Task(e.to_string()))
+}
+
+fn spawn_pack(
+    tasks: &mut JoinSet<Result<Done, Error>>,
+    pack: Pack,
+    writer: Arc<ObjectWriter>,
+    permit: tokio::sync::OwnedSemaphorePermit,
+) {
+    tasks.spawn(async move {
+        let _permit = permit;
+        let id = writer.store(pack.data).await?;
+        let members = pack
+            .members
+            .into_iter()
+            .map(|(file, offset, length, blake3)| (file, Piece { object: id, offset, length, blake3 }))
+            .collect();
+        Ok(Done::Pack { members })
+    });
+}
+
+/// Take the results of finished tasks; the first error aborts the copy.
+fn collect_done(
+    tasks: &mut JoinSet<Result<Done, Error>>,
+    chunks: &mut [Vec<Option<Piece>>],
+    vanished: &mut [bool],
+) -> Result<(), Error> {
+    while let Some(joined) = tasks.try_join_next() {
+        record(joined, chunks, vanished)?;
+    }
+    Ok(())
+}
+
+fn record(
+    joined: Result<Result<Done, Error>, tokio::task::JoinError>,
+    chunks: &mut [Vec<Option<Piece>>],
+    vanished: &mut [bool],
+) -> Result<(), Error> {
+    match joined.map_err(|e| Error::Task(e.to_string()))?? {
+        Done::Chunk { file, index, piece, is_gone } => {
+            if is_gone && index == 0 {
+                vanished[file] = true;
+            }
+            chunks[file][index] = piece;
+        }
+        Done::Pack { members } => {
+            for (file, piece) in members {
+                chunks[file] = vec![Some(piece)];
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Read up to `len` bytes at `offset`; `None` if the file is gone.
+fn read_range(path: &std::path::Path, offset: u64, len: u64) -> Result<Option<Vec<u8>>, Error> {
+    let rerr = |source| Error::ReadSource { path: path.to_path_buf(), source };
+    let file = match std::fs::File::open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(rerr(e)),
+    };
+    if len == u64::MAX {
+        let mut data = Vec::new();
+        std::io::Read::read_to_end(&mut &file, &mut data).map_err(rerr)?;
+        return Ok(Some(data));
+    }
+    let mut data = vec![0u8; len as usize];
+    let mut got = 0usize;
+    while got < data.len() {
+        match file.read_at(&mut data[got..], offset + got as u64) {
+            Ok(0) => break,
+            Ok(n) => got += n,
+            Err(e) if e.kind() == ErrorKind::Interrupted => {}
+            Err(e) => return Err(rerr(e)),
+        }
+    }
+    data.truncate(got);
+    Ok(Some(data))
+}

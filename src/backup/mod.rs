@@ -1,0 +1,232 @@
+//! base-backup: copy a running cluster into the repository between pg_backup_start and pg_backup_stop, wait for
+//! the WAL that makes it consistent, then write the manifest.
+//!
+//! Invariants:
+//! - The manifest is written last, create-only, and only after every WAL segment from the start to the stop
+//!   point is in the archive: a backup that exists can be restored.
+//! - One base-backup per repository and host at a time (a lock file in the spool).
+//! - The PostgreSQL session is held from start to stop; on any failure it is dropped, which aborts the backup on
+//!   the server, and no manifest is written. Objects already uploaded are reused by the next run.
+
+pub mod copy;
+pub mod upload;
+pub mod walk;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use crate::Error;
+use crate::config::Config;
+use crate::pg;
+use crate::progress::Progress;
+use crate::repository::backup::{BackupId, BackupStats, BackupType, MANIFEST_FORMAT, Manifest, ObjectId, Piece};
+use crate::repository::{self, store};
+use crate::spool::{Lock, Spool};
+use crate::storage::Storage;
+use crate::wal::{SegmentName, SegmentSize, WalFileName};
+
+/// What the operator asked for.
+#[derive(Debug, Clone)]
+pub struct BackupRequest {
+    /// Label passed to pg_backup_start (default: `backupctl <id>`).
+    pub label: Option<String>,
+    /// Free text stored in the manifest.
+    pub description: Option<String>,
+    /// Full or incremental.
+    pub backup_type: BackupType,
+    /// Request an immediate checkpoint instead of a spread one.
+    pub fast: bool,
+}
+
+/// Take a base backup as configured. Blocking: runs the async copy on `rt`.
+#[tracing::instrument(skip_all, fields(backup_type = %request.backup_type))]
+pub fn run(
+    rt: &tokio::runtime::Runtime,
+    config: &Config,
+    request: &BackupRequest,
+    progress: &dyn Progress,
+) -> Result<Manifest, Error> {
+    let started = Instant::now();
+    let pg_config = config.postgres.as_ref().ok_or_else(|| {
+        Error::Usage("base-backup needs a [postgres] section in the configuration (see docs/configuration.md)".into())
+    })?;
+    let spool = Spool::open(&config.spool.path, &crate::storage::canonical_url(&config.repository.url))?;
+    let lock_path = spool.root().join("backup.lock");
+    let _lock = match Lock::try_acquire(&lock_path)? {
+        Some(l) => l,
+        None => {
+            let holder = std::fs::read_to_string(&lock_path).unwrap_or_default().trim().to_owned();
+            return Err(Error::BackupLocked { path: lock_path, holder });
+        }
+    };
+
+    let mut session = pg::connect(pg_config)?;
+    let info = session.server_info()?;
+    let data_dir = pg_config.data_directory.clone().unwrap_or_else(|| info.data_directory.clone());
+    let cannot = |reason: &str| Error::CannotBackup { data_directory: data_dir.clone(), reason: reason.to_owned() };
+    if info.is_in_recovery {
+        return Err(cannot("the server is a standby; back up the primary"));
+    }
+    if !info.is_archiving {
+        return Err(cannot("archive_mode is off, so the WAL that makes the backup consistent would never be archived"));
+    }
+    if !data_dir.join("PG_VERSION").is_file() {
+        return Err(cannot("it is not a PostgreSQL data directory readable here (no PG_VERSION)"));
+    }
+    let seg_size = SegmentSize::new(info.wal_segment_size)?;
+
+    let deadline = Duration::from_secs(config.archive.retry_deadline_seconds);
+    let storage = rt.block_on(crate::storage::open(&config.repository.url, &config.repository.s3, deadline))?;
+    rt.block_on(store::ensure_descriptor(storage.as_ref(), &crate::cli::now_rfc3339()))?;
+    if let Some(on_record) = rt.block_on(store::cluster_info(storage.as_ref()))? {
+        let offered = repository::ClusterInfo {
+            system_identifier: info.system_identifier.clone(),
+            wal_segment_size: info.wal_segment_size,
+            pg_version: info.version_num / 10000,
+        };
+        store::check_cluster(storage.as_ref(), &on_record, &offered)?;
+    }
+
+    let start_time = session.clock()?;
+    let id = rt.block_on(free_id(storage.as_ref(), &start_time, request.backup_type))?;
+    let label = request.label.clone().unwrap_or_else(|| format!("backupctl {id}"));
+    progress.phase("starting backup (checkpoint)");
+    let start_lsn = session.backup_start(&label, request.fast)?;
+    tracing::info!(backup = %id, start_lsn = %start_lsn, "backup started");
+
+    let listing = walk::list(&data_dir).map_err(|source| Error::ReadSource { path: data_dir.clone(), source })?;
+    let total: u64 = listing.files.iter().map(|f| f.size).sum();
+    progress.start(total, listing.files.len() as u64);
+    let is_full = request.backup_type == BackupType::Full;
+    let (present, reusable) =
+        if is_full { (Default::default(), HashMap::new()) } else { rt.block_on(reuse_sets(storage.as_ref()))? };
+    let writer =
+        Arc::new(upload::ObjectWriter::new(storage.clone(), is_full, config.repository.compression_level, present));
+    let settings =
+        copy::CopySettings { chunk_size: config.backup.chunk_size_kib * 1024, parallel: config.backup.parallel };
+    let files = rt.block_on(copy::copy_files(&listing.files, writer.clone(), &reusable, settings, progress))?;
+
+    progress.phase("stopping backup");
+    let stop = session.backup_stop()?;
+    let stop_time = session.clock()?;
+    let stop_wal = session.walfile_name(stop.lsn)?;
+    drop(session);
+    let (start_wal, timeline) = pg::parse_label(&stop.labelfile)
+        .ok_or_else(|| pg::Error::Unexpected { what: "backup label", answer: stop.labelfile.clone() })?;
+    tracing::info!(backup = %id, stop_lsn = %stop.lsn, stop_wal = %stop_wal, "backup stopped; waiting for its WAL");
+
+    progress.phase("waiting for the WAL to be archived");
+    let timeout = Duration::from_secs(config.backup.archive_timeout_seconds);
+    rt.block_on(wait_for_archive(storage.as_ref(), &id, &start_wal, &stop_wal, seg_size, timeout))?;
+
+    let stats = BackupStats {
+        files: files.len() as u64,
+        bytes: files.iter().map(|f| f.size).sum(),
+        objects_written: writer.objects_written.load(Ordering::Relaxed),
+        bytes_written: writer.bytes_written.load(Ordering::Relaxed),
+        bytes_stored: writer.bytes_stored.load(Ordering::Relaxed),
+        bytes_reused: writer.bytes_reused.load(Ordering::Relaxed),
+        duration_ms: started.elapsed().as_millis() as u64,
+    };
+    let manifest = Manifest {
+        format: MANIFEST_FORMAT,
+        id: id.clone(),
+        label,
+        description: request.description.clone(),
+        backup_type: request.backup_type,
+        start_time,
+        stop_time,
+        start_lsn,
+        stop_lsn: stop.lsn,
+        timeline,
+        start_wal,
+        stop_wal,
+        pg_version_num: info.version_num,
+        system_identifier: info.system_identifier,
+        wal_segment_size: info.wal_segment_size,
+        chunk_size: settings.chunk_size,
+        backup_label: stop.labelfile,
+        tablespace_map: Some(stop.spcmapfile).filter(|m| !m.is_empty()),
+        tablespaces: listing.tablespaces,
+        directories: listing.directories,
+        files,
+        stats,
+    };
+    manifest.validate().map_err(|source| store::Error::InvalidManifest { key: id.manifest_key(), source })?;
+    if !rt.block_on(store::save_manifest(storage.as_ref(), &manifest))? {
+        return Err(
+            crate::storage::Error::AlreadyExists { backend: storage.to_string(), key: id.manifest_key() }.into()
+        );
+    }
+    progress.finish();
+    tracing::info!(backup = %id, bytes = manifest.stats.bytes, stored = manifest.stats.bytes_stored, "backup complete");
+    Ok(manifest)
+}
+
+/// An id for a backup starting at `start_time` that no manifest uses yet (waits out a same-second collision).
+async fn free_id(storage: &dyn Storage, start_time: &str, kind: BackupType) -> Result<BackupId, Error> {
+    let mut t = time::OffsetDateTime::parse(start_time, &time::format_description::well_known::Rfc3339)
+        .map_err(|e| pg::Error::Unexpected { what: "clock", answer: format!("{start_time}: {e}") })?;
+    loop {
+        let id = BackupId::new(t, kind);
+        if !storage.exists(&id.manifest_key()).await? {
+            return Ok(id);
+        }
+        t += Duration::from_secs(1);
+    }
+}
+
+/// For an incremental backup: the objects the repository holds, and small files of earlier backups by content.
+async fn reuse_sets(
+    storage: &dyn Storage,
+) -> Result<(std::collections::HashSet<ObjectId>, HashMap<ObjectId, Piece>), Error> {
+    let present = upload::list_objects(storage).await?;
+    let mut reusable = HashMap::new();
+    let last = match store::backup_ids(storage).await?.last() {
+        Some(id) => store::load_manifest(storage, id).await?,
+        None => None,
+    };
+    for f in last.map(|m| m.files).unwrap_or_default() {
+        if let [piece] = &f.pieces[..]
+            && present.contains(&piece.object)
+        {
+            reusable.insert(piece.blake3, piece.clone());
+        }
+    }
+    Ok((present, reusable))
+}
+
+/// Wait until every segment from `start_wal` to `stop_wal` is in the archive.
+async fn wait_for_archive(
+    storage: &dyn Storage,
+    id: &BackupId,
+    start_wal: &str,
+    stop_wal: &str,
+    seg_size: SegmentSize,
+    timeout: Duration,
+) -> Result<(), Error> {
+    let start: SegmentName = start_wal.parse()?;
+    let stop: SegmentName = stop_wal.parse()?;
+    let deadline = Instant::now() + timeout;
+    let mut seg = start;
+    loop {
+        let key = repository::wal_key(&WalFileName::Segment(seg));
+        while !storage.exists(&key).await? {
+            if Instant::now() >= deadline {
+                return Err(Error::ArchiveTimeout {
+                    segment: seg.to_string(),
+                    backup: id.to_string(),
+                    backend: storage.to_string(),
+                    seconds: timeout.as_secs(),
+                });
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        if seg >= stop || seg.timeline != stop.timeline {
+            return Ok(());
+        }
+        seg = seg.next(seg_size)?;
+    }
+}

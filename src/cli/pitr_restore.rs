@@ -1,0 +1,205 @@
+//! `pitr-restore`: restore a base backup into a new data directory, set up to recover to a target.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::Parser;
+
+use super::exit::Program;
+use crate::Error;
+use crate::repository::backup::BackupId;
+use crate::restore::target::{self, Target, TargetAction, TargetTimeline};
+use crate::restore::{self, RestoreRequest};
+
+/// Restore a base backup into DIR and configure recovery to a target; then start PostgreSQL on DIR.
+///
+/// Without --backup-id, picks the newest backup that can reach the target (for --to, the newest that finished
+/// before TIME). Writes recovery.signal and, in postgresql.auto.conf, restore_command (wal-fetch with this
+/// configuration) and the recovery_target_* settings. Exit status: 0 restored, 1 failure, 2 bad configuration
+/// or usage.
+#[derive(Debug, Clone, Parser)]
+#[command(name = "pitr-restore", version, about, long_about = None)]
+pub struct Args {
+    /// Configuration file (default: $BACKUPCTL_CONFIG, then /etc/backupctl/backupctl.toml).
+    #[arg(long, value_name = "PATH")]
+    pub config: Option<PathBuf>,
+    /// What to restore and where.
+    #[command(flatten)]
+    pub restore: RestoreArgs,
+}
+
+/// The restore options (shared with `backupctl restore`).
+#[derive(Debug, Clone, clap::Args)]
+pub struct RestoreArgs {
+    /// The data directory to restore into: new or empty (or an old copy with --delta), no server running in it.
+    #[arg(long, value_name = "DIR")]
+    pub destination: PathBuf,
+    /// Restore this backup (see `backupctl status`) instead of choosing one.
+    #[arg(long, value_name = "ID")]
+    pub backup_id: Option<BackupId>,
+    /// Recover to this time: RFC 3339 (2025-10-20T12:30:00Z) or PostgreSQL's format with a zone
+    /// (2025-10-20 12:30:00+02).
+    #[arg(long = "to", value_name = "TIME", group = "target", value_parser = target::parse_time)]
+    pub to_time: Option<time::OffsetDateTime>,
+    /// Recover to this WAL location (e.g. 0/5000028).
+    #[arg(long, value_name = "LSN", group = "target")]
+    pub to_lsn: Option<crate::wal::Lsn>,
+    /// Recover to this transaction id.
+    #[arg(long, value_name = "XID", group = "target")]
+    pub to_xid: Option<u64>,
+    /// Recover to this restore point (made with pg_create_restore_point).
+    #[arg(long, value_name = "NAME", group = "target")]
+    pub to_name: Option<String>,
+    /// What the server does at the target (ignored without one: it then replays the whole archive and promotes).
+    #[arg(long, value_enum, default_value = "promote")]
+    pub target_action: TargetAction,
+    /// Stop just before the target instead of just after it.
+    #[arg(long)]
+    pub target_exclusive: bool,
+    /// Timeline to follow: latest, current (the backup's), or a number.
+    #[arg(long, value_name = "TIMELINE", default_value = "latest")]
+    pub target_timeline: TargetTimeline,
+    /// preserve: keep the backup's archive settings (a replacement of the lost primary archives on, into this
+    /// repository, on a new timeline); off: add archive_mode = off (a copy for inspection or testing).
+    #[arg(long, value_enum, default_value = "preserve")]
+    pub archive_mode: ArchiveMode,
+    /// Restore over an existing copy: rewrite only files that differ, remove files the backup does not have.
+    #[arg(long)]
+    pub delta: bool,
+    /// Restore the tablespace at OLDDIR into NEWDIR instead (repeatable), as pg_basebackup's option.
+    #[arg(long, value_name = "OLDDIR=NEWDIR", value_parser = parse_mapping)]
+    pub tablespace_mapping: Vec<(PathBuf, PathBuf)>,
+    /// Print a JSON summary on stdout (and no progress bar).
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// What the restored cluster does about archiving.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ArchiveMode {
+    /// Keep the backup's settings.
+    Preserve,
+    /// Turn archiving off.
+    Off,
+}
+
+fn parse_mapping(s: &str) -> Result<(PathBuf, PathBuf), String> {
+    let (old, new) = s.split_once('=').ok_or_else(|| format!("{s:?} is not OLDDIR=NEWDIR"))?;
+    if !old.starts_with('/') || !new.starts_with('/') {
+        return Err(format!("{s:?}: both directories must be absolute"));
+    }
+    Ok((PathBuf::from(old), PathBuf::from(new)))
+}
+
+/// Entry point of the `pitr-restore` binary.
+pub fn main() -> ExitCode {
+    let args = match Args::try_parse() {
+        Ok(a) => a,
+        Err(e) => {
+            let _ = e.print();
+            return ExitCode::from(super::exit::clap_code(Program::Other, &e));
+        }
+    };
+    super::base_backup::finish("pitr-restore", run(args.config.as_deref(), &args.restore))
+}
+
+/// Run with parsed arguments.
+pub fn run(config: Option<&Path>, args: &RestoreArgs) -> Result<(), Error> {
+    let (config_path, config) = super::load_config(config)?;
+    super::init_tracing(Some(&config));
+    let config_path = std::fs::canonicalize(&config_path).unwrap_or(config_path);
+    let target = match (&args.to_time, &args.to_lsn, &args.to_xid, &args.to_name) {
+        (Some(t), ..) => Target::Time(*t),
+        (_, Some(l), ..) => Target::Lsn(*l),
+        (_, _, Some(x), _) => Target::Xid(*x),
+        (.., Some(n)) => Target::Name(n.clone()),
+        _ => Target::Latest,
+    };
+    let request = RestoreRequest {
+        destination: args.destination.clone(),
+        backup_id: args.backup_id.clone(),
+        target,
+        action: args.target_action,
+        inclusive: !args.target_exclusive,
+        timeline: args.target_timeline,
+        is_archive_off: args.archive_mode == ArchiveMode::Off,
+        delta: args.delta,
+        tablespace_mapping: args.tablespace_mapping.clone(),
+        restore_command: restore_command(&config_path),
+        parallel: config.restore.parallel,
+    };
+    let rt = super::multi_thread_runtime()?;
+    let progress = super::progress::for_terminal(args.json);
+    let report = rt.block_on(async {
+        let deadline = Duration::from_secs(config.archive.retry_deadline_seconds);
+        let storage = crate::storage::open(&config.repository.url, &config.repository.s3, deadline).await?;
+        restore::run(storage, &request, progress.as_ref()).await
+    })?;
+    let s = &report.stats;
+    eprintln!(
+        "pitr-restore: restored backup {} into {}: {} files written ({}), {} unchanged, {} removed, {:.1} s; \
+         start PostgreSQL on it to recover to {}",
+        report.backup.id,
+        args.destination.display(),
+        s.files_written,
+        super::human_bytes(s.bytes_written),
+        s.files_unchanged,
+        s.removed,
+        report.duration_ms as f64 / 1000.0,
+        request.target
+    );
+    if args.json {
+        let json = serde_json::json!({
+            "backup": report.backup.id.to_string(),
+            "destination": args.destination,
+            "target": request.target.to_string(),
+            "files_written": s.files_written,
+            "bytes_written": s.bytes_written,
+            "files_unchanged": s.files_unchanged,
+            "removed": s.removed,
+            "objects": s.objects,
+            "duration_ms": report.duration_ms,
+        });
+        println!("{json}");
+    }
+    Ok(())
+}
+
+/// `wal-fetch --config <config> %f %p`, with wal-fetch from beside this program when it is there.
+fn restore_command(config: &Path) -> String {
+    let wal_fetch = std::env::current_exe()
+        .ok()
+        .and_then(|exe| exe.parent().map(|d| d.join("wal-fetch")))
+        .filter(|p| p.is_file())
+        .map_or_else(|| "wal-fetch".to_owned(), |p| p.display().to_string());
+    format!("{} --config {} %f %p", shell_quote(&wal_fetch), shell_quote(&config.display().to_string()))
+}
+
+/// Quote for /bin/sh when needed.
+fn shell_quote(s: &str) -> String {
+    if !s.is_empty() && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"/._-+=:@%".contains(&b)) {
+        return s.to_owned();
+    }
+    format!("'{}'", s.replace('\'', "'\\''"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quoting_and_mappings() {
+        assert_eq!(shell_quote("/usr/bin/wal-fetch"), "/usr/bin/wal-fetch");
+        assert_eq!(shell_quote("/a b/it's"), "'/a b/it'\\''s'");
+        assert!(parse_mapping("/a=/b").is_ok());
+        assert!(parse_mapping("a=/b").is_err());
+        assert!(parse_mapping("/a").is_err());
+        let args = Args::try_parse_from(["pitr-restore", "--destination", "/d", "--to", "2025-10-20 12:30:00+02"]);
+        assert!(args.is_ok(), "{args:?}");
+        let both = Args::try_parse_from(["pitr-restore", "--destination", "/d", "--to-lsn", "0/1", "--to-xid", "5"]);
+        assert!(both.is_err(), "two targets must be refused");
+        let bad_time = Args::try_parse_from(["pitr-restore", "--destination", "/d", "--to", "yesterday"]);
+        assert!(bad_time.is_err());
+    }
+}

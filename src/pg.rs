@@ -1,0 +1,233 @@
+//! Talk to the cluster being backed up (the `postgres` crate, synchronous): version, identity, backup start/stop.
+//!
+//! Invariants:
+//! - One session holds the whole non-exclusive backup: start and stop run on the same connection. If the session
+//!   ends before stop (crash, error), PostgreSQL aborts the backup by itself.
+//! - Call these only outside an async runtime's worker threads (the client blocks).
+
+use std::path::PathBuf;
+
+use crate::config::PostgresConfig;
+use crate::wal::Lsn;
+
+/// Errors talking to PostgreSQL.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// Could not connect.
+    #[error("cannot connect to PostgreSQL at {target}: {source}")]
+    Connect {
+        /// host:port and user.
+        target: String,
+        /// Cause.
+        #[source]
+        source: postgres::Error,
+    },
+    /// A query failed.
+    #[error("PostgreSQL {what} failed: {source}")]
+    Query {
+        /// What was asked.
+        what: &'static str,
+        /// Cause.
+        #[source]
+        source: postgres::Error,
+    },
+    /// The server answered something this build cannot use.
+    #[error("PostgreSQL {what}: unexpected answer {answer:?}")]
+    Unexpected {
+        /// What was asked.
+        what: &'static str,
+        /// The answer.
+        answer: String,
+    },
+    /// A server version without the non-exclusive backup API this build uses.
+    #[error("PostgreSQL server version {version_num} is not supported (13 or later is)")]
+    Unsupported {
+        /// `server_version_num`.
+        version_num: u32,
+    },
+}
+
+/// What the server says about itself.
+#[derive(Debug, Clone)]
+pub struct ServerInfo {
+    /// `server_version_num`, e.g. 150004.
+    pub version_num: u32,
+    /// `pg_control` system identifier, decimal.
+    pub system_identifier: String,
+    /// `data_directory`.
+    pub data_directory: PathBuf,
+    /// `wal_segment_size` in bytes.
+    pub wal_segment_size: u64,
+    /// True on a standby.
+    pub is_in_recovery: bool,
+    /// `archive_mode` is on (or always).
+    pub is_archiving: bool,
+}
+
+/// What pg_backup_stop returned.
+#[derive(Debug, Clone)]
+pub struct BackupStop {
+    /// Where the backup becomes consistent.
+    pub lsn: Lsn,
+    /// Content for `backup_label`.
+    pub labelfile: String,
+    /// Content for `tablespace_map` (empty without tablespaces).
+    pub spcmapfile: String,
+}
+
+/// One connection.
+pub struct Session {
+    client: postgres::Client,
+    version_num: u32,
+}
+
+impl std::fmt::Debug for Session {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Session").field("version_num", &self.version_num).finish_non_exhaustive()
+    }
+}
+
+/// Connect as configured (a `host` starting with `/` is a Unix-socket directory, as with libpq).
+pub fn connect(cfg: &PostgresConfig) -> Result<Session, Error> {
+    let mut c = postgres::Config::new();
+    c.host(&cfg.host).port(cfg.port).user(&cfg.user).dbname(&cfg.dbname).application_name("backupctl");
+    c.connect_timeout(std::time::Duration::from_secs(30));
+    if let Some(p) = &cfg.password {
+        c.password(p);
+    }
+    let target = format!("{}:{} as {}", cfg.host, cfg.port, cfg.user);
+    let mut client = c.connect(postgres::NoTls).map_err(|source| Error::Connect { target, source })?;
+    let version_num = query_one_text(&mut client, "server_version_num", "show server_version_num")?;
+    let version_num: u32 =
+        version_num.parse().map_err(|_| Error::Unexpected { what: "server_version_num", answer: version_num })?;
+    if version_num < 130000 {
+        return Err(Error::Unsupported { version_num });
+    }
+    Ok(Session { client, version_num })
+}
+
+fn query_one_text(client: &mut postgres::Client, what: &'static str, sql: &str) -> Result<String, Error> {
+    let row = client.query_one(sql, &[]).map_err(|source| Error::Query { what, source })?;
+    row.try_get::<_, String>(0).map_err(|source| Error::Query { what, source })
+}
+
+impl Session {
+    fn text(&mut self, what: &'static str, sql: &str) -> Result<String, Error> {
+        query_one_text(&mut self.client, what, sql)
+    }
+
+    /// Version, identity, data directory and WAL settings.
+    pub fn server_info(&mut self) -> Result<ServerInfo, Error> {
+        let system_identifier =
+            self.text("system identifier", "select system_identifier::text from pg_control_system()")?;
+        let data_directory = PathBuf::from(self.text("data_directory", "show data_directory")?);
+        let seg = self.text("wal_segment_size", "select setting from pg_settings where name = 'wal_segment_size'")?;
+        let wal_segment_size: u64 =
+            seg.parse().map_err(|_| Error::Unexpected { what: "wal_segment_size", answer: seg })?;
+        let is_in_recovery = self.text("pg_is_in_recovery", "select pg_is_in_recovery()::text")? == "true";
+        let is_archiving = self.text("archive_mode", "show archive_mode")? != "off";
+        Ok(ServerInfo {
+            version_num: self.version_num,
+            system_identifier,
+            data_directory,
+            wal_segment_size,
+            is_in_recovery,
+            is_archiving,
+        })
+    }
+
+    /// Tablespaces other than pg_default and pg_global: (oid, location).
+    pub fn tablespaces(&mut self) -> Result<Vec<(u32, String)>, Error> {
+        let rows = self
+            .client
+            .query(
+                "select oid::int8, pg_tablespace_location(oid) from pg_tablespace \
+                 where spcname not in ('pg_default', 'pg_global') order by oid",
+                &[],
+            )
+            .map_err(|source| Error::Query { what: "tablespace list", source })?;
+        rows.iter()
+            .map(|r| {
+                let oid: i64 = r.try_get(0).map_err(|source| Error::Query { what: "tablespace list", source })?;
+                let loc: String = r.try_get(1).map_err(|source| Error::Query { what: "tablespace list", source })?;
+                let oid = u32::try_from(oid)
+                    .map_err(|_| Error::Unexpected { what: "tablespace oid", answer: oid.to_string() })?;
+                Ok((oid, loc))
+            })
+            .collect()
+    }
+
+    /// The server's clock now, RFC 3339 UTC with microseconds.
+    pub fn clock(&mut self) -> Result<String, Error> {
+        self.text("clock", "select to_char(clock_timestamp() at time zone 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"')")
+    }
+
+    /// Start a non-exclusive backup; returns its start LSN. `fast` requests an immediate checkpoint.
+    pub fn backup_start(&mut self, label: &str, fast: bool) -> Result<Lsn, Error> {
+        let sql = if self.version_num >= 150000 {
+            "select pg_backup_start($1, $2)::text"
+        } else {
+            "select pg_start_backup($1, $2, false)::text"
+        };
+        let row = self
+            .client
+            .query_one(sql, &[&label, &fast])
+            .map_err(|source| Error::Query { what: "backup start", source })?;
+        let text: String = row.try_get(0).map_err(|source| Error::Query { what: "backup start", source })?;
+        text.parse().map_err(|_| Error::Unexpected { what: "backup start lsn", answer: text })
+    }
+
+    /// Stop the backup without waiting for archiving (the caller waits, with a timeout, for the WAL to reach the
+    /// repository); returns the stop LSN, `backup_label` and `tablespace_map` contents.
+    pub fn backup_stop(&mut self) -> Result<BackupStop, Error> {
+        let sql = if self.version_num >= 150000 {
+            "select lsn::text, labelfile, spcmapfile from pg_backup_stop(false)"
+        } else {
+            "select lsn::text, labelfile, spcmapfile from pg_stop_backup(false, false)"
+        };
+        let what = "backup stop";
+        let row = self.client.query_one(sql, &[]).map_err(|source| Error::Query { what, source })?;
+        let lsn: String = row.try_get(0).map_err(|source| Error::Query { what, source })?;
+        let labelfile: String = row.try_get(1).map_err(|source| Error::Query { what, source })?;
+        let spcmapfile: Option<String> = row.try_get(2).map_err(|source| Error::Query { what, source })?;
+        let lsn = lsn.parse().map_err(|_| Error::Unexpected { what: "backup stop lsn", answer: lsn })?;
+        Ok(BackupStop { lsn, labelfile, spcmapfile: spcmapfile.unwrap_or_default() })
+    }
+
+    /// The WAL file holding `lsn` on the current timeline (`pg_walfile_name`; primary only).
+    pub fn walfile_name(&mut self, lsn: Lsn) -> Result<String, Error> {
+        let what = "pg_walfile_name";
+        let row = self
+            .client
+            .query_one("select pg_walfile_name($1::text::pg_lsn)", &[&lsn.to_string()])
+            .map_err(|source| Error::Query { what, source })?;
+        row.try_get(0).map_err(|source| Error::Query { what, source })
+    }
+}
+
+/// The `START WAL LOCATION` file name and `START TIMELINE` of a backup label.
+pub fn parse_label(label: &str) -> Option<(String, u32)> {
+    let mut file = None;
+    let mut timeline = None;
+    for line in label.lines() {
+        if let Some(rest) = line.strip_prefix("START WAL LOCATION: ") {
+            file = rest.split("(file ").nth(1).map(|s| s.trim_end_matches(')').trim().to_owned());
+        } else if let Some(rest) = line.strip_prefix("START TIMELINE: ") {
+            timeline = rest.trim().parse().ok();
+        }
+    }
+    Some((file?, timeline?))
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn label_parsing() {
+        let label = "START WAL LOCATION: 0/2000028 (file 000000010000000000000002)\nCHECKPOINT LOCATION: 0/2000060\n\
+                     BACKUP METHOD: streamed\nBACKUP FROM: primary\nSTART TIME: 2026-11-26 08:00:00 UTC\nLABEL: x\n\
+                     START TIMELINE: 1\n";
+        assert_eq!(super::parse_label(label), Some(("000000010000000000000002".to_owned(), 1)));
+        assert_eq!(super::parse_label("LABEL: x\n"), None);
+    }
+}

@@ -1,0 +1,469 @@
+//! Base backup layout: content-addressed data objects and the manifest that makes a backup exist (pure).
+//!
+//! ```text
+//! data/<2 hex>/<64 hex>          one object per distinct content: a chunk of a large file, or a pack of small
+//!                                files; named by the blake3 of its uncompressed content, stored once
+//! backups/<id>/manifest          the manifest, written last and create-only: no manifest, no backup
+//! ```
+//!
+//! Invariants checked by [`Manifest::validate`] before a restore touches the disk: every path is relative, made of
+//! plain components (no `..`, no `.`, no absolute path), files under `pg_tblspc/<oid>/` belong to a tablespace of
+//! the manifest, and each file's pieces add up to its size.
+
+use std::fmt;
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+
+use crate::storage::Key;
+use crate::wal::{Lsn, TimelineId};
+
+/// The manifest format this build writes and reads.
+pub const MANIFEST_FORMAT: u32 = 1;
+
+/// Prefix of the data objects.
+pub const DATA_PREFIX: &str = "data/";
+
+/// Prefix of the backups.
+pub const BACKUPS_PREFIX: &str = "backups/";
+
+/// Name of the manifest object inside a backup's prefix.
+const MANIFEST_NAME: &str = "manifest";
+
+/// The blake3 of an object's uncompressed content: its name in the repository.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct ObjectId(pub [u8; 32]);
+
+impl ObjectId {
+    /// The id of `bytes`.
+    pub fn of(bytes: &[u8]) -> Self {
+        Self(*blake3::hash(bytes).as_bytes())
+    }
+
+    /// Where the object is stored.
+    pub fn key(&self) -> Key {
+        let hex = self.to_string();
+        // invariant: hex digits and '/' only.
+        Key::new(format!("{DATA_PREFIX}{}/{hex}", &hex[..2])).unwrap_or_else(|e| unreachable!("object key: {e}"))
+    }
+
+    /// The id named by a data object key, if it is one.
+    pub fn from_key(key: &str) -> Option<Self> {
+        let rest = key.strip_prefix(DATA_PREFIX)?;
+        let (dir, hex) = rest.split_once('/')?;
+        let id: ObjectId = hex.parse().ok()?;
+        (hex.get(..2) == Some(dir)).then_some(id)
+    }
+}
+
+impl fmt::Display for ObjectId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&hex::encode(self.0))
+    }
+}
+
+impl fmt::Debug for ObjectId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "ObjectId({self})")
+    }
+}
+
+impl FromStr for ObjectId {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let mut out = [0u8; 32];
+        if s.len() != 64 || !s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) {
+            return Err(format!("{s:?} is not 64 lower-case hex digits"));
+        }
+        hex::decode_to_slice(s, &mut out).map_err(|e| e.to_string())?;
+        Ok(Self(out))
+    }
+}
+
+impl TryFrom<String> for ObjectId {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, Self::Error> {
+        s.parse()
+    }
+}
+
+impl From<ObjectId> for String {
+    fn from(id: ObjectId) -> String {
+        id.to_string()
+    }
+}
+
+/// Full or incremental.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BackupType {
+    /// Every object written again: depends on nothing written before it.
+    Full,
+    /// Only objects the repository does not hold yet.
+    Incremental,
+}
+
+impl fmt::Display for BackupType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            BackupType::Full => "full",
+            BackupType::Incremental => "incremental",
+        })
+    }
+}
+
+impl FromStr for BackupType {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "full" => Ok(BackupType::Full),
+            "incremental" => Ok(BackupType::Incremental),
+            other => Err(format!("{other:?} is not full or incremental")),
+        }
+    }
+}
+
+/// A backup's id: its start time in UTC and its type, e.g. `20261126-083000F`; sorts by time.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct BackupId(String);
+
+impl BackupId {
+    /// The id of a backup of `kind` started at `start` (UTC).
+    pub fn new(start: time::OffsetDateTime, kind: BackupType) -> Self {
+        let t = start.to_offset(time::UtcOffset::UTC);
+        let letter = if kind == BackupType::Full { 'F' } else { 'I' };
+        Self(format!(
+            "{:04}{:02}{:02}-{:02}{:02}{:02}{letter}",
+            t.year(),
+            u8::from(t.month()),
+            t.day(),
+            t.hour(),
+            t.minute(),
+            t.second()
+        ))
+    }
+
+    /// Key of this backup's manifest.
+    pub fn manifest_key(&self) -> Key {
+        // invariant: validated ids hold digits, '-', 'F' and 'I' only.
+        Key::new(format!("{BACKUPS_PREFIX}{}/{MANIFEST_NAME}", self.0)).unwrap_or_else(|e| unreachable!("{e}"))
+    }
+
+    /// The id named by a manifest key, if it is one.
+    pub fn from_manifest_key(key: &str) -> Option<Self> {
+        let rest = key.strip_prefix(BACKUPS_PREFIX)?.strip_suffix(MANIFEST_NAME)?.strip_suffix('/')?;
+        rest.parse().ok()
+    }
+}
+
+impl fmt::Display for BackupId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl FromStr for BackupId {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let b = s.as_bytes();
+        let ok = b.len() == 16
+            && b[..8].iter().all(u8::is_ascii_digit)
+            && b[8] == b'-'
+            && b[9..15].iter().all(u8::is_ascii_digit)
+            && matches!(b[15], b'F' | b'I');
+        if ok { Ok(Self(s.to_owned())) } else { Err(format!("{s:?} is not a backup id like 20261126-083000F")) }
+    }
+}
+
+impl TryFrom<String> for BackupId {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, Self::Error> {
+        s.parse()
+    }
+}
+
+impl From<BackupId> for String {
+    fn from(id: BackupId) -> String {
+        id.0
+    }
+}
+
+/// A range of one object's uncompressed content that makes up part of a file.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Piece {
+    /// The object.
+    pub object: ObjectId,
+    /// Offset in the object's uncompressed content.
+    pub offset: u64,
+    /// Length.
+    pub length: u64,
+    /// blake3 of these bytes (equal to `object` when the piece is the whole object).
+    pub blake3: ObjectId,
+}
+
+/// A regular file.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileEntry {
+    /// Path relative to the data directory (`pg_tblspc/<oid>/...` for tablespace files).
+    pub path: String,
+    /// Size in bytes: the sum of the pieces' lengths.
+    pub size: u64,
+    /// Permission bits.
+    pub mode: u32,
+    /// Modification time (seconds since the epoch) when read.
+    pub mtime: i64,
+    /// The content, in order.
+    pub pieces: Vec<Piece>,
+}
+
+/// A directory.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DirEntry {
+    /// Path relative to the data directory.
+    pub path: String,
+    /// Permission bits.
+    pub mode: u32,
+}
+
+/// A tablespace: `pg_tblspc/<oid>` linked to `location`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Tablespace {
+    /// The tablespace oid (the link's name in `pg_tblspc`).
+    pub oid: u32,
+    /// Where the link pointed on the source.
+    pub location: String,
+}
+
+/// Sizes and counts of one backup.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BackupStats {
+    /// Files in the backup.
+    pub files: u64,
+    /// Their total size.
+    pub bytes: u64,
+    /// Objects this backup wrote.
+    pub objects_written: u64,
+    /// Uncompressed bytes of those objects.
+    pub bytes_written: u64,
+    /// Compressed bytes of those objects (what the repository grew by, at most).
+    pub bytes_stored: u64,
+    /// Uncompressed bytes served by objects the repository already held.
+    pub bytes_reused: u64,
+    /// Wall time.
+    pub duration_ms: u64,
+}
+
+/// Everything needed to restore one base backup; its presence in the repository is what makes the backup exist.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Manifest {
+    /// Manifest format version.
+    pub format: u32,
+    /// Backup id.
+    pub id: BackupId,
+    /// Label given to pg_backup_start.
+    pub label: String,
+    /// Free text.
+    pub description: Option<String>,
+    /// Full or incremental.
+    #[serde(rename = "type")]
+    pub backup_type: BackupType,
+    /// When the backup started (server clock, RFC 3339 UTC).
+    pub start_time: String,
+    /// When it stopped (server clock, RFC 3339 UTC): a restore to a time after this can use it.
+    pub stop_time: String,
+    /// Start of the WAL needed (from pg_backup_start).
+    #[serde(with = "lsn_text")]
+    pub start_lsn: Lsn,
+    /// Where the backup becomes consistent (from pg_backup_stop).
+    #[serde(with = "lsn_text")]
+    pub stop_lsn: Lsn,
+    /// Timeline the backup was taken on.
+    pub timeline: u32,
+    /// First WAL segment needed.
+    pub start_wal: String,
+    /// Last WAL segment needed (holds the stop point).
+    pub stop_wal: String,
+    /// `server_version_num`.
+    pub pg_version_num: u32,
+    /// System identifier of the cluster.
+    pub system_identifier: String,
+    /// `wal_segment_size` in bytes.
+    pub wal_segment_size: u64,
+    /// Chunk size used to cut large files.
+    pub chunk_size: u64,
+    /// The `backup_label` returned by the stop call.
+    pub backup_label: String,
+    /// The `tablespace_map` returned by the stop call, if any.
+    pub tablespace_map: Option<String>,
+    /// Tablespaces.
+    pub tablespaces: Vec<Tablespace>,
+    /// Directories, parents before children.
+    pub directories: Vec<DirEntry>,
+    /// Regular files.
+    pub files: Vec<FileEntry>,
+    /// Sizes and counts.
+    pub stats: BackupStats,
+}
+
+/// Why a manifest cannot be trusted.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{what}")]
+pub struct InvalidManifest {
+    /// What is wrong.
+    pub what: String,
+}
+
+impl Manifest {
+    /// The timeline the backup was taken on.
+    pub fn timeline_id(&self) -> TimelineId {
+        TimelineId(self.timeline)
+    }
+
+    /// Check the invariants in the module doc; the error names the offending entry.
+    pub fn validate(&self) -> Result<(), InvalidManifest> {
+        let bad = |what: String| Err(InvalidManifest { what });
+        if self.format > MANIFEST_FORMAT {
+            return bad(format!("manifest format {} is newer than this build reads ({MANIFEST_FORMAT})", self.format));
+        }
+        for d in &self.directories {
+            if let Err(e) = self.check_path(&d.path) {
+                return bad(format!("directory {:?}: {e}", d.path));
+            }
+        }
+        for f in &self.files {
+            if let Err(e) = self.check_path(&f.path) {
+                return bad(format!("file {:?}: {e}", f.path));
+            }
+            let sum: u64 = f.pieces.iter().map(|p| p.length).sum();
+            if sum != f.size {
+                return bad(format!("file {:?}: pieces add up to {sum} bytes, not {}", f.path, f.size));
+            }
+        }
+        for t in &self.tablespaces {
+            if !t.location.starts_with('/') {
+                return bad(format!("tablespace {}: location {:?} is not absolute", t.oid, t.location));
+            }
+        }
+        Ok(())
+    }
+
+    fn check_path(&self, path: &str) -> Result<(), String> {
+        check_relative_path(path)?;
+        let parts: Vec<&str> = path.split('/').collect();
+        if parts.len() >= 2 && parts[0] == "pg_tblspc" {
+            let oid: Option<u32> = parts[1].parse().ok();
+            if !oid.is_some_and(|oid| self.tablespaces.iter().any(|t| t.oid == oid)) {
+                return Err("is under pg_tblspc but names no tablespace of this backup".to_owned());
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A relative path of plain components: not empty, not absolute, no `.` or `..`, no empty component, no NUL.
+pub fn check_relative_path(path: &str) -> Result<(), String> {
+    if path.is_empty() {
+        return Err("is empty".to_owned());
+    }
+    if path.starts_with('/') {
+        return Err("is absolute".to_owned());
+    }
+    if path.contains('\0') {
+        return Err("contains NUL".to_owned());
+    }
+    if path.split('/').any(|c| c.is_empty() || c == "." || c == "..") {
+        return Err("has an empty, '.' or '..' component".to_owned());
+    }
+    Ok(())
+}
+
+mod lsn_text {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    use crate::wal::Lsn;
+
+    pub fn serialize<S: Serializer>(lsn: &Lsn, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(lsn)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Lsn, D::Error> {
+        let text = String::deserialize(d)?;
+        text.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_round_trip_and_keys() {
+        let id = ObjectId::of(b"hello");
+        let key = id.key();
+        assert!(key.as_str().starts_with("data/"), "{key}");
+        assert_eq!(ObjectId::from_key(key.as_str()), Some(id));
+        assert_eq!(id.to_string().parse::<ObjectId>(), Ok(id));
+        assert_eq!(ObjectId::from_key("data/00/ab"), None);
+        assert!("ABCD".parse::<ObjectId>().is_err());
+
+        let t = time::macros::datetime!(2026-11-26 08:30:05 +2);
+        let b = BackupId::new(t, BackupType::Incremental);
+        assert_eq!(b.to_string(), "20261126-063005I");
+        assert_eq!(b.manifest_key().as_str(), "backups/20261126-063005I/manifest");
+        assert_eq!(BackupId::from_manifest_key("backups/20261126-063005I/manifest"), Some(b.clone()));
+        assert_eq!(BackupId::from_manifest_key("backups/20261126-063005I/other"), None);
+        assert_eq!(b.to_string().parse::<BackupId>(), Ok(b));
+        for bad in ["", "20261126-063005X", "2026112-0630055F", "../x"] {
+            assert!(bad.parse::<BackupId>().is_err(), "{bad}");
+        }
+        assert_eq!("full".parse::<BackupType>(), Ok(BackupType::Full));
+        assert_eq!(BackupType::Incremental.to_string(), "incremental");
+    }
+
+    fn manifest(paths: &[&str]) -> Manifest {
+        Manifest {
+            format: MANIFEST_FORMAT,
+            id: "20261126-063005F".parse().expect("id"),
+            label: "l".into(),
+            description: None,
+            backup_type: BackupType::Full,
+            start_time: "2026-11-26T06:30:05Z".into(),
+            stop_time: "2026-11-26T06:30:09Z".into(),
+            start_lsn: Lsn(0x200_0028),
+            stop_lsn: Lsn(0x200_0100),
+            timeline: 1,
+            start_wal: "000000010000000000000002".into(),
+            stop_wal: "000000010000000000000002".into(),
+            pg_version_num: 150004,
+            system_identifier: "1".into(),
+            wal_segment_size: 16 << 20,
+            chunk_size: 1 << 20,
+            backup_label: String::new(),
+            tablespace_map: None,
+            tablespaces: vec![Tablespace { oid: 16384, location: "/ts".into() }],
+            directories: vec![],
+            files: paths
+                .iter()
+                .map(|p| FileEntry { path: (*p).to_owned(), size: 0, mode: 0o600, mtime: 0, pieces: vec![] })
+                .collect(),
+            stats: BackupStats::default(),
+        }
+    }
+
+    #[test]
+    fn hostile_paths_are_refused() {
+        assert!(manifest(&["base/1/1259", "pg_tblspc/16384/PG_15/5/1", "global/pg_control"]).validate().is_ok());
+        for bad in ["/etc/passwd", "../x", "base/../../x", "base//x", "./x", "pg_tblspc/999/x", "pg_tblspc/x/y", ""] {
+            assert!(manifest(&[bad]).validate().is_err(), "{bad:?} must be refused");
+        }
+        let mut m = manifest(&["a"]);
+        m.files[0].size = 5;
+        assert!(m.validate().is_err(), "pieces must add up to the size");
+        let json = serde_json::to_string(&manifest(&["a"])).expect("json");
+        assert!(json.contains("\"start_lsn\":\"0/2000028\""), "{json}");
+        let back: Manifest = serde_json::from_str(&json).expect("parse");
+        assert_eq!(back, manifest(&["a"]));
+    }
+}

@@ -1,0 +1,177 @@
+//! pitr-restore: choose a backup, write its files, and set up recovery to the requested target.
+//!
+//! Invariants:
+//! - Nothing is written before the manifest is loaded and validated and the destination is checked (empty or
+//!   `--delta`, no live server).
+//! - The result starts recovery only when complete: `global/pg_control` and the recovery files are written last,
+//!   after a sync of everything else.
+
+pub mod target;
+pub mod write;
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use crate::Error;
+use crate::codec;
+use crate::progress::Progress;
+use crate::repository::backup::{BackupId, Manifest};
+use crate::repository::{self, store};
+use crate::storage::{DynStorage, Storage};
+use crate::wal::{TimelineHistory, TimelineId, WalFileName};
+use target::{RecoverySettings, Target, TargetAction, TargetTimeline};
+use write::Layout;
+
+/// What the operator asked for.
+#[derive(Debug, Clone)]
+pub struct RestoreRequest {
+    /// The new data directory.
+    pub destination: PathBuf,
+    /// A specific backup (otherwise the newest that reaches the target).
+    pub backup_id: Option<BackupId>,
+    /// Where recovery stops.
+    pub target: Target,
+    /// What the server does there.
+    pub action: TargetAction,
+    /// Stop just after the target (true) or just before it.
+    pub inclusive: bool,
+    /// Timeline to follow.
+    pub timeline: TargetTimeline,
+    /// Turn archiving off in the restored cluster.
+    pub is_archive_off: bool,
+    /// Restore over an existing copy, rewriting only what differs.
+    pub delta: bool,
+    /// Tablespace `OLD=NEW` directory mappings.
+    pub tablespace_mapping: Vec<(PathBuf, PathBuf)>,
+    /// The restore_command the restored server runs.
+    pub restore_command: String,
+    /// Objects downloaded at once.
+    pub parallel: usize,
+}
+
+/// What a restore did.
+#[derive(Debug, Clone)]
+pub struct RestoreReport {
+    /// The backup restored.
+    pub backup: Manifest,
+    /// File counts and bytes.
+    pub stats: write::WriteStats,
+    /// Wall time.
+    pub duration_ms: u64,
+}
+
+/// Restore as requested.
+#[tracing::instrument(skip_all, fields(destination = %request.destination.display()))]
+pub async fn run(
+    storage: DynStorage,
+    request: &RestoreRequest,
+    progress: &dyn Progress,
+) -> Result<RestoreReport, Error> {
+    let started = Instant::now();
+    let manifests = store::manifests(storage.as_ref()).await?;
+    let history = match request.timeline {
+        TargetTimeline::Current => None,
+        TargetTimeline::Latest => Some(load_history(storage.as_ref(), latest_timeline(storage.as_ref()).await?).await?),
+        TargetTimeline::Id(n) => Some(load_history(storage.as_ref(), TimelineId(n)).await?),
+    };
+    let manifest = target::choose_backup(&manifests, &request.target, history.as_ref(), request.backup_id.as_ref())
+        .map_err(|reason| Error::NoBackup { backend: storage.to_string(), target: request.target.to_string(), reason })?
+        .clone();
+    tracing::info!(backup = %manifest.id, stop_time = %manifest.stop_time, "restoring");
+
+    let layout = Layout {
+        destination: absolute(&request.destination)?,
+        tablespaces: write::tablespace_dirs(&manifest, &request.tablespace_mapping)?,
+    };
+    for root in std::iter::once(&layout.destination).chain(layout.tablespaces.values()) {
+        write::prepare_root(root, request.delta)?;
+    }
+    let mut stats = write::WriteStats::default();
+    if request.delta {
+        let (m, l) = (manifest.clone(), layout.clone());
+        stats.removed = crate::archive::blocking(move || write::remove_extraneous(&m, &l)).await?;
+    }
+    let (control, rest): (Vec<_>, Vec<_>) = manifest.files.iter().partition(|f| f.path == "global/pg_control");
+    let s = write::write_files(storage.clone(), &manifest, &rest, &layout, request.delta, request.parallel, progress)
+        .await?;
+    write::link_tablespaces(&layout)?;
+    let l = layout.clone();
+    crate::archive::blocking(move || write::sync_all(&l)).await?;
+
+    // The files that make the directory startable come last.
+    write::write_small(&layout, "backup_label", manifest.backup_label.as_bytes())?;
+    if let Some(map) = &manifest.tablespace_map {
+        write::write_small(&layout, "tablespace_map", write::remap_tablespace_map(map, &layout).as_bytes())?;
+    }
+    let auto_conf = layout.destination.join("postgresql.auto.conf");
+    let existing = std::fs::read_to_string(&auto_conf).unwrap_or_default();
+    let settings = RecoverySettings {
+        restore_command: request.restore_command.clone(),
+        target: request.target.clone(),
+        action: request.action,
+        inclusive: request.inclusive,
+        timeline: request.timeline,
+        is_archive_off: request.is_archive_off,
+    };
+    let merged = target::merge_auto_conf(&existing, &settings, &manifest.id);
+    write::write_small(&layout, "postgresql.auto.conf", merged.as_bytes())?;
+    write::write_small(&layout, "recovery.signal", b"")?;
+    let c = write::write_files(storage, &manifest, &control, &layout, request.delta, 1, progress).await?;
+    let l = layout.clone();
+    crate::archive::blocking(move || write::sync_all(&l)).await?;
+    progress.finish();
+
+    stats.files_written = s.files_written + c.files_written;
+    stats.files_unchanged = s.files_unchanged + c.files_unchanged;
+    stats.bytes_written = s.bytes_written + c.bytes_written;
+    stats.objects = s.objects + c.objects;
+    Ok(RestoreReport { backup: manifest, stats, duration_ms: started.elapsed().as_millis() as u64 })
+}
+
+fn absolute(p: &std::path::Path) -> Result<PathBuf, Error> {
+    if p.is_absolute() {
+        return Ok(p.to_path_buf());
+    }
+    let cwd = std::env::current_dir().map_err(|e| Error::WriteDestination { path: p.to_path_buf(), source: e })?;
+    Ok(cwd.join(p))
+}
+
+/// The newest timeline with a history file in the archive (1 if none).
+async fn latest_timeline(storage: &dyn Storage) -> Result<TimelineId, Error> {
+    let listed = storage.list("wal/timelines/").await?;
+    let newest = listed
+        .iter()
+        .filter_map(|m| match m.key.file_name().parse::<WalFileName>() {
+            Ok(WalFileName::History(t)) => Some(t),
+            _ => None,
+        })
+        .max();
+    Ok(newest.unwrap_or(TimelineId(1)))
+}
+
+/// The history of `tli` from the archive (timeline 1 has none).
+async fn load_history(storage: &dyn Storage, tli: TimelineId) -> Result<TimelineHistory, Error> {
+    if tli == TimelineId(1) {
+        return Ok(TimelineHistory::root(tli));
+    }
+    let key = repository::wal_key(&WalFileName::History(tli));
+    let object = match storage.get(&key).await {
+        Ok(o) => o,
+        Err(e) if e.is_not_found() => {
+            return Err(Error::NoBackup {
+                backend: storage.to_string(),
+                target: format!("timeline {}", tli.0),
+                reason: format!("the archive has no history file for timeline {}", tli.0),
+            });
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let mut text = Vec::new();
+    codec::decode(&object, &mut text).map_err(|source| Error::Corrupt { what: format!("{storage}/{key}"), source })?;
+    let text = String::from_utf8_lossy(&text);
+    TimelineHistory::parse(tli, &text).map_err(|reason| Error::BadTextFile {
+        path: PathBuf::from(key.as_str()),
+        kind: "timeline history",
+        reason,
+    })
+}

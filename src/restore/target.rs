@@ -1,0 +1,345 @@
+//! Recovery targets: parse what the operator asked for, choose the backup that can reach it, and write the
+//! settings that make PostgreSQL replay to it (pure).
+
+use std::fmt;
+
+use time::OffsetDateTime;
+use time::format_description::well_known::Rfc3339;
+
+use crate::repository::backup::{BackupId, Manifest};
+use crate::wal::{Lsn, TimelineHistory};
+
+/// Where recovery stops.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Target {
+    /// The end of the archive.
+    Latest,
+    /// A point in time.
+    Time(OffsetDateTime),
+    /// A WAL location.
+    Lsn(Lsn),
+    /// A transaction id.
+    Xid(u64),
+    /// A restore point created with `pg_create_restore_point`.
+    Name(String),
+}
+
+impl fmt::Display for Target {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Target::Latest => f.write_str("the end of the archive"),
+            Target::Time(t) => write!(f, "time {}", pg_timestamp(*t)),
+            Target::Lsn(l) => write!(f, "lsn {l}"),
+            Target::Xid(x) => write!(f, "xid {x}"),
+            Target::Name(n) => write!(f, "restore point {n:?}"),
+        }
+    }
+}
+
+/// What the server does once the target is reached.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum TargetAction {
+    /// End recovery and accept writes (on a new timeline).
+    Promote,
+    /// Stay in recovery, paused, for inspection (`pg_wal_replay_resume()` continues).
+    Pause,
+    /// Shut down.
+    Shutdown,
+}
+
+impl TargetAction {
+    fn as_str(self) -> &'static str {
+        match self {
+            TargetAction::Promote => "promote",
+            TargetAction::Pause => "pause",
+            TargetAction::Shutdown => "shutdown",
+        }
+    }
+}
+
+/// Which timeline recovery follows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TargetTimeline {
+    /// The newest timeline in the archive (PostgreSQL's default).
+    Latest,
+    /// The backup's own timeline.
+    Current,
+    /// This timeline.
+    Id(u32),
+}
+
+impl std::str::FromStr for TargetTimeline {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "latest" => Ok(TargetTimeline::Latest),
+            "current" => Ok(TargetTimeline::Current),
+            n => n
+                .parse::<u32>()
+                .ok()
+                .filter(|n| *n > 0)
+                .map(TargetTimeline::Id)
+                .ok_or_else(|| format!("{s:?} is not latest, current or a timeline number")),
+        }
+    }
+}
+
+/// Parse a target time: RFC 3339 (`2025-10-20T12:30:00Z`, `...12:30:00.123456+02:00`) or PostgreSQL's own format
+/// with a zone (`2025-10-20 12:30:00+02`, `2025-10-20 12:30:00.5+05:30`, `2025-10-20 12:30:00 UTC`).
+pub fn parse_time(text: &str) -> Result<OffsetDateTime, String> {
+    let s = text.trim();
+    if let Ok(t) = OffsetDateTime::parse(s, &Rfc3339) {
+        return Ok(t);
+    }
+    let pg = s.strip_suffix(" UTC").or_else(|| s.strip_suffix(" GMT")).map(|p| format!("{p}+00"));
+    let pg = pg.as_deref().unwrap_or(s);
+    let format = time::macros::format_description!(
+        version = 2,
+        "[year]-[month]-[day] [hour]:[minute]:[second][optional [.[subsecond]]][optional [ ]][offset_hour sign:mandatory][optional [[optional [:]][offset_minute]]]"
+    );
+    OffsetDateTime::parse(pg, &format).map_err(|_| {
+        format!("{text:?} is not a time with a zone: use RFC 3339 (2025-10-20T12:30:00Z) or 2025-10-20 12:30:00+02")
+    })
+}
+
+/// A time as PostgreSQL 15 accepts it in `recovery_target_time`: UTC, microseconds, numeric zone (no `Z`).
+pub fn pg_timestamp(t: OffsetDateTime) -> String {
+    let u = t.to_offset(time::UtcOffset::UTC);
+    format!(
+        "{:04}-{:02}-{:02} {:02}:{:02}:{:02}.{:06}+00",
+        u.year(),
+        u8::from(u.month()),
+        u.day(),
+        u.hour(),
+        u.minute(),
+        u.second(),
+        u.microsecond()
+    )
+}
+
+/// Pick the backup to restore: `wanted` if given (checked), else the newest that can reach `target` along
+/// `history` (the history of the timeline recovery will follow).
+pub fn choose_backup<'a>(
+    manifests: &'a [Manifest],
+    target: &Target,
+    history: Option<&TimelineHistory>,
+    wanted: Option<&BackupId>,
+) -> Result<&'a Manifest, String> {
+    if manifests.is_empty() {
+        return Err("the repository holds no backups".to_owned());
+    }
+    let on_path = |m: &Manifest| history.is_none_or(|h| h.can_reach_from(m.timeline_id(), m.stop_lsn));
+    let before_target = |m: &Manifest| match target {
+        Target::Time(t) => stop_time(m).is_some_and(|s| s < *t),
+        Target::Lsn(l) => m.stop_lsn <= *l,
+        _ => true,
+    };
+    if let Some(id) = wanted {
+        let m = manifests.iter().find(|m| &m.id == id).ok_or_else(|| format!("backup {id} does not exist"))?;
+        if !before_target(m) {
+            return Err(format!("backup {id} finished at {} ({}), after the target", m.stop_time, m.stop_lsn));
+        }
+        if !on_path(m) {
+            return Err(format!("backup {id} (timeline {}) is not on the path of the target timeline", m.timeline));
+        }
+        return Ok(m);
+    }
+    let candidates: Vec<&Manifest> = manifests.iter().filter(|m| on_path(m)).collect();
+    if candidates.is_empty() {
+        return Err("no backup is on the path of the target timeline".to_owned());
+    }
+    let best = candidates.iter().filter(|m| before_target(m)).max_by(|a, b| stop_time(a).cmp(&stop_time(b)));
+    match best {
+        Some(m) => Ok(m),
+        None => {
+            let oldest = candidates.iter().min_by(|a, b| stop_time(a).cmp(&stop_time(b)));
+            let oldest = oldest.map_or(String::new(), |m| {
+                format!("the oldest, {}, finished at {} ({})", m.id, m.stop_time, m.stop_lsn)
+            });
+            Err(format!("every backup finished after it; {oldest}"))
+        }
+    }
+}
+
+fn stop_time(m: &Manifest) -> Option<OffsetDateTime> {
+    OffsetDateTime::parse(&m.stop_time, &Rfc3339).ok()
+}
+
+/// Recovery settings for `postgresql.auto.conf`.
+#[derive(Debug, Clone)]
+pub struct RecoverySettings {
+    /// The whole restore_command.
+    pub restore_command: String,
+    /// Where to stop.
+    pub target: Target,
+    /// What to do there.
+    pub action: TargetAction,
+    /// Stop after (true) or before (false) the target.
+    pub inclusive: bool,
+    /// Timeline to follow.
+    pub timeline: TargetTimeline,
+    /// Turn archiving off in the restored cluster (a copy for inspection must not archive into the repository).
+    pub is_archive_off: bool,
+}
+
+const BEGIN: &str = "# BEGIN recovery settings written by pitr-restore";
+const END: &str = "# END recovery settings written by pitr-restore";
+
+/// `existing` (the backup's `postgresql.auto.conf`) without earlier recovery settings, plus ours.
+pub fn merge_auto_conf(existing: &str, settings: &RecoverySettings, backup: &BackupId) -> String {
+    let mut out = String::new();
+    let mut in_block = false;
+    for line in existing.lines() {
+        let t = line.trim_start();
+        if t.starts_with(BEGIN) {
+            in_block = true;
+            continue;
+        }
+        if t.starts_with(END) {
+            in_block = false;
+            continue;
+        }
+        let key = t.split(['=', ' ', '\t']).next().unwrap_or("");
+        let is_recovery = key == "restore_command" || key.starts_with("recovery_target") || key == "archive_mode";
+        if in_block || is_recovery {
+            continue;
+        }
+        out.push_str(line);
+        out.push('\n');
+    }
+    let quote = |v: &str| format!("'{}'", v.replace('\'', "''"));
+    out.push_str(&format!("{BEGIN} from backup {backup}\n"));
+    out.push_str(&format!("restore_command = {}\n", quote(&settings.restore_command)));
+    let target = match &settings.target {
+        Target::Latest => None,
+        Target::Time(t) => Some(("recovery_target_time", pg_timestamp(*t))),
+        Target::Lsn(l) => Some(("recovery_target_lsn", l.to_string())),
+        Target::Xid(x) => Some(("recovery_target_xid", x.to_string())),
+        Target::Name(n) => Some(("recovery_target_name", n.clone())),
+    };
+    if let Some((key, value)) = target {
+        out.push_str(&format!("{key} = {}\n", quote(&value)));
+        out.push_str(&format!("recovery_target_action = '{}'\n", settings.action.as_str()));
+        out.push_str(&format!("recovery_target_inclusive = {}\n", if settings.inclusive { "on" } else { "off" }));
+    }
+    let timeline = match settings.timeline {
+        TargetTimeline::Latest => "latest".to_owned(),
+        TargetTimeline::Current => "current".to_owned(),
+        TargetTimeline::Id(n) => n.to_string(),
+    };
+    out.push_str(&format!("recovery_target_timeline = '{timeline}'\n"));
+    if settings.is_archive_off {
+        out.push_str("archive_mode = 'off'\n");
+    }
+    out.push_str(&format!("{END}\n"));
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::repository::backup::{BackupStats, BackupType, MANIFEST_FORMAT};
+    use crate::wal::TimelineId;
+
+    #[test]
+    fn times_parse_and_render_for_postgres() {
+        let cases = [
+            ("2025-10-20T12:30:00Z", "2025-10-20 12:30:00.000000+00"),
+            ("2025-10-20T12:30:00.123456+02:00", "2025-10-20 10:30:00.123456+00"),
+            ("2025-10-20 12:30:00+02", "2025-10-20 10:30:00.000000+00"),
+            ("2025-10-20 12:30:00.5+05:30", "2025-10-20 07:00:00.500000+00"),
+            ("2025-10-20 12:30:00 UTC", "2025-10-20 12:30:00.000000+00"),
+            ("2025-10-20 12:30:00-0700", "2025-10-20 19:30:00.000000+00"),
+        ];
+        for (input, want) in cases {
+            let t = parse_time(input).unwrap_or_else(|e| panic!("{input}: {e}"));
+            assert_eq!(pg_timestamp(t), want, "{input}");
+            assert_eq!(parse_time(&pg_timestamp(t)), Ok(t), "round trip of {input}");
+        }
+        for bad in ["", "2025-10-20", "2025-10-20 12:30:00", "yesterday", "2025-13-20T12:30:00Z"] {
+            assert!(parse_time(bad).is_err(), "{bad:?} must be refused");
+        }
+    }
+
+    fn backup(id: &str, stop: &str, stop_lsn: u64, timeline: u32) -> Manifest {
+        Manifest {
+            format: MANIFEST_FORMAT,
+            id: id.parse().expect("id"),
+            label: String::new(),
+            description: None,
+            backup_type: BackupType::Full,
+            start_time: stop.into(),
+            stop_time: stop.into(),
+            start_lsn: Lsn(stop_lsn - 1),
+            stop_lsn: Lsn(stop_lsn),
+            timeline,
+            start_wal: String::new(),
+            stop_wal: String::new(),
+            pg_version_num: 150000,
+            system_identifier: "1".into(),
+            wal_segment_size: 16 << 20,
+            chunk_size: 1 << 20,
+            backup_label: String::new(),
+            tablespace_map: None,
+            tablespaces: vec![],
+            directories: vec![],
+            files: vec![],
+            stats: BackupStats::default(),
+        }
+    }
+
+    #[test]
+    fn choosing_a_backup() {
+        let ms = vec![
+            backup("20261126-100000F", "2026-11-26T10:00:05Z", 0x100, 1),
+            backup("20261126-110000I", "2026-11-26T11:00:05Z", 0x200, 1),
+            backup("20261126-120000I", "2026-11-26T12:00:05Z", 0x900, 2),
+        ];
+        let t = |s: &str| Target::Time(parse_time(s).expect("time"));
+        let pick = |target: &Target, h: Option<&TimelineHistory>| {
+            choose_backup(&ms, target, h, None).map(|m| m.id.to_string())
+        };
+        assert_eq!(pick(&t("2026-11-26T10:30:00Z"), None), Ok("20261126-100000F".into()));
+        assert_eq!(pick(&t("2026-11-26T11:00:05Z"), None), Ok("20261126-100000F".into()), "must finish before");
+        assert_eq!(pick(&Target::Lsn(Lsn(0x200)), None), Ok("20261126-110000I".into()));
+        assert_eq!(pick(&Target::Latest, None), Ok("20261126-120000I".into()));
+        let err = pick(&t("2026-11-26T09:00:00Z"), None).expect_err("before every backup");
+        assert!(err.contains("20261126-100000F"), "{err}");
+        // Timeline 1 only: the backup on timeline 2 is not on its path.
+        let tl1 = TimelineHistory::root(TimelineId(1));
+        assert_eq!(pick(&Target::Latest, Some(&tl1)), Ok("20261126-110000I".into()));
+        // Timeline 2 forked from 1 at 0x150: only the first backup (stop 0x100) and timeline 2's own qualify.
+        let tl2 = TimelineHistory::parse(TimelineId(2), "1\t0/150\tx\n").expect("history");
+        assert_eq!(pick(&t("2026-11-26T11:30:00Z"), Some(&tl2)), Ok("20261126-100000F".into()));
+        let wanted: BackupId = "20261126-110000I".parse().expect("id");
+        assert!(choose_backup(&ms, &Target::Latest, Some(&tl2), Some(&wanted)).is_err());
+        assert!(choose_backup(&ms, &t("2026-11-26T10:30:00Z"), None, Some(&wanted)).is_err());
+        assert!(choose_backup(&[], &Target::Latest, None, None).is_err());
+    }
+
+    #[test]
+    fn auto_conf_replaces_earlier_recovery_settings() {
+        let settings = RecoverySettings {
+            restore_command: "/usr/bin/wal-fetch --config '/etc/b.toml' %f %p".into(),
+            target: Target::Time(parse_time("2025-10-20T12:30:00Z").expect("t")),
+            action: TargetAction::Pause,
+            inclusive: true,
+            timeline: TargetTimeline::Latest,
+            is_archive_off: true,
+        };
+        let id: BackupId = "20261126-100000F".parse().expect("id");
+        let existing = "# Do not edit\narchive_command = 'x'\nrestore_command = 'old'\nrecovery_target_xid = '5'\n";
+        let once = merge_auto_conf(existing, &settings, &id);
+        assert!(once.contains("archive_command = 'x'"), "{once}");
+        assert!(!once.contains("'old'") && !once.contains("recovery_target_xid"), "{once}");
+        assert!(once.contains("restore_command = '/usr/bin/wal-fetch --config ''/etc/b.toml'' %f %p'"), "{once}");
+        assert!(once.contains("recovery_target_time = '2025-10-20 12:30:00.000000+00'"), "{once}");
+        assert!(once.contains("recovery_target_action = 'pause'"), "{once}");
+        assert!(once.contains("archive_mode = 'off'"), "{once}");
+        let latest = RecoverySettings { target: Target::Latest, is_archive_off: false, ..settings.clone() };
+        let twice = merge_auto_conf(&once, &latest, &id);
+        assert_eq!(twice.matches("restore_command").count(), 1, "{twice}");
+        assert!(!twice.contains("recovery_target_time =") && !twice.contains("recovery_target_action"), "{twice}");
+        assert!(!twice.contains("archive_mode"), "{twice}");
+    }
+}

@@ -29,6 +29,25 @@ pub struct CopySettings {
     pub chunk_size: u64,
     /// Chunks or packs in flight.
     pub parallel: usize,
+    /// Read at most this many bytes per second (`--max-rate`), if set.
+    pub max_rate: Option<u64>,
+}
+
+/// Spaces reads so that on average at most `rate` bytes per second are read.
+struct Pacer {
+    rate: Option<u64>,
+    start: tokio::time::Instant,
+    bytes: u64,
+}
+
+impl Pacer {
+    /// Wait until reading `n` more bytes keeps the average at or under the rate.
+    async fn wait(&mut self, n: u64) {
+        let Some(rate) = self.rate.filter(|r| *r > 0) else { return };
+        let due = self.start + std::time::Duration::from_secs_f64(self.bytes as f64 / rate as f64);
+        self.bytes += n;
+        tokio::time::sleep_until(due).await;
+    }
 }
 
 enum Done {
@@ -55,17 +74,19 @@ pub async fn copy_files(
     let mut chunks: Vec<Vec<Option<Piece>>> = vec![Vec::new(); files.len()];
     let mut vanished = vec![false; files.len()];
     let mut pack = Pack::default();
+    let mut pacer = Pacer { rate: settings.max_rate, start: tokio::time::Instant::now(), bytes: 0 };
 
     for (i, f) in files.iter().enumerate() {
         if f.size >= settings.chunk_size {
             let n = f.size.div_ceil(settings.chunk_size) as usize;
             chunks[i] = vec![None; n];
             for index in 0..n {
+                let offset = index as u64 * settings.chunk_size;
+                let len = settings.chunk_size.min(f.size - offset);
+                pacer.wait(len).await;
                 let permit = acquire(&semaphore).await?;
                 collect_done(&mut tasks, &mut chunks, &mut vanished)?;
                 let (path, writer) = (f.abs.clone(), writer.clone());
-                let offset = index as u64 * settings.chunk_size;
-                let len = settings.chunk_size.min(f.size - offset);
                 tasks.spawn(async move {
                     let _permit = permit;
                     let p = path.clone();
@@ -85,6 +106,7 @@ pub async fn copy_files(
             progress.advance(f.size);
             continue;
         }
+        pacer.wait(f.size).await;
         let p = f.abs.clone();
         let data = blocking(move || read_range(&p, 0, u64::MAX)).await?;
         let Some(data) = data else {

@@ -38,6 +38,8 @@ pub struct BackupRequest {
     pub backup_type: BackupType,
     /// Request an immediate checkpoint instead of a spread one.
     pub fast: bool,
+    /// Read the data directory at most this fast (bytes per second).
+    pub max_rate: Option<u64>,
 }
 
 /// Take a base backup as configured. Blocking: runs the async copy on `rt`.
@@ -104,8 +106,11 @@ pub fn run(
         if is_full { (Default::default(), HashMap::new()) } else { rt.block_on(reuse_sets(storage.as_ref()))? };
     let writer =
         Arc::new(upload::ObjectWriter::new(storage.clone(), is_full, config.repository.compression_level, present));
-    let settings =
-        copy::CopySettings { chunk_size: config.backup.chunk_size_kib * 1024, parallel: config.backup.parallel };
+    let settings = copy::CopySettings {
+        chunk_size: config.backup.chunk_size_kib * 1024,
+        parallel: config.backup.parallel,
+        max_rate: request.max_rate,
+    };
     let files = rt.block_on(copy::copy_files(&listing.files, writer.clone(), &reusable, settings, progress))?;
 
     progress.phase("stopping backup");

@@ -43,9 +43,32 @@ pub struct BackupArgs {
     /// Request an immediate checkpoint instead of waiting for a spread one.
     #[arg(long)]
     pub fast: bool,
+    /// Read the data directory at most this fast, to spare a busy primary: kilobytes per second, or with a suffix
+    /// k or M (as pg_basebackup's --max-rate), e.g. 500k, 40M.
+    #[arg(long, value_name = "RATE", value_parser = parse_rate)]
+    pub max_rate: Option<u64>,
     /// Print a JSON summary on stdout (and no progress bar).
     #[arg(long)]
     pub json: bool,
+}
+
+/// Bytes per second from `RATE`: kilobytes by default, or with a `k`/`M` suffix (pg_basebackup's syntax).
+pub fn parse_rate(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let (digits, unit) = match t.char_indices().find(|(_, c)| !c.is_ascii_digit()) {
+        Some((i, _)) => t.split_at(i),
+        None => (t, ""),
+    };
+    let n: u64 = digits.parse().map_err(|_| format!("{s:?} is not a rate such as 500k or 40M"))?;
+    let mult = match unit.trim() {
+        "" | "k" | "K" | "kB" => 1024,
+        "M" | "MB" => 1024 * 1024,
+        _ => return Err(format!("{s:?}: the unit must be k or M")),
+    };
+    if n == 0 {
+        return Err("--max-rate must be more than 0".to_owned());
+    }
+    Ok(n.saturating_mul(mult))
 }
 
 /// Parse `full` or `incremental`.
@@ -84,6 +107,7 @@ pub fn run(config: Option<&std::path::Path>, backup_type: BackupType, args: &Bac
         description: args.description.clone(),
         backup_type,
         fast: args.fast,
+        max_rate: args.max_rate,
     };
     let manifest = backup::run(&rt, &config, &request, progress.as_ref())?;
     let s = &manifest.stats;
@@ -127,4 +151,17 @@ pub fn summary(m: &Manifest) -> serde_json::Value {
         "duration_ms": m.stats.duration_ms,
         "status": "ok",
     })
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn rates() {
+        assert_eq!(super::parse_rate("500"), Ok(500 * 1024));
+        assert_eq!(super::parse_rate("500k"), Ok(500 * 1024));
+        assert_eq!(super::parse_rate("40M"), Ok(40 << 20));
+        for bad in ["", "0", "fast", "10G", "-5"] {
+            assert!(super::parse_rate(bad).is_err(), "{bad:?}");
+        }
+    }
 }

@@ -83,8 +83,12 @@ pub async fn run(
         destination: absolute(&request.destination)?,
         tablespaces: write::tablespace_dirs(&manifest, &request.tablespace_mapping)?,
     };
-    for root in std::iter::once(&layout.destination).chain(layout.tablespaces.values()) {
-        write::prepare_root(root, request.delta)?;
+    let roots: Vec<&PathBuf> = std::iter::once(&layout.destination).chain(layout.tablespaces.values()).collect();
+    for root in &roots {
+        write::check_root(root, request.delta)?;
+    }
+    for root in &roots {
+        write::create_root(root)?;
     }
     let mut stats = write::WriteStats::default();
     if request.delta {

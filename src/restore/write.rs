@@ -51,18 +51,11 @@ impl Layout {
     }
 }
 
-/// Refuse a directory with a live server in it, or (without `delta`) one that is not empty. Creates it if missing.
-pub fn prepare_root(dir: &Path, delta: bool) -> Result<(), Error> {
+/// Refuse a directory with a live server in it, or (without `delta`) one that is not empty. Touches nothing.
+pub fn check_root(dir: &Path, delta: bool) -> Result<(), Error> {
     let refuse = |reason: String| Error::Destination { path: dir.to_path_buf(), reason };
     match std::fs::symlink_metadata(dir) {
-        Err(e) if e.kind() == ErrorKind::NotFound => {
-            std::fs::DirBuilder::new()
-                .recursive(true)
-                .mode(0o700)
-                .create(dir)
-                .map_err(|e| refuse(format!("cannot create it: {e}")))?;
-            return Ok(());
-        }
+        Err(e) if e.kind() == ErrorKind::NotFound => return Ok(()),
         Err(e) => return Err(refuse(e.to_string())),
         Ok(m) if !m.is_dir() => return Err(refuse("exists and is not a directory".into())),
         Ok(_) => {}
@@ -75,6 +68,18 @@ pub fn prepare_root(dir: &Path, delta: bool) -> Result<(), Error> {
         return Err(refuse("is not empty (use --delta to restore over an existing copy)".into()));
     }
     Ok(())
+}
+
+/// Create a checked root directory (mode 0700) if it does not exist.
+pub fn create_root(dir: &Path) -> Result<(), Error> {
+    if dir.is_dir() {
+        return Ok(());
+    }
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(|e| Error::Destination { path: dir.to_path_buf(), reason: format!("cannot create it: {e}") })
 }
 
 /// The pid in `postmaster.pid` if that process is alive.

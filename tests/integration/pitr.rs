@@ -19,6 +19,11 @@ pub struct Source {
 impl Source {
     /// initdb and start a cluster archiving through wal-push into `url`; `extra` is added to the configuration.
     pub fn start(label: &str, url: &str, extra: &str) -> Self {
+        Self::start_with(label, url, extra, "archive_timeout_seconds = 120")
+    }
+
+    /// Like [`Source::start`], with `backup` lines in the `[backup]` section.
+    pub fn start_with(label: &str, url: &str, extra: &str, backup: &str) -> Self {
         let dir = PgDir::new(label);
         let cfg_dir = dir.sub("cfg");
         std::fs::create_dir_all(cfg_dir.join("spool")).expect("mkdir");
@@ -35,7 +40,7 @@ impl Source {
             url,
             &cfg_dir.join("spool"),
             &format!(
-                "{extra}\n[postgres]\nhost = \"{}\"\nport = {}\nuser = \"postgres\"\n\n[backup]\narchive_timeout_seconds = 120\n",
+                "{extra}\n[postgres]\nhost = \"{}\"\nport = {}\nuser = \"postgres\"\n\n[backup]\n{backup}\n",
                 cluster.socket.display(),
                 cluster.port
             ),
@@ -168,14 +173,162 @@ pub fn pitr_scenario(url: &str, extra: &str, label: &str) {
     assert!(!dest.exists(), "a refused restore must not create the destination");
 }
 
+/// A file:// repository directory owned by postgres, removed on drop.
+pub struct FileRepo {
+    pub dir: tempfile::TempDir,
+}
+
+impl FileRepo {
+    pub fn new(label: &str) -> Self {
+        let dir = tempfile::Builder::new().prefix(&format!("bkctl-repo-{label}-")).tempdir().expect("repo");
+        chown_postgres(dir.path());
+        Self { dir }
+    }
+
+    pub fn url(&self) -> String {
+        format!("file://{}", self.dir.path().display())
+    }
+
+    /// Every data object file, largest first.
+    pub fn objects(&self) -> Vec<PathBuf> {
+        let mut out: Vec<(u64, PathBuf)> = Vec::new();
+        let data = self.dir.path().join("data");
+        for sub in std::fs::read_dir(&data).into_iter().flatten().flatten() {
+            for f in std::fs::read_dir(sub.path()).into_iter().flatten().flatten() {
+                let len = f.metadata().map(|m| m.len()).unwrap_or(0);
+                if !f.file_name().to_string_lossy().starts_with('.') {
+                    out.push((len, f.path()));
+                }
+            }
+        }
+        out.sort_by(|a, b| b.0.cmp(&a.0));
+        out.into_iter().map(|(_, p)| p).collect()
+    }
+}
+
+/// The S3 settings for a moto bucket, or None (skip; a failure under CI) when moto is missing.
+pub fn s3_repo(label: &str) -> Option<(String, String)> {
+    let server = crate::support::s3::server()?;
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+    let bucket = rt.block_on(server.new_bucket(label));
+    let extra =
+        format!("[repository.s3]\nendpoint = \"{}\"\nforce_path_style = true\nallow_http = true\n", server.endpoint);
+    Some((format!("s3://{bucket}/cluster"), extra))
+}
+
 #[test]
 fn pitr_file_repository() {
     if require_pg().is_none() {
         return;
     }
-    let repo = std::env::temp_dir().join(format!("bkctl-pitr-repo-{}", std::process::id()));
-    std::fs::create_dir_all(&repo).expect("repo");
-    chown_postgres(&repo);
-    pitr_scenario(&format!("file://{}", repo.display()), "", "pitr-file");
-    let _ = std::fs::remove_dir_all(&repo);
+    let repo = FileRepo::new("pitr");
+    pitr_scenario(&repo.url(), "", "pitr-file");
+}
+
+#[test]
+fn pitr_s3_repository() {
+    if require_pg().is_none() {
+        return;
+    }
+    let Some((url, extra)) = s3_repo("pitr") else { return };
+    pitr_scenario(&url, &extra, "pitr-s3");
+}
+
+/// Restore to a point, promote (timeline 2), write and archive from the promoted cluster into the same repository,
+/// then restore to a point on timeline 2 and to a point on timeline 1 after the fork: each exact.
+#[test]
+fn timelines() {
+    if require_pg().is_none() {
+        return;
+    }
+    let repo = FileRepo::new("timelines");
+    let src = Source::start("timelines", &repo.url(), "");
+    let c = &src.cluster;
+    c.sql("create table batches (batch int, id int, pad text)");
+    c.sql("insert into batches select 0, g, md5(g::text) from generate_series(1, 1000) g");
+    src.backup_json("full");
+    let mut at = std::collections::HashMap::new();
+    for batch in 1..=4u32 {
+        std::thread::sleep(Duration::from_millis(1100));
+        c.sql(&format!("insert into batches select {batch}, g, md5(g::text) from generate_series(1, 1000) g"));
+        at.insert(batch, c.sql("select clock_timestamp()"));
+        c.sql("select pg_switch_wal()");
+    }
+    c.switch_and_wait_archived(Duration::from_secs(120));
+
+    // The fork: restore to just after batch 2 and promote; this copy archives timeline 2 into the same repository.
+    let fork = src.restore_and_start("fork", &["--to", &at[&2]]);
+    assert_eq!(batches(&fork), expect(2));
+    assert_eq!(
+        fork.sql("select timeline_id from pg_control_checkpoint()").parse::<u32>().ok().map(|t| t >= 1),
+        Some(true)
+    );
+    let mut t2 = std::collections::HashMap::new();
+    for batch in [102u32, 103] {
+        std::thread::sleep(Duration::from_millis(1100));
+        fork.sql(&format!("insert into batches select {batch}, g, md5(g::text) from generate_series(1, 1000) g"));
+        t2.insert(batch, fork.sql("select clock_timestamp()"));
+        fork.sql("select pg_switch_wal()");
+    }
+    let last = fork.switch_and_wait_archived(Duration::from_secs(120));
+    assert!(last.starts_with("00000002"), "the promoted copy writes timeline 2, not {last}");
+    assert!(repo.dir.path().join("wal/timelines/00000002.history").is_file(), "timeline 2's history is archived");
+    drop(fork);
+
+    // A point on timeline 2 (the latest timeline, followed by default).
+    let copy = src.restore_and_start("on-tl2", &["--to", &t2[&102], "--archive-mode", "off"]);
+    assert_eq!(batches(&copy), format!("{},102:1000", expect(2)), "restore to {} on timeline 2", t2[&102]);
+    drop(copy);
+
+    // A point on timeline 1 after the fork.
+    let copy = src.restore_and_start("on-tl1", &["--to", &at[&3], "--target-timeline", "1", "--archive-mode", "off"]);
+    assert_eq!(batches(&copy), expect(3), "restore to {} on timeline 1", at[&3]);
+    drop(copy);
+
+    // The end of timeline 1, explicitly.
+    let copy = src.restore_and_start("tl1-end", &["--target-timeline", "1", "--archive-mode", "off"]);
+    assert_eq!(batches(&copy), expect(4));
+}
+
+/// A backup of a cluster with a tablespace restores into another directory through --tablespace-mapping.
+#[test]
+fn tablespace_backup_and_restore() {
+    if require_pg().is_none() {
+        return;
+    }
+    let repo = FileRepo::new("tablespace");
+    let src = Source::start("tablespace", &repo.url(), "");
+    let c = &src.cluster;
+    let ts = src.dir.sub("ts-original");
+    chown_postgres(&ts);
+    c.sql(&format!("create tablespace ts location '{}'", ts.display()));
+    c.sql("create table batches (batch int, id int, pad text) tablespace ts");
+    c.sql("insert into batches select 0, g, md5(g::text) from generate_series(1, 1000) g");
+    let summary = src.backup_json("full");
+    c.sql("insert into batches select 1, g, md5(g::text) from generate_series(1, 1000) g");
+    c.switch_and_wait_archived(Duration::from_secs(120));
+
+    let moved = src.dir.sub("ts-restored");
+    std::fs::remove_dir(&moved).expect("rmdir");
+    let mapping = format!("{}={}", ts.display(), moved.display());
+    let copy = src.restore_and_start("with-ts", &["--tablespace-mapping", &mapping, "--archive-mode", "off"]);
+    assert_eq!(batches(&copy), expect(1));
+    assert_eq!(
+        copy.sql("select pg_tablespace_location(oid) from pg_tablespace where spcname = 'ts'"),
+        moved.display().to_string()
+    );
+    let oid = copy.sql("select oid from pg_tablespace where spcname = 'ts'");
+    let link = std::fs::read_link(copy.data.join("pg_tblspc").join(&oid)).expect("tablespace link");
+    assert_eq!(link, moved);
+    assert!(summary["files"].as_u64().unwrap_or(0) > 0);
+    // The original tablespace directory was not touched by the restore.
+    assert_eq!(c.sql("select count(*) from batches"), "2000");
+
+    // Without a mapping, the original location is in use: refused, nothing written.
+    let dest = src.dir.sub("no-mapping");
+    std::fs::remove_dir(&dest).expect("rmdir");
+    let out = src.restore(&dest, &["--archive-mode", "off"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("not empty"), "{err}");
 }

@@ -70,16 +70,15 @@ pub fn check_root(dir: &Path, delta: bool) -> Result<(), Error> {
     Ok(())
 }
 
-/// Create a checked root directory (mode 0700) if it does not exist.
+/// Create a checked root directory if it does not exist, and give it mode 0700 (PostgreSQL refuses to start on a
+/// data directory that others can read).
 pub fn create_root(dir: &Path) -> Result<(), Error> {
-    if dir.is_dir() {
-        return Ok(());
+    let fail =
+        |what: &str, e: std::io::Error| Error::Destination { path: dir.to_path_buf(), reason: format!("{what}: {e}") };
+    if !dir.is_dir() {
+        std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir).map_err(|e| fail("cannot create it", e))?;
     }
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(dir)
-        .map_err(|e| Error::Destination { path: dir.to_path_buf(), reason: format!("cannot create it: {e}") })
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).map_err(|e| fail("cannot set its mode", e))
 }
 
 /// The pid in `postmaster.pid` if that process is alive.

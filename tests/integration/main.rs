@@ -1,6 +1,7 @@
 //! Integration tests: real backends and services on loopback.
 
 mod archive;
+mod backup;
 mod pitr;
 mod push;
 mod s3_archive;

@@ -71,6 +71,7 @@ pub fn chown_postgres(path: &Path) {
 pub fn bin(name: &str) -> PathBuf {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
     let dir = DIR.get_or_init(|| {
+        remove_stale_bin_dirs();
         let dir = std::env::temp_dir().join(format!("bkctl-bin-{}", std::process::id()));
         std::fs::create_dir_all(&dir).expect("bin dir");
         for (n, src) in [
@@ -81,13 +82,27 @@ pub fn bin(name: &str) -> PathBuf {
             ("pitr-restore", env!("CARGO_BIN_EXE_pitr-restore")),
         ] {
             let dst = dir.join(n);
-            std::fs::copy(src, &dst).expect("copy binary");
+            // A hard link costs no space (debug binaries are hundreds of MiB); copy across filesystems.
+            if std::fs::hard_link(src, &dst).is_err() {
+                std::fs::copy(src, &dst).expect("copy binary");
+            }
             std::fs::set_permissions(&dst, std::fs::Permissions::from_mode(0o755)).expect("chmod");
         }
         std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).expect("chmod");
         dir
     });
     dir.join(name)
+}
+
+/// Remove the binary directories of test processes that are gone.
+fn remove_stale_bin_dirs() {
+    for entry in std::fs::read_dir(std::env::temp_dir()).into_iter().flatten().flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let Some(pid) = name.strip_prefix("bkctl-bin-").and_then(|p| p.parse::<u32>().ok()) else { continue };
+        if !Path::new(&format!("/proc/{pid}")).exists() {
+            let _ = std::fs::remove_dir_all(entry.path());
+        }
+    }
 }
 
 /// Run a command as the postgres user, keeping the environment (AWS_* reach archive_command).
@@ -244,7 +259,8 @@ impl Cluster {
         let deadline = Instant::now() + timeout;
         loop {
             let done = self.sql("select coalesce(last_archived_wal, '') from pg_stat_archiver");
-            if done.as_str() >= segment && done.len() == 24 {
+            // A later .backup or .history file may be the last archived; its segment prefix counts.
+            if done.len() >= 24 && &done[..24] >= segment {
                 return;
             }
             if Instant::now() > deadline {

@@ -245,3 +245,67 @@ fn read_range(path: &std::path::Path, offset: u64, len: u64) -> Result<Option<Ve
     data.truncate(got);
     Ok(Some(data))
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashSet;
+    use std::sync::atomic::Ordering;
+
+    use super::*;
+    use crate::progress::NoProgress;
+    use crate::storage::fs::FsStorage;
+
+    fn source(dir: &std::path::Path, name: &str, content: &[u8]) -> SourceFile {
+        let abs = dir.join(name);
+        std::fs::write(&abs, content).expect("write");
+        SourceFile { rel: name.to_owned(), abs, size: content.len() as u64, mode: 0o600, mtime: 0 }
+    }
+
+    /// Files that vanish or shrink after listing are left out or cut; equal chunks are stored once; small files
+    /// are packed.
+    #[tokio::test]
+    async fn vanishing_shrinking_and_duplicate_content() {
+        let data = tempfile::tempdir().expect("data");
+        let repo = tempfile::tempdir().expect("repo");
+        let chunk = 32 * 1024u64;
+        let pattern: Vec<u8> = (0..chunk).map(|i| (i % 251) as u8).collect();
+        let big: Vec<u8> = [pattern.clone(), pattern.clone(), vec![7u8; chunk as usize]].concat();
+        let files = vec![
+            source(data.path(), "big", &big),
+            source(data.path(), "gone", b"soon deleted"),
+            source(data.path(), "small-a", b"alpha"),
+            source(data.path(), "small-b", b"bravo"),
+            source(data.path(), "empty", b""),
+        ];
+        std::fs::remove_file(data.path().join("gone")).expect("rm");
+        // Shrink "big" to one and a half chunks after it was listed.
+        let f = std::fs::OpenOptions::new().write(true).open(data.path().join("big")).expect("open");
+        f.set_len(chunk + chunk / 2).expect("truncate");
+
+        let storage: crate::storage::DynStorage = Arc::new(FsStorage::new(repo.path()));
+        let writer = Arc::new(ObjectWriter::new(storage.clone(), false, 1, HashSet::new()));
+        let settings = CopySettings { chunk_size: chunk, parallel: 2, max_rate: None };
+        let entries =
+            copy_files(&files, writer.clone(), &HashMap::new(), settings, &NoProgress).await.expect("copy");
+        let by_name: HashMap<&str, &FileEntry> = entries.iter().map(|e| (e.path.as_str(), e)).collect();
+        assert!(!by_name.contains_key("gone"), "a vanished file is left out");
+        let b = by_name["big"];
+        assert_eq!(b.size, chunk + chunk / 2);
+        assert_eq!(b.pieces.len(), 2);
+        assert_eq!(b.pieces[0].object, ObjectId::of(&pattern));
+        assert_eq!(b.pieces[1].object, ObjectId::of(&pattern[..(chunk / 2) as usize]));
+        let (a, bb) = (by_name["small-a"], by_name["small-b"]);
+        assert_eq!(a.pieces[0].object, bb.pieces[0].object, "small files share a pack");
+        assert_eq!(a.pieces[0].blake3, ObjectId::of(b"alpha"));
+        assert_eq!((bb.pieces[0].offset, bb.pieces[0].length), (5, 5));
+        assert!(by_name["empty"].pieces.is_empty() && by_name["empty"].size == 0);
+        assert_eq!(writer.objects_written.load(Ordering::Relaxed), 3, "two chunks and one pack");
+
+        // The same content again, incrementally: nothing new is written.
+        let present = crate::backup::upload::list_objects(storage.as_ref()).await.expect("list");
+        let again = Arc::new(ObjectWriter::new(storage, false, 1, present));
+        copy_files(&files[..1], again.clone(), &HashMap::new(), settings, &NoProgress).await.expect("copy");
+        assert_eq!(again.objects_written.load(Ordering::Relaxed), 0);
+        assert_eq!(again.bytes_reused.load(Ordering::Relaxed), chunk + chunk / 2);
+    }
+}

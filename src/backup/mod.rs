@@ -96,7 +96,7 @@ pub fn run(
     let label = request.label.clone().unwrap_or_else(|| format!("backupctl {id}"));
     progress.phase("starting backup (checkpoint)");
     let start_lsn = session.backup_start(&label, request.fast)?;
-    tracing::info!(backup = %id, start_lsn = %start_lsn, "backup started");
+    tracing::debug!(backup = %id, start_lsn = %start_lsn, "backup started");
 
     let listing = walk::list(&data_dir).map_err(|source| Error::ReadSource { path: data_dir.clone(), source })?;
     let total: u64 = listing.files.iter().map(|f| f.size).sum();
@@ -120,7 +120,7 @@ pub fn run(
     drop(session);
     let (start_wal, timeline) = pg::parse_label(&stop.labelfile)
         .ok_or_else(|| pg::Error::Unexpected { what: "backup label", answer: stop.labelfile.clone() })?;
-    tracing::info!(backup = %id, stop_lsn = %stop.lsn, stop_wal = %stop_wal, "backup stopped; waiting for its WAL");
+    tracing::debug!(backup = %id, stop_lsn = %stop.lsn, stop_wal = %stop_wal, "backup stopped; waiting for its WAL");
 
     progress.phase("waiting for the WAL to be archived");
     let timeout = Duration::from_secs(config.backup.archive_timeout_seconds);
@@ -166,7 +166,7 @@ pub fn run(
         );
     }
     progress.finish();
-    tracing::info!(backup = %id, bytes = manifest.stats.bytes, stored = manifest.stats.bytes_stored, "backup complete");
+    tracing::debug!(backup = %id, bytes = manifest.stats.bytes, stored = manifest.stats.bytes_stored, "backup complete");
     Ok(manifest)
 }
 

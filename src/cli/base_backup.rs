@@ -48,7 +48,7 @@ pub struct BackupArgs {
     #[arg(long, value_name = "RATE", value_parser = parse_rate)]
     pub max_rate: Option<u64>,
     /// Print a JSON summary on stdout (and no progress bar).
-    #[arg(long)]
+    #[arg(long, alias = "json-output")]
     pub json: bool,
 }
 
@@ -111,16 +111,19 @@ pub fn run(config: Option<&std::path::Path>, backup_type: BackupType, args: &Bac
     };
     let manifest = backup::run(&rt, &config, &request, progress.as_ref())?;
     let s = &manifest.stats;
-    eprintln!(
-        "base-backup: backup {} complete: {} files, {} read, {} new ({} stored), {} reused, {:.1} s",
-        manifest.id,
-        s.files,
-        super::human_bytes(s.bytes),
-        super::human_bytes(s.bytes_written),
-        super::human_bytes(s.bytes_stored),
-        super::human_bytes(s.bytes_reused),
-        s.duration_ms as f64 / 1000.0
-    );
+    // A summary for people at a terminal; silence on success under cron and systemd.
+    if std::io::IsTerminal::is_terminal(&std::io::stderr()) {
+        eprintln!(
+            "base-backup: backup {} complete: {} files, {} read, {} new ({} stored), {} reused, {:.1} s",
+            manifest.id,
+            s.files,
+            super::human_bytes(s.bytes),
+            super::human_bytes(s.bytes_written),
+            super::human_bytes(s.bytes_stored),
+            super::human_bytes(s.bytes_reused),
+            s.duration_ms as f64 / 1000.0
+        );
+    }
     if args.json {
         println!("{}", summary(&manifest));
     }

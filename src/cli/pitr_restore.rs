@@ -71,7 +71,7 @@ pub struct RestoreArgs {
     #[arg(long, value_name = "OLDDIR=NEWDIR", value_parser = parse_mapping)]
     pub tablespace_mapping: Vec<(PathBuf, PathBuf)>,
     /// Print a JSON summary on stdout (and no progress bar).
-    #[arg(long)]
+    #[arg(long, alias = "json-output")]
     pub json: bool,
 }
 
@@ -137,18 +137,21 @@ pub fn run(config: Option<&Path>, args: &RestoreArgs) -> Result<(), Error> {
         restore::run(storage, &request, progress.as_ref()).await
     })?;
     let s = &report.stats;
-    eprintln!(
-        "pitr-restore: restored backup {} into {}: {} files written ({}), {} unchanged, {} removed, {:.1} s; \
+    // A summary for people at a terminal; silence on success under cron and systemd.
+    if std::io::IsTerminal::is_terminal(&std::io::stderr()) {
+        eprintln!(
+            "pitr-restore: restored backup {} into {}: {} files written ({}), {} unchanged, {} removed, {:.1} s; \
          start PostgreSQL on it to recover to {}",
-        report.backup.id,
-        args.destination.display(),
-        s.files_written,
-        super::human_bytes(s.bytes_written),
-        s.files_unchanged,
-        s.removed,
-        report.duration_ms as f64 / 1000.0,
-        request.target
-    );
+            report.backup.id,
+            args.destination.display(),
+            s.files_written,
+            super::human_bytes(s.bytes_written),
+            s.files_unchanged,
+            s.removed,
+            report.duration_ms as f64 / 1000.0,
+            request.target
+        );
+    }
     if args.json {
         let json = serde_json::json!({
             "backup": report.backup.id.to_string(),

@@ -77,7 +77,7 @@ pub async fn run(
     let manifest = target::choose_backup(&manifests, &request.target, history.as_ref(), request.backup_id.as_ref())
         .map_err(|reason| Error::NoBackup { backend: storage.to_string(), target: request.target.to_string(), reason })?
         .clone();
-    tracing::info!(backup = %manifest.id, stop_time = %manifest.stop_time, "restoring");
+    tracing::debug!(backup = %manifest.id, stop_time = %manifest.stop_time, "restoring");
 
     let layout = Layout {
         destination: absolute(&request.destination)?,

@@ -44,7 +44,16 @@ fn incremental_stores_about_the_change() {
     let full = src.backup_json("full");
     // 3% of the rows, clustered as most real changes are: about 3% of the table's pages (plus their new versions).
     c.sql("update big set pad = upper(pad) where id <= 12000");
-    let incr = src.backup_json("incremental");
+    // The admin CLI's `backup` runs the same code as base-backup.
+    let out = crate::support::cluster::as_postgres(&bin("backupctl"))
+        .arg("--config")
+        .arg(&src.config)
+        .args(["backup", "incremental", "--fast", "--json-output", "--label", "after the update"])
+        .output()
+        .expect("backupctl backup");
+    assert_ok("backupctl backup incremental", &out);
+    let incr: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(incr["label"], "after the update");
     let (w_full, w_incr) = (full["bytes_written"].as_u64().unwrap_or(0), incr["bytes_written"].as_u64().unwrap_or(0));
     let (s_full, s_incr) = (full["bytes_stored"].as_u64().unwrap_or(0), incr["bytes_stored"].as_u64().unwrap_or(0));
     eprintln!("full wrote {w_full} bytes ({s_full} stored); incremental wrote {w_incr} bytes ({s_incr} stored)");
@@ -79,6 +88,15 @@ fn incremental_stores_about_the_change() {
     let list: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
     let types: Vec<&str> = list.as_array().expect("array").iter().filter_map(|b| b["type"].as_str()).collect();
     assert_eq!(types, vec!["full", "incremental"]);
+    let out = crate::support::cluster::as_postgres(&bin("backupctl"))
+        .arg("--config")
+        .arg(&src.config)
+        .args(["status", "--last", "1", "--type", "full"])
+        .output()
+        .expect("status");
+    assert_ok("backupctl status --last 1 --type full", &out);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains(full["id"].as_str().expect("id")) && !text.contains(id), "{text}");
 }
 
 /// While a backup runs, a second one fails fast; killing the first leaves no backup; a rerun reuses its uploads.

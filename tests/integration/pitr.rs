@@ -118,11 +118,14 @@ pub fn pitr_scenario(url: &str, extra: &str, label: &str) {
 
     let mut after = Vec::new();
     let mut lsn_after = Vec::new();
+    let mut xids = Vec::new();
     for batch in 1..=4u32 {
         std::thread::sleep(Duration::from_millis(1100));
-        c.sql(&format!(
-            "insert into batches select {batch}, g, repeat(md5(g::text), 4) from generate_series(1, 1000) g"
-        ));
+        // One implicit transaction: the xid is the batch's.
+        xids.push(c.sql(&format!(
+            "insert into batches select {batch}, g, repeat(md5(g::text), 4) from generate_series(1, 1000) g; \
+             select txid_current()"
+        )));
         after.push(c.sql("select clock_timestamp()"));
         lsn_after.push(c.sql("select pg_current_wal_lsn()"));
         if batch == 2 {
@@ -148,6 +151,10 @@ pub fn pitr_scenario(url: &str, extra: &str, label: &str) {
 
     let copy = src.restore_and_start("to-lsn", &["--to-lsn", &lsn_after[2], "--archive-mode", "off"]);
     assert_eq!(batches(&copy), expect(3), "restore to lsn {}", lsn_after[2]);
+    drop(copy);
+
+    let copy = src.restore_and_start("to-xid", &["--to-xid", &xids[2], "--archive-mode", "off"]);
+    assert_eq!(batches(&copy), expect(3), "restore to xid {}", xids[2]);
     drop(copy);
 
     let copy = src.restore_and_start("to-name", &["--to-name", "after_batch_2", "--archive-mode", "off"]);

@@ -285,8 +285,7 @@ mod tests {
         let storage: crate::storage::DynStorage = Arc::new(FsStorage::new(repo.path()));
         let writer = Arc::new(ObjectWriter::new(storage.clone(), false, 1, HashSet::new()));
         let settings = CopySettings { chunk_size: chunk, parallel: 2, max_rate: None };
-        let entries =
-            copy_files(&files, writer.clone(), &HashMap::new(), settings, &NoProgress).await.expect("copy");
+        let entries = copy_files(&files, writer.clone(), &HashMap::new(), settings, &NoProgress).await.expect("copy");
         let by_name: HashMap<&str, &FileEntry> = entries.iter().map(|e| (e.path.as_str(), e)).collect();
         assert!(!by_name.contains_key("gone"), "a vanished file is left out");
         let b = by_name["big"];

@@ -1,0 +1,430 @@
+#!/usr/bin/env bash
+# Base backup and restore: wall time, CPU, peak RSS and repository bytes of base-backup / pitr-restore next to
+# pgBackRest, on a pgbench database (scale SCALE). Every run uses fresh repositories, in this order:
+#   full      base-backup --type full --fast into file://  vs  pgbackrest backup --type=full --start-fast (posix)
+#   incr      after `update pgbench_accounts ... where aid <= CHANGE_PCT % of the rows` + CHECKPOINT (a clustered
+#             change): base-backup --type incremental  vs  pgbackrest backup --type=incr; bytes added to the repo
+#   restore   the incremental into an empty directory: pitr-restore ([restore] parallel 4 and 2)  vs
+#             pgbackrest restore --process-max=2; then the restored cluster is started (untimed) and
+#             count(*), sum(abalance) of pgbench_accounts must equal the source's
+#   S3 (S3=1) full backup + restore the same way into / from S3 on loopback (moto; pgBackRest through stunnel)
+# The source cluster archives with the tool under test only (archive_command is switched, and the backlog drained,
+# before each leg, untimed): each backup waits for its own stop segment, pushed by its own archiver.
+#
+# Usage: bash bench/base_backup.sh     (as root)
+# Env:   SCALE=100  RUNS=3  S3=1  CHANGE_PCT=3  BB_PARALLEL=2  CHUNK_KIB=1024  PGBR_PROCESS_MAX=2
+#        RESTORE_PARALLEL="4 2"  BB_LEVEL=1 (repository compression_level)  PGBR_COMPRESS_LEVEL (default 3)
+#        S3_SERVER=moto|s3s-fs  TIMEOUT=900 (s per recovery check)  KEEP=1
+set -euo pipefail
+source "$(dirname "$0")/lib.sh"
+
+SCALE=${SCALE:-100}
+RUNS=${RUNS:-3}
+S3=${S3:-1}
+CHANGE_PCT=${CHANGE_PCT:-3}
+BB_PARALLEL=${BB_PARALLEL:-2}
+CHUNK_KIB=${CHUNK_KIB:-1024}
+PGBR_PROCESS_MAX=${PGBR_PROCESS_MAX:-2}
+RESTORE_PARALLEL=${RESTORE_PARALLEL:-"4 2"}
+BB_LEVEL=${BB_LEVEL:-1}
+TIMEOUT=${TIMEOUT:-900}
+
+bench_start base_backup
+[ -x "$BASE_BACKUP" ] && [ -x "$PITR_RESTORE" ] || die "base-backup / pitr-restore were not built"
+
+PORT=$(free_port)
+RPORT=$(free_port)
+SRC=$WORK/src
+DEST=$WORK/restore
+RESULTS=$WORK/results.tsv
+: > "$RESULTS"
+mkdir -p "$WORK/spools" "$WORK/out"
+if [ "$S3" = 1 ]; then
+    s3_start
+    stunnel_start
+    s3_bucket bbs3
+    s3_bucket pgbr
+fi
+chown -R postgres:postgres "$WORK"
+
+# ---------------------------------------------------------------------------------------------------------------
+# source cluster: pgbench -i while archive_command is /bin/true (the load's WAL is not part of any measurement)
+log "source cluster (port $PORT): pgbench -i -s $SCALE"
+pg_new "$SRC" "$PORT" "archive_command = '/bin/true'" "autovacuum = off" "checkpoint_timeout = '30min'"
+pg_start "$SRC"
+as_pg "$PG_BIN/pgbench" -h "$WORK" -p "$PORT" -U postgres -i -s "$SCALE" -q postgres >"$WORK/pgbench-init.log" 2>&1 \
+    || { tail -5 "$WORK/pgbench-init.log"; die "pgbench -i failed"; }
+sql "$PORT" "checkpoint" >/dev/null
+ROWS=$((SCALE * 100000))
+CHANGED=$((ROWS * CHANGE_PCT / 100))
+DBSIZE=$(sql "$PORT" "select pg_database_size('postgres')")
+DATADIR_BYTES=$(du -sb "$SRC" | cut -f1)
+log "database: $((DBSIZE / 1048576)) MiB (data directory $((DATADIR_BYTES / 1048576)) MiB)"
+
+# one small value to write so that pg_switch_wal always has something to switch
+sql "$PORT" "create table bench_tick(t timestamptz)" >/dev/null
+
+# switch_and_wait: write a record, switch, wait until the archiver has archived that segment and nothing is .ready
+switch_and_wait() {
+    local seg done_ failed0 i
+    failed0=$(sql "$PORT" "select failed_count from pg_stat_archiver")
+    sql "$PORT" "insert into bench_tick values (now())" >/dev/null
+    seg=$(sql "$PORT" "select pg_walfile_name(pg_current_wal_lsn())")
+    sql "$PORT" "select pg_switch_wal()" >/dev/null
+    for i in $(seq 1 3000); do
+        done_=$(sql "$PORT" "select coalesce(last_archived_wal, '') from pg_stat_archiver")
+        [[ "$done_" > "$seg" || "$done_" == "$seg" ]] && [ "$(ready_count "$SRC")" -eq 0 ] && return 0
+        if [ "$(sql "$PORT" "select failed_count from pg_stat_archiver")" -gt "$((failed0 + 5))" ]; then
+            tail -5 "$SRC.log" >&2
+            die "archive_command keeps failing"
+        fi
+        sleep 0.2
+    done
+    die "archiving did not reach $seg"
+}
+# set_archive CMD: make CMD the archive_command and drain the backlog with it (twice: the archiver may have taken
+# the first switched segment before it saw the reload)
+set_archive() {
+    sql "$PORT" "alter system set archive_command = '$1'" >/dev/null
+    sql "$PORT" "select pg_reload_conf()" >/dev/null
+    switch_and_wait
+    switch_and_wait
+}
+
+# timed TAG CMD...: run CMD as postgres under /usr/bin/time -v after a sync; stdout/stderr to $WORK/out/TAG.*;
+# sets T_SECS (wall), T_CPU (user + sys, children included), T_RSS (MiB, largest process), T_SRV (CPU seconds
+# the S3 server used meanwhile, "-" without one); returns CMD's status
+srv_cpu() { awk -v hz="$(getconf CLK_TCK)" '{printf "%.2f", ($14 + $15) / hz}' "/proc/$S3_PID/stat"; }
+timed() {
+    local tag=$1 rc=0 t0 t1 s0=
+    shift
+    sync
+    [ -n "$S3_PID" ] && s0=$(srv_cpu)
+    t0=$(date +%s.%N)
+    /usr/bin/time -v -o "$WORK/out/$tag.time" runuser -u postgres -- "$@" \
+        >"$WORK/out/$tag.out" 2>"$WORK/out/$tag.err" || rc=$?
+    t1=$(date +%s.%N)
+    T_SECS=$(awk "BEGIN {printf \"%.2f\", $t1 - $t0}")
+    T_CPU=$(awk -F': ' '/User time/ {u = $2} /System time/ {s = $2} END {printf "%.1f", u + s}' "$WORK/out/$tag.time")
+    T_RSS=$(awk -F': ' '/Maximum resident/ {printf "%.0f", $2 / 1024}' "$WORK/out/$tag.time")
+    T_SRV=-
+    [ -n "$s0" ] && T_SRV=$(awk "BEGIN {printf \"%.1f\", $(srv_cpu) - $s0}")
+    if [ "$rc" != 0 ]; then
+        log "  FAILED (exit $rc): $*"
+        sed 's/^/    /' "$WORK/out/$tag.err" | tail -15 >&2
+    fi
+    return "$rc"
+}
+
+# record CASE RUN SECS CPU RSS BYTES OBJECTS DATA_OK RECOVERY_S S3_SERVER_CPU
+record() { printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$@" >> "$RESULTS"; }
+
+# usage KIND WHERE: "objects bytes" of the backup part of a repository (WAL excluded)
+s3_prefix_usage() {
+    python3 - "$S3_PORT" "$1" "$2" "$3" <<'EOF'
+import sys, boto3
+port, bucket, prefix, exclude = sys.argv[1:]
+c = boto3.client("s3", endpoint_url=f"http://127.0.0.1:{port}", region_name="us-east-1")
+n = b = 0
+for page in c.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
+    for o in page.get("Contents", []):
+        if not o["Key"].startswith(exclude):
+            n += 1; b += o["Size"]
+print(n, b)
+EOF
+}
+files_usage() { { find "$@" -type f -printf '%s\n' 2>/dev/null || true; } | awk '{n++; b += $1} END {print n + 0, b + 0}'; }
+usage() {
+    case "$1" in
+        bb-file) files_usage "$2/data" "$2/backups" ;;
+        pgbr-posix) files_usage "$2/backup" ;;
+        bb-s3) s3_prefix_usage bbs3 "$2/" "$2/wal/" ;;
+        pgbr-s3) s3_prefix_usage pgbr "$2/" "$2/archive/" ;;
+    esac
+}
+
+# verify_restore CASE: start the restored cluster on $RPORT, wait for the end of recovery (promotion), compare
+# pgbench_accounts with $EXPECTED; sets V_OK and V_SECS; stops it and removes $DEST
+verify_restore() {
+    local tag=$1 st t0 got
+    V_OK="NO (did not start)"
+    V_SECS=failed
+    cat >> "$DEST/postgresql.auto.conf" <<EOF
+port = $RPORT
+archive_mode = off
+EOF
+    chown postgres:postgres "$DEST/postgresql.auto.conf"
+    rm -f "$DEST.log"
+    t0=$(date +%s.%N)
+    as_pg "$PG_BIN/pg_ctl" -D "$DEST" -l "$DEST.log" start >/dev/null || true
+    while :; do
+        sleep 0.2
+        st=$(psql -X -A -t -q -h "$WORK" -p "$RPORT" -U postgres -d postgres -c 'select pg_is_in_recovery()' 2>/dev/null || true)
+        if [ "$st" = f ]; then
+            V_SECS=$(awk "BEGIN {printf \"%.1f\", $(date +%s.%N) - $t0}")
+            break
+        fi
+        if ! [ -f "$DEST/postmaster.pid" ] && ! pgrep -f "$DEST\$" >/dev/null; then
+            log "  the restored server stopped: $(grep -E 'FATAL|PANIC' "$DEST.log" | tail -2)"
+            break
+        fi
+        if awk "BEGIN {exit !($(date +%s.%N) - $t0 > $TIMEOUT)}"; then
+            log "  TIMEOUT after $TIMEOUT s waiting for the end of recovery"
+            break
+        fi
+    done
+    if [ "$V_SECS" != failed ]; then
+        got=$(psql -X -A -t -q -h "$WORK" -p "$RPORT" -U postgres -d postgres \
+            -c "select count(*) || ' accounts, sum ' || sum(abalance) from pgbench_accounts" 2>&1 || true)
+        if [ "$got" = "$EXPECTED" ]; then V_OK=yes; else V_OK="NO ($got)"; fi
+    fi
+    cp "$DEST.log" "$WORK/out/$tag.pglog" 2>/dev/null || true
+    pg_stop "$DEST" immediate
+    # wal-fetch's prefetch worker ends by itself after a short idle time
+    for _ in $(seq 1 100); do pgrep -f "$WORK/restore-conf" >/dev/null || break; sleep 0.2; done
+    rm -rf "$DEST"
+}
+
+new_dest() {
+    rm -rf "$DEST"
+    mkdir -m 700 "$DEST"
+    chown postgres:postgres "$DEST"
+}
+
+# ---------------------------------------------------------------------------------------------------------------
+# legs
+BB_CONF=
+PGBR_CONF=
+# setup_bb KIND(file|s3) RUN: fresh repository + config; archive_command = wal-push into it
+setup_bb() {
+    local kind=$1 run=$2 url
+    if [ "$kind" = file ]; then url="file://$WORK/bb-repo-$run"; else url="s3://bbs3/run$run"; fi
+    BB_CONF=$WORK/bb-$kind-$run.toml
+    WALPUSH_LEVEL=$BB_LEVEL walpush_conf "$BB_CONF" "$url" "$WORK/spools/bb-$kind-$run" push_concurrency=2 \
+        "[postgres]" "host = \"$WORK\"" "port = $PORT" 'user = "postgres"' \
+        "[backup]" "parallel = $BB_PARALLEL" "chunk_size_kib = $CHUNK_KIB" "archive_timeout_seconds = 600"
+    local p
+    for p in $RESTORE_PARALLEL; do
+        mkdir -p "$WORK/restore-conf"
+        WALPUSH_LEVEL=$BB_LEVEL walpush_conf "$WORK/restore-conf/bb-$kind-$run-p$p.toml" "$url" \
+            "$WORK/spools/restore-bb-$kind-$run-p$p" push_concurrency=2 "[restore]" "parallel = $p"
+    done
+    chown -R postgres:postgres "$WORK/restore-conf"
+    set_archive "$WAL_PUSH --config $BB_CONF %p"
+}
+# setup_pgbr KIND(posix|s3) RUN: fresh repository (stanza-create, check); archive_command = pgbackrest archive-push
+setup_pgbr() {
+    local kind=$1 run=$2 dir=$WORK/pgbr-$1-$2 repo
+    mkdir -p "$dir"
+    if [ "$kind" = posix ]; then repo=$WORK/pgbr-repo-$run; else repo=/run$run; fi
+    PGBR_CONF=$dir/pgbackrest.conf
+    pgbr_conf "$PGBR_CONF" "$kind" "$repo" "$SRC" "$PORT" "process-max=$PGBR_PROCESS_MAX" "archive-timeout=600"
+    chown -R postgres:postgres "$dir"
+    as_pg pgbackrest --config="$PGBR_CONF" --stanza=bench stanza-create >"$dir/stanza.log" 2>&1 \
+        || { cat "$dir/stanza.log"; die "pgbackrest stanza-create failed"; }
+    set_archive "pgbackrest --config=$PGBR_CONF --stanza=bench archive-push %p"
+    as_pg pgbackrest --config="$PGBR_CONF" --stanza=bench check >"$dir/check.log" 2>&1 \
+        || { cat "$dir/check.log"; die "pgbackrest check failed"; }
+}
+declare -A BB_CONF_OF PGBR_CONF_OF BB_ID_OF
+# backup TOOL KIND TYPE RUN: one timed backup; for incr, the bytes added since the previous backup
+backup() {
+    local tool=$1 kind=$2 type=$3 run=$4 case where before after objs bytes
+    case=$type-$tool-$kind
+    if [ "$tool" = bb ]; then
+        if [ "$type" = full ]; then setup_bb "$kind" "$run"; BB_CONF_OF[$kind]=$BB_CONF; fi
+        BB_CONF=${BB_CONF_OF[$kind]}
+        set_archive "$WAL_PUSH --config $BB_CONF %p"
+        if [ "$kind" = file ]; then where=$WORK/bb-repo-$run; else where=run$run; fi
+    else
+        if [ "$type" = full ]; then setup_pgbr "$kind" "$run"; PGBR_CONF_OF[$kind]=$PGBR_CONF; fi
+        PGBR_CONF=${PGBR_CONF_OF[$kind]}
+        set_archive "pgbackrest --config=$PGBR_CONF --stanza=bench archive-push %p"
+        if [ "$kind" = posix ]; then where=$WORK/pgbr-repo-$run; else where=run$run; fi
+    fi
+    before=$(usage "$tool-$kind" "$where")
+    log "run $run: $case"
+    local ok=0
+    if [ "$tool" = bb ]; then
+        local t=$type
+        [ "$t" = incr ] && t=incremental
+        timed "$case-$run" "$BASE_BACKUP" --config "$BB_CONF" --type "$t" --fast --json && ok=1
+        [ "$ok" = 1 ] && BB_ID_OF[$kind]=$(python3 -c 'import json,sys; print(json.load(sys.stdin)["id"])' \
+            < "$WORK/out/$case-$run.out")
+    else
+        timed "$case-$run" pgbackrest --config="$PGBR_CONF" --stanza=bench --type="$type" --start-fast backup && ok=1
+    fi
+    if [ "$ok" != 1 ]; then
+        record "$case" "$run" failed "$T_CPU" "$T_RSS" - - - - -
+        return 0
+    fi
+    after=$(usage "$tool-$kind" "$where")
+    objs=$((${after% *} - ${before% *}))
+    bytes=$((${after#* } - ${before#* }))
+    record "$case" "$run" "$T_SECS" "$T_CPU" "$T_RSS" "$bytes" "$objs" - - "$(srv_of "$kind")"
+    local extra=
+    [ "$tool" = bb ] && extra=$(python3 - "$WORK/out/$case-$run.out" <<'EOF'
+import json, sys
+d = json.load(open(sys.argv[1]))
+m = lambda k: d[k] >> 20
+print(f"base-backup says: {d['duration_ms']} ms, {m('bytes')} MiB read, written {m('bytes_written')} MiB,"
+      f" stored {m('bytes_stored')} MiB, reused {m('bytes_reused')} MiB, {d['objects_written']} objects")
+EOF
+)
+    log "  $T_SECS s, CPU $T_CPU s, RSS $T_RSS MiB, +$((bytes / 1048576)) MiB in $objs objects, S3 server CPU $(srv_of "$kind") s. $extra"
+}
+# restore TOOL KIND PARALLEL RUN: one timed restore of the newest backup into an empty directory, then the check
+restore() {
+    local tool=$1 kind=$2 p=$3 run=$4 case=restore-$1-$2-p$3 ok=0 bytes
+    new_dest
+    log "run $run: $case"
+    if [ "$tool" = bb ]; then
+        timed "$case-$run" "$PITR_RESTORE" --config "$WORK/restore-conf/bb-$kind-$run-p$p.toml" \
+            --destination "$DEST" --backup-id "${BB_ID_OF[$kind]}" --archive-mode off --json && ok=1
+    else
+        timed "$case-$run" pgbackrest --config="${PGBR_CONF_OF[$kind]}" --stanza=bench --pg1-path="$DEST" \
+            --process-max="$p" --archive-mode=off restore && ok=1
+    fi
+    if [ "$ok" != 1 ]; then
+        record "$case" "$run" failed "$T_CPU" "$T_RSS" - - "NO (restore failed)" - -
+        rm -rf "$DEST"
+        return 0
+    fi
+    bytes=$(du -sb "$DEST" | cut -f1)
+    verify_restore "$case-$run"
+    record "$case" "$run" "$T_SECS" "$T_CPU" "$T_RSS" "$bytes" - "$V_OK" "$V_SECS" "$(srv_of "$kind")"
+    log "  $T_SECS s, CPU $T_CPU s, RSS $T_RSS MiB, $((bytes / 1048576)) MiB written, S3 server CPU $(srv_of "$kind") s;" \
+        "restored cluster promoted after $V_SECS s, data matches: $V_OK"
+}
+srv_of() { if [ "$1" = s3 ]; then echo "$T_SRV"; else echo -; fi; }
+# in_order RUN A B: "A B" on odd runs, "B A" on even runs (neither tool always goes first)
+in_order() { if [ $(($1 % 2)) = 1 ]; then echo "$2 $3"; else echo "$3 $2"; fi; }
+
+for run in $(seq 1 "$RUNS"); do
+    declare -A BB_CONF_OF=() PGBR_CONF_OF=() BB_ID_OF=()
+    for t in $(in_order "$run" bb pgbr); do
+        if [ "$t" = bb ]; then backup bb file full "$run"; else backup pgbr posix full "$run"; fi
+    done
+    log "run $run: update $CHANGED rows (aid <= $CHANGED), checkpoint"
+    sql "$PORT" "update pgbench_accounts set abalance = abalance + 1 where aid <= $CHANGED" >/dev/null
+    sql "$PORT" "checkpoint" >/dev/null
+    EXPECTED=$(sql "$PORT" "select count(*) || ' accounts, sum ' || sum(abalance) from pgbench_accounts")
+    for t in $(in_order "$run" bb pgbr); do
+        if [ "$t" = bb ]; then backup bb file incr "$run"; else backup pgbr posix incr "$run"; fi
+    done
+    for t in $(in_order "$run" bb pgbr); do
+        if [ "$t" = bb ]; then
+            for p in $RESTORE_PARALLEL; do
+                if [ -n "${BB_ID_OF[file]:-}" ]; then restore bb file "$p" "$run"; fi
+            done
+        else
+            restore pgbr posix "$PGBR_PROCESS_MAX" "$run"
+        fi
+    done
+    if [ "$S3" = 1 ]; then
+        for t in $(in_order "$run" bb pgbr); do
+            if [ "$t" = bb ]; then backup bb s3 full "$run"; else backup pgbr s3 full "$run"; fi
+        done
+        for t in $(in_order "$run" bb pgbr); do
+            if [ "$t" = bb ]; then
+                for p in $RESTORE_PARALLEL; do
+                    if [ -n "${BB_ID_OF[s3]:-}" ]; then restore bb s3 "$p" "$run"; fi
+                done
+            else
+                restore pgbr s3 "$PGBR_PROCESS_MAX" "$run"
+            fi
+        done
+    fi
+    # the next run's repositories are fresh: free the disk; VACUUM so the table does not grow from run to run
+    rm -rf "$WORK/bb-repo-$run" "$WORK/pgbr-repo-$run"
+    sql "$PORT" "vacuum pgbench_accounts" >/dev/null
+done
+s3_stop
+
+# ---------------------------------------------------------------------------------------------------------------
+CASES="full-bb-file full-pgbr-posix incr-bb-file incr-pgbr-posix"
+for p in $RESTORE_PARALLEL; do CASES="$CASES restore-bb-file-p$p"; done
+CASES="$CASES restore-pgbr-posix-p$PGBR_PROCESS_MAX"
+if [ "$S3" = 1 ]; then
+    CASES="$CASES full-bb-s3 full-pgbr-s3"
+    for p in $RESTORE_PARALLEL; do CASES="$CASES restore-bb-s3-p$p"; done
+    CASES="$CASES restore-pgbr-s3-p$PGBR_PROCESS_MAX"
+fi
+name_of() {
+    local c=$1 what tool where
+    what=${c%%-*}
+    case "$c" in
+        *-bb-*) [ "$what" = restore ] && tool="pitr-restore" || tool="base-backup" ;;
+        *) tool="pgbackrest" ;;
+    esac
+    case "$c" in
+        *-file*) where="file://" ;;
+        *-posix*) where="posix" ;;
+        *) where="S3" ;;
+    esac
+    case "$c" in *-p[0-9]*) where="$where, ${c##*-}" ;; esac
+    printf '%-8s %s %s' "$what" "$tool" "$where"
+}
+{
+    echo
+    echo "### base_backup: $(date -u +%FT%TZ), $(nproc) cores, pgbench scale $SCALE" \
+        "(database $((DBSIZE / 1048576)) MiB, data directory $((DATADIR_BYTES / 1048576)) MiB), $RUNS run(s)," \
+        "binaries from $ROOT ($BIN_REV)"
+    echo "base-backup: [backup] parallel $BB_PARALLEL, chunk_size_kib $CHUNK_KIB, zstd level $BB_LEVEL, --fast;" \
+        "pgBackRest $(pgbackrest version | awk '{print $2}'): process-max $PGBR_PROCESS_MAX, zst level" \
+        "${PGBR_COMPRESS_LEVEL:-default 3}, --start-fast; S3: $([ "$S3" = 1 ] && echo "$S3_SERVER on loopback" || echo skipped)"
+    echo "incremental change: update pgbench_accounts set abalance = abalance + 1 where aid <= $CHANGED" \
+        "($CHANGE_PCT % of $ROWS rows, clustered), then CHECKPOINT"
+    printf '\n%-34s %9s %22s %7s %8s %9s %8s %9s %9s %8s\n' case "median s" "runs s" "CPU s" "RSS MiB" "MiB" objects \
+        "data ok" "recov. s" "S3 CPU"
+    printf -- '-%.0s' $(seq 1 134); echo
+    for c in $CASES; do
+        col() { awk -F'\t' -v t="$c" -v k="$1" '$1 == t && $3 != "failed" && $k != "-" {print $k}' "$RESULTS"; }
+        s=$(col 3 | median)
+        runs=$(awk -F'\t' -v t="$c" '$1 == t {print $3}' "$RESULTS" | paste -sd/)
+        cpu=$(col 4 | median)
+        rss=$(col 5 | median)
+        mib=$(col 6 | median | awk '{if ($1 == "nan") print "-"; else printf "%.1f", $1 / 1048576}')
+        objs=$(col 7 | median)
+        srv=$(col 10 | median)
+        ok=$(awk -F'\t' -v t="$c" '$1 == t && $8 != "-" {n++; if ($8 == "yes") y++} END {print (n ? y + 0 "/" n : "-")}' "$RESULTS")
+        rec=$(col 9 | median)
+        fmt() { awk -v f="$1" '{if ($1 == "nan") print "-"; else printf f "\n", $1}'; }
+        s=$(fmt %.2f <<<"$s")
+        cpu=$(fmt %.1f <<<"$cpu")
+        rss=$(fmt %.0f <<<"$rss")
+        objs=$(fmt %.0f <<<"$objs")
+        rec=$(fmt %.1f <<<"$rec")
+        srv=$(fmt %.1f <<<"$srv")
+        printf '%-34s %9s %22s %7s %8s %9s %8s %9s %9s %8s\n' "$(name_of "$c")" "$s" "$runs" "$cpu" "$rss" "$mib" \
+            "$objs" "$ok" "$rec" "$srv"
+    done
+    echo "(median s: wall time of the command (full/incr include the CHECKPOINT and waiting for the stop segment in"
+    echo " the tool's own archive); CPU s: user + sys of the command and its children (/usr/bin/time -v; pgBackRest's"
+    echo " local processes included, the archiver's wal-push / archive-push not); RSS MiB: peak RSS of its largest"
+    echo " process; MiB / objects: for backups the repository bytes and files added (WAL excluded), for restores the"
+    echo " bytes of the restored data directory; data ok: the restored cluster, started, promoted and has the source's"
+    echo " count(*) and sum(abalance) of pgbench_accounts; recov. s: from pg_ctl start to promotion, untimed check;"
+    echo " S3 CPU: CPU seconds the S3 server ($S3_SERVER) used during the command, near the wall time = it was the"
+    echo " bottleneck; runs s: every run, 'failed' when the command failed (its stderr is quoted below))"
+    echo "total time: $(($(date +%s) - T0)) s"
+} | tee "$WORK/report.txt"
+# what base-backup / pitr-restore said about themselves, and any failure
+{
+    for f in "$WORK"/out/*-bb-*.err; do
+        [ -s "$f" ] || continue
+        echo "--- $(basename "$f" .err): $(grep -E 'complete|restored backup|error|hint' "$f" | tail -2 | tr '\n' ' ')"
+    done
+    for f in "$WORK"/out/*-pgbr-*.err; do
+        [ -s "$f" ] && echo "--- $(basename "$f" .err) stderr: $(tail -3 "$f" | tr '\n' ' ')"
+    done
+    for f in "$WORK"/out/*.pglog; do
+        if grep -qiE 'error|fatal|panic' "$f"; then
+            echo "--- $(basename "$f" .pglog): server-log lines matching error|fatal|panic"
+            grep -iE 'error|fatal|panic' "$f" | sed -E 's/^[0-9-]+ [0-9:.]+ [A-Z]+ \[[0-9]+\] //; s/[0-9A-F]{24}/<SEG>/g' \
+                | sort | uniq -c | sort -rn | head -5
+        fi
+    done
+    true
+} | tee -a "$WORK/report.txt"
+mkdir -p "$BENCH_DIR/results" && cp "$WORK/report.txt" "$BENCH_DIR/results/base_backup-$(date +%Y%m%d-%H%M%S).txt"

@@ -7,7 +7,8 @@ need_apt=()
 ls -d /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || need_apt+=(postgresql)
 command -v psql >/dev/null 2>&1 || need_apt+=(postgresql-client)
 command -v runuser >/dev/null 2>&1 || need_apt+=(util-linux)
-command -v python3 >/dev/null 2>&1 || need_apt+=(python3 python3-pip)
+command -v python3 >/dev/null 2>&1 || need_apt+=(python3)
+python3 -m pip --version >/dev/null 2>&1 || need_apt+=(python3-pip)
 if [ "${#need_apt[@]}" -gt 0 ]; then
     echo "setup: apt-get install ${need_apt[*]}"
     apt-get update -qq
@@ -25,7 +26,10 @@ assert v >= (5, 2, 5), v
 PY
 then
     echo "setup: pip install moto[server]>=5.2.5"
-    python3 -m pip install -q --upgrade 'moto[server]>=5.2.5'
+    # Debian 12's own python3 is "externally managed" (PEP 668): pip then needs --break-system-packages, which
+    # installs into /usr/local (moto_server lands in /usr/local/bin) without touching Debian's packages.
+    python3 -m pip install -q --upgrade 'moto[server]>=5.2.5' 2>/dev/null \
+        || python3 -m pip install -q --upgrade --break-system-packages 'moto[server]>=5.2.5'
     command -v pyenv >/dev/null 2>&1 && pyenv rehash || true
 fi
 command -v moto_server >/dev/null 2>&1 || { echo "setup: moto_server is not on PATH" >&2; exit 1; }

@@ -212,7 +212,7 @@ impl Error {
             }
             Error::NotInArchive { .. } => return None,
             Error::Corrupt { .. } => {
-                "the stored object is damaged; recovery stops here rather than skip WAL: restore the object from a copy"
+                "the damaged object was not used (a recovery stops here rather than skip it): restore it from a copy of the repository, or take a new full backup"
             }
             Error::WriteDestination { .. } => "check free space and permissions of the destination directory",
             Error::ReadSource { .. } => {

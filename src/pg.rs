@@ -15,7 +15,7 @@ use crate::wal::Lsn;
 #[non_exhaustive]
 pub enum Error {
     /// Could not connect.
-    #[error("cannot connect to PostgreSQL at {target}: {source}")]
+    #[error("cannot connect to PostgreSQL at {target}: {}", server_says(source))]
     Connect {
         /// host:port and user.
         target: String,
@@ -24,7 +24,7 @@ pub enum Error {
         source: postgres::Error,
     },
     /// A query failed.
-    #[error("PostgreSQL {what} failed: {source}")]
+    #[error("PostgreSQL {what} failed: {}", server_says(source))]
     Query {
         /// What was asked.
         what: &'static str,
@@ -48,6 +48,28 @@ pub enum Error {
     },
 }
 
+/// The server's own words for a failure (`ERROR: permission denied ...`), not just "db error".
+fn server_says(e: &postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(db) => {
+            let mut s = format!("{}: {}", db.severity(), db.message());
+            if let Some(detail) = db.detail() {
+                s.push_str(&format!(" ({detail})"));
+            }
+            s
+        }
+        None => {
+            let mut s = e.to_string();
+            let mut source = std::error::Error::source(e);
+            while let Some(cause) = source {
+                s.push_str(&format!(": {cause}"));
+                source = cause.source();
+            }
+            s
+        }
+    }
+}
+
 /// What the server says about itself.
 #[derive(Debug, Clone)]
 pub struct ServerInfo {
@@ -55,8 +77,8 @@ pub struct ServerInfo {
     pub version_num: u32,
     /// `pg_control` system identifier, decimal.
     pub system_identifier: String,
-    /// `data_directory`.
-    pub data_directory: PathBuf,
+    /// `data_directory`, when asked for (reading it needs superuser or pg_read_all_settings).
+    pub data_directory: Option<PathBuf>,
     /// `wal_segment_size` in bytes.
     pub wal_segment_size: u64,
     /// True on a standby.
@@ -117,11 +139,14 @@ impl Session {
         query_one_text(&mut self.client, what, sql)
     }
 
-    /// Version, identity, data directory and WAL settings.
-    pub fn server_info(&mut self) -> Result<ServerInfo, Error> {
+    /// Version, identity, WAL settings, and the data directory if `ask_data_directory`.
+    pub fn server_info(&mut self, ask_data_directory: bool) -> Result<ServerInfo, Error> {
         let system_identifier =
             self.text("system identifier", "select system_identifier::text from pg_control_system()")?;
-        let data_directory = PathBuf::from(self.text("data_directory", "show data_directory")?);
+        let data_directory = match ask_data_directory {
+            true => Some(PathBuf::from(self.text("data_directory", "show data_directory")?)),
+            false => None,
+        };
         let seg = self.text("wal_segment_size", "select setting from pg_settings where name = 'wal_segment_size'")?;
         let wal_segment_size: u64 =
             seg.parse().map_err(|_| Error::Unexpected { what: "wal_segment_size", answer: seg })?;

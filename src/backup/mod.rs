@@ -65,8 +65,13 @@ pub fn run(
     };
 
     let mut session = pg::connect(pg_config)?;
-    let info = session.server_info()?;
-    let data_dir = pg_config.data_directory.clone().unwrap_or_else(|| info.data_directory.clone());
+    let info = session.server_info(pg_config.data_directory.is_none())?;
+    let data_dir = match (&pg_config.data_directory, &info.data_directory) {
+        (Some(d), _) | (None, Some(d)) => d.clone(),
+        (None, None) => {
+            return Err(Error::Usage("postgres.data_directory is not set and the server did not say".into()));
+        }
+    };
     let cannot = |reason: &str| Error::CannotBackup { data_directory: data_dir.clone(), reason: reason.to_owned() };
     if info.is_in_recovery {
         return Err(cannot("the server is a standby; back up the primary"));

@@ -40,7 +40,7 @@ pub enum Command {
         #[arg(long = "type", value_name = "TYPE", value_parser = super::base_backup::parse_type)]
         backup_type: Option<BackupType>,
         /// Print the backups as JSON on stdout instead.
-        #[arg(long)]
+        #[arg(long, alias = "json")]
         json_output: bool,
     },
     /// Take a base backup (same as the base-backup binary).
@@ -139,7 +139,10 @@ fn run(config_flag: Option<PathBuf>, command: Command) -> Result<(), Error> {
                 Ok(())
             }
             Command::Status { last, backup_type, json_output } => {
-                let mut backups = store::manifests(storage).await?;
+                let (mut backups, bad) = store::manifests(storage).await?;
+                for (id, e) in &bad {
+                    eprintln!("backupctl: warning: backup {id} is unusable: {e}");
+                }
                 backups.retain(|m| backup_type.is_none_or(|t| m.backup_type == t));
                 if let Some(n) = last {
                     backups.drain(..backups.len().saturating_sub(n));

@@ -352,9 +352,12 @@ impl Manifest {
     fn check_path(&self, path: &str) -> Result<(), String> {
         check_relative_path(path)?;
         let parts: Vec<&str> = path.split('/').collect();
-        if parts.len() >= 2 && parts[0] == "pg_tblspc" {
+        if parts.len() >= 3 && parts[0] == "pg_tblspc" {
             let oid: Option<u32> = parts[1].parse().ok();
-            if !oid.is_some_and(|oid| self.tablespaces.iter().any(|t| t.oid == oid)) {
+            let linked = oid.is_some_and(|oid| self.tablespaces.iter().any(|t| t.oid == oid));
+            // An in-place tablespace (allow_in_place_tablespaces) is a plain directory of the data directory.
+            let in_place = self.directories.iter().any(|d| d.path == format!("pg_tblspc/{}", parts[1]));
+            if !linked && !in_place {
                 return Err("is under pg_tblspc but names no tablespace of this backup".to_owned());
             }
         }
@@ -455,6 +458,10 @@ mod tests {
     #[test]
     fn hostile_paths_are_refused() {
         assert!(manifest(&["base/1/1259", "pg_tblspc/16384/PG_15/5/1", "global/pg_control"]).validate().is_ok());
+        let mut in_place = manifest(&["pg_tblspc/16500/PG_15/5/1"]);
+        assert!(in_place.validate().is_err());
+        in_place.directories.push(DirEntry { path: "pg_tblspc/16500".into(), mode: 0o700 });
+        assert!(in_place.validate().is_ok(), "an in-place tablespace is a directory of the backup");
         for bad in ["/etc/passwd", "../x", "base/../../x", "base//x", "./x", "pg_tblspc/999/x", "pg_tblspc/x/y", ""] {
             assert!(manifest(&[bad]).validate().is_err(), "{bad:?} must be refused");
         }

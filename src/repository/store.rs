@@ -194,13 +194,17 @@ pub async fn backup_ids(storage: &dyn Storage) -> Result<Vec<BackupId>, Error> {
     Ok(ids)
 }
 
-/// Every backup's manifest, oldest first.
-pub async fn manifests(storage: &dyn Storage) -> Result<Vec<Manifest>, Error> {
-    let mut out = Vec::new();
+/// Every backup's manifest, oldest first, and the backups whose manifest is damaged or invalid (left out, so one
+/// bad manifest does not hide the others). Storage failures are errors.
+pub async fn manifests(storage: &dyn Storage) -> Result<(Vec<Manifest>, Vec<(BackupId, Error)>), Error> {
+    let (mut good, mut bad) = (Vec::new(), Vec::new());
     for id in backup_ids(storage).await? {
-        if let Some(m) = load_manifest(storage, &id).await? {
-            out.push(m);
+        match load_manifest(storage, &id).await {
+            Ok(Some(m)) => good.push(m),
+            Ok(None) => {}
+            Err(e @ Error::Storage(_)) => return Err(e),
+            Err(e) => bad.push((id, e)),
         }
     }
-    Ok(out)
+    Ok((good, bad))
 }

@@ -68,7 +68,17 @@ pub async fn run(
     progress: &dyn Progress,
 ) -> Result<RestoreReport, Error> {
     let started = Instant::now();
-    let manifests = store::manifests(storage.as_ref()).await?;
+    let manifests = match &request.backup_id {
+        // The one asked for: a damaged or hostile manifest is an error here.
+        Some(id) => store::load_manifest(storage.as_ref(), id).await?.into_iter().collect(),
+        None => {
+            let (good, bad) = store::manifests(storage.as_ref()).await?;
+            for (id, e) in bad {
+                tracing::warn!(backup = %id, error = %e, "skipping a backup whose manifest is unusable");
+            }
+            good
+        }
+    };
     let history = match request.timeline {
         TargetTimeline::Current => None,
         TargetTimeline::Latest => Some(load_history(storage.as_ref(), latest_timeline(storage.as_ref()).await?).await?),
@@ -99,8 +109,7 @@ pub async fn run(
     let s = write::write_files(storage.clone(), &manifest, &rest, &layout, request.delta, request.parallel, progress)
         .await?;
     write::link_tablespaces(&layout)?;
-    let l = layout.clone();
-    crate::archive::blocking(move || write::sync_all(&l)).await?;
+    write::sync_files(&manifest, &rest, &layout, request.parallel).await?;
 
     // The files that make the directory startable come last.
     write::write_small(&layout, "backup_label", manifest.backup_label.as_bytes())?;
@@ -121,8 +130,7 @@ pub async fn run(
     write::write_small(&layout, "postgresql.auto.conf", merged.as_bytes())?;
     write::write_small(&layout, "recovery.signal", b"")?;
     let c = write::write_files(storage, &manifest, &control, &layout, request.delta, 1, progress).await?;
-    let l = layout.clone();
-    crate::archive::blocking(move || write::sync_all(&l)).await?;
+    write::sync_files(&manifest, &control, &layout, 1).await?;
     progress.finish();
 
     stats.files_written = s.files_written + c.files_written;

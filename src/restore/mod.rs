@@ -102,6 +102,14 @@ pub async fn run(
     }
     let mut stats = write::WriteStats::default();
     if request.delta {
+        // Until the restore completes, the old copy must not be startable: its pg_control goes first.
+        let control = layout.destination.join("global/pg_control");
+        match std::fs::remove_file(&control) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                return Err(Error::WriteDestination { path: control, source: e });
+            }
+            _ => {}
+        }
         let (m, l) = (manifest.clone(), layout.clone());
         stats.removed = crate::archive::blocking(move || write::remove_extraneous(&m, &l)).await?;
     }

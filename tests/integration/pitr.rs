@@ -24,6 +24,11 @@ impl Source {
 
     /// Like [`Source::start`], with `backup` lines in the `[backup]` section.
     pub fn start_with(label: &str, url: &str, extra: &str, backup: &str) -> Self {
+        Self::start_on(&crate::support::cluster::pg_bin().expect("pg binaries"), label, url, extra, backup)
+    }
+
+    /// Like [`Source::start_with`], with the server binaries in `bin`.
+    pub fn start_on(server_bin: &Path, label: &str, url: &str, extra: &str, backup: &str) -> Self {
         let dir = PgDir::new(label);
         let cfg_dir = dir.sub("cfg");
         std::fs::create_dir_all(cfg_dir.join("spool")).expect("mkdir");
@@ -34,7 +39,7 @@ impl Source {
             bin("wal-push").display(),
             placeholder.display()
         );
-        let mut cluster = Cluster::init(&dir, "src", &archive);
+        let mut cluster = Cluster::init_with(server_bin, &dir, "src", &archive);
         let config = write_config(
             &cfg_dir,
             url,
@@ -338,4 +343,33 @@ fn tablespace_backup_and_restore() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{err}");
     assert!(err.contains("not empty"), "{err}");
+}
+
+/// PostgreSQL 14 has the older backup API (pg_start_backup/pg_stop_backup, non-exclusive): a backup of a 14
+/// cluster restores to a time exactly, on 14's own binaries.
+#[test]
+fn postgres_14_backup_api() {
+    if require_pg().is_none() {
+        return;
+    }
+    let Some(bin14) = crate::support::cluster::require_pg14() else { return };
+    let repo = FileRepo::new("pg14");
+    let src = Source::start_on(&bin14, "pg14", &repo.url(), "", "archive_timeout_seconds = 120");
+    let c = &src.cluster;
+    assert!(c.sql("show server_version_num").starts_with("14"), "not a PostgreSQL 14 server");
+    c.sql("create table batches (batch int, id int, pad text)");
+    c.sql("insert into batches select 0, g, md5(g::text) from generate_series(1, 1000) g");
+    let summary = src.backup_json("full");
+    assert!(summary["pg_version_num"].as_u64().is_some_and(|v| (140000..150000).contains(&v)), "{summary}");
+    let mut at = Vec::new();
+    for batch in 1..=2u32 {
+        std::thread::sleep(Duration::from_millis(1100));
+        c.sql(&format!("insert into batches select {batch}, g, md5(g::text) from generate_series(1, 1000) g"));
+        at.push(c.sql("select clock_timestamp()"));
+        c.sql("select pg_switch_wal()");
+    }
+    c.switch_and_wait_archived(Duration::from_secs(120));
+    let copy = src.restore_and_start("pg14-to-time", &["--to", &at[0], "--archive-mode", "off"]);
+    assert_eq!(batches(&copy), expect(1));
+    assert!(copy.sql("show server_version_num").starts_with("14"));
 }

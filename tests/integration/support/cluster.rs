@@ -32,6 +32,15 @@ pub fn require_pg() -> Option<PathBuf> {
     super::require("PostgreSQL server binaries under /usr/lib/postgresql and the postgres OS user", pg_bin())
 }
 
+/// PostgreSQL 14 server binaries (scripts/setup.sh installs them into /opt/backupctl/pg14), or a skip (a failure
+/// under CI). `$BACKUPCTL_PG14_BIN` overrides the directory.
+pub fn require_pg14() -> Option<PathBuf> {
+    let dir =
+        std::env::var_os("BACKUPCTL_PG14_BIN").map_or_else(|| PathBuf::from("/opt/backupctl/pg14/bin"), PathBuf::from);
+    let found = dir.join("postgres").is_file().then_some(dir);
+    super::require("PostgreSQL 14 server binaries in /opt/backupctl/pg14/bin (run scripts/setup.sh)", found)
+}
+
 /// A directory owned by the postgres user, removed on drop.
 #[derive(Debug)]
 pub struct PgDir {
@@ -150,7 +159,12 @@ pub struct Cluster {
 impl Cluster {
     /// initdb a new cluster under `dir` (not started). `extra` lines are appended to postgresql.conf.
     pub fn init(dir: &PgDir, name: &str, extra: &str) -> Self {
-        let bin = pg_bin().expect("pg binaries");
+        Self::init_with(&pg_bin().expect("pg binaries"), dir, name, extra)
+    }
+
+    /// initdb with the server binaries in `bin`.
+    pub fn init_with(bin: &Path, dir: &PgDir, name: &str, extra: &str) -> Self {
+        let bin = bin.to_path_buf();
         let data = dir.path().join(name);
         let socket = dir.sub(&format!("{name}-sock"));
         let out = as_postgres(&bin.join("initdb"))

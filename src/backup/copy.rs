@@ -261,6 +261,22 @@ mod tests {
         SourceFile { rel: name.to_owned(), abs, size: content.len() as u64, mode: 0o600, mtime: 0 }
     }
 
+    /// --max-rate: reads are spaced so the average stays at the rate.
+    #[tokio::test(start_paused = true)]
+    async fn pacer_keeps_the_average_rate() {
+        let start = tokio::time::Instant::now();
+        let mut pacer = Pacer { rate: Some(1000), start, bytes: 0 };
+        for _ in 0..4 {
+            pacer.wait(500).await;
+        }
+        // 2000 bytes at 1000 B/s: the fourth read may start once the first 1500 bytes have had 1.5 s.
+        assert_eq!(start.elapsed(), std::time::Duration::from_millis(1500));
+        let mut unlimited = Pacer { rate: None, start: tokio::time::Instant::now(), bytes: 0 };
+        let t = tokio::time::Instant::now();
+        unlimited.wait(1 << 30).await;
+        assert_eq!(t.elapsed(), std::time::Duration::ZERO);
+    }
+
     /// Files that vanish or shrink after listing are left out or cut; equal chunks are stored once; small files
     /// are packed.
     #[tokio::test]

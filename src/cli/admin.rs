@@ -70,12 +70,9 @@ pub enum Command {
 
 /// Entry point of the `backupctl` binary.
 pub fn main() -> ExitCode {
-    let args = match Args::try_parse() {
+    let args = match super::parse_args::<Args>(Program::Other) {
         Ok(a) => a,
-        Err(e) => {
-            let _ = e.print();
-            return ExitCode::from(exit::clap_code(Program::Other, &e));
-        }
+        Err(code) => return code,
     };
     let (program, result) = match args.command {
         Command::WalPush { wal_path } => {

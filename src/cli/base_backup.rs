@@ -78,12 +78,9 @@ pub fn parse_type(s: &str) -> Result<BackupType, String> {
 
 /// Entry point of the `base-backup` binary.
 pub fn main() -> ExitCode {
-    let args = match Args::try_parse() {
+    let args = match super::parse_args::<Args>(Program::Other) {
         Ok(a) => a,
-        Err(e) => {
-            let _ = e.print();
-            return ExitCode::from(exit::clap_code(Program::Other, &e));
-        }
+        Err(code) => return code,
     };
     finish("base-backup", run(args.config.as_deref(), args.backup_type, &args.backup))
 }

@@ -19,6 +19,15 @@ use crate::archive::ArchiveContext;
 use crate::config::Config;
 use crate::spool::Spool;
 
+/// Parse the command line as `A`; on `--help`, `--version` or a usage error, print clap's text and return the exit
+/// status `program` uses for it.
+pub fn parse_args<A: clap::Parser>(program: exit::Program) -> Result<A, std::process::ExitCode> {
+    A::try_parse().map_err(|e| {
+        let _ = e.print();
+        std::process::ExitCode::from(exit::clap_code(program, &e))
+    })
+}
+
 /// Load the configuration named by the flag, `$BACKUPCTL_CONFIG`, or the default path.
 pub fn load_config(flag: Option<&Path>) -> Result<(PathBuf, Config), Error> {
     let path = Config::resolve_path(flag);

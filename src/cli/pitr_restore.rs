@@ -94,12 +94,9 @@ fn parse_mapping(s: &str) -> Result<(PathBuf, PathBuf), String> {
 
 /// Entry point of the `pitr-restore` binary.
 pub fn main() -> ExitCode {
-    let args = match Args::try_parse() {
+    let args = match super::parse_args::<Args>(Program::Other) {
         Ok(a) => a,
-        Err(e) => {
-            let _ = e.print();
-            return ExitCode::from(super::exit::clap_code(Program::Other, &e));
-        }
+        Err(code) => return code,
     };
     super::base_backup::finish("pitr-restore", run(args.config.as_deref(), &args.restore))
 }

@@ -25,12 +25,9 @@ pub struct Args {
 
 /// Entry point of the `wal-push` binary.
 pub fn main() -> ExitCode {
-    let args = match Args::try_parse() {
+    let args = match super::parse_args::<Args>(Program::WalPush) {
         Ok(a) => a,
-        Err(e) => {
-            let _ = e.print();
-            return ExitCode::from(exit::clap_code(Program::WalPush, &e));
-        }
+        Err(code) => return code,
     };
     let result = run(&args);
     if let Err(e) = &result {

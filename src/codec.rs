@@ -4,12 +4,17 @@
 //! - The digest is of the uncompressed content, so it does not depend on the compression level or zstd version.
 //! - [`decode`] writes at most `raw_size` bytes and fails unless both size and digest match; callers write into a
 //!   temp file and publish it only when `decode` returns `Ok`.
+//! - [`digest_file`] gives the same digest as [`Digest::of`] over the same bytes, however many threads it uses.
 //!
 //! Header layout (little-endian): `0..8` magic `BKCTLOB1`, `8` codec (0 none, 1 zstd), `9` digest algorithm
 //! (1 blake3), `10..16` zero, `16..24` raw size, `24..56` digest, `56..64` first 8 bytes of blake3 of bytes `0..56`.
 
+mod digest;
+
 use std::fmt;
 use std::io::{self, Read, Write};
+
+pub use digest::digest_file;
 
 /// Length of the object header.
 pub const HEADER_LEN: usize = 64;

@@ -47,50 +47,68 @@ pub struct FetchReport {
     pub elapsed_ms: u64,
 }
 
-/// Fetch `name` (PostgreSQL's `%f`) into `dest` (`%p`).
+/// Fetch `name` (PostgreSQL's `%f`) into `dest` (`%p`): from the prefetch queue if it holds a good copy, else
+/// from the repository.
 #[tracing::instrument(skip_all, fields(segment = name))]
 pub async fn run(ctx: &ArchiveContext, name: &str, dest: &Path) -> Result<FetchReport, Error> {
+    let (c, n, d) = (ctx.clone(), name.to_owned(), dest.to_path_buf());
+    if let Some(report) = blocking(move || from_spool(&c, &n, &d)).await? {
+        return Ok(report);
+    }
+    from_repository(ctx, name, dest).await
+}
+
+/// The first half of [`run`], synchronous so that wal-fetch's usual call (the segment is prefetched) needs no
+/// async runtime: record a segment as the one PostgreSQL wants (the prefetcher follows it), then serve it from
+/// the prefetch queue if a fresh copy is there and still has its digest. `Ok(None)`: fetch it from the
+/// repository.
+#[tracing::instrument(skip_all, fields(segment = name))]
+pub fn from_spool(ctx: &ArchiveContext, name: &str, dest: &Path) -> Result<Option<FetchReport>, Error> {
     let started = Instant::now();
     let wal_name: WalFileName = name.parse()?;
     if let WalFileName::Segment(_) = wal_name {
         ctx.spool.set_wanted(name)?;
     }
-
-    // Served from the prefetch queue if a copy is there and still has its digest.
-    let spool = ctx.spool.clone();
-    let (n, d) = (name.to_owned(), dest.to_path_buf());
-    let from_spool = blocking(move || {
-        let Some((path, digest)) = spool.find_prefetched(&n, PREFETCH_MAX_AGE)? else { return Ok(None) };
-        let result = serve_prefetched(&path, digest, &d);
-        spool.remove_prefetched(&n)?;
-        match result {
-            Ok(size) => Ok(Some(size)),
-            Err(e) => {
-                tracing::warn!(segment = %n, error = %e, "discarding a bad prefetched copy; fetching from the repository");
-                Ok(None)
-            }
+    let Some((path, digest)) = ctx.spool.find_prefetched(name, PREFETCH_MAX_AGE)? else { return Ok(None) };
+    let result = serve_prefetched(&path, digest, dest);
+    ctx.spool.remove_prefetched(name)?;
+    match result {
+        Ok(raw_size) => Ok(Some(FetchReport {
+            name: wal_name,
+            raw_size,
+            source: Source::Spool,
+            elapsed_ms: started.elapsed().as_millis() as u64,
+        })),
+        Err(e) => {
+            tracing::warn!(error = %e, "discarding a bad prefetched copy; fetching from the repository");
+            Ok(None)
         }
-    })
-    .await?;
+    }
+}
 
-    let (raw_size, source) = match from_spool {
-        Some(size) => (size, Source::Spool),
-        None => {
-            let key = repository::wal_key(&wal_name);
-            let storage = ctx.storage().await?;
-            let object = match storage.get(&key).await {
-                Ok(o) => o,
-                Err(e) if e.is_not_found() => {
-                    return Err(Error::NotInArchive { name: name.to_owned(), backend: storage.to_string() });
-                }
-                Err(e) => return Err(e.into()),
-            };
-            let what = format!("{storage}/{key}");
-            let d = dest.to_path_buf();
-            (blocking(move || write_verified(&object, &d, &what)).await?, Source::Repository)
+/// The second half of [`run`]: get `name` from the repository, verify it, and write it to `dest`.
+#[tracing::instrument(skip_all, fields(segment = name))]
+pub async fn from_repository(ctx: &ArchiveContext, name: &str, dest: &Path) -> Result<FetchReport, Error> {
+    let started = Instant::now();
+    let wal_name: WalFileName = name.parse()?;
+    let key = repository::wal_key(&wal_name);
+    let storage = ctx.storage().await?;
+    let object = match storage.get(&key).await {
+        Ok(o) => o,
+        Err(e) if e.is_not_found() => {
+            return Err(Error::NotInArchive { name: name.to_owned(), backend: storage.to_string() });
         }
+        Err(e) => return Err(e.into()),
     };
-    Ok(FetchReport { name: wal_name, raw_size, source, elapsed_ms: started.elapsed().as_millis() as u64 })
+    let what = format!("{storage}/{key}");
+    let d = dest.to_path_buf();
+    let raw_size = blocking(move || write_verified(&object, &d, &what)).await?;
+    Ok(FetchReport {
+        name: wal_name,
+        raw_size,
+        source: Source::Repository,
+        elapsed_ms: started.elapsed().as_millis() as u64,
+    })
 }
 
 /// Decode and verify `object` (named `what` in errors) into `file`; write failures name `path`.
@@ -116,15 +134,20 @@ fn write_verified(object: &[u8], dest: &Path, what: &str) -> Result<u64, Error> 
     Ok(header.raw_size)
 }
 
-/// Check a prefetched file against its digest, then move it to `dest` (rename on the same filesystem, else a copy
-/// through a temp file beside `dest` and a rename).
+/// Check a prefetched file against its digest (read and hashed on all cores: this is on PostgreSQL's critical
+/// path), then move it to `dest` (rename on the same filesystem, else a copy through a temp file beside `dest`
+/// and a rename).
 fn serve_prefetched(path: &Path, digest: Digest, dest: &Path) -> Result<u64, Error> {
     let what = path.display().to_string();
     let read_err = |source| Error::Corrupt { what: what.clone(), source: codec::Error::Io(source) };
-    let mut hasher = blake3::Hasher::new();
     let file = std::fs::File::open(path).map_err(read_err)?;
-    let size = std::io::copy(&mut std::io::BufReader::with_capacity(1 << 20, file), &mut hasher).map_err(read_err)?;
-    let actual = Digest::Blake3(*hasher.finalize().as_bytes());
+    let size = file.metadata().map_err(read_err)?.len();
+    let actual = codec::digest_file(&file, size, hash_threads()).map_err(read_err)?;
+    // Prefetched files are never written after they are published; one that grew was changed by someone else.
+    let now = file.metadata().map_err(read_err)?.len();
+    if now != size {
+        return Err(Error::Corrupt { what, source: codec::Error::SizeMismatch { expected: size, actual: now } });
+    }
     if actual != digest {
         return Err(Error::Corrupt { what, source: codec::Error::ChecksumMismatch { expected: digest, actual } });
     }
@@ -139,6 +162,11 @@ fn serve_prefetched(path: &Path, digest: Digest, dest: &Path) -> Result<u64, Err
     std::io::copy(&mut src, tmp.as_file_mut()).map_err(werr)?;
     tmp.persist(dest).map_err(|e| werr(e.error))?;
     Ok(size)
+}
+
+/// Threads for hashing a prefetched segment: the cores (at most 4: a 16 MiB segment gains little beyond that).
+fn hash_threads() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get().min(4))
 }
 
 fn dest_dir(dest: &Path) -> PathBuf {
@@ -314,5 +342,42 @@ mod tests {
         let dest2 = dir.path().join("OTHER");
         assert!(matches!(serve_prefetched(&path, digest, &dest2), Err(Error::Corrupt { .. })));
         assert!(!dest2.exists());
+    }
+
+    /// The synchronous spool path: a prefetched segment of several hash pieces is served (and the wanted marker
+    /// follows the request); a damaged one is discarded and left for the repository path.
+    #[test]
+    fn from_spool_serves_only_verified_copies() {
+        use std::os::unix::fs::FileExt;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let repository = crate::config::RepositoryConfig {
+            url: format!("file://{}", dir.path().join("repo").display()),
+            compression_level: 1,
+            s3: Default::default(),
+        };
+        let spool = Spool::open(&dir.path().join("spool"), &repository.url).expect("spool");
+        let ctx = ArchiveContext::new(&repository, &Default::default(), spool.clone());
+        let data: Vec<u8> = (0..(3 << 20) + 4321u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
+        let (object, _) = codec::encode(&data[..], 1, 0, 1).expect("encode");
+        let name = "000000010000000000000007";
+        let dest = dir.path().join("RECOVERYXLOG");
+        assert!(from_spool(&ctx, name, &dest).expect("miss").is_none(), "nothing prefetched yet");
+        assert_eq!(spool.wanted().expect("wanted").as_deref(), Some(name));
+
+        store_prefetched(&spool, name.parse().expect("name"), &object, "obj").expect("store");
+        let report = from_spool(&ctx, name, &dest).expect("serve").expect("served from the spool");
+        assert_eq!((report.source, report.raw_size), (Source::Spool, data.len() as u64));
+        assert!(std::fs::read(&dest).expect("dest") == data);
+        assert!(spool.prefetched_names().expect("names").is_empty(), "served copies leave the queue");
+
+        // One flipped byte in the last piece: refused, removed, and %p is not touched.
+        std::fs::remove_file(&dest).expect("rm");
+        store_prefetched(&spool, name.parse().expect("name"), &object, "obj").expect("store");
+        let (path, _) = spool.find_prefetched(name, PREFETCH_MAX_AGE).expect("find").expect("there");
+        let file = std::fs::OpenOptions::new().write(true).open(&path).expect("open");
+        file.write_all_at(&[data[data.len() - 2] ^ 0x40], data.len() as u64 - 2).expect("flip");
+        assert!(from_spool(&ctx, name, &dest).expect("bad copy").is_none());
+        assert!(!dest.exists());
+        assert!(spool.prefetched_names().expect("names").is_empty(), "a bad copy is discarded");
     }
 }

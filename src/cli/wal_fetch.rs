@@ -58,9 +58,9 @@ pub fn main() -> ExitCode {
 pub fn run(args: &Args) -> Result<(), Error> {
     let (config_path, config) = super::load_config(args.config.as_deref())?;
     super::init_tracing(Some(&config));
-    let rt = super::current_thread_runtime()?;
     if args.prefetch_worker {
-        return rt.block_on(async {
+        lower_priority();
+        return super::current_thread_runtime()?.block_on(async {
             let ctx = super::archive_context(&config)?;
             let n = fetch::prefetch(&ctx, Duration::from_secs(2)).await?;
             tracing::debug!(fetched = n, "prefetcher done");
@@ -71,15 +71,35 @@ pub fn run(args: &Args) -> Result<(), Error> {
         return Err(Error::Usage("wal-fetch needs NAME and DEST (%f %p)".to_owned()));
     };
     let ctx = super::archive_context(&config)?;
-    let report = rt.block_on(fetch::run(&ctx, name, dest))?;
+    let prefetch = ctx.settings.fetch_prefetch > 0 && matches!(name.parse(), Ok(WalFileName::Segment(_)));
+    // PostgreSQL waits for every call: a prefetched segment is served without building a runtime at all.
+    let served = fetch::from_spool(&ctx, name, dest)?;
+    if prefetch {
+        // Before a repository fetch, so that the prefetcher gets the next segments meanwhile.
+        start_prefetcher(&config_path, &ctx.spool.fetch_lock_path());
+    }
+    let report = match served {
+        Some(report) => report,
+        None => super::current_thread_runtime()?.block_on(fetch::from_repository(&ctx, name, dest))?,
+    };
     tracing::info!(
         segment = %report.name, bytes = report.raw_size, elapsed_ms = report.elapsed_ms, source = ?report.source,
         "restored {}", super::human_bytes(report.raw_size)
     );
-    if ctx.settings.fetch_prefetch > 0 && matches!(report.name, WalFileName::Segment(_)) {
-        start_prefetcher(&config_path, &ctx.spool.fetch_lock_path());
-    }
     Ok(())
+}
+
+/// Added to the prefetch worker's nice value.
+const PREFETCH_NICE: libc::c_int = 10;
+
+/// Run the prefetch worker below PostgreSQL's priority (before it starts threads, which inherit it): when the
+/// cores are busy, the startup process (replay) and the wal-fetch it waits for go first. A prefetch that falls
+/// behind costs little: wal-fetch then gets that segment from the repository itself.
+fn lower_priority() {
+    // SAFETY: nice(2) only changes this process's scheduling priority.
+    if unsafe { libc::nice(PREFETCH_NICE) } == -1 {
+        tracing::debug!(error = %std::io::Error::last_os_error(), "prefetcher: cannot lower priority");
+    }
 }
 
 /// Start the detached prefetcher unless one is running (it follows the newest wanted segment by itself).

@@ -165,15 +165,9 @@ pub fn encode(
     size_hint: u64,
     workers: u32,
 ) -> Result<(Vec<u8>, ObjectHeader), Error> {
-    let mut out = Vec::with_capacity(HEADER_LEN + (size_hint / 2) as usize);
-    out.extend_from_slice(&[0u8; HEADER_LEN]);
     let mut hasher = blake3::Hasher::new();
     let mut raw_size = 0u64;
-    let mut encoder = zstd::stream::write::Encoder::new(out, level)?;
-    encoder.include_checksum(false)?;
-    if workers > 1 {
-        encoder.multithread(workers)?;
-    }
+    let mut encoder = start_object(level, size_hint, workers)?;
     let mut buf = vec![0u8; CHUNK];
     loop {
         let n = match input.read(&mut buf) {
@@ -186,8 +180,39 @@ pub fn encode(
         encoder.write_all(&buf[..n])?;
         raw_size += n as u64;
     }
+    finish_object(encoder, raw_size, Digest::Blake3(*hasher.finalize().as_bytes()))
+}
+
+/// Like [`encode`] for bytes whose blake3 the caller has just computed (content-addressed chunks are hashed
+/// first to decide whether to store them at all): the digest is not computed a second time.
+pub fn encode_hashed(raw: &[u8], digest: Digest, level: i32) -> Result<(Vec<u8>, ObjectHeader), Error> {
+    let mut encoder = start_object(level, raw.len() as u64, 1)?;
+    encoder.write_all(raw)?;
+    finish_object(encoder, raw.len() as u64, digest)
+}
+
+fn start_object(
+    level: i32,
+    size_hint: u64,
+    workers: u32,
+) -> Result<zstd::stream::write::Encoder<'static, Vec<u8>>, Error> {
+    let mut out = Vec::with_capacity(HEADER_LEN + (size_hint / 2) as usize);
+    out.extend_from_slice(&[0u8; HEADER_LEN]);
+    let mut encoder = zstd::stream::write::Encoder::new(out, level)?;
+    encoder.include_checksum(false)?;
+    if workers > 1 {
+        encoder.multithread(workers)?;
+    }
+    Ok(encoder)
+}
+
+fn finish_object(
+    encoder: zstd::stream::write::Encoder<'static, Vec<u8>>,
+    raw_size: u64,
+    digest: Digest,
+) -> Result<(Vec<u8>, ObjectHeader), Error> {
     let mut out = encoder.finish()?;
-    let header = ObjectHeader { codec: Codec::Zstd, raw_size, digest: Digest::Blake3(*hasher.finalize().as_bytes()) };
+    let header = ObjectHeader { codec: Codec::Zstd, raw_size, digest };
     out[0..HEADER_LEN].copy_from_slice(&header.to_bytes());
     Ok((out, header))
 }
@@ -258,6 +283,18 @@ impl<W: Write> Write for VerifyingWriter<'_, W> {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn encode_hashed_matches_encode() {
+        let data: Vec<u8> = (0..100_000u32).flat_map(|i| (i % 13).to_le_bytes()).collect();
+        let (a, ha) = encode(&data[..], 1, data.len() as u64, 1).expect("encode");
+        let (b, hb) = encode_hashed(&data, Digest::of(&data), 1).expect("encode_hashed");
+        assert_eq!(ha, hb);
+        assert_eq!(a, b);
+        let mut out = Vec::new();
+        assert_eq!(decode(&b, &mut out).expect("decode"), hb);
+        assert_eq!(out, data);
+    }
 
     #[test]
     fn round_trip_and_header() {

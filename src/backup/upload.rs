@@ -69,7 +69,7 @@ impl ObjectWriter {
             return Ok(id);
         }
         let (object, _) = blocking(move || {
-            codec::encode(&raw[..], level, len, 1)
+            codec::encode_hashed(&raw, codec::Digest::Blake3(id.0), level)
                 .map_err(|source| Error::Corrupt { what: format!("chunk {id}"), source })
         })
         .await?;

@@ -1,5 +1,7 @@
 //! `pitr-restore`: restore a base backup into a new data directory, set up to recover to a target.
 
+use std::ffi::OsString;
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
@@ -49,7 +51,7 @@ pub struct RestoreArgs {
     #[arg(long, value_name = "XID", group = "target")]
     pub to_xid: Option<u64>,
     /// Recover to this restore point (made with pg_create_restore_point).
-    #[arg(long, value_name = "NAME", group = "target")]
+    #[arg(long, value_name = "NAME", group = "target", value_parser = parse_restore_point)]
     pub to_name: Option<String>,
     /// What the server does at the target (ignored without one: it then replays the whole archive and promotes).
     #[arg(long, value_enum, default_value = "promote")]
@@ -105,7 +107,10 @@ pub fn main() -> ExitCode {
 pub fn run(config: Option<&Path>, args: &RestoreArgs) -> Result<(), Error> {
     let (config_path, config) = super::load_config(config)?;
     super::init_tracing(Some(&config));
-    let config_path = std::fs::canonicalize(&config_path).unwrap_or(config_path);
+    // restore_command runs in the data directory: the path must be absolute.
+    let config_path = std::fs::canonicalize(&config_path)
+        .or_else(|_| std::path::absolute(&config_path))
+        .map_err(|e| Error::Usage(format!("--config {}: {e}", config_path.display())))?;
     let target = match (&args.to_time, &args.to_lsn, &args.to_xid, &args.to_name) {
         (Some(t), ..) => Target::Time(*t),
         (_, Some(l), ..) => Target::Lsn(*l),
@@ -166,22 +171,56 @@ pub fn run(config: Option<&Path>, args: &RestoreArgs) -> Result<(), Error> {
     Ok(())
 }
 
-/// `wal-fetch --config <config> %f %p`, with wal-fetch from beside this program when it is there.
-fn restore_command(config: &Path) -> String {
+/// `wal-fetch --config <config> %f %p`, with wal-fetch from beside this program when it is there. Each path is
+/// quoted for /bin/sh, then every `%` in it doubled: PostgreSQL replaces `%f`, `%p`, `%r` and `%%` in
+/// restore_command before the shell runs it, and from 16 refuses any other `%` escape (src/common/percentrepl.c;
+/// BuildRestoreCommand in src/common/archive.c before 16).
+fn restore_command(config: &Path) -> OsString {
     let wal_fetch = std::env::current_exe()
         .ok()
         .and_then(|exe| exe.parent().map(|d| d.join("wal-fetch")))
         .filter(|p| p.is_file())
-        .map_or_else(|| "wal-fetch".to_owned(), |p| p.display().to_string());
-    format!("{} --config {} %f %p", shell_quote(&wal_fetch), shell_quote(&config.display().to_string()))
+        .unwrap_or_else(|| PathBuf::from("wal-fetch"));
+    let mut command = percent_escape(&shell_quote(wal_fetch.as_os_str().as_bytes()));
+    command.extend_from_slice(b" --config ");
+    command.extend_from_slice(&percent_escape(&shell_quote(config.as_os_str().as_bytes())));
+    command.extend_from_slice(b" %f %p");
+    OsString::from_vec(command)
 }
 
-/// Quote for /bin/sh when needed.
-fn shell_quote(s: &str) -> String {
-    if !s.is_empty() && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"/._-+=:@%".contains(&b)) {
-        return s.to_owned();
+/// Quote for /bin/sh when needed: single quotes, and each `'` as `'\''`. Any byte but NUL survives.
+fn shell_quote(s: &[u8]) -> Vec<u8> {
+    if !s.is_empty() && s.iter().all(|b| b.is_ascii_alphanumeric() || b"/._-+=:@%,".contains(b)) {
+        return s.to_vec();
     }
-    format!("'{}'", s.replace('\'', "'\\''"))
+    let mut out = vec![b'\''];
+    for &b in s {
+        if b == b'\'' {
+            out.extend_from_slice(b"'\\''");
+        } else {
+            out.push(b);
+        }
+    }
+    out.push(b'\'');
+    out
+}
+
+/// Every `%` doubled, so that PostgreSQL's placeholder replacement in restore_command gives back `s`.
+fn percent_escape(s: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(s.len());
+    for &b in s {
+        if b == b'%' {
+            out.push(b'%');
+        }
+        out.push(b);
+    }
+    out
+}
+
+/// `--to-name`: a restore point name PostgreSQL can hold in recovery_target_name.
+fn parse_restore_point(s: &str) -> Result<String, String> {
+    crate::restore::auto_conf::check_restore_point(s).map_err(|e| e.to_string())?;
+    Ok(s.to_owned())
 }
 
 #[cfg(test)]
@@ -190,8 +229,14 @@ mod tests {
 
     #[test]
     fn quoting_and_mappings() {
-        assert_eq!(shell_quote("/usr/bin/wal-fetch"), "/usr/bin/wal-fetch");
-        assert_eq!(shell_quote("/a b/it's"), "'/a b/it'\\''s'");
+        assert_eq!(shell_quote(b"/usr/bin/wal-fetch"), b"/usr/bin/wal-fetch");
+        assert_eq!(shell_quote(b"/a b/it's"), b"'/a b/it'\\''s'");
+        assert_eq!(percent_escape(b"/x/100%/%f"), b"/x/100%%/%%f");
+        let cmd = restore_command(Path::new("/etc/it's 100%/b.toml"));
+        assert!(cmd.as_bytes().ends_with(b" --config '/etc/it'\\''s 100%%/b.toml' %f %p"), "{cmd:?}");
+        let name = |n: &str| Args::try_parse_from(["pitr-restore", "--destination", "/d", "--to-name", n]);
+        assert!(name("release\\x 'q' \"dq\" 100%").is_ok());
+        assert!(name("a\nb").is_err() && name("").is_err() && name(&"x".repeat(64)).is_err());
         assert!(parse_mapping("/a=/b").is_ok());
         assert!(parse_mapping("a=/b").is_err());
         assert!(parse_mapping("/a").is_err());

@@ -6,6 +6,7 @@
 //! - The result starts recovery only when complete: `global/pg_control` and the recovery files are written last,
 //!   after a sync of everything else.
 
+pub mod auto_conf;
 pub mod target;
 pub mod write;
 
@@ -19,7 +20,8 @@ use crate::repository::backup::{BackupId, Manifest};
 use crate::repository::{self, store};
 use crate::storage::{DynStorage, Storage};
 use crate::wal::{TimelineHistory, TimelineId, WalFileName};
-use target::{RecoverySettings, Target, TargetAction, TargetTimeline};
+use auto_conf::RecoverySettings;
+use target::{Target, TargetAction, TargetTimeline};
 use write::Layout;
 
 /// What the operator asked for.
@@ -43,8 +45,8 @@ pub struct RestoreRequest {
     pub delta: bool,
     /// Tablespace `OLD=NEW` directory mappings.
     pub tablespace_mapping: Vec<(PathBuf, PathBuf)>,
-    /// The restore_command the restored server runs.
-    pub restore_command: String,
+    /// The restore_command the restored server runs (bytes: paths need not be UTF-8).
+    pub restore_command: std::ffi::OsString,
     /// Objects downloaded at once.
     pub parallel: usize,
 }
@@ -70,7 +72,17 @@ pub async fn run(
     let started = Instant::now();
     let manifests = match &request.backup_id {
         // The one asked for: a damaged or hostile manifest is an error here.
-        Some(id) => store::load_manifest(storage.as_ref(), id).await?.into_iter().collect(),
+        Some(id) => match store::load_manifest(storage.as_ref(), id).await? {
+            Some(m) => vec![m],
+            None => {
+                let ids = store::backup_ids(storage.as_ref()).await?;
+                return Err(Error::NoBackup {
+                    backend: storage.to_string(),
+                    target: request.target.to_string(),
+                    reason: target::missing_backup(id, &ids),
+                });
+            }
+        },
         None => {
             let (good, bad) = store::manifests(storage.as_ref()).await?;
             for (id, e) in bad {
@@ -88,6 +100,17 @@ pub async fn run(
         .map_err(|reason| Error::NoBackup { backend: storage.to_string(), target: request.target.to_string(), reason })?
         .clone();
     tracing::debug!(backup = %manifest.id, stop_time = %manifest.stop_time, "restoring");
+    // Checked and quoted before anything is written: a value PostgreSQL cannot hold is a usage error.
+    let settings = RecoverySettings {
+        restore_command: request.restore_command.clone(),
+        target: request.target.clone(),
+        action: request.action,
+        inclusive: request.inclusive,
+        timeline: request.timeline,
+        is_archive_off: request.is_archive_off,
+    };
+    let recovery_block = auto_conf::render(&settings, &manifest.id, manifest.pg_version_num)
+        .map_err(|e| Error::Usage(format!("cannot write postgresql.auto.conf: {e}")))?;
 
     let layout = Layout {
         destination: absolute(&request.destination)?,
@@ -125,17 +148,13 @@ pub async fn run(
         write::write_small(&layout, "tablespace_map", write::remap_tablespace_map(map, &layout).as_bytes())?;
     }
     let auto_conf = layout.destination.join("postgresql.auto.conf");
-    let existing = std::fs::read_to_string(&auto_conf).unwrap_or_default();
-    let settings = RecoverySettings {
-        restore_command: request.restore_command.clone(),
-        target: request.target.clone(),
-        action: request.action,
-        inclusive: request.inclusive,
-        timeline: request.timeline,
-        is_archive_off: request.is_archive_off,
+    let existing = match std::fs::read(&auto_conf) {
+        Ok(bytes) => bytes,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+        Err(e) => return Err(Error::Destination { path: auto_conf, reason: format!("cannot read it: {e}") }),
     };
-    let merged = target::merge_auto_conf(&existing, &settings, &manifest.id);
-    write::write_small(&layout, "postgresql.auto.conf", merged.as_bytes())?;
+    let merged = recovery_block.merge_into(&existing);
+    write::write_small(&layout, "postgresql.auto.conf", &merged)?;
     write::write_small(&layout, "recovery.signal", b"")?;
     let c = write::write_files(storage, &manifest, &control, &layout, request.delta, 1, progress).await?;
     write::sync_files(&manifest, &control, &layout, 1).await?;

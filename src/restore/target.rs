@@ -48,7 +48,8 @@ pub enum TargetAction {
 }
 
 impl TargetAction {
-    fn as_str(self) -> &'static str {
+    /// The value of `recovery_target_action`.
+    pub fn as_str(self) -> &'static str {
         match self {
             TargetAction::Promote => "promote",
             TargetAction::Pause => "pause",
@@ -161,78 +162,31 @@ pub fn choose_backup<'a>(
     }
 }
 
+/// Why `wanted` cannot be restored when the repository has no manifest for it: names the id and lists the ids
+/// that exist (`ids`, oldest first), or, when there are more than [`LISTED_IDS`], the nearest ones around it.
+pub fn missing_backup(wanted: &BackupId, ids: &[BackupId]) -> String {
+    if ids.is_empty() {
+        return format!("backup {wanted} does not exist; the repository holds no backups");
+    }
+    let list = |ids: &[BackupId]| ids.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ");
+    if ids.len() <= LISTED_IDS {
+        return format!("backup {wanted} does not exist; the repository holds {}: {}", ids.len(), list(ids));
+    }
+    let at = ids.partition_point(|id| id < wanted);
+    let half = LISTED_IDS / 2;
+    let start = at.saturating_sub(half).min(ids.len() - LISTED_IDS);
+    format!(
+        "backup {wanted} does not exist; the repository holds {} backups, the nearest: {}",
+        ids.len(),
+        list(&ids[start..start + LISTED_IDS])
+    )
+}
+
+/// How many backup ids an error message lists at most.
+pub const LISTED_IDS: usize = 6;
+
 fn stop_time(m: &Manifest) -> Option<OffsetDateTime> {
     OffsetDateTime::parse(&m.stop_time, &Rfc3339).ok()
-}
-
-/// Recovery settings for `postgresql.auto.conf`.
-#[derive(Debug, Clone)]
-pub struct RecoverySettings {
-    /// The whole restore_command.
-    pub restore_command: String,
-    /// Where to stop.
-    pub target: Target,
-    /// What to do there.
-    pub action: TargetAction,
-    /// Stop after (true) or before (false) the target.
-    pub inclusive: bool,
-    /// Timeline to follow.
-    pub timeline: TargetTimeline,
-    /// Turn archiving off in the restored cluster (a copy for inspection must not archive into the repository).
-    pub is_archive_off: bool,
-}
-
-const BEGIN: &str = "# BEGIN recovery settings written by pitr-restore";
-const END: &str = "# END recovery settings written by pitr-restore";
-
-/// `existing` (the backup's `postgresql.auto.conf`) without earlier recovery settings, plus ours.
-pub fn merge_auto_conf(existing: &str, settings: &RecoverySettings, backup: &BackupId) -> String {
-    let mut out = String::new();
-    let mut in_block = false;
-    for line in existing.lines() {
-        let t = line.trim_start();
-        if t.starts_with(BEGIN) {
-            in_block = true;
-            continue;
-        }
-        if t.starts_with(END) {
-            in_block = false;
-            continue;
-        }
-        let key = t.split(['=', ' ', '\t']).next().unwrap_or("");
-        let is_recovery = key == "restore_command" || key.starts_with("recovery_target") || key == "archive_mode";
-        if in_block || is_recovery {
-            continue;
-        }
-        out.push_str(line);
-        out.push('\n');
-    }
-    let quote = |v: &str| format!("'{}'", v.replace('\'', "''"));
-    out.push_str(&format!("{BEGIN} from backup {backup}\n"));
-    out.push_str(&format!("restore_command = {}\n", quote(&settings.restore_command)));
-    let target = match &settings.target {
-        Target::Latest => None,
-        Target::Time(t) => Some(("recovery_target_time", pg_timestamp(*t))),
-        Target::Lsn(l) => Some(("recovery_target_lsn", l.to_string())),
-        Target::Xid(x) => Some(("recovery_target_xid", x.to_string())),
-        Target::Name(n) => Some(("recovery_target_name", n.clone())),
-    };
-    if let Some((key, value)) = target {
-        out.push_str(&format!("{key} = {}\n", quote(&value)));
-        out.push_str(&format!("recovery_target_action = '{}'\n", settings.action.as_str()));
-        out.push_str(&format!("recovery_target_inclusive = {}\n", if settings.inclusive { "on" } else { "off" }));
-    }
-    let timeline = match settings.timeline {
-        TargetTimeline::Latest => "latest".to_owned(),
-        TargetTimeline::Current => "current".to_owned(),
-        TargetTimeline::Id(n) => n.to_string(),
-    };
-    out.push_str(&format!("recovery_target_timeline = '{timeline}'\n"));
-    if settings.is_archive_off {
-        out.push_str("archive_mode = 'off'\n");
-    }
-    out.push_str(&format!("{END}\n"));
-    out
 }
 
 #[cfg(test)]
@@ -318,28 +272,19 @@ mod tests {
     }
 
     #[test]
-    fn auto_conf_replaces_earlier_recovery_settings() {
-        let settings = RecoverySettings {
-            restore_command: "/usr/bin/wal-fetch --config '/etc/b.toml' %f %p".into(),
-            target: Target::Time(parse_time("2025-10-20T12:30:00Z").expect("t")),
-            action: TargetAction::Pause,
-            inclusive: true,
-            timeline: TargetTimeline::Latest,
-            is_archive_off: true,
-        };
-        let id: BackupId = "20261126-100000F".parse().expect("id");
-        let existing = "# Do not edit\narchive_command = 'x'\nrestore_command = 'old'\nrecovery_target_xid = '5'\n";
-        let once = merge_auto_conf(existing, &settings, &id);
-        assert!(once.contains("archive_command = 'x'"), "{once}");
-        assert!(!once.contains("'old'") && !once.contains("recovery_target_xid"), "{once}");
-        assert!(once.contains("restore_command = '/usr/bin/wal-fetch --config ''/etc/b.toml'' %f %p'"), "{once}");
-        assert!(once.contains("recovery_target_time = '2025-10-20 12:30:00.000000+00'"), "{once}");
-        assert!(once.contains("recovery_target_action = 'pause'"), "{once}");
-        assert!(once.contains("archive_mode = 'off'"), "{once}");
-        let latest = RecoverySettings { target: Target::Latest, is_archive_off: false, ..settings.clone() };
-        let twice = merge_auto_conf(&once, &latest, &id);
-        assert_eq!(twice.matches("restore_command").count(), 1, "{twice}");
-        assert!(!twice.contains("recovery_target_time =") && !twice.contains("recovery_target_action"), "{twice}");
-        assert!(!twice.contains("archive_mode"), "{twice}");
+    fn a_missing_backup_id_is_named_with_the_ids_that_exist() {
+        let id = |s: &str| s.parse::<BackupId>().expect("id");
+        let wanted = id("20261126-120000F");
+        assert!(missing_backup(&wanted, &[]).contains("holds no backups"));
+        let few: Vec<BackupId> = (1..=5).map(|d| id(&format!("2026110{d}-000000F"))).collect();
+        let msg = missing_backup(&wanted, &few);
+        assert!(msg.contains("20261126-120000F") && msg.contains("holds 5: 20261101-000000F,"), "{msg}");
+        assert!(few.iter().all(|i| msg.contains(&i.to_string())), "{msg}");
+        let many: Vec<BackupId> = (10..=28).map(|d| id(&format!("202611{d}-000000I"))).collect();
+        let msg = missing_backup(&wanted, &many);
+        assert!(msg.contains("holds 19 backups, the nearest: 20261123-000000I"), "{msg}");
+        assert!(msg.ends_with("20261128-000000I") && !msg.contains("20261122"), "{msg}");
+        assert!(missing_backup(&id("20250101-000000F"), &many).contains("nearest: 20261110-000000I,"));
+        assert!(missing_backup(&id("20990101-000000F"), &many).ends_with("20261128-000000I"));
     }
 }

@@ -51,21 +51,47 @@ impl Layout {
     }
 }
 
-/// Refuse a directory with a live server in it, or (without `delta`) one that is not empty. Touches nothing.
+/// Entries a file system puts at the root of a volume, never PostgreSQL's: a destination holding only these is
+/// empty for a restore (a mount point used as the data directory).
+pub const FILE_SYSTEM_ARTEFACTS: &[&str] = &["lost+found"];
+
+/// Refuse a directory with a live server in it, or (without `delta`) one that holds anything but
+/// [`FILE_SYSTEM_ARTEFACTS`]. A symbolic link to a directory is followed and kept (the restore goes into its
+/// target), as initdb does. Touches nothing.
 pub fn check_root(dir: &Path, delta: bool) -> Result<(), Error> {
     let refuse = |reason: String| Error::Destination { path: dir.to_path_buf(), reason };
     match std::fs::symlink_metadata(dir) {
         Err(e) if e.kind() == ErrorKind::NotFound => return Ok(()),
         Err(e) => return Err(refuse(e.to_string())),
+        Ok(m) if m.file_type().is_symlink() => {
+            let to = std::fs::read_link(dir).map_or_else(|e| format!("? ({e})"), |t| t.display().to_string());
+            match std::fs::metadata(dir) {
+                Ok(t) if t.is_dir() => {}
+                Ok(_) => return Err(refuse(format!("is a symbolic link to {to}, which is not a directory"))),
+                Err(e) if e.kind() == ErrorKind::NotFound => {
+                    return Err(refuse(format!("is a symbolic link to {to}, which does not exist")));
+                }
+                Err(e) => return Err(refuse(format!("is a symbolic link to {to}: {e}"))),
+            }
+        }
         Ok(m) if !m.is_dir() => return Err(refuse("exists and is not a directory".into())),
         Ok(_) => {}
     }
     if let Some(pid) = live_postmaster(dir) {
         return Err(refuse(format!("a PostgreSQL server (pid {pid}) is running in it; stop it first")));
     }
-    let mut entries = std::fs::read_dir(dir).map_err(|e| refuse(e.to_string()))?;
-    if !delta && entries.next().is_some() {
-        return Err(refuse("is not empty (use --delta to restore over an existing copy)".into()));
+    let entries = std::fs::read_dir(dir).map_err(|e| refuse(e.to_string()))?;
+    if delta {
+        return Ok(());
+    }
+    for entry in entries {
+        let name = entry.map_err(|e| refuse(e.to_string()))?.file_name();
+        if !FILE_SYSTEM_ARTEFACTS.iter().any(|a| name == *a) {
+            return Err(refuse(format!(
+                "is not empty: it holds {} (use --delta to restore over an existing copy)",
+                Path::new(&name).display()
+            )));
+        }
     }
     Ok(())
 }

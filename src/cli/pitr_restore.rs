@@ -18,7 +18,8 @@ use crate::restore::{self, RestoreRequest};
 ///
 /// Without --backup-id, picks the newest backup that can reach the target (for --to, the newest that finished
 /// before TIME). Writes recovery.signal and, in postgresql.auto.conf, restore_command (wal-fetch with this
-/// configuration) and the recovery_target_* settings. Exit status: 0 restored, 1 failure, 2 bad configuration
+/// configuration), the recovery_target_* settings, and every other recovery setting at its default (so none left
+/// in postgresql.conf applies). Exit status: 0 restored, 1 failure, 2 bad configuration
 /// or usage.
 #[derive(Debug, Clone, Parser)]
 #[command(name = "pitr-restore", version, about, long_about = None)]

@@ -81,9 +81,8 @@ fn config_at(src: &Source, dir: &Path) -> PathBuf {
 }
 
 /// Recovery settings left in the source's postgresql.conf (pgbackrest#2417) travel with the backup: a restore to
-/// the end of the archive must not stop at a stale recovery_target_time (nor wait a stale apply delay), and a
-/// stale recovery_target_name must not stop a restore to a time from starting. A --backup-id that does not exist
-/// is named, with the ids that do.
+/// the end of the archive must not stop at a stale recovery_target_time (nor wait a stale apply delay, nor shut
+/// down). A --backup-id that does not exist is named, with the ids that do.
 #[test]
 fn issue_7_stale_recovery_settings() {
     if require_pg().is_none() {
@@ -101,15 +100,19 @@ fn issue_7_stale_recovery_settings() {
                  recovery_end_command = 'false'\nrecovery_target_action = 'shutdown'\n";
     std::fs::write(&conf, format!("{original}{stale}")).expect("conf");
     let with_stale_time = src.backup_json("full")["id"].as_str().expect("id").to_owned();
-    insert(c, 1);
-    let stale = "recovery_target_name = 'stale_point'\nrecovery_min_apply_delay = '1d'\n";
-    std::fs::write(&conf, format!("{original}{stale}")).expect("conf");
-    let with_stale_name = src.backup_json("full")["id"].as_str().expect("id").to_owned();
-    std::thread::sleep(Duration::from_millis(1100));
-    insert(c, 2);
-    let after_2 = c.sql("select clock_timestamp()");
-    insert(c, 3);
+    std::thread::sleep(Duration::from_millis(1100)); // backup ids name the second
+    let second = src.backup_json("full")["id"].as_str().expect("id").to_owned();
+    for batch in 1..=3 {
+        insert(c, batch);
+    }
     c.switch_and_wait_archived(Duration::from_secs(120));
+
+    // A --backup-id that does not exist: named, with the ids that exist; nothing written.
+    let dest = fresh(&src, "no-such-backup");
+    let err = refused(&src.restore(&dest, &["--backup-id", "20200101-000000F"]), 1);
+    assert!(err.contains("backup 20200101-000000F does not exist"), "{err}");
+    assert!(err.contains(&with_stale_time) && err.contains(&second), "{err}");
+    assert!(!dest.exists(), "a refused restore must not create the destination");
 
     let dest = fresh(&src, "stale-time");
     assert_ok("pitr-restore", &src.restore(&dest, &["--backup-id", &with_stale_time, "--archive-mode", "off"]));
@@ -117,22 +120,33 @@ fn issue_7_stale_recovery_settings() {
     assert_eq!(batches(&copy), "0:100,1:100,2:100,3:100", "{}", copy.log_text());
     assert_eq!(copy.sql("show recovery_target_time"), "");
     assert_eq!(copy.sql("show recovery_min_apply_delay"), "0");
-    drop(copy);
+}
+
+/// A stale recovery_target_name in the source's postgresql.conf must not stop a restore to a time from starting
+/// ("multiple recovery targets specified"), nor change where it stops.
+#[test]
+fn issue_7_stale_target_name_with_a_time_target() {
+    if require_pg().is_none() {
+        return;
+    }
+    let repo = FileRepo::new("i7-stale-name");
+    let src = Source::start("i7-stale-name", &repo.url(), "");
+    let c = &src.cluster;
+    c.sql("create table batches (batch int, id int)");
+    insert(c, 0);
+    c.append_conf("recovery_target_name = 'stale_point'\nrecovery_target_inclusive = off\n");
+    src.backup_json("full");
+    std::thread::sleep(Duration::from_millis(1100));
+    insert(c, 1);
+    let after_1 = c.sql("select clock_timestamp()");
+    insert(c, 2);
+    c.switch_and_wait_archived(Duration::from_secs(120));
 
     let dest = fresh(&src, "stale-name");
-    let out = src.restore(&dest, &["--backup-id", &with_stale_name, "--to", &after_2, "--archive-mode", "off"]);
-    assert_ok("pitr-restore", &out);
+    assert_ok("pitr-restore", &src.restore(&dest, &["--to", &after_1, "--archive-mode", "off"]));
     let copy = start_recovered(&src, &dest);
-    assert_eq!(batches(&copy), "0:100,1:100,2:100", "{}", copy.log_text());
+    assert_eq!(batches(&copy), "0:100,1:100", "{}", copy.log_text());
     assert_eq!(copy.sql("show recovery_target_name"), "");
-    drop(copy);
-
-    // A --backup-id that does not exist: named, with the ids that exist; nothing written.
-    let dest = fresh(&src, "no-such-backup");
-    let err = refused(&src.restore(&dest, &["--backup-id", "20200101-000000F"]), 1);
-    assert!(err.contains("backup 20200101-000000F does not exist"), "{err}");
-    assert!(err.contains(&with_stale_time) && err.contains(&with_stale_name), "{err}");
-    assert!(!dest.exists(), "a refused restore must not create the destination");
 }
 
 /// Restore point names with backslashes, quotes, `%` and unicode, and configuration paths with quotes, spaces, `%`,
@@ -156,16 +170,9 @@ fn issue_7_hostile_values_are_read_back_exactly() {
     insert(c, 2);
     c.switch_and_wait_archived(Duration::from_secs(120));
 
-    // End to end: the configuration at a hostile path, the target a hostile name; wal-fetch runs through it.
-    let hostile = src.dir.path().join(r#"it's a "100%" %f dir $HOME `id` \n"#);
-    let config = config_at(&src, &hostile);
-    let dest = fresh(&src, "hostile");
-    assert_ok("pitr-restore", &restore_with(&config, &dest, &["--to-name", point, "--archive-mode", "off"]));
-    let copy = start_recovered(&src, &dest);
-    assert_eq!(batches(&copy), "0:100,1:100", "{}", copy.log_text());
-    assert_eq!(copy.sql("show recovery_target_name"), point);
-    assert!(copy.log_text().contains("recovery stopping at restore point"), "{}", copy.log_text());
-    drop(copy);
+    // A copy to write settings into with --delta.
+    let dest = fresh(&src, "table");
+    assert_ok("pitr-restore", &src.restore(&dest, &["--archive-mode", "off"]));
 
     // Table: each restore point name read back by the server's own configuration reader.
     let names = [
@@ -243,6 +250,16 @@ fn issue_7_hostile_values_are_read_back_exactly() {
     let err = refused(&restore_with(&config, &untouched, &[]), 2);
     assert!(err.contains("restore_command") && err.contains("newline"), "{err}");
     assert!(!untouched.exists(), "a refused restore must not create the destination");
+
+    // End to end: the configuration at a hostile path, the target a hostile name; wal-fetch runs through it.
+    let hostile = src.dir.path().join(r#"it's a "100%" %f dir $HOME `id` \n"#);
+    let config = config_at(&src, &hostile);
+    let dest = fresh(&src, "end-to-end");
+    assert_ok("pitr-restore", &restore_with(&config, &dest, &["--to-name", point, "--archive-mode", "off"]));
+    let copy = start_recovered(&src, &dest);
+    assert_eq!(batches(&copy), "0:100,1:100", "{}", copy.log_text());
+    assert_eq!(copy.sql("show recovery_target_name"), point);
+    assert!(copy.log_text().contains("recovery stopping at restore point"), "{}", copy.log_text());
 }
 
 /// PostgreSQL's replacement of `%f`, `%p` and `%%` in restore_command (src/common/percentrepl.c).
@@ -280,16 +297,6 @@ fn issue_7_destinations() {
     insert(c, 1);
     c.switch_and_wait_archived(Duration::from_secs(120));
 
-    let target = src.dir.sub("link-target");
-    let link = src.dir.path().join("link");
-    std::os::unix::fs::symlink(&target, &link).expect("symlink");
-    assert_ok("pitr-restore into a link", &src.restore(&link, &["--archive-mode", "off"]));
-    assert_eq!(std::fs::read_link(&link).expect("still a link"), target);
-    assert!(target.join("PG_VERSION").is_file(), "restored into the link's target");
-    let copy = start_recovered(&src, &link);
-    assert_eq!(batches(&copy), "0:100,1:100");
-    drop(copy);
-
     let mount = src.dir.sub("mount-point");
     let lost = mount.join("lost+found");
     std::fs::create_dir(&lost).expect("mkdir lost+found");
@@ -310,4 +317,13 @@ fn issue_7_destinations() {
     std::os::unix::fs::symlink(src.dir.path().join("nowhere"), &dangling).expect("symlink");
     let err = refused(&src.restore(&dangling, &[]), 1);
     assert!(err.contains("nowhere") && err.contains("does not exist"), "{err}");
+
+    let target = src.dir.sub("link-target");
+    let link = src.dir.path().join("link");
+    std::os::unix::fs::symlink(&target, &link).expect("symlink");
+    assert_ok("pitr-restore into a link", &src.restore(&link, &["--archive-mode", "off"]));
+    assert_eq!(std::fs::read_link(&link).expect("still a link"), target);
+    assert!(target.join("PG_VERSION").is_file(), "restored into the link's target");
+    let copy = start_recovered(&src, &link);
+    assert_eq!(batches(&copy), "0:100,1:100");
 }

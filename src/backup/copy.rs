@@ -302,8 +302,7 @@ mod tests {
         let writer = Arc::new(ObjectWriter::new(storage.clone(), false, 1, HashSet::new()));
         let settings = CopySettings { chunk_size: chunk, parallel: 2, max_rate: None };
         let entries = copy_files(&files, writer.clone(), &HashMap::new(), settings, &NoProgress).await.expect("copy");
-        let by_name: HashMap<&str, &FileEntry> =
-            entries.iter().map(|e| (e.path.to_str().expect("utf-8"), e)).collect();
+        let by_name: HashMap<&str, &FileEntry> = entries.iter().map(|e| (e.path.to_str().expect("utf-8"), e)).collect();
         assert!(!by_name.contains_key("gone"), "a vanished file is left out");
         let b = by_name["big"];
         assert_eq!(b.size, chunk + chunk / 2);

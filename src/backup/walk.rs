@@ -144,7 +144,7 @@ impl Walker {
         names.sort_by(|a, b| a.as_bytes().cmp(b.as_bytes()));
         let text_names: Vec<&str> = names.iter().filter_map(|n| n.to_str()).collect();
         let unlogged = unlogged_relations(&text_names);
-        let is_tblspc = rel == &"pg_tblspc";
+        let is_tblspc = *rel == "pg_tblspc";
         for name in &names {
             let bytes = name.as_bytes();
             let child_rel = rel.join(bytes);
@@ -162,11 +162,9 @@ impl Walker {
                 Err(e) => return Err(read_error(&path, e)),
             };
             let is_pg_wal = rel.is_empty() && bytes == b"pg_wal";
-            let is_content_skipped =
-                rel.is_empty() && name.to_str().is_some_and(|n| CONTENT_SKIPPED_DIRS.contains(&n));
+            let is_content_skipped = rel.is_empty() && name.to_str().is_some_and(|n| CONTENT_SKIPPED_DIRS.contains(&n));
             // PostgreSQL's tablespace names in pg_tblspc: digits only (do_pg_backup_start in xlog.c).
-            let tablespace_oid =
-                if is_tblspc { name.to_str().and_then(|n| n.parse::<u32>().ok()) } else { None };
+            let tablespace_oid = if is_tblspc { name.to_str().and_then(|n| n.parse::<u32>().ok()) } else { None };
             let (target, is_link) = if meta.file_type().is_symlink() {
                 let Some(target) = follow(&path)? else { continue };
                 (target, true)
@@ -196,7 +194,10 @@ impl Walker {
                 push_file(&mut self.out, child_rel, path, &target);
             } else if is_link {
                 let resolved = std::fs::canonicalize(&path).unwrap_or_else(|_| path.clone());
-                return Err(link_error(&path, LinkProblem::NotFileOrDirectory { target: resolved, kind: kind(&target) }));
+                return Err(link_error(
+                    &path,
+                    LinkProblem::NotFileOrDirectory { target: resolved, kind: kind(&target) },
+                ));
             } else {
                 // PostgreSQL's own base backup skips these too ("skipping special file", basebackup.c).
                 tracing::warn!(path = %Escaped(&path), kind = kind(&target), "skipping special file");
@@ -384,7 +385,10 @@ mod tests {
         use std::os::unix::fs::symlink;
         let top = tempfile::tempdir().expect("tempdir");
         let (root, other) = (top.path().join("data"), top.path().join("other"));
-        mkdirs(&root, &["base/5", "global", "pg_tblspc/16500/PG_15_1/5", "pg_logical", "lost+found", "base/lost+found"]);
+        mkdirs(
+            &root,
+            &["base/5", "global", "pg_tblspc/16500/PG_15_1/5", "pg_logical", "lost+found", "base/lost+found"],
+        );
         mkdirs(&other, &["xact", "mx", "ts/PG_15_1/5", "ts/lost+found", "db5/lost+found", "wal", "snap"]);
         for (f, content) in [
             ("other/xact/0000", "x"),
@@ -426,7 +430,9 @@ mod tests {
         );
         assert_eq!(l.files[0].rel.as_bytes(), b"base/5/r\xe9glages");
         let dirs: Vec<String> = l.directories.iter().map(|d| d.path.to_string()).collect();
-        for want in ["pg_xact", "pg_multixact", "pg_wal", "pg_wal/archive_status", "pg_tblspc/16500", "pg_logical/snapshots"] {
+        for want in
+            ["pg_xact", "pg_multixact", "pg_wal", "pg_wal/archive_status", "pg_tblspc/16500", "pg_logical/snapshots"]
+        {
             assert!(dirs.iter().any(|d| d == want), "{want} missing from {dirs:?}");
         }
         assert!(!dirs.iter().any(|d| d.contains("lost+found") && !d.starts_with("base/")), "{dirs:?}");

@@ -116,7 +116,7 @@ pub enum Error {
         source: crate::codec::Error,
     },
     /// Writing the destination file failed.
-    #[error("cannot write {path}: {source}")]
+    #[error("cannot write {}: {source}", crate::repository::path::Escaped(path))]
     WriteDestination {
         /// The file.
         path: PathBuf,

@@ -26,6 +26,7 @@ use crate::archive::blocking;
 use crate::codec;
 use crate::progress::Progress;
 use crate::repository::backup::{FileEntry, Manifest, ManifestPath, ObjectId};
+use crate::repository::path::Escaped;
 use crate::storage::DynStorage;
 
 /// Where each part of the backup goes.
@@ -225,7 +226,7 @@ fn apply_object(key: &str, object: &[u8], ops: &[WriteOp]) -> Result<u64, Error>
         corrupt(
             format!(
                 "object {key} (part of {})",
-                ops.first().map_or(String::from("?"), |o| o.path.display().to_string())
+                ops.first().map_or(String::from("?"), |o| Escaped(&o.path).to_string())
             ),
             e,
         )
@@ -235,7 +236,7 @@ fn apply_object(key: &str, object: &[u8], ops: &[WriteOp]) -> Result<u64, Error>
         let end = op.object_offset + op.length;
         let slice = raw.get(op.object_offset as usize..end as usize).ok_or_else(|| {
             corrupt(
-                format!("object {key} (part of {})", op.path.display()),
+                format!("object {key} (part of {})", Escaped(&op.path)),
                 codec::Error::SizeMismatch { expected: end, actual: raw.len() as u64 },
             )
         })?;
@@ -244,7 +245,7 @@ fn apply_object(key: &str, object: &[u8], ops: &[WriteOp]) -> Result<u64, Error>
             let actual = blake3::hash(slice);
             if actual.as_bytes() != &op.blake3.0 {
                 return Err(corrupt(
-                    format!("object {key} (part of {})", op.path.display()),
+                    format!("object {key} (part of {})", Escaped(&op.path)),
                     codec::Error::ChecksumMismatch {
                         expected: codec::Digest::Blake3(op.blake3.0),
                         actual: codec::Digest::Blake3(*actual.as_bytes()),

@@ -38,7 +38,7 @@ fn is_real_dir(p: &Path) -> bool {
 /// The example: pg_xact on another disk behind a link, commit 51 rows one by one, back up, restore, start: all 51
 /// are there. And the kind: relative links, a link to a link, a nested link, a file link, a tablespace whose
 /// pg_tblspc link is relative and whose database directory is itself a link; all restored as real directories and
-/// files, never as links back to the source's.
+/// files, never as links back to the source's. An in-place tablespace comes back as one.
 #[test]
 fn issue_7_symlinks_are_backed_up_as_what_they_point_to() {
     if require_pg().is_none() {
@@ -51,6 +51,14 @@ fn issue_7_symlinks_are_backed_up_as_what_they_point_to() {
     let ts = src.dir.sub("ts");
     src.cluster.sql(&format!("create tablespace ts location '{}'", ts.display()));
     src.cluster.sql("create table r (id int); create table t (id int) tablespace ts");
+    // An in-place tablespace: a plain directory pg_tblspc/<oid> (allow_in_place_tablespaces).
+    src.cluster.append_conf("allow_in_place_tablespaces = on");
+    src.cluster.sql("select pg_reload_conf()");
+    crate::support::cluster::wait_for("allow_in_place_tablespaces", Duration::from_secs(30), || {
+        (src.cluster.sql("show allow_in_place_tablespaces") == "on").then_some(())
+    });
+    src.cluster.sql("create tablespace inplace location ''");
+    src.cluster.sql("create table u (id int) tablespace inplace");
     let ts_oid = src.cluster.sql("select oid from pg_tablespace where spcname = 'ts'");
     let db_oid = src.cluster.sql("select oid from pg_database where datname = 'postgres'");
     src.cluster.stop();
@@ -80,6 +88,7 @@ fn issue_7_symlinks_are_backed_up_as_what_they_point_to() {
 
     src.cluster.sql("do $$ begin for i in 1..51 loop insert into r values (i); commit; end loop; end $$");
     src.cluster.sql("do $$ begin for i in 1..51 loop insert into t values (i); commit; end loop; end $$");
+    src.cluster.sql("insert into u select generate_series(1, 51)");
     let summary = src.backup_json("full");
     src.cluster.switch_and_wait_archived(Duration::from_secs(120));
 
@@ -90,6 +99,7 @@ fn issue_7_symlinks_are_backed_up_as_what_they_point_to() {
     let copy = src.restore_and_start("copy", &["--tablespace-mapping", &mapping, "--archive-mode", "off"]);
     assert_eq!(copy.sql("select count(*) from r"), "51", "rows behind a linked pg_xact");
     assert_eq!(copy.sql("select count(*) from t"), "51", "rows in a relinked tablespace");
+    assert_eq!(copy.sql("select count(*) from u"), "51", "rows in an in-place tablespace");
     for p in ["pg_xact", "pg_multixact", "pg_commit_ts", "pg_logical/snapshots"] {
         assert!(is_real_dir(&copy.data.join(p)), "{p} must be restored as a directory");
     }

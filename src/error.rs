@@ -60,14 +60,23 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
-    /// A file of the data directory could not be read by base-backup.
-    #[error("cannot read {path}: {source}")]
+    /// An entry of the data directory or a tablespace could not be listed or read by base-backup.
+    #[error("cannot read {}: {source}", crate::repository::path::Escaped(path))]
     ReadSource {
-        /// The file.
+        /// The exact entry (file or directory) that failed.
         path: PathBuf,
         /// Cause.
         #[source]
         source: std::io::Error,
+    },
+    /// A symbolic link in the data directory or a tablespace that a backup cannot follow (found before any data is
+    /// copied).
+    #[error("cannot back up symbolic link {}: {problem}", crate::repository::path::Escaped(link))]
+    SourceLink {
+        /// The link.
+        link: PathBuf,
+        /// What is wrong with it.
+        problem: crate::backup::walk::LinkProblem,
     },
     /// The file changed size while it was being read.
     #[error("{path} changed while being read ({expected} bytes before, {actual} read)")]
@@ -107,7 +116,7 @@ pub enum Error {
         source: crate::codec::Error,
     },
     /// Writing the destination file failed.
-    #[error("cannot write {path}: {source}")]
+    #[error("cannot write {}: {source}", crate::repository::path::Escaped(path))]
     WriteDestination {
         /// The file.
         path: PathBuf,
@@ -217,6 +226,9 @@ impl Error {
             Error::WriteDestination { .. } => "check free space and permissions of the destination directory",
             Error::ReadSource { .. } => {
                 "run base-backup on the database host as a user that can read the data directory and tablespaces"
+            }
+            Error::SourceLink { .. } => {
+                "make the link lead to an existing directory or regular file outside the directories that contain it, or remove it (docs/operations.md, symbolic links)"
             }
             Error::Pg(_) => {
                 "check the [postgres] section (host, port, user, password) and that the user may run pg_backup_start"

@@ -258,7 +258,7 @@ mod tests {
     fn source(dir: &std::path::Path, name: &str, content: &[u8]) -> SourceFile {
         let abs = dir.join(name);
         std::fs::write(&abs, content).expect("write");
-        SourceFile { rel: name.to_owned(), abs, size: content.len() as u64, mode: 0o600, mtime: 0 }
+        SourceFile { rel: name.into(), abs, size: content.len() as u64, mode: 0o600, mtime: 0 }
     }
 
     /// --max-rate: reads are spaced so the average stays at the rate.
@@ -302,7 +302,7 @@ mod tests {
         let writer = Arc::new(ObjectWriter::new(storage.clone(), false, 1, HashSet::new()));
         let settings = CopySettings { chunk_size: chunk, parallel: 2, max_rate: None };
         let entries = copy_files(&files, writer.clone(), &HashMap::new(), settings, &NoProgress).await.expect("copy");
-        let by_name: HashMap<&str, &FileEntry> = entries.iter().map(|e| (e.path.as_str(), e)).collect();
+        let by_name: HashMap<&str, &FileEntry> = entries.iter().map(|e| (e.path.to_str().expect("utf-8"), e)).collect();
         assert!(!by_name.contains_key("gone"), "a vanished file is left out");
         let b = by_name["big"];
         assert_eq!(b.size, chunk + chunk / 2);

@@ -103,7 +103,8 @@ pub fn run(
     let start_lsn = session.backup_start(&label, request.fast)?;
     tracing::debug!(backup = %id, start_lsn = %start_lsn, "backup started");
 
-    let listing = walk::list(&data_dir).map_err(|source| Error::ReadSource { path: data_dir.clone(), source })?;
+    // Every link is resolved and every directory read here, before any data is copied.
+    let listing = walk::list(&data_dir)?;
     let total: u64 = listing.files.iter().map(|f| f.size).sum();
     progress.start(total, listing.files.len() as u64);
     let is_full = request.backup_type == BackupType::Full;
@@ -140,7 +141,7 @@ pub fn run(
         bytes_reused: writer.bytes_reused.load(Ordering::Relaxed),
         duration_ms: started.elapsed().as_millis() as u64,
     };
-    let manifest = Manifest {
+    let mut manifest = Manifest {
         format: MANIFEST_FORMAT,
         id: id.clone(),
         label,
@@ -164,6 +165,7 @@ pub fn run(
         files,
         stats,
     };
+    manifest.format = manifest.required_format();
     manifest.validate().map_err(|source| store::Error::InvalidManifest { key: id.manifest_key(), source })?;
     if !rt.block_on(store::save_manifest(storage.as_ref(), &manifest))? {
         return Err(

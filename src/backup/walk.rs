@@ -4,15 +4,32 @@
 //! Invariants:
 //! - Directories whose contents are skipped (`pg_wal`, `pg_replslot`, ...) are still listed, so a restore recreates
 //!   them empty; `pg_wal/archive_status` too.
-//! - Entries that vanish while the tree is read are left out, not errors (the server keeps running).
-//! - Symbolic links are never followed except `pg_tblspc/<oid>` (a tablespace, listed under its link's path) and
-//!   regular files (copied as files); `pg_wal` as a link is listed as a directory.
+//! - Entries that vanish while the tree is read are left out, not errors (the server keeps running). Any other
+//!   error names the exact entry that failed.
+//! - Names are bytes: every name is listed exactly as the file system spells it, UTF-8 or not.
+//! - Every symbolic link is followed, as PostgreSQL itself follows it when it opens a path: a link to a directory
+//!   is listed as a directory holding what the link leads to (restored as a real directory), a link to a regular
+//!   file as that file. `pg_tblspc/<oid>` links are tablespaces (absolute or relative, through other links): their
+//!   resolved location is recorded. A link that cannot be represented (dangling, leading back to a directory that
+//!   contains it, part of a loop of links, or leading to something that is neither a directory nor a regular file)
+//!   fails the listing naming the link, before any data is copied.
+//! - `lost+found` (a file-system artefact, never PostgreSQL's) is skipped at the root of the data directory, of a
+//!   tablespace and of a linked directory's target: the places a file system can be mounted.
 
+use std::ffi::OsString;
 use std::io::ErrorKind;
+use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
-use crate::repository::backup::{DirEntry, Tablespace};
+mod links;
+
+pub use links::LinkProblem;
+use links::{follow, kind, link_error};
+
+use crate::Error;
+use crate::repository::backup::{DirEntry, ManifestPath, Tablespace};
+use crate::repository::path::Escaped;
 
 /// Root-level directories listed without their contents.
 const CONTENT_SKIPPED_DIRS: [&str; 8] =
@@ -33,11 +50,14 @@ const SKIPPED_ROOT_FILES: [&str; 10] = [
     "standby.signal",
 ];
 
+/// The directory `fsck` fills at the root of an ext2/3/4 file system (created by `mke2fs`, often owned by root).
+const LOST_FOUND: &[u8] = b"lost+found";
+
 /// A regular file to copy.
 #[derive(Debug, Clone)]
 pub struct SourceFile {
     /// Path in the manifest (relative to the data directory).
-    pub rel: String,
+    pub rel: ManifestPath,
     /// Where to read it.
     pub abs: PathBuf,
     /// Size when listed.
@@ -59,90 +79,131 @@ pub struct Listing {
     pub tablespaces: Vec<Tablespace>,
 }
 
-/// List `data_dir`.
-pub fn list(data_dir: &Path) -> std::io::Result<Listing> {
-    let mut out = Listing::default();
-    walk_dir(data_dir, "", &mut out)?;
-    Ok(out)
+/// List `data_dir`. Errors: [`Error::ReadSource`] naming the entry that could not be read, [`Error::SourceLink`]
+/// naming a link that cannot be backed up.
+pub fn list(data_dir: &Path) -> Result<Listing, Error> {
+    // The data directory and every directory above it: a link leading to any of them is a cycle, named at once.
+    let canonical = std::fs::canonicalize(data_dir).map_err(|e| read_error(data_dir, e))?;
+    let mut ancestors = Vec::new();
+    for dir in canonical.ancestors() {
+        let meta = std::fs::metadata(dir).map_err(|e| read_error(dir, e))?;
+        ancestors.insert(0, (meta.dev(), meta.ino()));
+    }
+    let mut walker = Walker { out: Listing::default(), ancestors };
+    walker.walk_dir(data_dir, &ManifestPath::default(), true)?;
+    Ok(walker.out)
 }
 
-fn walk_dir(dir: &Path, rel: &str, out: &mut Listing) -> std::io::Result<()> {
-    let entries = match std::fs::read_dir(dir) {
-        Ok(e) => e,
-        Err(e) if e.kind() == ErrorKind::NotFound && !rel.is_empty() => return Ok(()),
-        Err(e) => return Err(e),
-    };
-    let mut names: Vec<String> = Vec::new();
-    for entry in entries {
-        let entry = match entry {
+fn read_error(path: &Path, source: std::io::Error) -> Error {
+    Error::ReadSource { path: path.to_path_buf(), source }
+}
+
+struct Walker {
+    out: Listing,
+    /// (device, inode) of the directories from the data directory down to the one being read, links resolved.
+    ancestors: Vec<(u64, u64)>,
+}
+
+impl Walker {
+    /// List `dir` (manifest path `rel`); `is_mount_root` where a file system may be mounted (see the module doc).
+    fn walk_dir(&mut self, dir: &Path, rel: &ManifestPath, is_mount_root: bool) -> Result<(), Error> {
+        let entries = match std::fs::read_dir(dir) {
             Ok(e) => e,
-            Err(e) if e.kind() == ErrorKind::NotFound => continue,
-            Err(e) => return Err(e),
+            Err(e) if e.kind() == ErrorKind::NotFound && !rel.is_empty() => return Ok(()),
+            Err(e) => return Err(read_error(dir, e)),
         };
-        // Names that are not UTF-8 are not PostgreSQL's; they are listed lossily and then vanish (skipped).
-        names.push(entry.file_name().to_string_lossy().into_owned());
-    }
-    names.sort();
-    let unlogged: Vec<String> = unlogged_relations(&names).into_iter().map(str::to_owned).collect();
-    let unlogged: Vec<&str> = unlogged.iter().map(String::as_str).collect();
-    for name in names {
-        let child_rel = if rel.is_empty() { name.clone() } else { format!("{rel}/{name}") };
-        if is_skipped(rel, &name, &unlogged) {
-            continue;
+        let mut names: Vec<OsString> = Vec::new();
+        for entry in entries {
+            match entry {
+                Ok(e) => names.push(e.file_name()),
+                Err(e) if e.kind() == ErrorKind::NotFound => continue,
+                Err(e) => return Err(read_error(dir, e)),
+            }
         }
-        let path = dir.join(&name);
-        let meta = match std::fs::symlink_metadata(&path) {
-            Ok(m) => m,
-            Err(e) if e.kind() == ErrorKind::NotFound => continue,
-            Err(e) => return Err(e),
-        };
-        let ft = meta.file_type();
-        if ft.is_symlink() {
-            if rel == "pg_tblspc" {
-                let Ok(oid) = name.parse::<u32>() else { continue };
-                let location = std::fs::read_link(&path)?;
-                out.tablespaces.push(Tablespace { oid, location: location.to_string_lossy().into_owned() });
-                walk_dir(&path, &child_rel, out)?;
+        names.sort_by(|a, b| a.as_bytes().cmp(b.as_bytes()));
+        let text_names: Vec<&str> = names.iter().filter_map(|n| n.to_str()).collect();
+        let unlogged = unlogged_relations(&text_names);
+        let is_tblspc = *rel == "pg_tblspc";
+        for name in &names {
+            let bytes = name.as_bytes();
+            let child_rel = rel.join(bytes);
+            let path = dir.join(name);
+            if is_skipped(rel.is_empty(), bytes, &unlogged) {
                 continue;
             }
-            let target = match std::fs::metadata(&path) {
+            if is_mount_root && bytes == LOST_FOUND {
+                tracing::debug!(path = %Escaped(&path), "lost+found is a file-system artefact: not backed up");
+                continue;
+            }
+            let meta = match std::fs::symlink_metadata(&path) {
                 Ok(m) => m,
                 Err(e) if e.kind() == ErrorKind::NotFound => continue,
-                Err(e) => return Err(e),
+                Err(e) => return Err(read_error(&path, e)),
             };
-            if target.is_file() {
-                push_file(out, child_rel, path, &target);
-            } else if target.is_dir() {
-                if !(rel.is_empty() && name == "pg_wal") {
-                    tracing::warn!(path = %path.display(), "directory symlink copied as an empty directory");
+            let is_pg_wal = rel.is_empty() && bytes == b"pg_wal";
+            let is_content_skipped = rel.is_empty() && name.to_str().is_some_and(|n| CONTENT_SKIPPED_DIRS.contains(&n));
+            // PostgreSQL's tablespace names in pg_tblspc: digits only (do_pg_backup_start in xlog.c).
+            let tablespace_oid = if is_tblspc { name.to_str().and_then(|n| n.parse::<u32>().ok()) } else { None };
+            let (target, is_link) = if meta.file_type().is_symlink() {
+                let Some(target) = follow(&path)? else { continue };
+                (target, true)
+            } else {
+                (meta, false)
+            };
+            if target.is_dir() {
+                match tablespace_oid {
+                    // A linked tablespace: restored as a link to its own directory again.
+                    Some(oid) if is_link => {
+                        let location = std::fs::canonicalize(&path).map_err(|e| read_error(&path, e))?;
+                        let location = ManifestPath::from_os_str(location.as_os_str());
+                        self.out.tablespaces.push(Tablespace { oid, location });
+                    }
+                    _ => push_dir(&mut self.out, &child_rel, &target, is_pg_wal),
                 }
-                push_dir(out, &child_rel, &target, rel.is_empty() && name == "pg_wal");
+                if is_pg_wal || is_content_skipped {
+                    continue;
+                }
+                if is_link {
+                    self.check_cycle(&path, &target)?;
+                }
+                self.ancestors.push((target.dev(), target.ino()));
+                self.walk_dir(&path, &child_rel, is_link || tablespace_oid.is_some())?;
+                self.ancestors.pop();
+            } else if target.is_file() {
+                push_file(&mut self.out, child_rel, path, &target);
+            } else if is_link {
+                let resolved = std::fs::canonicalize(&path).unwrap_or_else(|_| path.clone());
+                return Err(link_error(
+                    &path,
+                    LinkProblem::NotFileOrDirectory { target: resolved, kind: kind(&target) },
+                ));
+            } else {
+                // PostgreSQL's own base backup skips these too ("skipping special file", basebackup.c).
+                tracing::warn!(path = %Escaped(&path), kind = kind(&target), "skipping special file");
             }
-            continue;
         }
-        if ft.is_dir() {
-            let content_skipped = rel.is_empty() && CONTENT_SKIPPED_DIRS.contains(&name.as_str());
-            push_dir(out, &child_rel, &meta, rel.is_empty() && name == "pg_wal");
-            if !content_skipped {
-                walk_dir(&path, &child_rel, out)?;
-            }
-        } else if ft.is_file() {
-            push_file(out, child_rel, path, &meta);
-        }
-        // Sockets, fifos and devices are not part of a cluster's data.
+        Ok(())
     }
-    Ok(())
+
+    /// Refuse a directory link that leads to one of the directories it is in.
+    fn check_cycle(&self, link: &Path, target: &std::fs::Metadata) -> Result<(), Error> {
+        if self.ancestors.contains(&(target.dev(), target.ino())) {
+            let resolved = std::fs::canonicalize(link).unwrap_or_else(|_| link.to_path_buf());
+            return Err(link_error(link, LinkProblem::Cycle { target: resolved }));
+        }
+        Ok(())
+    }
 }
 
-fn push_dir(out: &mut Listing, rel: &str, meta: &std::fs::Metadata, is_pg_wal: bool) {
+fn push_dir(out: &mut Listing, rel: &ManifestPath, meta: &std::fs::Metadata, is_pg_wal: bool) {
     let mode = meta.permissions().mode() & 0o7777;
-    out.directories.push(DirEntry { path: rel.to_owned(), mode });
+    out.directories.push(DirEntry { path: rel.clone(), mode });
     if is_pg_wal {
-        out.directories.push(DirEntry { path: format!("{rel}/archive_status"), mode });
+        out.directories.push(DirEntry { path: rel.join(b"archive_status"), mode });
     }
 }
 
-fn push_file(out: &mut Listing, rel: String, abs: PathBuf, meta: &std::fs::Metadata) {
+fn push_file(out: &mut Listing, rel: ManifestPath, abs: PathBuf, meta: &std::fs::Metadata) {
     out.files.push(SourceFile {
         rel,
         abs,
@@ -152,8 +213,11 @@ fn push_file(out: &mut Listing, rel: String, abs: PathBuf, meta: &std::fs::Metad
     });
 }
 
-fn is_skipped(parent_rel: &str, name: &str, unlogged: &[&str]) -> bool {
-    if parent_rel.is_empty() && SKIPPED_ROOT_FILES.contains(&name) {
+/// True for what a backup leaves out; `name` is bytes (names that are not UTF-8 are never PostgreSQL's own, but
+/// are only skipped under a skipped prefix).
+fn is_skipped(is_root: bool, name: &[u8], unlogged: &[&str]) -> bool {
+    let Ok(name) = std::str::from_utf8(name) else { return name.starts_with(b"pgsql_tmp") };
+    if is_root && SKIPPED_ROOT_FILES.contains(&name) {
         return true;
     }
     if name.starts_with("pgsql_tmp") || name == "pg_internal.init" || is_temp_relation(name) {
@@ -178,7 +242,7 @@ fn relfilenode(name: &str) -> Option<&str> {
 }
 
 /// Relfilenodes in this directory that have an init fork (unlogged relations).
-fn unlogged_relations(names: &[String]) -> Vec<&str> {
+fn unlogged_relations<'a>(names: &[&'a str]) -> Vec<&'a str> {
     names.iter().filter_map(|n| n.strip_suffix("_init")).filter(|n| n.bytes().all(|b| b.is_ascii_digit())).collect()
 }
 
@@ -197,18 +261,18 @@ mod tests {
         assert!(is_temp_relation("t12_16384.2"));
         assert!(!is_temp_relation("t_16384"));
         assert!(!is_temp_relation("tablespace_map"));
-        let names: Vec<String> = ["16390", "16390_init", "16390_fsm", "16390.1", "16391"].map(String::from).to_vec();
+        let names = ["16390", "16390_init", "16390_fsm", "16390.1", "16391"];
         let unlogged = unlogged_relations(&names);
         assert_eq!(unlogged, vec!["16390"]);
-        assert!(is_skipped("base/5", "16390", &unlogged));
-        assert!(is_skipped("base/5", "16390.1", &unlogged));
-        assert!(is_skipped("base/5", "16390_fsm", &unlogged));
-        assert!(!is_skipped("base/5", "16390_init", &unlogged));
-        assert!(!is_skipped("base/5", "16391", &unlogged));
-        assert!(is_skipped("", "postmaster.pid", &[]));
-        assert!(!is_skipped("base/5", "postmaster.pid", &[]));
-        assert!(is_skipped("base", "pgsql_tmp", &[]));
-        assert!(is_skipped("global", "pg_internal.init", &[]));
+        assert!(is_skipped(false, b"16390", &unlogged));
+        assert!(is_skipped(false, b"16390.1", &unlogged));
+        assert!(is_skipped(false, b"16390_fsm", &unlogged));
+        assert!(!is_skipped(false, b"16390_init", &unlogged));
+        assert!(!is_skipped(false, b"16391", &unlogged));
+        assert!(is_skipped(true, b"postmaster.pid", &[]));
+        assert!(!is_skipped(false, b"postmaster.pid", &[]));
+        assert!(is_skipped(false, b"pgsql_tmp", &[]));
+        assert!(is_skipped(false, b"pg_internal.init", &[]));
     }
 
     #[test]
@@ -236,12 +300,13 @@ mod tests {
             std::fs::write(root.join(f), b"data").expect("write");
         }
         let l = list(root).expect("list");
-        let files: Vec<&str> = l.files.iter().map(|f| f.rel.as_str()).collect();
+        let files: Vec<String> = l.files.iter().map(|f| f.rel.to_string()).collect();
         assert_eq!(
             files,
             vec!["PG_VERSION", "base/5/1259", "global/pg_control", "pg_tblspc/16399/PG_15_202209061/5/16400"]
         );
-        let dirs: Vec<&str> = l.directories.iter().map(|d| d.path.as_str()).collect();
+        let dirs: Vec<String> = l.directories.iter().map(|d| d.path.to_string()).collect();
+        let dirs: Vec<&str> = dirs.iter().map(String::as_str).collect();
         for want in ["pg_wal", "pg_wal/archive_status", "pg_replslot", "pg_stat_tmp", "pg_tblspc/16399/PG_15_202209061"]
         {
             assert!(dirs.contains(&want), "{want} missing from {dirs:?}");

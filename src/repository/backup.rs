@@ -15,11 +15,16 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 
+pub use super::path::ManifestPath;
 use crate::storage::Key;
 use crate::wal::{Lsn, TimelineId};
 
-/// The manifest format this build writes and reads.
-pub const MANIFEST_FORMAT: u32 = 1;
+/// The newest manifest format this build reads. A manifest records the oldest format that can represent it (see
+/// [`Manifest::required_format`]), so that older builds keep reading the backups they can restore.
+///
+/// - 1: every path a JSON string.
+/// - 2: a path may be `{"b64": ...}` (a name that is not UTF-8, see [`ManifestPath`]).
+pub const MANIFEST_FORMAT: u32 = 2;
 
 /// Prefix of the data objects.
 pub const DATA_PREFIX: &str = "data/";
@@ -206,8 +211,8 @@ pub struct Piece {
 /// A regular file.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FileEntry {
-    /// Path relative to the data directory (`pg_tblspc/<oid>/...` for tablespace files).
-    pub path: String,
+    /// Path relative to the data directory (`pg_tblspc/<oid>/...` for tablespace files), byte for byte.
+    pub path: ManifestPath,
     /// Size in bytes: the sum of the pieces' lengths.
     pub size: u64,
     /// Permission bits.
@@ -221,8 +226,8 @@ pub struct FileEntry {
 /// A directory.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DirEntry {
-    /// Path relative to the data directory.
-    pub path: String,
+    /// Path relative to the data directory, byte for byte.
+    pub path: ManifestPath,
     /// Permission bits.
     pub mode: u32,
 }
@@ -232,8 +237,9 @@ pub struct DirEntry {
 pub struct Tablespace {
     /// The tablespace oid (the link's name in `pg_tblspc`).
     pub oid: u32,
-    /// Where the link pointed on the source.
-    pub location: String,
+    /// The tablespace's directory on the source: where `pg_tblspc/<oid>` led, as an absolute path with every
+    /// symbolic link resolved (the link itself may be relative or lead through other links).
+    pub location: ManifestPath,
 }
 
 /// Sizes and counts of one backup.
@@ -321,6 +327,13 @@ impl Manifest {
         TimelineId(self.timeline)
     }
 
+    /// The oldest manifest format that can represent this manifest (see [`MANIFEST_FORMAT`]).
+    pub fn required_format(&self) -> u32 {
+        let paths = self.files.iter().map(|f| &f.path).chain(self.directories.iter().map(|d| &d.path));
+        let is_text = paths.chain(self.tablespaces.iter().map(|t| &t.location)).all(|p| p.to_str().is_some());
+        if is_text { 1 } else { 2 }
+    }
+
     /// Check the invariants in the module doc; the error names the offending entry.
     pub fn validate(&self) -> Result<(), InvalidManifest> {
         let bad = |what: String| Err(InvalidManifest { what });
@@ -342,21 +355,23 @@ impl Manifest {
             }
         }
         for t in &self.tablespaces {
-            if !t.location.starts_with('/') {
+            if !t.location.as_bytes().starts_with(b"/") {
                 return bad(format!("tablespace {}: location {:?} is not absolute", t.oid, t.location));
             }
         }
         Ok(())
     }
 
-    fn check_path(&self, path: &str) -> Result<(), String> {
+    fn check_path(&self, path: &ManifestPath) -> Result<(), String> {
         check_relative_path(path)?;
-        let parts: Vec<&str> = path.split('/').collect();
-        if parts.len() >= 3 && parts[0] == "pg_tblspc" {
-            let oid: Option<u32> = parts[1].parse().ok();
+        let parts: Vec<&[u8]> = path.components().collect();
+        if parts.len() >= 3 && parts[0] == b"pg_tblspc" {
+            let oid: Option<u32> = std::str::from_utf8(parts[1]).ok().and_then(|p| p.parse().ok());
             let linked = oid.is_some_and(|oid| self.tablespaces.iter().any(|t| t.oid == oid));
-            // An in-place tablespace (allow_in_place_tablespaces) is a plain directory of the data directory.
-            let in_place = self.directories.iter().any(|d| d.path == format!("pg_tblspc/{}", parts[1]));
+            // An in-place tablespace (allow_in_place_tablespaces), or a directory link followed by the backup, is a
+            // plain directory of the data directory.
+            let dir = ManifestPath::from("pg_tblspc").join(parts[1]);
+            let in_place = self.directories.iter().any(|d| d.path == dir);
             if !linked && !in_place {
                 return Err("is under pg_tblspc but names no tablespace of this backup".to_owned());
             }
@@ -366,17 +381,18 @@ impl Manifest {
 }
 
 /// A relative path of plain components: not empty, not absolute, no `.` or `..`, no empty component, no NUL.
-pub fn check_relative_path(path: &str) -> Result<(), String> {
-    if path.is_empty() {
+pub fn check_relative_path(path: &ManifestPath) -> Result<(), String> {
+    let bytes = path.as_bytes();
+    if bytes.is_empty() {
         return Err("is empty".to_owned());
     }
-    if path.starts_with('/') {
+    if bytes.starts_with(b"/") {
         return Err("is absolute".to_owned());
     }
-    if path.contains('\0') {
+    if bytes.contains(&0) {
         return Err("contains NUL".to_owned());
     }
-    if path.split('/').any(|c| c.is_empty() || c == "." || c == "..") {
+    if path.components().any(|c| c.is_empty() || c == b"." || c == b"..") {
         return Err("has an empty, '.' or '..' component".to_owned());
     }
     Ok(())
@@ -449,7 +465,7 @@ mod tests {
             directories: vec![],
             files: paths
                 .iter()
-                .map(|p| FileEntry { path: (*p).to_owned(), size: 0, mode: 0o600, mtime: 0, pieces: vec![] })
+                .map(|p| FileEntry { path: (*p).into(), size: 0, mode: 0o600, mtime: 0, pieces: vec![] })
                 .collect(),
             stats: BackupStats::default(),
         }
@@ -472,5 +488,29 @@ mod tests {
         assert!(json.contains("\"start_lsn\":\"0/2000028\""), "{json}");
         let back: Manifest = serde_json::from_str(&json).expect("parse");
         assert_eq!(back, manifest(&["a"]));
+    }
+
+    /// Names that are not UTF-8 are kept byte for byte, need format 2, and are checked like any other path; a
+    /// manifest without them is format 1, as written before.
+    #[test]
+    fn paths_that_are_not_utf8() {
+        let mut m = manifest(&["base/1/1259"]);
+        assert_eq!(m.required_format(), 1);
+        let json = serde_json::to_string(&m).expect("json");
+        assert!(json.contains(r#""path":"base/1/1259""#), "{json}");
+        let latin1 = ManifestPath::new(b"conf.d/r\xe9glages.conf".to_vec());
+        m.files.push(FileEntry { path: latin1.clone(), size: 0, mode: 0o600, mtime: 0, pieces: vec![] });
+        assert_eq!(m.required_format(), 2);
+        assert!(m.validate().is_ok());
+        let json = serde_json::to_string(&m).expect("json");
+        assert!(json.contains(r#"{"b64":"#), "{json}");
+        let back: Manifest = serde_json::from_str(&json).expect("parse");
+        assert_eq!(back.files[1].path, latin1);
+        for bad in [&b"../\xff"[..], b"/\xff", b"a/\xff/../b", b"a\0\xff", b"pg_tblspc/\xff/x"] {
+            let mut m = manifest(&[]);
+            m.files.push(FileEntry { path: ManifestPath::new(bad), size: 0, mode: 0o600, mtime: 0, pieces: vec![] });
+            let err = m.validate().expect_err("refused");
+            assert!(err.to_string().contains("\\xff"), "named escaped: {err}");
+        }
     }
 }

@@ -13,6 +13,7 @@
 //! Every object is in the [`crate::codec`] format. Nothing is ever overwritten with different content.
 
 pub mod backup;
+pub mod path;
 pub mod store;
 
 use serde::{Deserialize, Serialize};

@@ -145,7 +145,7 @@ pub async fn run(
     // The files that make the directory startable come last.
     write::write_small(&layout, "backup_label", manifest.backup_label.as_bytes())?;
     if let Some(map) = &manifest.tablespace_map {
-        write::write_small(&layout, "tablespace_map", write::remap_tablespace_map(map, &layout).as_bytes())?;
+        write::write_small(&layout, "tablespace_map", &write::remap_tablespace_map(map, &layout))?;
     }
     let auto_conf = layout.destination.join("postgresql.auto.conf");
     let existing = match std::fs::read(&auto_conf) {

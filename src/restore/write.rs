@@ -11,9 +11,11 @@
 //!   started by mistake.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
+use std::ffi::OsStr;
 use std::io::ErrorKind;
+use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{DirBuilderExt, FileExt, OpenOptionsExt, PermissionsExt};
-use std::path::{Path, PathBuf};
+use std::path::{Component, Path, PathBuf};
 use std::sync::Arc;
 
 use tokio::sync::Semaphore;
@@ -23,7 +25,8 @@ use crate::Error;
 use crate::archive::blocking;
 use crate::codec;
 use crate::progress::Progress;
-use crate::repository::backup::{FileEntry, Manifest, ObjectId};
+use crate::repository::backup::{FileEntry, Manifest, ManifestPath, ObjectId};
+use crate::repository::path::Escaped;
 use crate::storage::DynStorage;
 
 /// Where each part of the backup goes.
@@ -36,14 +39,16 @@ pub struct Layout {
 }
 
 impl Layout {
-    /// The root and path below it for a manifest path.
-    pub fn resolve(&self, rel: &str) -> (PathBuf, String) {
-        if let Some((oid, below)) = rel.strip_prefix("pg_tblspc/").and_then(|r| r.split_once('/'))
-            && let Some(dir) = oid.parse().ok().and_then(|o: u32| self.tablespaces.get(&o))
+    /// The root and path below it for a manifest path (byte for byte: names need not be UTF-8).
+    pub fn resolve(&self, rel: &ManifestPath) -> (PathBuf, PathBuf) {
+        let mut parts = rel.as_bytes().splitn(3, |b| *b == b'/');
+        if let (Some(b"pg_tblspc"), Some(oid), Some(below)) = (parts.next(), parts.next(), parts.next())
+            && let Some(dir) =
+                std::str::from_utf8(oid).ok().and_then(|o| o.parse::<u32>().ok()).and_then(|o| self.tablespaces.get(&o))
         {
-            return (dir.clone(), below.to_owned());
+            return (dir.clone(), PathBuf::from(OsStr::from_bytes(below)));
         }
-        (self.destination.clone(), rel.to_owned())
+        (self.destination.clone(), rel.as_path().to_path_buf())
     }
 
     fn roots(&self) -> Vec<PathBuf> {
@@ -121,10 +126,11 @@ fn live_postmaster(dir: &Path) -> Option<i32> {
 }
 
 /// Create `rel` (and its parents) below `root` as real directories, refusing to pass through a symbolic link.
-fn ensure_dir(root: &Path, rel: &str, mode: Option<u32>) -> Result<PathBuf, Error> {
+fn ensure_dir(root: &Path, rel: &Path, mode: Option<u32>) -> Result<PathBuf, Error> {
     let mut path = root.to_path_buf();
     let werr = |p: &Path, e: std::io::Error| Error::WriteDestination { path: p.to_path_buf(), source: e };
-    for component in rel.split('/').filter(|c| !c.is_empty()) {
+    // Validated manifest paths have plain components only.
+    for component in rel.components().filter_map(|c| if let Component::Normal(c) = c { Some(c) } else { None }) {
         path.push(component);
         match std::fs::symlink_metadata(&path) {
             Ok(m) if m.is_dir() => continue,
@@ -246,7 +252,7 @@ fn apply_object(key: &str, object: &[u8], ops: &[WriteOp]) -> Result<u64, Error>
         corrupt(
             format!(
                 "object {key} (part of {})",
-                ops.first().map_or(String::from("?"), |o| o.path.display().to_string())
+                ops.first().map_or(String::from("?"), |o| Escaped(&o.path).to_string())
             ),
             e,
         )
@@ -256,7 +262,7 @@ fn apply_object(key: &str, object: &[u8], ops: &[WriteOp]) -> Result<u64, Error>
         let end = op.object_offset + op.length;
         let slice = raw.get(op.object_offset as usize..end as usize).ok_or_else(|| {
             corrupt(
-                format!("object {key} (part of {})", op.path.display()),
+                format!("object {key} (part of {})", Escaped(&op.path)),
                 codec::Error::SizeMismatch { expected: end, actual: raw.len() as u64 },
             )
         })?;
@@ -265,7 +271,7 @@ fn apply_object(key: &str, object: &[u8], ops: &[WriteOp]) -> Result<u64, Error>
             let actual = blake3::hash(slice);
             if actual.as_bytes() != &op.blake3.0 {
                 return Err(corrupt(
-                    format!("object {key} (part of {})", op.path.display()),
+                    format!("object {key} (part of {})", Escaped(&op.path)),
                     codec::Error::ChecksumMismatch {
                         expected: codec::Digest::Blake3(op.blake3.0),
                         actual: codec::Digest::Blake3(*actual.as_bytes()),
@@ -296,7 +302,7 @@ fn plan_writes(
 ) -> Result<Plan, Error> {
     for d in dirs {
         let (root, rel) = layout.resolve(&d.path);
-        if rel.is_empty() {
+        if rel.as_os_str().is_empty() {
             continue;
         }
         ensure_dir(&root, &rel, Some(d.mode))?;
@@ -305,8 +311,10 @@ fn plan_writes(
     let mut stats = WriteStats::default();
     for f in files {
         let (root, rel) = layout.resolve(&f.path);
-        let (parent, name) = rel.rsplit_once('/').map_or(("", rel.as_str()), |(p, n)| (p, n));
-        let dir = ensure_dir(&root, parent, None)?;
+        let Some(name) = rel.file_name() else {
+            return Err(Error::Destination { path: root.join(&rel), reason: "is not a file name".into() });
+        };
+        let dir = ensure_dir(&root, rel.parent().unwrap_or(Path::new("")), None)?;
         let path = dir.join(name);
         let werr = |e| Error::WriteDestination { path: path.clone(), source: e };
         let file = open_file(&path, f.mode)?;
@@ -343,13 +351,14 @@ fn plan_writes(
 }
 
 /// `--delta`: remove what the backup does not have (files, links, directories), without following links, except
-/// the contents of a linked `pg_wal` (stale WAL there could be replayed).
+/// the contents of a linked `pg_wal` (stale WAL there could be replayed). `lost+found` at the root of the
+/// destination or of a tablespace directory is a file-system artefact, never PostgreSQL's: it is left alone.
 pub fn remove_extraneous(manifest: &Manifest, layout: &Layout) -> Result<u64, Error> {
     let mut keep: HashSet<PathBuf> = HashSet::new();
     for path in manifest.files.iter().map(|f| &f.path).chain(manifest.directories.iter().map(|d| &d.path)) {
         let (root, rel) = layout.resolve(path);
         let mut p = root.clone();
-        for c in rel.split('/').filter(|c| !c.is_empty()) {
+        for c in rel.components() {
             p.push(c);
             keep.insert(p.clone());
         }
@@ -359,16 +368,16 @@ pub fn remove_extraneous(manifest: &Manifest, layout: &Layout) -> Result<u64, Er
     }
     let mut removed = 0;
     for root in layout.roots() {
-        removed += prune_dir(&root, &keep)?;
+        removed += prune_dir(&root, &keep, true)?;
     }
     let wal = layout.destination.join("pg_wal");
     if std::fs::symlink_metadata(&wal).is_ok_and(|m| m.file_type().is_symlink()) {
-        removed += prune_dir(&wal, &keep)?;
+        removed += prune_dir(&wal, &keep, false)?;
     }
     Ok(removed)
 }
 
-fn prune_dir(dir: &Path, keep: &HashSet<PathBuf>) -> Result<u64, Error> {
+fn prune_dir(dir: &Path, keep: &HashSet<PathBuf>, is_root: bool) -> Result<u64, Error> {
     let werr = |p: &Path, e| Error::WriteDestination { path: p.to_path_buf(), source: e };
     let mut removed = 0;
     let entries = match std::fs::read_dir(dir) {
@@ -378,13 +387,16 @@ fn prune_dir(dir: &Path, keep: &HashSet<PathBuf>) -> Result<u64, Error> {
     };
     for entry in entries {
         let entry = entry.map_err(|e| werr(dir, e))?;
+        if is_root && entry.file_name() == "lost+found" {
+            continue;
+        }
         let path = entry.path();
         let meta = std::fs::symlink_metadata(&path).map_err(|e| werr(&path, e))?;
         if !keep.contains(&path) {
             remove_any(&path).map_err(|e| werr(&path, e))?;
             removed += 1;
         } else if meta.is_dir() {
-            removed += prune_dir(&path, keep)?;
+            removed += prune_dir(&path, keep, false)?;
         }
     }
     Ok(removed)
@@ -395,7 +407,7 @@ pub fn link_tablespaces(layout: &Layout) -> Result<(), Error> {
     if layout.tablespaces.is_empty() {
         return Ok(());
     }
-    let dir = ensure_dir(&layout.destination, "pg_tblspc", None)?;
+    let dir = ensure_dir(&layout.destination, Path::new("pg_tblspc"), None)?;
     for (oid, target) in &layout.tablespaces {
         let link = dir.join(oid.to_string());
         let werr = |e| Error::WriteDestination { path: link.clone(), source: e };
@@ -467,7 +479,7 @@ pub fn tablespace_dirs(manifest: &Manifest, mapping: &[(PathBuf, PathBuf)]) -> R
     let mut out = BTreeMap::new();
     let mut used: HashMap<PathBuf, u32> = HashMap::new();
     for t in &manifest.tablespaces {
-        let original = PathBuf::from(&t.location);
+        let original = t.location.as_path().to_path_buf();
         let dir = mapping.iter().find(|(old, _)| *old == original).map_or(original, |(_, new)| new.clone());
         if !dir.is_absolute() {
             return Err(Error::Usage(format!("tablespace directory {} must be absolute", dir.display())));
@@ -478,7 +490,7 @@ pub fn tablespace_dirs(manifest: &Manifest, mapping: &[(PathBuf, PathBuf)]) -> R
         out.insert(t.oid, dir);
     }
     for (old, _) in mapping {
-        if !manifest.tablespaces.iter().any(|t| Path::new(&t.location) == old) {
+        if !manifest.tablespaces.iter().any(|t| t.location.as_path() == old) {
             return Err(Error::Usage(format!(
                 "--tablespace-mapping: the backup has no tablespace at {}",
                 old.display()
@@ -488,19 +500,66 @@ pub fn tablespace_dirs(manifest: &Manifest, mapping: &[(PathBuf, PathBuf)]) -> R
     Ok(out)
 }
 
-/// `tablespace_map` with each location replaced by where it was restored.
-pub fn remap_tablespace_map(map: &str, layout: &Layout) -> String {
-    let mut out = String::new();
-    for line in map.lines() {
-        match line.split_once(' ').and_then(|(oid, _)| oid.parse::<u32>().ok().map(|o| (o, oid))) {
-            Some((oid, text)) if layout.tablespaces.contains_key(&oid) => {
-                out.push_str(&format!("{text} {}\n", layout.tablespaces[&oid].display()));
-            }
+/// `tablespace_map` with each location replaced by where it was restored. A record is `<oid> <path>` up to an
+/// unescaped newline; in the path, `\`, newline and carriage return are escaped with a backslash (as
+/// `do_pg_backup_start` in PostgreSQL's xlog.c writes it and `read_tablespace_map` reads it). Bytes, since a
+/// directory's name need not be UTF-8.
+pub fn remap_tablespace_map(map: &str, layout: &Layout) -> Vec<u8> {
+    let mut records = Vec::new();
+    let (mut record, mut is_escaped) = (String::new(), false);
+    for c in map.chars() {
+        match c {
+            '\n' if !is_escaped => records.push(std::mem::take(&mut record)),
             _ => {
-                out.push_str(line);
-                out.push('\n');
+                is_escaped = c == '\\' && !is_escaped;
+                record.push(c);
             }
         }
     }
+    if !record.is_empty() {
+        records.push(record);
+    }
+    let mut out = Vec::new();
+    for record in records {
+        match record.split_once(' ').and_then(|(oid, _)| oid.parse::<u32>().ok().map(|o| (o, oid))) {
+            Some((oid, text)) if layout.tablespaces.contains_key(&oid) => {
+                out.extend_from_slice(text.as_bytes());
+                out.push(b' ');
+                for &b in layout.tablespaces[&oid].as_os_str().as_bytes() {
+                    if matches!(b, b'\\' | b'\n' | b'\r') {
+                        out.push(b'\\');
+                    }
+                    out.push(b);
+                }
+            }
+            _ => out.extend_from_slice(record.as_bytes()),
+        }
+        out.push(b'\n');
+    }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Locations are written escaped as PostgreSQL reads them, whatever bytes they hold; escaped newlines in the
+    /// source's map do not split a record.
+    #[test]
+    fn tablespace_map_is_escaped_like_postgres() {
+        let layout = Layout {
+            destination: PathBuf::from("/d"),
+            tablespaces: BTreeMap::from([
+                (16384, PathBuf::from(OsStr::from_bytes(b"/new/a\\b\n\xe9"))),
+                (16385, PathBuf::from("/plain")),
+            ]),
+        };
+        let map = "16384 /old/x\\\ny\n16385 /old/z\n";
+        assert_eq!(remap_tablespace_map(map, &layout), b"16384 /new/a\\\\b\\\n\xe9\n16385 /plain\n".to_vec());
+        let (root, rel) = layout.resolve(&ManifestPath::new(b"pg_tblspc/16384/PG_15/\xff".to_vec()));
+        assert_eq!(root, layout.tablespaces[&16384]);
+        assert_eq!(rel.as_os_str().as_bytes(), b"PG_15/\xff");
+        let (root, rel) = layout.resolve(&ManifestPath::from("pg_tblspc/99/x"));
+        assert_eq!((root.as_path(), rel.as_path()), (Path::new("/d"), Path::new("pg_tblspc/99/x")));
+    }
 }

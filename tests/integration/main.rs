@@ -2,6 +2,7 @@
 
 mod archive;
 mod backup;
+mod issue7_backup;
 mod issue7_restore;
 mod pitr;
 mod push;

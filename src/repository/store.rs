@@ -45,6 +45,12 @@ pub enum Error {
         #[source]
         source: InvalidManifest,
     },
+    /// Nothing at the URL is a repository (no descriptor, no WAL, no backup): most often a typo in the URL.
+    #[error("no repository at {backend}")]
+    NoRepository {
+        /// Backend display.
+        backend: String,
+    },
     /// The repository was written by a newer format.
     #[error("repository {backend} has format {found}; this build reads format {FORMAT_VERSION}")]
     UnsupportedFormat {
@@ -119,6 +125,33 @@ pub async fn ensure_descriptor(storage: &dyn Storage, now_rfc3339: &str) -> Resu
         Some(d) => check_format(storage, d),
         None => Err(storage::Error::NotFound { backend: storage.to_string(), key }.into()),
     }
+}
+
+/// Check that `storage` holds a repository this build can read, without creating anything.
+///
+/// A repository is marked by its descriptor (written by `backupctl init`, wal-push's first push or base-backup).
+/// A repository of an earlier version that has no descriptor still counts when it holds the cluster record (any
+/// archived WAL) or a backup. Otherwise [`Error::NoRepository`]. On S3, a missing bucket is a storage error
+/// (`NoSuchBucket`), never "no repository".
+pub async fn require_existing(storage: &dyn Storage) -> Result<(), Error> {
+    if let Some(d) = load::<Descriptor>(storage, &descriptor_key()).await? {
+        check_format(storage, d)?;
+        return Ok(());
+    }
+    if storage.exists(&cluster_key()).await? || !backup_ids(storage).await?.is_empty() {
+        return Ok(());
+    }
+    Err(Error::NoRepository { backend: storage.to_string() })
+}
+
+/// Create the repository (its descriptor) unless one exists: `backupctl init`. Returns the descriptor and whether
+/// this call created it.
+pub async fn init(storage: &dyn Storage, now_rfc3339: &str) -> Result<(Descriptor, bool), Error> {
+    if let Some(d) = load::<Descriptor>(storage, &descriptor_key()).await? {
+        return Ok((check_format(storage, d)?, false));
+    }
+    let existed = require_existing(storage).await.is_ok();
+    Ok((ensure_descriptor(storage, now_rfc3339).await?, !existed))
 }
 
 fn check_format(storage: &dyn Storage, d: Descriptor) -> Result<Descriptor, Error> {

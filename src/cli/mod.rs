@@ -89,12 +89,11 @@ pub fn multi_thread_runtime() -> Result<tokio::runtime::Runtime, Error> {
 
 /// The spool and the (lazily opened) storage for a command that writes: wal-push, the prefetcher.
 ///
-/// Refuses, before creating anything, unless the effective user owns (or may create) the spool and, for a
-/// `file://` repository, the repository directory (see [`crate::storage::fs::owner`]).
+/// Refuses, before creating anything, unless the effective user owns (or may create) the spool and, once the
+/// storage is opened, a `file://` repository's directory (see [`crate::storage::fs::owner`]).
 pub fn archive_context(config: &Config) -> Result<ArchiveContext, Error> {
-    check_repository_writer(&config.repository.url)?;
     let spool = Spool::open(&config.spool.path, &crate::storage::canonical_url(&config.repository.url))?;
-    Ok(ArchiveContext::new(&config.repository, &config.archive, spool))
+    Ok(ArchiveContext::new(&config.repository, &config.archive, spool).for_writing())
 }
 
 /// The context for a reader (wal-fetch): the spool is opened (created if missing) only if the effective user may

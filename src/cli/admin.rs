@@ -144,8 +144,8 @@ fn run(config_flag: Option<PathBuf>, command: Command) -> Result<(), Error> {
                 let storage = open().await?;
                 let storage = storage.as_ref();
                 store::require_existing(storage).await?;
-                let d = store::load::<crate::repository::Descriptor>(storage, &crate::repository::descriptor_key())
-                    .await?;
+                let d =
+                    store::load::<crate::repository::Descriptor>(storage, &crate::repository::descriptor_key()).await?;
                 match d {
                     Some(d) => println!("repository: {storage} format {} ok", d.format),
                     None => println!("repository: {storage} ok (made by an earlier version: no descriptor)"),

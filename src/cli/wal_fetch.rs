@@ -74,8 +74,7 @@ pub fn run(args: &Args) -> Result<(), Error> {
     // user who may write into it, so a manual run as another user creates nothing there.
     let ctx = super::reader_context(&config)?;
     let is_spooled = ctx.spool.is_writable();
-    let prefetch =
-        is_spooled && ctx.settings.fetch_prefetch > 0 && matches!(name.parse(), Ok(WalFileName::Segment(_)));
+    let prefetch = is_spooled && ctx.settings.fetch_prefetch > 0 && matches!(name.parse(), Ok(WalFileName::Segment(_)));
     // PostgreSQL waits for every call: a prefetched segment is served without building a runtime at all.
     let served = if is_spooled { fetch::from_spool(&ctx, name, dest)? } else { None };
     if prefetch {

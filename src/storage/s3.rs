@@ -112,10 +112,13 @@ impl S3Storage {
         if let Some(provider) = sdk.credentials_provider() {
             use aws_credential_types::provider::error::CredentialsError;
             use aws_sdk_s3::config::ProvideCredentials as _;
-            let backend = || if prefix.is_empty() { format!("s3://{bucket}") } else { format!("s3://{bucket}/{prefix}") };
+            let backend =
+                || if prefix.is_empty() { format!("s3://{bucket}") } else { format!("s3://{bucket}/{prefix}") };
             match provider.provide_credentials().await {
                 Ok(_) => {}
-                Err(CredentialsError::CredentialsNotLoaded(_)) => return Err(Error::NoCredentials { backend: backend() }),
+                Err(CredentialsError::CredentialsNotLoaded(_)) => {
+                    return Err(Error::NoCredentials { backend: backend() });
+                }
                 // A broken profile file or similar: also a configuration problem, reported at once.
                 Err(e @ CredentialsError::InvalidConfiguration(_)) => {
                     return Err(Error::other(&backend(), "load credentials", &"", cause_chain(&e)));

@@ -58,6 +58,22 @@ pub enum Error {
         /// The effective user's name (or uid).
         user: String,
     },
+    /// The directory does not exist, and the directory it would be created in belongs to another user.
+    #[error(
+        "{role} {path} does not exist, and {ancestor}, where it would be created, is owned by {owner}, not by {user} who runs this command"
+    )]
+    ParentOwner {
+        /// What the directory is.
+        role: Role,
+        /// The directory.
+        path: PathBuf,
+        /// Its nearest existing ancestor.
+        ancestor: PathBuf,
+        /// The ancestor's owner.
+        owner: String,
+        /// The effective user.
+        user: String,
+    },
     /// Root would create it: nothing root creates is writable by the PostgreSQL OS user.
     #[error("{role} {path} does not exist and root may not create it: the PostgreSQL OS user could not write into it")]
     RootWouldCreate {
@@ -97,7 +113,7 @@ impl Error {
     /// The user that should run the command instead, when one is known (for a `runuser -u USER --` hint).
     pub fn run_as(&self) -> Option<&str> {
         match self {
-            Error::OtherOwner { owner, .. } => Some(owner),
+            Error::OtherOwner { owner, .. } | Error::ParentOwner { owner, .. } => Some(owner),
             _ => None,
         }
     }
@@ -137,6 +153,15 @@ fn check_writer_as(dir: &Path, role: Role, euid: u32) -> Result<(), Error> {
         return Ok(());
     }
     if euid == 0 {
+        if meta.uid() != 0 {
+            return Err(Error::ParentOwner {
+                role,
+                path: dir.to_path_buf(),
+                ancestor: existing,
+                owner: user_name(meta.uid()),
+                user: user_name(euid),
+            });
+        }
         return Err(Error::RootWouldCreate { role, path: dir.to_path_buf() });
     }
     // Creating inside a directory we do not own but may write into (e.g. group-writable, or /tmp) is fine: what we
@@ -214,10 +239,15 @@ mod tests {
         assert_eq!(e.run_as(), Some(user_name(me).as_str()));
         let msg = e.to_string();
         assert!(msg.contains(&user_name(me)) && msg.contains(&user_name(other)), "names both users: {msg}");
-        // Root never creates a repository or spool.
+        // Root never creates a repository or spool: in another user's directory it is told to run as that user.
         let e = check_writer_as(&missing, Role::Repository, 0).expect_err("root creates");
-        assert!(matches!(e, Error::RootWouldCreate { .. }), "{e:?}");
-        assert!(e.to_string().contains("root"), "{e}");
+        if me == 0 {
+            assert!(matches!(e, Error::RootWouldCreate { .. }), "{e:?}");
+            assert!(e.to_string().contains("root may not create it"), "{e}");
+        } else {
+            assert!(matches!(e, Error::ParentOwner { .. }), "{e:?}");
+            assert_eq!(e.run_as(), Some(user_name(me).as_str()));
+        }
     }
 
     #[test]

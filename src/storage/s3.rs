@@ -67,10 +67,9 @@ pub struct S3Storage {
 impl S3Storage {
     /// Build a client for `bucket` and key `prefix` from `cfg` and the standard AWS credential chain.
     ///
-    /// Credentials are resolved once here: when no source of the chain has any, this fails at once with
-    /// [`Error::NoCredentials`] (a configuration problem, not retried). Other credential failures (a provider that
-    /// timed out or answered with an error) are left to the first request, which retries them as transient. No
-    /// request is sent to the bucket: a wrong bucket shows up on the first call.
+    /// No request is sent: a wrong bucket or missing credentials show up on the first call. When no source of the
+    /// credential chain has credentials, that call fails at once with [`Error::NoCredentials`] (a configuration
+    /// problem, not retried); other credential failures (a provider that timed out) are retried as transient.
     pub async fn connect(bucket: &str, prefix: &str, cfg: &S3Config) -> Result<Self> {
         let invalid = |reason: String| Error::InvalidUrl { url: format!("s3://{bucket}/{prefix}"), reason };
         if bucket.is_empty() || bucket.contains('/') {
@@ -109,25 +108,6 @@ impl S3Storage {
             .retry_config(RetryConfig::standard().with_max_attempts(1))
             .load()
             .await;
-        if let Some(provider) = sdk.credentials_provider() {
-            use aws_credential_types::provider::error::CredentialsError;
-            use aws_sdk_s3::config::ProvideCredentials as _;
-            let backend =
-                || if prefix.is_empty() { format!("s3://{bucket}") } else { format!("s3://{bucket}/{prefix}") };
-            match provider.provide_credentials().await {
-                Ok(_) => {}
-                Err(CredentialsError::CredentialsNotLoaded(_)) => {
-                    return Err(Error::NoCredentials { backend: backend() });
-                }
-                // A broken profile file or similar: also a configuration problem, reported at once.
-                Err(e @ CredentialsError::InvalidConfiguration(_)) => {
-                    return Err(Error::other(&backend(), "load credentials", &"", cause_chain(&e)));
-                }
-                Err(e) => {
-                    tracing::debug!(error = %cause_chain(&e), "resolving AWS credentials failed; the first request retries");
-                }
-            }
-        }
         let mut conf = aws_sdk_s3::config::Builder::from(&sdk).force_path_style(cfg.force_path_style);
         if let Some(ep) = endpoint {
             conf = conf.endpoint_url(ep);
@@ -178,6 +158,11 @@ impl S3Storage {
                 Ok(key) => Error::NotFound { backend, key },
                 Err(e) => Error::InvalidKey(e),
             },
+            Class::NoCredentials => {
+                // The SDK's own account says why each source had nothing (e.g. "IMDS disabled by …").
+                tracing::debug!(backend = %backend, error = %message, "no AWS credentials");
+                Error::NoCredentials { backend }
+            }
             Class::PermissionDenied => Error::PermissionDenied { backend, key: key.to_owned(), source: message.into() },
             Class::Transient => Error::transient(&backend, op, &key, message),
             _ => Error::other(&backend, op, &key, message),

@@ -217,7 +217,7 @@ impl Error {
                 return storage_hint(e);
             }
             Error::Owner(_) | Error::Spool(crate::spool::Error::Owner(_)) => {
-                "run wal-push, base-backup, check and init as the PostgreSQL OS user that owns the repository and spool, e.g. runuser -u postgres -- COMMAND; create missing directories owned by it (install -d -o postgres -g postgres DIR)"
+                "run wal-push, base-backup, check and init as the PostgreSQL OS user (runuser -u postgres -- COMMAND), and give it the repository and spool directories: install -d -o postgres -g postgres DIR for a new one, chown -R postgres:postgres DIR for one root owns"
             }
             Error::Spool(crate::spool::Error::Locked { .. }) => {
                 "another wal-push or wal-fetch is running against this spool; it will be retried"

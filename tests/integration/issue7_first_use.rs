@@ -135,6 +135,14 @@ fn issue_7_root_never_creates_a_repository_or_spool() {
     assert_eq!(code, Some(0), "{err}");
     assert!(out.contains("created repository"), "{out}");
     assert!(not_owned_by(&dir.path().join("new-repo"), postgres_uid()).is_empty());
+    // A spool that root owns (left by an earlier version run as root): postgres is told to take it back, not to
+    // run as root.
+    let spool = dir.path().join("spool");
+    std::fs::create_dir(&spool).expect("mkdir");
+    let (code, _, err) = run(as_postgres(&bin("backupctl")).arg("--config").arg(&cfg).arg("check"));
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("is owned by root, not by postgres"), "{err}");
+    assert!(err.contains("chown -R postgres:postgres") && !err.contains("runuser -u root"), "{err}");
 }
 
 /// A typo in a file:// URL: check, status, pitr-restore and wal-fetch refuse "no repository at <url>" and create

@@ -110,10 +110,11 @@ pub enum Error {
 }
 
 impl Error {
-    /// The user that should run the command instead, when one is known (for a `runuser -u USER --` hint).
+    /// The user that should run the command instead, when one is known (for a `runuser -u USER --` hint). Never
+    /// root: a directory root owns is fixed by giving it to the PostgreSQL OS user, not by running as root.
     pub fn run_as(&self) -> Option<&str> {
         match self {
-            Error::OtherOwner { owner, .. } | Error::ParentOwner { owner, .. } => Some(owner),
+            Error::OtherOwner { owner, .. } | Error::ParentOwner { owner, .. } if owner != "root" => Some(owner),
             _ => None,
         }
     }
@@ -236,9 +237,20 @@ mod tests {
         // Another user may not write into it.
         let e = check_writer_as(existing, Role::Spool, other).expect_err("other owner");
         assert!(matches!(e, Error::OtherOwner { .. }), "{e:?}");
-        assert_eq!(e.run_as(), Some(user_name(me).as_str()));
+        // (run as the owner, unless the owner is root: see below)
+        assert_eq!(e.run_as().map(str::to_owned), (me != 0).then(|| user_name(me)));
+        if me == 0 {
+            let theirs = tempfile::tempdir().expect("tempdir");
+            nix::unistd::chown(theirs.path(), Some(Uid::from_raw(65534)), None).expect("chown");
+            let e = check_writer_as(theirs.path(), Role::Repository, 0).expect_err("root in nobody's directory");
+            assert_eq!(e.run_as().map(str::to_owned), Some(user_name(65534)), "{e}");
+        }
         let msg = e.to_string();
         assert!(msg.contains(&user_name(me)) && msg.contains(&user_name(other)), "names both users: {msg}");
+        // A directory root owns: the fix is to give it away, not to run as root.
+        let e =
+            Error::OtherOwner { role: Role::Spool, path: "/s".into(), owner: "root".into(), user: "postgres".into() };
+        assert_eq!(e.run_as(), None);
         // Root never creates a repository or spool: in another user's directory it is told to run as that user.
         let e = check_writer_as(&missing, Role::Repository, 0).expect_err("root creates");
         if me == 0 {

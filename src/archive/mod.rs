@@ -54,16 +54,18 @@ impl ArchiveContext {
 
     /// The repository backend (wrapped in retries), opened on first call.
     pub async fn storage(&self) -> Result<&DynStorage, crate::Error> {
-        if self.is_writer
-            && let Some(root) = crate::storage::local_path(&self.repository.url)
-        {
-            use crate::storage::fs::owner;
-            owner::check_writer(&root, owner::Role::Repository)?;
-        }
         let deadline = Duration::from_secs(self.settings.retry_deadline_seconds);
         let storage = self
             .storage
-            .get_or_try_init(|| crate::storage::open(&self.repository.url, &self.repository.s3, deadline))
+            .get_or_try_init(|| async {
+                if self.is_writer
+                    && let Some(root) = crate::storage::local_path(&self.repository.url)
+                {
+                    use crate::storage::fs::owner;
+                    owner::check_writer(&root, owner::Role::Repository)?;
+                }
+                Ok::<_, crate::Error>(crate::storage::open(&self.repository.url, &self.repository.s3, deadline).await?)
+            })
             .await?;
         Ok(storage)
     }

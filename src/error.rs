@@ -29,6 +29,9 @@ pub enum Error {
     /// A repository record is unreadable, from a newer format, or for another cluster.
     #[error(transparent)]
     Repository(#[from] crate::repository::store::Error),
+    /// The effective user may not write into a `file://` repository or the spool, or back up this data directory.
+    #[error(transparent)]
+    Owner(#[from] crate::storage::fs::owner::Error),
     /// A name PostgreSQL does not archive.
     #[error(transparent)]
     Name(#[from] crate::wal::ParseError),
@@ -185,7 +188,28 @@ impl Error {
     /// A bad configuration or command line: exit status 2 (255 for wal-fetch).
     pub fn is_usage(&self) -> bool {
         matches!(self, Error::Config(_) | Error::Usage(_))
-            || matches!(self, Error::Storage(crate::storage::Error::InvalidUrl { .. }))
+            || self.owner_error().is_some()
+            || matches!(
+                self,
+                Error::Storage(crate::storage::Error::InvalidUrl { .. } | crate::storage::Error::NoCredentials { .. })
+                    | Error::Repository(crate::repository::store::Error::Storage(
+                        crate::storage::Error::NoCredentials { .. }
+                    ))
+            )
+    }
+
+    /// The ownership refusal inside this error, if it is one.
+    pub fn owner_error(&self) -> Option<&crate::storage::fs::owner::Error> {
+        match self {
+            Error::Owner(e) | Error::Spool(crate::spool::Error::Owner(e)) => Some(e),
+            _ => None,
+        }
+    }
+
+    /// The user who should run the command instead, when the error is an ownership refusal naming one; `cli`
+    /// prints `runuser -u USER -- <the same command>` for it.
+    pub fn run_as(&self) -> Option<&str> {
+        self.owner_error().and_then(|e| e.run_as())
     }
 
     /// The repository definitively does not hold the file (wal-fetch exit status 1).
@@ -201,12 +225,18 @@ impl Error {
             Error::Storage(e) | Error::Repository(crate::repository::store::Error::Storage(e)) => {
                 return storage_hint(e);
             }
+            Error::Owner(_) | Error::Spool(crate::spool::Error::Owner(_)) => {
+                "run wal-push, base-backup, check and init as the PostgreSQL OS user (runuser -u postgres -- COMMAND), and give it the repository and spool directories: install -d -o postgres -g postgres DIR for a new one, chown -R postgres:postgres DIR for one root owns"
+            }
             Error::Spool(crate::spool::Error::Locked { .. }) => {
                 "another wal-push or wal-fetch is running against this spool; it will be retried"
             }
             Error::Spool(_) => "spool.path must exist or be creatable, and be writable by the PostgreSQL OS user",
             Error::Repository(crate::repository::store::Error::WrongCluster { .. }) => {
                 "each cluster needs its own repository url; check repository.url in this cluster's configuration"
+            }
+            Error::Repository(crate::repository::store::Error::NoRepository { .. }) => {
+                "check repository.url for a typo; a new repository is created by 'backupctl init' (or by wal-push's first push or base-backup)"
             }
             Error::Repository(_) => "run 'backupctl check' and restore the repository records from a copy if needed",
             Error::Name(_) => "archive_command must pass %p and restore_command must pass %f and %p",
@@ -257,6 +287,9 @@ fn storage_hint(e: &crate::storage::Error) -> Option<&'static str> {
             "check the credentials and the bucket policy or directory permissions for the PostgreSQL OS user"
         }
         S::InvalidUrl { .. } => "repository.url must be file:///absolute/path or s3://bucket/prefix",
+        S::NoCredentials { .. } => {
+            "give the user that runs this command AWS credentials: AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY in its environment (for wal-push, the PostgreSQL server's environment), a profile in its ~/.aws, or an instance or task role"
+        }
         _ => return None,
     })
 }

@@ -355,6 +355,8 @@ mod tests {
             compression_level: 1,
             s3: Default::default(),
         };
+        // Root (the tests' user) never creates a spool: make it first, as an operator would.
+        std::fs::create_dir(dir.path().join("spool")).expect("spool dir");
         let spool = Spool::open(&dir.path().join("spool"), &repository.url).expect("spool");
         let ctx = ArchiveContext::new(&repository, &Default::default(), spool.clone());
         let data: Vec<u8> = (0..(3 << 20) + 4321u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();

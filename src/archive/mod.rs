@@ -27,6 +27,8 @@ pub struct ArchiveContext {
     /// `[archive]` settings.
     pub settings: ArchiveConfig,
     storage: Arc<OnceCell<DynStorage>>,
+    /// Refuse to open a `file://` repository the effective user does not own (see [`ArchiveContext::for_writing`]).
+    is_writer: bool,
 }
 
 impl ArchiveContext {
@@ -38,7 +40,16 @@ impl ArchiveContext {
             spool,
             settings: settings.clone(),
             storage: Arc::new(OnceCell::new()),
+            is_writer: false,
         }
+    }
+
+    /// The same context for a command that writes into the repository (wal-push): opening a `file://` repository
+    /// then fails with [`crate::storage::fs::owner::Error`] unless the effective user owns it (or may create it).
+    /// Checked when the storage is first opened, so a call answered from the spool costs nothing.
+    pub fn for_writing(mut self) -> Self {
+        self.is_writer = true;
+        self
     }
 
     /// The repository backend (wrapped in retries), opened on first call.
@@ -46,7 +57,15 @@ impl ArchiveContext {
         let deadline = Duration::from_secs(self.settings.retry_deadline_seconds);
         let storage = self
             .storage
-            .get_or_try_init(|| crate::storage::open(&self.repository.url, &self.repository.s3, deadline))
+            .get_or_try_init(|| async {
+                if self.is_writer
+                    && let Some(root) = crate::storage::local_path(&self.repository.url)
+                {
+                    use crate::storage::fs::owner;
+                    owner::check_writer(&root, owner::Role::Repository)?;
+                }
+                Ok::<_, crate::Error>(crate::storage::open(&self.repository.url, &self.repository.s3, deadline).await?)
+            })
             .await?;
         Ok(storage)
     }

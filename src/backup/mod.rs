@@ -25,6 +25,7 @@ use crate::repository::backup::{BackupId, BackupStats, BackupType, MANIFEST_FORM
 use crate::repository::{self, store};
 use crate::spool::{Lock, Spool};
 use crate::storage::Storage;
+use crate::storage::fs::owner;
 use crate::wal::{SegmentName, SegmentSize, WalFileName};
 
 /// What the operator asked for.
@@ -83,6 +84,12 @@ pub fn run(
         return Err(cannot("it is not a PostgreSQL data directory readable here (no PG_VERSION)"));
     }
     let seg_size = SegmentSize::new(info.wal_segment_size)?;
+    // wal-push runs as the data directory's owner (the server's user) and writes into the same repository and
+    // spool: base-backup must run as that user too, or what it writes would lock wal-push out.
+    owner::check_owner(&data_dir, owner::Role::DataDirectory)?;
+    if let Some(root) = crate::storage::local_path(&config.repository.url) {
+        owner::check_writer(&root, owner::Role::Repository)?;
+    }
 
     let deadline = Duration::from_secs(config.archive.retry_deadline_seconds);
     let storage = rt.block_on(crate::storage::open(&config.repository.url, &config.repository.s3, deadline))?;

@@ -29,8 +29,12 @@ pub struct Args {
 pub enum Command {
     /// Print the effective configuration (after interpolation and defaults) as TOML.
     ConfigShow,
-    /// Check configuration, spool and repository: write, read back and delete a probe object.
+    /// Check configuration, spool and repository: write, read back and delete a probe object. Run it as the
+    /// user that runs wal-push (the PostgreSQL OS user); it creates nothing but the probe.
     Check,
+    /// Create a new, empty repository at repository.url (wal-push's first push and base-backup also create one).
+    /// Other commands refuse a URL where no repository exists. Run it as the PostgreSQL OS user.
+    Init,
     /// Show the repository's cluster, the range of archived WAL, and the backups.
     Status {
         /// Only the newest N backups.
@@ -115,14 +119,37 @@ fn run(config_flag: Option<PathBuf>, command: Command) -> Result<(), Error> {
         .build()
         .map_err(|e| Error::Task(format!("cannot start runtime: {e}")))?;
     rt.block_on(async {
-        let ctx = super::archive_context(&config)?;
-        let storage = ctx.storage().await?.as_ref();
+        let deadline = std::time::Duration::from_secs(config.archive.retry_deadline_seconds);
+        let open = || crate::storage::open(&config.repository.url, &config.repository.s3, deadline);
         match command {
+            Command::Init => {
+                super::check_repository_writer(&config.repository.url)?;
+                let storage = open().await?;
+                let (d, created) = store::init(storage.as_ref(), &super::now_rfc3339()).await?;
+                if created {
+                    println!("created repository {storage} (format {})", d.format);
+                } else {
+                    println!("repository {storage} already exists (format {}); nothing changed", d.format);
+                }
+                Ok(())
+            }
             Command::Check => {
                 println!("configuration: {} ok", path.display());
-                println!("spool: {} ok", ctx.spool.root().display());
-                let d = store::ensure_descriptor(storage, &super::now_rfc3339()).await?;
-                println!("repository: {storage} format {} ok", d.format);
+                // Writes only the probe: the spool is checked, not created (wal-push creates it).
+                use crate::storage::fs::owner;
+                owner::check_writer(&config.spool.path, owner::Role::Spool)?;
+                let spool_state = if config.spool.path.is_dir() { "ok" } else { "ok (wal-push creates it)" };
+                println!("spool: {} {spool_state}", config.spool.path.display());
+                super::check_repository_writer(&config.repository.url)?;
+                let storage = open().await?;
+                let storage = storage.as_ref();
+                store::require_existing(storage).await?;
+                let d =
+                    store::load::<crate::repository::Descriptor>(storage, &crate::repository::descriptor_key()).await?;
+                match d {
+                    Some(d) => println!("repository: {storage} format {} ok", d.format),
+                    None => println!("repository: {storage} ok (made by an earlier version: no descriptor)"),
+                }
                 let key =
                     Key::new(format!("check/probe-{}", std::process::id())).map_err(crate::storage::Error::from)?;
                 let body = Bytes::from(format!("backupctl check {}", super::now_rfc3339()));
@@ -136,6 +163,10 @@ fn run(config_flag: Option<PathBuf>, command: Command) -> Result<(), Error> {
                 Ok(())
             }
             Command::Status { last, backup_type, json_output } => {
+                // A reader: touches neither the spool nor anything in the repository.
+                let storage = open().await?;
+                let storage = storage.as_ref();
+                store::require_existing(storage).await?;
                 let (mut backups, bad) = store::manifests(storage).await?;
                 for (id, e) in &bad {
                     eprintln!("backupctl: warning: backup {id} is unusable: {e}");

@@ -4,7 +4,10 @@
 //! |-----------|-------------------------------------|-----------------------------------|-------|
 //! | wal-push  | durably archived, or identical copy exists | any failure (PostgreSQL retries) | 2 = bad configuration or usage; never >= 126 (PostgreSQL would treat it as an archiver crash) |
 //! | wal-fetch | `%p` written and verified           | the archive definitely lacks the file | 255 for everything else, so that recovery stops instead of promoting early |
-//! | others    | ok                                  | failure                           | 2 = bad configuration or usage |
+//! | others    | ok                                  | failure (including "no repository at URL") | 2 = bad configuration or usage |
+//!
+//! "Bad configuration or usage" includes running as the wrong user (a `file://` repository or spool owned by
+//! another user, root creating one) and missing S3 credentials: retrying cannot fix either.
 
 use std::process::ExitCode;
 
@@ -65,6 +68,13 @@ mod tests {
         let not_found = Error::NotInArchive { name: "x".into(), backend: "file:///r".into() };
         let usage = Error::Usage("bad".into());
         let other = Error::Task("boom".into());
+        let owner = Error::Owner(crate::storage::fs::owner::Error::RootWouldCreate {
+            role: crate::storage::fs::owner::Role::Repository,
+            path: "/srv/repo".into(),
+        });
+        let no_credentials = Error::Storage(crate::storage::Error::NoCredentials { backend: "s3://b".into() });
+        let no_repository =
+            Error::Repository(crate::repository::store::Error::NoRepository { backend: "file:///typo".into() });
         let cases: &[(Program, Option<&Error>, u8)] = &[
             (Program::WalPush, None, 0),
             (Program::WalPush, Some(&other), 1),
@@ -75,6 +85,13 @@ mod tests {
             (Program::WalFetch, Some(&usage), 255),
             (Program::WalFetch, Some(&other), 255),
             (Program::Other, Some(&usage), 2),
+            (Program::WalPush, Some(&owner), 2),
+            (Program::Other, Some(&owner), 2),
+            (Program::WalPush, Some(&no_credentials), 2),
+            (Program::WalFetch, Some(&no_credentials), 255),
+            (Program::Other, Some(&no_credentials), 2),
+            (Program::WalFetch, Some(&no_repository), 255),
+            (Program::Other, Some(&no_repository), 1),
             (Program::Other, Some(&other), 1),
         ];
         for (p, e, want) in cases {

@@ -50,12 +50,24 @@ pub fn init_tracing(config: Option<&Config>) {
     let _ = if json { builder.json().try_init() } else { builder.try_init() };
 }
 
-/// Print an error and its hint, one line each.
+/// Print an error and its hint, one line each. An ownership refusal's hint is the command to run instead:
+/// `runuser -u OWNER -- <this command line>`.
 pub fn report_error(program: &str, e: &Error) {
     eprintln!("{program}: error: {e}");
-    if let Some(h) = e.hint() {
+    if let Some(user) = e.run_as() {
+        let argv: Vec<String> = std::env::args_os().map(|a| shell_quote(&a.to_string_lossy())).collect();
+        eprintln!("{program}: hint: run it as {user}: runuser -u {user} -- {}", argv.join(" "));
+    } else if let Some(h) = e.hint() {
         eprintln!("{program}: hint: {h}");
     }
+}
+
+/// Quote a word for /bin/sh when it needs quoting.
+pub fn shell_quote(s: &str) -> String {
+    if !s.is_empty() && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"/._-+=:@%,".contains(&b)) {
+        return s.to_owned();
+    }
+    format!("'{}'", s.replace('\'', "'\\''"))
 }
 
 /// A single-threaded runtime: wal-push and wal-fetch run once per file; CPU work goes to the blocking pool.
@@ -75,10 +87,34 @@ pub fn multi_thread_runtime() -> Result<tokio::runtime::Runtime, Error> {
         .map_err(|e| Error::Task(format!("cannot start runtime: {e}")))
 }
 
-/// The spool and the (lazily opened) storage for the archive commands.
+/// The spool and the (lazily opened) storage for a command that writes: wal-push, the prefetcher.
+///
+/// Refuses, before creating anything, unless the effective user owns (or may create) the spool and, once the
+/// storage is opened, a `file://` repository's directory (see [`crate::storage::fs::owner`]).
 pub fn archive_context(config: &Config) -> Result<ArchiveContext, Error> {
     let spool = Spool::open(&config.spool.path, &crate::storage::canonical_url(&config.repository.url))?;
+    Ok(ArchiveContext::new(&config.repository, &config.archive, spool).for_writing())
+}
+
+/// The context for a reader (wal-fetch): the spool is opened (created if missing) only if the effective user may
+/// write into it; otherwise the context's spool must not be used ([`Spool::is_writable`] says false) and nothing
+/// is created. The repository is only read.
+pub fn reader_context(config: &Config) -> Result<ArchiveContext, Error> {
+    let repository = crate::storage::canonical_url(&config.repository.url);
+    let mut spool = Spool::at(&config.spool.path, &repository);
+    if spool.is_writable() {
+        spool = Spool::open(&config.spool.path, &repository)?;
+    }
     Ok(ArchiveContext::new(&config.repository, &config.archive, spool))
+}
+
+/// For a `file://` repository: may the effective user write into it (or create it)? S3 needs no check.
+pub fn check_repository_writer(url: &str) -> Result<(), Error> {
+    use crate::storage::fs::owner;
+    if let Some(root) = crate::storage::local_path(url) {
+        owner::check_writer(&root, owner::Role::Repository)?;
+    }
+    Ok(())
 }
 
 /// Now, as RFC 3339 UTC.

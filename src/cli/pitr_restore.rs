@@ -137,6 +137,7 @@ pub fn run(config: Option<&Path>, args: &RestoreArgs) -> Result<(), Error> {
     let report = rt.block_on(async {
         let deadline = Duration::from_secs(config.archive.retry_deadline_seconds);
         let storage = crate::storage::open(&config.repository.url, &config.repository.s3, deadline).await?;
+        crate::repository::store::require_existing(storage.as_ref()).await?;
         restore::run(storage, &request, progress.as_ref()).await
     })?;
     let s = &report.stats;

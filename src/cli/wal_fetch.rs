@@ -1,6 +1,6 @@
 //! `wal-fetch`: PostgreSQL's `restore_command`.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{ExitCode, Stdio};
 use std::time::Duration;
 
@@ -8,7 +8,7 @@ use clap::Parser;
 
 use super::exit::{self, Program};
 use crate::Error;
-use crate::archive::fetch;
+use crate::archive::{ArchiveContext, fetch};
 use crate::spool::Lock;
 use crate::wal::WalFileName;
 
@@ -61,7 +61,7 @@ pub fn run(args: &Args) -> Result<(), Error> {
     if args.prefetch_worker {
         lower_priority();
         return super::current_thread_runtime()?.block_on(async {
-            let ctx = super::archive_context(&config)?;
+            let ctx = super::reader_context(&config)?;
             let n = fetch::prefetch(&ctx, Duration::from_secs(2)).await?;
             tracing::debug!(fetched = n, "prefetcher done");
             Ok(())
@@ -70,23 +70,38 @@ pub fn run(args: &Args) -> Result<(), Error> {
     let (Some(name), Some(dest)) = (&args.name, &args.dest) else {
         return Err(Error::Usage("wal-fetch needs NAME and DEST (%f %p)".to_owned()));
     };
-    let ctx = super::archive_context(&config)?;
-    let prefetch = ctx.settings.fetch_prefetch > 0 && matches!(name.parse(), Ok(WalFileName::Segment(_)));
+    // A reader: any user who can read the repository may fetch. The spool (prefetch queue) is used only by the
+    // user who may write into it, so a manual run as another user creates nothing there.
+    let ctx = super::reader_context(&config)?;
+    let is_spooled = ctx.spool.is_writable();
+    let prefetch = is_spooled && ctx.settings.fetch_prefetch > 0 && matches!(name.parse(), Ok(WalFileName::Segment(_)));
     // PostgreSQL waits for every call: a prefetched segment is served without building a runtime at all.
-    let served = fetch::from_spool(&ctx, name, dest)?;
+    let served = if is_spooled { fetch::from_spool(&ctx, name, dest)? } else { None };
     if prefetch {
         // Before a repository fetch, so that the prefetcher gets the next segments meanwhile.
         start_prefetcher(&config_path, &ctx.spool.fetch_lock_path());
     }
     let report = match served {
         Some(report) => report,
-        None => super::current_thread_runtime()?.block_on(fetch::from_repository(&ctx, name, dest))?,
+        None => super::current_thread_runtime()?.block_on(from_repository(&ctx, name, dest))?,
     };
     tracing::info!(
         segment = %report.name, bytes = report.raw_size, elapsed_ms = report.elapsed_ms, source = ?report.source,
         "restored {}", super::human_bytes(report.raw_size)
     );
     Ok(())
+}
+
+/// [`fetch::from_repository`], except that "not in the archive" (which ends recovery) is only answered when there
+/// is a repository at all: a typo in the URL is [`crate::repository::store::Error::NoRepository`] (exit 255).
+async fn from_repository(ctx: &ArchiveContext, name: &str, dest: &Path) -> Result<fetch::FetchReport, Error> {
+    match fetch::from_repository(ctx, name, dest).await {
+        Err(e) if e.is_not_in_archive() => {
+            crate::repository::store::require_existing(ctx.storage().await?.as_ref()).await?;
+            Err(e)
+        }
+        other => other,
+    }
 }
 
 /// Added to the prefetch worker's nice value.

@@ -45,6 +45,12 @@ pub enum Error {
         #[source]
         source: InvalidManifest,
     },
+    /// Nothing at the URL is a repository (no descriptor, no WAL, no backup): most often a typo in the URL.
+    #[error("no repository at {backend}")]
+    NoRepository {
+        /// Backend display.
+        backend: String,
+    },
     /// The repository was written by a newer format.
     #[error("repository {backend} has format {found}; this build reads format {FORMAT_VERSION}")]
     UnsupportedFormat {
@@ -119,6 +125,33 @@ pub async fn ensure_descriptor(storage: &dyn Storage, now_rfc3339: &str) -> Resu
         Some(d) => check_format(storage, d),
         None => Err(storage::Error::NotFound { backend: storage.to_string(), key }.into()),
     }
+}
+
+/// Check that `storage` holds a repository this build can read, without creating anything.
+///
+/// A repository is marked by its descriptor (written by `backupctl init`, wal-push's first push or base-backup).
+/// A repository of an earlier version that has no descriptor still counts when it holds the cluster record (any
+/// archived WAL) or a backup. Otherwise [`Error::NoRepository`]. On S3, a missing bucket is a storage error
+/// (`NoSuchBucket`), never "no repository".
+pub async fn require_existing(storage: &dyn Storage) -> Result<(), Error> {
+    if let Some(d) = load::<Descriptor>(storage, &descriptor_key()).await? {
+        check_format(storage, d)?;
+        return Ok(());
+    }
+    if storage.exists(&cluster_key()).await? || !backup_ids(storage).await?.is_empty() {
+        return Ok(());
+    }
+    Err(Error::NoRepository { backend: storage.to_string() })
+}
+
+/// Create the repository (its descriptor) unless one exists: `backupctl init`. Returns the descriptor and whether
+/// this call created it.
+pub async fn init(storage: &dyn Storage, now_rfc3339: &str) -> Result<(Descriptor, bool), Error> {
+    if let Some(d) = load::<Descriptor>(storage, &descriptor_key()).await? {
+        return Ok((check_format(storage, d)?, false));
+    }
+    let existed = require_existing(storage).await.is_ok();
+    Ok((ensure_descriptor(storage, now_rfc3339).await?, !existed))
 }
 
 fn check_format(storage: &dyn Storage, d: Descriptor) -> Result<Descriptor, Error> {
@@ -207,4 +240,43 @@ pub async fn manifests(storage: &dyn Storage) -> Result<(Vec<Manifest>, Vec<(Bac
         }
     }
     Ok((good, bad))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::storage::fs::FsStorage;
+
+    /// What marks a repository: the descriptor, or for an earlier version's repository without one, the cluster
+    /// record or a backup manifest. Nothing at all (or an empty directory) is "no repository", and checking
+    /// creates nothing.
+    #[tokio::test]
+    async fn require_existing_table() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let missing = FsStorage::new(dir.path().join("typo"));
+        let e = require_existing(&missing).await.expect_err("no repository");
+        assert!(matches!(e, Error::NoRepository { .. }), "{e:?}");
+        assert_eq!(e.to_string(), format!("no repository at file://{}/typo", dir.path().display()));
+        assert!(!dir.path().join("typo").exists(), "checking created the path");
+
+        let described = FsStorage::new(dir.path().join("new"));
+        let (d, created) = init(&described, "2026-11-30T00:00:00Z").await.expect("init");
+        assert!(created && d.format == FORMAT_VERSION);
+        require_existing(&described).await.expect("initialised");
+        assert!(!init(&described, "later").await.expect("init again").1, "init twice creates once");
+
+        let legacy_wal = FsStorage::new(dir.path().join("legacy-wal"));
+        let info = ClusterInfo { system_identifier: "1".into(), wal_segment_size: 16 << 20, pg_version: 15 };
+        assert!(create(&legacy_wal, &cluster_key(), &info).await.expect("cluster record"));
+        require_existing(&legacy_wal).await.expect("a repository with WAL and no descriptor counts");
+
+        let legacy_backup = FsStorage::new(dir.path().join("legacy-backup"));
+        let key = Key::new("backups/20261130-000000F/manifest").expect("key");
+        legacy_backup.put(&key, Bytes::from_static(b"x"), PutMode::Create).await.expect("put");
+        require_existing(&legacy_backup).await.expect("a repository with a backup and no descriptor counts");
+
+        let other = FsStorage::new(dir.path().join("other"));
+        other.put(&Key::new("unrelated").expect("key"), Bytes::from_static(b"x"), PutMode::Create).await.expect("put");
+        assert!(matches!(require_existing(&other).await, Err(Error::NoRepository { .. })), "unrelated files");
+    }
 }

@@ -37,6 +37,9 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+    /// The effective user may not write into the spool (see [`crate::storage::fs::owner`]).
+    #[error(transparent)]
+    Owner(#[from] crate::storage::fs::owner::Error),
     /// Another process holds the lock.
     #[error("spool lock {path} is held by another process ({holder})")]
     Locked {
@@ -98,13 +101,28 @@ pub struct Spool {
 
 impl Spool {
     /// Open (and create if needed) the spool at `root` for the repository displayed as `repository`.
+    ///
+    /// Refuses with [`Error::Owner`], before creating anything, unless the effective user owns the spool (or may
+    /// create it): see [`crate::storage::fs::owner`].
     pub fn open(root: &Path, repository: &str) -> Result<Self, Error> {
-        let scope = blake3::hash(repository.as_bytes()).to_hex()[..16].to_owned();
-        let spool = Self { root: root.to_path_buf(), repository_scope: scope };
+        crate::storage::fs::owner::check_writer(root, crate::storage::fs::owner::Role::Spool)?;
+        let spool = Self::at(root, repository);
         for dir in [spool.root.clone(), spool.push_dir(), spool.fetch_dir()] {
             std::fs::create_dir_all(&dir).map_err(|source| Error::Io { path: dir.clone(), source })?;
         }
         Ok(spool)
+    }
+
+    /// A handle on the spool at `root` for the repository displayed as `repository`, without touching the disk
+    /// (for readers that may not write into it: they must not call any method that writes).
+    pub fn at(root: &Path, repository: &str) -> Self {
+        let scope = blake3::hash(repository.as_bytes()).to_hex()[..16].to_owned();
+        Self { root: root.to_path_buf(), repository_scope: scope }
+    }
+
+    /// True if the effective user may write into this spool (owns it, or may create it).
+    pub fn is_writable(&self) -> bool {
+        crate::storage::fs::owner::is_writable_by_caller(&self.root, crate::storage::fs::owner::Role::Spool)
     }
 
     /// The spool root.

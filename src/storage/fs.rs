@@ -4,6 +4,8 @@
 //! (`Overwrite`) or hard-links it (`Create`, which fails atomically if the name exists), and fsyncs the directory.
 //! A reader never sees a partial object; temp files are removed on drop.
 
+pub mod owner;
+
 use std::fmt;
 use std::io::{ErrorKind, Read, Seek, SeekFrom, Write};
 use std::ops::Range;

@@ -172,10 +172,23 @@ pub enum Error {
         /// Why.
         reason: String,
     },
+    /// No source of the AWS default credential chain had credentials: a configuration problem, never retried.
+    #[error("{backend}: no AWS credentials found; tried {}", CREDENTIAL_SOURCES)]
+    NoCredentials {
+        /// Backend display name.
+        backend: String,
+    },
     /// A key could not be built.
     #[error(transparent)]
     InvalidKey(#[from] InvalidKey),
 }
+
+/// The sources of the AWS default credential chain, in the order aws-config tries them
+/// (`aws_config::default_provider::credentials::DefaultCredentialsChain`).
+pub const CREDENTIAL_SOURCES: &str = "environment variables (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY), \
+    the profile in ~/.aws/credentials and ~/.aws/config (AWS_PROFILE, default \"default\"; SSO and credential_process), \
+    web identity token (AWS_WEB_IDENTITY_TOKEN_FILE, AWS_ROLE_ARN), ECS container credentials \
+    (AWS_CONTAINER_CREDENTIALS_RELATIVE_URI or _FULL_URI) and EC2 instance metadata (IMDS)";
 
 impl Error {
     /// True for [`Error::NotFound`].
@@ -246,6 +259,11 @@ pub type DynStorage = Arc<dyn Storage>;
 /// The canonical form of a repository URL (no trailing `/`), used to tell repositories apart in the spool.
 pub fn canonical_url(url: &str) -> String {
     url.trim_end_matches('/').to_owned()
+}
+
+/// The directory of a `file:///absolute/path` URL; `None` for any other URL.
+pub fn local_path(url: &str) -> Option<std::path::PathBuf> {
+    url.strip_prefix("file://").filter(|p| p.starts_with('/')).map(std::path::PathBuf::from)
 }
 
 /// Open the backend named by a repository URL, wrapped in retries bounded by `retry_deadline`.

@@ -67,7 +67,9 @@ pub struct S3Storage {
 impl S3Storage {
     /// Build a client for `bucket` and key `prefix` from `cfg` and the standard AWS credential chain.
     ///
-    /// No request is sent: a wrong bucket or missing credentials show up on the first call.
+    /// No request is sent: a wrong bucket or missing credentials show up on the first call. When no source of the
+    /// credential chain has credentials, that call fails at once with [`Error::NoCredentials`] (a configuration
+    /// problem, not retried); other credential failures (a provider that timed out) are retried as transient.
     pub async fn connect(bucket: &str, prefix: &str, cfg: &S3Config) -> Result<Self> {
         let invalid = |reason: String| Error::InvalidUrl { url: format!("s3://{bucket}/{prefix}"), reason };
         if bucket.is_empty() || bucket.contains('/') {
@@ -156,6 +158,11 @@ impl S3Storage {
                 Ok(key) => Error::NotFound { backend, key },
                 Err(e) => Error::InvalidKey(e),
             },
+            Class::NoCredentials => {
+                // The SDK's own account says why each source had nothing (e.g. "IMDS disabled by …").
+                tracing::debug!(backend = %backend, error = %message, "no AWS credentials");
+                Error::NoCredentials { backend }
+            }
             Class::PermissionDenied => Error::PermissionDenied { backend, key: key.to_owned(), source: message.into() },
             Class::Transient => Error::transient(&backend, op, &key, message),
             _ => Error::other(&backend, op, &key, message),

@@ -22,6 +22,11 @@ impl Env {
         let dir = tempfile::tempdir().expect("tempdir");
         let pg_wal = dir.path().join("pg_wal");
         std::fs::create_dir_all(pg_wal.join("archive_status")).expect("pg_wal");
+        // The repository and spool directories exist, owned by the user who archives (here root, which never
+        // creates them itself), as the README's installation makes them.
+        for d in ["repo", "spool"] {
+            std::fs::create_dir(dir.path().join(d)).expect("mkdir");
+        }
         let config = dir.path().join("backupctl.toml");
         std::fs::write(
             &config,

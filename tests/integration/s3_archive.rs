@@ -10,6 +10,8 @@ const MB: u64 = 1 << 20;
 const SYSID: u64 = 6_001_002_003_004_005_006;
 
 fn config(dir: &std::path::Path, url: &str, endpoint: &str, extra: &str) -> PathBuf {
+    // The spool exists, owned by the user who archives (root never creates one).
+    let _ = std::fs::create_dir(dir.join("spool"));
     let path = dir.join("backupctl.toml");
     std::fs::write(
         &path,

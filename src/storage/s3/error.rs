@@ -4,6 +4,7 @@
 
 use std::fmt;
 
+use aws_credential_types::provider::error::CredentialsError;
 use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_s3::operation::RequestId;
 
@@ -14,6 +15,8 @@ pub(super) enum Class {
     PreconditionFailed,
     PermissionDenied,
     InvalidRange,
+    /// No source of the AWS credential chain had credentials: a configuration problem, not retried.
+    NoCredentials,
     Transient,
     Other,
 }
@@ -77,12 +80,30 @@ where
             (classify(status, code), one_line(message))
         }
         SdkError::DispatchFailure(d) if d.is_user() => (Class::Other, cause_chain(err)),
-        // Connection refused or reset, DNS, TLS, timeouts, truncated responses, credential-provider failures.
-        SdkError::DispatchFailure(_) | SdkError::TimeoutError(_) | SdkError::ResponseError(_) => {
-            (Class::Transient, cause_chain(err))
-        }
+        // Resolving credentials happens before the request is sent: "no source had any" fails the same way every
+        // time, so it is not retried. Other dispatch failures (connection refused or reset, DNS, TLS, a credential
+        // provider that timed out) are transient.
+        SdkError::DispatchFailure(_) => match credentials_error(err) {
+            Some(CredentialsError::CredentialsNotLoaded(_)) => (Class::NoCredentials, cause_chain(err)),
+            Some(CredentialsError::InvalidConfiguration(_)) => (Class::Other, cause_chain(err)),
+            _ => (Class::Transient, cause_chain(err)),
+        },
+        // Timeouts, truncated responses.
+        SdkError::TimeoutError(_) | SdkError::ResponseError(_) => (Class::Transient, cause_chain(err)),
         _ => (Class::Other, cause_chain(err)),
     }
+}
+
+/// The credential provider's error in `err`'s chain of sources, if resolving credentials is what failed.
+fn credentials_error<'a>(err: &'a (dyn std::error::Error + 'static)) -> Option<&'a CredentialsError> {
+    let mut next = Some(err);
+    while let Some(e) = next {
+        if let Some(c) = e.downcast_ref::<CredentialsError>() {
+            return Some(c);
+        }
+        next = e.source();
+    }
+    None
 }
 
 /// An error and its sources on one line, e.g. `dispatch failure: io error: client error (Connect): tcp connect

@@ -3,7 +3,7 @@
 //! | binary    | 0                                   | 1                                 | other |
 //! |-----------|-------------------------------------|-----------------------------------|-------|
 //! | wal-push  | durably archived, or identical copy exists | any failure (PostgreSQL retries) | 2 = bad configuration or usage; never >= 126 (PostgreSQL would treat it as an archiver crash) |
-//! | wal-fetch | `%p` written and verified           | the archive definitely lacks the file | 255 for everything else, so that recovery stops instead of promoting early |
+//! | wal-fetch | `%p` written and verified           | the archive definitely lacks the file and holds nothing after it (the end of the archive) | 255 for everything else, a hole in the archive included, so that recovery stops instead of promoting early |
 //! | others    | ok                                  | failure                           | 2 = bad configuration or usage |
 
 use std::process::ExitCode;
@@ -65,6 +65,7 @@ mod tests {
         let not_found = Error::NotInArchive { name: "x".into(), backend: "file:///r".into() };
         let usage = Error::Usage("bad".into());
         let other = Error::Task("boom".into());
+        let hole = Error::ArchiveHole { missing: "x".into(), later: "y".into(), backend: "file:///r".into() };
         let cases: &[(Program, Option<&Error>, u8)] = &[
             (Program::WalPush, None, 0),
             (Program::WalPush, Some(&other), 1),
@@ -74,6 +75,8 @@ mod tests {
             (Program::WalFetch, Some(&not_found), 1),
             (Program::WalFetch, Some(&usage), 255),
             (Program::WalFetch, Some(&other), 255),
+            (Program::WalFetch, Some(&hole), 255),
+            (Program::Other, Some(&hole), 1),
             (Program::Other, Some(&usage), 2),
             (Program::Other, Some(&other), 1),
         ];

@@ -1,12 +1,14 @@
 //! pitr-restore: choose a backup, write its files, and set up recovery to the requested target.
 //!
 //! Invariants:
-//! - Nothing is written before the manifest is loaded and validated and the destination is checked (empty or
+//! - Nothing is written before the manifest is loaded and validated, the WAL recovery needs is found in the
+//!   archive with no hole and the target reachable ([`wal_check`]), and the destination is checked (empty or
 //!   `--delta`, no live server).
 //! - The result starts recovery only when complete: `global/pg_control` and the recovery files are written last,
 //!   after a sync of everything else.
 
 pub mod target;
+pub mod wal_check;
 pub mod write;
 
 use std::path::PathBuf;
@@ -47,6 +49,8 @@ pub struct RestoreRequest {
     pub restore_command: String,
     /// Objects downloaded at once.
     pub parallel: usize,
+    /// This host's clock when the restore was asked for (a time target after it is refused).
+    pub now: time::OffsetDateTime,
 }
 
 /// What a restore did.
@@ -88,6 +92,8 @@ pub async fn run(
         .map_err(|reason| Error::NoBackup { backend: storage.to_string(), target: request.target.to_string(), reason })?
         .clone();
     tracing::debug!(backup = %manifest.id, stop_time = %manifest.stop_time, "restoring");
+    // Before anything is written: the WAL this recovery reads is archived and the target is reachable.
+    wal_check::check(storage.as_ref(), &manifest, history.as_ref(), &request.target, request.now).await?;
 
     let layout = Layout {
         destination: absolute(&request.destination)?,

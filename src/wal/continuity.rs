@@ -38,29 +38,39 @@ impl std::fmt::Display for LaterWal {
     }
 }
 
-/// Decide whether the archive lacking `requested` is a hole (`Some`: the evidence) or its end (`None`).
-///
-/// `later_on_timeline`: archived names of `requested`'s timeline that sort after it (any order); `.backup` files
-/// and `requested`'s own `.partial` prove nothing (both exist before the segment is complete). `later_histories`:
-/// histories of timelines newer than `requested`'s; one that left `requested`'s timeline in a later segment
-/// proves that timeline was written past `requested` (a fork inside `requested` itself does not: that old segment
-/// ends as a `.partial`).
+/// Decide whether the archive lacking `requested` is a hole (`Some`: the evidence) or its end (`None`):
+/// [`later_file_evidence`], then [`fork_evidence`].
 pub fn hole_evidence(
     requested: SegmentName,
     size: SegmentSize,
     later_on_timeline: &[WalFileName],
     later_histories: &[TimelineHistory],
 ) -> Option<LaterWal> {
-    let later = later_on_timeline
+    later_file_evidence(requested, later_on_timeline).or_else(|| fork_evidence(requested, size, later_histories))
+}
+
+/// The first later segment or `.partial` of `requested`'s timeline among `later_on_timeline` (archived names, any
+/// order). `.backup` files and `requested`'s own `.partial` prove nothing: both exist before the segment is
+/// complete or instead of it.
+pub fn later_file_evidence(requested: SegmentName, later_on_timeline: &[WalFileName]) -> Option<LaterWal> {
+    later_on_timeline
         .iter()
         .filter(|n| match n {
             WalFileName::Segment(s) | WalFileName::Partial(s) => s.timeline == requested.timeline && *s > requested,
             _ => false,
         })
-        .min_by_key(|n| n.segment());
-    if let Some(name) = later {
-        return Some(LaterWal::File(name.clone()));
-    }
+        .min_by_key(|n| n.segment())
+        .map(|n| LaterWal::File(n.clone()))
+}
+
+/// A history among `later_histories` (of timelines newer than `requested`'s) that left `requested`'s timeline in
+/// a later segment, which proves that timeline was written past `requested`. A fork inside `requested` itself
+/// proves nothing: that old segment ends as a `.partial`.
+pub fn fork_evidence(
+    requested: SegmentName,
+    size: SegmentSize,
+    later_histories: &[TimelineHistory],
+) -> Option<LaterWal> {
     let segno = requested.segno(size).ok()?;
     later_histories
         .iter()

@@ -8,7 +8,8 @@
 //! - A hole before the target: refused for the end of the archive and LSN targets (position is exact), and for a
 //!   time target when the segment after the hole was archived before that time (so its WAL, and the missing
 //!   segment's, precede it). A hole that may lie after the target (time past that, xid, restore point): a
-//!   warning; wal-fetch stops recovery at the hole if PostgreSQL does ask for the segment.
+//!   warning; wal-fetch stops recovery at the hole if PostgreSQL does ask for the segment (PostgreSQL 15+ asks
+//!   for WAL ahead of replay unless `recovery_prefetch = off`, which the warning says).
 //! - A time target after the newest archived segment was written (object modification time, the repository's
 //!   clock): a warning naming where the archive ends (the server will stop with "recovery ended before
 //!   configured recovery target was reached" unless more WAL is archived first).
@@ -85,9 +86,15 @@ pub async fn check(
                 backend,
             });
         }
+        // PostgreSQL 15+ decodes WAL ahead of replay (recovery_prefetch) and would meet the hole early.
+        let prefetch = if manifest.pg_version_num >= 150_000 {
+            "; if it lies before, set recovery_prefetch = off in the restored postgresql.auto.conf, or the read-ahead stops at the hole too"
+        } else {
+            ""
+        };
         tracing::warn!(
             segment = %gap.missing, next = %gap.next,
-            "WAL segment {} is missing from the archive {backend} ({} is the next one present): if {target} lies after it, recovery will stop there",
+            "WAL segment {} is missing from the archive {backend} ({} is the next one present): if {target} lies after it, recovery will stop there{prefetch}",
             gap.missing, gap.next
         );
     }
@@ -118,13 +125,11 @@ async fn archived(storage: &dyn Storage, path: &[PathStep], size: SegmentSize) -
     for step in path {
         let prefix = format!("wal/{}", step.timeline);
         let start_after = match step.from.checked_sub(1) {
-            Some(before) => crate::repository::wal_key(&WalFileName::Segment(SegmentName::from_segno(
-                step.timeline,
-                before,
-                size,
-            )))
-            .as_str()
-            .to_owned(),
+            Some(before) => {
+                crate::repository::wal_key(&WalFileName::Segment(SegmentName::from_segno(step.timeline, before, size)))
+                    .as_str()
+                    .to_owned()
+            }
             None => prefix.clone(),
         };
         for meta in storage.list_after(&prefix, &start_after, usize::MAX).await? {

@@ -160,9 +160,9 @@ pub struct Gap {
 
 /// The last archived segment along `path` (where the archive ends for this recovery), if any.
 pub fn path_end(path: &[PathStep], present: &impl Present, size: SegmentSize) -> Option<SegmentName> {
-    path.iter()
-        .rev()
-        .find_map(|s| present.last_in(s.timeline, s.from, s.until).map(|n| SegmentName::from_segno(s.timeline, n, size)))
+    path.iter().rev().find_map(|s| {
+        present.last_in(s.timeline, s.from, s.until).map(|n| SegmentName::from_segno(s.timeline, n, size))
+    })
 }
 
 /// The first hole along `path` up to segment number `upto` (inclusive; `None`: the end of the archive).
@@ -227,7 +227,11 @@ mod tests {
         );
         // Its own .partial and backup history files prove nothing; a later .partial does.
         assert_eq!(
-            hole("000000010000000000000005", &["000000010000000000000005.partial", "000000010000000000000005.00000028.backup"], &[]),
+            hole(
+                "000000010000000000000005",
+                &["000000010000000000000005.partial", "000000010000000000000005.00000028.backup"],
+                &[]
+            ),
             None
         );
         assert_eq!(

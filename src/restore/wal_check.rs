@@ -58,7 +58,7 @@ pub async fn check(
 
     // The backup itself needs its WAL up to the stop point.
     let stop_segno = manifest.stop_lsn.0 / size.bytes();
-    if end_lsn.is_none_or(|l| manifest.stop_lsn.0 >= l) {
+    if end_lsn.is_none_or(|l| manifest.stop_lsn.0 > l) {
         return Err(unreachable(format!(
             "backup {} needs WAL up to lsn {} to become consistent, and the archive {backend} ends at {}",
             manifest.id,

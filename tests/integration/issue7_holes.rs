@@ -41,6 +41,17 @@ fn start_unchecked(copy: &Cluster) {
     assert!(out.status.success(), "pg_ctl start: {}", stderr(&out));
 }
 
+/// Stops a server started with [`start_unchecked`] when dropped (also when an assertion fails).
+struct StopOnDrop<'a>(&'a Cluster);
+
+impl Drop for StopOnDrop<'_> {
+    fn drop(&mut self) {
+        let c = self.0;
+        let _ =
+            as_postgres(&c.bin.join("pg_ctl")).arg("-D").arg(&c.data).args(["-m", "immediate", "-w", "stop"]).output();
+    }
+}
+
 fn is_running(copy: &Cluster) -> bool {
     as_postgres(&copy.bin.join("pg_ctl"))
         .arg("-D")
@@ -103,8 +114,9 @@ fn issue_7_hole_in_archive_stops_restore_and_recovery() {
     assert!(!dest.exists());
 
     // The copy restored before the loss: recovery stops at the hole, the server does not promote.
-    let mut copy = Cluster::at(&c.bin, &early, &c.socket);
+    let copy = Cluster::at(&c.bin, &early, &c.socket);
     start_unchecked(&copy);
+    let _stop = StopOnDrop(&copy);
     let log = wait_for("the restored copy to stop at the hole", Duration::from_secs(180), || {
         let log = copy.log_text();
         (log.contains("wal-fetch") && log.contains(&lost) && !is_running(&copy)).then_some(log)
@@ -113,7 +125,7 @@ fn issue_7_hole_in_archive_stops_restore_and_recovery() {
     assert!(log.contains("exit code 255") || log.contains("exited with exit code 255"), "{log}");
     assert!(!log.contains("selected new timeline ID") && !log.contains("archive recovery complete"), "{log}");
     assert!(!early.join("pg_wal/00000002.history").exists(), "the copy must not have promoted");
-    copy.stop();
+    drop(_stop);
 
     // A target before the hole still restores, exactly.
     let dest = src.dir.sub("before-hole");
@@ -121,20 +133,19 @@ fn issue_7_hole_in_archive_stops_restore_and_recovery() {
     let out = src.restore(&dest, &["--to", &time_after[0], "--archive-mode", "off"]);
     assert!(out.status.success(), "{}", stderr(&out));
     assert!(stderr(&out).contains(&lost), "warns about the hole after the target: {}", stderr(&out));
-    let mut copy = Cluster::at(&c.bin, &dest, &c.socket);
+    let copy = Cluster::at(&c.bin, &dest, &c.socket);
     // PostgreSQL 15+ decodes WAL ahead of replay (recovery_prefetch): it would ask for the lost segment, right
     // after the target's, before stopping at the target, and stop at the hole. The warning says to turn it off.
     assert!(stderr(&out).contains("recovery_prefetch = off"), "{}", stderr(&out));
     copy.append_conf("recovery_prefetch = off");
     start_unchecked(&copy);
+    let _stop_copy = StopOnDrop(&copy);
     let deadline = std::time::Instant::now() + Duration::from_secs(120);
     while !copy.try_sql("select pg_is_in_recovery()").stdout.starts_with(b"f") {
         assert!(std::time::Instant::now() < deadline, "recovery to {} did not end: {}", time_after[0], copy.log_text());
         std::thread::sleep(Duration::from_millis(100));
     }
     assert_eq!(copy.sql("select count(distinct batch) || ':' || max(batch) from batches"), "2:1");
-    copy.stop();
-    let _ = as_postgres(&c.bin.join("pg_ctl")).arg("-D").arg(&dest).args(["-m", "immediate", "stop"]).output();
 }
 
 /// Targets beyond the archive: a time in the future and an LSN past the newest archived segment are refused

@@ -3,7 +3,7 @@
 //!
 //! Invariants:
 //! - Only the absent path pays, and boundedly: one listing of at most [`LATER_LIMIT`] keys of the segment's
-//!   timeline after it; only if that finds nothing, one listing of at most [`MAX_HISTORIES`] newer timelines'
+//!   timeline after it (a few more only while they are all the segment's own `.partial`/`.backup` files); only if that finds nothing, one listing of at most [`MAX_HISTORIES`] newer timelines'
 //!   history files and a read of each. A found segment (recovery's normal case) costs nothing more.
 //! - `.history`, `.partial` and `.backup` names are never checked: their absence is always an answer.
 //! - A hole whose evidence was archived moments ago may be a push still in flight (wal-push archives ahead in
@@ -24,6 +24,8 @@ use crate::wal::{SegmentName, SegmentSize, TimelineHistory, WalFileName};
 /// Keys of the same timeline looked at after the absent segment (its own `.partial` and `.backup` files come
 /// first, then the next segments).
 const LATER_LIMIT: usize = 8;
+/// Pages of [`LATER_LIMIT`] keys read at most while they hold only the segment's own `.partial`/`.backup` files.
+const MAX_PAGES: usize = 4;
 /// Newer timelines' history files read at most.
 const MAX_HISTORIES: usize = 16;
 /// Evidence written less than this long ago (either way: clocks differ) may belong to a push still in flight.
@@ -42,7 +44,20 @@ pub(super) async fn absent_segment(
 ) -> Result<Option<Bytes>, Error> {
     let key = repository::wal_key(&WalFileName::Segment(seg));
     let prefix = format!("wal/{}", seg.timeline);
-    let later = storage.list_after(&prefix, key.as_str(), LATER_LIMIT).await?;
+    // The segment's own `.partial` and `.backup` files sort right after it; page past them (a few pages at most).
+    let mut later = Vec::new();
+    let mut after = key.as_str().to_owned();
+    for _ in 0..MAX_PAGES {
+        let page = storage.list_after(&prefix, &after, LATER_LIMIT).await?;
+        let is_full = page.len() == LATER_LIMIT;
+        let Some(last) = page.last() else { break };
+        after = last.key.as_str().to_owned();
+        let is_own = last.key.file_name().parse::<WalFileName>().ok().and_then(|n| n.segment()) == Some(seg);
+        later.extend(page);
+        if !is_full || !is_own {
+            break;
+        }
+    }
     let names: Vec<WalFileName> = later.iter().filter_map(|m| m.key.file_name().parse().ok()).collect();
     let mut evidence = later_file_evidence(seg, &names).map(|e| {
         let modified = later.iter().find(|m| m.key.file_name() == e.to_string()).and_then(|m| m.modified);
@@ -106,4 +121,41 @@ async fn newer_timeline_evidence(
         }
     }
     Ok(None)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::storage::fs::FsStorage;
+    use crate::storage::{Key, PutMode};
+
+    /// The segment's own `.backup` files (more than a page of them) do not hide the next segment; the segment
+    /// after the last one is the end of the archive.
+    #[tokio::test]
+    async fn own_files_do_not_hide_the_next_segment() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let st = FsStorage::new(dir.path());
+        let put = |k: String| {
+            let st = st.clone();
+            async move { st.put(&Key::new(k).expect("key"), Bytes::from_static(b"x"), PutMode::Create).await }
+        };
+        for off in 0..(LATER_LIMIT as u32 * 2 + 3) {
+            put(format!("wal/0000000100000000/000000010000000000000003.{off:08X}.backup")).await.expect("put");
+        }
+        put("wal/0000000100000000/000000010000000000000003.partial".into()).await.expect("put");
+        put("wal/0000000100000000/000000010000000000000004".into()).await.expect("put");
+        // An hour ahead: the evidence is old, decided without looking again.
+        let later = SystemTime::now() + Duration::from_secs(3600);
+        let seg = |s: &str| s.parse::<SegmentName>().expect("name");
+        match absent_segment(&st, seg("000000010000000000000003"), later).await {
+            Err(Error::ArchiveHole { missing, later, .. }) => {
+                assert_eq!(
+                    (missing.as_str(), later.as_str()),
+                    ("000000010000000000000003", "000000010000000000000004")
+                );
+            }
+            other => panic!("expected a hole, got {other:?}"),
+        }
+        assert!(absent_segment(&st, seg("000000010000000000000005"), later).await.expect("end").is_none());
+    }
 }

@@ -109,6 +109,41 @@ pub enum Error {
         /// Backend display.
         backend: String,
     },
+    /// The archive lacks a segment although it holds WAL that comes after it: a hole, not the end of the archive
+    /// (wal-fetch exits 255 so that recovery stops there instead of promoting).
+    #[error("{missing} is missing from the archive {backend}, which holds later WAL ({later}): the archive has a hole")]
+    ArchiveHole {
+        /// The absent segment.
+        missing: String,
+        /// What comes after it: the next archived file, or a later timeline's history.
+        later: String,
+        /// Backend display.
+        backend: String,
+    },
+    /// A restore would need WAL that the archive lacks (checked before anything is written).
+    #[error(
+        "cannot restore backup {backup} to {target}: WAL segment {missing} is missing from the archive {backend} ({next} is the next one present)"
+    )]
+    WalGap {
+        /// The backup chosen.
+        backup: String,
+        /// The target, as given.
+        target: String,
+        /// The first missing segment.
+        missing: String,
+        /// The next segment present after it on the timeline path.
+        next: String,
+        /// Backend display.
+        backend: String,
+    },
+    /// The recovery target can never be reached with this archive (checked before anything is written).
+    #[error("cannot restore to {target}: {reason}")]
+    UnreachableTarget {
+        /// The target, as given.
+        target: String,
+        /// Why: where the archive ends, or the current time.
+        reason: String,
+    },
     /// A stored object failed verification.
     #[error("{what} is corrupt: {source}")]
     Corrupt {
@@ -250,6 +285,12 @@ impl Error {
                 "another cluster or a restored copy may be archiving into this repository; give it its own repository url"
             }
             Error::NotInArchive { .. } => return None,
+            Error::ArchiveHole { .. } | Error::WalGap { .. } => {
+                "copy the missing segment back into the repository (from pg_wal of the source, a standby or a copy of the repository); otherwise restore only to a target before it"
+            }
+            Error::UnreachableTarget { .. } => {
+                "choose a target inside the archived WAL ('backupctl status' shows the archived range), or wait until the WAL is archived"
+            }
             Error::Corrupt { .. } => {
                 "the damaged object was not used (a recovery stops here rather than skip it): restore it from a copy of the repository, or take a new full backup"
             }

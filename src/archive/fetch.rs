@@ -3,14 +3,17 @@
 //! Invariants:
 //! - `%p` is written through a temp file in its directory and renamed only after size and blake3 match the
 //!   object header; nothing partial or unverified is ever visible at `%p`.
-//! - "Not in the archive" is returned only on a definitive answer from storage; every other failure is an error
-//!   that must stop recovery.
+//! - "Not in the archive" is returned only on a definitive answer from storage, and for a segment only when the
+//!   archive holds nothing after it ([`hole`]); every other failure, a hole included, is an error that must stop
+//!   recovery.
 //! - A `.partial` is served only when asked for by its own name.
 //! - Prefetched objects are verified again when served; one prefetcher at a time (lock).
 
+mod hole;
+
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
@@ -96,7 +99,15 @@ pub async fn from_repository(ctx: &ArchiveContext, name: &str, dest: &Path) -> R
     let object = match storage.get(&key).await {
         Ok(o) => o,
         Err(e) if e.is_not_found() => {
-            return Err(Error::NotInArchive { name: name.to_owned(), backend: storage.to_string() });
+            // A segment's absence is the end of the archive only if nothing archived comes after it.
+            let arrived = match wal_name {
+                WalFileName::Segment(seg) => hole::absent_segment(storage.as_ref(), seg, SystemTime::now()).await?,
+                _ => None,
+            };
+            match arrived {
+                Some(o) => o,
+                None => return Err(Error::NotInArchive { name: name.to_owned(), backend: storage.to_string() }),
+            }
         }
         Err(e) => return Err(e.into()),
     };

@@ -3,7 +3,7 @@
 //! | binary    | 0                                   | 1                                 | other |
 //! |-----------|-------------------------------------|-----------------------------------|-------|
 //! | wal-push  | durably archived, or identical copy exists | any failure (PostgreSQL retries) | 2 = bad configuration or usage; never >= 126 (PostgreSQL would treat it as an archiver crash) |
-//! | wal-fetch | `%p` written and verified           | the archive definitely lacks the file | 255 for everything else, so that recovery stops instead of promoting early |
+//! | wal-fetch | `%p` written and verified           | the archive definitely lacks the file and holds nothing after it (the end of the archive) | 255 for everything else, a hole in the archive included, so that recovery stops instead of promoting early |
 //! | others    | ok                                  | failure (including "no repository at URL") | 2 = bad configuration or usage |
 //!
 //! "Bad configuration or usage" includes running as the wrong user (a `file://` repository or spool owned by
@@ -75,6 +75,7 @@ mod tests {
         let no_credentials = Error::Storage(crate::storage::Error::NoCredentials { backend: "s3://b".into() });
         let no_repository =
             Error::Repository(crate::repository::store::Error::NoRepository { backend: "file:///typo".into() });
+        let hole = Error::ArchiveHole { missing: "x".into(), later: "y".into(), backend: "file:///r".into() };
         let cases: &[(Program, Option<&Error>, u8)] = &[
             (Program::WalPush, None, 0),
             (Program::WalPush, Some(&other), 1),
@@ -84,6 +85,8 @@ mod tests {
             (Program::WalFetch, Some(&not_found), 1),
             (Program::WalFetch, Some(&usage), 255),
             (Program::WalFetch, Some(&other), 255),
+            (Program::WalFetch, Some(&hole), 255),
+            (Program::Other, Some(&hole), 1),
             (Program::Other, Some(&usage), 2),
             (Program::WalPush, Some(&owner), 2),
             (Program::Other, Some(&owner), 2),

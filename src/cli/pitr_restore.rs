@@ -131,6 +131,7 @@ pub fn run(config: Option<&Path>, args: &RestoreArgs) -> Result<(), Error> {
         tablespace_mapping: args.tablespace_mapping.clone(),
         restore_command: restore_command(&config_path),
         parallel: config.restore.parallel,
+        now: time::OffsetDateTime::now_utc(),
     };
     let rt = super::multi_thread_runtime()?;
     let progress = super::progress::for_terminal(args.json);

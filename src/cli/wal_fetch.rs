@@ -16,9 +16,10 @@ use crate::wal::WalFileName;
 ///
 /// Use as: restore_command = 'wal-fetch --config /etc/backupctl/backupctl.toml %f %p'
 ///
-/// Exit status: 0 written and verified; 1 the archive does not hold the file (PostgreSQL treats this as the end
-/// of the archive); 255 for every other failure (unreachable storage after retries, a corrupt object, bad
-/// configuration or arguments), so that recovery stops instead of ending early with transactions missing.
+/// Exit status: 0 written and verified; 1 the archive does not hold the file and nothing after it (PostgreSQL
+/// treats this as the end of the archive); 255 for every other failure (a segment missing while later WAL is
+/// archived, unreachable storage after retries, a corrupt object, bad configuration or arguments), so that
+/// recovery stops instead of ending early with transactions missing.
 #[derive(Debug, Parser)]
 #[command(name = "wal-fetch", version, about, long_about = None)]
 pub struct Args {

@@ -1,13 +1,15 @@
 //! pitr-restore: choose a backup, write its files, and set up recovery to the requested target.
 //!
 //! Invariants:
-//! - Nothing is written before the manifest is loaded and validated and the destination is checked (empty or
+//! - Nothing is written before the manifest is loaded and validated, the WAL recovery needs is found in the
+//!   archive with no hole and the target reachable ([`wal_check`]), and the destination is checked (empty or
 //!   `--delta`, no live server).
 //! - The result starts recovery only when complete: `global/pg_control` and the recovery files are written last,
 //!   after a sync of everything else.
 
 pub mod auto_conf;
 pub mod target;
+pub mod wal_check;
 pub mod write;
 
 use std::path::PathBuf;
@@ -49,6 +51,8 @@ pub struct RestoreRequest {
     pub restore_command: std::ffi::OsString,
     /// Objects downloaded at once.
     pub parallel: usize,
+    /// This host's clock when the restore was asked for (a time target after it is refused).
+    pub now: time::OffsetDateTime,
 }
 
 /// What a restore did.
@@ -111,6 +115,8 @@ pub async fn run(
     };
     let recovery_block = auto_conf::render(&settings, &manifest.id, manifest.pg_version_num)
         .map_err(|e| Error::Usage(format!("cannot write postgresql.auto.conf: {e}")))?;
+    // Before anything is written: the WAL this recovery reads is archived and the target is reachable.
+    wal_check::check(storage.as_ref(), &manifest, history.as_ref(), &request.target, request.now).await?;
 
     let layout = Layout {
         destination: absolute(&request.destination)?,

@@ -122,14 +122,81 @@ impl FsStorage {
                 if !rel.starts_with(prefix) {
                     continue;
                 }
-                let size = entry.metadata().map_err(|e| self.map_err("list", &prefix, e))?.len();
+                let meta = entry.metadata().map_err(|e| self.map_err("list", &prefix, e))?;
                 if let Ok(key) = Key::new(rel.into_owned()) {
-                    out.push(ObjectMeta { key, size });
+                    out.push(ObjectMeta { key, size: meta.len(), modified: meta.modified().ok() });
                 }
             }
         }
         out.sort_by(|a, b| a.key.cmp(&b.key));
         Ok(out)
+    }
+
+    /// [`Storage::list_after`]: walk in key order from the deepest directory the prefix names, skipping
+    /// directories that cannot hold a matching key or whose keys all sort before `start_after`, and stop after
+    /// `limit` objects.
+    fn list_after_blocking(&self, prefix: &str, start_after: &str, limit: usize) -> Result<Vec<ObjectMeta>> {
+        let (dir_part, _) = prefix.rsplit_once('/').unwrap_or(("", prefix));
+        let mut out = Vec::new();
+        self.walk_after(dir_part, prefix, start_after, limit, &mut out)?;
+        Ok(out)
+    }
+
+    fn walk_after(
+        &self,
+        rel_dir: &str,
+        prefix: &str,
+        start_after: &str,
+        limit: usize,
+        out: &mut Vec<ObjectMeta>,
+    ) -> Result<()> {
+        let dir = if rel_dir.is_empty() { self.root.clone() } else { self.root.join(rel_dir) };
+        let err = |e| self.map_err("list", &prefix, e);
+        let entries = match std::fs::read_dir(&dir) {
+            Ok(e) => e,
+            Err(e) if e.kind() == ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(err(e)),
+        };
+        // (sort key, relative path, is a directory): a directory sorts as "name/", which puts its keys where
+        // they belong among its siblings' keys in byte order.
+        let mut items: Vec<(String, String, bool)> = Vec::new();
+        for entry in entries {
+            let entry = entry.map_err(err)?;
+            let Some(name) = entry.file_name().to_str().map(str::to_owned) else { continue };
+            if name.starts_with(".tmp-") {
+                continue;
+            }
+            let rel = if rel_dir.is_empty() { name } else { format!("{rel_dir}/{name}") };
+            if entry.file_type().map_err(err)?.is_dir() {
+                let d = format!("{rel}/");
+                let may_match = d.starts_with(prefix) || prefix.starts_with(&d);
+                let all_before = d.as_str() < start_after && !start_after.starts_with(&d);
+                if may_match && !all_before {
+                    items.push((d, rel, true));
+                }
+            } else if rel.starts_with(prefix) && rel.as_str() > start_after {
+                items.push((rel.clone(), rel, false));
+            }
+        }
+        items.sort();
+        for (_, rel, is_dir) in items {
+            if out.len() >= limit {
+                break;
+            }
+            if is_dir {
+                self.walk_after(&rel, prefix, start_after, limit, out)?;
+                continue;
+            }
+            let meta = match std::fs::metadata(self.root.join(&rel)) {
+                Ok(m) => m,
+                Err(e) if e.kind() == ErrorKind::NotFound => continue,
+                Err(e) => return Err(err(e)),
+            };
+            if let Ok(key) = Key::new(rel) {
+                out.push(ObjectMeta { key, size: meta.len(), modified: meta.modified().ok() });
+            }
+        }
+        Ok(())
     }
 }
 
@@ -188,7 +255,7 @@ impl Storage for FsStorage {
 
     async fn head(&self, key: &Key) -> Result<ObjectMeta> {
         match tokio::fs::metadata(self.path(key)).await {
-            Ok(m) if m.is_file() => Ok(ObjectMeta { key: key.clone(), size: m.len() }),
+            Ok(m) if m.is_file() => Ok(ObjectMeta { key: key.clone(), size: m.len(), modified: m.modified().ok() }),
             Ok(_) => Err(Error::NotFound { backend: self.to_string(), key: key.clone() }),
             Err(e) => Err(self.map_err("head", key, e)),
         }
@@ -197,6 +264,11 @@ impl Storage for FsStorage {
     async fn list(&self, prefix: &str) -> Result<Vec<ObjectMeta>> {
         let (this, prefix) = (self.clone(), prefix.to_owned());
         blocking(move || this.list_blocking(&prefix)).await
+    }
+
+    async fn list_after(&self, prefix: &str, start_after: &str, limit: usize) -> Result<Vec<ObjectMeta>> {
+        let (this, prefix, start_after) = (self.clone(), prefix.to_owned(), start_after.to_owned());
+        blocking(move || this.list_after_blocking(&prefix, &start_after, limit)).await
     }
 
     async fn delete(&self, key: &Key) -> Result<()> {

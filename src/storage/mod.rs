@@ -85,6 +85,9 @@ pub struct ObjectMeta {
     pub key: Key,
     /// Stored size in bytes.
     pub size: u64,
+    /// When the object was last written, as the backend reports it (file mtime, S3 `LastModified`); `None` if
+    /// the backend did not say. The backend's clock, not necessarily this host's.
+    pub modified: Option<std::time::SystemTime>,
 }
 
 /// Whether a `put` may replace an existing object.
@@ -242,6 +245,14 @@ pub trait Storage: Send + Sync + fmt::Display + fmt::Debug {
     async fn delete(&self, key: &Key) -> Result<()>;
     /// What this backend guarantees.
     fn capabilities(&self) -> Capabilities;
+
+    /// At most `limit` objects whose key starts with `prefix` and sorts after `start_after` (byte order), sorted
+    /// by key: a bounded look at what follows a key without listing everything before it (S3 `ListObjectsV2`
+    /// `StartAfter`). The default lists the whole prefix; backends override it to do less.
+    async fn list_after(&self, prefix: &str, start_after: &str, limit: usize) -> Result<Vec<ObjectMeta>> {
+        let all = self.list(prefix).await?;
+        Ok(all.into_iter().filter(|m| m.key.as_str() > start_after).take(limit).collect())
+    }
 
     /// True if the object exists.
     async fn exists(&self, key: &Key) -> Result<bool> {

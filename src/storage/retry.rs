@@ -92,6 +92,9 @@ impl Storage for Retrying {
     async fn list(&self, prefix: &str) -> Result<Vec<ObjectMeta>> {
         self.run("list", prefix, || self.inner.list(prefix)).await
     }
+    async fn list_after(&self, prefix: &str, start_after: &str, limit: usize) -> Result<Vec<ObjectMeta>> {
+        self.run("list", prefix, || self.inner.list_after(prefix, start_after, limit)).await
+    }
     async fn delete(&self, key: &Key) -> Result<()> {
         self.run("delete", key.as_str(), || self.inner.delete(key)).await
     }

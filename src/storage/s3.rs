@@ -342,6 +342,24 @@ impl Drop for AbortOnDrop {
     }
 }
 
+impl S3Storage {
+    /// A listed object's metadata under its key `name` (prefix stripped); `None` (logged) for a name that is not a
+    /// valid key.
+    fn object_meta(&self, name: &str, object: &aws_sdk_s3::types::Object) -> Option<ObjectMeta> {
+        match Key::new(name) {
+            Ok(key) => Some(ObjectMeta {
+                key,
+                size: object.size().and_then(|n| u64::try_from(n).ok()).unwrap_or(0),
+                modified: object.last_modified().and_then(|t| std::time::SystemTime::try_from(*t).ok()),
+            }),
+            Err(e) => {
+                tracing::debug!(backend = %self, error = %e, "skipping an object whose name is not a valid key");
+                None
+            }
+        }
+    }
+}
+
 /// `prefix/key`, or `key` when the prefix is empty.
 fn join_key(prefix: &str, key: &str) -> String {
     if prefix.is_empty() { key.to_owned() } else { format!("{prefix}/{key}") }
@@ -433,7 +451,8 @@ impl Storage for S3Storage {
             .await
             .map_err(|e| self.error("head", key.as_str(), &e))?;
         let size = out.content_length().and_then(|n| u64::try_from(n).ok()).unwrap_or(0);
-        Ok(ObjectMeta { key: key.clone(), size })
+        let modified = out.last_modified().and_then(|t| std::time::SystemTime::try_from(*t).ok());
+        Ok(ObjectMeta { key: key.clone(), size, modified })
     }
 
     async fn list(&self, prefix: &str) -> Result<Vec<ObjectMeta>> {
@@ -452,12 +471,45 @@ impl Storage for S3Storage {
                 .map_err(|e| self.error("list", prefix, &e))?;
             for object in page.contents() {
                 let Some(name) = object.key().and_then(|k| strip_key(&self.prefix, k)) else { continue };
-                match Key::new(name) {
-                    Ok(key) => out
-                        .push(ObjectMeta { key, size: object.size().and_then(|n| u64::try_from(n).ok()).unwrap_or(0) }),
-                    Err(e) => {
-                        tracing::debug!(backend = %self, error = %e, "skipping an object whose name is not a valid key")
-                    }
+                if let Some(meta) = self.object_meta(name, object) {
+                    out.push(meta);
+                }
+            }
+            match page.next_continuation_token() {
+                Some(next) if page.is_truncated() == Some(true) => token = Some(next.to_owned()),
+                _ => break,
+            }
+        }
+        out.sort_by(|a, b| a.key.cmp(&b.key));
+        Ok(out)
+    }
+
+    async fn list_after(&self, prefix: &str, start_after: &str, limit: usize) -> Result<Vec<ObjectMeta>> {
+        let full_prefix = join_key(&self.prefix, prefix);
+        let full_start = join_key(&self.prefix, start_after);
+        let mut out = Vec::new();
+        let mut token = None;
+        while out.len() < limit {
+            // S3 returns at most 1000 keys a page whatever MaxKeys says.
+            let want = i32::try_from(limit - out.len()).unwrap_or(i32::MAX).min(1000);
+            let page = self
+                .client
+                .list_objects_v2()
+                .bucket(&self.bucket)
+                .prefix(&full_prefix)
+                .start_after(&full_start)
+                .max_keys(want)
+                .set_continuation_token(token.take())
+                .send()
+                .await
+                .map_err(|e| self.error("list", prefix, &e))?;
+            for object in page.contents() {
+                let Some(name) = object.key().and_then(|k| strip_key(&self.prefix, k)) else { continue };
+                if name <= start_after || out.len() >= limit {
+                    continue;
+                }
+                if let Some(meta) = self.object_meta(name, object) {
+                    out.push(meta);
                 }
             }
             match page.next_continuation_token() {

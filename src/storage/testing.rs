@@ -72,6 +72,10 @@ impl Storage for Faulty {
         self.gate("list", prefix).await?;
         self.inner.list(prefix).await
     }
+    async fn list_after(&self, prefix: &str, start_after: &str, limit: usize) -> Result<Vec<ObjectMeta>> {
+        self.gate("list", prefix).await?;
+        self.inner.list_after(prefix, start_after, limit).await
+    }
     async fn delete(&self, key: &Key) -> Result<()> {
         self.gate("delete", key.as_str()).await?;
         self.inner.delete(key).await

@@ -5,6 +5,7 @@
 //! - Segment arithmetic depends on `wal_segment_size` (a power of two, 1 MiB to 1 GiB): a log file holds
 //!   `0x1_0000_0000 / seg_size` segments, so at 16 MiB `...0000000A000000FF` is followed by `...0000000B00000000`.
 
+pub mod continuity;
 mod history;
 
 pub use history::{HistoryEntry, TimelineHistory};

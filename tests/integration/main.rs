@@ -4,6 +4,7 @@ mod archive;
 mod backup;
 mod issue7_backup;
 mod issue7_first_use;
+mod issue7_holes;
 mod issue7_restore;
 mod pitr;
 mod push;

@@ -195,7 +195,13 @@ fn issue_7_targets_beyond_the_archive() {
     assert!(!dest.exists());
 }
 
+/// A configuration in `dir` (owned by root, who runs these wal-push calls): its spool, and a `file://`
+/// repository's directory, exist first, since root may not create them.
 fn fetch_config(dir: &Path, url: &str, extra: &str) -> PathBuf {
+    std::fs::create_dir_all(dir.join("spool")).expect("spool");
+    if let Some(repo) = url.strip_prefix("file://") {
+        std::fs::create_dir_all(repo).expect("repository directory");
+    }
     let path = dir.join("backupctl.toml");
     std::fs::write(
         &path,

@@ -7,14 +7,16 @@ use bytes::Bytes;
 use clap::{Parser, Subcommand};
 
 use super::exit::{self, Program};
+use super::output::{line, note};
 use crate::Error;
 use crate::repository::backup::{BackupType, Manifest};
 use crate::repository::store;
 use crate::storage::{Key, PutMode};
 
-/// Administer a backupctl repository.
+/// Administer a backupctl repository of PostgreSQL WAL and base backups: status, check, config-show; backup and
+/// restore run base-backup and pitr-restore, wal-push and wal-fetch the archive and restore commands.
 #[derive(Debug, Parser)]
-#[command(name = "backupctl", version, about, long_about = None)]
+#[command(name = "backupctl", version, after_long_help = exit::OTHER_HELP)]
 pub struct Args {
     /// Configuration file (default: $BACKUPCTL_CONFIG, then /etc/backupctl/backupctl.toml).
     #[arg(long, value_name = "PATH", global = true)]
@@ -27,11 +29,20 @@ pub struct Args {
 /// Admin subcommands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Print the effective configuration (after interpolation and defaults) as TOML.
-    ConfigShow,
+    /// Print the effective configuration (after interpolation and defaults) as TOML; secrets are redacted.
+    ConfigShow {
+        /// Print it as JSON instead: {"path": FILE, "config": {...}}.
+        #[arg(long = "json-output", visible_alias = "json")]
+        json_output: bool,
+    },
     /// Check configuration, spool and repository: write, read back and delete a probe object.
-    Check,
-    /// Show the repository's cluster, the range of archived WAL, and the backups.
+    Check {
+        /// Print the results as one JSON object on success.
+        #[arg(long = "json-output", visible_alias = "json")]
+        json_output: bool,
+    },
+    /// Show the repository's cluster, the range of archived WAL (first and last segment, when the last was
+    /// archived), and the backups with their descriptions.
     Status {
         /// Only the newest N backups.
         #[arg(long, value_name = "N")]
@@ -39,8 +50,9 @@ pub enum Command {
         /// Only backups of this type (full or incremental).
         #[arg(long = "type", value_name = "TYPE", value_parser = super::base_backup::parse_type)]
         backup_type: Option<BackupType>,
-        /// Print the backups as JSON on stdout instead.
-        #[arg(long, alias = "json")]
+        /// Print it as one JSON object instead: repository, cluster, wal (segments, first, last,
+        /// last_archived_at, other_files, bytes_stored), backups, unusable_backups.
+        #[arg(long = "json-output", visible_alias = "json")]
         json_output: bool,
     },
     /// Take a base backup (same as the base-backup binary).
@@ -54,12 +66,14 @@ pub enum Command {
     },
     /// Restore a backup and set up point-in-time recovery (same as the pitr-restore binary).
     Restore(super::pitr_restore::RestoreArgs),
-    /// Archive one WAL file (same as the wal-push binary).
+    /// PostgreSQL's archive_command: archive one WAL file (same as the wal-push binary).
+    #[command(after_long_help = exit::WAL_PUSH_HELP)]
     WalPush {
         /// PostgreSQL's %p.
         wal_path: PathBuf,
     },
-    /// Fetch one WAL file (same as the wal-fetch binary; exit 1 = not in archive, 255 = any other failure).
+    /// PostgreSQL's restore_command: fetch one WAL file (same as the wal-fetch binary).
+    #[command(after_long_help = exit::WAL_FETCH_HELP)]
     WalFetch {
         /// PostgreSQL's %f.
         name: String,
@@ -105,10 +119,14 @@ pub fn main() -> ExitCode {
 fn run(config_flag: Option<PathBuf>, command: Command) -> Result<(), Error> {
     let (path, config) = super::load_config(config_flag.as_deref())?;
     super::init_tracing(Some(&config));
-    if let Command::ConfigShow = command {
-        let text = toml::to_string_pretty(&redacted(&config)).map_err(|e| Error::Task(e.to_string()))?;
-        println!("# {}\n{text}", path.display());
-        return Ok(());
+    if let Command::ConfigShow { json_output } = command {
+        let shown = redacted(&config);
+        if json_output {
+            let value = serde_json::json!({ "path": path, "config": shown });
+            return line(value);
+        }
+        let text = toml::to_string_pretty(&shown).map_err(|e| Error::Task(e.to_string()))?;
+        return line(format_args!("# {}\n{}", path.display(), text.trim_end()));
     }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -118,11 +136,12 @@ fn run(config_flag: Option<PathBuf>, command: Command) -> Result<(), Error> {
         let ctx = super::archive_context(&config)?;
         let storage = ctx.storage().await?.as_ref();
         match command {
-            Command::Check => {
-                println!("configuration: {} ok", path.display());
-                println!("spool: {} ok", ctx.spool.root().display());
+            Command::Check { json_output } => {
+                let say = |text: std::fmt::Arguments<'_>| if json_output { Ok(()) } else { line(text) };
+                say(format_args!("configuration: {} ok", path.display()))?;
+                say(format_args!("spool: {} ok", ctx.spool.root().display()))?;
                 let d = store::ensure_descriptor(storage, &super::now_rfc3339()).await?;
-                println!("repository: {storage} format {} ok", d.format);
+                say(format_args!("repository: {storage} format {} ok", d.format))?;
                 let key =
                     Key::new(format!("check/probe-{}", std::process::id())).map_err(crate::storage::Error::from)?;
                 let body = Bytes::from(format!("backupctl check {}", super::now_rfc3339()));
@@ -132,50 +151,59 @@ fn run(config_flag: Option<PathBuf>, command: Command) -> Result<(), Error> {
                 if back != body {
                     return Err(Error::Task(format!("{storage}: probe object {key} read back different content")));
                 }
-                println!("storage round trip (put, get, delete): ok");
+                say(format_args!("storage round trip (put, get, delete): ok"))?;
+                if json_output {
+                    line(serde_json::json!({
+                        "ok": true,
+                        "configuration": path,
+                        "spool": ctx.spool.root(),
+                        "repository": storage.to_string(),
+                        "format": d.format,
+                        "round_trip": "ok",
+                    }))?;
+                }
                 Ok(())
             }
             Command::Status { last, backup_type, json_output } => {
                 let (mut backups, bad) = store::manifests(storage).await?;
                 for (id, e) in &bad {
-                    eprintln!("backupctl: warning: backup {id} is unusable: {e}");
+                    note(format_args!("backupctl: warning: backup {id} is unusable: {e}"));
                 }
                 backups.retain(|m| backup_type.is_none_or(|t| m.backup_type == t));
                 if let Some(n) = last {
                     backups.drain(..backups.len().saturating_sub(n));
                 }
+                let cluster = store::cluster_info(storage).await?;
+                let wal_objects = storage.list("wal/").await?;
+                let wal = WalRange::of(&wal_objects);
                 if json_output {
                     let list: Vec<serde_json::Value> = backups.iter().map(super::base_backup::summary).collect();
-                    println!("{}", serde_json::Value::Array(list));
-                    return Ok(());
+                    let unusable: Vec<serde_json::Value> = bad
+                        .iter()
+                        .map(|(id, e)| serde_json::json!({ "id": id.to_string(), "error": e.to_string() }))
+                        .collect();
+                    return line(serde_json::json!({
+                        "repository": storage.to_string(),
+                        "cluster": cluster,
+                        "wal": wal.json(),
+                        "backups": list,
+                        "unusable_backups": unusable,
+                    }));
                 }
-                println!("repository: {storage}");
-                match store::cluster_info(storage).await? {
-                    Some(c) => println!(
+                line(format_args!("repository: {storage}"))?;
+                match cluster {
+                    Some(c) => line(format_args!(
                         "cluster: system identifier {}, PostgreSQL {}, wal segment size {}",
                         c.system_identifier,
                         c.pg_version,
                         super::human_bytes(c.wal_segment_size)
-                    ),
-                    None => println!("cluster: none yet (no WAL archived)"),
+                    ))?,
+                    None => line("cluster: none yet (no WAL archived)")?,
                 }
-                let wal = storage.list("wal/").await?;
-                let mut segments: Vec<&str> = wal.iter().map(|m| m.key.file_name()).filter(|n| n.len() == 24).collect();
-                segments.sort_unstable();
-                let bytes: u64 = wal.iter().map(|m| m.size).sum();
-                match (segments.first(), segments.last()) {
-                    (Some(first), Some(last)) => println!(
-                        "wal: {} segments from {first} to {last}, {} other files, {} stored",
-                        segments.len(),
-                        wal.len() - segments.len(),
-                        super::human_bytes(bytes)
-                    ),
-                    _ => println!("wal: none"),
-                }
-                print_backups(&backups);
-                Ok(())
+                line(wal.text())?;
+                print_backups(&backups)
             }
-            Command::ConfigShow
+            Command::ConfigShow { .. }
             | Command::WalPush { .. }
             | Command::WalFetch { .. }
             | Command::Backup { .. }
@@ -184,19 +212,73 @@ fn run(config_flag: Option<PathBuf>, command: Command) -> Result<(), Error> {
     })
 }
 
-fn print_backups(backups: &[Manifest]) {
-    if backups.is_empty() {
-        println!("backups: none");
-        return;
+/// The archived WAL as `status` shows it: segment files (24-hex-digit names) and everything else.
+struct WalRange<'a> {
+    /// Segment objects in name (WAL) order.
+    segments: Vec<&'a crate::storage::ObjectMeta>,
+    /// `.history`, `.backup` and `.partial` files.
+    other_files: usize,
+    /// Bytes stored under `wal/`.
+    bytes_stored: u64,
+}
+
+impl<'a> WalRange<'a> {
+    fn of(objects: &'a [crate::storage::ObjectMeta]) -> Self {
+        let mut segments: Vec<&crate::storage::ObjectMeta> =
+            objects.iter().filter(|m| m.key.file_name().len() == 24).collect();
+        segments.sort_unstable_by(|a, b| a.key.file_name().cmp(b.key.file_name()));
+        Self {
+            other_files: objects.len() - segments.len(),
+            bytes_stored: objects.iter().map(|m| m.size).sum(),
+            segments,
+        }
     }
-    println!("backups:");
+
+    /// When the newest segment was written to the repository, RFC 3339 UTC, if the backend says.
+    fn last_archived_at(&self) -> Option<String> {
+        let when = self.segments.last()?.last_modified?;
+        time::OffsetDateTime::from(when).format(&time::format_description::well_known::Rfc3339).ok()
+    }
+
+    fn json(&self) -> serde_json::Value {
+        serde_json::json!({
+            "segments": self.segments.len(),
+            "first": self.segments.first().map(|m| m.key.file_name()),
+            "last": self.segments.last().map(|m| m.key.file_name()),
+            "last_archived_at": self.last_archived_at(),
+            "other_files": self.other_files,
+            "bytes_stored": self.bytes_stored,
+        })
+    }
+
+    fn text(&self) -> String {
+        let (Some(first), Some(last)) = (self.segments.first(), self.segments.last()) else {
+            return "wal: none".to_owned();
+        };
+        let when = self.last_archived_at().map(|t| format!(" (archived {t})")).unwrap_or_default();
+        format!(
+            "wal: {} segments from {} to {}{when}, {} other files, {} stored",
+            self.segments.len(),
+            first.key.file_name(),
+            last.key.file_name(),
+            self.other_files,
+            super::human_bytes(self.bytes_stored)
+        )
+    }
+}
+
+fn print_backups(backups: &[Manifest]) -> Result<(), Error> {
+    if backups.is_empty() {
+        return line("backups: none");
+    }
+    line("backups:")?;
     let header = ["id", "type", "start", "stop", "start lsn", "stop lsn", "size", "stored", "label"];
-    println!(
+    line(format_args!(
         "  {:<17} {:<11} {:<27} {:<27} {:<11} {:<11} {:>10} {:>10}  {}",
         header[0], header[1], header[2], header[3], header[4], header[5], header[6], header[7], header[8]
-    );
+    ))?;
     for m in backups {
-        println!(
+        line(format_args!(
             "  {:<17} {:<11} {:<27} {:<27} {:<11} {:<11} {:>10} {:>10}  {}",
             m.id.to_string(),
             m.backup_type.to_string(),
@@ -207,12 +289,20 @@ fn print_backups(backups: &[Manifest]) {
             super::human_bytes(m.stats.bytes),
             super::human_bytes(m.stats.bytes_stored),
             m.label
-        );
+        ))?;
+        if let Some(d) = m.description.as_deref().filter(|d| !d.is_empty()) {
+            // Free text on its own line, under the id; control characters shown escaped.
+            line(format_args!("  {:<17} description: {}", "", d.escape_debug()))?;
+        }
     }
+    Ok(())
 }
 
 fn redacted(config: &crate::config::Config) -> crate::config::Config {
     let mut c = config.clone();
+    if let Some(ep) = c.repository.s3.endpoint.as_mut() {
+        *ep = crate::config::redact_url(ep);
+    }
     if c.repository.s3.sse_kms_key_id.is_some() {
         c.repository.s3.sse_kms_key_id = Some("<redacted>".to_owned());
     }

@@ -5,6 +5,8 @@
 //! | wal-push  | durably archived, or identical copy exists | any failure (PostgreSQL retries) | 2 = bad configuration or usage; never >= 126 (PostgreSQL would treat it as an archiver crash) |
 //! | wal-fetch | `%p` written and verified           | the archive definitely lacks the file | 255 for everything else, so that recovery stops instead of promoting early |
 //! | others    | ok                                  | failure                           | 2 = bad configuration or usage |
+//!
+//! A closed stdout (`backupctl status | head -1`) ends a program quietly with 0: the reader took what it wanted.
 
 use std::process::ExitCode;
 
@@ -30,12 +32,31 @@ pub const USAGE: u8 = 2;
 /// wal-fetch: anything but success or "not in the archive": stops recovery.
 pub const FETCH_FATAL: u8 = 255;
 
+/// The `--help` epilogue of wal-push (and `backupctl wal-push`): its exit statuses, as in the table above.
+pub const WAL_PUSH_HELP: &str = "Exit status:
+  0    the file is durable in the repository, or an identical copy already was
+  1    any failure: PostgreSQL keeps the file and calls again later
+  2    bad configuration or usage
+  Never 126 or more (PostgreSQL would take it for a crash of the archiver).";
+
+/// The `--help` epilogue of wal-fetch (and `backupctl wal-fetch`): its exit statuses, as in the table above.
+pub const WAL_FETCH_HELP: &str = "Exit status:
+  0    %p was written and verified
+  1    the repository does not hold the file: PostgreSQL takes this as the end of the archive
+  255  any other failure (storage unreachable after retries, a corrupt object, bad configuration or
+       arguments): recovery stops instead of promoting with transactions missing";
+
+/// The `--help` epilogue of base-backup, pitr-restore and backupctl.
+pub const OTHER_HELP: &str = "Exit status: 0 success; 1 failure (the error line names what and where, a hint line \
+says what to do); 2 bad configuration or usage.";
+
 /// The exit status for a result.
 pub fn code(program: Program, result: Result<(), &Error>) -> u8 {
     match (program, result) {
         (_, Ok(())) => OK,
         (Program::WalFetch, Err(e)) if e.is_not_in_archive() => FAILURE,
         (Program::WalFetch, Err(_)) => FETCH_FATAL,
+        (_, Err(e)) if e.is_output_closed() => OK,
         (_, Err(e)) if e.is_usage() => USAGE,
         (_, Err(_)) => FAILURE,
     }
@@ -59,6 +80,20 @@ pub fn clap_code(program: Program, e: &clap::Error) -> u8 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The help texts state the same numbers as the table.
+    #[test]
+    fn help_epilogues_match_the_table() {
+        for (text, codes) in [
+            (WAL_PUSH_HELP, &[OK, FAILURE, USAGE][..]),
+            (WAL_FETCH_HELP, &[OK, FAILURE, FETCH_FATAL][..]),
+            (OTHER_HELP, &[OK, FAILURE, USAGE][..]),
+        ] {
+            for c in codes {
+                assert!(text.contains(&format!("{c} ")), "{text:?} lacks {c}");
+            }
+        }
+    }
 
     #[test]
     fn exit_code_table() {

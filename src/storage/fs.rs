@@ -120,9 +120,9 @@ impl FsStorage {
                 if !rel.starts_with(prefix) {
                     continue;
                 }
-                let size = entry.metadata().map_err(|e| self.map_err("list", &prefix, e))?.len();
+                let meta = entry.metadata().map_err(|e| self.map_err("list", &prefix, e))?;
                 if let Ok(key) = Key::new(rel.into_owned()) {
-                    out.push(ObjectMeta { key, size });
+                    out.push(ObjectMeta { key, size: meta.len(), last_modified: meta.modified().ok() });
                 }
             }
         }
@@ -186,7 +186,9 @@ impl Storage for FsStorage {
 
     async fn head(&self, key: &Key) -> Result<ObjectMeta> {
         match tokio::fs::metadata(self.path(key)).await {
-            Ok(m) if m.is_file() => Ok(ObjectMeta { key: key.clone(), size: m.len() }),
+            Ok(m) if m.is_file() => {
+                Ok(ObjectMeta { key: key.clone(), size: m.len(), last_modified: m.modified().ok() })
+            }
             Ok(_) => Err(Error::NotFound { backend: self.to_string(), key: key.clone() }),
             Err(e) => Err(self.map_err("head", key, e)),
         }

@@ -85,6 +85,8 @@ pub struct ObjectMeta {
     pub key: Key,
     /// Stored size in bytes.
     pub size: u64,
+    /// When the object was written (file mtime, S3 `LastModified`), where the backend says.
+    pub last_modified: Option<std::time::SystemTime>,
 }
 
 /// Whether a `put` may replace an existing object.

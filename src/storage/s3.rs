@@ -426,7 +426,8 @@ impl Storage for S3Storage {
             .await
             .map_err(|e| self.error("head", key.as_str(), &e))?;
         let size = out.content_length().and_then(|n| u64::try_from(n).ok()).unwrap_or(0);
-        Ok(ObjectMeta { key: key.clone(), size })
+        let last_modified = out.last_modified().and_then(|t| std::time::SystemTime::try_from(*t).ok());
+        Ok(ObjectMeta { key: key.clone(), size, last_modified })
     }
 
     async fn list(&self, prefix: &str) -> Result<Vec<ObjectMeta>> {
@@ -446,8 +447,11 @@ impl Storage for S3Storage {
             for object in page.contents() {
                 let Some(name) = object.key().and_then(|k| strip_key(&self.prefix, k)) else { continue };
                 match Key::new(name) {
-                    Ok(key) => out
-                        .push(ObjectMeta { key, size: object.size().and_then(|n| u64::try_from(n).ok()).unwrap_or(0) }),
+                    Ok(key) => out.push(ObjectMeta {
+                        key,
+                        size: object.size().and_then(|n| u64::try_from(n).ok()).unwrap_or(0),
+                        last_modified: object.last_modified().and_then(|t| std::time::SystemTime::try_from(*t).ok()),
+                    }),
                     Err(e) => {
                         tracing::debug!(backend = %self, error = %e, "skipping an object whose name is not a valid key")
                     }

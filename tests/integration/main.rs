@@ -2,6 +2,7 @@
 
 mod archive;
 mod backup;
+mod issue7_surface;
 mod pitr;
 mod push;
 mod s3_archive;

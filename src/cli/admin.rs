@@ -122,7 +122,8 @@ fn run(config_flag: Option<PathBuf>, command: Command) -> Result<(), Error> {
     if let Command::ConfigShow { json_output } = command {
         let shown = redacted(&config);
         if json_output {
-            let value = serde_json::json!({ "path": path, "config": shown });
+            // Paths as text: json! would panic on a path that is not UTF-8.
+            let value = serde_json::json!({ "path": path.display().to_string(), "config": shown });
             return line(value);
         }
         let text = toml::to_string_pretty(&shown).map_err(|e| Error::Task(e.to_string()))?;
@@ -155,8 +156,8 @@ fn run(config_flag: Option<PathBuf>, command: Command) -> Result<(), Error> {
                 if json_output {
                     line(serde_json::json!({
                         "ok": true,
-                        "configuration": path,
-                        "spool": ctx.spool.root(),
+                        "configuration": path.display().to_string(),
+                        "spool": ctx.spool.root().display().to_string(),
                         "repository": storage.to_string(),
                         "format": d.format,
                         "round_trip": "ok",

@@ -152,7 +152,7 @@ pub fn run(config: Option<&Path>, args: &RestoreArgs) -> Result<(), Error> {
     if args.json {
         let json = serde_json::json!({
             "backup": report.backup.id.to_string(),
-            "destination": args.destination,
+            "destination": args.destination.display().to_string(),
             "target": request.target.to_string(),
             "files_written": s.files_written,
             "bytes_written": s.bytes_written,

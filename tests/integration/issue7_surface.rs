@@ -230,3 +230,37 @@ fn issue_7_status_shows_description_and_wal_range() {
     assert_eq!(restored["backup"], id, "{restored}");
     assert!(Path::new(&dest).join("PG_VERSION").is_file());
 }
+
+/// The same WAL range and archive time from an S3 repository (the time comes from the object's LastModified).
+#[test]
+fn issue_7_status_json_on_s3() {
+    let Some(server) = crate::support::s3::server() else { return };
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+    let bucket = rt.block_on(server.new_bucket("i7-status"));
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = dir.path().join("backupctl.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[repository]\nurl = \"s3://{bucket}/p\"\n[repository.s3]\nendpoint = \"{}\"\nforce_path_style = true\n\
+             allow_http = true\n[spool]\npath = \"{}/spool\"\n[archive]\npush_ahead = 0\n",
+            server.endpoint,
+            dir.path().display()
+        ),
+    )
+    .expect("config");
+    for segno in [8, 9] {
+        let seg = write_segment(dir.path(), 1, segno, 16 * MB, SYSID, segno);
+        assert_ok("wal-push", &push(&config, &seg));
+    }
+    let out = Command::new(env!("CARGO_BIN_EXE_backupctl"))
+        .arg("--config")
+        .arg(&config)
+        .args(["status", "--json-output"])
+        .output()
+        .expect("status");
+    let status = json(&out, "status --json-output");
+    assert_eq!(status["wal"]["first"], "000000010000000000000008", "{status}");
+    assert_eq!(status["wal"]["last"], "000000010000000000000009", "{status}");
+    assert!(status["wal"]["last_archived_at"].is_string(), "{status}");
+}

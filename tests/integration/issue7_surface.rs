@@ -264,3 +264,36 @@ fn issue_7_status_json_on_s3() {
     assert_eq!(status["wal"]["last"], "000000010000000000000009", "{status}");
     assert!(status["wal"]["last_archived_at"].is_string(), "{status}");
 }
+
+/// Run with stderr connected to a pipe whose reading end is closed (a server log that went away).
+fn with_closed_stderr(mut cmd: Command) -> Output {
+    let (reader, writer) = std::io::pipe().expect("pipe");
+    drop(reader);
+    cmd.stdout(Stdio::piped()).stderr(Stdio::from(writer)).output().expect("spawn")
+}
+
+/// wal-push and wal-fetch write their log to stderr (PostgreSQL's server log): when it is gone they neither die
+/// half-way nor change their exit status (a panic's 101 from wal-fetch would read as "not in the archive").
+#[test]
+fn issue_7_closed_stderr_changes_nothing() {
+    let repo = Repo::with_segments(&[1]);
+    let pg_wal = repo.dir.path().join("pg_wal");
+    let seg = write_segment(&pg_wal, 1, 2, 16 * MB, SYSID, 2);
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_wal-push"));
+    cmd.arg("--config").arg(&repo.config).arg(&seg);
+    assert_eq!(with_closed_stderr(cmd).status.code(), Some(0), "wal-push with a closed log");
+
+    let fetch = |name: &str, config: &Path| {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_wal-fetch"));
+        cmd.arg("--config").arg(config).arg(name).arg(repo.dir.path().join("RECOVERYXLOG"));
+        with_closed_stderr(cmd).status.code()
+    };
+    assert_eq!(fetch("000000010000000000000002", &repo.config), Some(0), "a stored segment");
+    assert_eq!(fetch("000000010000000000000009", &repo.config), Some(1), "not in the archive");
+    let bad = repo.dir.path().join("bad.toml");
+    std::fs::write(&bad, "[repository]\nurl = 5\n").expect("config");
+    assert_eq!(fetch("000000010000000000000002", &bad), Some(255), "an error, reported to a closed log");
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_wal-push"));
+    cmd.arg("--config").arg(&bad).arg(&seg);
+    assert_eq!(with_closed_stderr(cmd).status.code(), Some(2), "wal-push: bad configuration");
+}

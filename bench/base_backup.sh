@@ -33,7 +33,7 @@ bench_start base_backup
 [ -x "$BASE_BACKUP" ] && [ -x "$PITR_RESTORE" ] || die "base-backup / pitr-restore were not built"
 
 PORT=$(free_port)
-RPORT=$(free_port)
+RPORT=   # chosen for each restored cluster, just before it starts (verify_restore)
 SRC=$WORK/src
 DEST=$WORK/restore
 RESULTS=$WORK/results.tsv
@@ -149,6 +149,9 @@ verify_restore() {
     local tag=$1 st t0 got
     V_OK="NO (did not start)"
     V_SECS=failed
+    # A port free right now, outside the ephemeral range (lib.sh free_port): one picked at the start of the run
+    # could meanwhile be held by a client connection of the restore itself.
+    RPORT=$(free_port)
     cat >> "$DEST/postgresql.auto.conf" <<EOF
 port = $RPORT
 archive_mode = off

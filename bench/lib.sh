@@ -130,11 +130,19 @@ cg_remove() {
     rmdir "$CG" 2>/dev/null || log "cgroup $CG still has tasks: $(tr '\n' ' ' < "$CG/tasks")"
 }
 
+# free_port: a TCP port that no socket on this machine uses, in any state, and below the kernel's ephemeral range
+# (net.ipv4.ip_local_port_range, 32768-60999 here). A port inside that range can be taken, between the time it is
+# picked and the time a server binds it, by any outgoing connection (the S3 client's, stunnel's, pgBackRest's):
+# its ESTABLISHED or TIME_WAIT socket then makes the server's bind fail with "Address already in use" even with
+# SO_REUSEADDR, and PostgreSQL stops with "could not create any TCP/IP sockets". That is what failed the S3
+# restore legs of base_backup.sh (their restores leave many client ports in TIME_WAIT just before the check).
 free_port() {
-    local p
+    local lo p
+    lo=$(awk '{print $1}' /proc/sys/net/ipv4/ip_local_port_range 2>/dev/null || echo 32768)
+    [ "$lo" -gt 12000 ] || lo=32768
     while :; do
-        p=$((20000 + RANDOM % 20000))
-        ss -Hltn "sport = :$p" 2>/dev/null | grep -q . || { echo "$p"; return; }
+        p=$((10000 + RANDOM % (lo - 10000)))
+        ss -Htan "sport = :$p" 2>/dev/null | grep -q . || { echo "$p"; return; }
     done
 }
 

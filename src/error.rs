@@ -217,6 +217,9 @@ pub enum Error {
     /// A background task failed to run.
     #[error("internal task failed: {0}")]
     Task(String),
+    /// Writing results to stdout failed; a closed pipe (`| head -1`) is [`Error::is_output_closed`].
+    #[error("cannot write to standard output: {0}")]
+    Stdout(#[source] std::io::Error),
 }
 
 impl Error {
@@ -245,6 +248,11 @@ impl Error {
     /// prints `runuser -u USER -- <the same command>` for it.
     pub fn run_as(&self) -> Option<&str> {
         self.owner_error().and_then(|e| e.run_as())
+    }
+
+    /// Stdout is a pipe whose reader has gone (`backupctl status | head -1`): end quietly, exit status 0.
+    pub fn is_output_closed(&self) -> bool {
+        matches!(self, Error::Stdout(e) if e.kind() == std::io::ErrorKind::BrokenPipe)
     }
 
     /// The repository definitively does not hold the file (wal-fetch exit status 1).
@@ -313,7 +321,7 @@ impl Error {
             Error::Destination { .. } => {
                 "restore into a new or empty directory, or pass --delta over a stopped cluster"
             }
-            Error::NotImplemented(_) | Error::Task(_) => return None,
+            Error::NotImplemented(_) | Error::Task(_) | Error::Stdout(_) => return None,
         })
     }
 }

@@ -4,6 +4,8 @@
 //! [`config`], [`repository`]) and infrastructure ([`storage`], [`spool`]). Lower modules return their own error
 //! enums; commands return [`Error`].
 #![warn(missing_docs)]
+// Output goes through `cli::output`, which never panics on a closed pipe (println! does).
+#![cfg_attr(not(test), deny(clippy::print_stdout, clippy::print_stderr))]
 
 pub mod archive;
 pub mod backup;

@@ -10,14 +10,14 @@ use crate::Error;
 use crate::backup::{self, BackupRequest};
 use crate::repository::backup::{BackupType, Manifest};
 
-/// Take a base backup of the running cluster (run it on the database host) into the repository.
+/// Take a base backup of the running PostgreSQL cluster into the repository (run it on the database host, as
+/// the PostgreSQL OS user).
 ///
 /// Connects with the [postgres] section of the configuration, runs pg_backup_start/pg_backup_stop on one session,
 /// copies the data directory and tablespaces as content-addressed chunks, waits until the WAL up to the stop point
-/// is archived, then writes the manifest. Exit status: 0 backup complete, 1 failure (no backup recorded),
-/// 2 bad configuration or usage.
+/// is archived, then writes the manifest: a backup is listed by `backupctl status` only once it is restorable.
 #[derive(Debug, Clone, Parser)]
-#[command(name = "base-backup", version, about, long_about = None)]
+#[command(name = "base-backup", version, after_long_help = exit::OTHER_HELP)]
 pub struct Args {
     /// Configuration file (default: $BACKUPCTL_CONFIG, then /etc/backupctl/backupctl.toml).
     #[arg(long, value_name = "PATH")]
@@ -48,7 +48,7 @@ pub struct BackupArgs {
     #[arg(long, value_name = "RATE", value_parser = parse_rate)]
     pub max_rate: Option<u64>,
     /// Print a JSON summary on stdout (and no progress bar).
-    #[arg(long, alias = "json-output")]
+    #[arg(long = "json-output", visible_alias = "json")]
     pub json: bool,
 }
 
@@ -110,7 +110,7 @@ pub fn run(config: Option<&std::path::Path>, backup_type: BackupType, args: &Bac
     let s = &manifest.stats;
     // A summary for people at a terminal; silence on success under cron and systemd.
     if std::io::IsTerminal::is_terminal(&std::io::stderr()) {
-        eprintln!(
+        super::output::note(format_args!(
             "base-backup: backup {} complete: {} files, {} read, {} new ({} stored), {} reused, {:.1} s",
             manifest.id,
             s.files,
@@ -119,10 +119,10 @@ pub fn run(config: Option<&std::path::Path>, backup_type: BackupType, args: &Bac
             super::human_bytes(s.bytes_stored),
             super::human_bytes(s.bytes_reused),
             s.duration_ms as f64 / 1000.0
-        );
+        ));
     }
     if args.json {
-        println!("{}", summary(&manifest));
+        super::output::line(summary(&manifest))?;
     }
     Ok(())
 }

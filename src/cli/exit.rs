@@ -8,6 +8,8 @@
 //!
 //! "Bad configuration or usage" includes running as the wrong user (a `file://` repository or spool owned by
 //! another user, root creating one) and missing S3 credentials: retrying cannot fix either.
+//!
+//! A closed stdout (`backupctl status | head -1`) ends a program quietly with 0: the reader took what it wanted.
 
 use std::process::ExitCode;
 
@@ -33,12 +35,34 @@ pub const USAGE: u8 = 2;
 /// wal-fetch: anything but success or "not in the archive": stops recovery.
 pub const FETCH_FATAL: u8 = 255;
 
+/// The `--help` epilogue of wal-push (and `backupctl wal-push`): its exit statuses, as in the table above.
+pub const WAL_PUSH_HELP: &str = "Exit status:
+  0    the file is durable in the repository, or an identical copy already was
+  1    any failure: PostgreSQL keeps the file and calls again later
+  2    bad configuration or usage, run as a user who does not own the repository or spool, no S3 credentials
+  Never 126 or more (PostgreSQL would take it for a crash of the archiver).";
+
+/// The `--help` epilogue of wal-fetch (and `backupctl wal-fetch`): its exit statuses, as in the table above.
+pub const WAL_FETCH_HELP: &str = "Exit status:
+  0    %p was written and verified
+  1    the repository does not hold the file, and no WAL after it: PostgreSQL takes this as the end of the
+       archive
+  255  any other failure (a segment missing while later WAL is archived, storage unreachable after retries,
+       a corrupt object, no repository at the URL, bad configuration or arguments): recovery stops instead
+       of promoting with transactions missing";
+
+/// The `--help` epilogue of base-backup, pitr-restore and backupctl.
+pub const OTHER_HELP: &str = "Exit status: 0 success; 1 failure (the error line names what and where, a hint line \
+says what to do); 2 bad configuration or usage (including running as a user who does not own the file:// \
+repository or spool, and no S3 credentials).";
+
 /// The exit status for a result.
 pub fn code(program: Program, result: Result<(), &Error>) -> u8 {
     match (program, result) {
         (_, Ok(())) => OK,
         (Program::WalFetch, Err(e)) if e.is_not_in_archive() => FAILURE,
         (Program::WalFetch, Err(_)) => FETCH_FATAL,
+        (_, Err(e)) if e.is_output_closed() => OK,
         (_, Err(e)) if e.is_usage() => USAGE,
         (_, Err(_)) => FAILURE,
     }
@@ -62,6 +86,20 @@ pub fn clap_code(program: Program, e: &clap::Error) -> u8 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The help texts state the same numbers as the table.
+    #[test]
+    fn help_epilogues_match_the_table() {
+        for (text, codes) in [
+            (WAL_PUSH_HELP, &[OK, FAILURE, USAGE][..]),
+            (WAL_FETCH_HELP, &[OK, FAILURE, FETCH_FATAL][..]),
+            (OTHER_HELP, &[OK, FAILURE, USAGE][..]),
+        ] {
+            for c in codes {
+                assert!(text.contains(&format!("{c} ")), "{text:?} lacks {c}");
+            }
+        }
+    }
 
     #[test]
     fn exit_code_table() {

@@ -7,6 +7,7 @@
 pub mod admin;
 pub mod base_backup;
 pub mod exit;
+pub mod output;
 pub mod pitr_restore;
 pub mod progress;
 pub mod wal_fetch;
@@ -45,20 +46,26 @@ pub fn init_tracing(config: Option<&Config>) {
         .with_writer(std::io::stderr)
         .with_ansi(false)
         .with_target(false)
+        // On a failed write (a closed stderr) tracing-subscriber would report it with eprintln!, which panics:
+        // wal-push must never die half-way through a push because of its log.
+        .log_internal_errors(false)
         .with_env_filter(filter);
     let json = config.is_some_and(|c| c.log.format == "json");
     let _ = if json { builder.json().try_init() } else { builder.try_init() };
 }
 
-/// Print an error and its hint, one line each. An ownership refusal's hint is the command to run instead:
-/// `runuser -u OWNER -- <this command line>`.
+/// Print an error and its hint on stderr, one line each (nothing for a closed stdout, which ends quietly). An
+/// ownership refusal's hint is the command to run instead: `runuser -u OWNER -- <this command line>`.
 pub fn report_error(program: &str, e: &Error) {
-    eprintln!("{program}: error: {e}");
+    if e.is_output_closed() {
+        return;
+    }
+    output::note(format_args!("{program}: error: {e}"));
     if let Some(user) = e.run_as() {
         let argv: Vec<String> = std::env::args_os().map(|a| shell_quote(&a.to_string_lossy())).collect();
-        eprintln!("{program}: hint: run it as {user}: runuser -u {user} -- {}", argv.join(" "));
+        output::note(format_args!("{program}: hint: run it as {user}: runuser -u {user} -- {}", argv.join(" ")));
     } else if let Some(h) = e.hint() {
-        eprintln!("{program}: hint: {h}");
+        output::note(format_args!("{program}: hint: {h}"));
     }
 }
 
@@ -162,6 +169,45 @@ mod tests {
         let args = super::wal_fetch::Args::try_parse_from(&fetch).expect("restore_command parses");
         assert_eq!(args.name.as_deref(), Some("%f"));
         assert_eq!(args.dest.as_ref().and_then(|p| p.to_str()), Some("%p"));
+    }
+
+    /// wal-fetch's usage shows NAME and DEST as required; the hidden prefetch worker still starts without them.
+    #[test]
+    fn wal_fetch_arguments_are_required() {
+        use clap::CommandFactory;
+        let usage = super::wal_fetch::Args::command().render_usage().to_string();
+        assert!(usage.contains("<NAME> <DEST>"), "{usage}");
+        assert!(super::wal_fetch::Args::try_parse_from(["wal-fetch", "x"]).is_err());
+        let worker = super::wal_fetch::Args::try_parse_from(["wal-fetch", "--config", "/c", "--prefetch-worker"]);
+        assert!(worker.is_ok_and(|a| a.prefetch_worker && a.name.is_none()));
+        let both = super::wal_fetch::Args::try_parse_from(["wal-fetch", "--prefetch-worker", "a", "b"]);
+        assert!(both.is_err(), "the worker takes no NAME or DEST");
+    }
+
+    /// Target times: what parses, and for what does not, a message that says what is wrong (issue 7).
+    #[test]
+    fn target_time_messages() {
+        use crate::restore::target::parse_time;
+        for good in
+            ["2025-10-20T12:30:00Z", "2025-10-20 12:30:00+02", "2025-10-20 12:30:00 UTC", "2024-02-29 00:00:00+00"]
+        {
+            assert!(parse_time(good).is_ok(), "{good}");
+        }
+        let cases = [
+            ("2026-02-30 10:00:00+00", "invalid date"),
+            ("2026-02-30T10:00:00Z", "invalid date"),
+            ("2025-02-29 00:00:00+00", "invalid date"),
+            ("2026-13-01 10:00:00+00", "invalid date"),
+            ("2026-01-01 25:00:00+00", "invalid date or time"),
+            ("2026-02-30 10:00:00", "invalid date"),
+            ("2026-01-01 10:00:00", "has no zone"),
+            ("2026-01-01T10:00:00", "has no zone"),
+            ("yesterday", "is not a time"),
+        ];
+        for (text, want) in cases {
+            let err = parse_time(text).expect_err(text);
+            assert!(err.contains(want), "{text}: {err:?} should say {want:?}");
+        }
     }
 
     #[test]

@@ -14,15 +14,15 @@ use crate::repository::backup::BackupId;
 use crate::restore::target::{self, Target, TargetAction, TargetTimeline};
 use crate::restore::{self, RestoreRequest};
 
-/// Restore a base backup into DIR and configure recovery to a target; then start PostgreSQL on DIR.
+/// Restore a base backup into a new data directory, set up for PostgreSQL's point-in-time recovery to a target;
+/// then start PostgreSQL on it (as the PostgreSQL OS user).
 ///
 /// Without --backup-id, picks the newest backup that can reach the target (for --to, the newest that finished
 /// before TIME). Writes recovery.signal and, in postgresql.auto.conf, restore_command (wal-fetch with this
 /// configuration), the recovery_target_* settings, and every other recovery setting at its default (so none left
-/// in postgresql.conf applies). Exit status: 0 restored, 1 failure, 2 bad configuration
-/// or usage.
+/// in postgresql.conf applies).
 #[derive(Debug, Clone, Parser)]
-#[command(name = "pitr-restore", version, about, long_about = None)]
+#[command(name = "pitr-restore", version, after_long_help = super::exit::OTHER_HELP)]
 pub struct Args {
     /// Configuration file (default: $BACKUPCTL_CONFIG, then /etc/backupctl/backupctl.toml).
     #[arg(long, value_name = "PATH")]
@@ -74,7 +74,7 @@ pub struct RestoreArgs {
     #[arg(long, value_name = "OLDDIR=NEWDIR", value_parser = parse_mapping)]
     pub tablespace_mapping: Vec<(PathBuf, PathBuf)>,
     /// Print a JSON summary on stdout (and no progress bar).
-    #[arg(long, alias = "json-output")]
+    #[arg(long = "json-output", visible_alias = "json")]
     pub json: bool,
 }
 
@@ -144,7 +144,7 @@ pub fn run(config: Option<&Path>, args: &RestoreArgs) -> Result<(), Error> {
     let s = &report.stats;
     // A summary for people at a terminal; silence on success under cron and systemd.
     if std::io::IsTerminal::is_terminal(&std::io::stderr()) {
-        eprintln!(
+        super::output::note(format_args!(
             "pitr-restore: restored backup {} into {}: {} files written ({}), {} unchanged, {} removed, {:.1} s; \
          start PostgreSQL on it to recover to {}",
             report.backup.id,
@@ -155,12 +155,12 @@ pub fn run(config: Option<&Path>, args: &RestoreArgs) -> Result<(), Error> {
             s.removed,
             report.duration_ms as f64 / 1000.0,
             request.target
-        );
+        ));
     }
     if args.json {
         let json = serde_json::json!({
             "backup": report.backup.id.to_string(),
-            "destination": args.destination,
+            "destination": args.destination.display().to_string(),
             "target": request.target.to_string(),
             "files_written": s.files_written,
             "bytes_written": s.bytes_written,
@@ -169,7 +169,7 @@ pub fn run(config: Option<&Path>, args: &RestoreArgs) -> Result<(), Error> {
             "objects": s.objects,
             "duration_ms": report.duration_ms,
         });
-        println!("{json}");
+        super::output::line(json)?;
     }
     Ok(())
 }

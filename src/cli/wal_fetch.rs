@@ -12,28 +12,25 @@ use crate::archive::{ArchiveContext, fetch};
 use crate::spool::Lock;
 use crate::wal::WalFileName;
 
-/// Fetch one WAL file from the repository, verify it, and write it atomically.
+/// PostgreSQL's restore_command: fetch one WAL file from the repository, verify it, and write it atomically.
 ///
-/// Use as: restore_command = 'wal-fetch --config /etc/backupctl/backupctl.toml %f %p'
-///
-/// Exit status: 0 written and verified; 1 the archive does not hold the file and nothing after it (PostgreSQL
-/// treats this as the end of the archive); 255 for every other failure (a segment missing while later WAL is
-/// archived, unreachable storage after retries, a corrupt object, bad configuration or arguments), so that
-/// recovery stops instead of ending early with transactions missing.
+/// Use in postgresql.conf (pitr-restore writes it for you) as:
+/// restore_command = '/usr/local/bin/wal-fetch --config /etc/backupctl/backupctl.toml %f %p'
 #[derive(Debug, Parser)]
-#[command(name = "wal-fetch", version, about, long_about = None)]
+#[command(name = "wal-fetch", version, after_long_help = exit::WAL_FETCH_HELP)]
 pub struct Args {
     /// Configuration file (default: $BACKUPCTL_CONFIG, then /etc/backupctl/backupctl.toml).
     #[arg(long, value_name = "PATH")]
     pub config: Option<PathBuf>,
-    /// Run as the background prefetcher (started by wal-fetch itself; not for interactive use).
-    #[arg(long, hide = true)]
+    /// Run as the background prefetcher (started by wal-fetch itself; not for interactive use). It conflicts with
+    /// NAME and DEST, which makes them optional for it only: the usage shows them as required.
+    #[arg(long, hide = true, conflicts_with_all = ["name", "dest"])]
     pub prefetch_worker: bool,
     /// The file PostgreSQL asks for: %f (a segment, .partial, .history or .backup file name).
-    #[arg(value_name = "NAME", required_unless_present = "prefetch_worker")]
+    #[arg(value_name = "NAME", required = true)]
     pub name: Option<String>,
     /// Where to write it: %p (often pg_wal/RECOVERYXLOG).
-    #[arg(value_name = "DEST", required_unless_present = "prefetch_worker")]
+    #[arg(value_name = "DEST", required = true)]
     pub dest: Option<PathBuf>,
 }
 

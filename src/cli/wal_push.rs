@@ -9,11 +9,12 @@ use super::exit::{self, Program};
 use crate::Error;
 use crate::archive::push::{self, segment::Stored};
 
-/// Archive one WAL file into the repository; exits 0 only once it is durable there.
+/// PostgreSQL's archive_command: archive one WAL file into the repository; exits 0 only once it is durable there.
 ///
-/// Use as: archive_command = 'wal-push --config /etc/backupctl/backupctl.toml %p'
+/// Use in postgresql.conf as: archive_command = '/usr/local/bin/wal-push --config /etc/backupctl/backupctl.toml %p'
+/// (PostgreSQL runs it as its own OS user; errors go to the server log).
 #[derive(Debug, Parser)]
-#[command(name = "wal-push", version, about, long_about = None)]
+#[command(name = "wal-push", version, after_long_help = exit::WAL_PUSH_HELP)]
 pub struct Args {
     /// Configuration file (default: $BACKUPCTL_CONFIG, then /etc/backupctl/backupctl.toml).
     #[arg(long, value_name = "PATH")]

@@ -91,27 +91,27 @@ pub(super) fn validate(
     let mut problems = Vec::new();
     if let Some(pg) = postgres {
         if pg.host.is_empty() {
-            problems.push("postgres.host: must not be empty".to_owned());
+            problems.push("postgres.host = \"\": must not be empty".to_owned());
         }
         if pg.user.is_empty() {
-            problems.push("postgres.user: must not be empty".to_owned());
+            problems.push("postgres.user = \"\": must not be empty".to_owned());
         }
-        if pg.data_directory.as_ref().is_some_and(|d| !d.is_absolute()) {
-            problems.push("postgres.data_directory: must be an absolute path".to_owned());
+        if let Some(d) = pg.data_directory.as_ref().filter(|d| !d.is_absolute()) {
+            problems.push(format!("postgres.data_directory = {d:?}: must be an absolute path"));
         }
     }
     if backup.parallel == 0 || backup.parallel > 64 {
-        problems.push(format!("backup.parallel: {} must be between 1 and 64", backup.parallel));
+        problems.push(format!("backup.parallel = {}: must be between 1 and 64", backup.parallel));
     }
     let c = backup.chunk_size_kib;
     if c == 0 || !c.is_multiple_of(8) || c > 64 * 1024 {
-        problems.push(format!("backup.chunk_size_kib: {c} must be a multiple of 8 between 8 and 65536"));
+        problems.push(format!("backup.chunk_size_kib = {c}: must be a multiple of 8 between 8 and 65536"));
     }
     if backup.archive_timeout_seconds == 0 {
-        problems.push("backup.archive_timeout_seconds: must be at least 1".to_owned());
+        problems.push("backup.archive_timeout_seconds = 0: must be at least 1".to_owned());
     }
     if restore.parallel == 0 || restore.parallel > 64 {
-        problems.push(format!("restore.parallel: {} must be between 1 and 64", restore.parallel));
+        problems.push(format!("restore.parallel = {}: must be between 1 and 64", restore.parallel));
     }
     problems
 }

@@ -3,6 +3,9 @@
 //! Invariants:
 //! - This is the only module that reads configuration files or the process environment.
 //! - Unknown keys are errors (`deny_unknown_fields`); every problem names the file and the key.
+//! - Every problem is reported at once, in words a DBA uses (no Rust type names), with the value that was given:
+//!   `archive.push_concurrency = "x": expected a whole number`, `repository.compression_level = 50: must be
+//!   between -7 and 19, not 0` (see `messages`).
 //! - Secrets never reach logs: `Debug` is written by hand where a value may be secret.
 
 use std::collections::BTreeMap;
@@ -12,8 +15,10 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 mod backup;
+mod messages;
 
 pub use backup::{BackupConfig, PostgresConfig, RestoreConfig};
+pub use messages::redact_url;
 
 /// Where the configuration is looked for when neither `--config` nor `$BACKUPCTL_CONFIG` is given.
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/backupctl/backupctl.toml";
@@ -53,13 +58,13 @@ pub enum Error {
         /// The offending text.
         text: String,
     },
-    /// TOML syntax, an unknown key, a missing required key or a wrongly typed value.
-    #[error("{path}: {message}")]
+    /// TOML syntax, unknown keys, missing required keys or wrongly typed values; all problems at once.
+    #[error("{path}: {}", problems.join("; "))]
     Parse {
         /// The file.
         path: PathBuf,
-        /// toml's message, flattened to one line.
-        message: String,
+        /// One entry per problem, each starting with the key (`key = value: expected ...`) or the line.
+        problems: Vec<String>,
     },
     /// Values that parse but make no sense; all problems at once.
     #[error("{path}: {}", problems.join("; "))]
@@ -168,7 +173,7 @@ impl fmt::Debug for S3Config {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("S3Config")
             .field("region", &self.region)
-            .field("endpoint", &self.endpoint)
+            .field("endpoint", &self.endpoint.as_deref().map(redact_url))
             .field("force_path_style", &self.force_path_style)
             .field("sse", &self.sse)
             .field("sse_kms_key_id", &self.sse_kms_key_id.as_ref().map(|_| "<redacted>"))
@@ -244,9 +249,10 @@ impl Config {
     /// Interpolate, parse and validate text; `lookup` resolves environment variables.
     pub fn parse(path: &Path, text: &str, lookup: &dyn Fn(&str) -> Option<String>) -> Result<Self, Error> {
         let text = interpolate(path, text, lookup)?;
-        let config: Config = toml::from_str(&text).map_err(|e| Error::Parse {
-            path: path.to_path_buf(),
-            message: e.to_string().split_whitespace().collect::<Vec<_>>().join(" "),
+        let config: Config = messages::from_str(&text).map_err(|(mut problems, rest)| {
+            // The values that did parse are checked too: every problem at once.
+            problems.extend(rest.map(|c: Config| c.problems()).unwrap_or_default());
+            Error::Parse { path: path.to_path_buf(), problems }
         })?;
         config.validate(path)?;
         Ok(config)
@@ -254,24 +260,31 @@ impl Config {
 
     /// Check values; report every problem at once.
     pub fn validate(&self, path: &Path) -> Result<(), Error> {
+        let problems = self.problems();
+        if problems.is_empty() { Ok(()) } else { Err(Error::Invalid { path: path.to_path_buf(), problems }) }
+    }
+
+    /// Every value that parses but makes no sense, each as `key = value: what is wrong`.
+    fn problems(&self) -> Vec<String> {
         let mut problems = Vec::new();
         let url = &self.repository.url;
         if let Some(rest) = url.strip_prefix("file://") {
             if !rest.starts_with('/') {
-                problems.push(format!("repository.url: {url:?} must be an absolute path (file:///...)"));
+                problems.push(format!("repository.url = {url:?}: must be an absolute path (file:///...)"));
             }
         } else if let Some(rest) = url.strip_prefix("s3://") {
             if rest.split('/').next().is_none_or(str::is_empty) {
-                problems.push(format!("repository.url: {url:?} names no bucket"));
+                problems.push(format!("repository.url = {url:?}: names no bucket"));
             }
             let s3 = &self.repository.s3;
             if let Some(ep) = &s3.endpoint {
+                let shown = redact_url(ep);
                 if ep.starts_with("http://") && !s3.allow_http {
                     problems.push(format!(
-                        "repository.s3.endpoint: {ep:?} is plain HTTP; set repository.s3.allow_http = true to allow it"
+                        "repository.s3.endpoint = {shown:?}: plain HTTP; set repository.s3.allow_http = true to allow it"
                     ));
                 } else if !ep.starts_with("http://") && !ep.starts_with("https://") {
-                    problems.push(format!("repository.s3.endpoint: {ep:?} must start with https:// or http://"));
+                    problems.push(format!("repository.s3.endpoint = {shown:?}: must start with https:// or http://"));
                 }
             }
             match (s3.sse.as_deref(), &s3.sse_kms_key_id) {
@@ -280,46 +293,49 @@ impl Config {
                 }
                 (None | Some("AES256") | Some("aws:kms"), _) => {}
                 (Some(other), _) => {
-                    problems.push(format!("repository.s3.sse: {other:?} must be \"AES256\" or \"aws:kms\""))
+                    problems.push(format!("repository.s3.sse = {other:?}: must be \"AES256\" or \"aws:kms\""))
                 }
             }
             if s3.multipart_part_size_mib < 5 {
-                problems.push("repository.s3.multipart_part_size_mib: must be at least 5".to_owned());
+                problems.push(format!(
+                    "repository.s3.multipart_part_size_mib = {}: must be at least 5",
+                    s3.multipart_part_size_mib
+                ));
             }
             if s3.region.is_empty() {
-                problems.push("repository.s3.region: must not be empty".to_owned());
+                problems.push("repository.s3.region = \"\": must not be empty".to_owned());
             }
         } else {
-            problems.push(format!("repository.url: {url:?} must start with file:// or s3://"));
+            problems.push(format!("repository.url = {url:?}: must start with file:// or s3://"));
         }
         let level = self.repository.compression_level;
         if !(-7..=19).contains(&level) || level == 0 {
-            problems.push(format!("repository.compression_level: {level} must be between -7 and 19, not 0"));
+            problems.push(format!("repository.compression_level = {level}: must be between -7 and 19, not 0"));
         }
         if !self.spool.path.is_absolute() {
-            problems.push(format!("spool.path: {:?} must be an absolute path", self.spool.path));
+            problems.push(format!("spool.path = {:?}: must be an absolute path", self.spool.path));
         }
         let a = &self.archive;
         if a.push_concurrency == 0 || a.push_concurrency > 64 {
-            problems.push(format!("archive.push_concurrency: {} must be between 1 and 64", a.push_concurrency));
+            problems.push(format!("archive.push_concurrency = {}: must be between 1 and 64", a.push_concurrency));
         }
         if a.push_ahead > 1024 {
-            problems.push(format!("archive.push_ahead: {} must be at most 1024", a.push_ahead));
+            problems.push(format!("archive.push_ahead = {}: must be at most 1024", a.push_ahead));
         }
         if a.fetch_prefetch > 256 {
-            problems.push(format!("archive.fetch_prefetch: {} must be at most 256", a.fetch_prefetch));
+            problems.push(format!("archive.fetch_prefetch = {}: must be at most 256", a.fetch_prefetch));
         }
         if a.retry_deadline_seconds == 0 {
-            problems.push("archive.retry_deadline_seconds: must be at least 1".to_owned());
+            problems.push("archive.retry_deadline_seconds = 0: must be at least 1".to_owned());
         }
         if !["error", "warn", "info", "debug", "trace"].contains(&self.log.level.as_str()) {
-            problems.push(format!("log.level: {:?} must be error, warn, info, debug or trace", self.log.level));
+            problems.push(format!("log.level = {:?}: must be error, warn, info, debug or trace", self.log.level));
         }
         if !["text", "json"].contains(&self.log.format.as_str()) {
-            problems.push(format!("log.format: {:?} must be text or json", self.log.format));
+            problems.push(format!("log.format = {:?}: must be text or json", self.log.format));
         }
         problems.extend(backup::validate(self.postgres.as_ref(), &self.backup, &self.restore));
-        if problems.is_empty() { Ok(()) } else { Err(Error::Invalid { path: path.to_path_buf(), problems }) }
+        problems
     }
 }
 
@@ -427,9 +443,9 @@ mod tests {
             ),
             ("[repository]\nurl = \"${NOPE\"\n[spool]\npath = \"/s\"\n", "line 2: malformed interpolation"),
             ("[repository]\nurl = \"${1X}\"\n[spool]\npath = \"/s\"\n", "malformed interpolation"),
-            ("[repository]\nurl = \"file:///r\"\nbogus = 1\n[spool]\npath = \"/s\"\n", "unknown field `bogus`"),
-            ("[repository]\nurl = \"file:///r\"\n", "missing field `spool`"),
-            ("[repository]\n[spool]\npath = \"/s\"\n", "missing field `url`"),
+            ("[repository]\nurl = \"file:///r\"\nbogus = 1\n[spool]\npath = \"/s\"\n", "repository.bogus: unknown key"),
+            ("[repository]\nurl = \"file:///r\"\n", "spool: missing"),
+            ("[repository]\n[spool]\npath = \"/s\"\n", "repository.url: missing"),
             ("[repository]\nurl = \"ftp://x\"\n[spool]\npath = \"/s\"\n", "repository.url"),
             ("[repository]\nurl = \"file://rel\"\n[spool]\npath = \"/s\"\n", "absolute path"),
             ("[repository]\nurl = \"s3://\"\n[spool]\npath = \"/s\"\n", "names no bucket"),
@@ -458,7 +474,16 @@ mod tests {
             ("[repository]\nurl = \"file:///r\"\n[spool]\npath = \"/s\"\n[log]\nlevel = \"loud\"\n", "log.level"),
             (
                 "[repository]\nurl = \"file:///r\"\n[spool]\npath = \"/s\"\n[archive]\npush_concurrency = \"x\"\n",
-                "invalid type",
+                "archive.push_concurrency = \"x\": expected a whole number",
+            ),
+            (
+                "[repository]\nurl = \"file:///r\"\ncompression_level = 50\n[spool]\npath = \"/s\"\n",
+                "repository.compression_level = 50: must be between -7 and 19",
+            ),
+            ("[repository]\nurl = \"file:///r\"\n[spool]\npath = \n", "line 4"),
+            (
+                "[repository]\nurl = \"s3://b\"\n[repository.s3]\nendpoint = \"ftp://k:s3cr3t@h\"\n[spool]\npath = \"/s\"\n",
+                "repository.s3.endpoint = \"ftp://<redacted>@h\": must start with https://",
             ),
         ];
         for (text, want) in cases {
@@ -466,6 +491,56 @@ mod tests {
             assert!(err.contains(want), "{text:?}: {err:?} should contain {want:?}");
             assert!(err.starts_with("/etc/b.toml") || err.contains("/etc/b.toml"), "{err} names the file");
             assert!(!err.contains('\n'), "one line: {err:?}");
+        }
+    }
+
+    /// Every wrongly typed value at once, each with its key and the value given, none with a Rust type name.
+    #[test]
+    fn every_type_error_at_once() {
+        let err = parse(
+            "[repository]\nurl = \"file:///r\"\ncompression_level = \"high\"\n[spool]\npath = \"/s\"\n\
+             [archive]\npush_concurrency = \"x\"\nfetch_prefetch = -1\n[log]\nlevel = 3\n\
+             [postgres]\nport = 70000\n[repository.s3]\nallow_http = \"yes\"\n",
+        )
+        .expect_err("invalid")
+        .to_string();
+        for want in [
+            "repository.compression_level = \"high\": expected a whole number",
+            "archive.push_concurrency = \"x\": expected a whole number",
+            "archive.fetch_prefetch = -1: expected a whole number (0 or more)",
+            "log.level = 3: expected text",
+            "postgres.port = 70000: expected a whole number from 0 to 65535",
+            "repository.s3.allow_http = \"yes\": expected true or false",
+        ] {
+            assert!(err.contains(want), "{err}\nlacks {want:?}");
+        }
+        for rust in ["usize", "u16", "i32", "a string", "a boolean"] {
+            assert!(!err.contains(rust), "{err} names {rust:?}");
+        }
+        assert!(!err.contains('\n'), "{err}");
+    }
+
+    #[test]
+    fn debug_and_messages_redact_endpoint_credentials() {
+        let c = parse("[repository]\nurl = \"s3://b\"\n[repository.s3]\nendpoint = \"https://k:s3cr3t@minio:9000\"\n[spool]\npath = \"/s\"\n")
+            .expect("config");
+        let dbg = format!("{c:?}");
+        assert!(!dbg.contains("s3cr3t") && dbg.contains("minio:9000"), "{dbg}");
+    }
+
+    /// Type errors and range errors together, in one message.
+    #[test]
+    fn type_and_value_problems_together() {
+        let err = parse("[repository]\nurl = \"file:///r\"\ncompression_level = 50\n[spool]\npath = \"rel\"\n[archive]\npush_ahead = \"many\"\nbogus = 1\n")
+            .expect_err("invalid")
+            .to_string();
+        for want in [
+            "archive.push_ahead = \"many\": expected a whole number",
+            "archive.bogus: unknown key",
+            "repository.compression_level = 50: must be between -7 and 19",
+            "spool.path = \"rel\": must be an absolute path",
+        ] {
+            assert!(err.contains(want), "{err}\nlacks {want:?}");
         }
     }
 

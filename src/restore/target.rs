@@ -89,18 +89,51 @@ impl std::str::FromStr for TargetTimeline {
 /// with a zone (`2025-10-20 12:30:00+02`, `2025-10-20 12:30:00.5+05:30`, `2025-10-20 12:30:00 UTC`).
 pub fn parse_time(text: &str) -> Result<OffsetDateTime, String> {
     let s = text.trim();
-    if let Ok(t) = OffsetDateTime::parse(s, &Rfc3339) {
-        return Ok(t);
-    }
+    let rfc = OffsetDateTime::parse(s, &Rfc3339);
+    let rfc_err = match rfc {
+        Ok(t) => return Ok(t),
+        Err(e) => e,
+    };
     let pg = s.strip_suffix(" UTC").or_else(|| s.strip_suffix(" GMT")).map(|p| format!("{p}+00"));
     let pg = pg.as_deref().unwrap_or(s);
     let format = time::macros::format_description!(
         version = 2,
         "[year]-[month]-[day] [hour]:[minute]:[second][optional [.[subsecond]]][optional [ ]][offset_hour sign:mandatory][optional [[optional [:]][offset_minute]]]"
     );
-    OffsetDateTime::parse(pg, &format).map_err(|_| {
-        format!("{text:?} is not a time with a zone: use RFC 3339 (2025-10-20T12:30:00Z) or 2025-10-20 12:30:00+02")
-    })
+    let pg_err = match OffsetDateTime::parse(pg, &format) {
+        Ok(t) => return Ok(t),
+        Err(e) => e,
+    };
+    // Say what is wrong: an impossible date or time (February 30th, hour 25) is not a missing zone.
+    let zoneless = time::macros::format_description!(
+        version = 2,
+        "[year]-[month]-[day][first [T][ ]][hour]:[minute]:[second][optional [.[subsecond]]]"
+    );
+    let zoneless_err = time::PrimitiveDateTime::parse(s, &zoneless).err();
+    // YYYY-MM-DD up front: an unparsable component is then a wrong number (month 13), not another format.
+    let dated = s.len() >= 10
+        && s.bytes().take(10).enumerate().all(|(i, b)| if i == 4 || i == 7 { b == b'-' } else { b.is_ascii_digit() });
+    let bad_component = |e: &time::error::Parse| match e {
+        time::error::Parse::TryFromParsed(time::error::TryFromParsed::ComponentRange(r)) => Some(r.name()),
+        time::error::Parse::ParseFromDescription(time::error::ParseFromDescription::InvalidComponent(n)) if dated => {
+            Some(*n)
+        }
+        _ => None,
+    };
+    let bad = [Some(&pg_err), Some(&rfc_err), zoneless_err.as_ref()]
+        .into_iter()
+        .flatten()
+        .filter_map(bad_component)
+        .find(|name| !name.starts_with("offset"));
+    match (bad, zoneless_err) {
+        (Some(name), _) => Err(format!("{text:?} is an invalid date or time: its {name} is out of range")),
+        (None, None) => Err(format!(
+            "{text:?} has no zone: add one, as in 2025-10-20 12:30:00+02 or 2025-10-20T12:30:00Z (RFC 3339)"
+        )),
+        (None, Some(_)) => {
+            Err(format!("{text:?} is not a time: use RFC 3339 (2025-10-20T12:30:00Z) or 2025-10-20 12:30:00+02"))
+        }
+    }
 }
 
 /// A time as PostgreSQL 15 accepts it in `recovery_target_time`: UTC, microseconds, numeric zone (no `Z`).

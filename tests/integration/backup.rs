@@ -86,7 +86,8 @@ fn incremental_stores_about_the_change() {
         .expect("status");
     assert_ok("backupctl status", &out);
     let list: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
-    let types: Vec<&str> = list.as_array().expect("array").iter().filter_map(|b| b["type"].as_str()).collect();
+    let types: Vec<&str> =
+        list["backups"].as_array().expect("array").iter().filter_map(|b| b["type"].as_str()).collect();
     assert_eq!(types, vec!["full", "incremental"]);
     let out = crate::support::cluster::as_postgres(&bin("backupctl"))
         .arg("--config")

@@ -6,6 +6,7 @@ mod issue7_backup;
 mod issue7_first_use;
 mod issue7_holes;
 mod issue7_restore;
+mod issue7_surface;
 mod pitr;
 mod push;
 mod s3_archive;

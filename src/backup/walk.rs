@@ -29,7 +29,7 @@ use links::{follow, kind, link_error};
 
 use crate::Error;
 use crate::repository::backup::{DirEntry, ManifestPath, Tablespace};
-use crate::repository::path::Escaped;
+use crate::repository::path::{Escaped, is_file_system_artefact};
 
 /// Root-level directories listed without their contents.
 const CONTENT_SKIPPED_DIRS: [&str; 8] =
@@ -49,9 +49,6 @@ const SKIPPED_ROOT_FILES: [&str; 10] = [
     "recovery.signal",
     "standby.signal",
 ];
-
-/// The directory `fsck` fills at the root of an ext2/3/4 file system (created by `mke2fs`, often owned by root).
-const LOST_FOUND: &[u8] = b"lost+found";
 
 /// A regular file to copy.
 #[derive(Debug, Clone)]
@@ -131,7 +128,7 @@ impl Walker {
             if is_skipped(rel.is_empty(), bytes, &unlogged) {
                 continue;
             }
-            if is_mount_root && bytes == LOST_FOUND {
+            if is_mount_root && is_file_system_artefact(name) {
                 tracing::debug!(path = %Escaped(&path), "lost+found is a file-system artefact: not backed up");
                 continue;
             }

@@ -98,6 +98,7 @@ pub fn main() -> ExitCode {
             (Program::WalPush, super::wal_push::run(&a))
         }
         Command::WalFetch { name, dest } => {
+            exit::fatal_on_panic();
             let a = super::wal_fetch::Args {
                 config: args.config,
                 prefetch_worker: false,

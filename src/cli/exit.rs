@@ -56,6 +56,18 @@ pub const OTHER_HELP: &str = "Exit status: 0 success; 1 failure (the error line 
 says what to do); 2 bad configuration or usage (including running as a user who does not own the file:// \
 repository or spool, and no S3 credentials).";
 
+/// Make a panic end wal-fetch with [`FETCH_FATAL`] instead of Rust's 101: PostgreSQL takes any exit status up to
+/// 125 from restore_command as "not in the archive" and would end recovery early, promoting with transactions
+/// missing (PostgreSQL's `RestoreArchivedFile`, src/backend/access/transam/xlogarchive.c). The default hook's
+/// message and backtrace still reach stderr (the server log) first.
+pub fn fatal_on_panic() {
+    let default = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        default(info);
+        std::process::exit(i32::from(FETCH_FATAL));
+    }));
+}
+
 /// The exit status for a result.
 pub fn code(program: Program, result: Result<(), &Error>) -> u8 {
     match (program, result) {
@@ -99,6 +111,25 @@ mod tests {
                 assert!(text.contains(&format!("{c} ")), "{text:?} lacks {c}");
             }
         }
+    }
+
+    /// A panic in wal-fetch must not exit 101 (PostgreSQL would take it for "not in the archive" and promote):
+    /// run this test again in a child process that installs the hook and panics.
+    #[test]
+    fn a_panic_in_wal_fetch_exits_fatal() {
+        if std::env::var_os("BACKUPCTL_TEST_PANIC_CHILD").is_some() {
+            fatal_on_panic();
+            panic!("deliberate panic in a child test process");
+        }
+        let exe = std::env::current_exe().expect("test binary");
+        let out = std::process::Command::new(exe)
+            .args(["--exact", "cli::exit::tests::a_panic_in_wal_fetch_exits_fatal", "--test-threads=1", "--nocapture"])
+            .env("BACKUPCTL_TEST_PANIC_CHILD", "1")
+            .output()
+            .expect("run child");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(i32::from(FETCH_FATAL)), "{err}");
+        assert!(err.contains("deliberate panic"), "the panic message reaches stderr: {err}");
     }
 
     #[test]

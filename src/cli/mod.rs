@@ -62,19 +62,30 @@ pub fn report_error(program: &str, e: &Error) {
     }
     output::note(format_args!("{program}: error: {e}"));
     if let Some(user) = e.run_as() {
-        let argv: Vec<String> = std::env::args_os().map(|a| shell_quote(&a.to_string_lossy())).collect();
+        let argv: Vec<String> = std::env::args_os()
+            .map(|a| String::from_utf8_lossy(&shell_quote(a.as_encoded_bytes())).into_owned())
+            .collect();
         output::note(format_args!("{program}: hint: run it as {user}: runuser -u {user} -- {}", argv.join(" ")));
     } else if let Some(h) = e.hint() {
         output::note(format_args!("{program}: hint: {h}"));
     }
 }
 
-/// Quote a word for /bin/sh when it needs quoting.
-pub fn shell_quote(s: &str) -> String {
-    if !s.is_empty() && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"/._-+=:@%,".contains(&b)) {
-        return s.to_owned();
+/// Quote for /bin/sh when needed: single quotes, and each `'` as `'\''`. Any byte but NUL survives.
+pub fn shell_quote(s: &[u8]) -> Vec<u8> {
+    if !s.is_empty() && s.iter().all(|b| b.is_ascii_alphanumeric() || b"/._-+=:@%,".contains(b)) {
+        return s.to_vec();
     }
-    format!("'{}'", s.replace('\'', "'\\''"))
+    let mut out = vec![b'\''];
+    for &b in s {
+        if b == b'\'' {
+            out.extend_from_slice(b"'\\''");
+        } else {
+            out.push(b);
+        }
+    }
+    out.push(b'\'');
+    out
 }
 
 /// A single-threaded runtime: wal-push and wal-fetch run once per file; CPU work goes to the blocking pool.

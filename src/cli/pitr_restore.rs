@@ -184,28 +184,11 @@ fn restore_command(config: &Path) -> OsString {
         .and_then(|exe| exe.parent().map(|d| d.join("wal-fetch")))
         .filter(|p| p.is_file())
         .unwrap_or_else(|| PathBuf::from("wal-fetch"));
-    let mut command = percent_escape(&shell_quote(wal_fetch.as_os_str().as_bytes()));
+    let mut command = percent_escape(&super::shell_quote(wal_fetch.as_os_str().as_bytes()));
     command.extend_from_slice(b" --config ");
-    command.extend_from_slice(&percent_escape(&shell_quote(config.as_os_str().as_bytes())));
+    command.extend_from_slice(&percent_escape(&super::shell_quote(config.as_os_str().as_bytes())));
     command.extend_from_slice(b" %f %p");
     OsString::from_vec(command)
-}
-
-/// Quote for /bin/sh when needed: single quotes, and each `'` as `'\''`. Any byte but NUL survives.
-fn shell_quote(s: &[u8]) -> Vec<u8> {
-    if !s.is_empty() && s.iter().all(|b| b.is_ascii_alphanumeric() || b"/._-+=:@%,".contains(b)) {
-        return s.to_vec();
-    }
-    let mut out = vec![b'\''];
-    for &b in s {
-        if b == b'\'' {
-            out.extend_from_slice(b"'\\''");
-        } else {
-            out.push(b);
-        }
-    }
-    out.push(b'\'');
-    out
 }
 
 /// Every `%` doubled, so that PostgreSQL's placeholder replacement in restore_command gives back `s`.
@@ -226,8 +209,8 @@ mod tests {
 
     #[test]
     fn quoting_and_mappings() {
-        assert_eq!(shell_quote(b"/usr/bin/wal-fetch"), b"/usr/bin/wal-fetch");
-        assert_eq!(shell_quote(b"/a b/it's"), b"'/a b/it'\\''s'");
+        assert_eq!(crate::cli::shell_quote(b"/usr/bin/wal-fetch"), b"/usr/bin/wal-fetch");
+        assert_eq!(crate::cli::shell_quote(b"/a b/it's"), b"'/a b/it'\\''s'");
         assert_eq!(percent_escape(b"/x/100%/%f"), b"/x/100%%/%%f");
         let cmd = restore_command(Path::new("/etc/it's 100%/b.toml"));
         assert!(cmd.as_bytes().ends_with(b" --config '/etc/it'\\''s 100%%/b.toml' %f %p"), "{cmd:?}");

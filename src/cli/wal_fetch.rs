@@ -43,6 +43,7 @@ pub fn main() -> ExitCode {
             return ExitCode::from(exit::clap_code(Program::WalFetch, &e));
         }
     };
+    exit::fatal_on_panic();
     let result = run(&args);
     match &result {
         Err(e) if e.is_not_in_archive() => tracing::debug!("{e}"),

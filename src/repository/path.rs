@@ -26,6 +26,16 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 /// The key of the JSON object form.
 const B64_KEY: &str = "b64";
 
+/// Entries a file system puts at the root of a volume, never PostgreSQL's: `lost+found`, which `mke2fs` creates
+/// (often owned by root) and `fsck` fills. A base backup never copies them from the root of the data directory or
+/// of a tablespace, a restore counts a destination holding only these as empty, and `--delta` never removes them.
+pub const FILE_SYSTEM_ARTEFACTS: &[&str] = &["lost+found"];
+
+/// Whether `name` (one path component) is one of [`FILE_SYSTEM_ARTEFACTS`].
+pub fn is_file_system_artefact(name: &OsStr) -> bool {
+    FILE_SYSTEM_ARTEFACTS.iter().any(|a| name.as_bytes() == a.as_bytes())
+}
+
 /// A path as bytes (relative `a/b/c` in a manifest's file and directory lists, absolute for a tablespace location).
 #[derive(Clone, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct ManifestPath(Vec<u8>);

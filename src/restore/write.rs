@@ -26,7 +26,7 @@ use crate::archive::blocking;
 use crate::codec;
 use crate::progress::Progress;
 use crate::repository::backup::{FileEntry, Manifest, ManifestPath, ObjectId};
-use crate::repository::path::Escaped;
+use crate::repository::path::{Escaped, is_file_system_artefact};
 use crate::storage::DynStorage;
 
 /// Where each part of the backup goes.
@@ -56,12 +56,8 @@ impl Layout {
     }
 }
 
-/// Entries a file system puts at the root of a volume, never PostgreSQL's: a destination holding only these is
-/// empty for a restore (a mount point used as the data directory).
-pub const FILE_SYSTEM_ARTEFACTS: &[&str] = &["lost+found"];
-
 /// Refuse a directory with a live server in it, or (without `delta`) one that holds anything but
-/// [`FILE_SYSTEM_ARTEFACTS`]. A symbolic link to a directory is followed and kept (the restore goes into its
+/// [`FILE_SYSTEM_ARTEFACTS`](crate::repository::path::FILE_SYSTEM_ARTEFACTS). A symbolic link to a directory is followed and kept (the restore goes into its
 /// target), as initdb does. Touches nothing.
 pub fn check_root(dir: &Path, delta: bool) -> Result<(), Error> {
     let refuse = |reason: String| Error::Destination { path: dir.to_path_buf(), reason };
@@ -91,7 +87,7 @@ pub fn check_root(dir: &Path, delta: bool) -> Result<(), Error> {
     }
     for entry in entries {
         let name = entry.map_err(|e| refuse(e.to_string()))?.file_name();
-        if !FILE_SYSTEM_ARTEFACTS.iter().any(|a| name == *a) {
+        if !is_file_system_artefact(&name) {
             return Err(refuse(format!(
                 "is not empty: it holds {} (use --delta to restore over an existing copy)",
                 Path::new(&name).display()
@@ -387,7 +383,7 @@ fn prune_dir(dir: &Path, keep: &HashSet<PathBuf>, is_root: bool) -> Result<u64, 
     };
     for entry in entries {
         let entry = entry.map_err(|e| werr(dir, e))?;
-        if is_root && entry.file_name() == "lost+found" {
+        if is_root && is_file_system_artefact(&entry.file_name()) {
             continue;
         }
         let path = entry.path();

@@ -345,6 +345,45 @@ impl Drop for AbortOnDrop {
 impl S3Storage {
     /// A listed object's metadata under its key `name` (prefix stripped); `None` (logged) for a name that is not a
     /// valid key.
+    /// ListObjectsV2 under `prefix`, after `start_after` (S3's StartAfter) if given, page by page until `limit`
+    /// objects are collected or the listing ends; sorted by key.
+    async fn list_pages(&self, prefix: &str, start_after: Option<&str>, limit: usize) -> Result<Vec<ObjectMeta>> {
+        let full_prefix = join_key(&self.prefix, prefix);
+        let full_start = start_after.map(|s| join_key(&self.prefix, s));
+        let mut out = Vec::new();
+        let mut token = None;
+        while out.len() < limit {
+            // S3 returns at most 1000 keys a page whatever MaxKeys says.
+            let want = i32::try_from(limit - out.len()).unwrap_or(i32::MAX).min(1000);
+            let page = self
+                .client
+                .list_objects_v2()
+                .bucket(&self.bucket)
+                .prefix(&full_prefix)
+                .set_start_after(full_start.clone())
+                .max_keys(want)
+                .set_continuation_token(token.take())
+                .send()
+                .await
+                .map_err(|e| self.error("list", prefix, &e))?;
+            for object in page.contents() {
+                let Some(name) = object.key().and_then(|k| strip_key(&self.prefix, k)) else { continue };
+                if start_after.is_some_and(|after| name <= after) || out.len() >= limit {
+                    continue;
+                }
+                if let Some(meta) = self.object_meta(name, object) {
+                    out.push(meta);
+                }
+            }
+            match page.next_continuation_token() {
+                Some(next) if page.is_truncated() == Some(true) => token = Some(next.to_owned()),
+                _ => break,
+            }
+        }
+        out.sort_by(|a, b| a.key.cmp(&b.key));
+        Ok(out)
+    }
+
     fn object_meta(&self, name: &str, object: &aws_sdk_s3::types::Object) -> Option<ObjectMeta> {
         match Key::new(name) {
             Ok(key) => Some(ObjectMeta {
@@ -456,69 +495,11 @@ impl Storage for S3Storage {
     }
 
     async fn list(&self, prefix: &str) -> Result<Vec<ObjectMeta>> {
-        let full_prefix = join_key(&self.prefix, prefix);
-        let mut out = Vec::new();
-        let mut token = None;
-        loop {
-            let page = self
-                .client
-                .list_objects_v2()
-                .bucket(&self.bucket)
-                .prefix(&full_prefix)
-                .set_continuation_token(token.take())
-                .send()
-                .await
-                .map_err(|e| self.error("list", prefix, &e))?;
-            for object in page.contents() {
-                let Some(name) = object.key().and_then(|k| strip_key(&self.prefix, k)) else { continue };
-                if let Some(meta) = self.object_meta(name, object) {
-                    out.push(meta);
-                }
-            }
-            match page.next_continuation_token() {
-                Some(next) if page.is_truncated() == Some(true) => token = Some(next.to_owned()),
-                _ => break,
-            }
-        }
-        out.sort_by(|a, b| a.key.cmp(&b.key));
-        Ok(out)
+        self.list_pages(prefix, None, usize::MAX).await
     }
 
     async fn list_after(&self, prefix: &str, start_after: &str, limit: usize) -> Result<Vec<ObjectMeta>> {
-        let full_prefix = join_key(&self.prefix, prefix);
-        let full_start = join_key(&self.prefix, start_after);
-        let mut out = Vec::new();
-        let mut token = None;
-        while out.len() < limit {
-            // S3 returns at most 1000 keys a page whatever MaxKeys says.
-            let want = i32::try_from(limit - out.len()).unwrap_or(i32::MAX).min(1000);
-            let page = self
-                .client
-                .list_objects_v2()
-                .bucket(&self.bucket)
-                .prefix(&full_prefix)
-                .start_after(&full_start)
-                .max_keys(want)
-                .set_continuation_token(token.take())
-                .send()
-                .await
-                .map_err(|e| self.error("list", prefix, &e))?;
-            for object in page.contents() {
-                let Some(name) = object.key().and_then(|k| strip_key(&self.prefix, k)) else { continue };
-                if name <= start_after || out.len() >= limit {
-                    continue;
-                }
-                if let Some(meta) = self.object_meta(name, object) {
-                    out.push(meta);
-                }
-            }
-            match page.next_continuation_token() {
-                Some(next) if page.is_truncated() == Some(true) => token = Some(next.to_owned()),
-                _ => break,
-            }
-        }
-        out.sort_by(|a, b| a.key.cmp(&b.key));
-        Ok(out)
+        self.list_pages(prefix, Some(start_after), limit).await
     }
 
     async fn delete(&self, key: &Key) -> Result<()> {

@@ -23,6 +23,10 @@ impl Repo {
         let dir = tempfile::tempdir().expect("tempdir");
         let pg_wal = dir.path().join("pg_wal");
         std::fs::create_dir_all(pg_wal.join("archive_status")).expect("pg_wal");
+        // Root runs these wal-push calls: it may not create the repository or spool, only use its own.
+        for d in ["repo", "spool"] {
+            std::fs::create_dir_all(dir.path().join(d)).expect("repository and spool directories");
+        }
         let config = dir.path().join("backupctl.toml");
         std::fs::write(
             &config,
@@ -238,6 +242,7 @@ fn issue_7_status_json_on_s3() {
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
     let bucket = rt.block_on(server.new_bucket("i7-status"));
     let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::create_dir_all(dir.path().join("spool")).expect("spool");
     let config = dir.path().join("backupctl.toml");
     std::fs::write(
         &config,

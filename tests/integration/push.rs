@@ -83,7 +83,9 @@ fn push_then_fetch_round_trips_every_kind_of_name() {
     let partial = env.pg_wal.join(format!("{}.partial", segment_name(1, 4, 16 * MB)));
     std::fs::rename(&partial_src, &partial).expect("rename");
     let history = env.pg_wal.join("00000002.history");
-    std::fs::write(&history, "1\t0/5000000\tno recovery target specified\n").expect("history");
+    // Timeline 2 forked inside segment 4, whose .partial timeline 1 archived: consistent with the archive, so that
+    // segment 4 of timeline 1 is the end of that timeline, not a hole.
+    std::fs::write(&history, "1\t0/4800000\tno recovery target specified\n").expect("history");
     let backup = env.pg_wal.join(format!("{}.00000028.backup", segment_name(1, 3, 16 * MB)));
     std::fs::write(
         &backup,

@@ -319,7 +319,8 @@ impl Error {
             }
             Error::NoBackup { .. } => "run 'backupctl status' to list the backups and when each finished",
             Error::Destination { .. } => {
-                "restore into a new or empty directory, or pass --delta over a stopped cluster"
+                "the destination and each tablespace directory must be new or empty; --delta restores over a stopped \
+                 old copy of this cluster (its own tablespace links included)"
             }
             Error::NotImplemented(_) | Error::Task(_) | Error::Stdout(_) => return None,
         })

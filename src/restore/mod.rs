@@ -122,10 +122,11 @@ pub async fn run(
         destination: absolute(&request.destination)?,
         tablespaces: write::tablespace_dirs(&manifest, &request.tablespace_mapping)?,
     };
-    let roots: Vec<&PathBuf> = std::iter::once(&layout.destination).chain(layout.tablespaces.values()).collect();
-    for root in &roots {
-        write::check_root(root, request.delta)?;
+    write::check_root(&layout.destination, request.delta)?;
+    for (oid, dir) in &layout.tablespaces {
+        write::check_tablespace_root(&layout.destination, *oid, dir, request.delta)?;
     }
+    let roots: Vec<&PathBuf> = std::iter::once(&layout.destination).chain(layout.tablespaces.values()).collect();
     for root in &roots {
         write::create_root(root)?;
     }

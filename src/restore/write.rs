@@ -56,16 +56,62 @@ impl Layout {
     }
 }
 
-/// Refuse a directory with a live server in it, or (without `delta`) one that holds anything but
-/// [`FILE_SYSTEM_ARTEFACTS`](crate::repository::path::FILE_SYSTEM_ARTEFACTS). A symbolic link to a directory is followed and kept (the restore goes into its
-/// target), as initdb does. Touches nothing.
+/// Refuse a data directory destination with a live server in it, or (without `delta`) one that holds anything
+/// but [`FILE_SYSTEM_ARTEFACTS`](crate::repository::path::FILE_SYSTEM_ARTEFACTS). A symbolic link to a directory
+/// is followed and kept (the restore goes into its target), as initdb does. Touches nothing.
 pub fn check_root(dir: &Path, delta: bool) -> Result<(), Error> {
+    match first_entry(dir)? {
+        Some(name) if !delta => Err(Error::Destination {
+            path: dir.to_path_buf(),
+            reason: format!(
+                "is not empty: it holds {} (use --delta to restore over an old copy of this cluster)",
+                Escaped(Path::new(&name))
+            ),
+        }),
+        _ => Ok(()),
+    }
+}
+
+/// Refuse the directory of tablespace `oid` as [`check_root`] does, and, when it is not empty, unless it is the
+/// tablespace of the old copy being restored over: with `delta`, the destination's own `pg_tblspc/<oid>` must
+/// lead to it. A tablespace directory that holds data but is not linked from the destination may be a running
+/// cluster's (the source's own, when a restore on the same host keeps the backup's locations): writing there would
+/// destroy it, whatever `--delta` says. Touches nothing.
+pub fn check_tablespace_root(destination: &Path, oid: u32, dir: &Path, delta: bool) -> Result<(), Error> {
+    let Some(name) = first_entry(dir)? else { return Ok(()) };
+    let link = destination.join("pg_tblspc").join(oid.to_string());
+    let is_linked_here = |link: &Path| match (std::fs::canonicalize(link), std::fs::canonicalize(dir)) {
+        (Ok(a), Ok(b)) => a == b,
+        _ => false,
+    };
+    if delta && is_linked_here(&link) {
+        return Ok(());
+    }
+    let why = if delta {
+        format!("{} does not lead to it", Escaped(&link))
+    } else {
+        "a tablespace directory must be new or empty".to_owned()
+    };
+    Err(Error::Destination {
+        path: dir.to_path_buf(),
+        reason: format!(
+            "tablespace {oid}'s directory is not empty (it holds {}) and {why}: it may belong to another cluster, \
+             such as the running source when the backup's locations are kept; restore the tablespace elsewhere with \
+             --tablespace-mapping OLD=NEW",
+            Escaped(Path::new(&name))
+        ),
+    })
+}
+
+/// Check a restore root: absent, a directory, or a symbolic link to one; no live postmaster in it. Returns the
+/// first entry that is not a file-system artefact (`None`: absent or empty for a restore).
+fn first_entry(dir: &Path) -> Result<Option<std::ffi::OsString>, Error> {
     let refuse = |reason: String| Error::Destination { path: dir.to_path_buf(), reason };
     match std::fs::symlink_metadata(dir) {
-        Err(e) if e.kind() == ErrorKind::NotFound => return Ok(()),
+        Err(e) if e.kind() == ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(refuse(e.to_string())),
         Ok(m) if m.file_type().is_symlink() => {
-            let to = std::fs::read_link(dir).map_or_else(|e| format!("? ({e})"), |t| t.display().to_string());
+            let to = std::fs::read_link(dir).map_or_else(|e| format!("? ({e})"), |t| Escaped(&t).to_string());
             match std::fs::metadata(dir) {
                 Ok(t) if t.is_dir() => {}
                 Ok(_) => return Err(refuse(format!("is a symbolic link to {to}, which is not a directory"))),
@@ -81,20 +127,13 @@ pub fn check_root(dir: &Path, delta: bool) -> Result<(), Error> {
     if let Some(pid) = live_postmaster(dir) {
         return Err(refuse(format!("a PostgreSQL server (pid {pid}) is running in it; stop it first")));
     }
-    let entries = std::fs::read_dir(dir).map_err(|e| refuse(e.to_string()))?;
-    if delta {
-        return Ok(());
-    }
-    for entry in entries {
+    for entry in std::fs::read_dir(dir).map_err(|e| refuse(e.to_string()))? {
         let name = entry.map_err(|e| refuse(e.to_string()))?.file_name();
         if !is_file_system_artefact(&name) {
-            return Err(refuse(format!(
-                "is not empty: it holds {} (use --delta to restore over an existing copy)",
-                Path::new(&name).display()
-            )));
+            return Ok(Some(name));
         }
     }
-    Ok(())
+    Ok(None)
 }
 
 /// Create a checked root directory if it does not exist, and give it mode 0700 (PostgreSQL refuses to start on a

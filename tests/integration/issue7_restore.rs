@@ -327,3 +327,66 @@ fn issue_7_destinations() {
     let copy = start_recovered(&src, &link);
     assert_eq!(batches(&copy), "0:100,1:100");
 }
+
+/// The md5 of every file under `dir`, by path.
+fn tree_digest(dir: &Path) -> Vec<(PathBuf, String)> {
+    let mut out = Vec::new();
+    let mut todo = vec![dir.to_path_buf()];
+    while let Some(d) = todo.pop() {
+        for e in std::fs::read_dir(&d).expect("read_dir").flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                todo.push(p);
+            } else {
+                let bytes = std::fs::read(&p).expect("read");
+                out.push((p, blake3::hash(&bytes).to_hex().to_string()));
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+/// `--delta` restores over an old copy of the cluster, never into another cluster's tablespace: with the backup's
+/// tablespace location kept (no --tablespace-mapping) on the source's host, that location is the running source's
+/// tablespace. Refused, whether or not --delta is given, and nothing there is touched; --delta over a copy whose own
+/// pg_tblspc link leads to its tablespace directory still works.
+#[test]
+fn issue_7_delta_never_writes_into_another_clusters_tablespace() {
+    if require_pg().is_none() {
+        return;
+    }
+    let repo = FileRepo::new("i7-delta-ts");
+    let src = Source::start("i7-delta-ts", &repo.url(), "");
+    let c = &src.cluster;
+    let ts = src.dir.sub("ts-live");
+    c.sql(&format!("create tablespace ts location '{}'", ts.display()));
+    c.sql("create table batches (batch int, id int) tablespace ts");
+    insert(c, 0);
+    src.backup_json("full");
+    insert(c, 1);
+    insert(c, 2);
+    c.sql("checkpoint");
+    c.switch_and_wait_archived(Duration::from_secs(120));
+    let before = tree_digest(&ts);
+
+    for args in [&["--archive-mode", "off"][..], &["--archive-mode", "off", "--delta"][..]] {
+        let dest = fresh(&src, &format!("no-mapping-{}", args.len()));
+        let err = refused(&src.restore(&dest, args), 1);
+        assert!(err.contains("--tablespace-mapping") && err.contains(&ts.display().to_string()), "{err}");
+        assert!(!err.contains("use --delta"), "never suggest --delta for another cluster's tablespace: {err}");
+    }
+    assert_eq!(tree_digest(&ts), before, "the running source's tablespace was written to");
+    assert_eq!(c.sql("select count(*) from batches"), "300");
+
+    // A copy with its own tablespace directory, then --delta over it (stopped): allowed.
+    let dest = fresh(&src, "copy");
+    let moved = fresh(&src, "ts-copy");
+    let mapping = format!("{}={}", ts.display(), moved.display());
+    assert_ok("restore", &src.restore(&dest, &["--archive-mode", "off", "--tablespace-mapping", &mapping]));
+    let out = src.restore(&dest, &["--archive-mode", "off", "--tablespace-mapping", &mapping, "--delta"]);
+    assert_ok("delta restore over the copy", &out);
+    let copy = start_recovered(&src, &dest);
+    assert_eq!(batches(&copy), "0:100,1:100,2:100");
+    assert_eq!(tree_digest(&ts), before);
+}

@@ -162,6 +162,20 @@ impl Session {
         })
     }
 
+    /// WAL files the archiver has archived since its statistics were last reset, and the name of the last one
+    /// (`archived_count` and `last_archived_wal` of the `pg_stat_archiver` view, PostgreSQL's "Monitoring Database
+    /// Activity" chapter). Errors: the query fails or answers something that is not a count.
+    pub fn archived(&mut self) -> Result<(u64, Option<String>), Error> {
+        let text = self.text(
+            "pg_stat_archiver",
+            "select archived_count::text || ' ' || coalesce(last_archived_wal, '') from pg_stat_archiver",
+        )?;
+        let (count, last) = text.split_once(' ').unwrap_or((text.as_str(), ""));
+        let count: u64 =
+            count.parse().map_err(|_| Error::Unexpected { what: "pg_stat_archiver", answer: text.clone() })?;
+        Ok((count, (!last.is_empty()).then(|| last.to_owned())))
+    }
+
     /// Tablespaces other than pg_default and pg_global: (oid, location).
     pub fn tablespaces(&mut self) -> Result<Vec<(u32, String)>, Error> {
         let rows = self

@@ -93,6 +93,22 @@ pub fn run(
 
     let deadline = Duration::from_secs(config.archive.retry_deadline_seconds);
     let storage = rt.block_on(crate::storage::open(&config.repository.url, &config.repository.s3, deadline))?;
+    // base-backup creates a repository only where the server's WAL goes: if PostgreSQL has archived WAL already and
+    // there is no repository at this URL, archive_command writes elsewhere (often a typo in repository.url), and
+    // the backup would copy the whole cluster only to time out waiting for its WAL.
+    match rt.block_on(store::require_existing(storage.as_ref())) {
+        Err(store::Error::NoRepository { .. }) => {
+            if let (count @ 1.., last) = session.archived()? {
+                let last = last.map(|l| format!(", the last {l}")).unwrap_or_default();
+                return Err(cannot(&format!(
+                    "there is no repository at {storage}, but PostgreSQL has already archived {count} WAL files{last}: \
+                     its archive_command writes somewhere else. Check repository.url (a typo?); to start a new \
+                     repository there, run `backupctl init` first"
+                )));
+            }
+        }
+        other => other?,
+    }
     rt.block_on(store::ensure_descriptor(storage.as_ref(), &crate::cli::now_rfc3339()))?;
     if let Some(on_record) = rt.block_on(store::cluster_info(storage.as_ref()))? {
         let offered = repository::ClusterInfo {

@@ -347,3 +347,29 @@ fn issue_7_missing_s3_credentials_fail_at_once() {
     }
     assert!(!dir.path().join("dest").exists());
 }
+
+/// base-backup with a mistyped file:// URL, while PostgreSQL archives into the real repository: refused at once,
+/// before any data is copied, naming the URL and the WAL already archived; the mistyped path is not created.
+#[test]
+fn issue_7_base_backup_with_a_mistyped_url_copies_nothing() {
+    if require_pg().is_none() {
+        return;
+    }
+    let repo = FileRepo::new("i7-bb-typo");
+    let src = Source::start("i7-bb-typo", &repo.url(), "");
+    src.cluster.switch_and_wait_archived(Duration::from_secs(120));
+    let typo = src.dir.path().join("rpeo");
+    let text = std::fs::read_to_string(&src.config).expect("config");
+    assert!(text.contains(&repo.url()), "{text}");
+    let mistyped = src.dir.path().join("mistyped.toml");
+    std::fs::write(&mistyped, text.replace(&repo.url(), &format!("file://{}", typo.display()))).expect("config");
+    crate::support::cluster::chown_postgres(&mistyped);
+    let started = Instant::now();
+    let (code, _, err) = run(as_postgres(&bin("base-backup")).arg("--config").arg(&mistyped).args(["--fast"]));
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("no repository at") && err.contains("already archived"), "{err}");
+    assert!(started.elapsed() < Duration::from_secs(30), "refused before copying and waiting: {err}");
+    assert!(!typo.exists(), "the mistyped repository was created");
+    // The real repository takes the backup.
+    src.backup_json("full");
+}

@@ -48,8 +48,9 @@ pub struct RestoreArgs {
     /// Recover to this WAL location (e.g. 0/5000028).
     #[arg(long, value_name = "LSN", group = "target")]
     pub to_lsn: Option<crate::wal::Lsn>,
-    /// Recover to this transaction id.
-    #[arg(long, value_name = "XID", group = "target")]
+    /// Recover to this transaction id: a normal one, 3 or more (0, 1 and 2 are PostgreSQL's invalid, bootstrap
+    /// and frozen ids, never committed; src/include/access/transam.h).
+    #[arg(long, value_name = "XID", group = "target", value_parser = clap::value_parser!(u64).range(3..))]
     pub to_xid: Option<u64>,
     /// Recover to this restore point (made with pg_create_restore_point).
     #[arg(long, value_name = "NAME", group = "target")]
@@ -223,5 +224,9 @@ mod tests {
         assert!(both.is_err(), "two targets must be refused");
         let bad_time = Args::try_parse_from(["pitr-restore", "--destination", "/d", "--to", "yesterday"]);
         assert!(bad_time.is_err());
+        for (xid, ok) in [("0", false), ("2", false), ("3", true), ("4294967296", true), ("-1", false)] {
+            let a = Args::try_parse_from(["pitr-restore", "--destination", "/d", "--to-xid", xid]);
+            assert_eq!(a.is_ok(), ok, "--to-xid {xid}: {a:?}");
+        }
     }
 }

@@ -81,10 +81,13 @@ where
         }
         SdkError::DispatchFailure(d) if d.is_user() => (Class::Other, cause_chain(err)),
         // Resolving credentials happens before the request is sent: "no source had any" fails the same way every
-        // time, so it is not retried. Other dispatch failures (connection refused or reset, DNS, TLS, a credential
-        // provider that timed out) are transient.
+        // time, so it is not retried; nor is an instance metadata service that answers but refuses (HTTP 4xx, e.g.
+        // 403 "IMDS is disabled"), the last source of the chain. Other dispatch failures (connection refused or
+        // reset, DNS, TLS, a credential provider that timed out or answered 5xx) are transient. (An unreachable
+        // IMDS is already "not loaded" in aws-config.)
         SdkError::DispatchFailure(_) => match credentials_error(err) {
             Some(CredentialsError::CredentialsNotLoaded(_)) => (Class::NoCredentials, cause_chain(err)),
+            Some(CredentialsError::ProviderError(_)) if imds_refused(err) => (Class::NoCredentials, cause_chain(err)),
             Some(CredentialsError::InvalidConfiguration(_)) => (Class::Other, cause_chain(err)),
             _ => (Class::Transient, cause_chain(err)),
         },
@@ -92,6 +95,26 @@ where
         SdkError::TimeoutError(_) | SdkError::ResponseError(_) => (Class::Transient, cause_chain(err)),
         _ => (Class::Other, cause_chain(err)),
     }
+}
+
+/// Whether the instance metadata service answered the credential request with a refusal that retrying cannot
+/// change: an HTTP 4xx to the credentials request, or any answer to the IMDSv2 token request that aws-config turns
+/// into a [`TokenError`] (400, 403 "IMDS is disabled or the caller has insufficient permissions", or a malformed
+/// token). Source: aws-config `src/imds/client/token.rs` and `src/imds/credentials.rs`. Timeouts, connection
+/// failures and 5xx carry neither, and stay transient.
+fn imds_refused(err: &(dyn std::error::Error + 'static)) -> bool {
+    use aws_config::imds::client::error::{ImdsError, TokenError};
+    let mut next = Some(err);
+    while let Some(e) = next {
+        if e.downcast_ref::<TokenError>().is_some() {
+            return true;
+        }
+        if let Some(ImdsError::ErrorResponse(r)) = e.downcast_ref::<ImdsError>() {
+            return (400..500).contains(&r.response().status().as_u16());
+        }
+        next = e.source();
+    }
+    false
 }
 
 /// The credential provider's error in `err`'s chain of sources, if resolving credentials is what failed.

@@ -44,3 +44,32 @@ fn issue_7_imds_refusal_is_no_credentials() {
     assert!(err.contains("no AWS credentials found"), "{err}");
     assert!(!err.contains("retrying") && !err.contains("attempt"), "was retried: {err}");
 }
+
+/// `backupctl init` says "created repository" once, on stdout (not again as a log line on stderr); it takes
+/// `--json-output`, also before the subcommand.
+#[test]
+fn issue_7_init_reports_once_and_takes_json_output() {
+    use crate::support::cluster::{PgDir, as_postgres, require_pg, write_config};
+    if require_pg().is_none() {
+        return;
+    }
+    let dir = PgDir::new("i7-init");
+    let url = format!("file://{}/repo", dir.path().display());
+    let cfg = write_config(dir.path(), &url, &dir.path().join("spool"), "");
+    let out = as_postgres(&bin("backupctl")).arg("--config").arg(&cfg).arg("init").output().expect("init");
+    let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert_eq!(stdout.matches("created repository").count(), 1, "{stdout}");
+    assert!(!stderr.contains("created repository"), "said twice: {stderr}");
+    for args in [&["init", "--json-output"][..], &["--json", "init"]] {
+        let out = as_postgres(&bin("backupctl")).arg("--config").arg(&cfg).args(args).output().expect("init");
+        assert_eq!(out.status.code(), Some(0), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("one JSON object");
+        assert_eq!(v["created"], false, "{v}");
+        assert_eq!(v["format"], 1, "{v}");
+    }
+    let out = as_postgres(&bin("backupctl")).arg("--config").arg(&cfg).args(["--json-output", "status"]).output();
+    let out = out.expect("status");
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    serde_json::from_slice::<serde_json::Value>(&out.stdout).expect("status as JSON");
+}

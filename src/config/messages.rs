@@ -197,9 +197,15 @@ fn plain_value(given: &str) -> Value {
 /// serde's "expected" part without Rust type names.
 fn plain_expected(expected: &str) -> String {
     match expected.trim() {
-        "usize" | "u8" | "u32" | "u64" | "u128" => "a whole number (0 or more)".to_owned(),
-        "u16" => "a whole number from 0 to 65535".to_owned(),
-        "isize" | "i8" | "i16" | "i32" | "i64" | "i128" => "a whole number".to_owned(),
+        "usize" | "u64" | "u128" => "a whole number (0 or more)".to_owned(),
+        // The bounds, so that a value too large for its type says what the limit is.
+        "u8" => format!("a whole number from 0 to {}", u8::MAX),
+        "u16" => format!("a whole number from 0 to {}", u16::MAX),
+        "u32" => format!("a whole number from 0 to {}", u32::MAX),
+        "i8" => format!("a whole number from {} to {}", i8::MIN, i8::MAX),
+        "i16" => format!("a whole number from {} to {}", i16::MIN, i16::MAX),
+        "i32" => format!("a whole number from {} to {}", i32::MIN, i32::MAX),
+        "isize" | "i64" | "i128" => "a whole number".to_owned(),
         "f32" | "f64" => "a number".to_owned(),
         "a string" | "a borrowed string" | "string" | "a character" | "char" => "text in double quotes".to_owned(),
         "path string" => "a path in double quotes".to_owned(),
@@ -263,6 +269,11 @@ mod tests {
                 Some("repository.s3.allow_http"),
                 "invalid type: string \"yes\", expected a boolean",
                 "repository.s3.allow_http = \"yes\": expected true or false",
+            ),
+            (
+                Some("repository.compression_level"),
+                "invalid value: integer `3000000000`, expected i32",
+                "repository.compression_level = 3000000000: expected a whole number from -2147483648 to 2147483647",
             ),
             (Some("spool.path"), "invalid type: integer `5`, expected path string", "spool.path = 5: expected a path"),
             (

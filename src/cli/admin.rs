@@ -21,6 +21,10 @@ pub struct Args {
     /// Configuration file (default: $BACKUPCTL_CONFIG, then /etc/backupctl/backupctl.toml).
     #[arg(long, value_name = "PATH", global = true)]
     pub config: Option<PathBuf>,
+    /// Print the results as JSON (as the subcommand's own --json-output; for init, config-show, check, status,
+    /// backup and restore).
+    #[arg(long = "json-output", visible_alias = "json")]
+    pub json_output: bool,
     /// What to do.
     #[command(subcommand)]
     pub command: Command,
@@ -44,7 +48,11 @@ pub enum Command {
     },
     /// Create a new, empty repository at repository.url (wal-push's first push and base-backup also create one).
     /// Other commands refuse a URL where no repository exists. Run it as the PostgreSQL OS user.
-    Init,
+    Init {
+        /// Print the result as one JSON object: {"repository": URL, "format": N, "created": true|false}.
+        #[arg(long = "json-output", visible_alias = "json")]
+        json_output: bool,
+    },
     /// Show the repository's cluster, the range of archived WAL (first and last segment, when the last was
     /// archived), and the backups with their descriptions.
     Status {
@@ -92,7 +100,14 @@ pub fn main() -> ExitCode {
         Ok(a) => a,
         Err(code) => return code,
     };
-    let (program, result) = match args.command {
+    let command = match with_json(args.command, args.json_output) {
+        Ok(c) => c,
+        Err(e) => {
+            super::report_error("backupctl", &e);
+            return exit::exit_code(Program::Other, Err(&e));
+        }
+    };
+    let (program, result) = match command {
         Command::WalPush { wal_path } => {
             let a = super::wal_push::Args { config: args.config, wal_path };
             (Program::WalPush, super::wal_push::run(&a))
@@ -121,6 +136,26 @@ pub fn main() -> ExitCode {
     exit::exit_code(program, result.as_ref().map(|_| ()))
 }
 
+/// `command` with `backupctl --json-output <command>` (the flag before the subcommand) applied to the
+/// subcommand's own flag. A command that prints no results (wal-push, wal-fetch) refuses it: [`Error::Usage`].
+fn with_json(mut command: Command, json: bool) -> Result<Command, Error> {
+    if !json {
+        return Ok(command);
+    }
+    match &mut command {
+        Command::ConfigShow { json_output }
+        | Command::Check { json_output }
+        | Command::Init { json_output }
+        | Command::Status { json_output, .. } => *json_output = true,
+        Command::Backup { args, .. } => args.json = true,
+        Command::Restore(r) => r.json = true,
+        Command::WalPush { .. } | Command::WalFetch { .. } => {
+            return Err(Error::Usage("--json-output: wal-push and wal-fetch print no results".to_owned()));
+        }
+    }
+    Ok(command)
+}
+
 fn run(config_flag: Option<PathBuf>, command: Command) -> Result<(), Error> {
     let (path, config) = super::load_config(config_flag.as_deref())?;
     super::init_tracing(Some(&config));
@@ -142,11 +177,17 @@ fn run(config_flag: Option<PathBuf>, command: Command) -> Result<(), Error> {
         let deadline = std::time::Duration::from_secs(config.archive.retry_deadline_seconds);
         let open = || crate::storage::open(&config.repository.url, &config.repository.s3, deadline);
         match command {
-            Command::Init => {
+            Command::Init { json_output } => {
                 super::check_repository_writer(&config.repository.url)?;
                 let storage = open().await?;
                 let (d, created) = store::init(storage.as_ref(), &super::now_rfc3339()).await?;
-                if created {
+                if json_output {
+                    line(serde_json::json!({
+                        "repository": storage.to_string(),
+                        "format": d.format,
+                        "created": created,
+                    }))
+                } else if created {
                     line(format_args!("created repository {storage} (format {})", d.format))
                 } else {
                     line(format_args!("repository {storage} already exists (format {}); nothing changed", d.format))
@@ -344,4 +385,37 @@ fn redacted(config: &crate::config::Config) -> crate::config::Config {
         pg.password = Some("<redacted>".to_owned());
     }
     c
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Issue 7: `init` takes `--json-output`/`--json`, and `--json-output` may come before the subcommand.
+    #[test]
+    fn issue_7_json_output_on_init_and_before_the_subcommand() {
+        for argv in [&["backupctl", "init", "--json-output"][..], &["backupctl", "init", "--json"]] {
+            let a = Args::try_parse_from(argv).expect("init --json-output");
+            assert!(matches!(with_json(a.command, a.json_output), Ok(Command::Init { json_output: true })), "{argv:?}");
+        }
+        for (argv, want) in [
+            (&["backupctl", "--json-output", "status"][..], true),
+            (&["backupctl", "--json", "status"], true),
+            (&["backupctl", "status", "--json"], true),
+            (&["backupctl", "--config", "/x", "status"], false),
+        ] {
+            let a = Args::try_parse_from(argv).expect("parses");
+            match with_json(a.command, a.json_output) {
+                Ok(Command::Status { json_output, .. }) => assert_eq!(json_output, want, "{argv:?}"),
+                other => panic!("{argv:?}: {other:?}"),
+            }
+        }
+        let a = Args::try_parse_from(["backupctl", "--json-output", "config-show"]).expect("parses");
+        assert!(matches!(with_json(a.command, a.json_output), Ok(Command::ConfigShow { json_output: true })));
+        let a = Args::try_parse_from(["backupctl", "--json-output", "backup", "full"]).expect("parses");
+        assert!(matches!(with_json(a.command, a.json_output), Ok(Command::Backup { args, .. }) if args.json));
+        // wal-push prints no results: the flag is refused rather than ignored.
+        let a = Args::try_parse_from(["backupctl", "--json-output", "wal-push", "/x"]).expect("parses");
+        assert!(matches!(with_json(a.command, a.json_output), Err(Error::Usage(_))));
+    }
 }

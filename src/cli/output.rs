@@ -22,12 +22,42 @@ pub fn line(text: impl Display) -> Result<(), Error> {
 
 /// Write `text` and a newline to stderr, ignoring failures (a closed or full stderr must not stop the command).
 pub fn note(text: impl Display) {
-    let _ = writeln!(std::io::stderr().lock(), "{text}");
+    let _ = write_line(&mut std::io::stderr().lock(), text);
+}
+
+/// Write `text` and a newline with one `write` call where the writer takes it whole. Stderr is unbuffered, and
+/// `writeln!` writes each piece of the format separately; several wal-fetch processes share PostgreSQL's server
+/// log, so their pieces interleaved (`failed after wal-fetch14: error: ...`). One write of at most `PIPE_BUF`
+/// bytes to a pipe, or any write to an `O_APPEND` file, is not interleaved with another (POSIX `write(2)`).
+fn write_line(out: &mut impl Write, text: impl Display) -> std::io::Result<()> {
+    let mut buf = text.to_string();
+    buf.push('\n');
+    out.write_all(buf.as_bytes())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Issue 7: a note is one write, so concurrent processes sharing the server log do not interleave.
+    #[test]
+    fn issue_7_a_note_is_one_write() {
+        struct Writes(Vec<Vec<u8>>);
+        impl Write for Writes {
+            fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+                self.0.push(buf.to_vec());
+                Ok(buf.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let mut w = Writes(Vec::new());
+        let e = Error::Stdout(std::io::Error::from(std::io::ErrorKind::BrokenPipe));
+        write_line(&mut w, format_args!("{}: error: {e}", "wal-fetch")).expect("write");
+        assert_eq!(w.0.len(), 1, "{:?}", w.0);
+        assert!(w.0[0].starts_with(b"wal-fetch: error: ") && w.0[0].ends_with(b"\n"));
+    }
 
     #[test]
     fn closed_pipe_is_quiet_and_other_failures_are_not() {

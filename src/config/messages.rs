@@ -17,6 +17,52 @@ const MAX_PROBLEMS: usize = 64;
 /// once the offending keys are set aside (their defaults apply), if it makes one, so that its other values can
 /// be checked too. A valid document is deserialized by `toml::from_str`; only a failing one is examined further.
 pub fn from_str<T: DeserializeOwned>(text: &str) -> Result<T, (Vec<String>, Option<T>)> {
+    // A number TOML cannot hold stops its parser; note it, blank its line (line numbers stay) and go on.
+    let mut text = text.to_owned();
+    let mut early = Vec::new();
+    while early.len() < MAX_PROBLEMS {
+        let Err(e) = toml::from_str::<toml::Table>(&text) else { break };
+        let Some((line, problem)) = out_of_range(&text, &e.to_string()) else { break };
+        early.push(problem);
+        text = text.lines().enumerate().map(|(i, l)| if i == line { "" } else { l }).collect::<Vec<_>>().join("\n");
+    }
+    match from_str_once(&text) {
+        Ok(v) if early.is_empty() => Ok(v),
+        Ok(v) => Err((early, Some(v))),
+        Err((problems, rest)) => Err((early.into_iter().chain(problems).collect(), rest)),
+    }
+}
+
+/// A TOML integer outside TOML's range (a 64-bit signed integer, TOML 1.0.0 "Integer"), which toml reports as
+/// Rust's `number too large to fit in target type` at a line: that line's index (0-based) and the problem,
+/// `archive.retry_deadline_seconds = 99999999999999999999: too large: at most 9223372036854775807 (line 13)`.
+fn out_of_range(text: &str, message: &str) -> Option<(usize, String)> {
+    let (line, last) = split_toml_header(message);
+    let limit = match last.as_str() {
+        "number too large to fit in target type" => format!("too large: at most {}", i64::MAX),
+        "number too small to fit in target type" => format!("too small: at least {}", i64::MIN),
+        _ => return None,
+    };
+    let index = usize::try_from(line?).ok()?.checked_sub(1)?;
+    let lines: Vec<&str> = text.lines().collect();
+    let (key, value) = lines.get(index)?.split_once('=')?;
+    let value = value.split('#').next().unwrap_or(value).trim();
+    let key = key.trim().trim_matches(['"', '\'']);
+    // The table the key is in: the last `[table]` or `[[table]]` header above it.
+    let table = lines[..index]
+        .iter()
+        .map(|l| l.trim())
+        .rfind(|l| l.starts_with('['))
+        .map(|h| h.split(']').next().unwrap_or(h).trim_start_matches('[').trim().to_owned());
+    let key = match table {
+        Some(t) if !t.is_empty() => format!("{t}.{key}"),
+        _ => key.to_owned(),
+    };
+    Some((index, format!("{key} = {value}: {limit} (line {})", index + 1)))
+}
+
+/// One round of [`from_str`] on a document that TOML can parse or that has a syntax error.
+fn from_str_once<T: DeserializeOwned>(text: &str) -> Result<T, (Vec<String>, Option<T>)> {
     let first = match toml::from_str::<T>(text) {
         Ok(v) => return Ok(v),
         Err(e) => e,
@@ -151,9 +197,15 @@ fn plain_value(given: &str) -> Value {
 /// serde's "expected" part without Rust type names.
 fn plain_expected(expected: &str) -> String {
     match expected.trim() {
-        "usize" | "u8" | "u32" | "u64" | "u128" => "a whole number (0 or more)".to_owned(),
-        "u16" => "a whole number from 0 to 65535".to_owned(),
-        "isize" | "i8" | "i16" | "i32" | "i64" | "i128" => "a whole number".to_owned(),
+        "usize" | "u64" | "u128" => "a whole number (0 or more)".to_owned(),
+        // The bounds, so that a value too large for its type says what the limit is.
+        "u8" => format!("a whole number from 0 to {}", u8::MAX),
+        "u16" => format!("a whole number from 0 to {}", u16::MAX),
+        "u32" => format!("a whole number from 0 to {}", u32::MAX),
+        "i8" => format!("a whole number from {} to {}", i8::MIN, i8::MAX),
+        "i16" => format!("a whole number from {} to {}", i16::MIN, i16::MAX),
+        "i32" => format!("a whole number from {} to {}", i32::MIN, i32::MAX),
+        "isize" | "i64" | "i128" => "a whole number".to_owned(),
         "f32" | "f64" => "a number".to_owned(),
         "a string" | "a borrowed string" | "string" | "a character" | "char" => "text in double quotes".to_owned(),
         "path string" => "a path in double quotes".to_owned(),
@@ -164,16 +216,31 @@ fn plain_expected(expected: &str) -> String {
     }
 }
 
-/// The URL with any `user:password@` in its authority replaced by `<redacted>@`, for config-show, logs and
-/// messages (`https://key:secret@minio:9000/` → `https://<redacted>@minio:9000/`, RFC 3986 section 3.2.1).
+/// The URL with any `user:password@` in its authority replaced by `<redacted>@` (RFC 3986 section 3.2.1), and
+/// any query and fragment by `?<redacted>` / `#<redacted>` (sections 3.4, 3.5: pre-signed signatures, tokens),
+/// for config-show, logs and messages: `https://key:secret@minio:9000/?X-Amz-Signature=s` →
+/// `https://<redacted>@minio:9000/?<redacted>`. An empty query or fragment is left as it is.
 pub fn redact_url(url: &str) -> String {
     let Some(scheme_end) = url.find("://").map(|i| i + 3) else { return url.to_owned() };
     let rest = &url[scheme_end..];
-    let authority = &rest[..rest.find(['/', '?', '#']).unwrap_or(rest.len())];
-    match authority.rfind('@') {
-        Some(at) => format!("{}<redacted>@{}", &url[..scheme_end], &rest[at + 1..]),
-        None => url.to_owned(),
-    }
+    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let (authority, tail) = rest.split_at(authority_end);
+    let host = match authority.rfind('@') {
+        Some(at) => format!("<redacted>@{}", &authority[at + 1..]),
+        None => authority.to_owned(),
+    };
+    // The fragment starts at the first '#'; the query at the first '?' before it.
+    let (before_fragment, fragment) = match tail.split_once('#') {
+        Some((b, f)) if !f.is_empty() => (b, "#<redacted>"),
+        Some((b, _)) => (b, "#"),
+        None => (tail, ""),
+    };
+    let (path, query) = match before_fragment.split_once('?') {
+        Some((p, q)) if !q.is_empty() => (p, "?<redacted>"),
+        Some((p, _)) => (p, "?"),
+        None => (before_fragment, ""),
+    };
+    format!("{}{host}{path}{query}{fragment}", &url[..scheme_end])
 }
 
 #[cfg(test)]
@@ -202,6 +269,11 @@ mod tests {
                 Some("repository.s3.allow_http"),
                 "invalid type: string \"yes\", expected a boolean",
                 "repository.s3.allow_http = \"yes\": expected true or false",
+            ),
+            (
+                Some("repository.compression_level"),
+                "invalid value: integer `3000000000`, expected i32",
+                "repository.compression_level = 3000000000: expected a whole number from -2147483648 to 2147483647",
             ),
             (Some("spool.path"), "invalid type: integer `5`, expected path string", "spool.path = 5: expected a path"),
             (
@@ -246,6 +318,20 @@ mod tests {
             ("https://minio.internal:9000/path@x", "https://minio.internal:9000/path@x"),
             ("https://host", "https://host"),
             ("not a url", "not a url"),
+        ];
+        for (url, want) in cases {
+            assert_eq!(redact_url(url), want, "{url}");
+        }
+    }
+
+    /// Issue 7: a query string (pre-signed URL signatures, tokens) and a fragment are redacted too.
+    #[test]
+    fn issue_7_urls_lose_their_query_and_fragment() {
+        let cases = [
+            ("https://minio:9000/?X-Amz-Signature=abc&token=s3cr3t", "https://minio:9000/?<redacted>"),
+            ("https://k:p@minio:9000/b?token=s3cr3t#frag", "https://<redacted>@minio:9000/b?<redacted>#<redacted>"),
+            ("https://minio:9000#s3cr3t", "https://minio:9000#<redacted>"),
+            ("https://minio:9000/?", "https://minio:9000/?"),
         ];
         for (url, want) in cases {
             assert_eq!(redact_url(url), want, "{url}");

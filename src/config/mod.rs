@@ -5,7 +5,7 @@
 //! - Unknown keys are errors (`deny_unknown_fields`); every problem names the file and the key.
 //! - Every problem is reported at once, in words a DBA uses (no Rust type names), with the value that was given:
 //!   `archive.push_concurrency = "x": expected a whole number`, `repository.compression_level = 50: must be
-//!   between -7 and 19, not 0` (see `messages`).
+//!   between -7 and 19` (see `messages`).
 //! - Secrets never reach logs: `Debug` is written by hand where a value may be secret.
 
 use std::collections::BTreeMap;
@@ -279,11 +279,13 @@ impl Config {
             let s3 = &self.repository.s3;
             if let Some(ep) = &s3.endpoint {
                 let shown = redact_url(ep);
-                if ep.starts_with("http://") && !s3.allow_http {
+                // Schemes are case-insensitive (RFC 3986 section 3.1): `HTTPS://` is `https://`.
+                let scheme = ep.split_once("://").map(|(s, _)| s.to_ascii_lowercase());
+                if scheme.as_deref() == Some("http") && !s3.allow_http {
                     problems.push(format!(
                         "repository.s3.endpoint = {shown:?}: plain HTTP; set repository.s3.allow_http = true to allow it"
                     ));
-                } else if !ep.starts_with("http://") && !ep.starts_with("https://") {
+                } else if !matches!(scheme.as_deref(), Some("http" | "https")) {
                     problems.push(format!("repository.s3.endpoint = {shown:?}: must start with https:// or http://"));
                 }
             }
@@ -309,8 +311,11 @@ impl Config {
             problems.push(format!("repository.url = {url:?}: must start with file:// or s3://"));
         }
         let level = self.repository.compression_level;
-        if !(-7..=19).contains(&level) || level == 0 {
-            problems.push(format!("repository.compression_level = {level}: must be between -7 and 19, not 0"));
+        if !(-7..=19).contains(&level) {
+            problems.push(format!("repository.compression_level = {level}: must be between -7 and 19"));
+        } else if level == 0 {
+            problems
+                .push("repository.compression_level = 0: must not be 0 (1 to 19, or -7 to -1 for faster)".to_owned());
         }
         if !self.spool.path.is_absolute() {
             problems.push(format!("spool.path = {:?}: must be an absolute path", self.spool.path));
@@ -542,6 +547,50 @@ mod tests {
         ] {
             assert!(err.contains(want), "{err}\nlacks {want:?}");
         }
+    }
+
+    /// Issue 7: the range message names the value given and says nothing the user may read as the value.
+    #[test]
+    fn issue_7_range_messages_name_the_value_given() {
+        let err = parse("[repository]\nurl = \"file:///r\"\ncompression_level = 50\n[spool]\npath = \"/s\"\n")
+            .expect_err("invalid")
+            .to_string();
+        assert!(err.contains("repository.compression_level = 50: must be between -7 and 19"), "{err}");
+        assert!(!err.contains("not 0"), "{err}");
+        let err = parse("[repository]\nurl = \"file:///r\"\ncompression_level = 0\n[spool]\npath = \"/s\"\n")
+            .expect_err("invalid")
+            .to_string();
+        assert!(err.contains("repository.compression_level = 0: must not be 0"), "{err}");
+    }
+
+    /// Issue 7: a number TOML cannot hold names its key and value, and the other problems are still reported.
+    #[test]
+    fn issue_7_too_large_number_names_key_and_keeps_other_problems() {
+        let err = parse(
+            "[repository]\nurl = \"file:///r\"\n[spool]\npath = \"rel\"\n[archive]\n\
+             retry_deadline_seconds = 99999999999999999999 # long\npush_concurrency = \"x\"\n",
+        )
+        .expect_err("invalid")
+        .to_string();
+        for want in [
+            "archive.retry_deadline_seconds = 99999999999999999999: too large: at most 9223372036854775807",
+            "archive.push_concurrency = \"x\": expected a whole number",
+            "spool.path = \"rel\": must be an absolute path",
+        ] {
+            assert!(err.contains(want), "{err}\nlacks {want:?}");
+        }
+        assert!(!err.contains("target type"), "{err}");
+    }
+
+    /// Issue 7: URL schemes are case-insensitive (RFC 3986 section 3.1).
+    #[test]
+    fn issue_7_endpoint_scheme_is_case_insensitive() {
+        parse("[repository]\nurl = \"s3://b\"\n[repository.s3]\nendpoint = \"HTTPS://minio:9000\"\n[spool]\npath = \"/s\"\n")
+            .expect("HTTPS:// is https://");
+        let err = parse("[repository]\nurl = \"s3://b\"\n[repository.s3]\nendpoint = \"Http://minio:9000\"\n[spool]\npath = \"/s\"\n")
+            .expect_err("plain HTTP")
+            .to_string();
+        assert!(err.contains("plain HTTP"), "{err}");
     }
 
     #[test]

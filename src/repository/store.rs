@@ -106,10 +106,20 @@ async fn create_json(storage: &dyn Storage, key: &Key, json: Vec<u8>) -> Result<
 }
 
 /// Make sure the repository has a descriptor this build understands, creating it on first use.
+/// Creating it is logged (INFO `created repository`): wal-push and base-backup print nothing else about it.
 pub async fn ensure_descriptor(storage: &dyn Storage, now_rfc3339: &str) -> Result<Descriptor, Error> {
+    let (d, created) = descriptor(storage, now_rfc3339).await?;
+    if created {
+        tracing::info!(backend = %storage, "created repository");
+    }
+    Ok(d)
+}
+
+/// [`ensure_descriptor`] without the log line; true if this call created the descriptor.
+async fn descriptor(storage: &dyn Storage, now_rfc3339: &str) -> Result<(Descriptor, bool), Error> {
     let key = descriptor_key();
     if let Some(d) = load::<Descriptor>(storage, &key).await? {
-        return check_format(storage, d);
+        return Ok((check_format(storage, d)?, false));
     }
     let d = Descriptor {
         format: FORMAT_VERSION,
@@ -117,12 +127,11 @@ pub async fn ensure_descriptor(storage: &dyn Storage, now_rfc3339: &str) -> Resu
         created_at: now_rfc3339.to_owned(),
     };
     if create(storage, &key, &d).await? {
-        tracing::info!(backend = %storage, "created repository");
-        return Ok(d);
+        return Ok((d, true));
     }
     // Someone else created it first: theirs is the one.
     match load::<Descriptor>(storage, &key).await? {
-        Some(d) => check_format(storage, d),
+        Some(d) => Ok((check_format(storage, d)?, false)),
         None => Err(storage::Error::NotFound { backend: storage.to_string(), key }.into()),
     }
 }
@@ -151,7 +160,7 @@ pub async fn init(storage: &dyn Storage, now_rfc3339: &str) -> Result<(Descripto
         return Ok((check_format(storage, d)?, false));
     }
     let existed = require_existing(storage).await.is_ok();
-    Ok((ensure_descriptor(storage, now_rfc3339).await?, !existed))
+    Ok((descriptor(storage, now_rfc3339).await?.0, !existed))
 }
 
 fn check_format(storage: &dyn Storage, d: Descriptor) -> Result<Descriptor, Error> {

@@ -82,15 +82,21 @@ impl S3Storage {
         if cfg.region.is_empty() {
             return Err(invalid("repository.s3.region must not be empty".to_owned()));
         }
-        let endpoint = cfg.endpoint.as_deref().filter(|e| !e.is_empty());
-        if let Some(ep) = endpoint {
+        // Schemes are case-insensitive (RFC 3986 section 3.1): `HTTPS://host` is passed on as `https://host`.
+        let endpoint = cfg.endpoint.as_deref().filter(|e| !e.is_empty()).map(|ep| match ep.split_once("://") {
+            Some((scheme, rest)) => format!("{}://{rest}", scheme.to_ascii_lowercase()),
+            None => ep.to_owned(),
+        });
+        if let Some(ep) = endpoint.as_deref() {
+            let shown = crate::config::redact_url(ep);
             if ep.starts_with("http://") && !cfg.allow_http {
-                return Err(invalid(format!("endpoint {ep:?} is plain HTTP and repository.s3.allow_http is off")));
+                return Err(invalid(format!("endpoint {shown:?} is plain HTTP and repository.s3.allow_http is off")));
             }
             if !ep.starts_with("http://") && !ep.starts_with("https://") {
-                return Err(invalid(format!("endpoint {ep:?} must start with https:// or http://")));
+                return Err(invalid(format!("endpoint {shown:?} must start with https:// or http://")));
             }
         }
+        let endpoint = endpoint.as_deref();
         let sse = match cfg.sse.as_deref().filter(|s| !s.is_empty()) {
             None => None,
             Some("AES256") => Some(ServerSideEncryption::Aes256),
@@ -145,7 +151,7 @@ impl S3Storage {
     {
         let (class, mut message) = describe(err);
         if let (SdkError::DispatchFailure(_) | SdkError::TimeoutError(_), Some(endpoint)) = (err, &self.endpoint) {
-            message.push_str(&format!(" (endpoint {endpoint})"));
+            message.push_str(&format!(" (endpoint {})", crate::config::redact_url(endpoint)));
         }
         (class, message)
     }
@@ -446,7 +452,7 @@ impl fmt::Display for S3Storage {
 impl fmt::Debug for S3Storage {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("S3Storage")
-            .field("endpoint", &self.endpoint)
+            .field("endpoint", &self.endpoint.as_deref().map(crate::config::redact_url))
             .field("bucket", &self.bucket)
             .field("prefix", &self.prefix)
             .field("sse", &self.sse)
@@ -618,5 +624,20 @@ mod tests {
         let s3 = S3Storage::connect("bkt", "/a/b/", &S3Config::default()).await.expect("valid settings");
         assert_eq!(s3.to_string(), "s3://bkt/a/b");
         assert_eq!(s3.capabilities(), Capabilities { is_create_atomic: true, has_fsync_dir: false });
+    }
+
+    /// Issue 7: schemes are case-insensitive (RFC 3986 section 3.1); messages never show a query string.
+    #[tokio::test]
+    async fn issue_7_endpoint_scheme_case_and_redaction() {
+        let upper = S3Config { endpoint: Some("HTTPS://127.0.0.1:9".into()), ..S3Config::default() };
+        S3Storage::connect("bkt", "", &upper).await.expect("HTTPS:// is https://");
+        let http = S3Config { endpoint: Some("Http://127.0.0.1:9/?token=s3cr3t".into()), ..S3Config::default() };
+        match S3Storage::connect("bkt", "", &http).await {
+            Err(e @ Error::InvalidUrl { .. }) => {
+                let e = e.to_string();
+                assert!(e.contains("allow_http") && !e.contains("s3cr3t"), "{e}");
+            }
+            other => panic!("expected InvalidUrl, got {other:?}"),
+        }
     }
 }

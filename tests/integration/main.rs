@@ -5,6 +5,7 @@ mod backup;
 mod issue7_backup;
 mod issue7_first_use;
 mod issue7_holes;
+mod issue7_polish;
 mod issue7_restore;
 mod issue7_surface;
 mod pitr;

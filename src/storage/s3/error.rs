@@ -81,10 +81,15 @@ where
         }
         SdkError::DispatchFailure(d) if d.is_user() => (Class::Other, cause_chain(err)),
         // Resolving credentials happens before the request is sent: "no source had any" fails the same way every
-        // time, so it is not retried. Other dispatch failures (connection refused or reset, DNS, TLS, a credential
-        // provider that timed out) are transient.
+        // time, so it is not retried; nor is an instance metadata service that answers but refuses (HTTP 4xx, e.g.
+        // 403 "IMDS is disabled"), the last source of the chain. Other dispatch failures (connection refused or
+        // reset, DNS, TLS, a credential provider that timed out or answered 5xx) are transient. (An unreachable
+        // IMDS is already "not loaded" in aws-config.)
         SdkError::DispatchFailure(_) => match credentials_error(err) {
             Some(CredentialsError::CredentialsNotLoaded(_)) => (Class::NoCredentials, cause_chain(err)),
+            Some(CredentialsError::ProviderError(_)) if provider_refused(err) => {
+                (Class::NoCredentials, cause_chain(err))
+            }
             Some(CredentialsError::InvalidConfiguration(_)) => (Class::Other, cause_chain(err)),
             _ => (Class::Transient, cause_chain(err)),
         },
@@ -92,6 +97,32 @@ where
         SdkError::TimeoutError(_) | SdkError::ResponseError(_) => (Class::Transient, cause_chain(err)),
         _ => (Class::Other, cause_chain(err)),
     }
+}
+
+/// Whether a credential provider answered with a refusal that retrying cannot change:
+/// - the instance metadata service: an HTTP 4xx to the credentials request, or any answer to the IMDSv2 token
+///   request that aws-config turns into a [`TokenError`] (400, 403 "IMDS is disabled or the caller has
+///   insufficient permissions", or a malformed token); aws-config `src/imds/client/token.rs`,
+///   `src/imds/credentials.rs`;
+/// - the ECS/container provider: an HTTP 4xx, which aws-config reports only as text, `Non-success status from
+///   HTTP credential provider: StatusCode(403)` (`src/http_credential_provider.rs`; a wording it no longer uses
+///   falls back to transient).
+///
+/// Timeouts, connection failures and 5xx carry none of these, and stay transient.
+fn provider_refused(err: &(dyn std::error::Error + 'static)) -> bool {
+    use aws_config::imds::client::error::{ImdsError, TokenError};
+    const HTTP_PROVIDER_4XX: &str = "Non-success status from HTTP credential provider: StatusCode(4";
+    let mut next = Some(err);
+    while let Some(e) = next {
+        if e.downcast_ref::<TokenError>().is_some() || e.to_string().starts_with(HTTP_PROVIDER_4XX) {
+            return true;
+        }
+        if let Some(ImdsError::ErrorResponse(r)) = e.downcast_ref::<ImdsError>() {
+            return (400..500).contains(&r.response().status().as_u16());
+        }
+        next = e.source();
+    }
+    false
 }
 
 /// The credential provider's error in `err`'s chain of sources, if resolving credentials is what failed.
@@ -124,4 +155,23 @@ pub(super) fn cause_chain(err: &dyn std::error::Error) -> String {
 
 pub(super) fn one_line(message: impl fmt::Display) -> String {
     message.to_string().split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Issue 7: a container credential endpoint that answers 4xx is a refusal; 5xx and timeouts are not.
+    #[test]
+    fn issue_7_container_provider_4xx_is_a_refusal() {
+        let says = |text: &str| CredentialsError::provider_error(text.to_owned());
+        let refused = says("Non-success status from HTTP credential provider: StatusCode(403)");
+        assert!(provider_refused(&refused));
+        for transient in [
+            says("Non-success status from HTTP credential provider: StatusCode(503)"),
+            CredentialsError::provider_timed_out(std::time::Duration::from_secs(5)),
+        ] {
+            assert!(!provider_refused(&transient), "{transient:?}");
+        }
+    }
 }

@@ -108,7 +108,7 @@ pub async fn check(
         && OffsetDateTime::from(m) < *t
     {
         tracing::warn!(
-            segment = %name(end),
+            segment = %end.map_or_else(String::new, |e| e.to_string()),
             "{target} is after the newest archived WAL: the archive {backend} ends at {}, archived at {}; unless later WAL is archived before recovery gets there, the server will stop with \"recovery ended before configured recovery target was reached\"",
             end_text(),
             pg_timestamp(OffsetDateTime::from(m))

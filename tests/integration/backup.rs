@@ -78,13 +78,7 @@ fn incremental_stores_about_the_change() {
     }
 
     // status lists both, newest last, with their types.
-    let out = crate::support::cluster::as_postgres(&bin("backupctl"))
-        .arg("--config")
-        .arg(&src.config)
-        .args(["status", "--json-output"])
-        .output()
-        .expect("status");
-    assert_ok("backupctl status", &out);
+    let out = src.status_json_output();
     let list: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
     let types: Vec<&str> =
         list["backups"].as_array().expect("array").iter().filter_map(|b| b["type"].as_str()).collect();

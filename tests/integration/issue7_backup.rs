@@ -195,13 +195,7 @@ fn issue_7_file_names_that_are_not_utf8() {
     assert_eq!(copy.sql("show work_mem"), "7777kB");
 
     // status still reads the repository.
-    let out = crate::support::cluster::as_postgres(&crate::support::cluster::bin("backupctl"))
-        .arg("--config")
-        .arg(&src.config)
-        .args(["status", "--json-output"])
-        .output()
-        .expect("status");
-    assert_ok("backupctl status", &out);
+    src.status_json_output();
 }
 
 /// The example: a root-owned directory with mode 000 inside the data directory fails the backup naming that

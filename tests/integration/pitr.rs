@@ -67,6 +67,18 @@ impl Source {
         serde_json::from_slice(&out.stdout).expect("base-backup --json prints JSON")
     }
 
+    /// `backupctl status --json-output` as postgres, checked to succeed.
+    pub fn status_json_output(&self) -> std::process::Output {
+        let out = as_postgres(&bin("backupctl"))
+            .arg("--config")
+            .arg(&self.config)
+            .args(["status", "--json-output"])
+            .output()
+            .expect("status");
+        assert_ok("backupctl status", &out);
+        out
+    }
+
     /// Run pitr-restore as postgres into `dest` with `args`.
     pub fn restore(&self, dest: &Path, args: &[&str]) -> Output {
         as_postgres(&bin("pitr-restore"))

@@ -17,6 +17,7 @@ pub mod pg;
 pub mod progress;
 pub mod repository;
 pub mod restore;
+pub mod retention;
 pub mod spool;
 pub mod storage;
 pub mod wal;

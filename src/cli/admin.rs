@@ -3,18 +3,25 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use bytes::Bytes;
 use clap::{Parser, Subcommand};
 
 use super::exit::{self, Program};
-use super::output::{line, note};
+use super::output::line;
 use crate::Error;
-use crate::repository::backup::{BackupType, Manifest};
+use crate::config::Config;
+use crate::repository::backup::BackupType;
 use crate::repository::store;
-use crate::storage::{Key, PutMode};
+use crate::storage::DynStorage;
 
-/// Administer a backupctl repository of PostgreSQL WAL and base backups: status, check, config-show; backup and
-/// restore run base-backup and pitr-restore, wal-push and wal-fetch the archive and restore commands.
+mod check;
+mod gc;
+mod prune;
+mod status;
+mod verify;
+
+/// Administer a backupctl repository of PostgreSQL WAL and base backups: status, check, verify, retention
+/// (prune, delete, gc, keep), config-show; backup and restore run base-backup and pitr-restore, wal-push and
+/// wal-fetch the archive and restore commands.
 #[derive(Debug, Parser)]
 #[command(name = "backupctl", version, after_long_help = exit::OTHER_HELP)]
 pub struct Args {
@@ -39,13 +46,11 @@ pub enum Command {
         #[arg(long = "json-output", visible_alias = "json")]
         json_output: bool,
     },
-    /// Check configuration, spool and repository: write, read back and delete a probe object. Run it as the
-    /// user that runs wal-push (the PostgreSQL OS user); it creates nothing but the probe.
-    Check {
-        /// Print the results as one JSON object on success.
-        #[arg(long = "json-output", visible_alias = "json")]
-        json_output: bool,
-    },
+    /// Check that everything backups need works: configuration, PostgreSQL's archiving settings, the repository
+    /// (write, read and delete of a probe), a forced WAL switch reaching the archive, spool space, and the age of
+    /// the newest backup and WAL. One line per check; exit 0 only if all pass.
+    #[command(visible_alias = "test")]
+    Check(check::CheckArgs),
     /// Create a new, empty repository at repository.url (wal-push's first push and base-backup also create one).
     /// Other commands refuse a URL where no repository exists. Run it as the PostgreSQL OS user.
     Init {
@@ -53,20 +58,23 @@ pub enum Command {
         #[arg(long = "json-output", visible_alias = "json")]
         json_output: bool,
     },
-    /// Show the repository's cluster, the range of archived WAL (first and last segment, when the last was
-    /// archived), and the backups with their descriptions.
-    Status {
-        /// Only the newest N backups.
-        #[arg(long, value_name = "N")]
-        last: Option<usize>,
-        /// Only backups of this type (full or incremental).
-        #[arg(long = "type", value_name = "TYPE", value_parser = super::base_backup::parse_type)]
-        backup_type: Option<BackupType>,
-        /// Print it as one JSON object instead: repository, cluster, wal (segments, first, last,
-        /// last_archived_at, other_files, bytes_stored), backups, unusable_backups.
-        #[arg(long = "json-output", visible_alias = "json")]
-        json_output: bool,
-    },
+    /// Show the repository's cluster, the archived WAL per timeline with its gaps, the restorable window, and the
+    /// backups: what each can reach, whether it is kept and why, and its sizes.
+    Status(status::StatusArgs),
+    /// Re-read every object the backups need and every archived WAL file, check sizes and checksums and WAL
+    /// continuity, and name what is missing or corrupt and which backups it breaks.
+    Verify(verify::VerifyArgs),
+    /// Apply the retention policy: delete the backups it does not keep and the WAL no kept backup needs, then
+    /// reclaim their space (gc).
+    Prune(prune::PruneArgs),
+    /// Mark a backup as kept: prune never deletes it (until a date, or forever).
+    Keep(prune::KeepArgs),
+    /// Remove a backup's keep mark: retention decides about it again.
+    Unkeep(prune::UnkeepArgs),
+    /// Delete one backup (its manifest first, so it stops being listed at once). Its data is reclaimed by gc.
+    Delete(gc::DeleteArgs),
+    /// Reclaim space: remove data objects no backup references and temporary files that killed writers left.
+    Gc(gc::GcArgs),
     /// Take a base backup (same as the base-backup binary).
     Backup {
         /// full or incremental.
@@ -143,10 +151,15 @@ fn with_json(mut command: Command, json: bool) -> Result<Command, Error> {
         return Ok(command);
     }
     match &mut command {
-        Command::ConfigShow { json_output }
-        | Command::Check { json_output }
-        | Command::Init { json_output }
-        | Command::Status { json_output, .. } => *json_output = true,
+        Command::ConfigShow { json_output } | Command::Init { json_output } => *json_output = true,
+        Command::Check(a) => a.json_output = true,
+        Command::Status(a) => a.json_output = true,
+        Command::Verify(a) => a.json_output = true,
+        Command::Prune(a) => a.json_output = true,
+        Command::Keep(a) => a.json_output = true,
+        Command::Unkeep(a) => a.json_output = true,
+        Command::Delete(a) => a.json_output = true,
+        Command::Gc(a) => a.json_output = true,
         Command::Backup { args, .. } => args.json = true,
         Command::Restore(r) => r.json = true,
         Command::WalPush { .. } | Command::WalFetch { .. } => {
@@ -154,6 +167,33 @@ fn with_json(mut command: Command, json: bool) -> Result<Command, Error> {
         }
     }
     Ok(command)
+}
+
+/// What an admin subcommand runs with: the configuration (loaded and validated once) and a multi-thread runtime.
+/// Subcommands are plain functions that block on `rt` where they need storage, so they may also call the
+/// blocking PostgreSQL client between storage calls.
+pub(super) struct Ctx {
+    /// The configuration file that was loaded.
+    pub path: PathBuf,
+    /// The validated configuration.
+    pub config: Config,
+    /// The runtime storage calls run on.
+    pub rt: tokio::runtime::Runtime,
+}
+
+impl Ctx {
+    /// Open the repository's backend (with retries bounded by `archive.retry_deadline_seconds`); creates nothing.
+    pub fn storage(&self) -> Result<DynStorage, Error> {
+        let deadline = std::time::Duration::from_secs(self.config.archive.retry_deadline_seconds);
+        Ok(self.rt.block_on(crate::storage::open(&self.config.repository.url, &self.config.repository.s3, deadline))?)
+    }
+
+    /// [`Ctx::storage`] of a repository that must exist already ([`store::require_existing`]).
+    pub fn existing_storage(&self) -> Result<DynStorage, Error> {
+        let storage = self.storage()?;
+        self.rt.block_on(store::require_existing(storage.as_ref()))?;
+        Ok(storage)
+    }
 }
 
 fn run(config_flag: Option<PathBuf>, command: Command) -> Result<(), Error> {
@@ -169,208 +209,41 @@ fn run(config_flag: Option<PathBuf>, command: Command) -> Result<(), Error> {
         let text = toml::to_string_pretty(&shown).map_err(|e| Error::Task(e.to_string()))?;
         return line(format_args!("# {}\n{}", path.display(), text.trim_end()));
     }
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| Error::Task(format!("cannot start runtime: {e}")))?;
-    rt.block_on(async {
-        let deadline = std::time::Duration::from_secs(config.archive.retry_deadline_seconds);
-        let open = || crate::storage::open(&config.repository.url, &config.repository.s3, deadline);
-        match command {
-            Command::Init { json_output } => {
-                super::check_repository_writer(&config.repository.url)?;
-                let storage = open().await?;
-                let (d, created) = store::init(storage.as_ref(), &super::now_rfc3339()).await?;
-                if json_output {
-                    line(serde_json::json!({
-                        "repository": storage.to_string(),
-                        "format": d.format,
-                        "created": created,
-                    }))
-                } else if created {
-                    line(format_args!("created repository {storage} (format {})", d.format))
-                } else {
-                    line(format_args!("repository {storage} already exists (format {}); nothing changed", d.format))
-                }
-            }
-            Command::Check { json_output } => {
-                let say = |text: std::fmt::Arguments<'_>| if json_output { Ok(()) } else { line(text) };
-                say(format_args!("configuration: {} ok", path.display()))?;
-                // Writes only the probe: the spool is checked, not created (wal-push creates it).
-                use crate::storage::fs::owner;
-                owner::check_writer(&config.spool.path, owner::Role::Spool)?;
-                let spool_exists = config.spool.path.is_dir();
-                let spool_state = if spool_exists { "ok" } else { "ok (wal-push creates it)" };
-                say(format_args!("spool: {} {spool_state}", config.spool.path.display()))?;
-                super::check_repository_writer(&config.repository.url)?;
-                let storage = open().await?;
-                let storage = storage.as_ref();
-                store::require_existing(storage).await?;
-                let d =
-                    store::load::<crate::repository::Descriptor>(storage, &crate::repository::descriptor_key()).await?;
-                match &d {
-                    Some(d) => say(format_args!("repository: {storage} format {} ok", d.format))?,
-                    None => say(format_args!("repository: {storage} ok (made by an earlier version: no descriptor)"))?,
-                }
-                let key =
-                    Key::new(format!("check/probe-{}", std::process::id())).map_err(crate::storage::Error::from)?;
-                let body = Bytes::from(format!("backupctl check {}", super::now_rfc3339()));
-                storage.put(&key, body.clone(), PutMode::Overwrite).await?;
-                let back = storage.get(&key).await?;
-                storage.delete(&key).await?;
-                if back != body {
-                    return Err(Error::Task(format!("{storage}: probe object {key} read back different content")));
-                }
-                say(format_args!("storage round trip (put, get, delete): ok"))?;
-                if json_output {
-                    line(serde_json::json!({
-                        "ok": true,
-                        "configuration": path.display().to_string(),
-                        "spool": config.spool.path.display().to_string(),
-                        "spool_exists": spool_exists,
-                        "repository": storage.to_string(),
-                        "format": d.as_ref().map(|d| d.format),
-                        "round_trip": "ok",
-                    }))?;
-                }
-                Ok(())
-            }
-            Command::Status { last, backup_type, json_output } => {
-                // A reader: touches neither the spool nor anything in the repository.
-                let storage = open().await?;
-                let storage = storage.as_ref();
-                store::require_existing(storage).await?;
-                let (mut backups, bad) = store::manifests(storage).await?;
-                for (id, e) in &bad {
-                    note(format_args!("backupctl: warning: backup {id} is unusable: {e}"));
-                }
-                backups.retain(|m| backup_type.is_none_or(|t| m.backup_type == t));
-                if let Some(n) = last {
-                    backups.drain(..backups.len().saturating_sub(n));
-                }
-                let cluster = store::cluster_info(storage).await?;
-                let wal_objects = storage.list("wal/").await?;
-                let wal = WalRange::of(&wal_objects);
-                if json_output {
-                    let list: Vec<serde_json::Value> = backups.iter().map(super::base_backup::summary).collect();
-                    let unusable: Vec<serde_json::Value> = bad
-                        .iter()
-                        .map(|(id, e)| serde_json::json!({ "id": id.to_string(), "error": e.to_string() }))
-                        .collect();
-                    return line(serde_json::json!({
-                        "repository": storage.to_string(),
-                        "cluster": cluster,
-                        "wal": wal.json(),
-                        "backups": list,
-                        "unusable_backups": unusable,
-                    }));
-                }
-                line(format_args!("repository: {storage}"))?;
-                match cluster {
-                    Some(c) => line(format_args!(
-                        "cluster: system identifier {}, PostgreSQL {}, wal segment size {}",
-                        c.system_identifier,
-                        c.pg_version,
-                        super::human_bytes(c.wal_segment_size)
-                    ))?,
-                    None => line("cluster: none yet (no WAL archived)")?,
-                }
-                line(wal.text())?;
-                print_backups(&backups)
-            }
-            Command::ConfigShow { .. }
-            | Command::WalPush { .. }
-            | Command::WalFetch { .. }
-            | Command::Backup { .. }
-            | Command::Restore(_) => Ok(()),
-        }
-    })
-}
-
-/// The archived WAL as `status` shows it: segment files (24-hex-digit names) and everything else.
-struct WalRange<'a> {
-    /// Segment objects in name (WAL) order.
-    segments: Vec<&'a crate::storage::ObjectMeta>,
-    /// `.history`, `.backup` and `.partial` files.
-    other_files: usize,
-    /// Bytes stored under `wal/`.
-    bytes_stored: u64,
-}
-
-impl<'a> WalRange<'a> {
-    fn of(objects: &'a [crate::storage::ObjectMeta]) -> Self {
-        let mut segments: Vec<&crate::storage::ObjectMeta> =
-            objects.iter().filter(|m| m.key.file_name().len() == 24).collect();
-        segments.sort_unstable_by(|a, b| a.key.file_name().cmp(b.key.file_name()));
-        Self {
-            other_files: objects.len() - segments.len(),
-            bytes_stored: objects.iter().map(|m| m.size).sum(),
-            segments,
-        }
-    }
-
-    /// When the newest segment was written to the repository, RFC 3339 UTC, if the backend says.
-    fn last_archived_at(&self) -> Option<String> {
-        let when = self.segments.last()?.modified?;
-        time::OffsetDateTime::from(when).format(&time::format_description::well_known::Rfc3339).ok()
-    }
-
-    fn json(&self) -> serde_json::Value {
-        serde_json::json!({
-            "segments": self.segments.len(),
-            "first": self.segments.first().map(|m| m.key.file_name()),
-            "last": self.segments.last().map(|m| m.key.file_name()),
-            "last_archived_at": self.last_archived_at(),
-            "other_files": self.other_files,
-            "bytes_stored": self.bytes_stored,
-        })
-    }
-
-    fn text(&self) -> String {
-        let (Some(first), Some(last)) = (self.segments.first(), self.segments.last()) else {
-            return "wal: none".to_owned();
-        };
-        let when = self.last_archived_at().map(|t| format!(" (archived {t})")).unwrap_or_default();
-        format!(
-            "wal: {} segments from {} to {}{when}, {} other files, {} stored",
-            self.segments.len(),
-            first.key.file_name(),
-            last.key.file_name(),
-            self.other_files,
-            super::human_bytes(self.bytes_stored)
-        )
+    let rt = super::multi_thread_runtime()?;
+    let ctx = Ctx { path, config, rt };
+    match command {
+        Command::Init { json_output } => init(&ctx, json_output),
+        Command::Check(a) => check::run(&ctx, &a),
+        Command::Status(a) => status::run(&ctx, &a),
+        Command::Verify(a) => verify::run(&ctx, &a),
+        Command::Prune(a) => prune::run(&ctx, &a),
+        Command::Keep(a) => prune::keep(&ctx, &a),
+        Command::Unkeep(a) => prune::unkeep(&ctx, &a),
+        Command::Delete(a) => gc::delete(&ctx, &a),
+        Command::Gc(a) => gc::run(&ctx, &a),
+        Command::ConfigShow { .. }
+        | Command::WalPush { .. }
+        | Command::WalFetch { .. }
+        | Command::Backup { .. }
+        | Command::Restore(_) => Ok(()),
     }
 }
 
-fn print_backups(backups: &[Manifest]) -> Result<(), Error> {
-    if backups.is_empty() {
-        return line("backups: none");
+fn init(ctx: &Ctx, json_output: bool) -> Result<(), Error> {
+    super::check_repository_writer(&ctx.config.repository.url)?;
+    let storage = ctx.storage()?;
+    let (d, created) = ctx.rt.block_on(store::init(storage.as_ref(), &super::now_rfc3339()))?;
+    if json_output {
+        line(serde_json::json!({
+            "repository": storage.to_string(),
+            "format": d.format,
+            "created": created,
+        }))
+    } else if created {
+        line(format_args!("created repository {storage} (format {})", d.format))
+    } else {
+        line(format_args!("repository {storage} already exists (format {}); nothing changed", d.format))
     }
-    line("backups:")?;
-    let header = ["id", "type", "start", "stop", "start lsn", "stop lsn", "size", "stored", "label"];
-    line(format_args!(
-        "  {:<17} {:<11} {:<27} {:<27} {:<11} {:<11} {:>10} {:>10}  {}",
-        header[0], header[1], header[2], header[3], header[4], header[5], header[6], header[7], header[8]
-    ))?;
-    for m in backups {
-        line(format_args!(
-            "  {:<17} {:<11} {:<27} {:<27} {:<11} {:<11} {:>10} {:>10}  {}",
-            m.id.to_string(),
-            m.backup_type.to_string(),
-            m.start_time,
-            m.stop_time,
-            m.start_lsn.to_string(),
-            m.stop_lsn.to_string(),
-            super::human_bytes(m.stats.bytes),
-            super::human_bytes(m.stats.bytes_stored),
-            m.label
-        ))?;
-        if let Some(d) = m.description.as_deref().filter(|d| !d.is_empty()) {
-            // Free text on its own line, under the id; control characters shown escaped.
-            line(format_args!("  {:<17} description: {}", "", d.escape_debug()))?;
-        }
-    }
-    Ok(())
 }
 
 fn redacted(config: &crate::config::Config) -> crate::config::Config {
@@ -406,7 +279,7 @@ mod tests {
         ] {
             let a = Args::try_parse_from(argv).expect("parses");
             match with_json(a.command, a.json_output) {
-                Ok(Command::Status { json_output, .. }) => assert_eq!(json_output, want, "{argv:?}"),
+                Ok(Command::Status(a)) => assert_eq!(a.json_output, want, "{argv:?}"),
                 other => panic!("{argv:?}: {other:?}"),
             }
         }

@@ -16,9 +16,11 @@ use serde::{Deserialize, Serialize};
 
 mod backup;
 mod messages;
+mod retention;
 
 pub use backup::{BackupConfig, PostgresConfig, RestoreConfig};
 pub use messages::redact_url;
+pub use retention::{CheckConfig, Duration, RetentionConfig};
 
 /// Where the configuration is looked for when neither `--config` nor `$BACKUPCTL_CONFIG` is given.
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/backupctl/backupctl.toml";
@@ -99,6 +101,12 @@ pub struct Config {
     /// Restores.
     #[serde(default)]
     pub restore: RestoreConfig,
+    /// Retention: which backups and WAL prune keeps.
+    #[serde(default)]
+    pub retention: RetentionConfig,
+    /// Thresholds of `backupctl check`.
+    #[serde(default)]
+    pub check: CheckConfig,
 }
 
 /// `[repository]`
@@ -340,6 +348,7 @@ impl Config {
             problems.push(format!("log.format = {:?}: must be text or json", self.log.format));
         }
         problems.extend(backup::validate(self.postgres.as_ref(), &self.backup, &self.restore));
+        problems.extend(retention::validate(&self.retention, &self.check));
         problems
     }
 }
@@ -629,6 +638,19 @@ mod tests {
             data_directory: Some("/d".into()),
             ..PostgresConfig::default()
         });
+        let n = Some(1);
+        c.retention = RetentionConfig {
+            keep_last: n,
+            daily_retain: n,
+            weekly_retain: n,
+            monthly_retain: n,
+            yearly_retain: n,
+            full_days: n,
+            pitr_days: n,
+            max_backup_age: Some(Duration(std::time::Duration::from_secs(60))),
+            ..RetentionConfig::default()
+        };
+        c.check.max_wal_age = Some(Duration(std::time::Duration::from_secs(60)));
         let value = toml::Value::try_from(&c).expect("to toml");
         let doc = include_str!("../../docs/configuration.md");
         fn walk(prefix: &str, v: &toml::Value, doc: &str) {

@@ -211,6 +211,14 @@ pub enum Error {
         /// Why.
         reason: String,
     },
+    /// `backupctl check`: some checks failed (each is also reported on its own line).
+    #[error("{} of {total} checks failed: {}", failed.len(), failed.join("; "))]
+    ChecksFailed {
+        /// Each failed check as `name: reason`.
+        failed: Vec<String>,
+        /// How many checks there are.
+        total: usize,
+    },
     /// A feature that this build does not implement yet.
     #[error("{0} is not implemented yet")]
     NotImplemented(&'static str),
@@ -321,6 +329,9 @@ impl Error {
             Error::Destination { .. } => {
                 "the destination and each tablespace directory must be new or empty; --delta restores over a stopped \
                  old copy of this cluster (its own tablespace links included)"
+            }
+            Error::ChecksFailed { .. } => {
+                "fix what each failed check names and run 'backupctl check' again (docs/operations.md, \"Checking a setup\")"
             }
             Error::NotImplemented(_) | Error::Task(_) | Error::Stdout(_) => return None,
         })

@@ -9,6 +9,7 @@
 
 pub mod archive;
 pub mod backup;
+pub mod check;
 pub mod cli;
 pub mod codec;
 pub mod config;

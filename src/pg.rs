@@ -113,8 +113,26 @@ impl std::fmt::Debug for Session {
 /// Connect as configured (a `host` starting with `/` is a Unix-socket directory, as with libpq).
 pub fn connect(cfg: &PostgresConfig) -> Result<Session, Error> {
     let mut c = postgres::Config::new();
-    c.host(&cfg.host).port(cfg.port).user(&cfg.user).dbname(&cfg.dbname).application_name("backupctl");
     c.connect_timeout(std::time::Duration::from_secs(30));
+    connect_with(cfg, c)
+}
+
+/// [`connect`] for a short-lived probe (`backupctl check`): connecting may take at most `timeout`, and every
+/// statement of the session is cancelled by the server after `timeout` (`statement_timeout`, PostgreSQL's
+/// "Client Connection Defaults"); on TCP, unacknowledged data and a silent peer end the connection after about
+/// `timeout` too (`tcp_user_timeout`, keepalives).
+pub fn connect_within(cfg: &PostgresConfig, timeout: std::time::Duration) -> Result<Session, Error> {
+    let mut c = postgres::Config::new();
+    c.connect_timeout(timeout)
+        .tcp_user_timeout(timeout)
+        .keepalives(true)
+        .keepalives_idle(timeout)
+        .options(&format!("-c statement_timeout={}", timeout.as_millis()));
+    connect_with(cfg, c)
+}
+
+fn connect_with(cfg: &PostgresConfig, mut c: postgres::Config) -> Result<Session, Error> {
+    c.host(&cfg.host).port(cfg.port).user(&cfg.user).dbname(&cfg.dbname).application_name("backupctl");
     if let Some(p) = &cfg.password {
         c.password(p);
     }
@@ -169,6 +187,19 @@ impl Session {
         let text = self.text(
             "pg_stat_archiver",
             "select archived_count::text || ' ' || coalesce(last_archived_wal, '') from pg_stat_archiver",
+        )?;
+        let (count, last) = text.split_once(' ').unwrap_or((text.as_str(), ""));
+        let count: u64 =
+            count.parse().map_err(|_| Error::Unexpected { what: "pg_stat_archiver", answer: text.clone() })?;
+        Ok((count, (!last.is_empty()).then(|| last.to_owned())))
+    }
+
+    /// How often the archiver failed since its statistics were last reset, and the last file it failed on
+    /// (`failed_count`, `last_failed_wal` of `pg_stat_archiver`). Errors: as [`Session::archived`].
+    pub fn archive_failures(&mut self) -> Result<(u64, Option<String>), Error> {
+        let text = self.text(
+            "pg_stat_archiver",
+            "select failed_count::text || ' ' || coalesce(last_failed_wal, '') from pg_stat_archiver",
         )?;
         let (count, last) = text.split_once(' ').unwrap_or((text.as_str(), ""));
         let count: u64 =
@@ -232,6 +263,45 @@ impl Session {
         let spcmapfile: Option<String> = row.try_get(2).map_err(|source| Error::Query { what, source })?;
         let lsn = lsn.parse().map_err(|_| Error::Unexpected { what: "backup stop lsn", answer: lsn })?;
         Ok(BackupStop { lsn, labelfile, spcmapfile: spcmapfile.unwrap_or_default() })
+    }
+
+    /// The server's version as it names it (`server_version`, e.g. `15.4 (Debian 15.4-1)`).
+    pub fn version_text(&mut self) -> Result<String, Error> {
+        self.text("server_version", "show server_version")
+    }
+
+    /// A setting's current value from `pg_settings`, or `None` where this server has no such setting (e.g.
+    /// `archive_library` before PostgreSQL 15). Some settings are shown only to superusers and members of
+    /// `pg_read_all_settings`; for others the server answers with an error.
+    pub fn setting(&mut self, name: &str) -> Result<Option<String>, Error> {
+        let what = "pg_settings";
+        let rows = self
+            .client
+            .query("select setting from pg_settings where name = $1", &[&name])
+            .map_err(|source| Error::Query { what, source })?;
+        match rows.first() {
+            Some(row) => row.try_get::<_, Option<String>>(0).map_err(|source| Error::Query { what, source }),
+            None => Ok(None),
+        }
+    }
+
+    /// Write a named restore point into the WAL (`pg_create_restore_point`; primary only, `wal_level` replica or
+    /// higher); returns its LSN.
+    pub fn create_restore_point(&mut self, name: &str) -> Result<Lsn, Error> {
+        let what = "pg_create_restore_point";
+        let row = self
+            .client
+            .query_one("select pg_create_restore_point($1)::text", &[&name])
+            .map_err(|source| Error::Query { what, source })?;
+        let text: String = row.try_get(0).map_err(|source| Error::Query { what, source })?;
+        text.parse().map_err(|_| Error::Unexpected { what, answer: text })
+    }
+
+    /// Force a switch to a new WAL file (`pg_switch_wal`) and return the name of the file it completed
+    /// (`pg_walfile_name` of the returned end location, which names the segment holding the byte before it).
+    /// Without WAL written since the last switch, the server does not switch and names the previous segment.
+    pub fn switch_wal(&mut self) -> Result<String, Error> {
+        self.text("pg_switch_wal", "select pg_walfile_name(pg_switch_wal())")
     }
 
     /// The WAL file holding `lsn` on the current timeline (`pg_walfile_name`; primary only).

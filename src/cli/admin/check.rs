@@ -1,63 +1,60 @@
-//! `backupctl check` (alias `test`): is everything that backups need working? One line per check.
+//! `backupctl check` (alias `test`): is everything that backups need working? One line per check; the checks
+//! themselves are [`crate::check`].
 
-use bytes::Bytes;
 use clap::Args;
 
 use super::Ctx;
 use crate::Error;
+use crate::check::{self, Status};
 use crate::cli::output::line;
-use crate::repository::store;
-use crate::storage::{Key, PutMode};
 
 /// `backupctl check` options.
 #[derive(Debug, Clone, Args)]
 pub struct CheckArgs {
-    /// Print the results as one JSON object.
+    /// Print the results as one JSON object: {"ok": true|false, "configuration": FILE, "repository": URL,
+    /// "checks": [{"name", "status": "ok"|"failed"|"skipped", "detail"}]}.
     #[arg(long = "json-output", visible_alias = "json")]
     pub json_output: bool,
 }
 
-/// Run `backupctl check`.
+/// Run `backupctl check`: every check, then exit 0 only if none failed ([`Error::ChecksFailed`] otherwise).
+/// Running as a user who may not write into the spool or a `file://` repository stops it first (exit 2).
 pub(super) fn run(ctx: &Ctx, args: &CheckArgs) -> Result<(), Error> {
-    let json_output = args.json_output;
     let (path, config) = (&ctx.path, &ctx.config);
-    let say = |text: std::fmt::Arguments<'_>| if json_output { Ok(()) } else { line(text) };
-    say(format_args!("configuration: {} ok", path.display()))?;
-    // Writes only the probe: the spool is checked, not created (wal-push creates it).
+    // Run as the wrong user, a probe would leave files PostgreSQL's wal-push cannot use: refuse before anything.
     use crate::storage::fs::owner;
     owner::check_writer(&config.spool.path, owner::Role::Spool)?;
-    let spool_exists = config.spool.path.is_dir();
-    let spool_state = if spool_exists { "ok" } else { "ok (wal-push creates it)" };
-    say(format_args!("spool: {} {spool_state}", config.spool.path.display()))?;
     crate::cli::check_repository_writer(&config.repository.url)?;
-    let storage = ctx.existing_storage()?;
-    let storage = storage.as_ref();
-    ctx.rt.block_on(async {
-        let d = store::load::<crate::repository::Descriptor>(storage, &crate::repository::descriptor_key()).await?;
-        match &d {
-            Some(d) => say(format_args!("repository: {storage} format {} ok", d.format))?,
-            None => say(format_args!("repository: {storage} ok (made by an earlier version: no descriptor)"))?,
+    let now = time::OffsetDateTime::now_utc;
+    let inputs = check::Inputs { config_path: path, config, storage: ctx.storage(), now: &now };
+    let report = check::run(&ctx.rt, inputs);
+    if args.json_output {
+        line(serde_json::json!({
+            "ok": report.is_ok(),
+            "configuration": path.display().to_string(),
+            "repository": crate::config::redact_url(&crate::storage::canonical_url(&config.repository.url)),
+            "checks": report.checks,
+        }))?;
+    } else {
+        for c in &report.checks {
+            match c.status {
+                Status::Ok => line(format_args!("{}: ok ({})", c.name, c.detail))?,
+                Status::Failed => line(format_args!("{}: FAILED: {}", c.name, c.detail))?,
+                Status::Skipped => line(format_args!("{}: skipped: {}", c.name, c.detail))?,
+            }
         }
-        let key = Key::new(format!("check/probe-{}", std::process::id())).map_err(crate::storage::Error::from)?;
-        let body = Bytes::from(format!("backupctl check {}", crate::cli::now_rfc3339()));
-        storage.put(&key, body.clone(), PutMode::Overwrite).await?;
-        let back = storage.get(&key).await?;
-        storage.delete(&key).await?;
-        if back != body {
-            return Err(Error::Task(format!("{storage}: probe object {key} read back different content")));
+    }
+    let failed: Vec<String> = report.failed().map(|c| format!("{}: {}", c.name, c.detail)).collect();
+    if !failed.is_empty() {
+        return Err(Error::ChecksFailed { failed, total: report.checks.len() });
+    }
+    if !args.json_output {
+        let skipped = report.checks.iter().filter(|c| c.status == Status::Skipped).count();
+        let passed = report.checks.len() - skipped;
+        match skipped {
+            0 => line(format_args!("all {passed} checks passed"))?,
+            n => line(format_args!("all {passed} checks that ran passed; {n} skipped"))?,
         }
-        say(format_args!("storage round trip (put, get, delete): ok"))?;
-        if json_output {
-            line(serde_json::json!({
-                "ok": true,
-                "configuration": path.display().to_string(),
-                "spool": config.spool.path.display().to_string(),
-                "spool_exists": spool_exists,
-                "repository": storage.to_string(),
-                "format": d.as_ref().map(|d| d.format),
-                "round_trip": "ok",
-            }))?;
-        }
-        Ok(())
-    })
+    }
+    Ok(())
 }

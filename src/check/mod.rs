@@ -1,0 +1,474 @@
+//! `backupctl check` (alias `test`): an end-to-end self-test of everything backups need, one verdict per check.
+//!
+//! Invariants:
+//! - Every check runs, whatever an earlier one found; a check that cannot run because of an earlier failure (or
+//!   a missing `[postgres]` section) is [`Status::Skipped`] with the reason, never silently left out.
+//! - Nothing waits without a deadline: PostgreSQL calls go through [`session::TimedSession`] (connect and every
+//!   statement within [`PG_TIMEOUT`]); storage steps are bounded by the backend's own attempt timeouts and
+//!   retry deadline and, as a whole, by [`storage_limit`]; the forced WAL switch waits `[check] wal_switch_timeout`.
+//! - The only writes are a probe object (written, read back, deleted) and, on the server, a restore point and a
+//!   WAL switch (as pgBackRest's `check` does: `src/command/check/check.c`). A repository that does not exist is
+//!   reported, never created.
+
+pub mod archive_command;
+pub mod judge;
+pub mod session;
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use serde::Serialize;
+use time::OffsetDateTime;
+
+use crate::config::Config;
+use crate::repository::{self, store};
+use crate::storage::{DynStorage, Key, PutMode, Storage};
+use crate::wal::WalFileName;
+use session::TimedSession;
+
+/// How long connecting to PostgreSQL and each statement may take.
+pub const PG_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The checks' names, in the order they are reported (also the `name` of each JSON entry).
+pub mod names {
+    /// The configuration file loaded and validated.
+    pub const CONFIGURATION: &str = "configuration";
+    /// PostgreSQL reachable with the `[postgres]` settings.
+    pub const POSTGRESQL: &str = "postgresql";
+    /// `archive_mode` on or always.
+    pub const ARCHIVE_MODE: &str = "archive_mode";
+    /// `wal_level` replica or logical.
+    pub const WAL_LEVEL: &str = "wal_level";
+    /// `archive_command` calls wal-push with this configuration.
+    pub const ARCHIVE_COMMAND: &str = "archive_command";
+    /// The repository exists and takes a write, read and delete of a probe.
+    pub const REPOSITORY: &str = "repository";
+    /// The repository's cluster is this server's.
+    pub const SYSTEM_IDENTIFIER: &str = "system_identifier";
+    /// A forced WAL switch reaches the repository in time.
+    pub const WAL_SWITCH: &str = "wal_switch";
+    /// Free space of the spool's file system.
+    pub const SPOOL_SPACE: &str = "spool_space";
+    /// Age of the newest complete backup.
+    pub const BACKUP_AGE: &str = "backup_age";
+    /// Age of the newest archived WAL segment.
+    pub const WAL_AGE: &str = "wal_age";
+}
+
+/// A check's verdict.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Status {
+    /// It passed.
+    Ok,
+    /// It failed; the detail says why.
+    Failed,
+    /// It could not run; the detail says why.
+    Skipped,
+}
+
+/// One check's result.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Outcome {
+    /// Which check (one of [`names`]).
+    pub name: &'static str,
+    /// The verdict.
+    pub status: Status,
+    /// What it found (ok), why it failed, or why it was skipped; one line.
+    pub detail: String,
+}
+
+impl Outcome {
+    /// A pass.
+    pub fn ok(name: &'static str, detail: impl Into<String>) -> Self {
+        Self { name, status: Status::Ok, detail: detail.into() }
+    }
+    /// A failure.
+    pub fn failed(name: &'static str, detail: impl Into<String>) -> Self {
+        Self { name, status: Status::Failed, detail: detail.into() }
+    }
+    /// A check that could not run.
+    pub fn skipped(name: &'static str, detail: impl Into<String>) -> Self {
+        Self { name, status: Status::Skipped, detail: detail.into() }
+    }
+}
+
+/// All checks' results, in [`names`] order.
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    /// One entry per check.
+    pub checks: Vec<Outcome>,
+}
+
+impl Report {
+    /// True when no check failed (skipped ones do not count against it).
+    pub fn is_ok(&self) -> bool {
+        self.checks.iter().all(|c| c.status != Status::Failed)
+    }
+
+    /// The checks that failed.
+    pub fn failed(&self) -> impl Iterator<Item = &Outcome> {
+        self.checks.iter().filter(|c| c.status == Status::Failed)
+    }
+}
+
+/// What the checks run with.
+pub struct Inputs<'a> {
+    /// The configuration file that was loaded (what archive_command's wal-push must read).
+    pub config_path: &'a Path,
+    /// The validated configuration.
+    pub config: &'a Config,
+    /// The repository's backend, or why it could not be opened.
+    pub storage: Result<DynStorage, crate::Error>,
+    /// The clock.
+    pub now: &'a dyn Fn() -> OffsetDateTime,
+}
+
+/// How long one storage step (the probe, a listing, loading the manifests) may take as a whole: the retry
+/// deadline (`archive.retry_deadline_seconds`) plus 30 s for the attempts in flight when it passes.
+pub fn storage_limit(config: &Config) -> Duration {
+    Duration::from_secs(config.archive.retry_deadline_seconds.saturating_add(30))
+}
+
+/// What the server said about itself and its archiving.
+struct Server {
+    session: TimedSession,
+    info: crate::pg::ServerInfo,
+    version: String,
+    archive_mode: Option<String>,
+    wal_level: Option<String>,
+    archive_command: Option<String>,
+    archive_library: Option<String>,
+    data_directory: Option<PathBuf>,
+}
+
+/// Run every check. Blocking: storage steps run on `rt`, PostgreSQL calls on a thread of their own.
+#[tracing::instrument(skip_all)]
+pub fn run(rt: &tokio::runtime::Runtime, inputs: Inputs<'_>) -> Report {
+    use names::*;
+    let Inputs { config_path, config, storage, now } = inputs;
+    let limit = storage_limit(config);
+    let mut out = vec![Outcome::ok(CONFIGURATION, config_path.display().to_string())];
+
+    // PostgreSQL and its archive settings.
+    let server = match &config.postgres {
+        None => Err("no [postgres] section in the configuration".to_owned()),
+        Some(pg) => match describe_server(pg) {
+            Ok(s) => {
+                let role = if s.info.is_in_recovery { ", a standby" } else { "" };
+                let target = format!("{}:{} as {}", pg.host, pg.port, pg.user);
+                out.push(Outcome::ok(POSTGRESQL, format!("PostgreSQL {} at {target}{role}", s.version)));
+                Ok(s)
+            }
+            Err(e) => {
+                out.push(Outcome::failed(POSTGRESQL, e.to_string()));
+                Err("PostgreSQL is unreachable".to_owned())
+            }
+        },
+    };
+    if let Err(why) = &server {
+        if config.postgres.is_none() {
+            out.push(Outcome::skipped(POSTGRESQL, why.clone()));
+        }
+        for name in [ARCHIVE_MODE, WAL_LEVEL, ARCHIVE_COMMAND] {
+            out.push(Outcome::skipped(name, why.clone()));
+        }
+    }
+    let mut archives = false;
+    if let Ok(s) = &server {
+        let mode = judge::archive_mode(s.archive_mode.as_deref());
+        archives = mode.status == Status::Ok;
+        out.push(mode);
+        out.push(judge::wal_level(s.wal_level.as_deref()));
+        out.push(archive_command_outcome(s, config_path, config));
+    }
+
+    // The repository.
+    let storage = storage.map_err(|e| e.to_string()).and_then(|s| {
+        rt.block_on(within(limit, &s.to_string(), probe(s.as_ref(), now()))).map(|format| (s, format))
+    });
+    let storage = match storage {
+        Ok((s, format)) => {
+            let made = format.map(|f| format!("format {f}")).unwrap_or_else(|| "made by an earlier version".into());
+            out.push(Outcome::ok(
+                REPOSITORY,
+                format!("{s} ({made}): storage round trip (put, get, delete of a probe) ok"),
+            ));
+            Some(s)
+        }
+        Err(e) => {
+            out.push(Outcome::failed(REPOSITORY, e));
+            None
+        }
+    };
+
+    // The repository's cluster, then the forced WAL switch.
+    let identity = || match (&server, &storage) {
+        (Err(why), _) => Outcome::skipped(SYSTEM_IDENTIFIER, why.clone()),
+        (_, None) => Outcome::skipped(SYSTEM_IDENTIFIER, "the repository is unreachable"),
+        (Ok(s), Some(st)) => {
+            let on_record =
+                rt.block_on(within(limit, &st.to_string(), async { Ok(store::cluster_info(st.as_ref()).await?) }));
+            system_identifier(on_record, &s.info, st.as_ref())
+        }
+    };
+    let id_outcome = identity();
+    let id_index = out.len();
+    let unrecorded = id_outcome.status == Status::Ok && id_outcome.detail.starts_with("none recorded");
+    let foreign = id_outcome.status == Status::Failed;
+    out.push(id_outcome);
+    let switch = match (&server, &storage) {
+        (Err(why), _) => Outcome::skipped(WAL_SWITCH, why.clone()),
+        (Ok(s), _) if s.info.is_in_recovery => Outcome::skipped(
+            WAL_SWITCH,
+            "the server is a standby (in recovery): run check against the primary, where WAL is switched",
+        ),
+        (Ok(_), _) if !archives => Outcome::skipped(WAL_SWITCH, "archive_mode is off: nothing would be archived"),
+        (Ok(s), _) if s.archive_library.as_deref().is_some_and(|l| !l.is_empty()) => {
+            Outcome::skipped(WAL_SWITCH, "archive_library is set: PostgreSQL does not run archive_command")
+        }
+        (Ok(s), _) if s.archive_command.as_deref().is_none_or(|c| c.trim().is_empty()) => {
+            Outcome::skipped(WAL_SWITCH, "archive_command is empty: nothing would be archived")
+        }
+        (_, None) => Outcome::skipped(WAL_SWITCH, "the repository is unreachable"),
+        (_, Some(_)) if foreign => {
+            Outcome::skipped(WAL_SWITCH, "the repository belongs to another cluster: wal-push refuses this one's WAL")
+        }
+        (Ok(s), Some(st)) => wal_switch(rt, s, st.as_ref(), now(), config.check.wal_switch_timeout.0),
+    };
+    let switched = switch.status == Status::Ok;
+    out.push(switch);
+    if unrecorded && switched {
+        // The switched segment recorded the cluster: check it now.
+        out[id_index] = identity();
+    }
+
+    // Space, and how fresh the newest backup and WAL are.
+    let spool = &config.spool.path;
+    let exists = spool.is_dir();
+    let measured = spool.ancestors().find(|p| p.exists()).unwrap_or(spool);
+    out.push(judge::spool_space(spool, fs2::available_space(measured), config.check.min_spool_free_mib, exists));
+    match &storage {
+        None => {
+            out.push(Outcome::skipped(BACKUP_AGE, "the repository is unreachable"));
+            out.push(Outcome::skipped(WAL_AGE, "the repository is unreachable"));
+        }
+        Some(st) => {
+            let name = st.to_string();
+            let backups = rt.block_on(within(limit, &name, async { Ok(store::manifests(st.as_ref()).await?) }));
+            out.push(match backups {
+                Ok((manifests, _)) => {
+                    let newest = manifests
+                        .iter()
+                        .filter_map(|m| Some((m.id.to_string(), parse_time(&m.stop_time)?)))
+                        .max_by_key(|(_, t)| *t);
+                    judge::backup_age(
+                        newest.as_ref().map(|(id, t)| (id.as_str(), *t)),
+                        now(),
+                        config.retention.max_backup_age,
+                    )
+                }
+                Err(e) => Outcome::failed(BACKUP_AGE, e),
+            });
+            let wal = rt.block_on(within(limit, &name, async { Ok(st.list("wal/").await?) }));
+            out.push(match wal {
+                Ok(objects) => {
+                    let newest = objects
+                        .iter()
+                        .filter(|m| m.key.file_name().len() == 24)
+                        .max_by_key(|m| (m.modified, m.key.file_name().to_owned()))
+                        .map(|m| (m.key.file_name(), m.modified.map(OffsetDateTime::from)));
+                    judge::wal_age(newest, now(), config.check.max_wal_age)
+                }
+                Err(e) => Outcome::failed(WAL_AGE, e),
+            });
+        }
+    }
+    Report { checks: out }
+}
+
+/// Connect and read what the checks need, each call within [`PG_TIMEOUT`].
+fn describe_server(pg: &crate::config::PostgresConfig) -> Result<Server, session::Error> {
+    let session = TimedSession::connect(pg, PG_TIMEOUT)?;
+    let (info, version, settings) = session.call("settings", |s| {
+        let info = s.server_info(false)?;
+        let version = s.version_text()?;
+        let mut settings = Vec::new();
+        for name in ["archive_mode", "wal_level", "archive_command", "archive_library", "data_directory"] {
+            settings.push(s.setting(name)?);
+        }
+        Ok((info, version, settings))
+    })?;
+    let mut settings = settings.into_iter();
+    let mut next = || settings.next().flatten();
+    Ok(Server {
+        session,
+        info,
+        version,
+        archive_mode: next(),
+        wal_level: next(),
+        archive_command: next(),
+        archive_library: next(),
+        data_directory: next().map(PathBuf::from),
+    })
+}
+
+fn archive_command_outcome(s: &Server, config_path: &Path, config: &Config) -> Outcome {
+    use archive_command::Judgement;
+    let Some(command) = s.archive_command.as_deref() else {
+        return Outcome::failed(
+            names::ARCHIVE_COMMAND,
+            "the server does not show archive_command to this user (it needs superuser or pg_read_all_settings)",
+        );
+    };
+    let data = s.data_directory.as_deref();
+    match archive_command::judge(command, s.archive_library.as_deref(), data, config_path, &archive_command::same_file) {
+        Judgement::Ok(detail) => Outcome::ok(names::ARCHIVE_COMMAND, detail),
+        Judgement::Failed(reason) => Outcome::failed(names::ARCHIVE_COMMAND, reason),
+        Judgement::OtherConfig { theirs, reason } => {
+            let ours = &config.repository.url;
+            let more = match Config::load(&theirs) {
+                Ok(c) if &c.repository.url == ours => format!(" (both name repository {ours}; other settings may differ)"),
+                Ok(c) => format!(" (its repository is {}, this one's {ours})", c.repository.url),
+                Err(e) => format!(" (which cannot be loaded here: {e})"),
+            };
+            Outcome::failed(names::ARCHIVE_COMMAND, format!("{reason}{more}"))
+        }
+    }
+}
+
+/// Write, read back and delete a probe object; the repository's format (`None`: made by an earlier version).
+async fn probe(storage: &dyn Storage, now: OffsetDateTime) -> Result<Option<u32>, crate::Error> {
+    store::require_existing(storage).await?;
+    let d = store::load::<repository::Descriptor>(storage, &repository::descriptor_key()).await?;
+    let key = Key::new(format!("check/probe-{}", std::process::id())).map_err(crate::storage::Error::from)?;
+    let body = Bytes::from(format!("backupctl check {now}"));
+    storage.put(&key, body.clone(), PutMode::Overwrite).await?;
+    let back = storage.get(&key).await;
+    storage.delete(&key).await?;
+    if back? != body {
+        return Err(crate::Error::Task(format!("{storage}: probe object {key} read back different content")));
+    }
+    Ok(d.map(|d| d.format))
+}
+
+/// `fut` within `limit`; its error or the timeout as one line.
+async fn within<T>(
+    limit: Duration,
+    backend: &str,
+    fut: impl std::future::Future<Output = Result<T, crate::Error>>,
+) -> Result<T, String> {
+    match tokio::time::timeout(limit, fut).await {
+        Ok(r) => r.map_err(|e| e.to_string()),
+        Err(_) => Err(format!("no answer from {backend} within {} s", limit.as_secs())),
+    }
+}
+
+fn system_identifier(
+    on_record: Result<Option<repository::ClusterInfo>, String>,
+    info: &crate::pg::ServerInfo,
+    storage: &dyn Storage,
+) -> Outcome {
+    let name = names::SYSTEM_IDENTIFIER;
+    let ours = &info.system_identifier;
+    match on_record {
+        Err(e) => Outcome::failed(name, e),
+        Ok(None) => Outcome::ok(
+            name,
+            format!("none recorded in {storage} yet (nothing archived): the first archived segment records {ours}"),
+        ),
+        Ok(Some(c)) if &c.system_identifier != ours => Outcome::failed(
+            name,
+            format!(
+                "{storage} holds the WAL of cluster {}, this server is cluster {ours}: each cluster needs its own \
+                 repository",
+                c.system_identifier
+            ),
+        ),
+        Ok(Some(c)) if c.wal_segment_size != info.wal_segment_size => Outcome::failed(
+            name,
+            format!(
+                "{storage} holds WAL segments of {} bytes, this server writes {} bytes",
+                c.wal_segment_size, info.wal_segment_size
+            ),
+        ),
+        Ok(Some(_)) => Outcome::ok(name, format!("{ours}, as {storage} records")),
+    }
+}
+
+/// Write a restore point, switch WAL, and wait for the completed segment to reach the repository.
+fn wal_switch(
+    rt: &tokio::runtime::Runtime,
+    s: &Server,
+    storage: &dyn Storage,
+    now: OffsetDateTime,
+    timeout: Duration,
+) -> Outcome {
+    let name = names::WAL_SWITCH;
+    let stamp = now.replace_nanosecond(0).unwrap_or(now);
+    let point = format!("backupctl check {}", rfc3339(stamp));
+    let switched = s.session.call("restore point and WAL switch", move |pg| {
+        pg.create_restore_point(&point)?;
+        pg.switch_wal()
+    });
+    let segment = match switched {
+        Ok(seg) => seg,
+        Err(e) => return Outcome::failed(name, e.to_string()),
+    };
+    let key = match segment.parse::<WalFileName>() {
+        Ok(n) => repository::wal_key(&n),
+        Err(e) => return Outcome::failed(name, format!("pg_switch_wal named {segment:?}: {e}")),
+    };
+    let started = Instant::now();
+    let arrived = rt.block_on(async {
+        let deadline = tokio::time::Instant::now() + timeout;
+        let mut delay = Duration::from_millis(50);
+        loop {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            match tokio::time::timeout(left, storage.exists(&key)).await {
+                Ok(Ok(true)) => return Ok(true),
+                Ok(Ok(false)) => {}
+                Ok(Err(e)) => return Err(e.to_string()),
+                Err(_) => return Ok(false),
+            }
+            if tokio::time::Instant::now() + delay >= deadline {
+                return Ok(false);
+            }
+            tokio::time::sleep(delay).await;
+            delay = (delay * 2).min(Duration::from_secs(1));
+        }
+    });
+    match arrived {
+        Ok(true) => Outcome::ok(
+            name,
+            format!("{segment} reached {storage} in {:.1} s", started.elapsed().as_secs_f64()),
+        ),
+        Ok(false) => {
+            let failures = match s.session.call("pg_stat_archiver", |pg| pg.archive_failures()) {
+                Ok((0, _)) => "the archiver reports no failures: is it keeping up?".to_owned(),
+                Ok((n, last)) => format!(
+                    "the archiver failed {n} times, last on {}: see the server log for archive_command's error",
+                    last.unwrap_or_default()
+                ),
+                Err(e) => e.to_string(),
+            };
+            Outcome::failed(
+                name,
+                format!(
+                    "{segment} did not reach {storage} within [check] wal_switch_timeout = \"{}\"; {failures}",
+                    crate::config::Duration(timeout)
+                ),
+            )
+        }
+        Err(e) => Outcome::failed(name, e),
+    }
+}
+
+fn parse_time(text: &str) -> Option<OffsetDateTime> {
+    OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339).ok()
+}
+
+fn rfc3339(t: OffsetDateTime) -> String {
+    t.format(&time::format_description::well_known::Rfc3339).unwrap_or_else(|_| t.to_string())
+}

@@ -141,6 +141,8 @@ struct Server {
     archive_command: Option<String>,
     archive_library: Option<String>,
     data_directory: Option<PathBuf>,
+    /// `pg_stat_archiver.archived_count`.
+    archived_count: u64,
 }
 
 /// Run every check. Blocking: storage steps run on `rt`, PostgreSQL calls on a thread of their own.
@@ -184,29 +186,31 @@ pub fn run(rt: &tokio::runtime::Runtime, inputs: Inputs<'_>) -> Report {
         out.push(archive_command_outcome(s, config_path, config));
     }
 
-    // The repository.
-    let storage = storage.map_err(|e| e.to_string()).and_then(|s| {
-        rt.block_on(within(limit, &s.to_string(), probe(s.as_ref(), now()))).map(|format| (s, format))
-    });
-    let storage = match storage {
-        Ok((s, format)) => {
-            let made = format.map(|f| format!("format {f}")).unwrap_or_else(|| "made by an earlier version".into());
-            out.push(Outcome::ok(
-                REPOSITORY,
-                format!("{s} ({made}): storage round trip (put, get, delete of a probe) ok"),
-            ));
-            Some(s)
+    // The repository. One that does not exist yet, on a server that has archived nothing yet, is what wal-push's
+    // first push creates: the forced WAL switch below may create it, and the probe runs again after it (check
+    // itself never creates one). A server that has archived WAL already writes it somewhere else.
+    let (handle, probed) = match storage {
+        Ok(s) => {
+            let probed = rt.block_on(probe_within(limit, s.as_ref(), now()));
+            (Some(s), probed)
         }
-        Err(e) => {
-            out.push(Outcome::failed(REPOSITORY, e));
-            None
-        }
+        Err(e) => (None, Err(Probe::Failed(e.to_string()))),
+    };
+    let first_push_creates = match (&probed, &server) {
+        (Err(Probe::Missing(_)), Ok(s)) => s.archived_count == 0,
+        _ => false,
+    };
+    out.push(repository_outcome(&handle, &probed, first_push_creates));
+    let repo_index = out.len() - 1;
+    let storage = match (&probed, first_push_creates) {
+        (Ok(_), _) | (Err(Probe::Missing(_)), true) => handle.clone(),
+        _ => None,
     };
 
     // The repository's cluster, then the forced WAL switch.
     let identity = || match (&server, &storage) {
         (Err(why), _) => Outcome::skipped(SYSTEM_IDENTIFIER, why.clone()),
-        (_, None) => Outcome::skipped(SYSTEM_IDENTIFIER, "the repository is unreachable"),
+        (_, None) => Outcome::skipped(SYSTEM_IDENTIFIER, "the repository check failed"),
         (Ok(s), Some(st)) => {
             let on_record =
                 rt.block_on(within(limit, &st.to_string(), async { Ok(store::cluster_info(st.as_ref()).await?) }));
@@ -231,7 +235,7 @@ pub fn run(rt: &tokio::runtime::Runtime, inputs: Inputs<'_>) -> Report {
         (Ok(s), _) if s.archive_command.as_deref().is_none_or(|c| c.trim().is_empty()) => {
             Outcome::skipped(WAL_SWITCH, "archive_command is empty: nothing would be archived")
         }
-        (_, None) => Outcome::skipped(WAL_SWITCH, "the repository is unreachable"),
+        (_, None) => Outcome::skipped(WAL_SWITCH, "the repository check failed"),
         (_, Some(_)) if foreign => {
             Outcome::skipped(WAL_SWITCH, "the repository belongs to another cluster: wal-push refuses this one's WAL")
         }
@@ -239,10 +243,15 @@ pub fn run(rt: &tokio::runtime::Runtime, inputs: Inputs<'_>) -> Report {
     };
     let switched = switch.status == Status::Ok;
     out.push(switch);
+    if first_push_creates && let Some(h) = &handle {
+        let probed = rt.block_on(probe_within(limit, h.as_ref(), now()));
+        out[repo_index] = repository_outcome(&handle, &probed, false);
+    }
     if unrecorded && switched {
         // The switched segment recorded the cluster: check it now.
         out[id_index] = identity();
     }
+    let storage = if out[repo_index].status == Status::Ok { storage } else { None };
 
     // Space, and how fresh the newest backup and WAL are.
     let spool = &config.spool.path;
@@ -251,8 +260,8 @@ pub fn run(rt: &tokio::runtime::Runtime, inputs: Inputs<'_>) -> Report {
     out.push(judge::spool_space(spool, fs2::available_space(measured), config.check.min_spool_free_mib, exists));
     match &storage {
         None => {
-            out.push(Outcome::skipped(BACKUP_AGE, "the repository is unreachable"));
-            out.push(Outcome::skipped(WAL_AGE, "the repository is unreachable"));
+            out.push(Outcome::skipped(BACKUP_AGE, "the repository check failed"));
+            out.push(Outcome::skipped(WAL_AGE, "the repository check failed"));
         }
         Some(st) => {
             let name = st.to_string();
@@ -291,14 +300,15 @@ pub fn run(rt: &tokio::runtime::Runtime, inputs: Inputs<'_>) -> Report {
 /// Connect and read what the checks need, each call within [`PG_TIMEOUT`].
 fn describe_server(pg: &crate::config::PostgresConfig) -> Result<Server, session::Error> {
     let session = TimedSession::connect(pg, PG_TIMEOUT)?;
-    let (info, version, settings) = session.call("settings", |s| {
+    let (info, version, archived_count, settings) = session.call("settings", |s| {
         let info = s.server_info(false)?;
         let version = s.version_text()?;
+        let archived = s.archived()?.0;
         let mut settings = Vec::new();
         for name in ["archive_mode", "wal_level", "archive_command", "archive_library", "data_directory"] {
             settings.push(s.setting(name)?);
         }
-        Ok((info, version, settings))
+        Ok((info, version, archived, settings))
     })?;
     let mut settings = settings.into_iter();
     let mut next = || settings.next().flatten();
@@ -311,6 +321,7 @@ fn describe_server(pg: &crate::config::PostgresConfig) -> Result<Server, session
         archive_command: next(),
         archive_library: next(),
         data_directory: next().map(PathBuf::from),
+        archived_count,
     })
 }
 
@@ -351,6 +362,44 @@ async fn probe(storage: &dyn Storage, now: OffsetDateTime) -> Result<Option<u32>
         return Err(crate::Error::Task(format!("{storage}: probe object {key} read back different content")));
     }
     Ok(d.map(|d| d.format))
+}
+
+/// Why the probe failed.
+enum Probe {
+    /// There is no repository at the URL (nothing was written).
+    Missing(String),
+    /// Anything else, as one line.
+    Failed(String),
+}
+
+/// [`probe`] within `limit`.
+async fn probe_within(limit: Duration, storage: &dyn Storage, now: OffsetDateTime) -> Result<Option<u32>, Probe> {
+    match tokio::time::timeout(limit, probe(storage, now)).await {
+        Ok(Ok(format)) => Ok(format),
+        Ok(Err(e @ crate::Error::Repository(store::Error::NoRepository { .. }))) => Err(Probe::Missing(e.to_string())),
+        Ok(Err(e)) => Err(Probe::Failed(e.to_string())),
+        Err(_) => Err(Probe::Failed(format!("no answer from {storage} within {} s", limit.as_secs()))),
+    }
+}
+
+fn repository_outcome(handle: &Option<DynStorage>, probed: &Result<Option<u32>, Probe>, pending: bool) -> Outcome {
+    let name = names::REPOSITORY;
+    match (handle, probed) {
+        (Some(s), Ok(format)) => {
+            let made = format.map(|f| format!("format {f}")).unwrap_or_else(|| "made by an earlier version".into());
+            Outcome::ok(name, format!("{s} ({made}): storage round trip (put, get, delete of a probe) ok"))
+        }
+        (_, Err(Probe::Missing(e))) if pending => Outcome::failed(
+            name,
+            format!("{e}; PostgreSQL has archived nothing yet, and the first segment wal-push archives creates it"),
+        ),
+        (_, Err(Probe::Missing(e))) => Outcome::failed(
+            name,
+            format!("{e}, but PostgreSQL has archived WAL already: archive_command writes somewhere else"),
+        ),
+        (_, Err(Probe::Failed(e))) => Outcome::failed(name, e.clone()),
+        (None, Ok(_)) => Outcome::failed(name, "no storage"),
+    }
 }
 
 /// `fut` within `limit`; its error or the timeout as one line.

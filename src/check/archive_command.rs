@@ -233,7 +233,12 @@ mod tests {
             ),
             ("env BACKUPCTL_CONFIG=/e.toml wal-push %p", "wal-push", ConfigSource::Env("/e.toml".into()), true),
             ("BACKUPCTL_CONFIG=/e.toml wal-push --config /f.toml %p", "wal-push", flag("/f.toml"), true),
-            ("'/path with space/wal-push' --config '/a b.toml' \"%p\"", "/path with space/wal-push", flag("/a b.toml"), true),
+            (
+                "'/path with space/wal-push' --config '/a b.toml' \"%p\"",
+                "/path with space/wal-push",
+                flag("/a b.toml"),
+                true,
+            ),
             ("test ! -f /x/%f && wal-push --config /c.toml %p", "wal-push", flag("/c.toml"), true),
             ("true; exec wal-push --config /c.toml %p", "wal-push", flag("/c.toml"), true),
         ];
@@ -265,7 +270,10 @@ mod tests {
         match judge("wal-push --config /etc/other.toml %p", None, data, this, &eq) {
             Judgement::OtherConfig { theirs, reason } => {
                 assert_eq!(theirs, Path::new("/etc/other.toml"));
-                assert_eq!(reason, "archive_command uses /etc/other.toml, this check uses /etc/backupctl/backupctl.toml");
+                assert_eq!(
+                    reason,
+                    "archive_command uses /etc/other.toml, this check uses /etc/backupctl/backupctl.toml"
+                );
             }
             j => panic!("{j:?}"),
         }
@@ -276,7 +284,10 @@ mod tests {
             Judgement::Failed(r) => assert!(r.contains(want), "{r} should say {want}"),
             j => panic!("{j:?}"),
         };
-        fails(judge("wal-push --config /etc/backupctl/backupctl.toml %p", Some("basic_archive"), data, this, &eq), "archive_library = 'basic_archive'");
+        fails(
+            judge("wal-push --config /etc/backupctl/backupctl.toml %p", Some("basic_archive"), data, this, &eq),
+            "archive_library = 'basic_archive'",
+        );
         fails(judge("", Some(""), data, this, &eq), "archive_command is empty");
         fails(judge("cp %p /a/%f", None, data, this, &eq), "does not call wal-push");
         fails(judge("wal-push --config /etc/backupctl/backupctl.toml", None, data, this, &eq), "does not pass %p");

@@ -48,7 +48,10 @@ pub fn spool_space(path: &Path, available: std::io::Result<u64>, min_mib: u64, e
     let free = match available {
         Ok(b) => b,
         Err(e) => {
-            return Outcome::failed(names::SPOOL_SPACE, format!("cannot read the free space of {}: {e}", path.display()));
+            return Outcome::failed(
+                names::SPOOL_SPACE,
+                format!("cannot read the free space of {}: {e}", path.display()),
+            );
         }
     };
     let shown = format!("{} MiB", free >> 20);
@@ -113,7 +116,9 @@ pub fn wal_age(
     match limit {
         Some(l) if now - when > l.0 => Outcome::failed(
             name,
-            format!("the newest archived segment, {segment}, arrived {shown} ago, more than [check] max_wal_age = \"{l}\""),
+            format!(
+                "the newest archived segment, {segment}, arrived {shown} ago, more than [check] max_wal_age = \"{l}\""
+            ),
         ),
         Some(l) => Outcome::ok(name, format!("newest segment {segment} arrived {shown} ago (limit {l})")),
         None => Outcome::ok(name, format!("newest segment {segment} arrived {shown} ago (no limit set)")),
@@ -134,7 +139,8 @@ mod tests {
     fn backup_ages() {
         let now = datetime!(2026-11-30 12:00 UTC);
         let id = "20261129T100000F";
-        let cases: &[(Option<(&str, OffsetDateTime)>, Option<Duration>, Status, &str)] = &[
+        type Case<'a> = (Option<(&'a str, OffsetDateTime)>, Option<Duration>, Status, &'a str);
+        let cases: &[Case] = &[
             (None, None, Status::Ok, "no backup yet"),
             (None, d("26h"), Status::Failed, "no backup yet"),
             (Some((id, datetime!(2026-11-29 11:00 UTC))), d("26h"), Status::Ok, "finished 25h ago (limit 26h)"),

@@ -2,13 +2,13 @@
 
 mod archive;
 mod backup;
-mod issue8_check;
 mod issue7_backup;
 mod issue7_first_use;
 mod issue7_holes;
 mod issue7_polish;
 mod issue7_restore;
 mod issue7_surface;
+mod issue8_check;
 mod pitr;
 mod push;
 mod s3_archive;

@@ -271,7 +271,8 @@ fn issue_8_check_without_postgres_section_skips() {
     }
 }
 
-/// A stopped server fails fast with the reason; every check still runs, the PostgreSQL ones skipped.
+/// A stopped server fails fast with the reason, a hung one within the deadline; every check still runs, the
+/// PostgreSQL ones skipped.
 #[test]
 fn issue_8_check_stopped_server_fails_fast() {
     if require_pg().is_none() {
@@ -280,6 +281,23 @@ fn issue_8_check_stopped_server_fails_fast() {
     let repo = FileRepo::new("i8-check-down");
     let mut src = Source::start("i8-check-down", &repo.url(), "");
     src.cluster.switch_and_wait_archived(Duration::from_secs(60));
+    // A server that accepts connections but never answers (its postmaster stopped with SIGSTOP): the deadline.
+    let pid = std::fs::read_to_string(src.cluster.data.join("postmaster.pid")).expect("postmaster.pid");
+    let pid = pid.lines().next().expect("pid").trim().to_owned();
+    let signal =
+        |sig: &str| assert!(std::process::Command::new("kill").args([sig, &pid]).status().expect("kill").success());
+    signal("-STOP");
+    let started = Instant::now();
+    let (code, json, _) = check_json(&src.config);
+    let took = started.elapsed();
+    signal("-CONT");
+    assert_eq!(code, Some(1), "{json}");
+    assert!(took < Duration::from_secs(30), "took {took:?}");
+    let (status, detail) = entry(&json, "postgresql");
+    assert_eq!(status, "failed", "{json}");
+    assert!(detail.contains("no answer from PostgreSQL at") && detail.contains("within 10 s"), "{detail}");
+    assert_eq!(entry(&json, "wal_switch").0, "skipped", "{json}");
+    // A stopped server: refused at once.
     src.cluster.stop();
     let started = Instant::now();
     let (code, json, err) = check_json(&src.config);
@@ -296,4 +314,40 @@ fn issue_8_check_stopped_server_fails_fast() {
         assert_eq!(entry(&json, name).0, "ok", "{name}: {json}");
     }
     assert!(err.contains("1 of 11 checks failed: postgresql: cannot connect"), "{err}");
+}
+
+/// On a standby the forced WAL switch is skipped with the reason (checks of archiving run on the primary); the
+/// other checks still run and pass.
+#[test]
+fn issue_8_check_on_a_standby_skips_the_wal_switch() {
+    let Some(pg) = require_pg() else { return };
+    let repo = FileRepo::new("i8-check-standby");
+    let src = Source::start("i8-check-standby", &repo.url(), "");
+    src.cluster.switch_and_wait_archived(Duration::from_secs(60));
+    let data = src.dir.path().join("standby");
+    let out = as_postgres(&pg.join("pg_basebackup"))
+        .arg("-D")
+        .arg(&data)
+        .args(["-R", "-X", "stream", "-c", "fast", "-U", "postgres", "-h"])
+        .arg(&src.cluster.socket)
+        .arg("-p")
+        .arg(src.cluster.port.to_string())
+        .output()
+        .expect("pg_basebackup");
+    crate::support::cluster::assert_ok("pg_basebackup", &out);
+    let mut standby = crate::support::cluster::Cluster::at(&pg, &data, &src.cluster.socket);
+    standby.start();
+    assert_eq!(standby.sql("select pg_is_in_recovery()"), "t");
+    // The same configuration file (archive_command names it), pointed at the standby.
+    let text = std::fs::read_to_string(&src.config).expect("config");
+    let at_primary = format!("port = {}\n", src.cluster.port);
+    assert!(text.contains(&at_primary), "{text}");
+    std::fs::write(&src.config, text.replace(&at_primary, &format!("port = {}\n", standby.port))).expect("config");
+    let (code, json, err) = check_json(&src.config);
+    assert_eq!(code, Some(0), "{json}\n{err}");
+    let (status, detail) = entry(&json, "wal_switch");
+    assert_eq!(status, "skipped", "{json}");
+    assert!(detail.contains("standby") && detail.contains("primary"), "{detail}");
+    assert!(entry(&json, "postgresql").1.contains("a standby"), "{json}");
+    assert_eq!(entry(&json, "system_identifier").0, "ok", "{json}");
 }

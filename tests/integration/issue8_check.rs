@@ -246,7 +246,8 @@ fn issue_8_check_max_backup_age() {
     }
 }
 
-/// Without a [postgres] section the server checks are skipped, each saying why, and the rest pass: exit 0.
+/// Without a [postgres] section the server checks are skipped, each saying why, and the rest pass: exit 0. A
+/// configuration that does not load is exit 2.
 #[test]
 fn issue_8_check_without_postgres_section_skips() {
     if require_pg().is_none() {
@@ -268,6 +269,12 @@ fn issue_8_check_without_postgres_section_skips() {
             assert!(out.lines().any(|l| l.starts_with(&format!("{name}: ok ("))), "{backend}: {name}\n{out}");
         }
         assert!(out.contains("6 skipped"), "{out}");
+        // A configuration that does not load stops everything: exit 2, no check line.
+        let bad =
+            write_config(&src.dir.sub("bad"), &url, &dir.join("spool"), "[check]\nwal_switch_timeout = \"soon\"\n");
+        let (code, out, err) = text(&backupctl(&bad, &["check"]));
+        assert_eq!(code, Some(2), "{out}\n{err}");
+        assert!(out.is_empty() && err.contains("check.wal_switch_timeout"), "{out}\n{err}");
     }
 }
 

@@ -56,12 +56,13 @@ pub(super) fn archive_command_outcome(s: &Server, config_path: &Path, config: &C
         Judgement::Ok(detail) => Outcome::ok(names::ARCHIVE_COMMAND, detail),
         Judgement::Failed(reason) => Outcome::failed(names::ARCHIVE_COMMAND, reason),
         Judgement::OtherConfig { theirs, reason } => {
-            let ours = &config.repository.url;
+            let shown = |url: &str| crate::config::redact_url(&crate::storage::canonical_url(url));
+            let ours = shown(&config.repository.url);
             let more = match Config::load(&theirs) {
-                Ok(c) if &c.repository.url == ours => {
+                Ok(c) if shown(&c.repository.url) == ours => {
                     format!(" (both name repository {ours}; other settings may differ)")
                 }
-                Ok(c) => format!(" (its repository is {}, this one's {ours})", c.repository.url),
+                Ok(c) => format!(" (its repository is {}, this one's {ours})", shown(&c.repository.url)),
                 Err(e) => format!(" (which cannot be loaded here: {e})"),
             };
             Outcome::failed(names::ARCHIVE_COMMAND, format!("{reason}{more}"))

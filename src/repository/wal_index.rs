@@ -1,0 +1,455 @@
+//! An index of the archived WAL built from one listing of `wal/` (pure): per timeline the segments (with sizes and
+//! modification times), `.partial` and `.backup` files, the history files; contiguous ranges and gaps per
+//! timeline; and, for a backup, which of the segments from its start to its stop are missing and how far
+//! contiguous WAL goes after its stop along the timeline path recovery follows
+//! ([`crate::wal::continuity::recovery_path`], after PostgreSQL's `XLogFileReadAnyTLI`).
+//!
+//! Invariants:
+//! - A gap is a run of absent segments with a present segment after it on the same timeline (or, along a path,
+//!   later on the path): what comes after the last present segment is the end of the archive, never a gap.
+//! - The index never reads an object; listing sizes and modification times are what the backend reports.
+
+use std::collections::BTreeMap;
+use std::time::SystemTime;
+
+use crate::storage::{Key, ObjectMeta};
+use crate::wal::continuity::{PathStep, Present};
+use crate::wal::{SegmentName, SegmentSize, TimelineHistory, TimelineId, WalFileName};
+
+/// One archived object as listed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WalObject {
+    /// Its key.
+    pub key: Key,
+    /// Stored (compressed) bytes.
+    pub size: u64,
+    /// When the backend says it was written, if it says.
+    pub modified: Option<SystemTime>,
+}
+
+impl From<&ObjectMeta> for WalObject {
+    fn from(m: &ObjectMeta) -> Self {
+        Self { key: m.key.clone(), size: m.size, modified: m.modified }
+    }
+}
+
+/// What one timeline holds.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TimelineWal {
+    /// Segments by segment number.
+    pub segments: BTreeMap<u64, WalObject>,
+    /// `.partial` files (the end of this timeline where a later one forked), by segment number.
+    pub partials: BTreeMap<u64, WalObject>,
+    /// Backup history files (`<segment>.<offset>.backup`).
+    pub backup_files: Vec<WalObject>,
+}
+
+/// A run of segment numbers `first..=last` on one timeline.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SegmentRun {
+    /// The timeline.
+    pub timeline: TimelineId,
+    /// First segment number.
+    pub first: u64,
+    /// Last segment number (inclusive).
+    pub last: u64,
+}
+
+impl SegmentRun {
+    /// Segments in the run.
+    pub fn len(&self) -> u64 {
+        self.last - self.first + 1
+    }
+
+    /// Never true: a run holds at least one segment.
+    pub fn is_empty(&self) -> bool {
+        false
+    }
+
+    /// The first segment's name.
+    pub fn first_name(&self, size: SegmentSize) -> SegmentName {
+        SegmentName::from_segno(self.timeline, self.first, size)
+    }
+
+    /// The last segment's name.
+    pub fn last_name(&self, size: SegmentSize) -> SegmentName {
+        SegmentName::from_segno(self.timeline, self.last, size)
+    }
+}
+
+/// A hole along a recovery path: the segments `first..=last` (which may lie on two timelines when the hole spans
+/// a switch) are absent and `next` is the next segment present after them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PathGap {
+    /// The first missing segment.
+    pub first: SegmentName,
+    /// The last missing segment.
+    pub last: SegmentName,
+    /// How many segments are missing.
+    pub count: u64,
+    /// The next segment present after the hole.
+    pub next: SegmentName,
+}
+
+/// What a backup needs of the archive and what it can reach, from [`WalIndex::backup_wal`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BackupWal {
+    /// Segments of the backup's own timeline from its start segment to its stop segment (inclusive), all of
+    /// which recovery reads before the backup is consistent.
+    pub needed: Vec<SegmentName>,
+    /// The needed segments that are absent (any one makes the backup unrestorable).
+    pub missing: Vec<SegmentName>,
+    /// The last segment reachable from the stop without a gap along the path (`None` when something needed is
+    /// missing): the backup restores to any point up to the end of this segment.
+    pub reach: Option<SegmentName>,
+    /// Gaps along the path after the stop segment, oldest first: each cuts what the backup can reach.
+    pub gaps_after_stop: Vec<PathGap>,
+}
+
+/// The archived WAL of a repository, from one listing of `wal/`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WalIndex {
+    /// The cluster's segment size.
+    pub size: SegmentSize,
+    /// Per timeline, what it holds.
+    pub timelines: BTreeMap<TimelineId, TimelineWal>,
+    /// `<timeline>.history` files.
+    pub histories: BTreeMap<TimelineId, WalObject>,
+    /// Objects under `wal/` whose names are not archived WAL names of this segment size.
+    pub unknown: Vec<WalObject>,
+}
+
+impl WalIndex {
+    /// Index a listing of `wal/` (any order; other keys are ignored).
+    pub fn build(listing: &[ObjectMeta], size: SegmentSize) -> Self {
+        let mut index = Self { size, timelines: BTreeMap::new(), histories: BTreeMap::new(), unknown: Vec::new() };
+        for meta in listing.iter().filter(|m| m.key.as_str().starts_with("wal/")) {
+            let object = WalObject::from(meta);
+            let name = meta.key.file_name().parse::<WalFileName>().ok();
+            let segno = name.as_ref().and_then(|n| n.segment()).map(|s| (s.timeline, s.segno(size)));
+            match (name, segno) {
+                (Some(WalFileName::History(t)), _) => {
+                    index.histories.insert(t, object);
+                }
+                (Some(WalFileName::Segment(_)), Some((t, Ok(n)))) => {
+                    index.timelines.entry(t).or_default().segments.insert(n, object);
+                }
+                (Some(WalFileName::Partial(_)), Some((t, Ok(n)))) => {
+                    index.timelines.entry(t).or_default().partials.insert(n, object);
+                }
+                (Some(WalFileName::BackupHistory(..)), Some((t, Ok(_)))) => {
+                    index.timelines.entry(t).or_default().backup_files.push(object);
+                }
+                _ => index.unknown.push(object),
+            }
+        }
+        index
+    }
+
+    /// Every object of the index (segments, partials, backup and history files, unknown names).
+    pub fn objects(&self) -> impl Iterator<Item = &WalObject> {
+        self.timelines
+            .values()
+            .flat_map(|t| t.segments.values().chain(t.partials.values()).chain(t.backup_files.iter()))
+            .chain(self.histories.values())
+            .chain(self.unknown.iter())
+    }
+
+    /// The segment objects, oldest timeline and segment first.
+    pub fn segments(&self) -> impl Iterator<Item = (SegmentName, &WalObject)> {
+        self.timelines.iter().flat_map(move |(t, w)| {
+            w.segments.iter().map(move |(n, o)| (SegmentName::from_segno(*t, *n, self.size), o))
+        })
+    }
+
+    /// The segment of `name`, if archived.
+    pub fn segment(&self, name: SegmentName) -> Option<&WalObject> {
+        let n = name.segno(self.size).ok()?;
+        self.timelines.get(&name.timeline)?.segments.get(&n)
+    }
+
+    /// The contiguous runs of archived segments of `timeline`, oldest first.
+    pub fn runs(&self, timeline: TimelineId) -> Vec<SegmentRun> {
+        let mut out: Vec<SegmentRun> = Vec::new();
+        let Some(t) = self.timelines.get(&timeline) else { return out };
+        for &n in t.segments.keys() {
+            match out.last_mut() {
+                Some(run) if run.last + 1 == n => run.last = n,
+                _ => out.push(SegmentRun { timeline, first: n, last: n }),
+            }
+        }
+        out
+    }
+
+    /// The runs of absent segments between the first and the last archived segment of `timeline`.
+    pub fn gaps(&self, timeline: TimelineId) -> Vec<SegmentRun> {
+        self.runs(timeline)
+            .windows(2)
+            .map(|w| SegmentRun { timeline, first: w[0].last + 1, last: w[1].first - 1 })
+            .collect()
+    }
+
+    /// The segments of `timeline` from `start` to `stop` (inclusive) and which of them are absent.
+    fn needed(&self, start: SegmentName, stop: SegmentName) -> (Vec<SegmentName>, Vec<SegmentName>) {
+        let (Ok(a), Ok(b)) = (start.segno(self.size), stop.segno(self.size)) else { return (vec![start], vec![start]) };
+        let needed: Vec<SegmentName> =
+            (a..=b.max(a)).map(|n| SegmentName::from_segno(start.timeline, n, self.size)).collect();
+        let missing = needed.iter().copied().filter(|s| self.segment(*s).is_none()).collect();
+        (needed, missing)
+    }
+
+    /// The segments along `path` from its start to the last archived one on it, in recovery order, each with
+    /// whether it is archived.
+    fn walk(&self, path: &[PathStep]) -> Vec<(SegmentName, bool)> {
+        let Some(end) = crate::wal::continuity::path_end(path, self, self.size) else { return Vec::new() };
+        let Ok(end_segno) = end.segno(self.size) else { return Vec::new() };
+        let mut out = Vec::new();
+        for step in path {
+            let until = step.until.unwrap_or(u64::MAX).min(end_segno.saturating_add(1));
+            for n in step.from..until {
+                out.push((SegmentName::from_segno(step.timeline, n, self.size), self.has(step.timeline, n)));
+            }
+            if step.timeline == end.timeline && until > end_segno {
+                break;
+            }
+        }
+        out
+    }
+
+    /// Gaps along `path` (from its start to where the archive ends on it), oldest first.
+    pub fn path_gaps(&self, path: &[PathStep]) -> Vec<PathGap> {
+        let mut gaps = Vec::new();
+        let mut open: Option<(SegmentName, SegmentName, u64)> = None;
+        for (name, present) in self.walk(path) {
+            match (present, open.take()) {
+                (false, None) => open = Some((name, name, 1)),
+                (false, Some((first, _, count))) => open = Some((first, name, count + 1)),
+                (true, Some((first, last, count))) => gaps.push(PathGap { first, last, count, next: name }),
+                (true, None) => {}
+            }
+        }
+        gaps
+    }
+
+    /// What a backup whose WAL runs from `start` to `stop` (segments of its timeline, both inclusive) needs and
+    /// can reach, following `history` (the timeline recovery follows; [`TimelineHistory::root`] for the backup's
+    /// own).
+    pub fn backup_wal(&self, start: SegmentName, stop: SegmentName, history: &TimelineHistory) -> BackupWal {
+        let (needed, missing) = self.needed(start, stop);
+        let stop_segno = stop.segno(self.size).unwrap_or(0);
+        let path = crate::wal::continuity::recovery_path(stop, history, self.size);
+        let gaps_after_stop: Vec<PathGap> = self.path_gaps(&path);
+        let reach = if missing.is_empty() {
+            match gaps_after_stop.first() {
+                // The last segment before the first gap.
+                Some(g) => self.previous_on_path(&path, g.first),
+                None => crate::wal::continuity::path_end(&path, self, self.size),
+            }
+            .filter(|r| r.segno(self.size).is_ok_and(|n| n >= stop_segno))
+        } else {
+            None
+        };
+        BackupWal { needed, missing, reach, gaps_after_stop }
+    }
+
+    /// The segment before `name` along `path` (`None` when `name` is the path's first).
+    fn previous_on_path(&self, path: &[PathStep], name: SegmentName) -> Option<SegmentName> {
+        let walked = self.walk(path);
+        let i = walked.iter().position(|(n, _)| *n == name)?;
+        i.checked_sub(1).map(|p| walked[p].0)
+    }
+
+    /// The newest archived segment by name (highest timeline, then highest segment number).
+    pub fn newest_segment(&self) -> Option<(SegmentName, &WalObject)> {
+        self.timelines.iter().rev().find_map(|(t, w)| {
+            w.segments.iter().next_back().map(|(n, o)| (SegmentName::from_segno(*t, *n, self.size), o))
+        })
+    }
+
+    /// The most recently written segment (by modification time), if the backend reports times.
+    pub fn last_written_segment(&self) -> Option<(SegmentName, &WalObject)> {
+        self.segments().filter(|(_, o)| o.modified.is_some()).max_by_key(|(_, o)| o.modified)
+    }
+}
+
+impl Present for WalIndex {
+    fn has(&self, timeline: TimelineId, segno: u64) -> bool {
+        self.timelines.get(&timeline).is_some_and(|t| t.segments.contains_key(&segno))
+    }
+    fn last_in(&self, timeline: TimelineId, from: u64, until: Option<u64>) -> Option<u64> {
+        let end = until.unwrap_or(u64::MAX);
+        if from >= end {
+            return None;
+        }
+        self.timelines.get(&timeline)?.segments.range(from..end).next_back().map(|(n, _)| *n)
+    }
+    fn first_in(&self, timeline: TimelineId, from: u64, until: Option<u64>) -> Option<u64> {
+        let end = until.unwrap_or(u64::MAX);
+        if from >= end {
+            return None;
+        }
+        self.timelines.get(&timeline)?.segments.range(from..end).next().map(|(n, _)| *n)
+    }
+}
+
+/// The history recovery of a backup taken on `timeline` and consistent at `stop_lsn` follows by default
+/// (PostgreSQL's `recovery_target_timeline = 'latest'`): the newest timeline among `histories` whose history
+/// leaves `timeline` at or after `stop_lsn`, or the backup's own timeline when none does.
+pub fn followed_history(
+    histories: &BTreeMap<TimelineId, TimelineHistory>,
+    timeline: TimelineId,
+    stop_lsn: crate::wal::Lsn,
+) -> TimelineHistory {
+    histories
+        .values()
+        .rev()
+        .find(|h| h.timeline > timeline && h.can_reach_from(timeline, stop_lsn))
+        .cloned()
+        .unwrap_or_else(|| TimelineHistory::root(timeline))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SIZE: SegmentSize = SegmentSize::DEFAULT;
+
+    fn listing(names: &[&str]) -> Vec<ObjectMeta> {
+        names
+            .iter()
+            .enumerate()
+            .map(|(i, n)| {
+                let name: WalFileName = n.parse().expect(n);
+                let key = crate::repository::wal_key(&name);
+                let modified = SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(1000 + i as u64);
+                ObjectMeta { key, size: 100 + i as u64, modified: Some(modified) }
+            })
+            .collect()
+    }
+    fn seg(s: &str) -> SegmentName {
+        s.parse().expect(s)
+    }
+
+    /// Every kind of name lands in its place; foreign keys are kept aside, not dropped.
+    #[test]
+    fn build_sorts_every_kind_of_name() {
+        let mut l = listing(&[
+            "000000010000000000000002",
+            "000000010000000000000003",
+            "000000010000000000000003.00000028.backup",
+            "000000010000000000000005.partial",
+            "00000002.history",
+            "000000020000000000000005",
+        ]);
+        l.push(ObjectMeta { key: Key::new("wal/0000000100000000/junk").expect("key"), size: 1, modified: None });
+        l.push(ObjectMeta { key: Key::new("backups/x/manifest").expect("key"), size: 1, modified: None });
+        let i = WalIndex::build(&l, SIZE);
+        assert_eq!(i.timelines[&TimelineId(1)].segments.keys().copied().collect::<Vec<_>>(), vec![2, 3]);
+        assert_eq!(i.timelines[&TimelineId(1)].partials.keys().copied().collect::<Vec<_>>(), vec![5]);
+        assert_eq!(i.timelines[&TimelineId(1)].backup_files.len(), 1);
+        assert!(i.histories.contains_key(&TimelineId(2)));
+        assert_eq!(i.unknown.len(), 1, "the foreign key under wal/ is reported, the one outside ignored");
+        assert_eq!(i.objects().count(), 7);
+        assert_eq!(i.newest_segment().map(|(s, _)| s), Some(seg("000000020000000000000005")));
+        assert_eq!(i.last_written_segment().map(|(s, _)| s), Some(seg("000000020000000000000005")));
+    }
+
+    /// Runs and gaps per timeline: the example, one segment removed from the middle.
+    #[test]
+    fn runs_and_gaps_per_timeline() {
+        let names: Vec<String> = (1..=0x11u64)
+            .filter(|n| *n != 0x9)
+            .map(|n| SegmentName::from_segno(TimelineId(1), n, SIZE).to_string())
+            .collect();
+        let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+        let i = WalIndex::build(&listing(&refs), SIZE);
+        let runs = i.runs(TimelineId(1));
+        assert_eq!(runs.len(), 2);
+        assert_eq!((runs[0].first, runs[0].last, runs[1].first, runs[1].last), (1, 8, 10, 0x11));
+        let gaps = i.gaps(TimelineId(1));
+        assert_eq!(gaps, vec![SegmentRun { timeline: TimelineId(1), first: 9, last: 9 }]);
+        assert_eq!(gaps[0].first_name(SIZE), seg("000000010000000000000009"));
+        assert!(i.gaps(TimelineId(2)).is_empty());
+        // A segment past the 4 GiB boundary: ...000000FF is followed by ...0000000100000000.
+        let i = WalIndex::build(&listing(&["0000000100000000000000FE", "000000010000000100000000"]), SIZE);
+        assert_eq!(i.gaps(TimelineId(1)), vec![SegmentRun { timeline: TimelineId(1), first: 0xFF, last: 0xFF }]);
+    }
+
+    /// A backup's needs and reach: a hole inside start..stop breaks it; a hole after its stop cuts its reach; the
+    /// end of the archive is no hole.
+    #[test]
+    fn backup_needs_and_reach() {
+        let all = ["000000010000000000000002", "000000010000000000000003", "000000010000000000000004"];
+        let more = ["000000010000000000000005", "000000010000000000000006", "000000010000000000000007"];
+        let root = TimelineHistory::root(TimelineId(1));
+        let build = |skip: &str| {
+            let names: Vec<&str> = all.iter().chain(more.iter()).copied().filter(|n| *n != skip).collect();
+            WalIndex::build(&listing(&names), SIZE)
+        };
+        let (start, stop) = (seg("000000010000000000000002"), seg("000000010000000000000003"));
+        let w = build("").backup_wal(start, stop, &root);
+        assert_eq!(w.needed.len(), 2);
+        assert!(w.missing.is_empty() && w.gaps_after_stop.is_empty());
+        assert_eq!(w.reach, Some(seg("000000010000000000000007")));
+        // Its stop segment missing: broken, reaches nothing.
+        let w = build("000000010000000000000003").backup_wal(start, stop, &root);
+        assert_eq!(w.missing, vec![stop]);
+        assert_eq!(w.reach, None);
+        // A hole after the stop: reaches up to the segment before it.
+        let w = build("000000010000000000000005").backup_wal(start, stop, &root);
+        assert!(w.missing.is_empty());
+        assert_eq!(w.reach, Some(seg("000000010000000000000004")));
+        let g = w.gaps_after_stop[0];
+        assert_eq!(
+            (g.first, g.last, g.count, g.next),
+            (seg("000000010000000000000005"), seg("000000010000000000000005"), 1, seg("000000010000000000000006"))
+        );
+        // The hole right after the stop: reaches its stop only.
+        let w = build("000000010000000000000004").backup_wal(start, stop, &root);
+        assert_eq!(w.reach, Some(stop));
+        // The last segment gone: the end of the archive, not a hole.
+        let w = build("000000010000000000000007").backup_wal(start, stop, &root);
+        assert!(w.gaps_after_stop.is_empty());
+        assert_eq!(w.reach, Some(seg("000000010000000000000006")));
+        // The backup's WAL not archived at all yet.
+        let w = WalIndex::build(&listing(&["000000010000000000000002"]), SIZE).backup_wal(start, stop, &root);
+        assert_eq!((w.missing.clone(), w.reach), (vec![stop], None));
+    }
+
+    /// Following the history: after timeline 2 forked inside segment 5, the backup reaches timeline 2's WAL; a
+    /// hole spanning the switch is one gap; timeline 1's own later segments are not on the path.
+    #[test]
+    fn reach_follows_the_history() {
+        let tl2 = TimelineHistory::parse(TimelineId(2), "1\t0/5000158\tx\n").expect("h2");
+        let mut histories = BTreeMap::new();
+        histories.insert(TimelineId(2), tl2.clone());
+        let (start, stop) = (seg("000000010000000000000002"), seg("000000010000000000000003"));
+        assert_eq!(followed_history(&histories, TimelineId(1), crate::wal::Lsn(0x300_0000)), tl2);
+        // A backup that stopped after the fork cannot follow timeline 2.
+        assert_eq!(followed_history(&histories, TimelineId(1), crate::wal::Lsn(0x600_0000)).timeline, TimelineId(1));
+        let names = [
+            "000000010000000000000002",
+            "000000010000000000000003",
+            "000000010000000000000004",
+            "000000010000000000000005.partial",
+            "000000010000000000000008", // timeline 1 after the fork (the old primary went on): not on the path
+            "00000002.history",
+            "000000020000000000000005",
+            "000000020000000000000006",
+        ];
+        let i = WalIndex::build(&listing(&names), SIZE);
+        let w = i.backup_wal(start, stop, &tl2);
+        assert!(w.gaps_after_stop.is_empty(), "{:?}", w.gaps_after_stop);
+        assert_eq!(w.reach, Some(seg("000000020000000000000006")));
+        // Timeline 1's segment 4 and timeline 2's segment 5 lost: one gap across the switch.
+        let holes: Vec<&str> =
+            names.iter().copied().filter(|n| !n.ends_with("04") && !n.ends_with("20000000000000005")).collect();
+        let i = WalIndex::build(&listing(&holes), SIZE);
+        let w = i.backup_wal(start, stop, &tl2);
+        assert_eq!(w.gaps_after_stop.len(), 1);
+        let g = w.gaps_after_stop[0];
+        assert_eq!((g.first, g.last, g.count), (seg("000000010000000000000004"), seg("000000020000000000000005"), 2));
+        assert_eq!(g.next, seg("000000020000000000000006"));
+        assert_eq!(w.reach, Some(stop));
+    }
+}

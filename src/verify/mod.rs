@@ -13,6 +13,7 @@
 
 pub mod coverage;
 pub mod read;
+pub mod status;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, SystemTime};

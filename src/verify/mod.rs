@@ -206,7 +206,7 @@ pub async fn run(storage: DynStorage, options: &Options) -> Result<Report, Error
             }
         }
     }
-    jobs.extend(wal_names.into_iter().map(|(_, n)| Job::Wal(crate::repository::wal_key(&n), n)));
+    jobs.extend(wal_names.into_values().map(|n| Job::Wal(crate::repository::wal_key(&n), n)));
 
     let results = read::read_all(storage.clone(), jobs, options.parallel, size).await?;
     let (mut bytes_read, mut wal_checked) = (0u64, 0u64);

@@ -60,13 +60,12 @@ pub(super) fn run(ctx: &Ctx, args: &StatusArgs) -> Result<(), Error> {
     }
     print_wal(&s)?;
     match &s.window {
+        // Without backup ids: --last and --type filter the backups listed, not the window.
         Some(w) => line(format_args!(
-            "restorable: from {} (end of backup {}) to {} (segment {}, from backup {})",
+            "restorable: from {} (end of the oldest restorable backup) to the end of segment {}{}",
             w.earliest,
-            w.earliest_backup,
-            w.latest.as_deref().map_or_else(|| "the end of".to_owned(), |t| format!("about {t}, the end of")),
             w.latest_segment,
-            w.latest_backup
+            w.latest.as_deref().map(|t| format!(" (archived {t})")).unwrap_or_default(),
         ))?,
         None => line("restorable: nothing (no backup whose data and WAL are all present)")?,
     }

@@ -79,7 +79,10 @@ fn print_text(r: &Report) -> Result<(), Error> {
         line(format_args!("{} {}{status}: {}{breaks}{cuts}", p.kind, p.what, p.reason))?;
     }
     if r.ok {
-        line("ok: nothing missing or corrupt")?;
+        let pending = r.problems.iter().filter(|p| p.status.is_some() && !p.is_failure()).count();
+        let note =
+            if pending == 0 { String::new() } else { format!("; {pending} gap(s) pending or expired, see above") };
+        line(format_args!("ok: nothing missing, corrupt or lost{note}"))?;
     }
     Ok(())
 }

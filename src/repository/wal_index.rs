@@ -89,6 +89,8 @@ pub struct PathGap {
     pub count: u64,
     /// The next segment present after the hole.
     pub next: SegmentName,
+    /// The last segment present before the hole (`None` when the path starts with it).
+    pub after: Option<SegmentName>,
 }
 
 /// What a backup needs of the archive and what it can reach, from [`WalIndex::backup_wal`].
@@ -198,34 +200,54 @@ impl WalIndex {
         (needed, missing)
     }
 
-    /// The segments along `path` from its start to the last archived one on it, in recovery order, each with
-    /// whether it is archived.
-    fn walk(&self, path: &[PathStep]) -> Vec<(SegmentName, bool)> {
-        let Some(end) = crate::wal::continuity::path_end(path, self, self.size) else { return Vec::new() };
-        let Ok(end_segno) = end.segno(self.size) else { return Vec::new() };
-        let mut out = Vec::new();
+    /// Gaps along `path` (from its start to where the archive ends on it), oldest first. Costs one range lookup
+    /// per archived segment on the path, whatever the distance between them (years of WAL pruned to a few
+    /// backups' own segments).
+    pub fn path_gaps(&self, path: &[PathStep]) -> Vec<PathGap> {
+        let size = self.size;
+        let Some(end) = crate::wal::continuity::path_end(path, self, size) else { return Vec::new() };
+        let Ok(end_segno) = end.segno(size) else { return Vec::new() };
+        // The path as spans `from..to` of one timeline each, cut at the end of the archive.
+        let mut spans: Vec<(TimelineId, u64, u64)> = Vec::new();
         for step in path {
-            let until = step.until.unwrap_or(u64::MAX).min(end_segno.saturating_add(1));
-            for n in step.from..until {
-                out.push((SegmentName::from_segno(step.timeline, n, self.size), self.has(step.timeline, n)));
+            let to = step.until.unwrap_or(u64::MAX).min(end_segno.saturating_add(1));
+            if step.from < to {
+                spans.push((step.timeline, step.from, to));
             }
-            if step.timeline == end.timeline && until > end_segno {
+            if step.timeline == end.timeline && to > end_segno {
                 break;
             }
         }
-        out
-    }
-
-    /// Gaps along `path` (from its start to where the archive ends on it), oldest first.
-    pub fn path_gaps(&self, path: &[PathStep]) -> Vec<PathGap> {
+        let name = |(i, n): (usize, u64)| SegmentName::from_segno(spans[i].0, n, size);
+        let next = |(i, n): (usize, u64)| {
+            if n + 1 < spans[i].2 { (i, n + 1) } else { (i + 1, spans.get(i + 1).map_or(0, |s| s.1)) }
+        };
+        let before = |(i, n): (usize, u64)| if n > spans[i].1 { (i, n - 1) } else { (i - 1, spans[i - 1].2 - 1) };
+        let distance = |a: (usize, u64), b: (usize, u64)| {
+            if a.0 == b.0 {
+                b.1 - a.1
+            } else {
+                (spans[a.0].2 - a.1) + spans[a.0 + 1..b.0].iter().map(|s| s.2 - s.1).sum::<u64>() + (b.1 - spans[b.0].1)
+            }
+        };
         let mut gaps = Vec::new();
-        let mut open: Option<(SegmentName, SegmentName, u64)> = None;
-        for (name, present) in self.walk(path) {
-            match (present, open.take()) {
-                (false, None) => open = Some((name, name, 1)),
-                (false, Some((first, _, count))) => open = Some((first, name, count + 1)),
-                (true, Some((first, last, count))) => gaps.push(PathGap { first, last, count, next: name }),
-                (true, None) => {}
+        let Some(&(_, start, _)) = spans.first() else { return gaps };
+        let (mut expect, mut last_present) = ((0usize, start), None);
+        for (i, &(timeline, from, to)) in spans.iter().enumerate() {
+            let Some(t) = self.timelines.get(&timeline) else { continue };
+            for &n in t.segments.range(from..to).map(|(n, _)| n) {
+                let here = (i, n);
+                if here != expect {
+                    gaps.push(PathGap {
+                        first: name(expect),
+                        last: name(before(here)),
+                        count: distance(expect, here),
+                        next: name(here),
+                        after: last_present.map(name),
+                    });
+                }
+                last_present = Some(here);
+                expect = next(here);
             }
         }
         gaps
@@ -242,7 +264,7 @@ impl WalIndex {
         let reach = if missing.is_empty() {
             match gaps_after_stop.first() {
                 // The last segment before the first gap.
-                Some(g) => self.previous_on_path(&path, g.first),
+                Some(g) => g.after,
                 None => crate::wal::continuity::path_end(&path, self, self.size),
             }
             .filter(|r| r.segno(self.size).is_ok_and(|n| n >= stop_segno))
@@ -250,13 +272,6 @@ impl WalIndex {
             None
         };
         BackupWal { needed, missing, reach, gaps_after_stop }
-    }
-
-    /// The segment before `name` along `path` (`None` when `name` is the path's first).
-    fn previous_on_path(&self, path: &[PathStep], name: SegmentName) -> Option<SegmentName> {
-        let walked = self.walk(path);
-        let i = walked.iter().position(|(n, _)| *n == name)?;
-        i.checked_sub(1).map(|p| walked[p].0)
     }
 
     /// The newest archived segment by name (highest timeline, then highest segment number).
@@ -416,6 +431,21 @@ mod tests {
         assert_eq!((w.missing.clone(), w.reach), (vec![stop], None));
     }
 
+    /// Pruned WAL: a backup's own segments a million segments apart from the next ones are one gap of the right
+    /// length, found without walking every segment number.
+    #[test]
+    fn far_apart_segments_are_one_gap() {
+        let names = ["000000010000000000000002", "000000010000000000000003", "0000000100001000000000A0"];
+        let i = WalIndex::build(&listing(&names), SIZE);
+        let (start, stop) = (seg("000000010000000000000002"), seg("000000010000000000000003"));
+        let w = i.backup_wal(start, stop, &TimelineHistory::root(TimelineId(1)));
+        assert_eq!(w.reach, Some(stop));
+        let g = w.gaps_after_stop[0];
+        assert_eq!((g.first, g.next), (seg("000000010000000000000004"), seg("0000000100001000000000A0")));
+        assert_eq!(g.count, 0x1000 * 256 + 0xA0 - 4);
+        assert_eq!(g.last, seg("00000001000010000000009F"));
+    }
+
     /// Following the history: after timeline 2 forked inside segment 5, the backup reaches timeline 2's WAL; a
     /// hole spanning the switch is one gap; timeline 1's own later segments are not on the path.
     #[test]
@@ -450,6 +480,7 @@ mod tests {
         let g = w.gaps_after_stop[0];
         assert_eq!((g.first, g.last, g.count), (seg("000000010000000000000004"), seg("000000020000000000000005"), 2));
         assert_eq!(g.next, seg("000000020000000000000006"));
+        assert_eq!(g.after, Some(stop));
         assert_eq!(w.reach, Some(stop));
     }
 }

@@ -312,3 +312,66 @@ fn issue_8_verify_and_status_s3() {
     let Some((url, extra)) = crate::pitr::s3_repo("i8-verify") else { return };
     scenario("i8-verify-s3", &url, &extra, &server.s3_config());
 }
+
+/// Following the history files: a backup taken before a fork reaches the newest timeline's WAL (a restore's
+/// default, recovery_target_timeline = 'latest'); a clean repository with two timelines passes `verify --wal`; a
+/// segment lost on timeline 2 cuts that backup short and is named as a gap of timeline 2.
+#[test]
+fn issue_8_verify_follows_timelines() {
+    if require_pg().is_none() {
+        return;
+    }
+    let repo = FileRepo::new("i8-tl");
+    let src = Source::start_with("i8-tl", &repo.url(), ARCHIVE, BACKUP);
+    let c = &src.cluster;
+    c.sql("create table t (batch int, id int, pad text)");
+    let a = src.backup_json("full")["id"].as_str().expect("id").to_owned();
+    let mut at = Vec::new();
+    for n in 1..=3 {
+        std::thread::sleep(Duration::from_millis(1100));
+        batch(&src, n);
+        at.push(c.sql("select clock_timestamp()"));
+    }
+    c.switch_and_wait_archived(Duration::from_secs(120));
+    // The fork: restored to after batch 1 and promoted, archiving timeline 2 into the same repository.
+    let fork = src.restore_and_start("fork", &["--to", &at[0]]);
+    for n in 101..=103 {
+        fork.sql(&format!("insert into t select {n}, g, md5(g::text) from generate_series(1, 20000) g"));
+        fork.sql("select pg_switch_wal()");
+    }
+    let last = fork.switch_and_wait_archived(Duration::from_secs(120));
+    assert!(last.starts_with("00000002"), "{last}");
+    drop(fork);
+
+    let (code, r) = verify(&src.config, &["--wal"]);
+    assert_eq!(code, Some(0), "{r}");
+    assert!(r["problems"].as_array().is_some_and(Vec::is_empty), "{r}");
+    let s = status_json(&src.config);
+    let tls = s["wal"]["timelines"].as_array().expect("timelines");
+    assert_eq!(tls.iter().map(|t| t["timeline"].as_u64()).collect::<Vec<_>>(), vec![Some(1), Some(2)], "{s}");
+    assert_eq!(tls[1]["has_history"], true, "{s}");
+    assert!(tls[1]["first"].as_str().is_some_and(|f| f.starts_with("00000002")), "{s}");
+    let reach = &s["backups"][0]["reaches"];
+    assert_eq!(reach["timeline"], 2, "{s}");
+    assert_eq!(reach["segment"], tls[1]["last"], "{s}");
+
+    // A segment of timeline 2 lost (the one before its last): a gap of timeline 2 that cuts the backup short.
+    let last2 = tls[1]["last"].as_str().expect("last").to_owned();
+    let segno = u64::from_str_radix(&last2[16..], 16).expect("hex");
+    let victim = format!("{}{:08X}", &last2[..16], segno - 1);
+    let raw = Raw::open(&repo.url(), &backupctl::config::S3Config::default());
+    raw.delete(&segment_key(&victim));
+    let r = wait_for("the gap to count as lost", Duration::from_secs(90), || {
+        let (code, r) = verify(&src.config, &[]);
+        let is_lost = problems(&r, "wal_gap").first().is_some_and(|g| g["status"] == "lost");
+        is_lost.then(|| {
+            assert_eq!(code, Some(1), "{r}");
+            r
+        })
+    });
+    let gap = problems(&r, "wal_gap")[0];
+    assert_eq!(gap["what"], victim.as_str(), "{r}");
+    assert_eq!((ids(&gap["breaks"]), ids(&gap["cuts"])), (vec![], vec![a.clone()]), "{r}");
+    let s = status_json(&src.config);
+    assert!(s["backups"][0]["reaches"]["segment"].as_str().is_some_and(|r| r < victim.as_str()), "{s}");
+}

@@ -8,6 +8,9 @@
 //!   uploaded (`backup.archive_timeout_seconds` plus `archive.retry_deadline_seconds`);
 //! - **expired** when `next` was written before [`Clock::expired_before`] (the start of `[retention] pitr_days`'s
 //!   window) and the gap breaks no backup: retention deletes WAL between old backups on purpose;
+//! - **unused** when it lies before every backup: no backup's start..stop holds it, no backup's recovery path
+//!   after its stop crosses it, and every backup of its timeline starts after it (WAL from before the first
+//!   backup, e.g. while archiving was being set up). Nothing can be restored through it either way;
 //! - **lost** otherwise.
 
 use std::collections::BTreeMap;
@@ -39,6 +42,8 @@ pub enum GapStatus {
     Pending,
     /// Older than the PITR window and needed by no backup's start..stop: deleted by retention.
     Expired,
+    /// Before every backup: no restore reads it.
+    Unused,
     /// Missing.
     Lost,
 }
@@ -48,6 +53,7 @@ impl std::fmt::Display for GapStatus {
         f.write_str(match self {
             GapStatus::Pending => "pending",
             GapStatus::Expired => "expired",
+            GapStatus::Unused => "unused",
             GapStatus::Lost => "lost",
         })
     }
@@ -174,7 +180,13 @@ pub fn coverage(
                 .map(|(m, _)| m.id.clone())
                 .collect();
             let written = index.segment(next).and_then(|o| o.modified);
-            let status = classify(written, breaks.is_empty(), clock);
+            let is_before_every_backup = breaks.is_empty()
+                && cuts.is_empty()
+                && backups.iter().zip(&paths).all(|(m, (_, a, _))| m.timeline_id() != timeline || *a > run.last);
+            let status = match classify(written, breaks.is_empty(), clock) {
+                GapStatus::Lost if is_before_every_backup => GapStatus::Unused,
+                other => other,
+            };
             gaps.push(TimelineGap { run, next, status, breaks, cuts });
         }
         let first = t.segments.keys().next().map(|n| SegmentName::from_segno(timeline, *n, size));
@@ -277,6 +289,17 @@ mod tests {
         assert_eq!(c.backups[0].wal.reach.map(|s| s.to_string()), Some("000000010000000000000004".into()));
         assert_eq!(c.backups[2].wal.reach.map(|s| s.to_string()), Some("00000001000000000000000C".into()));
         assert_eq!(c.backups[2].reach_written, Some(SystemTime::UNIX_EPOCH + Duration::from_secs(T0 + 12 * 60)));
+    }
+
+    /// WAL from before every backup: unused, not lost; the same gap with a backup of its timeline started
+    /// before it is lost.
+    #[test]
+    fn a_gap_before_every_backup_is_unused() {
+        let idx = index(&[1, 2, 4, 5, 6, 7]);
+        let c = coverage(&idx, &[manifest("20261130-000000F", 5, 6)], &BTreeMap::new(), &clock(1000));
+        assert_eq!(c.timelines[0].gaps[0].status, GapStatus::Unused);
+        let c = coverage(&idx, &[manifest("20261130-000000F", 1, 1)], &BTreeMap::new(), &clock(1000));
+        assert_eq!(c.timelines[0].gaps[0].status, GapStatus::Lost);
     }
 
     /// Pending when the next segment is fresh (either side of now), expired only beyond the window and only when

@@ -8,8 +8,8 @@
 //! it breaks and whose later WAL it cuts short.
 //!
 //! The result is [`Report::is_ok`] only if nothing is missing or corrupt, no verified backup is broken, and no
-//! gap is lost (pending and expired gaps are reported and do not fail; with a backup id, only gaps that break or
-//! cut that backup count). Verify only reads.
+//! gap is lost (pending, expired and unused gaps are reported and do not fail; with a backup id, only gaps that
+//! break or cut that backup count). Verify only reads.
 
 pub mod coverage;
 pub mod read;
@@ -52,7 +52,7 @@ pub struct Problem {
     pub what: String,
     /// Why, in one line.
     pub reason: String,
-    /// For a gap: `lost`, `pending` or `expired`.
+    /// For a gap: `lost`, `pending`, `expired` or `unused`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub status: Option<GapStatus>,
     /// Backups it makes unrestorable.

@@ -87,7 +87,7 @@ pub struct Status {
 }
 
 impl Status {
-    /// True if no timeline has a gap that is lost or pending.
+    /// True if no timeline has a gap other than an expired one (pruned on purpose).
     pub fn is_wal_complete(&self) -> bool {
         self.coverage.timelines.iter().flat_map(|t| &t.gaps).all(|g| g.status == GapStatus::Expired)
     }

@@ -219,6 +219,16 @@ pub enum Error {
         /// How many checks there are.
         total: usize,
     },
+    /// `backupctl verify` found objects missing or corrupt, broken backups or lost WAL (the report lists them).
+    #[error("verify of {backend} failed: {problems} problem(s), {broken} broken backup(s)")]
+    VerifyFailed {
+        /// Backend display.
+        backend: String,
+        /// Problems that fail the verification.
+        problems: usize,
+        /// Backups that cannot be restored.
+        broken: usize,
+    },
     /// A feature that this build does not implement yet.
     #[error("{0} is not implemented yet")]
     NotImplemented(&'static str),
@@ -332,6 +342,9 @@ impl Error {
             }
             Error::ChecksFailed { .. } => {
                 "fix what each failed check names and run 'backupctl check' again (docs/operations.md, \"Checking a setup\")"
+            }
+            Error::VerifyFailed { .. } => {
+                "copy what is missing or corrupt back from a copy of the repository (or pg_wal of the source for WAL), then verify again; take a new full backup if a broken backup cannot be repaired (docs/operations.md, Verify)"
             }
             Error::NotImplemented(_) | Error::Task(_) | Error::Stdout(_) => return None,
         })

@@ -21,6 +21,7 @@ pub mod restore;
 pub mod retention;
 pub mod spool;
 pub mod storage;
+pub mod verify;
 pub mod wal;
 
 pub use error::Error;

@@ -61,8 +61,8 @@ pub enum Command {
     /// Show the repository's cluster, the archived WAL per timeline with its gaps, the restorable window, and the
     /// backups: what each can reach, whether it is kept and why, and its sizes.
     Status(status::StatusArgs),
-    /// Re-read every object the backups need and every archived WAL file, check sizes and checksums and WAL
-    /// continuity, and name what is missing or corrupt and which backups it breaks.
+    /// Re-read every object the backups need (with --wal, every archived WAL file too), check sizes and checksums
+    /// and WAL continuity, and name what is missing or corrupt and which backups it breaks.
     Verify(verify::VerifyArgs),
     /// Apply the retention policy: delete the backups it does not keep and the WAL no kept backup needs, then
     /// reclaim their space (gc).

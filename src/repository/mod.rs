@@ -15,6 +15,7 @@
 pub mod backup;
 pub mod path;
 pub mod store;
+pub mod wal_index;
 
 use serde::{Deserialize, Serialize};
 

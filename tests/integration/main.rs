@@ -9,6 +9,7 @@ mod issue7_polish;
 mod issue7_restore;
 mod issue7_surface;
 mod issue8_check;
+mod issue8_verify;
 mod pitr;
 mod push;
 mod s3_archive;

@@ -1,0 +1,235 @@
+//! `backupctl status`'s picture of a repository, from listings and manifests only (reads no data object): the
+//! archived WAL per timeline with its gaps, the restorable window, what each backup reaches, whether it is kept
+//! and why, and its sizes (logical, stored, unique to it).
+//!
+//! Needs only read access: `list` of `wal/`, `data/` and `backups/`, and `get` of the descriptor, the cluster
+//! record, the manifests, the keep marks and the history files.
+
+use std::collections::{BTreeMap, HashMap};
+use std::time::SystemTime;
+
+use time::OffsetDateTime;
+use time::format_description::well_known::Rfc3339;
+
+use super::coverage::{self, BackupCoverage, Clock, Coverage, GapStatus};
+use crate::Error;
+use crate::repository::backup::{BackupId, DATA_PREFIX, Manifest, ObjectId};
+use crate::repository::store;
+use crate::repository::wal_index::WalIndex;
+use crate::repository::{ClusterInfo, store::Error as StoreError};
+use crate::retention::keep::{self, KeepMark};
+use crate::storage::Storage;
+
+/// A backup's sizes.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Sizes {
+    /// Bytes of its files (what a restore writes).
+    pub logical: u64,
+    /// Stored bytes of every object it references (shared ones included).
+    pub stored: u64,
+    /// Stored bytes of the objects no other backup references: what deleting it (and gc) would free.
+    pub unique: u64,
+    /// Distinct objects it references.
+    pub objects: u64,
+    /// Of those, objects the listing of `data/` does not hold.
+    pub objects_missing: u64,
+}
+
+/// One backup as status shows it.
+#[derive(Debug, Clone)]
+pub struct BackupStatus {
+    /// The manifest.
+    pub manifest: Manifest,
+    /// Its WAL.
+    pub coverage: BackupCoverage,
+    /// Its keep mark, if any.
+    pub keep: Option<KeepMark>,
+    /// Whether the keep mark keeps it now.
+    pub is_kept: bool,
+    /// Its sizes.
+    pub sizes: Sizes,
+}
+
+/// The earliest and latest point a restore can reach.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Window {
+    /// The oldest restorable backup (its stop time is the earliest point).
+    pub earliest_backup: BackupId,
+    /// Its stop time (RFC 3339).
+    pub earliest: String,
+    /// The backup that reaches furthest.
+    pub latest_backup: BackupId,
+    /// The last segment it reaches without a gap.
+    pub latest_segment: String,
+    /// When that segment was archived (RFC 3339, the repository's clock): the latest point is at or before it.
+    pub latest: Option<String>,
+}
+
+/// Everything `status` shows.
+#[derive(Debug)]
+pub struct Status {
+    /// The cluster on record.
+    pub cluster: Option<ClusterInfo>,
+    /// The archived WAL.
+    pub index: WalIndex,
+    /// Its coverage.
+    pub coverage: Coverage,
+    /// Every backup, oldest first.
+    pub backups: Vec<BackupStatus>,
+    /// Backups whose manifest cannot be read, with why.
+    pub unusable: Vec<(BackupId, StoreError)>,
+    /// Damaged history files (key, why): not followed.
+    pub bad_histories: Vec<(String, String)>,
+    /// The restorable window (`None`: no backup can be restored).
+    pub window: Option<Window>,
+    /// Seconds since the newest backup stopped.
+    pub newest_backup_age_seconds: Option<i64>,
+}
+
+impl Status {
+    /// True if no timeline has a gap other than an expired one (pruned on purpose).
+    pub fn is_wal_complete(&self) -> bool {
+        self.coverage.timelines.iter().flat_map(|t| &t.gaps).all(|g| g.status == GapStatus::Expired)
+    }
+}
+
+/// Collect the status of the repository in `storage` at `clock.now`.
+pub async fn collect(storage: &dyn Storage, clock: &Clock) -> Result<Status, Error> {
+    let (manifests, unusable) = store::manifests(storage).await?;
+    let cluster = store::cluster_info(storage).await?;
+    let size = super::segment_size(storage, &manifests).await?;
+    let index = WalIndex::build(&storage.list("wal/").await?, size);
+    let (histories, bad) = super::load_histories(storage, &index).await?;
+    let coverage = coverage::coverage(&index, &manifests, &histories, clock);
+    let marks = keep::load_all(storage).await?;
+    let stored: HashMap<ObjectId, u64> = storage
+        .list(DATA_PREFIX)
+        .await?
+        .iter()
+        .filter_map(|m| ObjectId::from_key(m.key.as_str()).map(|id| (id, m.size)))
+        .collect();
+    let now = OffsetDateTime::from(clock.now);
+    let sizes = sizes(&manifests, &stored);
+    let backups: Vec<BackupStatus> = manifests
+        .into_iter()
+        .zip(coverage.backups.iter().cloned())
+        .zip(sizes)
+        .map(|((manifest, coverage), sizes)| {
+            let keep = marks.get(&manifest.id).cloned();
+            let is_kept = keep.as_ref().is_some_and(|k| k.is_kept_at(now));
+            BackupStatus { manifest, coverage, keep, is_kept, sizes }
+        })
+        .collect();
+    let window = window(&backups);
+    let newest_backup_age_seconds = backups
+        .iter()
+        .filter_map(|b| OffsetDateTime::parse(&b.manifest.stop_time, &Rfc3339).ok())
+        .max()
+        .map(|t| (now - t).whole_seconds());
+    Ok(Status {
+        cluster,
+        index,
+        coverage,
+        backups,
+        unusable,
+        bad_histories: bad.into_iter().map(|p| (p.what, p.reason)).collect(),
+        window,
+        newest_backup_age_seconds,
+    })
+}
+
+/// Per manifest, its sizes; `stored` maps each listed data object to its stored bytes.
+pub fn sizes(manifests: &[Manifest], stored: &HashMap<ObjectId, u64>) -> Vec<Sizes> {
+    let mut users: HashMap<ObjectId, u32> = HashMap::new();
+    let per_backup: Vec<std::collections::BTreeSet<ObjectId>> =
+        manifests.iter().map(|m| m.files.iter().flat_map(|f| &f.pieces).map(|p| p.object).collect()).collect();
+    for objects in &per_backup {
+        for o in objects {
+            *users.entry(*o).or_default() += 1;
+        }
+    }
+    manifests
+        .iter()
+        .zip(&per_backup)
+        .map(|(m, objects)| {
+            let mut s = Sizes { logical: m.stats.bytes, objects: objects.len() as u64, ..Sizes::default() };
+            for o in objects {
+                match stored.get(o) {
+                    Some(&n) => {
+                        s.stored += n;
+                        if users.get(o) == Some(&1) {
+                            s.unique += n;
+                        }
+                    }
+                    None => s.objects_missing += 1,
+                }
+            }
+            s
+        })
+        .collect()
+}
+
+/// From the oldest restorable backup's stop to the furthest WAL a restorable backup reaches.
+fn window(backups: &[BackupStatus]) -> Option<Window> {
+    let restorable: Vec<&BackupStatus> =
+        backups.iter().filter(|b| b.coverage.is_restorable() && b.sizes.objects_missing == 0).collect();
+    let oldest = restorable.iter().min_by(|a, b| a.manifest.stop_time.cmp(&b.manifest.stop_time))?;
+    let furthest = restorable.iter().filter(|b| b.coverage.wal.reach.is_some()).max_by_key(|b| {
+        (
+            b.coverage.reach_written.unwrap_or(SystemTime::UNIX_EPOCH),
+            b.coverage.wal.reach.map(|r| (r.timeline, r.log, r.seg)),
+        )
+    })?;
+    Some(Window {
+        earliest_backup: oldest.manifest.id.clone(),
+        earliest: oldest.manifest.stop_time.clone(),
+        latest_backup: furthest.manifest.id.clone(),
+        latest_segment: furthest.coverage.wal.reach.map(|r| r.to_string()).unwrap_or_default(),
+        latest: furthest.coverage.reach_written.and_then(rfc3339),
+    })
+}
+
+/// `t` as RFC 3339 UTC.
+pub fn rfc3339(t: SystemTime) -> Option<String> {
+    OffsetDateTime::from(t).format(&Rfc3339).ok()
+}
+
+/// Backups by id, for lookups.
+pub fn by_id(backups: &[BackupStatus]) -> BTreeMap<&BackupId, &BackupStatus> {
+    backups.iter().map(|b| (&b.manifest.id, b)).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Unique bytes are those of objects no other backup references; a missing object is counted, not sized.
+    #[test]
+    fn sizes_logical_stored_unique() {
+        let piece = |o: ObjectId| crate::repository::backup::Piece { object: o, offset: 0, length: 1, blake3: o };
+        let (a, b, c) = (ObjectId::of(b"a"), ObjectId::of(b"b"), ObjectId::of(b"c"));
+        let manifest = |objects: &[ObjectId], bytes: u64| {
+            let mut m: Manifest = serde_json::from_value(serde_json::json!({
+                "format": 1, "id": "20261130-000000F", "label": "l", "description": null, "type": "full",
+                "start_time": "", "stop_time": "", "start_lsn": "0/0", "stop_lsn": "0/0", "timeline": 1,
+                "start_wal": "", "stop_wal": "", "pg_version_num": 150000, "system_identifier": "1",
+                "wal_segment_size": 16777216, "chunk_size": 1048576, "backup_label": "", "tablespace_map": null,
+                "tablespaces": [], "directories": [], "files": [],
+                "stats": {"files": 0, "bytes": bytes, "objects_written": 0, "bytes_written": 0, "bytes_stored": 0, "bytes_reused": 0, "duration_ms": 0}
+            }))
+            .expect("manifest");
+            m.files.push(crate::repository::backup::FileEntry {
+                path: "f".into(),
+                size: objects.len() as u64,
+                mode: 0o600,
+                mtime: 0,
+                pieces: objects.iter().map(|o| piece(*o)).collect(),
+            });
+            m
+        };
+        let stored: HashMap<ObjectId, u64> = [(a, 10), (b, 20)].into_iter().collect();
+        let s = sizes(&[manifest(&[a, b], 100), manifest(&[b, c], 200)], &stored);
+        assert_eq!(s[0], Sizes { logical: 100, stored: 30, unique: 10, objects: 2, objects_missing: 0 });
+        assert_eq!(s[1], Sizes { logical: 200, stored: 20, unique: 0, objects: 2, objects_missing: 1 });
+    }
+}

@@ -211,6 +211,12 @@ pub enum Error {
         /// Why.
         reason: String,
     },
+    /// A retention policy that is not valid (`--policy`).
+    #[error(transparent)]
+    Policy(#[from] crate::retention::plan::PolicyError),
+    /// `prune`, `keep` or `unkeep` cannot go on (an unknown backup id, a damaged manifest, a bad `--until`).
+    #[error(transparent)]
+    Retention(#[from] crate::retention::expire::Error),
     /// A feature that this build does not implement yet.
     #[error("{0} is not implemented yet")]
     NotImplemented(&'static str),
@@ -225,8 +231,13 @@ pub enum Error {
 impl Error {
     /// A bad configuration or command line: exit status 2 (255 for wal-fetch).
     pub fn is_usage(&self) -> bool {
-        matches!(self, Error::Config(_) | Error::Usage(_))
-            || self.owner_error().is_some()
+        matches!(
+            self,
+            Error::Config(_)
+                | Error::Usage(_)
+                | Error::Policy(_)
+                | Error::Retention(crate::retention::expire::Error::BadUntil { .. })
+        ) || self.owner_error().is_some()
             || matches!(
                 self,
                 Error::Storage(crate::storage::Error::InvalidUrl { .. } | crate::storage::Error::NoCredentials { .. })
@@ -322,6 +333,18 @@ impl Error {
                 "the destination and each tablespace directory must be new or empty; --delta restores over a stopped \
                  old copy of this cluster (its own tablespace links included)"
             }
+            Error::Policy(_) => {
+                "write the policy as comma-separated key=value items, e.g. --policy \"daily-retain=7,weekly-retain=4,pitr-days=14\" (docs/operations.md, retention)"
+            }
+            Error::Retention(crate::retention::expire::Error::UnknownBackup { .. }) => {
+                "run 'backupctl status' to list the backups"
+            }
+            Error::Retention(
+                crate::retention::expire::Error::UnusableBackups { .. } | crate::retention::expire::Error::Plan(_),
+            ) => {
+                "run 'backupctl verify' on those backups, and delete the ones that cannot be restored with 'backupctl delete --backup-id ID' before pruning"
+            }
+            Error::Retention(_) => "give --until a date (2027-01-31) or an RFC 3339 time in the future, or --forever",
             Error::NotImplemented(_) | Error::Task(_) | Error::Stdout(_) => return None,
         })
     }

@@ -217,6 +217,26 @@ pub enum Error {
     /// `prune`, `keep` or `unkeep` cannot go on (an unknown backup id, a damaged manifest, a bad `--until`).
     #[error(transparent)]
     Retention(#[from] crate::retention::expire::Error),
+    /// Deleting a backup or collecting garbage refused or failed (unknown or kept backup, unreadable manifest).
+    #[error(transparent)]
+    Gc(#[from] crate::retention::gc::Error),
+    /// A lease (of a running base-backup, restore or gc) could not be taken, kept or waited out.
+    #[error(transparent)]
+    Lease(#[from] crate::repository::lease::Error),
+    /// Objects a base-backup references vanished before its manifest was written (checked just before).
+    #[error(
+        "backup {backup}: {count} object(s) it references vanished from {backend} before its manifest was written, e.g. {first}"
+    )]
+    ObjectsVanished {
+        /// The backup id.
+        backup: String,
+        /// How many are missing.
+        count: usize,
+        /// One of them (its key).
+        first: String,
+        /// Backend display.
+        backend: String,
+    },
     /// A feature that this build does not implement yet.
     #[error("{0} is not implemented yet")]
     NotImplemented(&'static str),
@@ -345,6 +365,17 @@ impl Error {
                 "run 'backupctl verify' on those backups, and delete the ones that cannot be restored with 'backupctl delete --backup-id ID' before pruning"
             }
             Error::Retention(_) => "give --until a date (2027-01-31) or an RFC 3339 time in the future, or --forever",
+            Error::Gc(e) => return e.hint(),
+            Error::Lease(crate::repository::lease::Error::Busy { .. }) => {
+                "wait for the other command to finish and run again; a lease of a killed process expires after 10 minutes (at once on the same host)"
+            }
+            Error::Lease(crate::repository::lease::Error::Lost { .. }) => {
+                "the repository was unreachable for minutes; run again once it is reachable"
+            }
+            Error::Lease(_) => return None,
+            Error::ObjectsVanished { .. } => {
+                "something deleted objects under data/ while the backup ran (a gc of an older version, or by hand); this backup was not recorded: run it again"
+            }
             Error::NotImplemented(_) | Error::Task(_) | Error::Stdout(_) => return None,
         })
     }

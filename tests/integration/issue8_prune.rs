@@ -18,7 +18,8 @@ fn backupctl(src: &Source, args: &[&str]) -> Output {
 
 fn json_of(what: &str, out: &Output) -> Value {
     assert_ok(what, out);
-    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{what}: not JSON ({e}): {}", String::from_utf8_lossy(&out.stdout)))
+    serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("{what}: not JSON ({e}): {}", String::from_utf8_lossy(&out.stdout)))
 }
 
 fn ids(list: &Value) -> Vec<String> {
@@ -108,11 +109,16 @@ fn prune_scenario(url: &str, extra: &str, label: &str) {
     // A bad policy is a usage error naming the item.
     let out = backupctl(&src, &["prune", "--dry-run", "--policy", "keep-last=1,weekly=2"]);
     assert_eq!(out.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("unknown key \"weekly\""), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("unknown key \"weekly\""),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 
     let policy = "keep-last=1,pitr-days=0";
     let wal_before = wal_names(&src);
-    let dry = json_of("prune --dry-run", &backupctl(&src, &["prune", "--policy", policy, "--dry-run", "--json-output"]));
+    let dry =
+        json_of("prune --dry-run", &backupctl(&src, &["prune", "--policy", policy, "--dry-run", "--json-output"]));
     assert_eq!(dry["dry_run"], true);
     assert_eq!(ids(&dry["deleted_backups"]), [id(0), id(2)], "{dry:#}");
     assert_eq!(ids(&dry["kept_backups"]), [id(1), id(3)], "{dry:#}");
@@ -126,7 +132,10 @@ fn prune_scenario(url: &str, extra: &str, label: &str) {
     let text = backupctl(&src, &["prune", "--policy", policy, "--dry-run"]);
     assert_ok("prune --dry-run (text)", &text);
     let text = String::from_utf8_lossy(&text.stdout);
-    assert!(text.contains(&format!("would delete {}", id(0))) && text.contains("dry run: nothing was deleted"), "{text}");
+    assert!(
+        text.contains(&format!("would delete {}", id(0))) && text.contains("dry run: nothing was deleted"),
+        "{text}"
+    );
 
     let real = json_of("prune", &backupctl(&src, &["prune", "--policy", policy, "--json-output"]));
     assert_eq!(real["dry_run"], false);
@@ -146,7 +155,11 @@ fn prune_scenario(url: &str, extra: &str, label: &str) {
         let seg = seg.as_str().expect("segment");
         assert!(wal_after.iter().any(|n| n == seg), "{seg} must be kept: {wal_after:?}");
     }
-    assert!(wal_after.iter().any(|n| n.starts_with(backups[1]["start_wal"].as_str().expect("seg")) && n.ends_with(".backup")));
+    assert!(
+        wal_after
+            .iter()
+            .any(|n| n.starts_with(backups[1]["start_wal"].as_str().expect("seg")) && n.ends_with(".backup"))
+    );
     for seg in [&backups[0]["start_wal"], &backups[2]["start_wal"]] {
         let seg = seg.as_str().expect("segment");
         assert!(!wal_after.iter().any(|n| n == seg), "{seg} must be deleted: {wal_after:?}");
@@ -253,7 +266,8 @@ fn concurrent_scenario(url: &str, extra: &str, label: &str) {
     assert!(status.success(), "pgbench failed");
     c.switch_and_wait_archived(Duration::from_secs(120));
     // Once the concurrent backup is the newest, the WAL between the kept older backup and it goes.
-    let r = json_of("prune after", &backupctl(&src, &["prune", "--policy", "keep-last=1,pitr-days=0", "--json-output"]));
+    let r =
+        json_of("prune after", &backupctl(&src, &["prune", "--policy", "keep-last=1,pitr-days=0", "--json-output"]));
     wal_deleted += r["deleted_wal"]["files"].as_u64().unwrap_or(0);
     assert!(wal_deleted > 0, "{r:#}");
     let during_id = during["id"].as_str().expect("id");

@@ -219,7 +219,7 @@ pub enum Error {
     Retention(#[from] crate::retention::expire::Error),
     /// Deleting a backup or collecting garbage refused or failed (unknown or kept backup, unreadable manifest).
     #[error(transparent)]
-    Gc(#[from] crate::retention::gc::Error),
+    Gc(Box<crate::retention::gc::Error>),
     /// A lease (of a running base-backup, restore or gc) could not be taken, kept or waited out.
     #[error(transparent)]
     Lease(#[from] crate::repository::lease::Error),
@@ -246,6 +246,13 @@ pub enum Error {
     /// Writing results to stdout failed; a closed pipe (`| head -1`) is [`Error::is_output_closed`].
     #[error("cannot write to standard output: {0}")]
     Stdout(#[source] std::io::Error),
+}
+
+impl From<crate::retention::gc::Error> for Error {
+    /// Boxed: `retention::gc::Error` is larger than every other variant (clippy's `result_large_err`).
+    fn from(e: crate::retention::gc::Error) -> Self {
+        Error::Gc(Box::new(e))
+    }
 }
 
 impl Error {

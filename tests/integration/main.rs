@@ -8,6 +8,7 @@ mod issue7_holes;
 mod issue7_polish;
 mod issue7_restore;
 mod issue7_surface;
+mod issue8_gc;
 mod issue8_prune;
 mod pitr;
 mod push;

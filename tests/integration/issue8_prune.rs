@@ -50,22 +50,12 @@ fn wal_names(src: &Source) -> Vec<String> {
 }
 
 /// Restore `id` to its consistent point (`--to-lsn` its stop LSN) and return the copy, recovered and promoted.
-/// The WAL after the stop point was pruned, so read-ahead is turned off as docs/operations.md says for a target
-/// before a hole (PostgreSQL 15+ decodes WAL ahead of replay and would ask for the pruned segment).
+/// The WAL after the stop point was pruned: pitr-restore turns off replay's read-ahead (PostgreSQL 15+), which
+/// would ask for the pruned segment and stop at the hole.
 fn restore_to_stop(src: &Source, name: &str, id: &str, stop_lsn: &str) -> Cluster {
-    let dest = src.dir.sub(name);
-    std::fs::remove_dir(&dest).expect("pitr-restore creates the destination itself");
-    let out = src.restore(&dest, &["--backup-id", id, "--to-lsn", stop_lsn, "--archive-mode", "off"]);
-    assert_ok(&format!("pitr-restore {id} to {stop_lsn}"), &out);
-    let auto = dest.join("postgresql.auto.conf");
-    let mut text = std::fs::read_to_string(&auto).expect("postgresql.auto.conf");
-    text.push_str("recovery_prefetch = off\n");
-    std::fs::write(&auto, text).expect("write postgresql.auto.conf");
-    let mut copy = Cluster::at(&src.cluster.bin, &dest, &src.cluster.socket);
-    copy.start();
-    wait_for(&format!("recovery of {name} to finish"), Duration::from_secs(180), || {
-        copy.try_sql("select pg_is_in_recovery()").stdout.starts_with(b"f").then_some(())
-    });
+    let copy = src.restore_and_start(name, &["--backup-id", id, "--to-lsn", stop_lsn, "--archive-mode", "off"]);
+    let auto = std::fs::read_to_string(copy.data.join("postgresql.auto.conf")).expect("postgresql.auto.conf");
+    assert!(auto.contains("recovery_prefetch = 'off'"), "{auto}");
     copy
 }
 
@@ -143,7 +133,10 @@ fn prune_scenario(url: &str, extra: &str, label: &str) {
     assert_eq!(real["deleted_backups"], dry["deleted_backups"], "the real run deletes exactly the dry run's list");
     assert_eq!(real["deleted_wal"], dry["deleted_wal"], "the real run deletes exactly the dry run's WAL");
     assert_eq!(real["kept_backups"], dry["kept_backups"]);
-    assert!(real["gc"]["objects_removed"].as_u64().unwrap_or(0) > 0, "gc reclaimed the deleted backups' data: {real:#}");
+    assert!(
+        real["gc"]["objects_removed"].as_u64().unwrap_or(0) > 0,
+        "gc reclaimed the deleted backups' data: {real:#}"
+    );
     assert_eq!(status_ids(&src), [id(1), id(3)]);
     let wal_after = wal_names(&src);
     assert_eq!(

@@ -9,7 +9,7 @@
 //! Invariants:
 //! - Backups are ordered by their real start time, then start LSN (never by id or name: wal-g#636).
 //! - Never deleted: the newest backup, a backup whose keep mark holds at `now`; with no rule that chooses
-//!   backups, no backup at all.
+//!   backups, no backup at all; with no rule at all, nothing (no WAL either).
 //! - A WAL file is deleted only if its segment number is below the start of every kept backup that may go on
 //!   past its stop, and outside the start..stop segments of every other kept backup, on every timeline;
 //!   `.history` files and names that are not WAL are never deleted.
@@ -249,7 +249,16 @@ pub fn plan(
         }
     }
     let kept: Vec<&Backup> = sorted.iter().zip(&reasons).filter(|(_, r)| !r.is_empty()).map(|(b, _)| *b).collect();
-    let wal = wal::plan(&kept, wal_objects, segment_size, policy.rules.pitr_days, now, &mut notes);
+    // No rule at all: prune deletes nothing, not even WAL older than every backup (a copy made by other means,
+    // docs/operations.md, may need it).
+    let wal = if policy.rules == Rules::default() {
+        if !backups.is_empty() || !wal_objects.is_empty() {
+            notes.push("the policy has no rules: nothing is deleted".to_owned());
+        }
+        WalPlan::default()
+    } else {
+        wal::plan(&kept, wal_objects, segment_size, policy.rules.pitr_days, now, &mut notes)
+    };
     let mut keep = Vec::new();
     let mut delete = Vec::new();
     for (b, r) in sorted.iter().zip(reasons) {

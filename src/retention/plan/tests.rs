@@ -226,7 +226,15 @@ fn marks_newest_and_empty_policies() {
     assert!(p.notes[0].contains("keeps no backup") && p.notes[0].contains("20261110-030000F"), "{:?}", p.notes);
     let p = plan(&backups, &[], None, &policy("", "UTC"), now);
     assert_eq!(p.keep.len(), backups.len(), "no rule: keep everything");
-    assert!(p.delete.is_empty() && p.notes.is_empty());
+    assert!(p.delete.is_empty());
+    // No rule at all: not even the WAL older than every backup goes.
+    let (b2, objects) = two_timelines();
+    let p = plan(&b2, &objects, Some(MB16), &policy("", "UTC"), now);
+    assert!(p.is_empty() && p.keep.len() == b2.len(), "{:?}", p.wal.delete);
+    assert_eq!(p.notes, ["the policy has no rules: nothing is deleted"]);
+    // keep-last as large as the history keeps every backup, and the WAL before the oldest goes.
+    let p = plan(&b2, &objects, Some(MB16), &policy("keep-last=10", "UTC"), now);
+    assert!(p.delete.is_empty() && p.wal.files == 9, "segments 1..=9 and nothing else: {:?}", p.wal.delete);
     let p = plan(&backups, &[], None, &policy("pitr-days=3", "UTC"), now);
     assert_eq!(p.keep.len(), backups.len(), "pitr-days alone chooses no backup");
     assert!(plan(&[], &[], Some(MB16), &policy("keep-last=1", "UTC"), now).is_empty());

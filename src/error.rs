@@ -213,10 +213,10 @@ pub enum Error {
     },
     /// Deleting a backup or collecting garbage refused or failed (unknown or kept backup, unreadable manifest).
     #[error(transparent)]
-    Gc(#[from] crate::retention::gc::Error),
+    Gc(Box<crate::retention::gc::Error>),
     /// A lease (of a running base-backup, restore or gc) could not be taken, kept or waited out.
     #[error(transparent)]
-    Lease(#[from] crate::repository::lease::Error),
+    Lease(Box<crate::repository::lease::Error>),
     /// Objects a base-backup references vanished before its manifest was written (checked just before).
     #[error(
         "backup {backup}: {count} object(s) it references vanished from {backend} before its manifest was written, e.g. {first}"
@@ -240,6 +240,18 @@ pub enum Error {
     /// Writing results to stdout failed; a closed pipe (`| head -1`) is [`Error::is_output_closed`].
     #[error("cannot write to standard output: {0}")]
     Stdout(#[source] std::io::Error),
+}
+
+impl From<crate::retention::gc::Error> for Error {
+    fn from(e: crate::retention::gc::Error) -> Self {
+        Error::Gc(Box::new(e))
+    }
+}
+
+impl From<crate::repository::lease::Error> for Error {
+    fn from(e: crate::repository::lease::Error) -> Self {
+        Error::Lease(Box::new(e))
+    }
 }
 
 impl Error {
@@ -343,10 +355,10 @@ impl Error {
                  old copy of this cluster (its own tablespace links included)"
             }
             Error::Gc(e) => return e.hint(),
-            Error::Lease(crate::repository::lease::Error::Busy { .. }) => {
+            Error::Lease(e) if matches!(**e, crate::repository::lease::Error::Busy { .. }) => {
                 "wait for the other command to finish and run again; a lease of a killed process expires after 10 minutes (at once on the same host)"
             }
-            Error::Lease(crate::repository::lease::Error::Lost { .. }) => {
+            Error::Lease(e) if matches!(**e, crate::repository::lease::Error::Lost { .. }) => {
                 "the repository was unreachable for minutes; run again once it is reachable"
             }
             Error::Lease(_) => return None,

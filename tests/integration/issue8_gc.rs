@@ -444,3 +444,48 @@ fn issue_8_gc_aborts_incomplete_multipart_uploads() {
     );
     assert_eq!(uploads(), 0, "gc aborted the upload");
 }
+
+/// Measurement, not a check (run with `--ignored --nocapture`): removing 2000 objects from moto with `DeleteObjects`
+/// batches (what gc does) against one `DeleteObject` per key, 16 in flight.
+#[test]
+#[ignore]
+fn issue_8_measure_s3_batch_delete() {
+    let Some(server) = crate::support::s3::server() else { return };
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("runtime");
+    rt.block_on(async {
+        let bucket = server.new_bucket("i8-measure").await;
+        let storage = backupctl::storage::open(&format!("s3://{bucket}/m"), &server.s3_config(), Duration::from_secs(30))
+            .await
+            .expect("open");
+        let keys: Vec<backupctl::storage::Key> =
+            (0..2000).map(|i| format!("data/{:02x}/{i:064x}", i % 256).parse().expect("key")).collect();
+        let fill = || async {
+            let puts: Vec<_> = keys
+                .iter()
+                .map(|k| storage.put(k, bytes::Bytes::from_static(b"x"), backupctl::storage::PutMode::Overwrite))
+                .collect();
+            use futures_util::StreamExt as _;
+            let mut s = futures_util::stream::iter(puts).buffer_unordered(16);
+            while let Some(r) = s.next().await {
+                r.expect("put");
+            }
+        };
+        fill().await;
+        let t = Instant::now();
+        assert_eq!(storage.delete_many(&keys, 16).await.expect("batches"), 2000);
+        let batched = t.elapsed();
+        assert!(storage.list("data/").await.expect("list").is_empty());
+        fill().await;
+        let t = Instant::now();
+        {
+            use futures_util::StreamExt as _;
+            let deletes: Vec<_> = keys.iter().map(|k| storage.delete(k)).collect();
+            let mut s = futures_util::stream::iter(deletes).buffer_unordered(16);
+            while let Some(r) = s.next().await {
+                r.expect("delete");
+            }
+        }
+        let single = t.elapsed();
+        println!("2000 objects on moto: DeleteObjects batches {batched:?}, one DeleteObject per key (16 in flight) {single:?}");
+    });
+}

@@ -121,6 +121,12 @@ fn delete_scenario(url: &str, extra: &str, label: &str) {
     assert_eq!(out.status.code(), Some(1), "{err}");
     assert!(err.contains("backup 20200101-000000F does not exist") && err.contains(&backups[0].id), "{err}");
 
+    // A dry run deletes nothing.
+    let out = backupctl(&src, &["delete", "--backup-id", &backups[0].id, "--dry-run"]);
+    assert_ok("delete --dry-run", &out);
+    assert!(String::from_utf8_lossy(&out.stdout).starts_with(&format!("would delete backup {} ", backups[0].id)));
+    assert!(String::from_utf8_lossy(&src.status_json_output().stdout).contains(&backups[0].id));
+
     let mut round = 0;
     for victim in [0usize, 2, 4] {
         let id = backups[victim].id.clone();
@@ -386,17 +392,53 @@ fn issue_8_gc_removes_temp_file_of_killed_backup() {
     assert!(!left.is_empty(), "a kill -9 in the middle of a put leaves a .tmp- file");
     assert!(!repo_keys(&repo.url(), &Default::default(), "locks/").is_empty(), "the dead backup's lease is left");
 
+    let bytes: u64 = left.iter().map(|p| std::fs::metadata(p).expect("temp file").len()).sum();
     let dry = gc_json(&src, true);
-    assert!(dry["temp_files_removed"].as_u64().unwrap_or(0) >= left.len() as u64, "{dry}");
+    assert_eq!(dry["temp_files_removed"].as_u64(), Some(left.len() as u64), "{dry}");
     assert!(left.iter().all(|p| p.exists()), "a dry run removes nothing");
     let real = gc_json(&src, false);
     assert!(real["deferred"].is_null(), "a dead holder's lease is stale at once: {real}");
     assert_eq!(real["temp_files_removed"], dry["temp_files_removed"], "{real}");
-    assert!(real["temp_bytes_removed"].as_u64().unwrap_or(0) > 0, "{real}");
+    assert_eq!(real["temp_bytes_removed"].as_u64(), Some(bytes), "{real}");
     assert!(temp_files(repo.dir.path()).is_empty(), "gc removed every temp file");
     assert!(repo_keys(&repo.url(), &Default::default(), "locks/").is_empty(), "the stale lease was removed");
     // The objects the killed backup wrote are referenced by nothing: gone too.
     assert!(repo_keys(&repo.url(), &Default::default(), "data/").is_empty(), "{real}");
+}
+
+/// The second line of defence behind the lease: an object a running base-backup wrote disappears (deleted by
+/// hand here); the backup fails naming it before writing its manifest, so no broken backup is ever listed.
+#[test]
+fn issue_8_backup_fails_when_an_object_it_references_vanishes() {
+    if require_pg().is_none() {
+        return;
+    }
+    let repo = FileRepo::new("i8-vanish");
+    let src = Source::start("i8-vanish", &repo.url(), NO_GRACE);
+    src.cluster
+        .sql("create table filler as select g id, repeat(md5(g::text), 20) pad from generate_series(1, 60000) g");
+    let backup = as_postgres(&bin("base-backup"))
+        .arg("--config")
+        .arg(&src.config)
+        .args(["--fast", "--type", "full", "--max-rate", "4M"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("base-backup");
+    let victim = wait_for("the backup to write a few objects", Duration::from_secs(60), || {
+        let objects = repo.objects();
+        (objects.len() >= 3).then(|| objects[0].clone())
+    });
+    std::fs::remove_file(&victim).expect("remove an object");
+    let out = backup.wait_with_output().expect("base-backup");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    let name = victim.file_name().expect("name").to_string_lossy().into_owned();
+    assert!(err.contains("vanished from") && err.contains(&name), "{err}");
+    assert!(
+        !repo.dir.path().join("backups").exists() || repo_keys(&repo.url(), &Default::default(), "backups/").is_empty()
+    );
+    assert!(repo_keys(&repo.url(), &Default::default(), "locks/").is_empty(), "the failed backup released its lease");
 }
 
 /// An incomplete multipart upload (what a writer killed mid-upload leaves on S3) is listed by a dry run and

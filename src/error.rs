@@ -222,7 +222,7 @@ pub enum Error {
     Gc(Box<crate::retention::gc::Error>),
     /// A lease (of a running base-backup, restore or gc) could not be taken, kept or waited out.
     #[error(transparent)]
-    Lease(#[from] crate::repository::lease::Error),
+    Lease(Box<crate::repository::lease::Error>),
     /// Objects a base-backup references vanished before its manifest was written (checked just before).
     #[error(
         "backup {backup}: {count} object(s) it references vanished from {backend} before its manifest was written, e.g. {first}"
@@ -249,9 +249,14 @@ pub enum Error {
 }
 
 impl From<crate::retention::gc::Error> for Error {
-    /// Boxed: `retention::gc::Error` is larger than every other variant (clippy's `result_large_err`).
     fn from(e: crate::retention::gc::Error) -> Self {
         Error::Gc(Box::new(e))
+    }
+}
+
+impl From<crate::repository::lease::Error> for Error {
+    fn from(e: crate::repository::lease::Error) -> Self {
+        Error::Lease(Box::new(e))
     }
 }
 
@@ -373,10 +378,10 @@ impl Error {
             }
             Error::Retention(_) => "give --until a date (2027-01-31) or an RFC 3339 time in the future, or --forever",
             Error::Gc(e) => return e.hint(),
-            Error::Lease(crate::repository::lease::Error::Busy { .. }) => {
+            Error::Lease(e) if matches!(**e, crate::repository::lease::Error::Busy { .. }) => {
                 "wait for the other command to finish and run again; a lease of a killed process expires after 10 minutes (at once on the same host)"
             }
-            Error::Lease(crate::repository::lease::Error::Lost { .. }) => {
+            Error::Lease(e) if matches!(**e, crate::repository::lease::Error::Lost { .. }) => {
                 "the repository was unreachable for minutes; run again once it is reachable"
             }
             Error::Lease(_) => return None,

@@ -541,6 +541,14 @@ mod tests {
         assert!(own.is_empty());
         assert!(live_leases(s.as_ref(), &[LeaseKind::Gc], None, None, now, false).await.expect("list").is_empty());
         held.check().expect("not lost");
+        // A backup waits while gc holds a live lease (bounded), and goes on once it is released.
+        let gc = Lease::take(s.as_ref(), LeaseKind::Gc, "").await.expect("gc lease");
+        let said = std::sync::Mutex::new(Vec::new());
+        let note = |who: &str| said.lock().expect("lock").push(who.to_owned());
+        let e = held.wait_while_live(&[LeaseKind::Gc], Duration::ZERO, &note).await.expect_err("busy");
+        assert!(matches!(e, Error::Busy { .. }) && e.to_string().starts_with("backupctl gc (pid "), "{e}");
+        gc.release(s.as_ref()).await.expect("release gc");
+        held.wait_while_live(&[LeaseKind::Gc], Duration::from_secs(5), &note).await.expect("no gc");
         held.release().await.expect("release");
         assert!(s.list(LOCKS_PREFIX).await.expect("list").is_empty());
     }

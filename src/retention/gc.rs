@@ -175,7 +175,7 @@ pub async fn delete_backup(
         let manifest = rest.remove(0);
         storage.delete(&manifest).await?;
         deleted += 1;
-        tracing::info!(backup = %id, key = %manifest, backend = %storage, "backup deleted (manifest removed)");
+        tracing::debug!(backup = %id, key = %manifest, backend = %storage, "backup deleted (manifest removed)");
     }
     deleted += storage.delete_many(&rest, DELETE_PARALLEL).await?;
     Ok(DeletedBackup { id: id.clone(), objects_deleted: deleted, was_unfinished: plan.was_unfinished })

@@ -114,7 +114,12 @@ impl FsStorage {
                 if name.starts_with(TEMP_PREFIX) {
                     continue;
                 }
-                let ft = entry.file_type().map_err(|e| self.map_err("list", &prefix, e))?;
+                // An entry removed between readdir and stat (a concurrent delete or gc) is simply not listed.
+                let ft = match entry.file_type() {
+                    Ok(ft) => ft,
+                    Err(e) if e.kind() == ErrorKind::NotFound => continue,
+                    Err(e) => return Err(self.map_err("list", &prefix, e)),
+                };
                 let path = entry.path();
                 if ft.is_dir() {
                     stack.push(path);
@@ -125,7 +130,11 @@ impl FsStorage {
                 if !rel.starts_with(prefix) {
                     continue;
                 }
-                let meta = entry.metadata().map_err(|e| self.map_err("list", &prefix, e))?;
+                let meta = match entry.metadata() {
+                    Ok(m) => m,
+                    Err(e) if e.kind() == ErrorKind::NotFound => continue,
+                    Err(e) => return Err(self.map_err("list", &prefix, e)),
+                };
                 if let Ok(key) = Key::new(rel.into_owned()) {
                     out.push(ObjectMeta { key, size: meta.len(), modified: meta.modified().ok() });
                 }
@@ -170,7 +179,12 @@ impl FsStorage {
                 continue;
             }
             let rel = if rel_dir.is_empty() { name } else { format!("{rel_dir}/{name}") };
-            if entry.file_type().map_err(err)?.is_dir() {
+            let is_dir = match entry.file_type() {
+                Ok(ft) => ft.is_dir(),
+                Err(e) if e.kind() == ErrorKind::NotFound => continue,
+                Err(e) => return Err(err(e)),
+            };
+            if is_dir {
                 let d = format!("{rel}/");
                 let may_match = d.starts_with(prefix) || prefix.starts_with(&d);
                 let all_before = d.as_str() < start_after && !start_after.starts_with(&d);

@@ -429,7 +429,15 @@ impl S3Storage {
                 let (Some(object_key), Some(upload_id)) = (upload.key(), upload.upload_id()) else { continue };
                 let Some(name) = strip_key(&self.prefix, object_key) else { continue };
                 let modified = upload.initiated().and_then(|t| std::time::SystemTime::try_from(*t).ok());
-                let size = self.upload_size(object_key, upload_id).await?;
+                // The size is for the report only: a server that cannot answer ListParts (moto's reply does not
+                // parse) must not stop the cleanup.
+                let size = match self.upload_size(object_key, upload_id).await {
+                    Ok(n) => n,
+                    Err(e) => {
+                        tracing::debug!(key = object_key, backend = %self, error = %e, "size of an incomplete upload unknown");
+                        0
+                    }
+                };
                 out.push(Incomplete { name: name.to_owned(), upload_id: Some(upload_id.to_owned()), size, modified });
             }
             match (page.is_truncated(), page.next_key_marker(), page.next_upload_id_marker()) {

@@ -229,6 +229,32 @@ pub enum Error {
         /// Backups that cannot be restored.
         broken: usize,
     },
+    /// A retention policy that is not valid (`--policy`).
+    #[error(transparent)]
+    Policy(#[from] crate::retention::plan::PolicyError),
+    /// `prune`, `keep` or `unkeep` cannot go on (an unknown backup id, a damaged manifest, a bad `--until`).
+    #[error(transparent)]
+    Retention(#[from] crate::retention::expire::Error),
+    /// Deleting a backup or collecting garbage refused or failed (unknown or kept backup, unreadable manifest).
+    #[error(transparent)]
+    Gc(Box<crate::retention::gc::Error>),
+    /// A lease (of a running base-backup, restore or gc) could not be taken, kept or waited out.
+    #[error(transparent)]
+    Lease(Box<crate::repository::lease::Error>),
+    /// Objects a base-backup references vanished before its manifest was written (checked just before).
+    #[error(
+        "backup {backup}: {count} object(s) it references vanished from {backend} before its manifest was written, e.g. {first}"
+    )]
+    ObjectsVanished {
+        /// The backup id.
+        backup: String,
+        /// How many are missing.
+        count: usize,
+        /// One of them (its key).
+        first: String,
+        /// Backend display.
+        backend: String,
+    },
     /// A feature that this build does not implement yet.
     #[error("{0} is not implemented yet")]
     NotImplemented(&'static str),
@@ -240,11 +266,28 @@ pub enum Error {
     Stdout(#[source] std::io::Error),
 }
 
+impl From<crate::retention::gc::Error> for Error {
+    fn from(e: crate::retention::gc::Error) -> Self {
+        Error::Gc(Box::new(e))
+    }
+}
+
+impl From<crate::repository::lease::Error> for Error {
+    fn from(e: crate::repository::lease::Error) -> Self {
+        Error::Lease(Box::new(e))
+    }
+}
+
 impl Error {
     /// A bad configuration or command line: exit status 2 (255 for wal-fetch).
     pub fn is_usage(&self) -> bool {
-        matches!(self, Error::Config(_) | Error::Usage(_))
-            || self.owner_error().is_some()
+        matches!(
+            self,
+            Error::Config(_)
+                | Error::Usage(_)
+                | Error::Policy(_)
+                | Error::Retention(crate::retention::expire::Error::BadUntil { .. })
+        ) || self.owner_error().is_some()
             || matches!(
                 self,
                 Error::Storage(crate::storage::Error::InvalidUrl { .. } | crate::storage::Error::NoCredentials { .. })
@@ -345,6 +388,29 @@ impl Error {
             }
             Error::VerifyFailed { .. } => {
                 "copy what is missing or corrupt back from a copy of the repository (or pg_wal of the source for WAL), then verify again; take a new full backup if a broken backup cannot be repaired (docs/operations.md, Verify)"
+            }
+            Error::Policy(_) => {
+                "write the policy as comma-separated key=value items, e.g. --policy \"daily-retain=7,weekly-retain=4,pitr-days=14\" (docs/operations.md, retention)"
+            }
+            Error::Retention(crate::retention::expire::Error::UnknownBackup { .. }) => {
+                "run 'backupctl status' to list the backups"
+            }
+            Error::Retention(
+                crate::retention::expire::Error::UnusableBackups { .. } | crate::retention::expire::Error::Plan(_),
+            ) => {
+                "run 'backupctl verify' on those backups, and delete the ones that cannot be restored with 'backupctl delete --backup-id ID' before pruning"
+            }
+            Error::Retention(_) => "give --until a date (2027-01-31) or an RFC 3339 time in the future, or --forever",
+            Error::Gc(e) => return e.hint(),
+            Error::Lease(e) if matches!(**e, crate::repository::lease::Error::Busy { .. }) => {
+                "wait for the other command to finish and run again; a lease of a killed process expires after 10 minutes (at once on the same host)"
+            }
+            Error::Lease(e) if matches!(**e, crate::repository::lease::Error::Lost { .. }) => {
+                "the repository was unreachable for minutes; run again once it is reachable"
+            }
+            Error::Lease(_) => return None,
+            Error::ObjectsVanished { .. } => {
+                "something deleted objects under data/ while the backup ran (a gc of an older version, or by hand); this backup was not recorded: run it again"
             }
             Error::NotImplemented(_) | Error::Task(_) | Error::Stdout(_) => return None,
         })

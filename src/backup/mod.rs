@@ -5,6 +5,9 @@
 //! - The manifest is written last, create-only, and only after every WAL segment from the start to the stop
 //!   point is in the archive: a backup that exists can be restored.
 //! - One base-backup per repository and host at a time (a lock file in the spool).
+//! - A lease (`locks/backup-*`, renewed in the background) is held from before anything gc could race with until
+//!   the manifest is written or the backup failed; just before the manifest, every object it references is
+//!   checked to exist.
 //! - The PostgreSQL session is held from start to stop; on any failure it is dropped, which aborts the backup on
 //!   the server, and no manifest is written. Objects already uploaded are reused by the next run.
 
@@ -22,6 +25,7 @@ use crate::config::Config;
 use crate::pg;
 use crate::progress::Progress;
 use crate::repository::backup::{BackupId, BackupStats, BackupType, MANIFEST_FORMAT, Manifest, ObjectId, Piece};
+use crate::repository::lease::{self, LeaseKind};
 use crate::repository::{self, store};
 use crate::spool::{Lock, Spool};
 use crate::storage::Storage;
@@ -121,83 +125,122 @@ pub fn run(
 
     let start_time = session.clock()?;
     let id = rt.block_on(free_id(storage.as_ref(), &start_time, request.backup_type))?;
-    let label = request.label.clone().unwrap_or_else(|| format!("backupctl {id}"));
-    progress.phase("starting backup (checkpoint)");
-    let start_lsn = session.backup_start(&label, request.fast)?;
-    tracing::debug!(backup = %id, start_lsn = %start_lsn, "backup started");
+    // The lease comes before anything gc could race with: waiting out a running gc, listing the objects an
+    // incremental reuses, writing objects no manifest references yet (docs/design/retention.md).
+    let lease = rt.block_on(lease::Held::acquire(storage.clone(), LeaseKind::Backup, &id.to_string()))?;
+    let result = (|| -> Result<Manifest, Error> {
+        let waiting = |who: &str| progress.phase(&format!("waiting for {who} to finish"));
+        rt.block_on(lease.wait_while_live(&[LeaseKind::Gc], GC_WAIT, &waiting))?;
+        let label = request.label.clone().unwrap_or_else(|| format!("backupctl {id}"));
+        progress.phase("starting backup (checkpoint)");
+        let start_lsn = session.backup_start(&label, request.fast)?;
+        tracing::debug!(backup = %id, start_lsn = %start_lsn, "backup started");
 
-    // Every link is resolved and every directory read here, before any data is copied.
-    let listing = walk::list(&data_dir)?;
-    let total: u64 = listing.files.iter().map(|f| f.size).sum();
-    progress.start(total, listing.files.len() as u64);
-    let is_full = request.backup_type == BackupType::Full;
-    let (present, reusable) =
-        if is_full { (Default::default(), HashMap::new()) } else { rt.block_on(reuse_sets(storage.as_ref()))? };
-    let writer =
-        Arc::new(upload::ObjectWriter::new(storage.clone(), is_full, config.repository.compression_level, present));
-    let settings = copy::CopySettings {
-        chunk_size: config.backup.chunk_size_kib * 1024,
-        parallel: config.backup.parallel,
-        max_rate: request.max_rate,
-    };
-    let files = rt.block_on(copy::copy_files(&listing.files, writer.clone(), &reusable, settings, progress))?;
+        // Every link is resolved and every directory read here, before any data is copied.
+        let listing = walk::list(&data_dir)?;
+        let total: u64 = listing.files.iter().map(|f| f.size).sum();
+        progress.start(total, listing.files.len() as u64);
+        let is_full = request.backup_type == BackupType::Full;
+        let (present, reusable) =
+            if is_full { (Default::default(), HashMap::new()) } else { rt.block_on(reuse_sets(storage.as_ref()))? };
+        let writer =
+            Arc::new(upload::ObjectWriter::new(storage.clone(), is_full, config.repository.compression_level, present));
+        let settings = copy::CopySettings {
+            chunk_size: config.backup.chunk_size_kib * 1024,
+            parallel: config.backup.parallel,
+            max_rate: request.max_rate,
+        };
+        let files = rt.block_on(copy::copy_files(&listing.files, writer.clone(), &reusable, settings, progress))?;
 
-    progress.phase("stopping backup");
-    let stop = session.backup_stop()?;
-    let stop_time = session.clock()?;
-    let stop_wal = session.walfile_name(stop.lsn)?;
-    drop(session);
-    let (start_wal, timeline) = pg::parse_label(&stop.labelfile)
-        .ok_or_else(|| pg::Error::Unexpected { what: "backup label", answer: stop.labelfile.clone() })?;
-    tracing::debug!(backup = %id, stop_lsn = %stop.lsn, stop_wal = %stop_wal, "backup stopped; waiting for its WAL");
+        progress.phase("stopping backup");
+        let stop = session.backup_stop()?;
+        let stop_time = session.clock()?;
+        let stop_wal = session.walfile_name(stop.lsn)?;
+        drop(session);
+        let (start_wal, timeline) = pg::parse_label(&stop.labelfile)
+            .ok_or_else(|| pg::Error::Unexpected { what: "backup label", answer: stop.labelfile.clone() })?;
+        tracing::debug!(backup = %id, stop_lsn = %stop.lsn, stop_wal = %stop_wal, "backup stopped; waiting for its WAL");
 
-    progress.phase("waiting for the WAL to be archived");
-    let timeout = Duration::from_secs(config.backup.archive_timeout_seconds);
-    rt.block_on(wait_for_archive(storage.as_ref(), &id, &start_wal, &stop_wal, seg_size, timeout))?;
+        progress.phase("waiting for the WAL to be archived");
+        let timeout = Duration::from_secs(config.backup.archive_timeout_seconds);
+        rt.block_on(wait_for_archive(storage.as_ref(), &id, &start_wal, &stop_wal, seg_size, timeout))?;
 
-    let stats = BackupStats {
-        files: files.len() as u64,
-        bytes: files.iter().map(|f| f.size).sum(),
-        objects_written: writer.objects_written.load(Ordering::Relaxed),
-        bytes_written: writer.bytes_written.load(Ordering::Relaxed),
-        bytes_stored: writer.bytes_stored.load(Ordering::Relaxed),
-        bytes_reused: writer.bytes_reused.load(Ordering::Relaxed),
-        duration_ms: started.elapsed().as_millis() as u64,
-    };
-    let mut manifest = Manifest {
-        format: MANIFEST_FORMAT,
-        id: id.clone(),
-        label,
-        description: request.description.clone(),
-        backup_type: request.backup_type,
-        start_time,
-        stop_time,
-        start_lsn,
-        stop_lsn: stop.lsn,
-        timeline,
-        start_wal,
-        stop_wal,
-        pg_version_num: info.version_num,
-        system_identifier: info.system_identifier,
-        wal_segment_size: info.wal_segment_size,
-        chunk_size: settings.chunk_size,
-        backup_label: stop.labelfile,
-        tablespace_map: Some(stop.spcmapfile).filter(|m| !m.is_empty()),
-        tablespaces: listing.tablespaces,
-        directories: listing.directories,
-        files,
-        stats,
-    };
-    manifest.format = manifest.required_format();
-    manifest.validate().map_err(|source| store::Error::InvalidManifest { key: id.manifest_key(), source })?;
-    if !rt.block_on(store::save_manifest(storage.as_ref(), &manifest))? {
-        return Err(
-            crate::storage::Error::AlreadyExists { backend: storage.to_string(), key: id.manifest_key() }.into()
-        );
+        let stats = BackupStats {
+            files: files.len() as u64,
+            bytes: files.iter().map(|f| f.size).sum(),
+            objects_written: writer.objects_written.load(Ordering::Relaxed),
+            bytes_written: writer.bytes_written.load(Ordering::Relaxed),
+            bytes_stored: writer.bytes_stored.load(Ordering::Relaxed),
+            bytes_reused: writer.bytes_reused.load(Ordering::Relaxed),
+            duration_ms: started.elapsed().as_millis() as u64,
+        };
+        let mut manifest = Manifest {
+            format: MANIFEST_FORMAT,
+            id: id.clone(),
+            label,
+            description: request.description.clone(),
+            backup_type: request.backup_type,
+            start_time,
+            stop_time,
+            start_lsn,
+            stop_lsn: stop.lsn,
+            timeline,
+            start_wal,
+            stop_wal,
+            pg_version_num: info.version_num,
+            system_identifier: info.system_identifier,
+            wal_segment_size: info.wal_segment_size,
+            chunk_size: settings.chunk_size,
+            backup_label: stop.labelfile,
+            tablespace_map: Some(stop.spcmapfile).filter(|m| !m.is_empty()),
+            tablespaces: listing.tablespaces,
+            directories: listing.directories,
+            files,
+            stats,
+        };
+        manifest.format = manifest.required_format();
+        manifest.validate().map_err(|source| store::Error::InvalidManifest { key: id.manifest_key(), source })?;
+        // Second line of defence behind the lease: every object the manifest references exists now.
+        lease.check()?;
+        rt.block_on(check_present(storage.as_ref(), &manifest))?;
+        if !rt.block_on(store::save_manifest(storage.as_ref(), &manifest))? {
+            return Err(
+                crate::storage::Error::AlreadyExists { backend: storage.to_string(), key: id.manifest_key() }.into()
+            );
+        }
+        progress.finish();
+        tracing::debug!(backup = %id, bytes = manifest.stats.bytes, stored = manifest.stats.bytes_stored, "backup complete");
+        Ok(manifest)
+    })();
+    if let Err(e) = rt.block_on(lease.release()) {
+        tracing::warn!(backup = %id, error = %e, "could not remove the backup's lease; it expires by itself");
     }
-    progress.finish();
-    tracing::debug!(backup = %id, bytes = manifest.stats.bytes, stored = manifest.stats.bytes_stored, "backup complete");
-    Ok(manifest)
+    result
+}
+
+/// How long a base-backup waits for a running gc to finish before it lists the objects it may reuse.
+const GC_WAIT: Duration = Duration::from_secs(30 * 60);
+
+/// Fail, naming one, if an object `manifest` references is not in the repository (one listing of `data/`).
+async fn check_present(storage: &dyn Storage, manifest: &Manifest) -> Result<(), Error> {
+    let present = upload::list_objects(storage).await?;
+    let mut missing: Vec<ObjectId> = manifest
+        .files
+        .iter()
+        .flat_map(|f| f.pieces.iter().map(|p| p.object))
+        .filter(|o| !present.contains(o))
+        .collect();
+    missing.sort();
+    missing.dedup();
+    match missing.first() {
+        None => Ok(()),
+        Some(first) => Err(Error::ObjectsVanished {
+            backup: manifest.id.to_string(),
+            count: missing.len(),
+            first: first.key().to_string(),
+            backend: storage.to_string(),
+        }),
+    }
 }
 
 /// An id for a backup starting at `start_time` that no manifest uses yet (waits out a same-second collision).

@@ -11,6 +11,7 @@ use clap::Parser;
 use super::exit::Program;
 use crate::Error;
 use crate::repository::backup::BackupId;
+use crate::repository::lease::{Held, LeaseKind};
 use crate::restore::target::{self, Target, TargetAction, TargetTimeline};
 use crate::restore::{self, RestoreRequest};
 
@@ -140,7 +141,28 @@ pub fn run(config: Option<&Path>, args: &RestoreArgs) -> Result<(), Error> {
         let deadline = Duration::from_secs(config.archive.retry_deadline_seconds);
         let storage = crate::storage::open(&config.repository.url, &config.repository.s3, deadline).await?;
         crate::repository::store::require_existing(storage.as_ref()).await?;
-        restore::run(storage, &request, progress.as_ref()).await
+        // A lease makes gc defer its sweep while this restore reads objects (a backup deleted meanwhile keeps its
+        // data until the restore ends). Only a user who may write into the repository takes one: a reader's
+        // restore creates nothing there (on file://, a lease written by another user would lock wal-push out).
+        let lease = if super::check_repository_writer(&config.repository.url).is_ok() {
+            let what = args.backup_id.as_ref().map(ToString::to_string).unwrap_or_default();
+            match Held::acquire(storage.clone(), LeaseKind::Restore, &what).await {
+                Ok(l) => Some(l),
+                Err(e) => {
+                    tracing::warn!(error = %e, "restoring without a lease: a gc running meanwhile may remove objects of a backup deleted meanwhile");
+                    None
+                }
+            }
+        } else {
+            None
+        };
+        let result = restore::run(storage, &request, progress.as_ref()).await;
+        if let Some(l) = lease
+            && let Err(e) = l.release().await
+        {
+            tracing::warn!(error = %e, "could not remove the restore's lease; it expires by itself");
+        }
+        result
     })?;
     let s = &report.stats;
     // A summary for people at a terminal; silence on success under cron and systemd.

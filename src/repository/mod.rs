@@ -9,10 +9,13 @@
 //! wal/timelines/<timeline>.history             timeline history files
 //! data/<2 hex>/<blake3>                         base backup content, stored once per distinct content
 //! backups/<id>/manifest                        one per base backup, written last (see [`backup`])
+//! backups/<id>/keep/<time>                     keep marks (see `retention::keep`)
+//! locks/<kind>-<token>                         leases of running base-backups, restores and gc (see [`lease`])
 //! ```
 //! Every object is in the [`crate::codec`] format. Nothing is ever overwritten with different content.
 
 pub mod backup;
+pub mod lease;
 pub mod path;
 pub mod store;
 pub mod wal_index;

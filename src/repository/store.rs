@@ -95,6 +95,14 @@ pub async fn create<T: Serialize>(storage: &dyn Storage, key: &Key, value: &T) -
     create_json(storage, key, json).await
 }
 
+/// Write a checksummed JSON record, replacing any existing one (leases, which their holder renews).
+pub async fn put_record<T: Serialize>(storage: &dyn Storage, key: &Key, value: &T) -> Result<(), Error> {
+    let json = serde_json::to_vec_pretty(value).map_err(|source| Error::BadJson { key: key.clone(), source })?;
+    let (object, _) = codec::encode(&json[..], 3, json.len() as u64, 1)
+        .map_err(|source| Error::Corrupt { key: key.clone(), source })?;
+    Ok(storage.put(key, Bytes::from(object), PutMode::Overwrite).await?)
+}
+
 async fn create_json(storage: &dyn Storage, key: &Key, json: Vec<u8>) -> Result<bool, Error> {
     let (object, _) = codec::encode(&json[..], 3, json.len() as u64, 1)
         .map_err(|source| Error::Corrupt { key: key.clone(), source })?;

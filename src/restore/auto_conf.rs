@@ -33,6 +33,10 @@ pub struct RecoverySettings {
     pub timeline: TargetTimeline,
     /// Turn archiving off in the restored cluster (a copy for inspection must not archive into the repository).
     pub is_archive_off: bool,
+    /// Write `recovery_prefetch = off` (PostgreSQL 15+): the archive has a hole after the target (e.g. WAL that
+    /// `prune` deleted after an old backup's stop), and the read-ahead of replay would ask for it, which wal-fetch
+    /// answers by stopping recovery (exit 255), before the target is reached.
+    pub is_prefetch_off: bool,
 }
 
 /// A recovery parameter: its name, its default as `ALTER SYSTEM` writes it, and the majors that know it.
@@ -201,6 +205,9 @@ pub fn render(
     for (name, value) in &ours {
         line(name, value)?;
     }
+    if settings.is_prefetch_off && major >= 15 {
+        line("recovery_prefetch", b"off")?;
+    }
     if settings.is_archive_off {
         line("archive_mode", b"off")?;
     }
@@ -255,6 +262,7 @@ mod tests {
             inclusive: true,
             timeline: TargetTimeline::Latest,
             is_archive_off: true,
+            is_prefetch_off: false,
         }
     }
 
@@ -280,6 +288,17 @@ mod tests {
         assert_eq!(twice.matches("restore_command").count(), 1, "{twice}");
         assert!(twice.contains("recovery_target_time = ''\n"), "{twice}");
         assert!(!twice.contains("archive_mode"), "{twice}");
+        assert!(!once.contains("recovery_prefetch"), "{once}");
+        // A hole after the target turns read-ahead off on 15 and later (13 and 14 have no read-ahead).
+        let hole = RecoverySettings { is_prefetch_off: true, ..s.clone() };
+        let off = text(&render(&hole, &id, 150004).expect("render").merge_into(b"recovery_prefetch = 'on'\n"));
+        assert!(
+            off.ends_with(
+                "recovery_prefetch = 'off'\narchive_mode = 'off'\n# END recovery settings written by pitr-restore\n"
+            ),
+            "{off}"
+        );
+        assert!(!text(&render(&hole, &id, 140010).expect("render").merge_into(b"")).contains("recovery_prefetch"));
         // Preserve keeps the source's own archive_mode.
         let kept = text(&render(&latest, &id, 150004).expect("render").merge_into(b"archive_mode = 'on'\n"));
         assert!(kept.contains("archive_mode = 'on'"), "{kept}");

@@ -112,11 +112,19 @@ pub async fn run(
         inclusive: request.inclusive,
         timeline: request.timeline,
         is_archive_off: request.is_archive_off,
+        is_prefetch_off: false,
     };
-    let recovery_block = auto_conf::render(&settings, &manifest.id, manifest.pg_version_num)
-        .map_err(|e| Error::Usage(format!("cannot write postgresql.auto.conf: {e}")))?;
+    let render = |settings: &RecoverySettings| {
+        auto_conf::render(settings, &manifest.id, manifest.pg_version_num)
+            .map_err(|e| Error::Usage(format!("cannot write postgresql.auto.conf: {e}")))
+    };
+    let mut recovery_block = render(&settings)?;
     // Before anything is written: the WAL this recovery reads is archived and the target is reachable.
-    wal_check::check(storage.as_ref(), &manifest, history.as_ref(), &request.target, request.now).await?;
+    let is_hole_after_target =
+        wal_check::check(storage.as_ref(), &manifest, history.as_ref(), &request.target, request.now).await?;
+    if is_hole_after_target {
+        recovery_block = render(&RecoverySettings { is_prefetch_off: true, ..settings })?;
+    }
 
     let layout = Layout {
         destination: absolute(&request.destination)?,

@@ -8,8 +8,9 @@
 //! - A hole before the target: refused for the end of the archive and LSN targets (position is exact), and for a
 //!   time target when the segment after the hole was archived before that time (so its WAL, and the missing
 //!   segment's, precede it). A hole that may lie after the target (time past that, xid, restore point): a
-//!   warning; wal-fetch stops recovery at the hole if PostgreSQL does ask for the segment (PostgreSQL 15+ asks
-//!   for WAL ahead of replay unless `recovery_prefetch = off`, which the warning says).
+//!   warning; wal-fetch stops recovery at the hole if PostgreSQL does ask for the segment. PostgreSQL 15+ asks
+//!   for WAL ahead of replay: for any hole after the target (an LSN target before WAL that `prune` deleted
+//!   included), [`check`] returns true and pitr-restore writes `recovery_prefetch = off`.
 //! - A time target after the newest archived segment was written (object modification time, the repository's
 //!   clock): a warning naming where the archive ends (the server will stop with "recovery ended before
 //!   configured recovery target was reached" unless more WAL is archived first).
@@ -27,7 +28,8 @@ use crate::wal::continuity::{self, PathStep};
 use crate::wal::{SegmentName, SegmentSize, TimelineHistory, TimelineId, WalFileName};
 
 /// Check the WAL for restoring `manifest` to `target` along `history` (the followed timeline's history; `None`:
-/// the backup's own timeline). `now` is this host's clock. Errors: [`Error::UnreachableTarget`],
+/// the backup's own timeline). `now` is this host's clock. Returns true if the archive has a hole after the
+/// target on the path (recovery's read-ahead must then be turned off). Errors: [`Error::UnreachableTarget`],
 /// [`Error::WalGap`], storage errors.
 pub async fn check(
     storage: &dyn Storage,
@@ -35,7 +37,7 @@ pub async fn check(
     history: Option<&TimelineHistory>,
     target: &Target,
     now: OffsetDateTime,
-) -> Result<(), Error> {
+) -> Result<bool, Error> {
     let unreachable = |reason: String| Error::UnreachableTarget { target: target.to_string(), reason };
     if let Target::Time(t) = target
         && *t > now
@@ -70,6 +72,9 @@ pub async fn check(
         Target::Lsn(l) => Some(l.0 / size.bytes()),
         _ => None,
     };
+    // A hole anywhere after the target: replay's read-ahead must not ask for it.
+    let is_hole_after =
+        !matches!(target, Target::Latest) && continuity::first_gap(&path, &present, size, None).is_some();
     if let Some(gap) = continuity::first_gap(&path, &present, size, upto.map(|u| u.max(stop_segno))) {
         let next_time = modified.get(&(gap.next.timeline, gap.next.segno(size)?)).copied().flatten();
         let is_before_target = match target {
@@ -88,7 +93,7 @@ pub async fn check(
         }
         // PostgreSQL 15+ decodes WAL ahead of replay (recovery_prefetch) and would meet the hole early.
         let prefetch = if manifest.pg_version_num >= 150_000 {
-            "; if it lies before, set recovery_prefetch = off in the restored postgresql.auto.conf, or the read-ahead stops at the hole too"
+            "; recovery_prefetch = off is written, so that the read-ahead does not stop at the hole before the target"
         } else {
             ""
         };
@@ -114,7 +119,7 @@ pub async fn check(
             pg_timestamp(OffsetDateTime::from(m))
         );
     }
-    Ok(())
+    Ok(is_hole_after)
 }
 
 /// The archived segments of each timeline on `path` from where the path starts on it, and when each was written.

@@ -6,6 +6,7 @@
 //! - [`gc`]: deleting one backup, and mark-and-sweep of the data objects no backup references, safe against a
 //!   base-backup running at the same time (leases; see docs/design/retention.md).
 
+pub mod expire;
 pub mod gc;
 pub mod keep;
 pub mod plan;

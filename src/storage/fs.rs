@@ -14,7 +14,10 @@ use std::path::{Path, PathBuf};
 use async_trait::async_trait;
 use bytes::Bytes;
 
-use super::{Capabilities, Error, Key, ObjectMeta, PutMode, Result, Storage};
+use super::{Capabilities, Error, Incomplete, Key, ObjectMeta, PutMode, Result, Storage};
+
+/// Name prefix of the temp files a put writes before renaming or linking them into place.
+pub const TEMP_PREFIX: &str = ".tmp-";
 
 /// A repository in a local directory.
 #[derive(Debug, Clone)]
@@ -57,7 +60,7 @@ impl FsStorage {
         let dir = path.parent().unwrap_or(&self.root).to_path_buf();
         let io = |e| self.map_err("put", key, e);
         create_dir_all_durable(&dir).map_err(io)?;
-        let mut tmp = tempfile::Builder::new().prefix(".tmp-").tempfile_in(&dir).map_err(io)?;
+        let mut tmp = tempfile::Builder::new().prefix(TEMP_PREFIX).tempfile_in(&dir).map_err(io)?;
         tmp.write_all(body).map_err(io)?;
         tmp.as_file().sync_all().map_err(io)?;
         match mode {
@@ -108,10 +111,15 @@ impl FsStorage {
                 let entry = entry.map_err(|e| self.map_err("list", &prefix, e))?;
                 let name = entry.file_name();
                 let name = name.to_string_lossy();
-                if name.starts_with(".tmp-") {
+                if name.starts_with(TEMP_PREFIX) {
                     continue;
                 }
-                let ft = entry.file_type().map_err(|e| self.map_err("list", &prefix, e))?;
+                // An entry removed between readdir and stat (a concurrent delete or gc) is simply not listed.
+                let ft = match entry.file_type() {
+                    Ok(ft) => ft,
+                    Err(e) if e.kind() == ErrorKind::NotFound => continue,
+                    Err(e) => return Err(self.map_err("list", &prefix, e)),
+                };
                 let path = entry.path();
                 if ft.is_dir() {
                     stack.push(path);
@@ -122,7 +130,11 @@ impl FsStorage {
                 if !rel.starts_with(prefix) {
                     continue;
                 }
-                let meta = entry.metadata().map_err(|e| self.map_err("list", &prefix, e))?;
+                let meta = match entry.metadata() {
+                    Ok(m) => m,
+                    Err(e) if e.kind() == ErrorKind::NotFound => continue,
+                    Err(e) => return Err(self.map_err("list", &prefix, e)),
+                };
                 if let Ok(key) = Key::new(rel.into_owned()) {
                     out.push(ObjectMeta { key, size: meta.len(), modified: meta.modified().ok() });
                 }
@@ -163,11 +175,16 @@ impl FsStorage {
         for entry in entries {
             let entry = entry.map_err(err)?;
             let Some(name) = entry.file_name().to_str().map(str::to_owned) else { continue };
-            if name.starts_with(".tmp-") {
+            if name.starts_with(TEMP_PREFIX) {
                 continue;
             }
             let rel = if rel_dir.is_empty() { name } else { format!("{rel_dir}/{name}") };
-            if entry.file_type().map_err(err)?.is_dir() {
+            let is_dir = match entry.file_type() {
+                Ok(ft) => ft.is_dir(),
+                Err(e) if e.kind() == ErrorKind::NotFound => continue,
+                Err(e) => return Err(err(e)),
+            };
+            if is_dir {
                 let d = format!("{rel}/");
                 let may_match = d.starts_with(prefix) || prefix.starts_with(&d);
                 let all_before = d.as_str() < start_after && !start_after.starts_with(&d);
@@ -197,6 +214,68 @@ impl FsStorage {
             }
         }
         Ok(())
+    }
+}
+
+impl FsStorage {
+    /// [`Storage::list_incomplete`]: the temp files under the deepest directory `prefix` names (a temp file is
+    /// written in the directory its object was to go to).
+    fn list_incomplete_blocking(&self, prefix: &str) -> Result<Vec<Incomplete>> {
+        let (dir_part, _) = prefix.rsplit_once('/').unwrap_or(("", prefix));
+        let start = if dir_part.is_empty() { self.root.clone() } else { self.root.join(dir_part) };
+        let err = |e| self.map_err("list", &prefix, e);
+        let mut out = Vec::new();
+        let mut stack = vec![start];
+        while let Some(dir) = stack.pop() {
+            let entries = match std::fs::read_dir(&dir) {
+                Ok(e) => e,
+                Err(e) if e.kind() == ErrorKind::NotFound => continue,
+                Err(e) => return Err(err(e)),
+            };
+            for entry in entries {
+                let entry = entry.map_err(err)?;
+                let path = entry.path();
+                let ft = match entry.file_type() {
+                    Ok(ft) => ft,
+                    Err(e) if e.kind() == ErrorKind::NotFound => continue,
+                    Err(e) => return Err(err(e)),
+                };
+                if ft.is_dir() {
+                    stack.push(path);
+                    continue;
+                }
+                if !entry.file_name().to_string_lossy().starts_with(TEMP_PREFIX) {
+                    continue;
+                }
+                let Ok(rel) = path.strip_prefix(&self.root) else { continue };
+                let Some(rel) = rel.to_str().map(str::to_owned) else { continue };
+                let meta = match entry.metadata() {
+                    Ok(m) => m,
+                    Err(e) if e.kind() == ErrorKind::NotFound => continue,
+                    Err(e) => return Err(err(e)),
+                };
+                out.push(Incomplete { name: rel, upload_id: None, size: meta.len(), modified: meta.modified().ok() });
+            }
+        }
+        out.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(out)
+    }
+
+    /// [`Storage::remove_incomplete`]: only a temp file (by its name) is ever removed.
+    fn remove_incomplete_blocking(&self, item: &Incomplete) -> Result<()> {
+        let rel = std::path::Path::new(&item.name);
+        let is_temp = rel.file_name().is_some_and(|n| n.to_string_lossy().starts_with(TEMP_PREFIX));
+        let is_inside = rel.is_relative() && rel.components().all(|c| matches!(c, std::path::Component::Normal(_)));
+        if !is_temp || !is_inside {
+            return Err(Error::other(self, "remove", &item.name, "not a temp file of this repository"));
+        }
+        let path = self.root.join(rel);
+        match std::fs::remove_file(&path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(self.map_err("remove", &item.name, e)),
+        }
+        sync_dir(path.parent().unwrap_or(&self.root)).map_err(|e| self.map_err("remove", &item.name, e))
     }
 }
 
@@ -282,6 +361,16 @@ impl Storage for FsStorage {
         let key = key.clone();
         let this = self.clone();
         blocking(move || sync_dir(&dir).map_err(|e| this.map_err("delete", &key, e))).await
+    }
+
+    async fn list_incomplete(&self, prefix: &str) -> Result<Vec<Incomplete>> {
+        let (this, prefix) = (self.clone(), prefix.to_owned());
+        blocking(move || this.list_incomplete_blocking(&prefix)).await
+    }
+
+    async fn remove_incomplete(&self, item: &Incomplete) -> Result<()> {
+        let (this, item) = (self.clone(), item.clone());
+        blocking(move || this.remove_incomplete_blocking(&item)).await
     }
 
     fn capabilities(&self) -> Capabilities {

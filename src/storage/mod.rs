@@ -90,6 +90,21 @@ pub struct ObjectMeta {
     pub modified: Option<std::time::SystemTime>,
 }
 
+/// A write that never completed: what a writer killed mid-put leaves behind (a `.tmp-*` file in a `file://`
+/// repository, an incomplete multipart upload on S3). Invisible to [`Storage::list`] and never readable as an object.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Incomplete {
+    /// Where it is, for messages and for [`Storage::remove_incomplete`]: the temp file's path relative to the
+    /// repository root, or the object key the multipart upload was for.
+    pub name: String,
+    /// The backend's own handle (the S3 upload id); `None` for a temp file.
+    pub upload_id: Option<String>,
+    /// Bytes it occupies, as far as the backend says (the parts uploaded so far on S3).
+    pub size: u64,
+    /// When it was started or last written (backend clock); `None` if the backend did not say.
+    pub modified: Option<std::time::SystemTime>,
+}
+
 /// Whether a `put` may replace an existing object.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PutMode {
@@ -252,6 +267,36 @@ pub trait Storage: Send + Sync + fmt::Display + fmt::Debug {
     async fn list_after(&self, prefix: &str, start_after: &str, limit: usize) -> Result<Vec<ObjectMeta>> {
         let all = self.list(prefix).await?;
         Ok(all.into_iter().filter(|m| m.key.as_str() > start_after).take(limit).collect())
+    }
+
+    /// Incomplete writes (see [`Incomplete`]) whose name starts with `prefix`. The default: none (a backend whose
+    /// writes leave nothing behind).
+    async fn list_incomplete(&self, prefix: &str) -> Result<Vec<Incomplete>> {
+        let _ = prefix;
+        Ok(Vec::new())
+    }
+
+    /// Remove one incomplete write found by [`Storage::list_incomplete`]; one already gone is not an error. Never
+    /// touches a complete object.
+    async fn remove_incomplete(&self, item: &Incomplete) -> Result<()> {
+        let _ = item;
+        Ok(())
+    }
+
+    /// Delete many objects (missing ones are not an error), at most `parallel` requests at a time. Backends with a
+    /// batch call override it (S3 `DeleteObjects`, 1000 keys a request). Returns how many were deleted; on the
+    /// first failure the remaining deletes are abandoned and the error returned.
+    async fn delete_many(&self, keys: &[Key], parallel: usize) -> Result<u64> {
+        use futures_util::StreamExt as _;
+        let mut done = 0u64;
+        // Collected first: a closure inside the stream's type would make this future not `Send` (rust#102211).
+        let deletes: Vec<_> = keys.iter().map(|k| self.delete(k)).collect();
+        let mut stream = futures_util::stream::iter(deletes).buffer_unordered(parallel.max(1));
+        while let Some(r) = stream.next().await {
+            r?;
+            done += 1;
+        }
+        Ok(done)
     }
 
     /// True if the object exists.

@@ -12,7 +12,7 @@ use async_trait::async_trait;
 use backon::{ExponentialBuilder, Retryable};
 use bytes::Bytes;
 
-use super::{Capabilities, DynStorage, Error, Key, ObjectMeta, PutMode, Result, Storage};
+use super::{Capabilities, DynStorage, Error, Incomplete, Key, ObjectMeta, PutMode, Result, Storage};
 
 /// A storage wrapper that retries transient failures of the inner backend until a deadline.
 #[derive(Debug, Clone)]
@@ -97,6 +97,16 @@ impl Storage for Retrying {
     }
     async fn delete(&self, key: &Key) -> Result<()> {
         self.run("delete", key.as_str(), || self.inner.delete(key)).await
+    }
+    async fn list_incomplete(&self, prefix: &str) -> Result<Vec<Incomplete>> {
+        self.run("list", prefix, || self.inner.list_incomplete(prefix)).await
+    }
+    async fn remove_incomplete(&self, item: &Incomplete) -> Result<()> {
+        self.run("remove", &item.name, || self.inner.remove_incomplete(item)).await
+    }
+    async fn delete_many(&self, keys: &[Key], parallel: usize) -> Result<u64> {
+        // Each batch is idempotent (deleting a missing object is not an error): retry the whole call.
+        self.run("delete", keys.first().map_or("", Key::as_str), || self.inner.delete_many(keys, parallel)).await
     }
     fn capabilities(&self) -> Capabilities {
         self.inner.capabilities()

@@ -10,7 +10,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use bytes::Bytes;
 
-use super::{Capabilities, DynStorage, Error, Key, ObjectMeta, PutMode, Result, Storage};
+use super::{Capabilities, DynStorage, Error, Incomplete, Key, ObjectMeta, PutMode, Result, Storage};
 
 /// Fails chosen calls with a transient error and optionally delays every call.
 #[derive(Debug)]
@@ -79,6 +79,14 @@ impl Storage for Faulty {
     async fn delete(&self, key: &Key) -> Result<()> {
         self.gate("delete", key.as_str()).await?;
         self.inner.delete(key).await
+    }
+    async fn list_incomplete(&self, prefix: &str) -> Result<Vec<Incomplete>> {
+        self.gate("list", prefix).await?;
+        self.inner.list_incomplete(prefix).await
+    }
+    async fn remove_incomplete(&self, item: &Incomplete) -> Result<()> {
+        self.gate("remove", &item.name).await?;
+        self.inner.remove_incomplete(item).await
     }
     fn capabilities(&self) -> Capabilities {
         self.inner.capabilities()

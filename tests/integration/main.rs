@@ -10,6 +10,8 @@ mod issue7_restore;
 mod issue7_surface;
 mod issue8_check;
 mod issue8_verify;
+mod issue8_gc;
+mod issue8_prune;
 mod pitr;
 mod push;
 mod s3_archive;

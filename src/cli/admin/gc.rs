@@ -4,7 +4,10 @@ use clap::Args;
 
 use super::Ctx;
 use crate::Error;
+use crate::cli::human_bytes;
+use crate::cli::output::{line, note};
 use crate::repository::backup::BackupId;
+use crate::retention::gc;
 
 /// `backupctl delete` options.
 #[derive(Debug, Clone, Args)]
@@ -15,6 +18,9 @@ pub struct DeleteArgs {
     /// Print what would be deleted and delete nothing.
     #[arg(long)]
     pub dry_run: bool,
+    /// Delete it even if it is marked kept (`backupctl keep`).
+    #[arg(long)]
+    pub force: bool,
     /// Print the result as one JSON object.
     #[arg(long = "json-output", visible_alias = "json")]
     pub json_output: bool,
@@ -32,11 +38,95 @@ pub struct GcArgs {
 }
 
 /// Run `backupctl delete`.
-pub(super) fn delete(_ctx: &Ctx, _args: &DeleteArgs) -> Result<(), Error> {
-    Err(Error::NotImplemented("backupctl delete"))
+pub(super) fn delete(ctx: &Ctx, args: &DeleteArgs) -> Result<(), Error> {
+    if !args.dry_run {
+        crate::cli::check_repository_writer(&ctx.config.repository.url)?;
+    }
+    let storage = ctx.existing_storage()?;
+    let now = time::OffsetDateTime::now_utc();
+    let plan = ctx.rt.block_on(gc::plan_delete(storage.as_ref(), &args.backup_id, now, args.force))?;
+    let deleted = if args.dry_run {
+        plan.keys.len() as u64
+    } else {
+        ctx.rt.block_on(gc::delete_backup(storage.as_ref(), &args.backup_id, now, args.force))?.objects_deleted
+    };
+    let id = &args.backup_id;
+    if args.json_output {
+        return line(serde_json::json!({
+            "backup": id.to_string(),
+            "repository": storage.to_string(),
+            "dry_run": args.dry_run,
+            "objects_deleted": deleted,
+            "keys": plan.keys.iter().map(|m| m.key.to_string()).collect::<Vec<_>>(),
+            "was_unfinished": plan.was_unfinished,
+            "was_newest": plan.is_newest,
+            "was_only": plan.is_only,
+        }));
+    }
+    let note = if plan.is_only {
+        "; it was the only backup: the repository holds none now"
+    } else if plan.is_newest {
+        "; it was the newest backup"
+    } else {
+        ""
+    };
+    let verb = if args.dry_run { "would delete" } else { "deleted" };
+    if plan.was_unfinished {
+        return line(format_args!(
+            "{verb} what an interrupted delete of backup {id} left ({deleted} records under backups/{id}/); run backupctl gc to reclaim its data"
+        ));
+    }
+    line(format_args!(
+        "{verb} backup {id} ({deleted} objects under backups/{id}/, the manifest first){note}; run backupctl gc to reclaim its data"
+    ))
 }
 
 /// Run `backupctl gc`.
-pub(super) fn run(_ctx: &Ctx, _args: &GcArgs) -> Result<(), Error> {
-    Err(Error::NotImplemented("backupctl gc"))
+pub(super) fn run(ctx: &Ctx, args: &GcArgs) -> Result<(), Error> {
+    if !args.dry_run {
+        crate::cli::check_repository_writer(&ctx.config.repository.url)?;
+    }
+    let storage = ctx.existing_storage()?;
+    let options = gc::GcOptions {
+        grace: ctx.config.retention.gc_grace.0,
+        dry_run: args.dry_run,
+        now: time::OffsetDateTime::now_utc(),
+    };
+    let report = ctx.rt.block_on(gc::collect(storage.as_ref(), &options))?;
+    if let Some(why) = &report.deferred {
+        note(format_args!("backupctl: warning: the data sweep was deferred: {why}; run backupctl gc again after it"));
+    }
+    if args.json_output {
+        let mut value = serde_json::to_value(&report).map_err(|e| Error::Task(e.to_string()))?;
+        if let Some(map) = value.as_object_mut() {
+            map.insert("repository".to_owned(), serde_json::Value::String(storage.to_string()));
+        }
+        return line(value);
+    }
+    let verb = if args.dry_run { "would remove" } else { "removed" };
+    if args.dry_run {
+        for item in &report.removed {
+            let what = match item.kind {
+                gc::RemovedKind::Object => "unreferenced object",
+                gc::RemovedKind::Temp => "temporary file",
+                gc::RemovedKind::Record => "record of a deleted backup",
+            };
+            line(format_args!("{verb} {what} {} ({})", item.name, human_bytes(item.bytes)))?;
+        }
+    }
+    let sweep = match &report.deferred {
+        Some(_) => "data sweep deferred".to_owned(),
+        None => format!(
+            "{} backups reference {} objects; {} unreferenced objects younger than {} left",
+            report.backups, report.objects_referenced, report.objects_in_grace, ctx.config.retention.gc_grace
+        ),
+    };
+    line(format_args!(
+        "gc {storage}: {verb} {} unreferenced objects ({}), {} temporary files ({}), {} records of deleted backups; {sweep}",
+        report.objects_removed,
+        human_bytes(report.bytes_removed),
+        report.temp_files_removed,
+        human_bytes(report.temp_bytes_removed),
+        report.records_removed,
+    ))
 }

@@ -4,7 +4,11 @@ use clap::Args;
 
 use super::Ctx;
 use crate::Error;
+use crate::cli::human_bytes;
+use crate::cli::output::line;
 use crate::repository::backup::BackupId;
+use crate::retention::expire::{self, KeepUntil};
+use crate::retention::plan::{Policy, Reach};
 
 /// `backupctl prune` options.
 #[derive(Debug, Clone, Args)]
@@ -51,16 +55,115 @@ pub struct UnkeepArgs {
 }
 
 /// Run `backupctl prune`.
-pub(super) fn run(_ctx: &Ctx, _args: &PruneArgs) -> Result<(), Error> {
-    Err(Error::NotImplemented("backupctl prune"))
+pub(super) fn run(ctx: &Ctx, args: &PruneArgs) -> Result<(), Error> {
+    let policy = Policy::resolve(&ctx.config.retention, args.policy.as_deref())?;
+    if !args.dry_run {
+        super::super::check_repository_writer(&ctx.config.repository.url)?;
+    }
+    let storage = ctx.existing_storage()?;
+    let options = expire::Options { dry_run: args.dry_run, gc_grace: ctx.config.retention.gc_grace.0 };
+    let report = ctx.rt.block_on(expire::run(storage.as_ref(), &policy, jiff::Timestamp::now(), options))?;
+    if args.json_output {
+        let value = serde_json::to_value(&report).map_err(|e| Error::Task(e.to_string()))?;
+        return line(value);
+    }
+    print_report(&report)
+}
+
+fn print_report(r: &expire::Report) -> Result<(), Error> {
+    let verb = if r.dry_run { "would delete" } else { "deleted" };
+    line(format_args!("policy: {}", r.policy))?;
+    for k in &r.kept_backups {
+        let reasons: Vec<String> = k.reasons.iter().map(ToString::to_string).collect();
+        let reach = match k.reach {
+            Reach::Onward => format!("restores to any moment from {} on", k.stop_time),
+            Reach::StopOnly => format!("restores to its end, {}, only", k.stop_time),
+        };
+        line(format_args!("keep   {}  {}; {reach}", k.id, reasons.join(", ")))?;
+    }
+    for d in &r.deleted_backups {
+        line(format_args!("{verb} {}  started {}, stopped {}", d.id, d.start_time, d.stop_time))?;
+    }
+    let w = &r.deleted_wal;
+    line(format_args!(
+        "WAL: {verb} {} files ({}) in {} ranges{}",
+        w.files,
+        human_bytes(w.bytes),
+        w.ranges.len(),
+        r.wal_kept_from.as_deref().map(|s| format!("; all WAL from {s} on is kept")).unwrap_or_default()
+    ))?;
+    for range in &w.ranges {
+        line(format_args!(
+            "  timeline {}: {} .. {} ({} files, {})",
+            range.timeline,
+            range.first,
+            range.last,
+            range.files,
+            human_bytes(range.bytes)
+        ))?;
+    }
+    for n in &r.notes {
+        line(format_args!("note: {n}"))?;
+    }
+    match &r.gc {
+        None => line("dry run: nothing was deleted"),
+        Some(gc) => {
+            line(format_args!(
+                "gc: removed {} objects ({}) and {} temporary files ({}){}",
+                gc.objects_removed,
+                human_bytes(gc.bytes_removed),
+                gc.temp_files_removed,
+                human_bytes(gc.temp_bytes_removed),
+                gc.deferred.as_deref().map(|d| format!("; deferred: {d}")).unwrap_or_default()
+            ))?;
+            line(format_args!(
+                "deleted {} backups and {} WAL files ({})",
+                r.deleted_backups.len(),
+                w.files,
+                human_bytes(w.bytes)
+            ))
+        }
+    }
 }
 
 /// Run `backupctl keep`.
-pub(super) fn keep(_ctx: &Ctx, _args: &KeepArgs) -> Result<(), Error> {
-    Err(Error::NotImplemented("backupctl keep"))
+pub(super) fn keep(ctx: &Ctx, args: &KeepArgs) -> Result<(), Error> {
+    super::super::check_repository_writer(&ctx.config.repository.url)?;
+    let now = jiff::Timestamp::now();
+    let until = match &args.until {
+        Some(text) => {
+            let policy = Policy::resolve(&ctx.config.retention, None)?;
+            KeepUntil::Until(expire::parse_until(text, &policy.time_zone, now)?)
+        }
+        None => KeepUntil::Forever,
+    };
+    let storage = ctx.existing_storage()?;
+    let mark = ctx.rt.block_on(expire::keep(storage.as_ref(), &args.backup_id, until, now))?;
+    if args.json_output {
+        line(serde_json::json!({ "backup_id": args.backup_id.to_string(), "kept": true, "until": mark.until }))
+    } else {
+        line(format_args!("backup {} is {}", args.backup_id, mark.describe()))
+    }
 }
 
 /// Run `backupctl unkeep`.
-pub(super) fn unkeep(_ctx: &Ctx, _args: &UnkeepArgs) -> Result<(), Error> {
-    Err(Error::NotImplemented("backupctl unkeep"))
+pub(super) fn unkeep(ctx: &Ctx, args: &UnkeepArgs) -> Result<(), Error> {
+    super::super::check_repository_writer(&ctx.config.repository.url)?;
+    let storage = ctx.existing_storage()?;
+    let old = ctx.rt.block_on(expire::unkeep(storage.as_ref(), &args.backup_id, jiff::Timestamp::now()))?;
+    if args.json_output {
+        return line(serde_json::json!({
+            "backup_id": args.backup_id.to_string(),
+            "kept": false,
+            "was": old.as_ref().map(crate::retention::keep::KeepMark::describe),
+        }));
+    }
+    match old {
+        Some(m) => line(format_args!(
+            "backup {} is no longer kept (it was {}); retention decides about it again",
+            args.backup_id,
+            m.describe()
+        )),
+        None => line(format_args!("backup {} was not kept; nothing changed", args.backup_id)),
+    }
 }

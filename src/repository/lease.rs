@@ -15,15 +15,18 @@
 //! - A record that cannot be read counts as live while its object is younger than the TTL (never guess "stale").
 
 use std::path::Path;
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
+mod held;
+
+pub use held::{FoundLease, Held, Lease, live_leases};
+
 use super::store;
-use crate::storage::{DynStorage, Key, ObjectMeta, Storage};
+use crate::storage::Key;
 
 /// Prefix of the lease records.
 pub const LOCKS_PREFIX: &str = "locks/";
@@ -217,256 +220,12 @@ pub enum Error {
     },
 }
 
-/// A lease found by [`live_leases`].
-#[derive(Debug, Clone)]
-pub struct FoundLease {
-    /// Its key.
-    pub key: Key,
-    /// The record, `None` if unreadable.
-    pub record: Option<LeaseRecord>,
-}
-
-impl FoundLease {
-    /// For messages.
-    pub fn describe(&self) -> String {
-        self.record.as_ref().map_or_else(|| format!("an unreadable lease {}", self.key), LeaseRecord::describe)
-    }
-}
-
-/// Every live lease of the given kinds, except `own` (the caller's key, if any). `backend_now`: see [`liveness`].
-/// Stale leases found are removed when `remove_stale` (a crashed holder's leftovers), and logged.
-pub async fn live_leases(
-    storage: &dyn Storage,
-    kinds: &[LeaseKind],
-    own: Option<&Key>,
-    backend_now: Option<SystemTime>,
-    now: OffsetDateTime,
-    remove_stale: bool,
-) -> Result<Vec<FoundLease>, Error> {
-    let me = Holder::current();
-    let mut out = Vec::new();
-    for meta in storage.list(LOCKS_PREFIX).await.map_err(store::Error::from)? {
-        if Some(&meta.key) == own {
-            continue;
-        }
-        let record = match store::load::<LeaseRecord>(storage, &meta.key).await {
-            Ok(Some(r)) => Some(r),
-            Ok(None) => continue, // released meanwhile
-            Err(store::Error::Storage(e)) => return Err(store::Error::Storage(e).into()),
-            Err(e) => {
-                tracing::warn!(key = %meta.key, error = %e, "unreadable lease record; treating it as live until its ttl");
-                None
-            }
-        };
-        if !kind_matches(&meta, record.as_ref(), kinds) {
-            continue;
-        }
-        match liveness(record.as_ref(), meta.modified, backend_now, now, &me, is_pid_alive) {
-            Liveness::Live => out.push(FoundLease { key: meta.key, record }),
-            Liveness::Stale(why) => {
-                let found = FoundLease { key: meta.key.clone(), record };
-                tracing::info!(key = %meta.key, holder = %found.describe(), reason = %why, "stale lease");
-                if remove_stale {
-                    storage.delete(&meta.key).await.map_err(store::Error::from)?;
-                }
-            }
-        }
-    }
-    Ok(out)
-}
-
-/// The kind from the record, or for an unreadable record from its key's name.
-fn kind_matches(meta: &ObjectMeta, record: Option<&LeaseRecord>, kinds: &[LeaseKind]) -> bool {
-    match record {
-        Some(r) => kinds.contains(&r.kind),
-        None => kinds.iter().any(|k| meta.key.file_name().starts_with(&format!("{}-", k.as_str()))),
-    }
-}
-
-/// A lease this process holds, renewed by the caller ([`Lease::renew_if_due`]) between steps of its work: for a
-/// command that works on a borrowed storage handle (gc). See [`Held`] for one renewed in the background.
-#[derive(Debug)]
-pub struct Lease {
-    key: Key,
-    record: Mutex<LeaseRecord>,
-    last_renewed: Mutex<std::time::Instant>,
-    /// The lease object's modified time right after it was written: the backend's clock then.
-    written_at_backend: Option<SystemTime>,
-    written_at_local: std::time::Instant,
-}
-
-impl Lease {
-    /// Write a new lease of `kind` for `what`.
-    pub async fn take(storage: &dyn Storage, kind: LeaseKind, what: &str) -> Result<Self, Error> {
-        let now = OffsetDateTime::now_utc();
-        let holder = Holder::current();
-        let token = format!("{}-{}", now.unix_timestamp_nanos(), holder.pid);
-        let key = lease_key(kind, &token);
-        let stamp = now.format(&Rfc3339).unwrap_or_default();
-        let record = LeaseRecord {
-            kind,
-            what: what.to_owned(),
-            holder,
-            started_at: stamp.clone(),
-            renewed_at: stamp,
-            ttl_seconds: TTL.as_secs(),
-        };
-        store::put_record(storage, &key, &record).await?;
-        let written_at_backend = storage.head(&key).await.ok().and_then(|m| m.modified);
-        tracing::debug!(key = %key, backend = %storage, "lease taken");
-        let at = std::time::Instant::now();
-        Ok(Self {
-            key,
-            record: Mutex::new(record),
-            last_renewed: Mutex::new(at),
-            written_at_backend,
-            written_at_local: at,
-        })
-    }
-
-    /// The lease's key.
-    pub fn key(&self) -> &Key {
-        &self.key
-    }
-
-    /// The backend's clock now, estimated from the lease's write (backend time then plus local time since);
-    /// `None` if the backend reports no times.
-    pub fn backend_now(&self) -> Option<SystemTime> {
-        self.written_at_backend.map(|t| t + self.written_at_local.elapsed())
-    }
-
-    /// Seconds since the last successful write of the record.
-    fn since_renewed(&self) -> Duration {
-        self.last_renewed.lock().map(|t| t.elapsed()).unwrap_or(TTL)
-    }
-
-    /// Renew the record (overwrite it with a new `renewed_at`).
-    pub async fn renew(&self, storage: &dyn Storage) -> Result<(), Error> {
-        let record = {
-            let mut r = self.record.lock().map_err(|_| self.lost(storage))?;
-            r.renewed_at = OffsetDateTime::now_utc().format(&Rfc3339).unwrap_or_default();
-            r.clone()
-        };
-        store::put_record(storage, &self.key, &record).await?;
-        if let Ok(mut t) = self.last_renewed.lock() {
-            *t = std::time::Instant::now();
-        }
-        Ok(())
-    }
-
-    /// Renew if [`RENEW_EVERY`] has passed since the last renewal; fail with [`Error::Lost`] if it has not been
-    /// renewed for half the TTL (others may soon take it for stale).
-    pub async fn renew_if_due(&self, storage: &dyn Storage) -> Result<(), Error> {
-        if self.since_renewed() < RENEW_EVERY {
-            return Ok(());
-        }
-        if let Err(e) = self.renew(storage).await {
-            tracing::warn!(key = %self.key, error = %e, "could not renew the lease");
-        }
-        self.check(storage)
-    }
-
-    /// Fail with [`Error::Lost`] if the lease has not been renewed for half the TTL.
-    pub fn check(&self, storage: &dyn Storage) -> Result<(), Error> {
-        if self.since_renewed() > TTL / 2 { Err(self.lost(storage)) } else { Ok(()) }
-    }
-
-    fn lost(&self, storage: &dyn Storage) -> Error {
-        Error::Lost { key: self.key.clone(), backend: storage.to_string(), seconds: self.since_renewed().as_secs() }
-    }
-
-    /// Delete the lease.
-    pub async fn release(self, storage: &dyn Storage) -> Result<(), Error> {
-        storage.delete(&self.key).await.map_err(store::Error::from)?;
-        tracing::debug!(key = %self.key, "lease released");
-        Ok(())
-    }
-}
-
-/// A [`Lease`] renewed every [`RENEW_EVERY`] by a background task until [`Held::release`] (or drop): for
-/// base-backup and pitr-restore, whose work has no convenient points to renew at.
-#[derive(Debug)]
-pub struct Held {
-    storage: DynStorage,
-    lease: Arc<Lease>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl Held {
-    /// Write a new lease of `kind` for `what` and start renewing it (needs a tokio runtime).
-    pub async fn acquire(storage: DynStorage, kind: LeaseKind, what: &str) -> Result<Self, Error> {
-        let lease = Arc::new(Lease::take(storage.as_ref(), kind, what).await?);
-        let (s, l) = (storage.clone(), lease.clone());
-        let task = tokio::spawn(async move {
-            loop {
-                tokio::time::sleep(RENEW_EVERY).await;
-                if let Err(e) = l.renew(s.as_ref()).await {
-                    tracing::warn!(key = %l.key, error = %e, "could not renew the lease; retrying");
-                }
-            }
-        });
-        Ok(Self { storage, lease, task })
-    }
-
-    /// The lease's key.
-    pub fn key(&self) -> &Key {
-        self.lease.key()
-    }
-
-    /// Fail with [`Error::Lost`] if renewal has failed for half the TTL.
-    pub fn check(&self) -> Result<(), Error> {
-        self.lease.check(self.storage.as_ref())
-    }
-
-    /// Stop renewing and delete the lease.
-    pub async fn release(self) -> Result<(), Error> {
-        self.task.abort();
-        self.storage.delete(self.lease.key()).await.map_err(store::Error::from)?;
-        tracing::debug!(key = %self.lease.key(), "lease released");
-        Ok(())
-    }
-
-    /// Wait while a live lease of `kinds` other than ours exists, at most `timeout`; `waiting` is called with the
-    /// holder's description each time another one is found (for a phase message).
-    pub async fn wait_while_live(
-        &self,
-        kinds: &[LeaseKind],
-        timeout: Duration,
-        waiting: &(dyn Fn(&str) + Send + Sync),
-    ) -> Result<(), Error> {
-        let started = std::time::Instant::now();
-        let mut said = String::new();
-        loop {
-            let now = OffsetDateTime::now_utc();
-            let backend_now = self.lease.backend_now();
-            let live = live_leases(self.storage.as_ref(), kinds, Some(self.key()), backend_now, now, false).await?;
-            let Some(first) = live.first() else { return Ok(()) };
-            let who = first.describe();
-            if started.elapsed() >= timeout {
-                return Err(Error::Busy {
-                    holder: who,
-                    backend: self.storage.to_string(),
-                    waited_seconds: started.elapsed().as_secs(),
-                });
-            }
-            if who != said {
-                waiting(&who);
-                said = who;
-            }
-            tokio::time::sleep(Duration::from_secs(1)).await;
-        }
-    }
-}
-
-impl Drop for Held {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
-}
-
 #[cfg(test)]
 mod tests {
+    use std::sync::Arc;
+
     use super::*;
+    use crate::storage::DynStorage;
 
     fn holder(host: &str, pid: u32) -> Holder {
         Holder { host: host.into(), boot_id: "b".into(), pid_namespace: "pid:[1]".into(), pid }

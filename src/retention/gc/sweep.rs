@@ -175,7 +175,7 @@ async fn run(storage: &dyn Storage, options: &GcOptions, lease: Option<&Lease>) 
             report.removed.push(Removed { kind: RemovedKind::Object, name: m.key.to_string(), bytes: m.size });
         }
     }
-    tracing::info!(
+    tracing::debug!(
         objects = report.objects_removed,
         bytes = report.bytes_removed,
         temp_files = report.temp_files_removed,

@@ -255,9 +255,6 @@ pub enum Error {
         /// Backend display.
         backend: String,
     },
-    /// A feature that this build does not implement yet.
-    #[error("{0} is not implemented yet")]
-    NotImplemented(&'static str),
     /// A background task failed to run.
     #[error("internal task failed: {0}")]
     Task(String),
@@ -412,7 +409,7 @@ impl Error {
             Error::ObjectsVanished { .. } => {
                 "something deleted objects under data/ while the backup ran (a gc of an older version, or by hand); this backup was not recorded: run it again"
             }
-            Error::NotImplemented(_) | Error::Task(_) | Error::Stdout(_) => return None,
+            Error::Task(_) | Error::Stdout(_) => return None,
         })
     }
 }

@@ -398,6 +398,38 @@ pub fn check_relative_path(path: &ManifestPath) -> Result<(), String> {
     Ok(())
 }
 
+#[cfg(test)]
+impl Manifest {
+    /// A manifest for unit tests: a full backup `20261130-010000F` of timeline 1 that starts and stops in segment
+    /// `000000010000000000000002` (16 MiB segments), with no files. Tests set what they need with `..example()`.
+    pub(crate) fn example() -> Self {
+        Manifest {
+            format: MANIFEST_FORMAT,
+            id: BackupId("20261130-010000F".to_owned()),
+            label: String::new(),
+            description: None,
+            backup_type: BackupType::Full,
+            start_time: "2026-11-30T01:00:00Z".into(),
+            stop_time: "2026-11-30T01:00:01Z".into(),
+            start_lsn: Lsn(0x200_0028),
+            stop_lsn: Lsn(0x200_0100),
+            timeline: 1,
+            start_wal: "000000010000000000000002".into(),
+            stop_wal: "000000010000000000000002".into(),
+            pg_version_num: 150000,
+            system_identifier: "1".into(),
+            wal_segment_size: 16 << 20,
+            chunk_size: 1 << 20,
+            backup_label: String::new(),
+            tablespace_map: None,
+            tablespaces: vec![],
+            directories: vec![],
+            files: vec![],
+            stats: BackupStats::default(),
+        }
+    }
+}
+
 mod lsn_text {
     use serde::{Deserialize, Deserializer, Serializer};
 
@@ -443,31 +475,17 @@ mod tests {
 
     fn manifest(paths: &[&str]) -> Manifest {
         Manifest {
-            format: MANIFEST_FORMAT,
             id: "20261126-063005F".parse().expect("id"),
             label: "l".into(),
-            description: None,
-            backup_type: BackupType::Full,
             start_time: "2026-11-26T06:30:05Z".into(),
             stop_time: "2026-11-26T06:30:09Z".into(),
-            start_lsn: Lsn(0x200_0028),
-            stop_lsn: Lsn(0x200_0100),
-            timeline: 1,
-            start_wal: "000000010000000000000002".into(),
-            stop_wal: "000000010000000000000002".into(),
             pg_version_num: 150004,
-            system_identifier: "1".into(),
-            wal_segment_size: 16 << 20,
-            chunk_size: 1 << 20,
-            backup_label: String::new(),
-            tablespace_map: None,
             tablespaces: vec![Tablespace { oid: 16384, location: "/ts".into() }],
-            directories: vec![],
             files: paths
                 .iter()
                 .map(|p| FileEntry { path: (*p).into(), size: 0, mode: 0o600, mtime: 0, pieces: vec![] })
                 .collect(),
-            stats: BackupStats::default(),
+            ..Manifest::example()
         }
     }
 

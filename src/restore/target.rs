@@ -225,7 +225,6 @@ fn stop_time(m: &Manifest) -> Option<OffsetDateTime> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::repository::backup::{BackupStats, BackupType, MANIFEST_FORMAT};
     use crate::wal::TimelineId;
 
     #[test]
@@ -250,11 +249,7 @@ mod tests {
 
     fn backup(id: &str, stop: &str, stop_lsn: u64, timeline: u32) -> Manifest {
         Manifest {
-            format: MANIFEST_FORMAT,
             id: id.parse().expect("id"),
-            label: String::new(),
-            description: None,
-            backup_type: BackupType::Full,
             start_time: stop.into(),
             stop_time: stop.into(),
             start_lsn: Lsn(stop_lsn - 1),
@@ -262,16 +257,7 @@ mod tests {
             timeline,
             start_wal: String::new(),
             stop_wal: String::new(),
-            pg_version_num: 150000,
-            system_identifier: "1".into(),
-            wal_segment_size: 16 << 20,
-            chunk_size: 1 << 20,
-            backup_label: String::new(),
-            tablespace_map: None,
-            tablespaces: vec![],
-            directories: vec![],
-            files: vec![],
-            stats: BackupStats::default(),
+            ..Manifest::example()
         }
     }
 

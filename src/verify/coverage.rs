@@ -227,7 +227,7 @@ pub fn classify(written: Option<SystemTime>, breaks_nothing: bool, clock: &Clock
 mod tests {
     use super::*;
     use crate::storage::ObjectMeta;
-    use crate::wal::WalFileName;
+    use crate::wal::{Lsn, WalFileName};
 
     const SIZE: SegmentSize = SegmentSize::DEFAULT;
     const T0: u64 = 1_000_000;
@@ -246,18 +246,17 @@ mod tests {
     }
 
     fn manifest(id: &str, start: u64, stop: u64) -> Manifest {
-        let json = serde_json::json!({
-            "format": 1, "id": id, "label": "l", "description": null, "type": "full",
-            "start_time": "2026-11-30T00:00:00Z", "stop_time": "2026-11-30T00:01:00Z",
-            "start_lsn": format!("0/{:X}", start * SIZE.bytes() + 0x28), "stop_lsn": format!("0/{:X}", stop * SIZE.bytes() + 0x100),
-            "timeline": 1,
-            "start_wal": SegmentName::from_segno(TimelineId(1), start, SIZE).to_string(),
-            "stop_wal": SegmentName::from_segno(TimelineId(1), stop, SIZE).to_string(),
-            "pg_version_num": 150000, "system_identifier": "1", "wal_segment_size": SIZE.bytes(), "chunk_size": 1048576,
-            "backup_label": "", "tablespace_map": null, "tablespaces": [], "directories": [], "files": [],
-            "stats": {"files": 0, "bytes": 0, "objects_written": 0, "bytes_written": 0, "bytes_stored": 0, "bytes_reused": 0, "duration_ms": 0}
-        });
-        serde_json::from_value(json).expect("manifest")
+        Manifest {
+            id: id.parse().expect("id"),
+            start_time: "2026-11-30T00:00:00Z".into(),
+            stop_time: "2026-11-30T00:01:00Z".into(),
+            start_lsn: Lsn(start * SIZE.bytes() + 0x28),
+            stop_lsn: Lsn(stop * SIZE.bytes() + 0x100),
+            start_wal: SegmentName::from_segno(TimelineId(1), start, SIZE).to_string(),
+            stop_wal: SegmentName::from_segno(TimelineId(1), stop, SIZE).to_string(),
+            wal_segment_size: SIZE.bytes(),
+            ..Manifest::example()
+        }
     }
 
     fn clock(now_segno: u64) -> Clock {

@@ -59,7 +59,7 @@ impl Storage for KilledAfter {
     }
 }
 
-use crate::repository::backup::{BackupStats, BackupType, MANIFEST_FORMAT, Manifest};
+use crate::repository::backup::Manifest;
 use crate::storage::Key;
 use crate::wal::{Lsn, SegmentName, TimelineId, WalFileName};
 
@@ -69,28 +69,15 @@ fn manifest(day: u32, start_seg: u64) -> Manifest {
     let start = format!("2026-11-{day:02}T02:00:00Z");
     let t: Timestamp = start.parse().expect("time");
     Manifest {
-        format: MANIFEST_FORMAT,
         id: t.strftime("%Y%m%d-%H%M%SF").to_string().parse().expect("id"),
         label: "l".into(),
-        description: None,
-        backup_type: BackupType::Full,
         start_time: start,
         stop_time: format!("2026-11-{day:02}T02:10:00Z"),
         start_lsn: Lsn(start_seg * SEG + 0x28),
         stop_lsn: Lsn((start_seg + 1) * SEG + 0x100),
-        timeline: 1,
         start_wal: SegmentName::from_segno(TimelineId(1), start_seg, SegmentSize::DEFAULT).to_string(),
         stop_wal: SegmentName::from_segno(TimelineId(1), start_seg + 1, SegmentSize::DEFAULT).to_string(),
-        pg_version_num: 150_000,
-        system_identifier: "1".into(),
-        wal_segment_size: SEG,
-        chunk_size: 1 << 20,
-        backup_label: String::new(),
-        tablespace_map: None,
-        tablespaces: vec![],
-        directories: vec![],
-        files: vec![],
-        stats: BackupStats::default(),
+        ..Manifest::example()
     }
 }
 

@@ -201,38 +201,18 @@ mod tests {
     use bytes::Bytes;
 
     use super::*;
-    use crate::repository::backup::{BackupId, BackupStats, BackupType, FileEntry, MANIFEST_FORMAT, Manifest, Piece};
+    use crate::repository::backup::{BackupId, FileEntry, Manifest, Piece};
     use crate::repository::store;
     use crate::storage::PutMode;
     use crate::storage::fs::FsStorage;
-    use crate::wal::Lsn;
 
     fn manifest(id: &str, objects: &[ObjectId]) -> Manifest {
         let pieces: Vec<Piece> =
             objects.iter().map(|o| Piece { object: *o, offset: 0, length: 1, blake3: *o }).collect();
         Manifest {
-            format: MANIFEST_FORMAT,
             id: id.parse().expect("id"),
-            label: String::new(),
-            description: None,
-            backup_type: BackupType::Full,
-            start_time: "2026-11-30T01:00:00Z".into(),
-            stop_time: "2026-11-30T01:00:01Z".into(),
-            start_lsn: Lsn(0x200_0028),
-            stop_lsn: Lsn(0x200_0100),
-            timeline: 1,
-            start_wal: "000000010000000000000002".into(),
-            stop_wal: "000000010000000000000002".into(),
-            pg_version_num: 150000,
-            system_identifier: "1".into(),
-            wal_segment_size: 16 << 20,
-            chunk_size: 1 << 20,
-            backup_label: String::new(),
-            tablespace_map: None,
-            tablespaces: vec![],
-            directories: vec![],
             files: vec![FileEntry { path: "f".into(), size: pieces.len() as u64, mode: 0o600, mtime: 0, pieces }],
-            stats: BackupStats::default(),
+            ..Manifest::example()
         }
     }
 

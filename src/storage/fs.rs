@@ -96,29 +96,40 @@ impl FsStorage {
     }
 
     fn list_blocking(&self, prefix: &str) -> Result<Vec<ObjectMeta>> {
-        // Walk only the deepest existing directory named by the prefix.
+        let mut out = Vec::new();
+        self.walk_files(prefix, |rel, is_temp, meta| {
+            let rel = rel.to_string_lossy();
+            if is_temp || !rel.starts_with(prefix) {
+                return;
+            }
+            if let Ok(key) = Key::new(rel.into_owned()) {
+                out.push(ObjectMeta { key, size: meta.len(), modified: meta.modified().ok() });
+            }
+        })?;
+        out.sort_by(|a, b| a.key.cmp(&b.key));
+        Ok(out)
+    }
+
+    /// Call `visit(path relative to the root, is a temp file, metadata)` for every file under the deepest
+    /// existing directory `prefix` names. An entry removed while the walk runs (a concurrent delete or gc) is
+    /// skipped, not an error.
+    fn walk_files(&self, prefix: &str, mut visit: impl FnMut(&Path, bool, &std::fs::Metadata)) -> Result<()> {
         let (dir_part, _) = prefix.rsplit_once('/').unwrap_or(("", prefix));
         let start = if dir_part.is_empty() { self.root.clone() } else { self.root.join(dir_part) };
-        let mut out = Vec::new();
+        let err = |e| self.map_err("list", &prefix, e);
         let mut stack = vec![start];
         while let Some(dir) = stack.pop() {
             let entries = match std::fs::read_dir(&dir) {
                 Ok(e) => e,
                 Err(e) if e.kind() == ErrorKind::NotFound => continue,
-                Err(e) => return Err(self.map_err("list", &prefix, e)),
+                Err(e) => return Err(err(e)),
             };
             for entry in entries {
-                let entry = entry.map_err(|e| self.map_err("list", &prefix, e))?;
-                let name = entry.file_name();
-                let name = name.to_string_lossy();
-                if name.starts_with(TEMP_PREFIX) {
-                    continue;
-                }
-                // An entry removed between readdir and stat (a concurrent delete or gc) is simply not listed.
+                let entry = entry.map_err(err)?;
                 let ft = match entry.file_type() {
                     Ok(ft) => ft,
                     Err(e) if e.kind() == ErrorKind::NotFound => continue,
-                    Err(e) => return Err(self.map_err("list", &prefix, e)),
+                    Err(e) => return Err(err(e)),
                 };
                 let path = entry.path();
                 if ft.is_dir() {
@@ -126,22 +137,15 @@ impl FsStorage {
                     continue;
                 }
                 let Ok(rel) = path.strip_prefix(&self.root) else { continue };
-                let rel = rel.to_string_lossy();
-                if !rel.starts_with(prefix) {
-                    continue;
-                }
                 let meta = match entry.metadata() {
                     Ok(m) => m,
                     Err(e) if e.kind() == ErrorKind::NotFound => continue,
-                    Err(e) => return Err(self.map_err("list", &prefix, e)),
+                    Err(e) => return Err(err(e)),
                 };
-                if let Ok(key) = Key::new(rel.into_owned()) {
-                    out.push(ObjectMeta { key, size: meta.len(), modified: meta.modified().ok() });
-                }
+                visit(rel, entry.file_name().to_string_lossy().starts_with(TEMP_PREFIX), &meta);
             }
         }
-        out.sort_by(|a, b| a.key.cmp(&b.key));
-        Ok(out)
+        Ok(())
     }
 
     /// [`Storage::list_after`]: walk in key order from the deepest directory the prefix names, skipping
@@ -221,42 +225,13 @@ impl FsStorage {
     /// [`Storage::list_incomplete`]: the temp files under the deepest directory `prefix` names (a temp file is
     /// written in the directory its object was to go to).
     fn list_incomplete_blocking(&self, prefix: &str) -> Result<Vec<Incomplete>> {
-        let (dir_part, _) = prefix.rsplit_once('/').unwrap_or(("", prefix));
-        let start = if dir_part.is_empty() { self.root.clone() } else { self.root.join(dir_part) };
-        let err = |e| self.map_err("list", &prefix, e);
         let mut out = Vec::new();
-        let mut stack = vec![start];
-        while let Some(dir) = stack.pop() {
-            let entries = match std::fs::read_dir(&dir) {
-                Ok(e) => e,
-                Err(e) if e.kind() == ErrorKind::NotFound => continue,
-                Err(e) => return Err(err(e)),
-            };
-            for entry in entries {
-                let entry = entry.map_err(err)?;
-                let path = entry.path();
-                let ft = match entry.file_type() {
-                    Ok(ft) => ft,
-                    Err(e) if e.kind() == ErrorKind::NotFound => continue,
-                    Err(e) => return Err(err(e)),
-                };
-                if ft.is_dir() {
-                    stack.push(path);
-                    continue;
-                }
-                if !entry.file_name().to_string_lossy().starts_with(TEMP_PREFIX) {
-                    continue;
-                }
-                let Ok(rel) = path.strip_prefix(&self.root) else { continue };
-                let Some(rel) = rel.to_str().map(str::to_owned) else { continue };
-                let meta = match entry.metadata() {
-                    Ok(m) => m,
-                    Err(e) if e.kind() == ErrorKind::NotFound => continue,
-                    Err(e) => return Err(err(e)),
-                };
-                out.push(Incomplete { name: rel, upload_id: None, size: meta.len(), modified: meta.modified().ok() });
+        self.walk_files(prefix, |rel, is_temp, meta| {
+            if let (true, Some(rel)) = (is_temp, rel.to_str()) {
+                let (size, modified) = (meta.len(), meta.modified().ok());
+                out.push(Incomplete { name: rel.to_owned(), upload_id: None, size, modified });
             }
-        }
+        })?;
         out.sort_by(|a, b| a.name.cmp(&b.name));
         Ok(out)
     }

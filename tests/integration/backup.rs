@@ -8,23 +8,6 @@ use std::time::{Duration, Instant};
 use crate::pitr::{FileRepo, Source};
 use crate::support::cluster::{assert_ok, bin, require_pg, wait_for};
 
-fn pg_dump(c: &crate::support::cluster::Cluster) -> String {
-    let out = Command::new("pg_dump")
-        .args(["-U", "postgres", "-d", "postgres", "-h"])
-        .arg(&c.socket)
-        .arg("-p")
-        .arg(c.port.to_string())
-        .output()
-        .expect("pg_dump");
-    assert_ok("pg_dump", &out);
-    // pg_dump brackets its output with a random \restrict key; everything else must match.
-    let text = String::from_utf8_lossy(&out.stdout);
-    text.lines()
-        .filter(|l| !l.starts_with("\\restrict") && !l.starts_with("\\unrestrict"))
-        .collect::<Vec<_>>()
-        .join("\n")
-}
-
 fn load_big_table(c: &crate::support::cluster::Cluster, rows: u32) {
     c.sql("create table big (id int primary key, pad text)");
     c.sql(&format!("insert into big select g, repeat(md5(g::text), 3) from generate_series(1, {rows}) g"));
@@ -64,10 +47,10 @@ fn incremental_stores_about_the_change() {
     assert_eq!(incr["type"], "incremental");
 
     c.switch_and_wait_archived(Duration::from_secs(120));
-    let expected = pg_dump(c);
+    let expected = c.dump();
     let id = incr["id"].as_str().expect("id");
     let copy = src.restore_and_start("from-incr", &["--backup-id", id, "--archive-mode", "off"]);
-    let got = pg_dump(&copy);
+    let got = copy.dump();
     if got != expected {
         let diff: Vec<(&str, &str)> = got.lines().zip(expected.lines()).filter(|(a, b)| a != b).take(10).collect();
         panic!(

@@ -41,24 +41,6 @@ fn removed(report: &serde_json::Value) -> Vec<String> {
     names
 }
 
-/// pg_dump of the `postgres` database (without the random `\restrict` key lines).
-fn dump(c: &Cluster) -> String {
-    let out = std::process::Command::new(c.bin.join("pg_dump"))
-        .args(["-U", "postgres", "-d", "postgres", "-h"])
-        .arg(&c.socket)
-        .arg("-p")
-        .arg(c.port.to_string())
-        .output()
-        .expect("pg_dump");
-    assert_ok("pg_dump", &out);
-    // Recent pg_dump brackets the script in \restrict/\unrestrict with a random key: not part of the data.
-    let text = String::from_utf8(out.stdout).expect("utf-8 dump");
-    text.lines()
-        .filter(|l| !l.starts_with("\\restrict ") && !l.starts_with("\\unrestrict "))
-        .collect::<Vec<_>>()
-        .join("\n")
-}
-
 /// Write a WAL record that changes no data (a restore point) and archive through it: every LSN recorded so far
 /// is then inside the archive, even right after a segment switch.
 fn archive_past(c: &Cluster) {
@@ -84,7 +66,7 @@ fn take(src: &Source, kind: &str, batch: u32) -> Taken {
     ));
     let id = src.backup_json(kind)["id"].as_str().expect("id").to_owned();
     let lsn = c.sql("select pg_current_wal_insert_lsn()");
-    Taken { id, lsn, dump: dump(c) }
+    Taken { id, lsn, dump: c.dump() }
 }
 
 /// Restore `b` to its own point and compare the result with the source's dump taken then.
@@ -93,7 +75,7 @@ fn restore_matches(src: &Source, b: &Taken, name: &str) {
         name,
         &["--backup-id", &b.id, "--to-lsn", &b.lsn, "--target-exclusive", "--archive-mode", "off"],
     );
-    let got = dump(&copy);
+    let got = copy.dump();
     if got != b.dump {
         let dir = std::env::temp_dir().join(format!("i8-dump-{name}"));
         std::fs::create_dir_all(&dir).expect("mkdir");
@@ -247,7 +229,7 @@ fn gc_during_backup(url: &str, extra: &str, label: &str) {
     let after = gc_json(&src, false);
     assert!(after["deferred"].is_null(), "{after}");
     let id = summary["id"].as_str().expect("id").to_owned();
-    let b = Taken { id, lsn: c.sql("select pg_current_wal_insert_lsn()"), dump: dump(c) };
+    let b = Taken { id, lsn: c.sql("select pg_current_wal_insert_lsn()"), dump: c.dump() };
     archive_past(c);
     restore_matches(&src, &b, "after-gc-loop");
     assert!(repo_keys(url, &s3, "locks/").is_empty(), "every lease released");
@@ -587,7 +569,7 @@ fn issue_8_gc_defers_while_a_restore_runs() {
     wait_for("recovery to finish", Duration::from_secs(120), || {
         copy.try_sql("select pg_is_in_recovery()").stdout.starts_with(b"f").then_some(())
     });
-    assert!(dump(&copy) == b.dump, "the restore of a backup deleted meanwhile differs");
+    assert!(copy.dump() == b.dump, "the restore of a backup deleted meanwhile differs");
     let after = gc_json(&src, false);
     assert!(after["deferred"].is_null() && after["objects_removed"].as_u64().unwrap_or(0) > 0, "{after}");
 }

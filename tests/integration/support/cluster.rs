@@ -288,6 +288,26 @@ impl Cluster {
     }
 }
 
+impl Cluster {
+    /// `pg_dump` of the `postgres` database, without the `\restrict`/`\unrestrict` lines recent pg_dump brackets its
+    /// script with (a random key, not part of the data): two clusters with equal data give equal text.
+    pub fn dump(&self) -> String {
+        let out = Command::new(self.bin.join("pg_dump"))
+            .args(["-U", "postgres", "-d", "postgres", "-h"])
+            .arg(&self.socket)
+            .arg("-p")
+            .arg(self.port.to_string())
+            .output()
+            .expect("pg_dump");
+        assert_ok("pg_dump", &out);
+        let text = String::from_utf8_lossy(&out.stdout);
+        text.lines()
+            .filter(|l| !l.starts_with("\\restrict ") && !l.starts_with("\\unrestrict "))
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+}
+
 impl Drop for Cluster {
     fn drop(&mut self) {
         if self.running {

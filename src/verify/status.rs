@@ -18,7 +18,8 @@ use crate::repository::store;
 use crate::repository::wal_index::WalIndex;
 use crate::repository::{ClusterInfo, store::Error as StoreError};
 use crate::retention::keep::{self, KeepMark};
-use crate::storage::Storage;
+use crate::retention::plan::{self, Policy, Reach};
+use crate::storage::{ObjectMeta, Storage};
 
 /// A backup's sizes.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -48,6 +49,37 @@ pub struct BackupStatus {
     pub is_kept: bool,
     /// Its sizes.
     pub sizes: Sizes,
+    /// What the configured retention policy decides about it (`None`: no plan could be made, see
+    /// [`PolicyStatus::error`]).
+    pub retention: Option<Retention>,
+}
+
+/// What the configured retention policy decides about one backup: what `prune` would do now.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Retention {
+    /// Kept: every reason ("newest", "daily 2026-11-30", "kept forever", ...) and what it can reach once prune
+    /// has deleted the WAL the policy does not keep.
+    Kept {
+        /// Why, as `prune` prints it.
+        reasons: Vec<String>,
+        /// Onward, or its stop only.
+        reach: Reach,
+    },
+    /// The next `prune` deletes it.
+    Deleted,
+}
+
+/// The configured retention policy as `status` shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PolicyStatus {
+    /// The policy (`Policy`'s `Display`).
+    pub policy: String,
+    /// False when no rule chooses backups or WAL: prune deletes nothing.
+    pub has_rules: bool,
+    /// The plan's notes (a policy that keeps nothing, WAL left alone and why).
+    pub notes: Vec<String>,
+    /// Why no plan could be made (a manifest the plan cannot read).
+    pub error: Option<String>,
 }
 
 /// The earliest and latest point a restore can reach.
@@ -84,6 +116,8 @@ pub struct Status {
     pub window: Option<Window>,
     /// Seconds since the newest backup stopped.
     pub newest_backup_age_seconds: Option<i64>,
+    /// The configured retention policy.
+    pub policy: PolicyStatus,
 }
 
 impl Status {
@@ -93,12 +127,13 @@ impl Status {
     }
 }
 
-/// Collect the status of the repository in `storage` at `clock.now`.
-pub async fn collect(storage: &dyn Storage, clock: &Clock) -> Result<Status, Error> {
+/// Collect the status of the repository in `storage` at `clock.now`, with what `policy` decides about each backup.
+pub async fn collect(storage: &dyn Storage, clock: &Clock, policy: &Policy) -> Result<Status, Error> {
     let (manifests, unusable) = store::manifests(storage).await?;
     let cluster = store::cluster_info(storage).await?;
     let size = super::segment_size(storage, &manifests).await?;
-    let index = WalIndex::build(&storage.list("wal/").await?, size);
+    let wal_listing = storage.list("wal/").await?;
+    let index = WalIndex::build(&wal_listing, size);
     let (histories, bad) = super::load_histories(storage, &index).await?;
     let coverage = coverage::coverage(&index, &manifests, &histories, clock);
     let marks = keep::load_all(storage).await?;
@@ -110,6 +145,7 @@ pub async fn collect(storage: &dyn Storage, clock: &Clock) -> Result<Status, Err
         .collect();
     let now = OffsetDateTime::from(clock.now);
     let sizes = sizes(&manifests, &stored);
+    let (policy, mut decisions) = retention(&manifests, &unusable, &marks, &wal_listing, size, policy, clock.now);
     let backups: Vec<BackupStatus> = manifests
         .into_iter()
         .zip(coverage.backups.iter().cloned())
@@ -117,7 +153,8 @@ pub async fn collect(storage: &dyn Storage, clock: &Clock) -> Result<Status, Err
         .map(|((manifest, coverage), sizes)| {
             let keep = marks.get(&manifest.id).cloned();
             let is_kept = keep.as_ref().is_some_and(|k| k.is_kept_at(now));
-            BackupStatus { manifest, coverage, keep, is_kept, sizes }
+            let retention = decisions.remove(&manifest.id);
+            BackupStatus { manifest, coverage, keep, is_kept, sizes, retention }
         })
         .collect();
     let window = window(&backups);
@@ -135,7 +172,51 @@ pub async fn collect(storage: &dyn Storage, clock: &Clock) -> Result<Status, Err
         bad_histories: bad.into_iter().map(|p| (p.what, p.reason)).collect(),
         window,
         newest_backup_age_seconds,
+        policy,
     })
+}
+
+/// What `policy` decides at `now` about each backup: the plan `prune` would apply (pure). A repository with
+/// unusable manifests gets no plan (prune refuses it too), and says why.
+fn retention(
+    manifests: &[Manifest],
+    unusable: &[(BackupId, StoreError)],
+    marks: &HashMap<BackupId, KeepMark>,
+    wal_listing: &[ObjectMeta],
+    size: crate::wal::SegmentSize,
+    policy: &Policy,
+    now: SystemTime,
+) -> (PolicyStatus, HashMap<BackupId, Retention>) {
+    let mut status =
+        PolicyStatus { policy: policy.to_string(), has_rules: policy.rules.has_rule(), notes: vec![], error: None };
+    let mut out = HashMap::new();
+    if let Some((id, _)) = unusable.first() {
+        status.error = Some(format!("backup {id} is unusable: prune refuses to plan until it is deleted"));
+        return (status, out);
+    }
+    let backups: Result<Vec<plan::Backup>, _> =
+        manifests.iter().map(|m| plan::Backup::from_manifest(m, marks.get(&m.id).cloned())).collect();
+    let (backups, now) = match (backups, jiff::Timestamp::try_from(now)) {
+        (Ok(b), Ok(now)) => (b, now),
+        (Err(e), _) => {
+            status.error = Some(e.to_string());
+            return (status, out);
+        }
+        (_, Err(e)) => {
+            status.error = Some(format!("the clock: {e}"));
+            return (status, out);
+        }
+    };
+    let p = plan::plan(&backups, wal_listing, Some(size), policy, now);
+    for k in p.keep {
+        let reasons = k.reasons.iter().map(ToString::to_string).collect();
+        out.insert(k.id, Retention::Kept { reasons, reach: k.reach });
+    }
+    for d in p.delete {
+        out.insert(d.id, Retention::Deleted);
+    }
+    status.notes = p.notes;
+    (status, out)
 }
 
 /// Per manifest, its sizes; `stored` maps each listed data object to its stored bytes.

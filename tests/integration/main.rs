@@ -11,6 +11,7 @@ mod issue7_surface;
 mod issue8_check;
 mod issue8_gc;
 mod issue8_prune;
+mod issue8_status;
 mod issue8_verify;
 mod pitr;
 mod push;

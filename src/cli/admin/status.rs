@@ -8,8 +8,9 @@ use crate::Error;
 use crate::cli::human_bytes;
 use crate::cli::output::{line, note};
 use crate::repository::backup::BackupType;
+use crate::retention::plan::Reach;
 use crate::verify::coverage::{TimelineCoverage, TimelineGap};
-use crate::verify::status::{self, BackupStatus, Status, rfc3339};
+use crate::verify::status::{self, BackupStatus, Retention, Status, rfc3339};
 
 /// `backupctl status` options.
 #[derive(Debug, Clone, Args)]
@@ -23,7 +24,8 @@ pub struct StatusArgs {
     /// Print it as one JSON object instead: repository, cluster, wal (segments, first, last, last_archived_at,
     /// other_files, bytes_stored, complete, gaps, timelines [{timeline, first, last, last_archived_at, segments,
     /// partials, backup_files, has_history, bytes_stored, gaps [{first, last, count, next, status, breaks,
-    /// cuts}]}]), restorable_window, newest_backup_age_seconds, backups (each with restorable, missing_wal,
+    /// cuts}]}]), restorable_window, newest_backup_age_seconds, retention (policy, has_rules, notes, error), backups
+    /// (each with restorable, missing_wal,
     /// reaches, keep, sizes), unusable_backups.
     #[arg(long = "json-output", visible_alias = "json")]
     pub json_output: bool,
@@ -34,7 +36,8 @@ pub(super) fn run(ctx: &Ctx, args: &StatusArgs) -> Result<(), Error> {
     let storage = ctx.existing_storage()?;
     let storage = storage.as_ref();
     let clock = crate::verify::clock_from_config(&ctx.config, std::time::SystemTime::now());
-    let mut s = ctx.rt.block_on(status::collect(storage, &clock))?;
+    let policy = crate::retention::plan::Policy::resolve(&ctx.config.retention, None)?;
+    let mut s = ctx.rt.block_on(status::collect(storage, &clock, &policy))?;
     for (id, e) in &s.unusable {
         note(format_args!("backupctl: warning: backup {id} is unusable: {e}"));
     }
@@ -72,7 +75,18 @@ pub(super) fn run(ctx: &Ctx, args: &StatusArgs) -> Result<(), Error> {
     if let Some(age) = s.newest_backup_age_seconds {
         line(format_args!("newest backup: finished {} ago", human_age(age)))?;
     }
-    print_backups(&s.backups)
+    match (&s.policy.error, s.policy.has_rules) {
+        (Some(e), _) => line(format_args!("retention: {}; no plan: {e}", s.policy.policy))?,
+        (None, true) => {
+            line(format_args!("retention: {} (what prune would do now is shown per backup)", s.policy.policy))?
+        }
+        (None, false) => line("retention: no policy in [retention]: prune deletes nothing")?,
+    }
+    for n in &s.policy.notes {
+        line(format_args!("retention: note: {n}"))?;
+    }
+    let newest = s.index.segments().map(|(n, _)| n).max();
+    print_backups(&s.backups, newest)
 }
 
 /// The JSON form; the keys of earlier versions are kept.
@@ -110,6 +124,12 @@ fn json(s: &Status, repository: &str) -> serde_json::Value {
             "timelines": timelines,
         },
         "restorable_window": window,
+        "retention": {
+            "policy": s.policy.policy,
+            "has_rules": s.policy.has_rules,
+            "notes": s.policy.notes,
+            "error": s.policy.error,
+        },
         "newest_backup_age_seconds": s.newest_backup_age_seconds,
         "backups": backups,
         "unusable_backups": unusable,
@@ -163,8 +183,13 @@ fn backup_json(b: &BackupStatus) -> serde_json::Value {
         "keep": {
             "kept": b.is_kept,
             "reason": b.keep.as_ref().filter(|_| b.is_kept).map(|k| k.describe()),
-            // The retention policy's reasons (GFS buckets, PITR window) join here once prune's plan is available.
-            "policy": null,
+            "policy": match &b.retention {
+                Some(Retention::Kept { reasons, reach }) => serde_json::json!({
+                    "kept": true, "reasons": reasons, "reach_after_prune": reach,
+                }),
+                Some(Retention::Deleted) => serde_json::json!({ "kept": false, "reasons": [] }),
+                None => serde_json::Value::Null,
+            },
         },
         "sizes": {
             "logical": b.sizes.logical,
@@ -247,7 +272,9 @@ fn human_age(seconds: i64) -> String {
     }
 }
 
-fn print_backups(backups: &[BackupStatus]) -> Result<(), Error> {
+/// The backups, one line each and one line of what it reaches and whether it is kept; `newest` is the newest
+/// archived segment (a backup whose stop is in it reaches the end of the archive, not "its stop only").
+fn print_backups(backups: &[BackupStatus], newest: Option<crate::wal::SegmentName>) -> Result<(), Error> {
     if backups.is_empty() {
         return line("backups: none");
     }
@@ -280,6 +307,7 @@ fn print_backups(backups: &[BackupStatus]) -> Result<(), Error> {
             format!("BROKEN: {} data objects missing", b.sizes.objects_missing)
         } else {
             match c.wal.reach {
+                Some(r) if Some(r) == newest => format!("reaches {r}, the newest archived segment"),
                 Some(r) if c.wal.needed.last() == Some(&r) => format!("reaches its stop only ({r})"),
                 Some(r) => {
                     let at = c.reach_written.and_then(rfc3339).map(|t| format!(", archived {t}")).unwrap_or_default();
@@ -288,9 +316,19 @@ fn print_backups(backups: &[BackupStatus]) -> Result<(), Error> {
                 None => "reaches nothing".to_owned(),
             }
         };
-        let kept = match &b.keep {
-            Some(k) if b.is_kept => k.describe(),
-            _ => "not kept by a mark".to_owned(),
+        let kept = match &b.retention {
+            Some(Retention::Kept { reasons, reach }) => {
+                let after = match reach {
+                    Reach::Onward => "",
+                    Reach::StopOnly => " (after prune it reaches its stop only)",
+                };
+                format!("kept: {}{after}", reasons.join(", "))
+            }
+            Some(Retention::Deleted) => "the next prune deletes it".to_owned(),
+            None => match &b.keep {
+                Some(k) if b.is_kept => k.describe(),
+                _ => "not kept by a mark".to_owned(),
+            },
         };
         line(format_args!("  {:<17} {reach}; {kept}", ""))?;
         if let Some(d) = m.description.as_deref().filter(|d| !d.is_empty()) {

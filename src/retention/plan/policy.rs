@@ -109,6 +109,11 @@ impl Rules {
         self.values()[..6].iter().any(Option::is_some)
     }
 
+    /// True if any rule is set (`pitr-days` included). Without one, prune deletes nothing.
+    pub fn has_rule(&self) -> bool {
+        self.values().iter().any(Option::is_some)
+    }
+
     /// The rules of `[retention]`.
     pub fn from_config(c: &RetentionConfig) -> Self {
         Self {

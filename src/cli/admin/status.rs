@@ -25,8 +25,7 @@ pub struct StatusArgs {
     /// other_files, bytes_stored, complete, gaps, timelines [{timeline, first, last, last_archived_at, segments,
     /// partials, backup_files, has_history, bytes_stored, gaps [{first, last, count, next, status, breaks,
     /// cuts}]}]), restorable_window, newest_backup_age_seconds, retention (policy, has_rules, notes, error), backups
-    /// (each with restorable, missing_wal,
-    /// reaches, keep, sizes), unusable_backups.
+    /// (each with restorable, missing_wal, reaches, keep, sizes), unusable_backups.
     #[arg(long = "json-output", visible_alias = "json")]
     pub json_output: bool,
 }

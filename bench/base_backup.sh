@@ -64,76 +64,10 @@ log "database: $((DBSIZE / 1048576)) MiB (data directory $((DATADIR_BYTES / 1048
 # one small value to write so that pg_switch_wal always has something to switch
 sql "$PORT" "create table bench_tick(t timestamptz)" >/dev/null
 
-# switch_and_wait: write a record, switch, wait until the archiver has archived that segment and nothing is .ready
-switch_and_wait() {
-    local seg done_ failed0 i
-    failed0=$(sql "$PORT" "select failed_count from pg_stat_archiver")
-    sql "$PORT" "insert into bench_tick values (now())" >/dev/null
-    seg=$(sql "$PORT" "select pg_walfile_name(pg_current_wal_lsn())")
-    sql "$PORT" "select pg_switch_wal()" >/dev/null
-    for i in $(seq 1 3000); do
-        done_=$(sql "$PORT" "select coalesce(last_archived_wal, '') from pg_stat_archiver")
-        [[ "$done_" > "$seg" || "$done_" == "$seg" ]] && [ "$(ready_count "$SRC")" -eq 0 ] && return 0
-        if [ "$(sql "$PORT" "select failed_count from pg_stat_archiver")" -gt "$((failed0 + 5))" ]; then
-            tail -5 "$SRC.log" >&2
-            die "archive_command keeps failing"
-        fi
-        sleep 0.2
-    done
-    die "archiving did not reach $seg"
-}
-# set_archive CMD: make CMD the archive_command and drain the backlog with it (twice: the archiver may have taken
-# the first switched segment before it saw the reload)
-set_archive() {
-    sql "$PORT" "alter system set archive_command = '$1'" >/dev/null
-    sql "$PORT" "select pg_reload_conf()" >/dev/null
-    switch_and_wait
-    switch_and_wait
-}
-
-# timed TAG CMD...: run CMD as postgres under /usr/bin/time -v after a sync; stdout/stderr to $WORK/out/TAG.*;
-# sets T_SECS (wall), T_CPU (user + sys, children included), T_RSS (MiB, largest process), T_SRV (CPU seconds
-# the S3 server used meanwhile, "-" without one); returns CMD's status
-srv_cpu() { awk -v hz="$(getconf CLK_TCK)" '{printf "%.2f", ($14 + $15) / hz}' "/proc/$S3_PID/stat"; }
-timed() {
-    local tag=$1 rc=0 t0 t1 s0=
-    shift
-    sync
-    [ -n "$S3_PID" ] && s0=$(srv_cpu)
-    t0=$(date +%s.%N)
-    /usr/bin/time -v -o "$WORK/out/$tag.time" runuser -u postgres -- "$@" \
-        >"$WORK/out/$tag.out" 2>"$WORK/out/$tag.err" || rc=$?
-    t1=$(date +%s.%N)
-    T_SECS=$(awk "BEGIN {printf \"%.2f\", $t1 - $t0}")
-    T_CPU=$(awk -F': ' '/User time/ {u = $2} /System time/ {s = $2} END {printf "%.1f", u + s}' "$WORK/out/$tag.time")
-    T_RSS=$(awk -F': ' '/Maximum resident/ {printf "%.0f", $2 / 1024}' "$WORK/out/$tag.time")
-    T_SRV=-
-    [ -n "$s0" ] && T_SRV=$(awk "BEGIN {printf \"%.1f\", $(srv_cpu) - $s0}")
-    if [ "$rc" != 0 ]; then
-        log "  FAILED (exit $rc): $*"
-        sed 's/^/    /' "$WORK/out/$tag.err" | tail -15 >&2
-    fi
-    return "$rc"
-}
-
 # record CASE RUN SECS CPU RSS BYTES OBJECTS DATA_OK RECOVERY_S S3_SERVER_CPU
 record() { printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$@" >> "$RESULTS"; }
 
 # usage KIND WHERE: "objects bytes" of the backup part of a repository (WAL excluded)
-s3_prefix_usage() {
-    python3 - "$S3_PORT" "$1" "$2" "$3" <<'EOF'
-import sys, boto3
-port, bucket, prefix, exclude = sys.argv[1:]
-c = boto3.client("s3", endpoint_url=f"http://127.0.0.1:{port}", region_name="us-east-1")
-n = b = 0
-for page in c.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
-    for o in page.get("Contents", []):
-        if not o["Key"].startswith(exclude):
-            n += 1; b += o["Size"]
-print(n, b)
-EOF
-}
-files_usage() { { find "$@" -type f -printf '%s\n' 2>/dev/null || true; } | awk '{n++; b += $1} END {print n + 0, b + 0}'; }
 usage() {
     case "$1" in
         bb-file) files_usage "$2/data" "$2/backups" ;;
@@ -300,8 +234,6 @@ restore() {
         "restored cluster promoted after $V_SECS s, data matches: $V_OK"
 }
 srv_of() { if [ "$1" = s3 ]; then echo "$T_SRV"; else echo -; fi; }
-# in_order RUN A B: "A B" on odd runs, "B A" on even runs (neither tool always goes first)
-in_order() { if [ $(($1 % 2)) = 1 ]; then echo "$2 $3"; else echo "$3 $2"; fi; }
 
 for run in $(seq 1 "$RUNS"); do
     declare -A BB_CONF_OF=() PGBR_CONF_OF=() BB_ID_OF=()

@@ -58,13 +58,14 @@ build_bins() {
     cp "$ROOT/target/release/wal-push" "$ROOT/target/release/wal-fetch" "$WORK/bin/"
     WAL_PUSH=$WORK/bin/wal-push
     WAL_FETCH=$WORK/bin/wal-fetch
-    # base-backup / pitr-restore (pitr-restore writes a restore_command with the wal-fetch beside it)
+    # base-backup / pitr-restore / backupctl (pitr-restore writes a restore_command with the wal-fetch beside it)
     local b
-    for b in base-backup pitr-restore; do
+    for b in base-backup pitr-restore backupctl; do
         [ -x "$ROOT/target/release/$b" ] && cp "$ROOT/target/release/$b" "$WORK/bin/"
     done
     BASE_BACKUP=$WORK/bin/base-backup
     PITR_RESTORE=$WORK/bin/pitr-restore
+    BACKUPCTL=$WORK/bin/backupctl
     local rev dirty
     rev=$(cd "$ROOT" && git rev-parse --short HEAD 2>/dev/null || echo unknown)
     BIN_REV="git $rev, +$(cd "$ROOT" && git status --porcelain -- src Cargo.toml Cargo.lock 2>/dev/null | wc -l) modified"

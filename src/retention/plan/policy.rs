@@ -14,6 +14,9 @@ use crate::config::RetentionConfig;
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum PolicyError {
+    /// `--policy ""`: an empty policy would silently replace the configured one with no rules at all.
+    #[error("--policy is empty: give at least one key=value item (keys: {}), or leave --policy out to use [retention]", KEYS.join(", "))]
+    Empty,
     /// An item without `=`.
     #[error("policy item {item:?} is not key=value (keys: {})", KEYS.join(", "))]
     NotKeyValue {
@@ -199,6 +202,7 @@ impl Policy {
     /// configuration's (the configuration's time zone stays).
     pub fn resolve(config: &RetentionConfig, policy: Option<&str>) -> Result<Self, PolicyError> {
         let rules = match policy {
+            Some(text) if text.trim().is_empty() => return Err(PolicyError::Empty),
             Some(text) => text.parse()?,
             None => Rules::from_config(config),
         };
@@ -276,6 +280,10 @@ mod tests {
         let p = Policy::resolve(&config, Some("daily-retain=7")).expect("flag");
         assert_eq!(p.rules, Rules { daily_retain: Some(7), ..Rules::default() });
         assert_eq!(p.to_string(), "daily-retain=7 (time zone Europe/Berlin)");
+        // An empty --policy would replace the configured rules with none: refused, not "prune nothing".
+        for empty in ["", "  "] {
+            assert!(matches!(Policy::resolve(&config, Some(empty)), Err(PolicyError::Empty)), "{empty:?}");
+        }
     }
 
     proptest! {

@@ -462,3 +462,15 @@ bench_start() {
     build_bins
     T0=$(date +%s)
 }
+
+# pgbench_source DIR PORT SCALE: a source cluster in DIR on PORT that archives nowhere (archive_command /bin/true:
+# the load's WAL is part of no repository and no measurement), loaded with pgbench -i -s SCALE and checkpointed
+pgbench_source() {
+    local dir=$1 port=$2 scale=$3
+    log "source cluster (port $port): pgbench -i -s $scale"
+    pg_new "$dir" "$port" "archive_command = '/bin/true'" "autovacuum = off" "checkpoint_timeout = '30min'"
+    pg_start "$dir"
+    as_pg "$PG_BIN/pgbench" -h "$WORK" -p "$port" -U postgres -i -s "$scale" -q postgres >"$WORK/pgbench-init.log" 2>&1 \
+        || { tail -5 "$WORK/pgbench-init.log"; die "pgbench -i failed"; }
+    sql "$port" "checkpoint" >/dev/null
+}

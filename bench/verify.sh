@@ -51,13 +51,8 @@ fi
 chown -R postgres:postgres "$WORK"
 
 # ---------------------------------------------------------------------------------------------------------------
-# source cluster: pgbench -i while archive_command is /bin/true (the load's WAL is in no repository)
-log "source cluster (port $PORT): pgbench -i -s $SCALE"
-pg_new "$SRC" "$PORT" "archive_command = '/bin/true'" "autovacuum = off" "checkpoint_timeout = '30min'"
-pg_start "$SRC"
-as_pg "$PG_BIN/pgbench" -h "$WORK" -p "$PORT" -U postgres -i -s "$SCALE" -q postgres >"$WORK/pgbench-init.log" 2>&1 \
-    || { tail -5 "$WORK/pgbench-init.log"; die "pgbench -i failed"; }
-sql "$PORT" "checkpoint" >/dev/null
+# source cluster: pgbench -i, archiving nowhere
+pgbench_source "$SRC" "$PORT" "$SCALE"
 sql "$PORT" "create table bench_tick(t timestamptz)" >/dev/null
 ROWS=$((SCALE * 100000))
 CHANGED=$((ROWS * CHANGE_PCT / 100))

@@ -39,12 +39,7 @@ DEST=$WORK/restore
 RESULTS=$WORK/results.tsv
 : > "$RESULTS"
 mkdir -p "$WORK/spools" "$WORK/out"
-if [ "$S3" = 1 ]; then
-    s3_start
-    stunnel_start
-    s3_bucket bbs3
-    s3_bucket pgbr
-fi
+[ "$S3" = 1 ] && s3_with_peer_buckets
 chown -R postgres:postgres "$WORK"
 
 # ---------------------------------------------------------------------------------------------------------------

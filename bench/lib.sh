@@ -474,3 +474,12 @@ pgbench_source() {
         || { tail -5 "$WORK/pgbench-init.log"; die "pgbench -i failed"; }
     sql "$port" "checkpoint" >/dev/null
 }
+
+# s3_with_peer_buckets: the S3 server, stunnel in front of it for pgBackRest, and the buckets bbs3 (backupctl) and
+# pgbr (pgBackRest) that base_backup.sh and verify.sh use
+s3_with_peer_buckets() {
+    s3_start
+    stunnel_start
+    s3_bucket bbs3
+    s3_bucket pgbr
+}

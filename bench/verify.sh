@@ -43,10 +43,7 @@ mkdir -p "$WORK/spools" "$WORK/out"
 KINDS="file"
 if [ "$S3" = 1 ]; then
     KINDS="file s3"
-    s3_start
-    stunnel_start
-    s3_bucket bbs3
-    s3_bucket pgbr
+    s3_with_peer_buckets
 fi
 chown -R postgres:postgres "$WORK"
 

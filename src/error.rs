@@ -26,6 +26,9 @@ pub enum Error {
     /// The spool failed or is locked.
     #[error(transparent)]
     Spool(#[from] crate::spool::Error),
+    /// A record of unattended running (`<spool>/state/`) could not be read or written.
+    #[error(transparent)]
+    State(#[from] crate::state::Error),
     /// A repository record is unreadable, from a newer format, or for another cluster.
     #[error(transparent)]
     Repository(#[from] crate::repository::store::Error),
@@ -333,6 +336,10 @@ impl Error {
                 "another wal-push or wal-fetch is running against this spool; it will be retried"
             }
             Error::Spool(_) => "spool.path must exist or be creatable, and be writable by the PostgreSQL OS user",
+            Error::State(crate::state::Error::Damaged { .. }) => {
+                "move the damaged record aside (its history restarts; a restarted scheduler may then run the current slot again)"
+            }
+            Error::State(_) => "spool.path/state must be writable by the PostgreSQL OS user",
             Error::Repository(crate::repository::store::Error::WrongCluster { .. }) => {
                 "each cluster needs its own repository url; check repository.url in this cluster's configuration"
             }

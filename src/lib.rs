@@ -7,19 +7,24 @@
 // Output goes through `cli::output`, which never panics on a closed pipe (println! does).
 #![cfg_attr(not(test), deny(clippy::print_stdout, clippy::print_stderr))]
 
+pub mod alert;
 pub mod archive;
 pub mod backup;
 pub mod check;
 pub mod cli;
 pub mod codec;
 pub mod config;
+pub mod drill;
 pub mod error;
+pub mod metrics;
 pub mod pg;
 pub mod progress;
 pub mod repository;
 pub mod restore;
 pub mod retention;
+pub mod schedule;
 pub mod spool;
+pub mod state;
 pub mod storage;
 pub mod verify;
 pub mod wal;

@@ -13,9 +13,13 @@ use crate::repository::backup::BackupType;
 use crate::repository::store;
 use crate::storage::DynStorage;
 
+mod alert;
 mod check;
+mod drill;
 mod gc;
+mod metrics;
 mod prune;
+mod schedule;
 mod status;
 mod verify;
 
@@ -75,6 +79,15 @@ pub enum Command {
     Delete(gc::DeleteArgs),
     /// Reclaim space: remove data objects no backup references and temporary files that killed writers left.
     Gc(gc::GcArgs),
+    /// Print each scheduled job's next run times ([schedule]); with --daemon, run them in the foreground.
+    Schedule(schedule::ScheduleArgs),
+    /// Prove that a backup restores: restore it into a temporary directory, start PostgreSQL on it, let it
+    /// recover, check it (pg_amcheck and [drill] sql), and record the result and the recovery time.
+    Drill(drill::DrillArgs),
+    /// Alerts by email and webhook ([alerts]): `alert test` sends a test message through each channel.
+    Alert(alert::AlertArgs),
+    /// Print the metrics in the Prometheus text format (the daemon serves the same at /metrics).
+    Metrics(metrics::MetricsArgs),
     /// Take a base backup (same as the base-backup binary).
     Backup {
         /// full or incremental.
@@ -160,6 +173,12 @@ fn with_json(mut command: Command, json: bool) -> Result<Command, Error> {
         Command::Unkeep(a) => a.json_output = true,
         Command::Delete(a) => a.json_output = true,
         Command::Gc(a) => a.json_output = true,
+        Command::Schedule(a) => a.json_output = true,
+        Command::Drill(a) => a.json_output = true,
+        Command::Alert(alert::AlertArgs { command: alert::AlertCommand::Test { json_output } }) => *json_output = true,
+        Command::Metrics(_) => {
+            return Err(Error::Usage("--json-output: metrics are printed in the Prometheus text format".to_owned()));
+        }
         Command::Backup { args, .. } => args.json = true,
         Command::Restore(r) => r.json = true,
         Command::WalPush { .. } | Command::WalFetch { .. } => {
@@ -221,6 +240,10 @@ fn run(config_flag: Option<PathBuf>, command: Command) -> Result<(), Error> {
         Command::Unkeep(a) => prune::unkeep(&ctx, &a),
         Command::Delete(a) => gc::delete(&ctx, &a),
         Command::Gc(a) => gc::run(&ctx, &a),
+        Command::Schedule(a) => schedule::run(&ctx, &a),
+        Command::Drill(a) => drill::run(&ctx, &a),
+        Command::Alert(a) => alert::run(&ctx, &a),
+        Command::Metrics(a) => metrics::run(&ctx, &a),
         Command::ConfigShow { .. }
         | Command::WalPush { .. }
         | Command::WalFetch { .. }

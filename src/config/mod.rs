@@ -14,13 +14,21 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+mod alerts;
 mod backup;
+mod drill;
 mod messages;
+mod metrics;
 mod retention;
+mod schedule;
 
+pub use alerts::AlertsConfig;
 pub use backup::{BackupConfig, PostgresConfig, RestoreConfig};
+pub use drill::DrillConfig;
 pub use messages::redact_url;
+pub use metrics::MetricsConfig;
 pub use retention::{CheckConfig, Duration, RetentionConfig};
+pub use schedule::ScheduleConfig;
 
 /// Where the configuration is looked for when neither `--config` nor `$BACKUPCTL_CONFIG` is given.
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/backupctl/backupctl.toml";
@@ -107,6 +115,18 @@ pub struct Config {
     /// Thresholds of `backupctl check`.
     #[serde(default)]
     pub check: CheckConfig,
+    /// When the scheduler daemon runs each job.
+    #[serde(default)]
+    pub schedule: ScheduleConfig,
+    /// Restore drills.
+    #[serde(default)]
+    pub drill: DrillConfig,
+    /// Alerts by email and webhook.
+    #[serde(default)]
+    pub alerts: AlertsConfig,
+    /// Prometheus metrics.
+    #[serde(default)]
+    pub metrics: MetricsConfig,
 }
 
 /// `[repository]`
@@ -349,6 +369,10 @@ impl Config {
         }
         problems.extend(backup::validate(self.postgres.as_ref(), &self.backup, &self.restore));
         problems.extend(retention::validate(&self.retention, &self.check));
+        problems.extend(schedule::validate(&self.schedule));
+        problems.extend(drill::validate(&self.drill));
+        problems.extend(alerts::validate(&self.alerts));
+        problems.extend(metrics::validate(&self.metrics));
         problems
     }
 }

@@ -1,0 +1,1 @@
+//! Alerts by email and webhook: conditions, rate limiting, "resolved" messages (issue 9).

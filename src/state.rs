@@ -4,6 +4,7 @@
 //! ```text
 //! <spool>/state/archive.json   ArchiveState: wal-push's last success and current failure streak, .ready backlog
 //! <spool>/state/jobs.json      JobsState: the scheduler's jobs (last slot run, outcome, durations, counters)
+//! <spool>/state/drill.json     DrillState: the last restore drill's result, recovery time and WAL range
 //! <spool>/state/alerts.json    the alert conditions that fired and when each was last sent (see `alert`)
 //! <spool>/state/<name>.lock    serialises read-modify-write of <name>.json between processes
 //! ```
@@ -116,6 +117,8 @@ impl StateDir {
 pub const ARCHIVE: &str = "archive";
 /// Record name of [`JobsState`].
 pub const JOBS: &str = "jobs";
+/// Record name of [`DrillState`].
+pub const DRILL: &str = "drill";
 
 /// What wal-push last saw (`<spool>/state/archive.json`), written on every call so that alerts and metrics can
 /// tell a failing or lagging archive without wal-push itself ever alerting.
@@ -205,6 +208,44 @@ pub struct JobRecord {
     pub failed_total: u64,
     /// Slots skipped because the previous run of the job (or another backup) was still going.
     pub missed_total: u64,
+}
+
+/// Restore drills run on this host (`<spool>/state/drill.json`).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct DrillState {
+    /// The most recent drill.
+    pub last: Option<DrillRecord>,
+    /// When a drill last passed.
+    pub last_success: Option<jiff::Timestamp>,
+    /// Drills that passed.
+    pub passed_total: u64,
+    /// Drills that failed.
+    pub failed_total: u64,
+}
+
+/// One restore drill's result.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DrillRecord {
+    /// When it started.
+    pub started: jiff::Timestamp,
+    /// When it ended.
+    pub finished: jiff::Timestamp,
+    /// The backup it restored.
+    pub backup_id: String,
+    /// The recovery target (`--to`), if one was given; otherwise recovery ran to the end of the archive.
+    pub target: Option<String>,
+    /// Whether every step passed.
+    pub passed: bool,
+    /// The first failure, one line.
+    pub error: Option<String>,
+    /// Recovery time objective measured: seconds from the start of the restore until PostgreSQL accepted
+    /// connections with recovery finished.
+    pub rto_seconds: Option<f64>,
+    /// First WAL segment replayed (the backup's start segment).
+    pub wal_start: Option<String>,
+    /// Last WAL segment replayed.
+    pub wal_end: Option<String>,
 }
 
 #[cfg(test)]

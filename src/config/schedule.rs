@@ -76,16 +76,16 @@ impl ScheduleConfig {
 /// Every value of the section that parses but makes no sense, each as `key = value: what is wrong`.
 pub(super) fn validate(c: &ScheduleConfig) -> Vec<String> {
     let mut problems = Vec::new();
-    if let Some(tz) = &c.time_zone {
-        if let Err(e) = jiff::tz::TimeZone::get(tz) {
-            problems.push(format!("schedule.time_zone = {tz:?}: not a known time zone ({e})"));
-        }
+    if let Some(tz) = &c.time_zone
+        && let Err(e) = jiff::tz::TimeZone::get(tz)
+    {
+        problems.push(format!("schedule.time_zone = {tz:?}: not a known time zone ({e})"));
     }
     for (key, expr) in c.expressions() {
-        if let Some(expr) = expr {
-            if let Err(e) = crate::schedule::cron::parse(expr) {
-                problems.push(format!("schedule.{key} = {expr:?}: {e}"));
-            }
+        if let Some(expr) = expr
+            && let Err(e) = crate::schedule::cron::parse(expr)
+        {
+            problems.push(format!("schedule.{key} = {expr:?}: {e}"));
         }
     }
     if c.health_interval.0 < std::time::Duration::from_secs(1) {

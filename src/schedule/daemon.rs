@@ -1,0 +1,322 @@
+//! `backupctl schedule --daemon`: run the scheduled jobs in the foreground until SIGTERM or SIGINT.
+//!
+//! One tokio task owns the schedule and the jobs record; each job runs on its own thread (jobs block on their
+//! own runtime, as the CLI commands do) and reports back over a channel. systemd integration follows
+//! sd_notify(3): `READY=1` once the schedule is loaded, `STATUS=` lines, `WATCHDOG=1` at half of
+//! `WATCHDOG_USEC` when the unit sets `WatchdogSec=`, and `STOPPING=1` on a stop request.
+//!
+//! Shutdown: on SIGTERM (or SIGINT) no new job starts; running jobs get `[schedule] grace_period` to finish.
+//! After that they are abandoned: the abandon flag is set (a drill stops its server and removes its directory),
+//! the daemon waits a little for them to return, records them as abandoned and exits. A base backup abandoned
+//! this way never wrote its manifest, so it is not listed; its PostgreSQL session ends with the process (the
+//! server then aborts the backup), its lease is stale at once (same host, dead pid) and gc reclaims its objects.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use tokio::signal::unix::{SignalKind, signal};
+use tokio::sync::mpsc;
+
+use super::{Job, Schedule, jobs, next_slot};
+use crate::Error;
+use crate::config::Config;
+use crate::state::{self, JobsState, Outcome, StateDir};
+
+/// How long abandoned jobs get to clean up (a drill stopping its server) before the daemon exits anyway.
+const ABANDON_WAIT: Duration = Duration::from_secs(20);
+/// The longest the loop sleeps without looking at the clock again (a stepped clock is noticed within this).
+const MAX_NAP: Duration = Duration::from_secs(30);
+
+/// A finished run, as the job's thread reports it.
+struct Finished {
+    job: Job,
+    started: jiff::Timestamp,
+    elapsed: Duration,
+    result: Result<String, String>,
+    /// It failed because another base backup holds the lock.
+    locked: bool,
+}
+
+/// A run in progress.
+struct Running {
+    job: Job,
+    slot: jiff::Timestamp,
+    abandon: Arc<AtomicBool>,
+}
+
+/// Run the daemon with a loaded configuration until SIGTERM/SIGINT; `config_path` is the file it came from.
+///
+/// Errors before the loop starts: `Error::Usage` when `[schedule]` names no job, ownership errors when run by a
+/// user who may not write the spool or a `file://` repository, `Error::State` when the jobs record is damaged.
+/// Once running, job failures are recorded, logged and alerted, never returned.
+pub fn run(rt: &tokio::runtime::Runtime, config: Config, config_path: PathBuf) -> Result<(), Error> {
+    let schedule = Schedule::from_config(&config.schedule).map_err(Error::Usage)?;
+    if schedule.entries.is_empty() {
+        return Err(Error::Usage(
+            "[schedule] names no job: set at least one of full_backup, incremental_backup, prune, verify, check, drill"
+                .to_owned(),
+        ));
+    }
+    // Run as the PostgreSQL OS user, as the commands it runs must be.
+    use crate::storage::fs::owner;
+    owner::check_writer(&config.spool.path, owner::Role::Spool)?;
+    crate::cli::check_repository_writer(&config.repository.url)?;
+    let state = StateDir::new(&config.spool.path);
+    let record: JobsState = state.load(state::JOBS)?;
+    let daemon = Daemon { config: Arc::new(config), config_path, schedule, state, record };
+    rt.block_on(daemon.main_loop())
+}
+
+struct Daemon {
+    config: Arc<Config>,
+    config_path: PathBuf,
+    schedule: Schedule,
+    state: StateDir,
+    /// The jobs record as loaded at start (for `last_slot`); updates go through [`StateDir::update`].
+    record: JobsState,
+}
+
+impl Daemon {
+    async fn main_loop(self) -> Result<(), Error> {
+        let mut sigterm = signal(SignalKind::terminate()).map_err(|e| Error::Task(format!("SIGTERM handler: {e}")))?;
+        let mut sigint = signal(SignalKind::interrupt()).map_err(|e| Error::Task(format!("SIGINT handler: {e}")))?;
+        let (tx, mut rx) = mpsc::channel::<Finished>(16);
+        let mut running: BTreeMap<&'static str, Running> = BTreeMap::new();
+
+        let now = self.schedule.now();
+        let mut next: BTreeMap<Job, jiff::ZonedDateTime> = BTreeMap::new();
+        for (job, expr) in &self.schedule.entries {
+            let last = self.record.jobs.get(job.name()).and_then(|r| r.last_slot);
+            match next_slot(expr, &now, last) {
+                Some(at) => {
+                    tracing::info!(job = job.name(), schedule = expr.text(), next = %at, "scheduled");
+                    next.insert(*job, at);
+                }
+                None => tracing::warn!(job = job.name(), schedule = expr.text(), "the expression never matches"),
+            }
+        }
+        let watchdog = sd_notify::watchdog_enabled().map(|d| d / 2);
+        let mut watchdog_tick = tokio::time::interval(watchdog.unwrap_or(Duration::from_secs(3600)));
+        let mut health_tick = tokio::time::interval(self.config.schedule.health_interval.0);
+        notify(&[
+            sd_notify::NotifyState::Ready,
+            sd_notify::NotifyState::Status(&format!("{} jobs scheduled", next.len())),
+        ]);
+        tracing::info!(jobs = next.len(), "scheduler started");
+
+        loop {
+            let now = jiff::Timestamp::now();
+            let nap = next.values().map(|at| duration_until(now, at.timestamp())).min().unwrap_or(MAX_NAP).min(MAX_NAP);
+            tokio::select! {
+                _ = tokio::time::sleep(nap) => {
+                    let now = self.schedule.now();
+                    for (job, expr) in &self.schedule.entries {
+                        let Some(at) = next.get(job).cloned() else { continue };
+                        if at.timestamp() > now.timestamp() {
+                            continue;
+                        }
+                        let slot = at.timestamp();
+                        match running.get(job.lane()) {
+                            Some(busy) => self.missed(*job, slot, busy),
+                            None => {
+                                let run = self.start(*job, slot, tx.clone());
+                                running.insert(job.lane(), run);
+                            }
+                        }
+                        match next_slot(expr, &now, Some(slot)) {
+                            Some(n) => { next.insert(*job, n); }
+                            None => { next.remove(job); }
+                        }
+                    }
+                }
+                Some(done) = rx.recv() => {
+                    running.remove(done.job.lane());
+                    self.finished(done);
+                }
+                _ = health_tick.tick() => self.health(),
+                _ = watchdog_tick.tick(), if watchdog.is_some() => notify(&[sd_notify::NotifyState::Watchdog]),
+                _ = sigterm.recv() => { tracing::info!("SIGTERM: stopping"); break; }
+                _ = sigint.recv() => { tracing::info!("SIGINT: stopping"); break; }
+            }
+        }
+        self.shutdown(running, rx, watchdog).await;
+        Ok(())
+    }
+
+    /// Start `job` for `slot` on its own thread; the slot is recorded first, so it never runs twice.
+    fn start(&self, job: Job, slot: jiff::Timestamp, tx: mpsc::Sender<Finished>) -> Running {
+        let started = jiff::Timestamp::now();
+        self.record(job, |r| {
+            r.last_slot = Some(slot);
+            r.last_started = Some(started);
+        });
+        tracing::info!(job = job.name(), %slot, "job started");
+        let abandon = Arc::new(AtomicBool::new(false));
+        let (config, path, flag) = (self.config.clone(), self.config_path.clone(), abandon.clone());
+        let spawned = std::thread::Builder::new().name(job.name().to_owned()).spawn(move || {
+            let span = tracing::info_span!("job", job = job.name());
+            let _enter = span.enter();
+            let clock = Instant::now();
+            let outcome =
+                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| jobs::run(job, &config, &path, &flag)));
+            let locked = matches!(outcome, Ok(Err(Error::BackupLocked { .. })));
+            let result = match outcome {
+                Ok(Ok(summary)) => Ok(summary),
+                Ok(Err(e)) => Err(e.to_string()),
+                Err(panic) => Err(format!("the job panicked: {}", panic_text(panic.as_ref()))),
+            };
+            let _ = tx.blocking_send(Finished { job, started, elapsed: clock.elapsed(), result, locked });
+        });
+        if let Err(e) = spawned {
+            tracing::error!(job = job.name(), error = %e, "cannot start a thread for the job");
+        }
+        Running { job, slot, abandon }
+    }
+
+    /// A slot came while the lane's previous run is still going: skip it, log it, count it.
+    fn missed(&self, job: Job, slot: jiff::Timestamp, busy: &Running) {
+        tracing::warn!(
+            job = job.name(),
+            %slot,
+            running = busy.job.name(),
+            running_slot = %busy.slot,
+            "slot skipped: {} is still running",
+            busy.job.name()
+        );
+        self.record(job, |r| {
+            r.last_slot = Some(slot);
+            r.missed_total += 1;
+        });
+    }
+
+    /// Record a finished run, log it, and alert on it.
+    fn finished(&self, done: Finished) {
+        let Finished { job, started, elapsed, result, locked } = done;
+        let finished = jiff::Timestamp::now();
+        let seconds = elapsed.as_secs_f64();
+        // Another base backup holding the lock (one started by hand) makes a skipped slot, not a failure: the next
+        // slot tries again; there is no retry loop.
+        self.record(job, |r| {
+            r.last_started = Some(started);
+            r.last_finished = Some(finished);
+            r.last_duration_seconds = Some(seconds);
+            match &result {
+                Ok(_) => {
+                    r.last_outcome = Some(Outcome::Succeeded);
+                    r.last_error = None;
+                    r.last_success = Some(finished);
+                    r.succeeded_total += 1;
+                }
+                Err(_) if locked => r.missed_total += 1,
+                Err(e) => {
+                    r.last_outcome = Some(Outcome::Failed);
+                    r.last_error = Some(e.clone());
+                    r.failed_total += 1;
+                }
+            }
+        });
+        match &result {
+            Ok(summary) => tracing::info!(job = job.name(), seconds, "job succeeded: {summary}"),
+            Err(e) if locked => tracing::warn!(job = job.name(), "slot skipped: {e}"),
+            Err(e) => tracing::error!(job = job.name(), seconds, "job failed: {e}"),
+        }
+        if !locked {
+            self.alert_outcome(job, &result);
+        }
+    }
+
+    /// Update the job's record; a record that cannot be written is logged, never fatal to the daemon.
+    fn record(&self, job: Job, change: impl FnOnce(&mut state::JobRecord)) {
+        let updated = self
+            .state
+            .update(state::JOBS, |s: &mut JobsState| change(s.jobs.entry(job.name().to_owned()).or_default()));
+        if let Err(e) = updated {
+            tracing::error!(job = job.name(), error = %e, "cannot update the jobs record");
+        }
+    }
+
+    /// Raise or clear the job's alert condition.
+    fn alert_outcome(&self, _job: Job, _result: &Result<String, String>) {}
+
+    /// Evaluate the health conditions (archive failing or behind, newest backup too old) and alert on them.
+    fn health(&self) {}
+
+    /// Stop: let running jobs finish within the grace period, then abandon them.
+    async fn shutdown(
+        &self,
+        mut running: BTreeMap<&'static str, Running>,
+        mut rx: mpsc::Receiver<Finished>,
+        watchdog: Option<Duration>,
+    ) {
+        let grace = self.config.schedule.grace_period.0;
+        notify(&[sd_notify::NotifyState::Stopping]);
+        if !running.is_empty() {
+            let names: Vec<&str> = running.values().map(|r| r.job.name()).collect();
+            tracing::info!(jobs = ?names, grace_seconds = grace.as_secs(), "waiting for running jobs to finish");
+        }
+        let deadline = tokio::time::Instant::now() + grace;
+        let mut watchdog_tick = tokio::time::interval(watchdog.unwrap_or(Duration::from_secs(3600)));
+        while !running.is_empty() {
+            tokio::select! {
+                Some(done) = rx.recv() => { running.remove(done.job.lane()); self.finished(done); }
+                _ = tokio::time::sleep_until(deadline) => break,
+                _ = watchdog_tick.tick(), if watchdog.is_some() => notify(&[sd_notify::NotifyState::Watchdog]),
+            }
+        }
+        if running.is_empty() {
+            tracing::info!("scheduler stopped");
+            return;
+        }
+        for r in running.values() {
+            r.abandon.store(true, Ordering::SeqCst);
+        }
+        let cleanup = tokio::time::Instant::now() + ABANDON_WAIT;
+        while !running.is_empty() {
+            tokio::select! {
+                Some(done) = rx.recv() => {
+                    running.remove(done.job.lane());
+                    tracing::warn!(job = done.job.name(), "job returned after the grace period: {}", match &done.result { Ok(s) => s.as_str(), Err(e) => e.as_str() });
+                    self.abandoned(done.job, done.started);
+                }
+                _ = tokio::time::sleep_until(cleanup) => break,
+            }
+        }
+        for r in running.values() {
+            tracing::warn!(job = r.job.name(), slot = %r.slot, grace_seconds = grace.as_secs(), "job abandoned: it did not finish within the grace period");
+            self.abandoned(r.job, r.slot);
+        }
+        tracing::info!("scheduler stopped");
+    }
+
+    fn abandoned(&self, job: Job, started: jiff::Timestamp) {
+        let now = jiff::Timestamp::now();
+        self.record(job, |r| {
+            r.last_outcome = Some(Outcome::Abandoned);
+            r.last_finished = Some(now);
+            r.last_error = Some(format!("abandoned at shutdown (started {started})"));
+        });
+    }
+}
+
+/// Time from `now` until `at`, zero if it has passed.
+fn duration_until(now: jiff::Timestamp, at: jiff::Timestamp) -> Duration {
+    let d = at.duration_since(now);
+    Duration::try_from(d).unwrap_or(Duration::ZERO)
+}
+
+fn notify(states: &[sd_notify::NotifyState<'_>]) {
+    if let Err(e) = sd_notify::notify(states) {
+        tracing::warn!(error = %e, "cannot notify systemd (NOTIFY_SOCKET)");
+    }
+}
+
+fn panic_text(panic: &(dyn std::any::Any + Send)) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "unknown panic".to_owned())
+}

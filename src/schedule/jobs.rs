@@ -1,0 +1,124 @@
+//! Running one job in-process: the same library calls the CLI commands make, with a one-line summary of what
+//! was done on success and the command's own error on failure.
+
+use std::path::Path;
+use std::sync::atomic::AtomicBool;
+
+use super::Job;
+use crate::Error;
+use crate::config::Config;
+use crate::repository::backup::BackupType;
+use crate::repository::store;
+use crate::storage::DynStorage;
+
+/// Run `job` to its end on the calling thread (which must not be inside a tokio runtime: the job builds its own).
+/// `config_path` is the configuration file the daemon loaded (check compares it with archive_command's).
+/// `abandon` is set by the daemon when the grace period after SIGTERM has passed: a drill then stops its server
+/// and removes its directory before returning.
+///
+/// Returns a one-line summary of what the run did. Errors are those of the matching CLI command
+/// (`Error::BackupLocked` when another base backup holds the lock, `Error::ChecksFailed`, `Error::VerifyFailed`,
+/// ...).
+pub fn run(job: Job, config: &Config, config_path: &Path, abandon: &AtomicBool) -> Result<String, Error> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name(format!("{}-worker", job.name()))
+        .build()
+        .map_err(|e| Error::Task(format!("cannot start runtime: {e}")))?;
+    match job {
+        Job::FullBackup => backup(&rt, config, BackupType::Full),
+        Job::IncrementalBackup => backup(&rt, config, BackupType::Incremental),
+        Job::Prune => prune(&rt, config),
+        Job::Verify => verify(&rt, config),
+        Job::Check => check(&rt, config, config_path),
+        Job::Drill => drill(&rt, config, abandon),
+    }
+}
+
+fn backup(rt: &tokio::runtime::Runtime, config: &Config, backup_type: BackupType) -> Result<String, Error> {
+    let request = crate::backup::BackupRequest {
+        label: None,
+        description: Some("scheduled".to_owned()),
+        backup_type,
+        fast: config.schedule.fast_checkpoint,
+        max_rate: None,
+    };
+    let m = crate::backup::run(rt, config, &request, &crate::progress::NoProgress)?;
+    let s = &m.stats;
+    Ok(format!(
+        "backup {} ({}): {} files, {} read, {} stored, {:.1} s",
+        m.id,
+        m.backup_type,
+        s.files,
+        crate::cli::human_bytes(s.bytes),
+        crate::cli::human_bytes(s.bytes_stored),
+        s.duration_ms as f64 / 1000.0
+    ))
+}
+
+/// The repository's backend, which must exist already.
+fn existing_storage(rt: &tokio::runtime::Runtime, config: &Config) -> Result<DynStorage, Error> {
+    let deadline = std::time::Duration::from_secs(config.archive.retry_deadline_seconds);
+    let storage = rt.block_on(crate::storage::open(&config.repository.url, &config.repository.s3, deadline))?;
+    rt.block_on(store::require_existing(storage.as_ref()))?;
+    Ok(storage)
+}
+
+fn prune(rt: &tokio::runtime::Runtime, config: &Config) -> Result<String, Error> {
+    use crate::retention::{expire, plan::Policy};
+    let policy = Policy::resolve(&config.retention, None)?;
+    crate::cli::check_repository_writer(&config.repository.url)?;
+    let storage = existing_storage(rt, config)?;
+    let options = expire::Options { dry_run: false, gc_grace: config.retention.gc_grace.0 };
+    let r = rt.block_on(expire::run(storage.as_ref(), &policy, jiff::Timestamp::now(), options))?;
+    let freed = r.gc.as_ref().map_or(0, |g| g.bytes_removed + g.temp_bytes_removed);
+    Ok(format!(
+        "policy {}: kept {} backups, deleted {} backups and {} WAL files; gc freed {}",
+        r.policy,
+        r.kept_backups.len(),
+        r.deleted_backups.len(),
+        r.deleted_wal.files,
+        crate::cli::human_bytes(freed)
+    ))
+}
+
+fn verify(rt: &tokio::runtime::Runtime, config: &Config) -> Result<String, Error> {
+    use crate::verify::{self, Options};
+    let storage = existing_storage(rt, config)?;
+    let options = Options {
+        backup_id: None,
+        wal: config.schedule.verify_wal,
+        parallel: config.restore.parallel,
+        clock: verify::clock_from_config(config, std::time::SystemTime::now()),
+    };
+    let r = rt.block_on(verify::run(storage, &options))?;
+    if !r.is_ok() {
+        let (problems, broken) = (r.failures(), r.broken());
+        return Err(Error::VerifyFailed { backend: r.repository, problems, broken });
+    }
+    Ok(format!(
+        "verified {} backups: {} data objects and {} WAL files, {} read",
+        r.backups.len(),
+        r.objects_checked,
+        r.wal_objects_checked,
+        crate::cli::human_bytes(r.bytes_read)
+    ))
+}
+
+fn check(rt: &tokio::runtime::Runtime, config: &Config, config_path: &Path) -> Result<String, Error> {
+    let deadline = std::time::Duration::from_secs(config.archive.retry_deadline_seconds);
+    let storage =
+        rt.block_on(crate::storage::open(&config.repository.url, &config.repository.s3, deadline)).map_err(Error::from);
+    let now = time::OffsetDateTime::now_utc;
+    let inputs = crate::check::Inputs { config_path, config, storage, now: &now };
+    let report = crate::check::run(rt, inputs);
+    let failed: Vec<String> = report.failed().map(|c| format!("{}: {}", c.name, c.detail)).collect();
+    if !failed.is_empty() {
+        return Err(Error::ChecksFailed { failed, total: report.checks.len() });
+    }
+    Ok(format!("all {} checks passed or were skipped", report.checks.len()))
+}
+
+fn drill(_rt: &tokio::runtime::Runtime, _config: &Config, _abandon: &AtomicBool) -> Result<String, Error> {
+    Err(Error::Task("drill is not built yet".to_owned()))
+}

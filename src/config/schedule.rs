@@ -35,6 +35,10 @@ pub struct ScheduleConfig {
     pub verify_wal: bool,
     /// Scheduled backups request an immediate checkpoint instead of a spread one.
     pub fast_checkpoint: bool,
+    /// Scheduled backups read the data directory at most this fast, in KiB per second (as base-backup's
+    /// `--max-rate`), to spare a busy primary; unset means no limit.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub backup_max_rate_kib: Option<u64>,
     /// On SIGTERM, how long running jobs may go on before the daemon abandons them and exits.
     pub grace_period: Duration,
     /// How often the daemon evaluates the health alerts (archive failing or behind, newest backup too old).
@@ -53,6 +57,7 @@ impl Default for ScheduleConfig {
             drill: None,
             verify_wal: false,
             fast_checkpoint: false,
+            backup_max_rate_kib: None,
             grace_period: Duration(std::time::Duration::from_secs(60)),
             health_interval: Duration(std::time::Duration::from_secs(60)),
         }
@@ -87,6 +92,9 @@ pub(super) fn validate(c: &ScheduleConfig) -> Vec<String> {
         {
             problems.push(format!("schedule.{key} = {expr:?}: {e}"));
         }
+    }
+    if c.backup_max_rate_kib == Some(0) {
+        problems.push("schedule.backup_max_rate_kib = 0: must be more than 0 (leave it out for no limit)".to_owned());
     }
     if c.health_interval.0 < std::time::Duration::from_secs(1) {
         problems.push(format!("schedule.health_interval = \"{}\": must be at least 1s", c.health_interval));

@@ -25,7 +25,7 @@ use crate::Error;
 use crate::config::Config;
 use crate::state::{self, JobsState, Outcome, StateDir};
 
-/// How long abandoned jobs get to clean up (a drill stopping its server) before the daemon exits anyway.
+/// How long an abandoned drill gets to stop its server and remove its directory before the daemon exits anyway.
 const ABANDON_WAIT: Duration = Duration::from_secs(20);
 /// The longest the loop sleeps without looking at the clock again (a stepped clock is noticed within this).
 const MAX_NAP: Duration = Duration::from_secs(30);
@@ -273,7 +273,9 @@ impl Daemon {
         for r in running.values() {
             r.abandon.store(true, Ordering::SeqCst);
         }
-        let cleanup = tokio::time::Instant::now() + ABANDON_WAIT;
+        // Only a drill has something to undo (its server, its directory); the others end with the process.
+        let wait = if running.values().any(|r| r.job == Job::Drill) { ABANDON_WAIT } else { Duration::ZERO };
+        let cleanup = tokio::time::Instant::now() + wait;
         while !running.is_empty() {
             tokio::select! {
                 Some(done) = rx.recv() => {

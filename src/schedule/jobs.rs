@@ -41,7 +41,7 @@ fn backup(rt: &tokio::runtime::Runtime, config: &Config, backup_type: BackupType
         description: Some("scheduled".to_owned()),
         backup_type,
         fast: config.schedule.fast_checkpoint,
-        max_rate: None,
+        max_rate: config.schedule.backup_max_rate_kib.map(|k| k.saturating_mul(1024)),
     };
     let m = crate::backup::run(rt, config, &request, &crate::progress::NoProgress)?;
     let s = &m.stats;

@@ -1,0 +1,214 @@
+//! Issue 9, "Scheduling": `backupctl schedule --daemon` runs real jobs against a real cluster and repository,
+//! tells systemd (a NOTIFY_SOCKET the test listens on) when it is ready and stopping, and stops cleanly on SIGTERM.
+
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::net::UnixDatagram;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::pitr::{FileRepo, Source, s3_repo};
+use crate::support::cluster::{as_postgres, bin, require_pg, wait_for};
+
+/// A running daemon: the runuser process, the daemon's own pid, its log, and the systemd socket it notifies.
+struct Daemon {
+    child: Child,
+    pid: i32,
+    log: PathBuf,
+    /// What systemd would have received (a reader thread drains the socket, as systemd does: an unread socket
+    /// fills after 10 datagrams and blocks the sender).
+    notes: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+impl Daemon {
+    /// Start `backupctl schedule --daemon` as postgres with `env` added; NOTIFY_SOCKET is a socket in `dir`.
+    fn start(config: &Path, dir: &Path, env: &[(&str, &str)]) -> Self {
+        let socket = dir.join("notify.sock");
+        let _ = std::fs::remove_file(&socket);
+        let notify = UnixDatagram::bind(&socket).expect("bind notify socket");
+        std::fs::set_permissions(&socket, std::fs::Permissions::from_mode(0o777)).expect("chmod socket");
+        let notes = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let sink = notes.clone();
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            while let Ok(n) = notify.recv(&mut buf) {
+                sink.lock().expect("lock").push(String::from_utf8_lossy(&buf[..n]).into_owned());
+            }
+        });
+        let log = dir.join("daemon.log");
+        let file = std::fs::File::create(&log).expect("log file");
+        let mut cmd = as_postgres(&bin("backupctl"));
+        cmd.arg("--config").arg(config).args(["schedule", "--daemon"]).env("NOTIFY_SOCKET", &socket);
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let child = cmd.stdout(Stdio::null()).stderr(file).spawn().expect("start the daemon");
+        // runuser kills its child 2 s after a SIGTERM of its own: signal the daemon itself.
+        let runuser = child.id();
+        let pid = wait_for("the daemon's pid", Duration::from_secs(10), || {
+            let children = std::fs::read_to_string(format!("/proc/{runuser}/task/{runuser}/children")).ok()?;
+            children.split_whitespace().next()?.parse::<i32>().ok()
+        });
+        Self { child, pid, log, notes }
+    }
+
+    /// The notifications received so far (each datagram as text).
+    fn notifications(&self) -> Vec<String> {
+        self.notes.lock().expect("lock").clone()
+    }
+
+    /// Poll `f` until it returns `Some`; on timeout, fail showing the daemon's log and jobs record.
+    fn wait<T>(&self, what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(v) = f() {
+                return v;
+            }
+            if Instant::now() > deadline {
+                panic!("timed out after {timeout:?} waiting for {what}; daemon log:\n{}", self.log_text());
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// SIGTERM the daemon and wait for it to exit within `limit`; its exit code.
+    fn terminate(mut self, limit: Duration) -> (Option<i32>, String, Vec<String>) {
+        let rc = unsafe { libc::kill(self.pid, libc::SIGTERM) };
+        assert_eq!(rc, 0, "kill -TERM {}", self.pid);
+        let started = Instant::now();
+        let status = {
+            let (child, log) = (&mut self.child, self.log.clone());
+            let deadline = Instant::now() + limit;
+            loop {
+                if let Some(s) = child.try_wait().expect("wait") {
+                    break s;
+                }
+                let log = std::fs::read_to_string(&log).unwrap_or_default();
+                assert!(Instant::now() < deadline, "the daemon did not exit within {limit:?} of SIGTERM:\n{log}");
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        };
+        let notes = self.notifications();
+        eprintln!("daemon exited {:?} after {:?}", status.code(), started.elapsed());
+        (status.code(), self.log_text(), notes)
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        unsafe { libc::kill(self.pid, libc::SIGKILL) };
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The daemon's jobs record.
+fn jobs(config: &Path) -> serde_json::Value {
+    let state = config.parent().expect("cfg dir").join("spool/state/jobs.json");
+    std::fs::read(&state).ok().and_then(|b| serde_json::from_slice(&b).ok()).unwrap_or(serde_json::json!({}))
+}
+
+fn count(record: &serde_json::Value, job: &str, field: &str) -> u64 {
+    record["jobs"][job][field].as_u64().unwrap_or(0)
+}
+
+/// Backup ids listed by `backupctl status`.
+fn listed_backups(src: &Source) -> Vec<String> {
+    let out = src.status_json_output();
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("status: {e}: {out:?}"));
+    v["backups"]
+        .as_array()
+        .map(|a| a.iter().filter_map(|b| b["id"].as_str().map(str::to_owned)).collect())
+        .unwrap_or_default()
+}
+
+/// The daemon, on a schedule of every few seconds, runs backups, prune, verify and check against a real cluster
+/// (file:// and S3), records each run, tells systemd it is ready (and pings the watchdog), and on SIGTERM stops
+/// with exit 0 and STOPPING=1.
+#[test]
+fn issue_9_daemon_runs_real_jobs_and_stops_on_sigterm() {
+    if require_pg().is_none() {
+        return;
+    }
+    let file = FileRepo::new("i9-daemon");
+    let mut repos = vec![("file", file.url(), String::new())];
+    if let Some((url, extra)) = s3_repo("i9-daemon") {
+        repos.push(("s3", url, extra));
+    }
+    for (backend, url, extra) in repos {
+        let schedule = "[schedule]\ntime_zone = \"UTC\"\nincremental_backup = \"*/4 * * * * *\"\n\
+                        prune = \"*/5 * * * * *\"\nverify = \"*/6 * * * * *\"\ncheck = \"*/7 * * * * *\"\n\
+                        fast_checkpoint = true\ngrace_period = \"30s\"\n\n[retention]\nkeep_last = 2\n";
+        let src = Source::start(&format!("i9-daemon-{backend}"), &url, &format!("{extra}\n{schedule}"));
+        src.cluster.sql("create table t as select generate_series(1, 10000) id");
+        src.backup_json("full");
+        let dir = src.config.parent().expect("cfg dir").to_path_buf();
+        let daemon = Daemon::start(&src.config, &dir, &[("WATCHDOG_USEC", "2000000")]);
+        let done = daemon.wait("every job to succeed at least once", Duration::from_secs(120), || {
+            let r = jobs(&src.config);
+            let all =
+                ["incremental_backup", "prune", "verify", "check"].iter().all(|j| count(&r, j, "succeeded_total") >= 1);
+            (all && count(&r, "incremental_backup", "succeeded_total") >= 3).then_some(r)
+        });
+        for job in ["incremental_backup", "prune", "verify", "check"] {
+            assert_eq!(count(&done, job, "failed_total"), 0, "{backend} {job}: {done}\n{}", daemon.log_text());
+            assert_eq!(done["jobs"][job]["last_outcome"], "succeeded", "{backend} {job}: {done}");
+        }
+        // Retention runs on the backups the daemon takes: with keep_last = 2, at most two (plus any taken since
+        // the last prune) stay listed, although four or more were taken.
+        daemon.wait("prune to have deleted backups", Duration::from_secs(60), || {
+            let listed = listed_backups(&src);
+            (listed.len() <= 2).then_some(listed)
+        });
+        let (code, log, notes) = daemon.terminate(Duration::from_secs(60));
+        assert_eq!(code, Some(0), "{backend}: {log}");
+        let all = notes.join("\n");
+        assert!(all.contains("READY=1"), "{backend}: {all}");
+        assert!(all.contains("WATCHDOG=1"), "{backend}: watchdog pings: {all}");
+        assert!(all.contains("STOPPING=1"), "{backend}: {all}");
+        assert!(log.contains("job succeeded") && log.contains("scheduler stopped"), "{backend}: {log}");
+    }
+}
+
+/// A base backup still running when its next slots come makes them missed runs (counted, logged, not queued);
+/// SIGTERM then gives it the grace period and abandons it: the daemon exits promptly, no backup is listed, and a
+/// new backup can be taken at once (no lock or server-side backup left behind).
+#[test]
+fn issue_9_sigterm_abandons_a_slow_backup_cleanly() {
+    if require_pg().is_none() {
+        return;
+    }
+    let file = FileRepo::new("i9-abandon");
+    let schedule = "[schedule]\ntime_zone = \"UTC\"\nfull_backup = \"* * * * * *\"\nfast_checkpoint = true\n\
+                    backup_max_rate_kib = 256\ngrace_period = \"2s\"\n";
+    let src = Source::start("i9-abandon", &file.url(), schedule);
+    // About 40 MB of table: at 256 KiB/s the backup takes minutes.
+    src.cluster.sql("create table big as select g id, repeat(md5(g::text), 8) pad from generate_series(1, 150000) g");
+    let dir = src.config.parent().expect("cfg dir").to_path_buf();
+    let daemon = Daemon::start(&src.config, &dir, &[]);
+    let r = daemon.wait("slots missed while the backup runs", Duration::from_secs(60), || {
+        let r = jobs(&src.config);
+        (count(&r, "full_backup", "missed_total") >= 2).then_some(r)
+    });
+    assert_eq!(count(&r, "full_backup", "succeeded_total"), 0, "{r}");
+    assert!(daemon.log_text().contains("slot skipped"), "{}", daemon.log_text());
+    let started = Instant::now();
+    let (code, log, _) = daemon.terminate(Duration::from_secs(30));
+    assert_eq!(code, Some(0), "{log}");
+    assert!(
+        started.elapsed() < Duration::from_secs(15),
+        "stopped within the grace period and a little: {:?}",
+        started.elapsed()
+    );
+    assert!(log.contains("job abandoned"), "{log}");
+    let r = jobs(&src.config);
+    assert_eq!(r["jobs"]["full_backup"]["last_outcome"], "abandoned", "{r}");
+    assert!(listed_backups(&src).is_empty(), "an abandoned backup is never listed");
+    // The lock went with the process (and the server ended the abandoned backup with its session).
+    let m = src.backup_json("full");
+    assert_eq!(listed_backups(&src), vec![m["id"].as_str().expect("id").to_owned()]);
+}

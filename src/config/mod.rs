@@ -675,6 +675,18 @@ mod tests {
             ..RetentionConfig::default()
         };
         c.check.max_wal_age = Some(Duration(std::time::Duration::from_secs(60)));
+        let cron = Some("@daily".to_owned());
+        c.schedule = ScheduleConfig {
+            time_zone: Some("UTC".to_owned()),
+            full_backup: cron.clone(),
+            incremental_backup: cron.clone(),
+            prune: cron.clone(),
+            verify: cron.clone(),
+            check: cron.clone(),
+            drill: cron,
+            backup_max_rate_kib: Some(1),
+            ..ScheduleConfig::default()
+        };
         let value = toml::Value::try_from(&c).expect("to toml");
         let doc = include_str!("../../docs/configuration.md");
         fn walk(prefix: &str, v: &toml::Value, doc: &str) {

@@ -212,3 +212,86 @@ fn issue_9_sigterm_abandons_a_slow_backup_cleanly() {
     let m = src.backup_json("full");
     assert_eq!(listed_backups(&src), vec![m["id"].as_str().expect("id").to_owned()]);
 }
+
+/// `backupctl schedule` prints each job's next run times in the configured zone (JSON and text), and a bad
+/// expression is a configuration error naming the key, before anything runs.
+#[test]
+fn issue_9_schedule_prints_next_runs_and_rejects_bad_expressions() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = crate::support::cluster::write_config(
+        dir.path(),
+        "file:///nonexistent/repo",
+        &dir.path().join("spool"),
+        "[schedule]\ntime_zone = \"America/New_York\"\nfull_backup = \"30 1 * * sun\"\nprune = \"@daily\"\n",
+    );
+    let out = std::process::Command::new(bin("backupctl"))
+        .arg("--config")
+        .arg(&config)
+        .args(["schedule", "--json-output", "--count", "4"])
+        .output()
+        .expect("backupctl schedule");
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(v["time_zone"], "America/New_York");
+    let jobs = v["jobs"].as_array().expect("jobs");
+    assert_eq!(jobs.len(), 2, "{v}");
+    let full = &jobs[0];
+    assert_eq!(full["job"], "full_backup");
+    let next: Vec<jiff::Timestamp> = full["next"]
+        .as_array()
+        .expect("next")
+        .iter()
+        .map(|t| t.as_str().expect("str").parse().expect("time"))
+        .collect();
+    assert_eq!(next.len(), 4);
+    for (i, t) in next.iter().enumerate() {
+        let local = t.to_zoned_datetime(jiff::tz::TimeZone::get("America/New_York").expect("tz"));
+        assert_eq!((local.weekday(), local.hour(), local.minute()), (jiff::civil::Weekday::Sunday, 1, 30), "{local}");
+        if i > 0 {
+            assert_eq!(t.duration_since(next[i - 1]).as_hours() / 24, 7, "weekly: {next:?}");
+        }
+    }
+    let text = std::process::Command::new(bin("backupctl"))
+        .arg("--config")
+        .arg(&config)
+        .arg("schedule")
+        .output()
+        .expect("backupctl schedule");
+    let shown = String::from_utf8_lossy(&text.stdout);
+    assert!(
+        shown.contains("time zone America/New_York") && shown.contains("prune") && shown.contains("@daily"),
+        "{shown}"
+    );
+
+    std::fs::write(&config, std::fs::read_to_string(&config).expect("read").replace("@daily", "0 25 * * *"))
+        .expect("write");
+    let bad = std::process::Command::new(bin("backupctl"))
+        .arg("--config")
+        .arg(&config)
+        .arg("schedule")
+        .output()
+        .expect("run");
+    let err = String::from_utf8_lossy(&bad.stderr);
+    assert_eq!(bad.status.code(), Some(2), "{err}");
+    assert!(err.contains("schedule.prune = \"0 25 * * *\": not a cron expression"), "{err}");
+}
+
+/// The packaged systemd unit passes `systemd-analyze verify` (with ExecStart pointing at the built binary).
+#[test]
+fn issue_9_scheduler_unit_verifies() {
+    let analyze = std::path::Path::new("/usr/bin/systemd-analyze");
+    if !analyze.exists() {
+        assert!(std::env::var_os("CI").is_none(), "systemd-analyze is missing (apt-get install systemd)");
+        return;
+    }
+    let unit = include_str!("../../packaging/systemd/backupctl-scheduler.service");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("backupctl-scheduler.service");
+    let local = unit.replace("/usr/local/bin/backupctl", &bin("backupctl").display().to_string());
+    assert_ne!(local, unit, "the unit's ExecStart names /usr/local/bin/backupctl");
+    std::fs::write(&path, local).expect("write unit");
+    let out = std::process::Command::new(analyze).arg("verify").arg(&path).output().expect("systemd-analyze");
+    let said = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    let complaints: Vec<&str> = said.lines().filter(|l| l.contains("backupctl-scheduler")).collect();
+    assert!(out.status.success() && complaints.is_empty(), "{said}");
+}

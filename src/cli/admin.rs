@@ -215,6 +215,15 @@ impl Ctx {
     }
 }
 
+/// Report one alert condition of a command (check, verify) when alerts are configured, so that cron users get
+/// alerts without the daemon. Delivery failures are logged by the alerter and never fail the command.
+fn alert_condition(ctx: &Ctx, condition: crate::alert::Condition) {
+    let alerter = crate::alert::Alerter::new(&ctx.config);
+    if alerter.is_configured() {
+        ctx.rt.block_on(alerter.update(&[condition], jiff::Timestamp::now()));
+    }
+}
+
 fn run(config_flag: Option<PathBuf>, command: Command) -> Result<(), Error> {
     let (path, config) = super::load_config(config_flag.as_deref())?;
     super::init_tracing(Some(&config));
@@ -280,6 +289,7 @@ fn redacted(config: &crate::config::Config) -> crate::config::Config {
     if let Some(pg) = c.postgres.as_mut().filter(|pg| pg.password.is_some()) {
         pg.password = Some("<redacted>".to_owned());
     }
+    c.alerts = c.alerts.redacted();
     c
 }
 

@@ -17,11 +17,12 @@ use super::cluster::{free_port, wait_for};
 /// The SMTP server: accepts every message (logging in as `user`/`password` when given), saves it as
 /// `<dir>/NNNNNN.json` = {"mail_from", "rcpt_tos", "auth_login", "subject", "body", "headers"}.
 const SMTP_SERVER: &str = r#"
-import asyncio, email, email.policy, itertools, json, os, sys
+import logging, email, email.policy, itertools, json, os, sys
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import AuthResult, LoginPassword
 
 outdir, port, user, password = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4]
+logging.getLogger("mail.log").setLevel(logging.ERROR)
 counter = itertools.count()
 
 class Handler:
@@ -45,7 +46,7 @@ class Handler:
 
 def authenticator(server, session, envelope, mechanism, auth_data):
     ok = isinstance(auth_data, LoginPassword) and auth_data.login == user.encode() and auth_data.password == password.encode()
-    return AuthResult(success=ok, handled=False)
+    return AuthResult(success=ok, handled=False, auth_data=auth_data if ok else None)
 
 controller = Controller(Handler(), hostname="127.0.0.1", port=port, authenticator=authenticator,
                         auth_require_tls=False, auth_required=bool(user))
@@ -84,7 +85,7 @@ impl SmtpReceiver {
         std::fs::create_dir(&out).expect("mkdir");
         let port = free_port();
         let mut cmd = Command::new("python3");
-        cmd.arg(&script).arg(&out).arg(port.to_string()).args([user, password]);
+        cmd.args(["-W", "ignore"]).arg(&script).arg(&out).arg(port.to_string()).args([user, password]);
         cmd.stdin(Stdio::piped()).stdout(Stdio::null()).stderr(Stdio::inherit());
         // SAFETY: the closure only calls prctl, which is async-signal-safe, and allocates nothing.
         unsafe {

@@ -414,7 +414,7 @@ fn issue_9_check_alerts_and_resolves_on_both_backends() {
         // Receivers that hang: a failing check still ends with its own status, within the alert timeout.
         let silent = SilentServer::start();
         let hung = format!(
-            "{extra}\n[retention]\nmax_backup_age = \"1s\"\n{}{}",
+            "{extra}\n[retention]\nmax_backup_age = \"1h\"\n[check]\nmin_spool_free_mib = 999999999\n{}{}",
             email_section(silent.port, "timeout = \"2s\""),
             webhook_section(&format!("http://127.0.0.1:{}/x", silent.port), "generic", "timeout = \"2s\"")
         );

@@ -193,10 +193,8 @@ impl AlertsConfig {
     /// path, query and credentials ([`redact_webhook_url`]), and every webhook header value.
     pub fn redacted(&self) -> Self {
         let mut c = self.clone();
-        if let Some(email) = c.email.as_mut() {
-            if email.password.is_some() {
-                email.password = Some(REDACTED.to_owned());
-            }
+        if let Some(password) = c.email.as_mut().and_then(|e| e.password.as_mut()) {
+            *password = REDACTED.to_owned();
         }
         if let Some(webhook) = c.webhook.as_mut() {
             webhook.url = redact_webhook_url(&webhook.url);

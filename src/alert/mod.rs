@@ -289,6 +289,18 @@ impl Alerter {
 mod tests {
     use super::*;
 
+    /// The daemon spawns updates on a multi-thread runtime: the futures must be `Send`.
+    #[test]
+    fn futures_are_send() {
+        fn is_send<T: Send>(_: &T) {}
+        let text = "[repository]\nurl = \"file:///r\"\n[spool]\npath = \"/nonexistent\"\n";
+        let config = Config::parse(std::path::Path::new("t.toml"), text, &|_| None).expect("config");
+        let alerter = Alerter::new(&config);
+        is_send(&alerter.update(&[], jiff::Timestamp::UNIX_EPOCH));
+        is_send(&alerter.event("k", "s", "d"));
+        is_send(&alerter.test());
+    }
+
     #[test]
     fn job_keys() {
         assert_eq!(job_key("full_backup"), "job:full_backup");

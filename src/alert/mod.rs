@@ -211,7 +211,8 @@ impl Alerter {
             detail: detail.to_owned(),
             host: self.host.clone(),
             repository: self.repository.clone(),
-            time,
+            // Whole seconds: what a person reads (and the rate limit needs no finer).
+            time: jiff::Timestamp::from_second(time.as_second()).unwrap_or(time),
         }
     }
 

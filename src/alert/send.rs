@@ -87,6 +87,7 @@ async fn post(config: &WebhookConfig, message: &Message, prefix: &str) -> Result
         headers.insert(name, value);
     }
     let client = reqwest::Client::builder()
+        .user_agent(concat!("backupctl/", env!("CARGO_PKG_VERSION")))
         .connect_timeout(CONNECT_TIMEOUT.min(config.timeout.0))
         .timeout(config.timeout.0)
         // A redirect would carry the body (and our headers) elsewhere: a webhook answers where it is.

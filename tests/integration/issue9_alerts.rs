@@ -123,6 +123,7 @@ fn issue_9_alerts_fire_once_per_interval_and_resolve_once() {
     let r = &requests[0];
     assert_eq!((r.method.as_str(), r.path.as_str()), ("POST", "/hook"));
     assert_eq!(r.headers.get("content-type").map(String::as_str), Some("application/json"));
+    assert!(r.headers.get("user-agent").is_some_and(|ua| ua.starts_with("backupctl/")), "{:?}", r.headers);
     let json = r.json();
     assert_eq!(json["condition"], "job:full_backup");
     assert_eq!(json["summary"], "job full_backup failed");

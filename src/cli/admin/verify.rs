@@ -32,11 +32,12 @@ pub struct VerifyArgs {
 }
 
 /// Run `backupctl verify`, and report the `verify` alert condition when alerts are configured: firing on any
-/// failure but a usage error; resolved only by a verify of every backup (not one run with --backup-id).
+/// failure but a mistyped command (an unknown --backup-id), missing credentials and a wrong user included, since
+/// a verify that cannot run proves nothing; resolved only by a verify of every backup (not one with --backup-id).
 pub(super) fn run(ctx: &Ctx, args: &VerifyArgs) -> Result<(), Error> {
     let result = verify(ctx, args);
     let condition = match &result {
-        Err(e) if e.is_usage() => None,
+        Err(Error::Usage(_) | Error::Config(_)) => None,
         Err(e) => Some(crate::alert::Condition {
             key: crate::alert::VERIFY.to_owned(),
             firing: true,

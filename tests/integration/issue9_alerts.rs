@@ -548,3 +548,24 @@ fn issue_9_alert_secrets_never_in_config_show_or_logs() {
     let got = hook.wait_for(1, WAIT);
     assert!(got[0].path.contains("T0KEN-1n-path"), "the real URL was used: {:?}", got[0].path);
 }
+
+/// `tls = "starttls"` against a server that offers no STARTTLS, and `tls = "implicit"` against a plain one, fail
+/// without sending anything (never a silent fall-back to plain text, where the password would travel in clear).
+#[test]
+fn issue_9_email_tls_is_never_downgraded() {
+    let Some(smtp) = SmtpReceiver::start_with_login("alerts", "sm7p-pa55") else { return };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let rt = runtime();
+    for tls in ["starttls", "implicit"] {
+        let section = format!(
+            "[alerts.email]\nhost = \"127.0.0.1\"\nport = {}\ntls = \"{tls}\"\nuser = \"alerts\"\npassword = \"sm7p-pa55\"\n\
+             from = \"a@db.example\"\nto = [\"dba@example.com\"]\ntimeout = \"5s\"\n",
+            smtp.port
+        );
+        let alerter = Alerter::new(&config(dir.path(), &section));
+        let sent = rt.block_on(alerter.test());
+        assert_eq!(oks(&sent), [("email", false)], "{tls}: {sent:?}");
+        assert!(!sent[0].answer.contains("sm7p-pa55"), "{sent:?}");
+    }
+    assert!(smtp.messages().is_empty(), "nothing was sent in plain text");
+}

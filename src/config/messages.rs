@@ -146,6 +146,8 @@ pub fn describe(path: Option<String>, message: &str) -> String {
             let key = key.clone().unwrap_or_else(|| "a value".to_owned());
             let expected = plain_expected(expected);
             return match plain_value(given) {
+                // A secret given with the wrong type is still a secret: name the key, not the value.
+                Value::Scalar(_) if is_secret_key(&key) => format!("{key} = <redacted>: expected {expected}{at_line}"),
                 Value::Scalar(v) => format!("{key} = {v}: expected {expected}{at_line}"),
                 Value::Other(what) => format!("{key}: {what} given, expected {expected}{at_line}"),
             };
@@ -156,6 +158,16 @@ pub fn describe(path: Option<String>, message: &str) -> String {
         None if line.is_some() => format!("line {}: {message}", line.unwrap_or_default()),
         None => message,
     }
+}
+
+/// Keys whose values are secrets and never appear in messages: passwords, the KMS key id, the alert webhook's URL
+/// (Slack and Teams URLs carry their token) and its header values.
+fn is_secret_key(key: &str) -> bool {
+    key == "password"
+        || key.ends_with(".password")
+        || key == "repository.s3.sse_kms_key_id"
+        || key == "alerts.webhook.url"
+        || key.starts_with("alerts.webhook.headers.")
 }
 
 /// toml prefixes its errors with `TOML parse error at line L, column C` and a source snippet; keep the line
@@ -321,6 +333,20 @@ mod tests {
         ];
         for (url, want) in cases {
             assert_eq!(redact_url(url), want, "{url}");
+        }
+    }
+
+    /// Issue 9: a secret given with the wrong type is named by its key, never shown.
+    #[test]
+    fn issue_9_secrets_of_the_wrong_type_are_not_shown() {
+        for (key, given) in [
+            ("alerts.email.password", "integer `918273`"),
+            ("postgres.password", "integer `918273`"),
+            ("alerts.webhook.url", "integer `918273`"),
+            ("alerts.webhook.headers.Authorization", "integer `918273`"),
+        ] {
+            let text = describe(Some(key.to_owned()), &format!("invalid type: {given}, expected a string"));
+            assert_eq!(text, format!("{key} = <redacted>: expected text in double quotes"));
         }
     }
 

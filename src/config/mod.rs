@@ -22,7 +22,9 @@ mod metrics;
 mod retention;
 mod schedule;
 
-pub use alerts::AlertsConfig;
+pub use alerts::{
+    AlertsConfig, EmailConfig, SmtpTls, WebhookConfig, WebhookFormat, is_loopback_host, redact_webhook_url,
+};
 pub use backup::{BackupConfig, PostgresConfig, RestoreConfig};
 pub use drill::DrillConfig;
 pub use messages::redact_url;

@@ -14,6 +14,7 @@ mod issue8_prune;
 mod issue8_status;
 mod issue8_verify;
 mod issue9_schedule;
+mod issue9_alerts;
 mod pitr;
 mod push;
 mod s3_archive;

@@ -45,6 +45,7 @@ pub(super) fn run(ctx: &Ctx, args: &CheckArgs) -> Result<(), Error> {
         }
     }
     let failed: Vec<String> = report.failed().map(|c| format!("{}: {}", c.name, c.detail)).collect();
+    super::alert_condition(ctx, check_condition(&failed, report.checks.len()));
     if !failed.is_empty() {
         return Err(Error::ChecksFailed { failed, total: report.checks.len() });
     }
@@ -57,4 +58,14 @@ pub(super) fn run(ctx: &Ctx, args: &CheckArgs) -> Result<(), Error> {
         }
     }
     Ok(())
+}
+
+/// The `check` alert condition: firing when any check failed, with each failure on its own line.
+fn check_condition(failed: &[String], total: usize) -> crate::alert::Condition {
+    let (summary, detail) = if failed.is_empty() {
+        (format!("all {total} checks passed"), format!("backupctl check: all {total} checks passed"))
+    } else {
+        (format!("backupctl check: {} of {total} checks failed", failed.len()), failed.join("\n"))
+    };
+    crate::alert::Condition { key: crate::alert::CHECK.to_owned(), firing: !failed.is_empty(), summary, detail }
 }

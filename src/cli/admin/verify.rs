@@ -31,8 +31,42 @@ pub struct VerifyArgs {
     pub json_output: bool,
 }
 
-/// Run `backupctl verify`.
+/// Run `backupctl verify`, and report the `verify` alert condition when alerts are configured: firing on any
+/// failure but a mistyped command (an unknown --backup-id), missing credentials and a wrong user included, since
+/// a verify that cannot run proves nothing; resolved only by a verify of every backup (not one with --backup-id).
 pub(super) fn run(ctx: &Ctx, args: &VerifyArgs) -> Result<(), Error> {
+    let result = verify(ctx, args);
+    let condition = match &result {
+        Err(Error::Usage(_) | Error::Config(_)) => None,
+        Err(e) => Some(crate::alert::Condition {
+            key: crate::alert::VERIFY.to_owned(),
+            firing: true,
+            summary: format!("backupctl verify failed: {}", verify_summary(e)),
+            detail: e.to_string(),
+        }),
+        Ok(()) if args.backup_id.is_none() => Some(crate::alert::Condition {
+            key: crate::alert::VERIFY.to_owned(),
+            firing: false,
+            summary: "backupctl verify passed".to_owned(),
+            detail: "backupctl verify: nothing missing, corrupt or lost".to_owned(),
+        }),
+        Ok(()) => None,
+    };
+    if let Some(c) = condition {
+        super::alert_condition(ctx, c);
+    }
+    result
+}
+
+/// A short summary of a verify failure for a subject line.
+fn verify_summary(e: &Error) -> String {
+    match e {
+        Error::VerifyFailed { problems, broken, .. } => format!("{problems} problem(s), {broken} broken backup(s)"),
+        other => crate::alert::message::one_line(&other.to_string()),
+    }
+}
+
+fn verify(ctx: &Ctx, args: &VerifyArgs) -> Result<(), Error> {
     let storage = ctx.existing_storage()?;
     let options = Options {
         backup_id: args.backup_id.clone(),

@@ -66,7 +66,9 @@ pub fn run(rt: &tokio::runtime::Runtime, config: Config, config_path: PathBuf) -
     crate::cli::check_repository_writer(&config.repository.url)?;
     let state = StateDir::new(&config.spool.path);
     let record: JobsState = state.load(state::JOBS)?;
-    let daemon = Daemon { config: Arc::new(config), config_path, schedule, state, record };
+    let alerter = crate::alert::Alerter::new(&config);
+    let health_busy = Arc::new(AtomicBool::new(false));
+    let daemon = Daemon { config: Arc::new(config), config_path, schedule, state, record, alerter, health_busy };
     rt.block_on(daemon.main_loop())
 }
 
@@ -77,6 +79,10 @@ struct Daemon {
     state: StateDir,
     /// The jobs record as loaded at start (for `last_slot`); updates go through [`StateDir::update`].
     record: JobsState,
+    /// Alerts (`[alerts]`); sends happen on their own tasks, never in a job's way.
+    alerter: crate::alert::Alerter,
+    /// A health evaluation is in progress (a slow repository must not pile them up).
+    health_busy: Arc<AtomicBool>,
 }
 
 impl Daemon {
@@ -238,11 +244,52 @@ impl Daemon {
         }
     }
 
-    /// Raise or clear the job's alert condition.
-    fn alert_outcome(&self, _job: Job, _result: &Result<String, String>) {}
+    /// Raise or clear the job's alert condition (and, with `[alerts] notify_success`, report a success), on a
+    /// task of its own: a receiver that is slow or down delays nothing.
+    fn alert_outcome(&self, job: Job, result: &Result<String, String>) {
+        if !self.alerter.is_configured() {
+            return;
+        }
+        let (firing, summary, detail) = match result {
+            Ok(summary) => (false, format!("scheduled job {job} succeeded"), summary.clone()),
+            Err(e) => (true, format!("scheduled job {job} failed"), e.clone()),
+        };
+        let condition = crate::alert::Condition { key: job.alert_key(), firing, summary: summary.clone(), detail };
+        let success = !firing && self.alerter.notify_success();
+        let alerter = self.alerter.clone();
+        tokio::spawn(async move {
+            alerter.update(&[condition.clone()], jiff::Timestamp::now()).await;
+            if success {
+                alerter.event(&condition.key, &summary, &condition.detail).await;
+            }
+        });
+    }
 
-    /// Evaluate the health conditions (archive failing or behind, newest backup too old) and alert on them.
-    fn health(&self) {}
+    /// Evaluate the health conditions (wal-push failing, the archive behind, the newest backup too old) and
+    /// alert on them, on a task of its own; skipped while the previous evaluation still runs.
+    fn health(&self) {
+        if !self.alerter.is_configured() || self.health_busy.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        let (config, state, alerter, busy) =
+            (self.config.clone(), self.state.clone(), self.alerter.clone(), self.health_busy.clone());
+        tokio::spawn(async move {
+            let archive: state::ArchiveState = state.load(state::ARCHIVE).unwrap_or_else(|e| {
+                tracing::warn!(error = %e, "cannot read wal-push's state record");
+                state::ArchiveState::default()
+            });
+            match newest_backup(&config).await {
+                Ok(newest) => {
+                    let now = jiff::Timestamp::now();
+                    let conditions = crate::alert::health_conditions(&config, &archive, newest, now);
+                    alerter.update(&conditions, now).await;
+                }
+                // Unreachable storage is what check and verify report; the backup-age condition keeps its state.
+                Err(e) => tracing::warn!(error = %e, "health alerts: cannot list the backups"),
+            }
+            busy.store(false, Ordering::SeqCst);
+        });
+    }
 
     /// Stop: let running jobs finish within the grace period, then abandon them.
     async fn shutdown(
@@ -301,6 +348,14 @@ impl Daemon {
             r.last_error = Some(format!("abandoned at shutdown (started {started})"));
         });
     }
+}
+
+/// When the newest complete backup finished (`None` if there is none).
+async fn newest_backup(config: &Config) -> Result<Option<jiff::Timestamp>, Error> {
+    let deadline = Duration::from_secs(config.archive.retry_deadline_seconds);
+    let storage = crate::storage::open(&config.repository.url, &config.repository.s3, deadline).await?;
+    let (manifests, _) = crate::repository::store::manifests(storage.as_ref()).await?;
+    Ok(manifests.iter().filter_map(|m| m.stop_time.parse::<jiff::Timestamp>().ok()).max())
 }
 
 /// Time from `now` until `at`, zero if it has passed.

@@ -295,3 +295,64 @@ fn issue_9_scheduler_unit_verifies() {
     let complaints: Vec<&str> = said.lines().filter(|l| l.contains("backupctl-scheduler")).collect();
     assert!(out.status.success() && complaints.is_empty(), "{said}");
 }
+
+/// A scheduled job made to fail (check, with PostgreSQL stopped) sends exactly one alert to the SMTP server and
+/// one to the webhook, however many times it fails within `repeat_interval`, and one "resolved" to each once it
+/// passes again (PostgreSQL started); nothing more afterwards.
+#[test]
+fn issue_9_daemon_failing_job_alerts_once_and_resolves() {
+    use crate::support::receivers::{HttpReceiver, SmtpReceiver};
+    if require_pg().is_none() {
+        return;
+    }
+    let Some(smtp) = SmtpReceiver::start() else { return };
+    let http = HttpReceiver::start();
+    let file = FileRepo::new("i9-alert-job");
+    let extra = format!(
+        "[schedule]\ntime_zone = \"UTC\"\ncheck = \"*/2 * * * * *\"\nhealth_interval = \"1s\"\n\n\
+         [alerts]\nrepeat_interval = \"1h\"\n\n\
+         [alerts.email]\nhost = \"127.0.0.1\"\nport = {}\ntls = \"none\"\nfrom = \"backupctl <backupctl@db.example>\"\n\
+         to = [\"dba@example.com\"]\n\n\
+         [alerts.webhook]\nurl = \"{}\"\nformat = \"generic\"\nallow_http = true\n",
+        smtp.port,
+        http.url("/hook")
+    );
+    let mut src = Source::start("i9-alert-job", &file.url(), &extra);
+    src.backup_json("full");
+    let dir = src.config.parent().expect("cfg dir").to_path_buf();
+    let daemon = Daemon::start(&src.config, &dir, &[]);
+    daemon.wait("a passing check", Duration::from_secs(60), || {
+        (count(&jobs(&src.config), "check", "succeeded_total") >= 1).then_some(())
+    });
+    assert!(smtp.messages().is_empty() && http.requests().is_empty(), "nothing to say while all is well");
+
+    src.cluster.stop();
+    daemon.wait("three failed checks", Duration::from_secs(60), || {
+        (count(&jobs(&src.config), "check", "failed_total") >= 3).then_some(())
+    });
+    let mail = smtp.wait_for(1, Duration::from_secs(30));
+    let hooks = http.wait_for(1, Duration::from_secs(30));
+    assert_eq!(mail.len(), 1, "one alert for three failures: {mail:?}");
+    assert_eq!(hooks.len(), 1, "one alert for three failures: {hooks:?}");
+    let subject = mail[0]["subject"].as_str().unwrap_or("");
+    assert!(subject.contains("FIRING") && subject.contains("check"), "{subject}");
+    let body = hooks[0].json();
+    assert_eq!((body["status"].as_str(), body["condition"].as_str()), (Some("firing"), Some("check")), "{body}");
+    assert!(body["detail"].as_str().unwrap_or("").contains("postgresql"), "names the failed check: {body}");
+
+    src.cluster.start();
+    let failed_before = count(&jobs(&src.config), "check", "failed_total");
+    let passes = count(&jobs(&src.config), "check", "succeeded_total");
+    daemon.wait("the check to pass again, twice", Duration::from_secs(60), || {
+        (count(&jobs(&src.config), "check", "succeeded_total") >= passes + 2).then_some(())
+    });
+    let mail = smtp.wait_for(2, Duration::from_secs(30));
+    let hooks = http.wait_for(2, Duration::from_secs(30));
+    assert_eq!((mail.len(), hooks.len()), (2, 2), "one resolved each: {mail:?} {hooks:?}");
+    assert!(mail[1]["subject"].as_str().unwrap_or("").contains("RESOLVED"), "{mail:?}");
+    assert_eq!(hooks[1].json()["status"], "resolved");
+    assert!(count(&jobs(&src.config), "check", "failed_total") >= failed_before);
+    let (code, log, _) = daemon.terminate(Duration::from_secs(60));
+    assert_eq!(code, Some(0), "{log}");
+    assert_eq!((smtp.messages().len(), http.requests().len()), (2, 2), "nothing after resolved");
+}

@@ -258,7 +258,7 @@ impl Daemon {
         let success = !firing && self.alerter.notify_success();
         let alerter = self.alerter.clone();
         tokio::spawn(async move {
-            alerter.update(&[condition.clone()], jiff::Timestamp::now()).await;
+            alerter.update(std::slice::from_ref(&condition), jiff::Timestamp::now()).await;
             if success {
                 alerter.event(&condition.key, &summary, &condition.detail).await;
             }

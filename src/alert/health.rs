@@ -82,6 +82,25 @@ pub fn health_conditions(
     out
 }
 
+/// The health conditions now, from wal-push's state record (`<spool>/state/archive.json`) and the repository's
+/// newest complete backup: what the daemon evaluates every `[schedule] health_interval` and `backupctl check`
+/// reports with its own condition.
+///
+/// Errors: the repository cannot be opened or its backups listed (`crate::Error::Storage`/`Repository`); a
+/// missing or damaged archive record counts as "no wal-push call seen" (logged), never as an error.
+pub async fn current(config: &Config) -> Result<Vec<Condition>, crate::Error> {
+    let state = crate::state::StateDir::new(&config.spool.path);
+    let archive: ArchiveState = state.load(crate::state::ARCHIVE).unwrap_or_else(|e| {
+        tracing::warn!(error = %e, "cannot read wal-push's state record");
+        ArchiveState::default()
+    });
+    let deadline = std::time::Duration::from_secs(config.archive.retry_deadline_seconds);
+    let storage = crate::storage::open(&config.repository.url, &config.repository.s3, deadline).await?;
+    let (manifests, _) = crate::repository::store::manifests(storage.as_ref()).await?;
+    let newest = manifests.iter().filter_map(|m| m.stop_time.parse::<jiff::Timestamp>().ok()).max();
+    Ok(health_conditions(config, &archive, newest, jiff::Timestamp::now()))
+}
+
 fn signed(d: std::time::Duration) -> jiff::SignedDuration {
     jiff::SignedDuration::try_from(d).unwrap_or(jiff::SignedDuration::MAX)
 }

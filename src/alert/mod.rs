@@ -21,7 +21,7 @@ use futures_util::future::join;
 use crate::config::{AlertsConfig, Config};
 use crate::state::StateDir;
 
-mod health;
+pub mod health;
 pub mod message;
 pub mod ratelimit;
 mod send;

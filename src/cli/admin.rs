@@ -219,7 +219,11 @@ impl Ctx {
 /// alerts without the daemon. Delivery failures are logged by the alerter and never fail the command. Alerts
 /// keep their record in the spool: a user who does not own it (root, a read-only monitoring user running verify)
 /// sends nothing and gets a warning, rather than leave files there that wal-push could not write.
-fn alert_condition(ctx: &Ctx, condition: crate::alert::Condition) {
+///
+/// With `health`, the health conditions ([`crate::alert::health::current`]: wal-push failing, the archive
+/// behind, the newest backup too old) are reported too: `backupctl check` run from cron raises them, as the
+/// daemon does.
+fn alert_condition(ctx: &Ctx, condition: crate::alert::Condition, health: bool) {
     let alerter = crate::alert::Alerter::new(&ctx.config);
     if !alerter.is_configured() {
         return;
@@ -229,7 +233,14 @@ fn alert_condition(ctx: &Ctx, condition: crate::alert::Condition) {
         tracing::warn!(condition = %condition.key, "alerts not sent: {e}");
         return;
     }
-    ctx.rt.block_on(alerter.update(&[condition], jiff::Timestamp::now()));
+    let mut conditions = vec![condition];
+    if health {
+        match ctx.rt.block_on(crate::alert::health::current(&ctx.config)) {
+            Ok(more) => conditions.extend(more),
+            Err(e) => tracing::warn!(error = %e, "health alerts not evaluated"),
+        }
+    }
+    ctx.rt.block_on(alerter.update(&conditions, jiff::Timestamp::now()));
 }
 
 fn run(config_flag: Option<PathBuf>, command: Command) -> Result<(), Error> {

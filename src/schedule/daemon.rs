@@ -271,18 +271,11 @@ impl Daemon {
         if !self.alerter.is_configured() || self.health_busy.swap(true, Ordering::SeqCst) {
             return;
         }
-        let (config, state, alerter, busy) =
-            (self.config.clone(), self.state.clone(), self.alerter.clone(), self.health_busy.clone());
+        let (config, alerter, busy) = (self.config.clone(), self.alerter.clone(), self.health_busy.clone());
         tokio::spawn(async move {
-            let archive: state::ArchiveState = state.load(state::ARCHIVE).unwrap_or_else(|e| {
-                tracing::warn!(error = %e, "cannot read wal-push's state record");
-                state::ArchiveState::default()
-            });
-            match newest_backup(&config).await {
-                Ok(newest) => {
-                    let now = jiff::Timestamp::now();
-                    let conditions = crate::alert::health_conditions(&config, &archive, newest, now);
-                    alerter.update(&conditions, now).await;
+            match crate::alert::health::current(&config).await {
+                Ok(conditions) => {
+                    alerter.update(&conditions, jiff::Timestamp::now()).await;
                 }
                 // Unreachable storage is what check and verify report; the backup-age condition keeps its state.
                 Err(e) => tracing::warn!(error = %e, "health alerts: cannot list the backups"),
@@ -348,14 +341,6 @@ impl Daemon {
             r.last_error = Some(format!("abandoned at shutdown (started {started})"));
         });
     }
-}
-
-/// When the newest complete backup finished (`None` if there is none).
-async fn newest_backup(config: &Config) -> Result<Option<jiff::Timestamp>, Error> {
-    let deadline = Duration::from_secs(config.archive.retry_deadline_seconds);
-    let storage = crate::storage::open(&config.repository.url, &config.repository.s3, deadline).await?;
-    let (manifests, _) = crate::repository::store::manifests(storage.as_ref()).await?;
-    Ok(manifests.iter().filter_map(|m| m.stop_time.parse::<jiff::Timestamp>().ok()).max())
 }
 
 /// Time from `now` until `at`, zero if it has passed.

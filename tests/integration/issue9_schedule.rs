@@ -356,3 +356,40 @@ fn issue_9_daemon_failing_job_alerts_once_and_resolves() {
     assert_eq!(code, Some(0), "{log}");
     assert_eq!((smtp.messages().len(), http.requests().len()), (2, 2), "nothing after resolved");
 }
+
+/// The daemon evaluates the health conditions every `health_interval`: the newest backup older than
+/// `[retention] max_backup_age` raises one "backup-age" alert, and a new backup resolves it.
+#[test]
+fn issue_9_daemon_health_alert_for_an_old_backup() {
+    use crate::support::receivers::HttpReceiver;
+    if require_pg().is_none() {
+        return;
+    }
+    let http = HttpReceiver::start();
+    let file = FileRepo::new("i9-health");
+    let extra = format!(
+        "[schedule]\ntime_zone = \"UTC\"\nverify = \"0 0 1 1 *\"\nhealth_interval = \"1s\"\n\n\
+         [retention]\nmax_backup_age = \"4s\"\n\n\
+         [alerts.webhook]\nurl = \"{}\"\nformat = \"generic\"\nallow_http = true\n",
+        http.url("/hook")
+    );
+    let src = Source::start("i9-health", &file.url(), &extra);
+    src.backup_json("full");
+    let dir = src.config.parent().expect("cfg dir").to_path_buf();
+    let daemon = Daemon::start(&src.config, &dir, &[]);
+    let hooks = daemon.wait("a backup-age alert", Duration::from_secs(60), || {
+        let r = http.requests();
+        (!r.is_empty()).then_some(r)
+    });
+    let body = hooks[0].json();
+    assert_eq!((body["status"].as_str(), body["condition"].as_str()), (Some("firing"), Some("backup-age")), "{body}");
+    src.backup_json("incremental");
+    let hooks = daemon.wait("resolved", Duration::from_secs(30), || {
+        let r = http.requests();
+        (r.len() >= 2).then_some(r)
+    });
+    let body = hooks[1].json();
+    assert_eq!((body["status"].as_str(), body["condition"].as_str()), (Some("resolved"), Some("backup-age")), "{body}");
+    let (code, log, _) = daemon.terminate(Duration::from_secs(30));
+    assert_eq!(code, Some(0), "{log}");
+}

@@ -45,7 +45,7 @@ pub(super) fn run(ctx: &Ctx, args: &CheckArgs) -> Result<(), Error> {
         }
     }
     let failed: Vec<String> = report.failed().map(|c| format!("{}: {}", c.name, c.detail)).collect();
-    super::alert_condition(ctx, check_condition(&failed, report.checks.len()));
+    super::alert_condition(ctx, check_condition(&failed, report.checks.len()), true);
     if !failed.is_empty() {
         return Err(Error::ChecksFailed { failed, total: report.checks.len() });
     }

@@ -53,7 +53,7 @@ pub(super) fn run(ctx: &Ctx, args: &VerifyArgs) -> Result<(), Error> {
         Ok(()) => None,
     };
     if let Some(c) = condition {
-        super::alert_condition(ctx, c);
+        super::alert_condition(ctx, c, false);
     }
     result
 }

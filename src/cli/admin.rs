@@ -220,9 +220,9 @@ impl Ctx {
 /// keep their record in the spool: a user who does not own it (root, a read-only monitoring user running verify)
 /// sends nothing and gets a warning, rather than leave files there that wal-push could not write.
 ///
-/// With `health`, the health conditions ([`crate::alert::health::current`]: wal-push failing, the archive
-/// behind, the newest backup too old) are reported too: `backupctl check` run from cron raises them, as the
-/// daemon does.
+/// With `health`, the archive's health conditions ([`crate::alert::health::current`]: wal-push failing, the
+/// archive behind) are reported too, so that `backupctl check` run from cron raises them as the daemon does. The
+/// backup-age condition is left out: check's own `backup_age` check already reports it in the `check` alert.
 fn alert_condition(ctx: &Ctx, condition: crate::alert::Condition, health: bool) {
     let alerter = crate::alert::Alerter::new(&ctx.config);
     if !alerter.is_configured() {
@@ -236,7 +236,7 @@ fn alert_condition(ctx: &Ctx, condition: crate::alert::Condition, health: bool) 
     let mut conditions = vec![condition];
     if health {
         match ctx.rt.block_on(crate::alert::health::current(&ctx.config)) {
-            Ok(more) => conditions.extend(more),
+            Ok(more) => conditions.extend(more.into_iter().filter(|c| c.key != crate::alert::BACKUP_AGE)),
             Err(e) => tracing::warn!(error = %e, "health alerts not evaluated"),
         }
     }

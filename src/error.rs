@@ -258,6 +258,9 @@ pub enum Error {
         /// Backend display.
         backend: String,
     },
+    /// Serving metrics or writing a metrics textfile failed.
+    #[error(transparent)]
+    Metrics(#[from] crate::metrics::Error),
     /// A background task failed to run.
     #[error("internal task failed: {0}")]
     Task(String),
@@ -287,6 +290,7 @@ impl Error {
                 | Error::Usage(_)
                 | Error::Policy(_)
                 | Error::Retention(crate::retention::expire::Error::BadUntil { .. })
+                | Error::Metrics(crate::metrics::Error::NoTextfileDir | crate::metrics::Error::Remote { .. })
         ) || self.owner_error().is_some()
             || matches!(
                 self,
@@ -416,6 +420,19 @@ impl Error {
             Error::ObjectsVanished { .. } => {
                 "something deleted objects under data/ while the backup ran (a gc of an older version, or by hand); this backup was not recorded: run it again"
             }
+            Error::Metrics(crate::metrics::Error::Listen { .. }) => {
+                "choose a free address and port in [metrics] listen (default 127.0.0.1:9850)"
+            }
+            Error::Metrics(crate::metrics::Error::Remote { .. }) => {
+                "serve metrics on a loopback address, or set [metrics] allow_remote = true behind a firewall"
+            }
+            Error::Metrics(crate::metrics::Error::NoTextfileDir) => {
+                "set [metrics] textfile_dir to node-exporter's --collector.textfile.directory"
+            }
+            Error::Metrics(crate::metrics::Error::Textfile { .. }) => {
+                "metrics.textfile_dir must exist and be writable by the user running this command"
+            }
+            Error::Metrics(_) => return None,
             Error::Task(_) | Error::Stdout(_) => return None,
         })
     }

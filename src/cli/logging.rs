@@ -27,6 +27,10 @@ use crate::config::{Config, LogConfig};
 
 type Boxed = Box<dyn Layer<Registry> + Send + Sync>;
 
+/// The target of the record of a command's failure (`error: ...`), which `report_error` prints on stderr itself:
+/// it goes to the file and the journal only.
+pub const OUTCOME_TARGET: &str = "backupctl::outcome";
+
 /// Install the subscriber for `program` as `[log]` of `config` says (defaults without one). `$BACKUPCTL_LOG`
 /// (an `EnvFilter` directive such as `backupctl=debug`) overrides the level. A second call does nothing.
 pub fn init(program: &'static str, config: Option<&Config>) {
@@ -42,7 +46,8 @@ fn layers(program: &'static str, log: &LogConfig) -> Vec<Boxed> {
     let json = log.format == "json";
     let mut layers: Vec<Boxed> = Vec::new();
     if log.stderr {
-        layers.push(fmt_layer(program, json, std::io::stderr));
+        let not_outcome = tracing_subscriber::filter::filter_fn(|m| m.target() != OUTCOME_TARGET);
+        layers.push(Box::new(fmt_layer(program, json, std::io::stderr).with_filter(not_outcome)));
     }
     if let Some(path) = log.file_for(program) {
         let max_bytes = usize::try_from(log.max_size_mib.saturating_mul(1 << 20)).unwrap_or(usize::MAX);

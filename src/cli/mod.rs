@@ -58,6 +58,8 @@ pub fn report_error(program: &str, e: &Error) {
     } else if let Some(h) = e.hint() {
         output::note(format_args!("{program}: hint: {h}"));
     }
+    // The same failure for the log file and the journal (stderr has it already, above).
+    tracing::error!(target: logging::OUTCOME_TARGET, hint = e.hint().unwrap_or_default(), "{e}");
 }
 
 /// Quote for /bin/sh when needed: single quotes, and each `'` as `'\''`. Any byte but NUL survives.

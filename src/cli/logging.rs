@@ -53,13 +53,17 @@ fn layers(program: &'static str, log: &LogConfig) -> Vec<Boxed> {
         let max_bytes = usize::try_from(log.max_size_mib.saturating_mul(1 << 20)).unwrap_or(usize::MAX);
         match RotatingFile::open(&path, max_bytes, log.keep) {
             Ok(file) => layers.push(fmt_layer(program, json, file)),
-            Err(e) => note(format_args!("{program}: warning: cannot log to {}: {e}; not logging to a file", path.display())),
+            Err(e) => {
+                note(format_args!("{program}: warning: cannot log to {}: {e}; not logging to a file", path.display()))
+            }
         }
     }
     if log.journald {
         match tracing_journald::layer() {
             Ok(l) => layers.push(Box::new(l.with_syslog_identifier(program.to_owned()))),
-            Err(e) => note(format_args!("{program}: warning: journald is not reachable ({e}); not logging to the journal")),
+            Err(e) => {
+                note(format_args!("{program}: warning: journald is not reachable ({e}); not logging to the journal"))
+            }
         }
     }
     layers
@@ -77,10 +81,12 @@ where
         // wal-push must never die half-way through a push because of its log.
         .log_internal_errors(false);
     if json {
-        Box::new(base.json().event_format(ProgramJson {
-            program,
-            inner: tracing_subscriber::fmt::format().json().with_target(false),
-        }))
+        Box::new(
+            base.json().event_format(ProgramJson {
+                program,
+                inner: tracing_subscriber::fmt::format().json().with_target(false),
+            }),
+        )
     } else {
         Box::new(base.with_timer(ProgramTime { program }))
     }
@@ -110,7 +116,12 @@ where
     N: for<'a> FormatFields<'a> + 'static,
     E: FormatEvent<S, N>,
 {
-    fn format_event(&self, ctx: &FmtContext<'_, S, N>, mut writer: Writer<'_>, event: &tracing::Event<'_>) -> std::fmt::Result {
+    fn format_event(
+        &self,
+        ctx: &FmtContext<'_, S, N>,
+        mut writer: Writer<'_>,
+        event: &tracing::Event<'_>,
+    ) -> std::fmt::Result {
         let mut buf = String::new();
         self.inner.format_event(ctx, Writer::new(&mut buf), event)?;
         match buf.strip_prefix('{') {
@@ -219,8 +230,10 @@ mod tests {
             let mut w = file.make_writer();
             writeln!(w, "record {i:03} {}", "x".repeat(30)).expect("write");
         }
-        let mut names: Vec<String> =
-            std::fs::read_dir(dir.path()).expect("ls").map(|e| e.expect("entry").file_name().to_string_lossy().into_owned()).collect();
+        let mut names: Vec<String> = std::fs::read_dir(dir.path())
+            .expect("ls")
+            .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+            .collect();
         names.sort();
         assert_eq!(names, ["b.log", "b.log.1", "b.log.2", "b.log.3", "b.log.lock"]);
         let newest = std::fs::read_to_string(&path).expect("read");

@@ -75,9 +75,17 @@ async fn push(config: &Config, wal_path: &Path) -> Result<(), Error> {
     Ok(())
 }
 
-/// Record the call in the state and the archive textfile; failures are logged as warnings.
+/// Record the call in the state and the archive textfile; failures are logged as warnings. Only into a spool
+/// that exists and belongs to the effective user: a refused call (root, a missing spool) must not create
+/// directories the PostgreSQL OS user then cannot write.
 fn record(config: &Config, wal_path: &Path, result: &Result<(), Error>) {
-    let name = wal_path.file_name().map_or_else(|| wal_path.display().to_string(), |n| n.to_string_lossy().into_owned());
+    use crate::storage::fs::owner::{self, Role};
+    if let Err(e) = owner::check_owner(&config.spool.path, Role::Spool) {
+        tracing::debug!(error = %e, "call not recorded in the state: the spool is not this user's");
+        return;
+    }
+    let name =
+        wal_path.file_name().map_or_else(|| wal_path.display().to_string(), |n| n.to_string_lossy().into_owned());
     let error = result.as_ref().err().map(ToString::to_string);
     let outcome = match &error {
         None => CallOutcome::Archived,

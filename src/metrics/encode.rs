@@ -112,7 +112,13 @@ impl Builder {
         }
     }
 
-    fn register(&mut self, name: &str, help: &str, unit: Option<Unit>, metric: impl prometheus_client::registry::Metric) {
+    fn register(
+        &mut self,
+        name: &str,
+        help: &str,
+        unit: Option<Unit>,
+        metric: impl prometheus_client::registry::Metric,
+    ) {
         match unit {
             Some(u) => self.registry.register_with_unit(name, help, u, metric),
             None => self.registry.register(name, help, metric),
@@ -193,12 +199,7 @@ fn archive(b: &mut Builder, a: &ArchiveState, now: jiff::Timestamp, ages: bool) 
         None,
         one(a.ready_count),
     );
-    b.gauge_u(
-        "backupctl_archive_lag",
-        "Size of those WAL files",
-        Some(Unit::Bytes),
-        one(a.ready_bytes),
-    );
+    b.gauge_u("backupctl_archive_lag", "Size of those WAL files", Some(Unit::Bytes), one(a.ready_bytes));
     let last = a.last_success.as_ref().map(|s| s.at);
     b.gauge(
         "backupctl_archive_last_success_timestamp",
@@ -233,7 +234,11 @@ fn archive(b: &mut Builder, a: &ArchiveState, now: jiff::Timestamp, ages: bool) 
         maybe(a.last_failure.as_ref().map(|f| secs(f.at))),
     );
     b.counter("backupctl_archive_failures", "Failed wal-push calls", one(a.failures_total));
-    b.counter("backupctl_archive_archived", "WAL files wal-push confirmed durable in the repository", one(a.archived_total));
+    b.counter(
+        "backupctl_archive_archived",
+        "WAL files wal-push confirmed durable in the repository",
+        one(a.archived_total),
+    );
     b.gauge(
         "backupctl_archive_state_updated_timestamp",
         "When wal-push last updated its record (Unix time)",
@@ -431,11 +436,8 @@ pub fn to_text(registry: &Registry, format: Format) -> String {
 /// textfile collector would then see an untyped `..._total`), and the `# UNIT` and `# EOF` lines go. Only gauges
 /// and counters are written here, so nothing else differs.
 pub fn openmetrics_to_prometheus(text: &str) -> String {
-    let counters: std::collections::HashSet<&str> = text
-        .lines()
-        .filter_map(|l| l.strip_prefix("# TYPE "))
-        .filter_map(|l| l.strip_suffix(" counter"))
-        .collect();
+    let counters: std::collections::HashSet<&str> =
+        text.lines().filter_map(|l| l.strip_prefix("# TYPE ")).filter_map(|l| l.strip_suffix(" counter")).collect();
     let mut out = String::with_capacity(text.len());
     for line in text.lines() {
         if line.starts_with("# UNIT ") || line == "# EOF" {

@@ -29,11 +29,7 @@ impl Local {
         fn one<T: serde::de::DeserializeOwned + Default>(state: &StateDir, name: &str) -> Result<T, String> {
             state.load(name).map_err(|e: state::Error| e.to_string())
         }
-        Self {
-            archive: one(state, state::ARCHIVE),
-            jobs: one(state, state::JOBS),
-            drill: one(state, state::DRILL),
-        }
+        Self { archive: one(state, state::ARCHIVE), jobs: one(state, state::JOBS), drill: one(state, state::DRILL) }
     }
 }
 
@@ -105,11 +101,8 @@ pub async fn read_repository(
         .filter_map(|b| ts(&b.manifest.stop_time).map(|stop| (stop, b)))
         .max_by_key(|(stop, _)| *stop)
         .map(|(stop, b)| NewestBackup { stop, logical_bytes: b.sizes.logical, stored_bytes: b.sizes.stored });
-    let wal_last_archived = s
-        .index
-        .last_written_segment()
-        .and_then(|(_, o)| o.modified)
-        .and_then(|t| jiff::Timestamp::try_from(t).ok());
+    let wal_last_archived =
+        s.index.last_written_segment().and_then(|(_, o)| o.modified).and_then(|t| jiff::Timestamp::try_from(t).ok());
     let wal_gaps = s.coverage.timelines.iter().flat_map(|t| &t.gaps).filter(|g| g.status != GapStatus::Expired).count();
     Ok(RepositoryFigures {
         full_backups: count(BackupType::Full),

@@ -79,7 +79,11 @@ pub enum Error {
 /// `storage` is the opened repository (`None`: it could not be opened, which renders as
 /// `backupctl_repository_up 0`); `now` is the time ages are measured to. Errors only if the blocking read of the
 /// local records could not run.
-pub async fn render(config: &Config, storage: Option<DynStorage>, now: jiff::Timestamp) -> Result<String, crate::Error> {
+pub async fn render(
+    config: &Config,
+    storage: Option<DynStorage>,
+    now: jiff::Timestamp,
+) -> Result<String, crate::Error> {
     render_as(config, storage.as_deref(), now, Parts::LIVE, Format::Prometheus).await
 }
 

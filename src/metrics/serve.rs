@@ -60,7 +60,10 @@ pub async fn serve_on(
     tracing::info!(address = %addr, "serving metrics at http://{addr}/metrics");
     let shared = Arc::new(Shared { config, cache: Mutex::new(Cache::default()) });
     let app = Router::new().route("/metrics", get(metrics)).with_state(shared);
-    axum::serve(listener, app).with_graceful_shutdown(shutdown).await.map_err(|source| Error::Serve { addr, source })?;
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown)
+        .await
+        .map_err(|source| Error::Serve { addr, source })?;
     Ok(())
 }
 

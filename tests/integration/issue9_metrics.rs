@@ -157,7 +157,9 @@ fn metrics_scenario(label: &str, url: &str, extra: &str) {
     let f = samples(&full);
     assert_eq!(value(&f, "backupctl_backups{type=\"full\"}", &full), 1.0);
     assert!(!f.keys().any(|k| k.starts_with("backupctl_archive_") || k.contains("_age_seconds")), "{full}");
-    let mode = std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(textfiles.join("backupctl.prom")).expect("stat").permissions());
+    let mode = std::os::unix::fs::PermissionsExt::mode(
+        &std::fs::metadata(textfiles.join("backupctl.prom")).expect("stat").permissions(),
+    );
     assert_eq!(mode & 0o777, 0o644);
     promtool_accepts(&full);
 
@@ -178,9 +180,8 @@ fn metrics_scenario(label: &str, url: &str, extra: &str) {
 
     // Level filtering: `metrics --textfile` logs one info line, which warn leaves out.
     let backupctl_log = textfiles.join("../logs/backupctl.log");
-    let count = || {
-        std::fs::read_to_string(&backupctl_log).unwrap_or_default().matches("wrote metrics textfile").count()
-    };
+    let count =
+        || std::fs::read_to_string(&backupctl_log).unwrap_or_default().matches("wrote metrics textfile").count();
     let before = count();
     assert!(before >= 1, "info records are written");
     let out = as_postgres(&bin("backupctl"))
@@ -348,13 +349,7 @@ fn issue_9_failing_wal_push_is_recorded_file() {
         let out = Command::new("chmod").args(["-R", mode]).arg(p).output().expect("chmod");
         assert_ok("chmod", &out);
     };
-    failing_scenario(
-        "i9-fail",
-        &repo.url(),
-        "",
-        &|_| chmod("a-w", &wal),
-        &|_| chmod("u+w", &wal),
-    );
+    failing_scenario("i9-fail", &repo.url(), "", &|_| chmod("a-w", &wal), &|_| chmod("u+w", &wal));
 }
 
 #[test]

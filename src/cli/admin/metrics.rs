@@ -35,8 +35,7 @@ pub(super) fn run(ctx: &Ctx, args: &MetricsArgs) -> Result<(), Error> {
     };
     let now = jiff::Timestamp::now();
     let parts = if dir.is_some() { Parts::FULL_FILE } else { Parts::LIVE };
-    let text =
-        ctx.rt.block_on(metrics::render_as(&ctx.config, storage.as_deref(), now, parts, Format::Prometheus))?;
+    let text = ctx.rt.block_on(metrics::render_as(&ctx.config, storage.as_deref(), now, parts, Format::Prometheus))?;
     if text.contains("\nbackupctl_repository_up 0\n") {
         note("backupctl: warning: the repository could not be read: backupctl_repository_up is 0");
     }

@@ -430,3 +430,59 @@ fn issue_9_secrets_never_logged() {
         assert!(!seen.contains(s), "{s} leaked:\n{seen}");
     }
 }
+
+/// `journald = true` where no journal listens (this container): said once on stderr, and the command goes on.
+#[test]
+fn issue_9_journald_unreachable_is_said_once() {
+    if Path::new("/run/systemd/journal/socket").exists() {
+        let _ = crate::support::require::<()>("a machine without journald (to test the unreachable case)", None);
+        return;
+    }
+    let dir = crate::support::cluster::PgDir::new("i9-journald");
+    let repo = dir.sub("repo");
+    let spool = dir.sub("spool");
+    let config = crate::support::cluster::write_config(
+        dir.path(),
+        &format!("file://{}", repo.display()),
+        &spool,
+        "[log]\njournald = true\n",
+    );
+    let out = backupctl(&config, &["metrics"]);
+    assert_ok("metrics with journald = true", &out);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(stderr.matches("journald is not reachable").count(), 1, "{stderr}");
+    assert!(String::from_utf8_lossy(&out.stdout).contains("backupctl_build_info"), "the command went on");
+}
+
+/// packaging/prometheus-alerts.yml passes `promtool check rules` (Debian's `prometheus` package), and the Grafana
+/// dashboard is JSON whose queries name only exported metrics (the unit test `docs_and_packaging_name_only_real_metrics`
+/// checks the names).
+#[test]
+fn issue_9_packaging_rules_and_dashboard() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("packaging");
+    let dashboard: Value =
+        serde_json::from_str(&std::fs::read_to_string(root.join("grafana-dashboard.json")).expect("dashboard"))
+            .expect("the dashboard is JSON");
+    let exprs: Vec<&str> = dashboard["panels"]
+        .as_array()
+        .expect("panels")
+        .iter()
+        .flat_map(|p| p["targets"].as_array().into_iter().flatten())
+        .filter_map(|t| t["expr"].as_str())
+        .collect();
+    assert!(exprs.len() >= 10 && exprs.iter().all(|e| e.contains("backupctl_")), "{exprs:?}");
+    let Some(promtool) = crate::support::require(
+        "promtool (apt-get install prometheus)",
+        Command::new("promtool").arg("--version").output().ok().filter(|o| o.status.success()),
+    ) else {
+        return;
+    };
+    drop(promtool);
+    let out = Command::new("promtool")
+        .args(["check", "rules"])
+        .arg(root.join("prometheus-alerts.yml"))
+        .output()
+        .expect("promtool");
+    assert_ok("promtool check rules", &out);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("SUCCESS"), "{out:?}");
+}

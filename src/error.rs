@@ -261,6 +261,9 @@ pub enum Error {
     /// `backupctl alert test`: no channel is configured, or a channel did not accept the message.
     #[error(transparent)]
     Alert(#[from] crate::alert::Error),
+    /// Serving metrics or writing a metrics textfile failed.
+    #[error(transparent)]
+    Metrics(#[from] crate::metrics::Error),
     /// A background task failed to run.
     #[error("internal task failed: {0}")]
     Task(String),
@@ -291,6 +294,7 @@ impl Error {
                 | Error::Policy(_)
                 | Error::Retention(crate::retention::expire::Error::BadUntil { .. })
                 | Error::Alert(crate::alert::Error::NotConfigured { .. })
+                | Error::Metrics(crate::metrics::Error::NoTextfileDir | crate::metrics::Error::Remote { .. })
         ) || self.owner_error().is_some()
             || matches!(
                 self,
@@ -426,6 +430,19 @@ impl Error {
             Error::Alert(_) => {
                 "check each failed channel's host, port, tls, credentials or URL and that the receiver is up (docs/operations.md, Alerts, troubleshooting)"
             }
+            Error::Metrics(crate::metrics::Error::Listen { .. }) => {
+                "choose a free address and port in [metrics] listen (default 127.0.0.1:9850)"
+            }
+            Error::Metrics(crate::metrics::Error::Remote { .. }) => {
+                "serve metrics on a loopback address, or set [metrics] allow_remote = true behind a firewall"
+            }
+            Error::Metrics(crate::metrics::Error::NoTextfileDir) => {
+                "set [metrics] textfile_dir to node-exporter's --collector.textfile.directory"
+            }
+            Error::Metrics(crate::metrics::Error::Textfile { .. }) => {
+                "metrics.textfile_dir must exist and be writable by the user running this command"
+            }
+            Error::Metrics(_) => return None,
             Error::Task(_) | Error::Stdout(_) => return None,
         })
     }

@@ -145,9 +145,11 @@ pub struct ArchiveState {
     pub failures_total: u64,
     /// Files stored since this record was created.
     pub archived_total: u64,
-    /// `.ready` files in `pg_wal/archive_status` at the last call (segments waiting to be archived).
+    /// `.ready` files in `pg_wal/archive_status` at the end of the last call that are not yet durable in the
+    /// repository (files pushed ahead, which keep their `.ready` until PostgreSQL asks for them, and the file the
+    /// call archived do not count): the archive's backlog, in files.
     pub ready_count: u64,
-    /// Their size in bytes (`ready_count` times the segment size).
+    /// Their size in bytes (segments count the segment size; `.history` and `.backup` files their own).
     pub ready_bytes: u64,
     /// When the record was last written.
     pub updated_at: Option<jiff::Timestamp>,

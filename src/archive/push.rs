@@ -7,6 +7,7 @@
 //!   first failure. History files are never pushed ahead: PostgreSQL hands them over first, synchronously.
 
 pub mod segment;
+pub mod state;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -170,19 +171,24 @@ async fn push_batch(
     for (index, (name, path)) in jobs.into_iter().enumerate() {
         let (semaphore, failed, cluster) = (semaphore.clone(), failed.clone(), cluster.clone());
         let (storage, level) = (storage.clone(), ctx.repository.compression_level);
-        set.spawn(async move {
-            let result = match semaphore.acquire_owned().await {
-                Ok(_permit) if !failed.load(Ordering::SeqCst) => {
-                    let r = push_file(storage.as_ref(), level, workers, &name, &path, cluster.as_ref().as_ref()).await;
-                    if r.is_err() {
-                        failed.store(true, Ordering::SeqCst);
+        let span = tracing::info_span!("push", segment = %name);
+        set.spawn(tracing::Instrument::instrument(
+            async move {
+                let result = match semaphore.acquire_owned().await {
+                    Ok(_permit) if !failed.load(Ordering::SeqCst) => {
+                        let r =
+                            push_file(storage.as_ref(), level, workers, &name, &path, cluster.as_ref().as_ref()).await;
+                        if r.is_err() {
+                            failed.store(true, Ordering::SeqCst);
+                        }
+                        r
                     }
-                    r
-                }
-                _ => Err(Error::Task(format!("{name} not started after an earlier failure"))),
-            };
-            (index, name, result)
-        });
+                    _ => Err(Error::Task(format!("{name} not started after an earlier failure"))),
+                };
+                (index, name, result)
+            },
+            span,
+        ));
     }
     let mut out: Vec<Option<(WalFileName, Result<PushedFile, Error>)>> = (0..count).map(|_| None).collect();
     while let Some(joined) = set.join_next().await {

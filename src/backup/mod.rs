@@ -48,7 +48,7 @@ pub struct BackupRequest {
 }
 
 /// Take a base backup as configured. Blocking: runs the async copy on `rt`.
-#[tracing::instrument(skip_all, fields(backup_type = %request.backup_type))]
+#[tracing::instrument(skip_all, fields(backup_type = %request.backup_type, backup_id = tracing::field::Empty))]
 pub fn run(
     rt: &tokio::runtime::Runtime,
     config: &Config,
@@ -125,6 +125,7 @@ pub fn run(
 
     let start_time = session.clock()?;
     let id = rt.block_on(free_id(storage.as_ref(), &start_time, request.backup_type))?;
+    tracing::Span::current().record("backup_id", tracing::field::display(&id));
     // The lease comes before anything gc could race with: waiting out a running gc, listing the objects an
     // incremental reuses, writing objects no manifest references yet (docs/design/retention.md).
     let lease = rt.block_on(lease::Held::acquire(storage.clone(), LeaseKind::Backup, &id.to_string()))?;

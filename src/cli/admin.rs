@@ -245,7 +245,7 @@ fn alert_condition(ctx: &Ctx, condition: crate::alert::Condition, health: bool) 
 
 fn run(config_flag: Option<PathBuf>, command: Command) -> Result<(), Error> {
     let (path, config) = super::load_config(config_flag.as_deref())?;
-    super::init_tracing(Some(&config));
+    super::init_tracing("backupctl", Some(&config));
     if let Command::ConfigShow { json_output } = command {
         let shown = redacted(&config);
         if json_output {

@@ -96,7 +96,7 @@ pub fn finish(program: &str, result: Result<(), Error>) -> ExitCode {
 /// Run with parsed arguments.
 pub fn run(config: Option<&std::path::Path>, backup_type: BackupType, args: &BackupArgs) -> Result<(), Error> {
     let (_, config) = super::load_config(config)?;
-    super::init_tracing(Some(&config));
+    super::init_tracing("base-backup", Some(&config));
     let rt = super::multi_thread_runtime()?;
     let progress = super::progress::for_terminal(args.json);
     let request = BackupRequest {

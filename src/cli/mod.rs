@@ -7,6 +7,7 @@
 pub mod admin;
 pub mod base_backup;
 pub mod exit;
+pub mod logging;
 pub mod output;
 pub mod pitr_restore;
 pub mod progress;
@@ -36,22 +37,10 @@ pub fn load_config(flag: Option<&Path>) -> Result<(PathBuf, Config), Error> {
     Ok((path, config))
 }
 
-/// Install the stderr subscriber: one line per event, no ANSI colours (stderr often lands in the server log).
-pub fn init_tracing(config: Option<&Config>) {
-    use tracing_subscriber::EnvFilter;
-    let level = config.map_or("info", |c| c.log.level.as_str());
-    let filter =
-        EnvFilter::try_from_env("BACKUPCTL_LOG").unwrap_or_else(|_| EnvFilter::new(format!("backupctl={level}")));
-    let builder = tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_ansi(false)
-        .with_target(false)
-        // On a failed write (a closed stderr) tracing-subscriber would report it with eprintln!, which panics:
-        // wal-push must never die half-way through a push because of its log.
-        .log_internal_errors(false)
-        .with_env_filter(filter);
-    let json = config.is_some_and(|c| c.log.format == "json");
-    let _ = if json { builder.json().try_init() } else { builder.try_init() };
+/// Install the tracing subscriber for `program` (`wal-push`, `backupctl`...) as `[log]` says: stderr (no ANSI
+/// colours: it often lands in the server log), a size-rotated file, journald; see [`logging`].
+pub fn init_tracing(program: &'static str, config: Option<&Config>) {
+    logging::init(program, config);
 }
 
 /// Print an error and its hint on stderr, one line each (nothing for a closed stdout, which ends quietly). An
@@ -69,6 +58,8 @@ pub fn report_error(program: &str, e: &Error) {
     } else if let Some(h) = e.hint() {
         output::note(format_args!("{program}: hint: {h}"));
     }
+    // The same failure for the log file and the journal (stderr has it already, above).
+    tracing::error!(target: logging::OUTCOME_TARGET, hint = e.hint().unwrap_or_default(), "{e}");
 }
 
 /// Quote for /bin/sh when needed: single quotes, and each `'` as `'\''`. Any byte but NUL survives.

@@ -109,7 +109,7 @@ pub fn main() -> ExitCode {
 /// Run with parsed arguments.
 pub fn run(config: Option<&Path>, args: &RestoreArgs) -> Result<(), Error> {
     let (config_path, config) = super::load_config(config)?;
-    super::init_tracing(Some(&config));
+    super::init_tracing("pitr-restore", Some(&config));
     // restore_command runs in the data directory: the path must be absolute.
     let config_path = std::fs::canonicalize(&config_path)
         .or_else(|_| std::path::absolute(&config_path))

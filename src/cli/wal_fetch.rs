@@ -56,7 +56,7 @@ pub fn main() -> ExitCode {
 /// Run with parsed arguments.
 pub fn run(args: &Args) -> Result<(), Error> {
     let (config_path, config) = super::load_config(args.config.as_deref())?;
-    super::init_tracing(Some(&config));
+    super::init_tracing("wal-fetch", Some(&config));
     if args.prefetch_worker {
         lower_priority();
         return super::current_thread_runtime()?.block_on(async {

@@ -1,13 +1,18 @@
 //! `wal-push`: PostgreSQL's `archive_command`.
 
-use std::path::PathBuf;
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::Parser;
 
 use super::exit::{self, Program};
 use crate::Error;
+use crate::archive::push::state::{self, CallOutcome};
 use crate::archive::push::{self, segment::Stored};
+use crate::config::Config;
+use crate::spool::Spool;
+use crate::state::StateDir;
 
 /// PostgreSQL's archive_command: archive one WAL file into the repository; exits 0 only once it is durable there.
 ///
@@ -37,29 +42,72 @@ pub fn main() -> ExitCode {
     exit::exit_code(Program::WalPush, result.as_ref().map(|_| ()))
 }
 
-/// Run with parsed arguments.
+/// Run with parsed arguments. Every call, successful or not (once the configuration is loaded), is recorded in
+/// `<spool>/state/archive.json` and, with `[metrics] textfile_dir`, in the archive textfile; a failure to record
+/// is logged and never changes the exit status, which is about the WAL only.
 pub fn run(args: &Args) -> Result<(), Error> {
     let (_, config) = super::load_config(args.config.as_deref())?;
-    super::init_tracing(Some(&config));
+    super::init_tracing("wal-push", Some(&config));
     let rt = super::current_thread_runtime()?;
-    rt.block_on(async {
-        let ctx = super::archive_context(&config)?;
-        let report = push::run(&ctx, &args.wal_path, &super::now_rfc3339()).await?;
-        match &report.requested {
-            None => tracing::info!(segment = %report.name, "already archived by look-ahead"),
-            Some(p) if p.outcome == Stored::AlreadyPresent => tracing::warn!(
-                segment = %report.name, backend = %ctx.repository_id,
-                "already archived with the same checksum; nothing written"
-            ),
-            Some(p) => tracing::info!(
-                segment = %report.name, bytes = p.raw_size, stored = p.stored_size, elapsed_ms = p.elapsed_ms,
-                ahead = report.ahead.len(), backend = %ctx.repository_id,
-                "archived {} as {}", super::human_bytes(p.raw_size), super::human_bytes(p.stored_size)
-            ),
+    let result = rt.block_on(push(&config, &args.wal_path));
+    record(&config, &args.wal_path, &result);
+    result
+}
+
+async fn push(config: &Config, wal_path: &Path) -> Result<(), Error> {
+    let ctx = super::archive_context(config)?;
+    let report = push::run(&ctx, wal_path, &super::now_rfc3339()).await?;
+    match &report.requested {
+        None => tracing::info!(segment = %report.name, "already archived by look-ahead"),
+        Some(p) if p.outcome == Stored::AlreadyPresent => tracing::warn!(
+            segment = %report.name, backend = %ctx.repository_id,
+            "already archived with the same checksum; nothing written"
+        ),
+        Some(p) => tracing::info!(
+            segment = %report.name, bytes = p.raw_size, stored = p.stored_size, elapsed_ms = p.elapsed_ms,
+            ahead = report.ahead.len(), backend = %ctx.repository_id,
+            "archived {} as {}", super::human_bytes(p.raw_size), super::human_bytes(p.stored_size)
+        ),
+    }
+    for (name, e) in &report.ahead_failed {
+        tracing::warn!(segment = %name, error = %e, "look-ahead push failed; it will be pushed when PostgreSQL asks");
+    }
+    Ok(())
+}
+
+/// Record the call in the state and the archive textfile; failures are logged as warnings. Only into a spool
+/// that exists and belongs to the effective user: a refused call (root, a missing spool) must not create
+/// directories the PostgreSQL OS user then cannot write.
+fn record(config: &Config, wal_path: &Path, result: &Result<(), Error>) {
+    use crate::storage::fs::owner::{self, Role};
+    if let Err(e) = owner::check_owner(&config.spool.path, Role::Spool) {
+        tracing::debug!(error = %e, "call not recorded in the state: the spool is not this user's");
+        return;
+    }
+    let name =
+        wal_path.file_name().map_or_else(|| wal_path.display().to_string(), |n| n.to_string_lossy().into_owned());
+    let error = result.as_ref().err().map(ToString::to_string);
+    let outcome = match &error {
+        None => CallOutcome::Archived,
+        Some(e) => CallOutcome::Failed(e),
+    };
+    let spool = Spool::at(&config.spool.path, &crate::storage::canonical_url(&config.repository.url));
+    let durable: HashSet<String> = spool.push_record_names().unwrap_or_default().into_iter().collect();
+    let backlog = state::backlog(wal_path, &durable, result.is_ok().then_some(name.as_str()));
+    let now = jiff::Timestamp::now();
+    let recorded = state::record_call(&StateDir::new(&config.spool.path), &name, outcome, backlog, now);
+    let archive = match recorded {
+        Ok(a) => a,
+        Err(e) => {
+            let e = Error::from(e);
+            tracing::warn!(segment = %name, error = %e, hint = e.hint().unwrap_or(""), "cannot record this call in the state");
+            return;
         }
-        for (name, e) in &report.ahead_failed {
-            tracing::warn!(segment = %name, error = %e, "look-ahead push failed; it will be pushed when PostgreSQL asks");
+    };
+    if let Some(dir) = &config.metrics.textfile_dir {
+        let text = crate::metrics::archive_textfile(&archive, now);
+        if let Err(e) = crate::metrics::write_textfile(dir, crate::metrics::ARCHIVE_TEXTFILE, &text) {
+            tracing::warn!(segment = %name, error = %e, "cannot write the archive metrics textfile");
         }
-        Ok(())
-    })
+    }
 }

@@ -17,6 +17,7 @@ use serde::{Deserialize, Serialize};
 mod alerts;
 mod backup;
 mod drill;
+mod log;
 mod messages;
 mod metrics;
 mod retention;
@@ -27,6 +28,7 @@ pub use alerts::{
 };
 pub use backup::{BackupConfig, PostgresConfig, RestoreConfig};
 pub use drill::DrillConfig;
+pub use log::LogConfig;
 pub use messages::redact_url;
 pub use metrics::MetricsConfig;
 pub use retention::{CheckConfig, Duration, RetentionConfig};
@@ -99,8 +101,8 @@ pub struct Config {
     /// WAL archiving (wal-push, wal-fetch).
     #[serde(default)]
     pub archive: ArchiveConfig,
-    /// Logging.
-    #[serde(default)]
+    /// Logging (`[log]`; `[logging]` is accepted too).
+    #[serde(default, alias = "logging")]
     pub log: LogConfig,
     /// How base-backup connects to the cluster (required by base-backup only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -241,22 +243,6 @@ impl Default for ArchiveConfig {
     }
 }
 
-/// `[log]`
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-#[serde(default, deny_unknown_fields)]
-pub struct LogConfig {
-    /// Minimum level: `error`, `warn`, `info`, `debug` or `trace`.
-    pub level: String,
-    /// Output format: `text` or `json`.
-    pub format: String,
-}
-
-impl Default for LogConfig {
-    fn default() -> Self {
-        Self { level: "info".to_owned(), format: "text".to_owned() }
-    }
-}
-
 impl Config {
     /// Choose the configuration path: the flag, else `$BACKUPCTL_CONFIG`, else [`DEFAULT_CONFIG_PATH`].
     pub fn resolve_path(flag: Option<&Path>) -> PathBuf {
@@ -363,12 +349,7 @@ impl Config {
         if a.retry_deadline_seconds == 0 {
             problems.push("archive.retry_deadline_seconds = 0: must be at least 1".to_owned());
         }
-        if !["error", "warn", "info", "debug", "trace"].contains(&self.log.level.as_str()) {
-            problems.push(format!("log.level = {:?}: must be error, warn, info, debug or trace", self.log.level));
-        }
-        if !["text", "json"].contains(&self.log.format.as_str()) {
-            problems.push(format!("log.format = {:?}: must be text or json", self.log.format));
-        }
+        problems.extend(log::validate(&self.log));
         problems.extend(backup::validate(self.postgres.as_ref(), &self.backup, &self.restore));
         problems.extend(retention::validate(&self.retention, &self.check));
         problems.extend(schedule::validate(&self.schedule));
@@ -628,6 +609,16 @@ mod tests {
         assert!(err.contains("plain HTTP"), "{err}");
     }
 
+    /// Issue 9: the issue names the section `[logging]`; it is accepted as `[log]`, and shown as `[log]`.
+    #[test]
+    fn issue_9_logging_is_an_alias_of_log() {
+        let c = parse(&format!("{MINIMAL}[logging]\nlevel = \"debug\"\nformat = \"json\"\njournald = true\n"))
+            .expect("[logging]");
+        assert_eq!((c.log.level.as_str(), c.log.format.as_str(), c.log.journald), ("debug", "json", true));
+        let err = parse(&format!("{MINIMAL}[logging]\nlevel = \"loud\"\n")).expect_err("bad level").to_string();
+        assert!(err.contains("log.level = \"loud\""), "{err}");
+    }
+
     #[test]
     fn several_problems_reported_at_once() {
         let err = parse("[repository]\nurl = \"file:///r\"\ncompression_level = 99\n[spool]\npath = \"rel\"\n")
@@ -689,6 +680,8 @@ mod tests {
             backup_max_rate_kib: Some(1),
             ..ScheduleConfig::default()
         };
+        c.log.file = Some("/var/log/backupctl/{program}.log".into());
+        c.metrics.textfile_dir = Some("/var/lib/node-exporter".into());
         let value = toml::Value::try_from(&c).expect("to toml");
         let doc = include_str!("../../docs/configuration.md");
         fn walk(prefix: &str, v: &toml::Value, doc: &str) {

@@ -118,6 +118,8 @@ pub struct Status {
     pub newest_backup_age_seconds: Option<i64>,
     /// The configured retention policy.
     pub policy: PolicyStatus,
+    /// Stored bytes of every object under `data/` (referenced or not).
+    pub data_bytes_stored: u64,
 }
 
 impl Status {
@@ -144,6 +146,7 @@ pub async fn collect(storage: &dyn Storage, clock: &Clock, policy: &Policy) -> R
         .filter_map(|m| ObjectId::from_key(m.key.as_str()).map(|id| (id, m.size)))
         .collect();
     let now = OffsetDateTime::from(clock.now);
+    let data_bytes_stored = stored.values().sum();
     let sizes = sizes(&manifests, &stored);
     let (policy, mut decisions) = retention(&manifests, &unusable, &marks, &wal_listing, size, policy, clock.now);
     let backups: Vec<BackupStatus> = manifests
@@ -173,6 +176,7 @@ pub async fn collect(storage: &dyn Storage, clock: &Clock, policy: &Policy) -> R
         window,
         newest_backup_age_seconds,
         policy,
+        data_bytes_stored,
     })
 }
 

@@ -15,6 +15,7 @@ mod issue8_status;
 mod issue8_verify;
 mod issue9_alerts;
 mod issue9_schedule;
+mod issue9_metrics;
 mod pitr;
 mod push;
 mod s3_archive;

@@ -53,6 +53,7 @@ impl MetricsConfig {
 pub(super) fn validate(c: &MetricsConfig) -> Vec<String> {
     let mut problems = Vec::new();
     match c.listen_addr() {
+        None if c.listen.trim().is_empty() => {}
         None => problems.push(format!(
             "metrics.listen = {:?}: expected an IP address and port such as {DEFAULT_LISTEN} or [::1]:9850",
             c.listen

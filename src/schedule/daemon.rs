@@ -104,6 +104,7 @@ impl Daemon {
                 None => tracing::warn!(job = job.name(), schedule = expr.text(), "the expression never matches"),
             }
         }
+        let (stop_metrics, metrics) = self.serve_metrics().await?;
         let watchdog = sd_notify::watchdog_enabled().map(|d| d / 2);
         let mut watchdog_tick = tokio::time::interval(watchdog.unwrap_or(Duration::from_secs(3600)));
         let mut health_tick = tokio::time::interval(self.config.schedule.health_interval.0);
@@ -149,7 +150,34 @@ impl Daemon {
             }
         }
         self.shutdown(running, rx, watchdog).await;
+        let _ = stop_metrics.send(());
+        if let Some(task) = metrics {
+            match task.await {
+                Ok(Err(e)) => tracing::warn!(error = %e, "the metrics endpoint failed"),
+                Err(e) => tracing::warn!(error = %e, "the metrics endpoint panicked"),
+                Ok(Ok(())) => {}
+            }
+        }
         Ok(())
+    }
+
+    /// Bind `[metrics] listen` (unless it is empty) and serve `/metrics` until the returned sender fires. Binding
+    /// happens before READY=1: an address in use stops the daemon at start, with the address in the error.
+    async fn serve_metrics(
+        &self,
+    ) -> Result<(tokio::sync::oneshot::Sender<()>, Option<tokio::task::JoinHandle<Result<(), Error>>>), Error> {
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let Some(addr) = self.config.metrics.listen_addr() else { return Ok((stop, None)) };
+        if !addr.ip().is_loopback() && !self.config.metrics.allow_remote {
+            return Err(crate::metrics::Error::Remote { addr }.into());
+        }
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .map_err(|source| Error::from(crate::metrics::Error::Listen { addr, source }))?;
+        let shutdown = async move {
+            let _ = stopped.await;
+        };
+        Ok((stop, Some(tokio::spawn(crate::metrics::serve_on(listener, self.config.clone(), shutdown)))))
     }
 
     /// Start `job` for `slot` on its own thread; the slot is recorded first, so it never runs twice.

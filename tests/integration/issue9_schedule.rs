@@ -23,6 +23,12 @@ struct Daemon {
 impl Daemon {
     /// Start `backupctl schedule --daemon` as postgres with `env` added; NOTIFY_SOCKET is a socket in `dir`.
     fn start(config: &Path, dir: &Path, env: &[(&str, &str)]) -> Self {
+        // Each daemon serves metrics on its own port (tests run in parallel; the default is one fixed port).
+        let text = std::fs::read_to_string(config).expect("read config");
+        if !text.contains("[metrics]") {
+            let port = crate::support::cluster::free_port();
+            std::fs::write(config, format!("{text}\n[metrics]\nlisten = \"127.0.0.1:{port}\"\n")).expect("write");
+        }
         let socket = dir.join("notify.sock");
         let _ = std::fs::remove_file(&socket);
         let notify = UnixDatagram::bind(&socket).expect("bind notify socket");
@@ -106,6 +112,27 @@ impl Drop for Daemon {
     }
 }
 
+/// `GET /metrics` on 127.0.0.1:`port` (None until it answers 200).
+fn scrape(port: u16) -> Option<String> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(30))).ok()?;
+    write!(s, "GET /metrics HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").ok()?;
+    let mut out = String::new();
+    s.read_to_string(&mut out).ok()?;
+    let (head, body) = out.split_once("\r\n\r\n")?;
+    head.starts_with("HTTP/1.1 200")
+        .then(|| body.to_owned())
+        .or_else(|| head.starts_with("HTTP/1.0 200").then(|| body.to_owned()))
+}
+
+/// The value of the sample `name` (with its labels, as written) in a scrape.
+fn metric(body: &str, name: &str) -> f64 {
+    body.lines()
+        .find_map(|l| l.strip_prefix(name).and_then(|rest| rest.split_whitespace().next()).and_then(|v| v.parse().ok()))
+        .unwrap_or_else(|| panic!("no {name} in:\n{body}"))
+}
+
 /// The daemon's jobs record.
 fn jobs(config: &Path) -> serde_json::Value {
     let state = config.parent().expect("cfg dir").join("spool/state/jobs.json");
@@ -158,6 +185,27 @@ fn issue_9_daemon_runs_real_jobs_and_stops_on_sigterm() {
             assert_eq!(count(&done, job, "failed_total"), 0, "{backend} {job}: {done}\n{}", daemon.log_text());
             assert_eq!(done["jobs"][job]["last_outcome"], "succeeded", "{backend} {job}: {done}");
         }
+        // The metrics endpoint shows the figures while it runs.
+        let text = std::fs::read_to_string(&src.config).expect("config");
+        let port: u16 = text
+            .split("listen = \"127.0.0.1:")
+            .nth(1)
+            .and_then(|r| r.split('"').next())
+            .and_then(|p| p.parse().ok())
+            .expect("port");
+        let scraped = daemon.wait("a scrape showing the jobs", Duration::from_secs(30), || {
+            let body = scrape(port)?;
+            body.contains("backupctl_job_last_success_timestamp_seconds{job_name=\"prune\"}").then_some(body)
+        });
+        for want in [
+            "backupctl_repository_up 1",
+            "backupctl_job_runs_total{job_name=\"incremental_backup\",outcome=\"succeeded\"}",
+            "backupctl_newest_backup_timestamp_seconds",
+        ] {
+            assert!(scraped.contains(want), "{backend}: {want} in:\n{scraped}");
+        }
+        let runs = metric(&scraped, "backupctl_job_runs_total{job_name=\"incremental_backup\",outcome=\"succeeded\"}");
+        assert!(runs >= 3.0, "{backend}: {runs}");
         // Retention runs on the backups the daemon takes: with keep_last = 2, at most two (plus any taken since
         // the last prune) stay listed, although four or more were taken.
         daemon.wait("prune to have deleted backups", Duration::from_secs(60), || {

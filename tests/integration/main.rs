@@ -13,6 +13,7 @@ mod issue8_gc;
 mod issue8_prune;
 mod issue8_status;
 mod issue8_verify;
+mod issue9_drill;
 mod pitr;
 mod push;
 mod s3_archive;

@@ -74,13 +74,12 @@ pub enum Error {
         detail: String,
     },
     /// The restored server exited before the drill stopped it.
-    #[error("the restored server exited ({status}); its log {} says: {last_lines}", log.display())]
+    #[error("the restored server exited ({status}); its log said: {last_lines}")]
     ServerExited {
         /// How it exited.
         status: String,
-        /// Its log file (removed with the directory; the lines are here).
-        log: PathBuf,
-        /// The last FATAL, PANIC or LOG lines, joined on one line.
+        /// The last FATAL, PANIC, ERROR and restore_command error lines of its log (which is removed with the
+        /// directory), joined on one line.
         last_lines: String,
     },
     /// Recovery did not finish within `[drill] timeout`.

@@ -384,7 +384,7 @@ fn in_workspace(
         "passed".to_owned()
     });
     check_abandon(abandon, Step::Amcheck)?;
-    report.smoke_result = smoke_query(&mut client, &drill.sql).map_err(at(Step::SmokeQuery))?;
+    report.smoke_result = smoke_query(&mut client, &drill.sql, abandon).map_err(at(Step::SmokeQuery))?;
     drop(client);
     Ok(())
 }
@@ -572,10 +572,32 @@ fn amcheck(srv: &Server, drill: &crate::config::DrillConfig, root: &Path, abando
     Err(Error::Amcheck { status: status.to_string(), detail: server::one_line(lines.join(" | ").as_bytes()) })
 }
 
-/// Run `[drill] sql`; the first column of the first row it returns.
-fn smoke_query(client: &mut postgres::Client, sql: &str) -> Result<Option<String>, Error> {
+/// Run `[drill] sql`; the first column of the first row it returns. Cancels the query (PostgreSQL's cancel
+/// request) once `abandon` is set.
+fn smoke_query(client: &mut postgres::Client, sql: &str, abandon: &AtomicBool) -> Result<Option<String>, Error> {
     tracing::info!(sql, "restore drill: smoke query");
-    let messages = client.simple_query(sql).map_err(|e| Error::Query {
+    let token = client.cancel_token();
+    let done = AtomicBool::new(false);
+    let result = std::thread::scope(|s| {
+        s.spawn(|| {
+            while !done.load(Ordering::Relaxed) {
+                if abandon.load(Ordering::Relaxed) {
+                    if let Err(e) = token.cancel_query(postgres::NoTls) {
+                        tracing::warn!(error = %e, "could not cancel the smoke query");
+                    }
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        });
+        let r = client.simple_query(sql);
+        done.store(true, Ordering::Relaxed);
+        r
+    });
+    if abandon.load(Ordering::Relaxed) {
+        return Err(Error::Abandoned);
+    }
+    let messages = result.map_err(|e| Error::Query {
         what: format!("[drill] sql {:?}", server::one_line(sql.as_bytes())),
         reason: match e.as_db_error() {
             Some(db) => format!("{}: {}", db.severity(), db.message()),

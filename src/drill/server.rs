@@ -183,7 +183,7 @@ impl Server {
 
     /// [`Error::ServerExited`] with the last lines of the log worth reading.
     pub fn exited_error(&self, status: String) -> Error {
-        Error::ServerExited { status, log: self.log.clone(), last_lines: last_lines(&self.log) }
+        Error::ServerExited { status, last_lines: last_lines(&self.log) }
     }
 
     /// Connect as `user` to `database` over the socket, waiting at most `timeout`.
@@ -255,7 +255,8 @@ pub fn one_line(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).split_whitespace().collect::<Vec<_>>().join(" ")
 }
 
-/// The last FATAL or PANIC lines of a server log (else its last lines), at most three, on one line.
+/// The last FATAL, PANIC and ERROR lines of a server log, and the error lines of wal-fetch (restore_command's
+/// stderr lands there), else its last lines: at most three, on one line.
 pub fn last_lines(log: &Path) -> String {
     let Ok(file) = std::fs::File::open(log) else { return "(no log)".to_owned() };
     let lines: Vec<String> = BufReader::new(file).lines().map_while(Result::ok).collect();
@@ -265,7 +266,7 @@ pub fn last_lines(log: &Path) -> String {
 /// See [`last_lines`].
 pub fn pick_last_lines(lines: &[String]) -> String {
     let severe: Vec<&String> =
-        lines.iter().filter(|l| l.contains("FATAL:") || l.contains("PANIC:") || l.contains("ERROR:")).collect();
+        lines.iter().filter(|l| ["FATAL:", "PANIC:", "ERROR:", ": error:"].iter().any(|s| l.contains(s))).collect();
     let chosen: Vec<&String> = if severe.is_empty() { lines.iter().collect() } else { severe };
     let start = chosen.len().saturating_sub(3);
     let text = chosen[start..].iter().map(|l| l.trim()).collect::<Vec<_>>().join(" | ");
@@ -318,5 +319,11 @@ mod tests {
         let plain: Vec<String> = (1..=5).map(|i| format!("LOG: {i}")).collect();
         assert_eq!(pick_last_lines(&plain), "LOG: 3 | LOG: 4 | LOG: 5");
         assert_eq!(pick_last_lines(&[]), "(empty log)");
+        let fetch: Vec<String> =
+            ["wal-fetch: error: object wal/x is corrupt", "wal-fetch: hint: h", "FATAL: could not restore"]
+                .iter()
+                .map(|s| s.to_string())
+                .collect();
+        assert_eq!(pick_last_lines(&fetch), "wal-fetch: error: object wal/x is corrupt | FATAL: could not restore");
     }
 }

@@ -3,14 +3,14 @@
 //! when it fails. On a real cluster, on file:// and on the moto S3 server.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
 use backupctl::repository::backup::Manifest;
 use backupctl::storage::{DynStorage, Key, PutMode};
 
 use crate::pitr::{FileRepo, Source, s3_repo};
-use crate::support::cluster::{PgDir, as_postgres, assert_ok, bin, chown_postgres, require_pg};
+use crate::support::cluster::{PgDir, as_postgres, assert_ok, bin, chown_postgres, require_pg, wait_for};
 
 /// Rows the smoke query counts: in the backup, after it, and after the `--to` time.
 const IN_BACKUP: u32 = 1000;
@@ -71,11 +71,12 @@ fn drill_state(src: &Source) -> serde_json::Value {
     serde_json::from_slice(&text).expect("drill.json")
 }
 
-/// A copy of `cfg` with its `[drill] work_dir` line replaced.
-fn with_work_dir(cfg: &Path, from: &Path, to: &Path, name: &str) -> PathBuf {
+/// A copy of `cfg` (beside it, as `name`) with `from` replaced by `to`.
+fn with_replaced(cfg: &Path, from: &str, to: &str, name: &str) -> PathBuf {
     use std::os::unix::fs::PermissionsExt;
     let text = std::fs::read_to_string(cfg).expect("read cfg");
-    let text = text.replace(&format!("work_dir = \"{}\"", from.display()), &format!("work_dir = \"{}\"", to.display()));
+    assert!(text.contains(from), "{text} lacks {from}");
+    let text = text.replace(from, to);
     let path = cfg.with_file_name(name);
     std::fs::write(&path, text).expect("write cfg");
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).expect("chmod");
@@ -193,6 +194,49 @@ fn scenario(label: &str, url: &str, extra: &str, s3: &backupctl::config::S3Confi
     assert_clean(&work, "an unknown backup id");
 
     if is_file {
+        // A smoke query that fails fails the drill, naming the step and the server's words.
+        let bad = with_replaced(&src.config, "from drill_check", "from no_such_table", "bad-sql.toml");
+        let (code, r, err) = drill(&bad, &[]);
+        assert_eq!(code, Some(1), "{err}\n{r}");
+        assert!(err.contains("failed at step smoke_query") && err.contains("no_such_table"), "{err}");
+        assert_eq!(r["amcheck"], "passed", "{r}");
+        assert_clean(&work, "a failed smoke query");
+
+        // Ctrl-C (SIGINT to backupctl) while the server runs: the drill stops it, removes its directory, and fails
+        // as abandoned.
+        let slow = with_replaced(&src.config, "select count(*) from drill_check", "select pg_sleep(120)", "slow.toml");
+        let child = as_postgres(&bin("backupctl"))
+            .arg("--config")
+            .arg(&slow)
+            .args(["drill", "--json-output"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn drill");
+        wait_for("the drill's server to start", Duration::from_secs(120), || {
+            leftovers(&work).iter().any(|d| d.join("server.log").exists()).then_some(())
+        });
+        let me = bin("backupctl").display().to_string();
+        let pids: Vec<String> = std::fs::read_dir("/proc")
+            .expect("proc")
+            .flatten()
+            .filter(|e| {
+                let cmd = std::fs::read(e.path().join("cmdline")).unwrap_or_default();
+                let cmd = String::from_utf8_lossy(&cmd);
+                cmd.starts_with(&format!("{me}\0")) && cmd.contains("slow.toml")
+            })
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(pids.len(), 1, "{pids:?}");
+        assert_ok("kill -INT", &Command::new("kill").args(["-INT", &pids[0]]).output().expect("kill"));
+        let started = std::time::Instant::now();
+        let (code, r, err) = parse(&child.wait_with_output().expect("wait"));
+        assert!(started.elapsed() < Duration::from_secs(60), "Ctrl-C took {:?}", started.elapsed());
+        assert_eq!(code, Some(1), "{err}\n{r}");
+        assert!(err.contains("abandoned"), "{err}");
+        assert_eq!(r["passed"], false, "{r}");
+        assert_clean(&work, "a drill interrupted by Ctrl-C");
+
         // As root: refused before anything, with the command to run instead; nothing recorded.
         let before = drill_state(&src);
         let out = Command::new(bin("backupctl")).arg("--config").arg(&src.config).arg("drill").output().expect("drill");
@@ -231,7 +275,7 @@ fn scenario(label: &str, url: &str, extra: &str, s3: &backupctl::config::S3Confi
     assert_eq!(state["last"]["failed_step"], "restore", "{state}");
     assert!(state["last"]["error"].as_str().is_some_and(|e| e.contains("corrupt")), "{state}");
     assert_eq!(state["passed_total"], 3, "{state}");
-    assert_eq!(state["failed_total"], if is_file { 3 } else { 2 }, "{state}");
+    assert_eq!(state["failed_total"], if is_file { 5 } else { 2 }, "{state}");
 }
 
 #[test]
@@ -298,7 +342,12 @@ fn issue_9_drill_disk_budget() {
     let work = work_owner.sub("drills");
     let src = Source::start("i9-budget", &repo.url(), &format!("[drill]\nwork_dir = \"{}\"\n", work.display()));
     src.backup_json("full");
-    let small = with_work_dir(&src.config, &work, &fs.path, "small.toml");
+    let small = with_replaced(
+        &src.config,
+        &format!("work_dir = \"{}\"", work.display()),
+        &format!("work_dir = \"{}\"", fs.path.display()),
+        "small.toml",
+    );
     let (code, r, err) = drill(&small, &[]);
     assert_eq!(code, Some(1), "{err}\n{r}");
     assert!(err.contains("failed at step disk_budget"), "{err}");

@@ -184,9 +184,9 @@ pub fn run(
     report.finished = jiff::Timestamp::now();
     match &outcome {
         Ok(()) => report.passed = true,
-        Err((step, e)) => {
-            report.failed_step = Some(*step);
-            report.error = Some(e.to_string());
+        Err(failed) => {
+            report.failed_step = Some(failed.0);
+            report.error = Some(failed.1.to_string());
         }
     }
     let recorded = record(&StateDir::new(&config.spool.path), &report);
@@ -201,7 +201,8 @@ pub fn run(
             );
             Ok(report)
         }
-        Err((step, source)) => {
+        Err(failed) => {
+            let (step, source) = *failed;
             if let Err(e) = recorded {
                 tracing::error!(error = %e, "could not record the failed drill");
             }
@@ -210,15 +211,15 @@ pub fn run(
     }
 }
 
-/// A failed step: which one, and why.
-type StepError = (Step, crate::Error);
+/// A failed step: which one, and why (boxed: `crate::Error` is large).
+type StepError = Box<(Step, crate::Error)>;
 
 fn at<E: Into<crate::Error>>(step: Step) -> impl FnOnce(E) -> StepError {
-    move |e| (step, e.into())
+    move |e| Box::new((step, e.into()))
 }
 
 fn check_abandon(abandon: &AtomicBool, step: Step) -> Result<(), StepError> {
-    if abandon.load(Ordering::Relaxed) { Err((step, Error::Abandoned.into())) } else { Ok(()) }
+    if abandon.load(Ordering::Relaxed) { Err(at(step)(Error::Abandoned)) } else { Ok(()) }
 }
 
 /// Resolves once `abandon` is set (polled every 200 ms).
@@ -272,12 +273,12 @@ fn drive(
 
     let work_dir = drill.work_dir();
     let available = fs2::available_space(&work_dir).map_err(|source| {
-        (Step::DiskBudget, Error::Io { what: "read the free space of", path: work_dir.clone(), source }.into())
+        at(Step::DiskBudget)(Error::Io { what: "read the free space of", path: work_dir.clone(), source })
     })?;
     let logical = manifest.stats.bytes;
     budget::check(logical, manifest.wal_segment_size, available).map_err(|needed| {
         let e = Error::DiskBudget { path: work_dir.clone(), backup: id.clone(), logical, needed, available };
-        (Step::DiskBudget, e.into())
+        at(Step::DiskBudget)(e)
     })?;
     check_abandon(abandon, Step::DiskBudget)?;
 
@@ -286,6 +287,15 @@ fn drive(
     // Whatever happened: stop the server, remove the directory.
     let stopped = ws.stop_server();
     let removed = ws.remove();
+    if outcome.is_err() {
+        // The first failure is the drill's error; these are logged for the operator to clean up.
+        if let Err(e) = &stopped {
+            tracing::error!(error = %e, "could not stop the drill's server");
+        }
+        if let Err(e) = &removed {
+            tracing::error!(error = %e, "could not remove the drill's directory");
+        }
+    }
     outcome?;
     stopped.map_err(at(Step::Stop))?;
     removed.map_err(at(Step::Cleanup))
@@ -354,7 +364,7 @@ fn in_workspace(
 
     // The server's settings and start.
     let port = server::free_port().map_err(|source| {
-        (Step::Start, Error::Io { what: "find a free port on", path: "127.0.0.1".into(), source }.into())
+        at(Step::Start)(Error::Io { what: "find a free port on", path: "127.0.0.1".into(), source })
     })?;
     configure(&root, &data, port, manifest.wal_segment_size).map_err(at(Step::Start))?;
     let mut srv = Server::new(bin, &data, &root, &root.join("server.log"), port);
@@ -460,7 +470,7 @@ fn wait_for_recovery(
                         replayed = Some(lsn);
                     }
                     if !in_recovery {
-                        return Ok(client.take().ok_or(Error::Abandoned)?);
+                        return client.take().ok_or(Error::Abandoned);
                     }
                 }
                 Err(e) => {

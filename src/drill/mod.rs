@@ -390,8 +390,13 @@ fn in_workspace(
         tracing::info!(major, "restore drill: pg_amcheck skipped (PostgreSQL 14 or later has it)");
         format!("skipped: PostgreSQL {major} has no pg_amcheck (14 or later)")
     } else {
-        amcheck(srv, drill, &root, abandon).map_err(at(Step::Amcheck))?;
-        "passed".to_owned()
+        let program = server::find_amcheck(srv.bin(), major).map_err(at(Step::Amcheck))?;
+        amcheck(&program, srv, drill, &root, abandon).map_err(at(Step::Amcheck))?;
+        if program.parent() == Some(srv.bin()) {
+            "passed".to_owned()
+        } else {
+            format!("passed ({})", program.display())
+        }
     });
     check_abandon(abandon, Step::Amcheck)?;
     report.smoke_result = smoke_query(&mut client, &drill.sql, abandon).map_err(at(Step::SmokeQuery))?;
@@ -536,9 +541,15 @@ pub fn replayed_segment(
     SegmentName::containing(tli, Lsn(replay_end.0.saturating_sub(1)), size)
 }
 
-/// `pg_amcheck --all --install-missing` over the drill's socket; polls `abandon`.
-fn amcheck(srv: &Server, drill: &crate::config::DrillConfig, root: &Path, abandon: &AtomicBool) -> Result<(), Error> {
-    let program = srv.bin().join("pg_amcheck");
+/// `program --all --install-missing` (pg_amcheck) over the drill's socket; polls `abandon`.
+fn amcheck(
+    program: &Path,
+    srv: &Server,
+    drill: &crate::config::DrillConfig,
+    root: &Path,
+    abandon: &AtomicBool,
+) -> Result<(), Error> {
+    let program = program.to_path_buf();
     let out_path = root.join("pg_amcheck.out");
     let io = |source| Error::Io { what: "write", path: out_path.clone(), source };
     let out = std::fs::File::create(&out_path).map_err(io)?;

@@ -56,8 +56,52 @@ pub fn find_binaries(configured: Option<&Path>, major: u32, backup: &str) -> Res
     Err(Error::NoServerBinaries { major, backup: backup.to_owned(), tried })
 }
 
-/// The major version in `postgres --version` output: `postgres (PostgreSQL) 15.14 (Debian 15.14-0+deb12u1)` → 15,
-/// `postgres (PostgreSQL) 18beta1` → 18.
+/// The `pg_amcheck` to check a server of `major` with: the one beside the server binaries in `bin`, else the
+/// newest of `/usr/lib/postgresql/<N>/bin` and `pg_config --bindir` whose major is `major` or later (PostgreSQL's
+/// client programs work with servers of their own and older majors; relocatable server packages may ship
+/// without it). Errors: [`Error::Program`] naming where it looked.
+pub fn find_amcheck(bin: &Path, major: u32) -> Result<PathBuf, Error> {
+    let own = bin.join("pg_amcheck");
+    if own.is_file() {
+        return Ok(own);
+    }
+    let mut dirs: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.path().join("bin"))
+        .collect();
+    if let Ok(out) = Command::new("pg_config").arg("--bindir").stdin(Stdio::null()).output()
+        && out.status.success()
+    {
+        dirs.push(PathBuf::from(String::from_utf8_lossy(&out.stdout).trim()));
+    }
+    let best = dirs
+        .iter()
+        .map(|d| d.join("pg_amcheck"))
+        .filter(|p| p.is_file())
+        .filter_map(|p| {
+            let out = Command::new(&p).arg("--version").stdin(Stdio::null()).output().ok()?;
+            let found = parse_server_major(&String::from_utf8_lossy(&out.stdout))?;
+            (found >= major).then_some((found, p))
+        })
+        .max_by_key(|(found, _)| *found);
+    match best {
+        Some((found, p)) => {
+            tracing::info!(pg_amcheck = %p.display(), found, major, "the server binaries have no pg_amcheck; using a newer one");
+            Ok(p)
+        }
+        None => Err(Error::Program {
+            program: own,
+            detail: format!(
+                "not found, nor a pg_amcheck of PostgreSQL {major} or later in /usr/lib/postgresql/*/bin or pg_config --bindir"
+            ),
+        }),
+    }
+}
+
+/// The major version in `--version` output of a PostgreSQL program: `postgres (PostgreSQL) 15.14 (Debian
+/// 15.14-0+deb12u1)` → 15, `pg_amcheck (PostgreSQL) 18beta1` → 18.
 pub fn parse_server_major(text: &str) -> Option<u32> {
     let rest = text.split_once("(PostgreSQL) ")?.1;
     let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();

@@ -360,3 +360,41 @@ fn issue_9_drill_disk_budget() {
     let state = drill_state(&src);
     assert_eq!(state["failed_total"], 1, "{state}");
 }
+
+/// A PostgreSQL 14 backup is drilled with 14's server: without `[drill] pg_bin_dir` (no /usr/lib/postgresql/14
+/// here) it is refused, naming what was looked at; with it, the drill passes (pg_amcheck from a newer major when
+/// the 14 binaries have none).
+#[test]
+fn issue_9_drill_uses_the_backups_major() {
+    if require_pg().is_none() {
+        return;
+    }
+    let Some(pg14) = crate::support::cluster::require_pg14() else { return };
+    let repo = FileRepo::new("i9-drill14");
+    let work_owner = PgDir::new("i9-drill14-work");
+    let work = work_owner.sub("drills");
+    let conf = format!("[drill]\nwork_dir = \"{}\"\n", work.display());
+    let src = Source::start_on(&pg14, "i9-drill14", &repo.url(), &conf, "archive_timeout_seconds = 120");
+    src.cluster.sql("create table t as select g from generate_series(1, 100) g");
+    src.backup_json("full");
+    src.cluster.switch_and_wait_archived(Duration::from_secs(120));
+
+    let (code, r, err) = drill(&src.config, &[]);
+    assert_eq!(code, Some(1), "{err}\n{r}");
+    assert!(err.contains("failed at step binaries: no PostgreSQL 14 server binaries"), "{err}");
+    assert!(err.contains("/usr/lib/postgresql/14/bin"), "{err}");
+    assert_eq!(r["pg_version_num"].as_u64().map(|v| v / 10_000), Some(14), "{r}");
+    assert_clean(&work, "a drill without 14's binaries");
+
+    let with_bin = with_replaced(
+        &src.config,
+        "[drill]\n",
+        &format!("[drill]\npg_bin_dir = \"{}\"\n", pg14.display()),
+        "pg14.toml",
+    );
+    let (code, r, err) = drill(&with_bin, &[]);
+    assert_eq!(code, Some(0), "{err}\n{r}");
+    assert_eq!(r["server_bin"], pg14.display().to_string(), "{r}");
+    assert!(r["amcheck"].as_str().is_some_and(|a| a.starts_with("passed")), "{r}");
+    assert_clean(&work, "a drill with 14's binaries");
+}

@@ -142,6 +142,16 @@ impl Error {
         })
     }
 
+    /// The drill was abandoned (the caller's flag, Ctrl-C, SIGTERM), not failed: the scheduler records such a run
+    /// as abandoned, and the drill state keeps the previous result.
+    pub fn is_abandoned(&self) -> bool {
+        match self {
+            Error::Abandoned => true,
+            Error::Failed { source, .. } => matches!(&**source, crate::Error::Drill(d) if d.is_abandoned()),
+            _ => false,
+        }
+    }
+
     /// The user the command should be run as instead, for a refusal to run as root.
     pub fn run_as(&self) -> Option<&str> {
         match self {

@@ -11,7 +11,8 @@
 //!   every tablespace mapped into the temporary directory: the copy never archives into the repository and never
 //!   touches the source's directories. The server listens on 127.0.0.1 and a Unix socket in the temporary
 //!   directory (mode 0700) only.
-//! - Every drill that gets past the root check is recorded, passed or failed, before `run` returns.
+//! - Every drill that gets past the root check is recorded, passed or failed, before `run` returns; an abandoned
+//!   one is not (it proved nothing either way, and the last result stands).
 //! - A drill refuses to start when the work directory's file system cannot hold the backup ([`budget`]).
 
 pub mod budget;
@@ -145,10 +146,10 @@ pub struct DrillReport {
 /// `spawn_blocking`); `rt` runs the storage calls. Polls `abandon` while it restores, waits and checks: once it is
 /// set, the drill stops the server, removes its directory and fails with [`Error::Abandoned`].
 ///
-/// Records the result in `<spool>/state/drill.json` (also on failure), then returns the report, or
-/// [`Error::Failed`] naming the step (with the report). Refuses to run as root ([`Error::RunAsRoot`], nothing
-/// recorded).
-#[tracing::instrument(skip_all, fields(backup = ?opts.backup_id.as_ref().map(ToString::to_string)))]
+/// Records the result in `<spool>/state/drill.json` (also on failure; not when abandoned, which proves nothing
+/// either way: see [`Error::is_abandoned`]), then returns the report, or [`Error::Failed`] naming the step (with
+/// the report). Refuses to run as root ([`Error::RunAsRoot`], nothing recorded).
+#[tracing::instrument(name = "drill", skip_all)]
 pub fn run(
     rt: &tokio::runtime::Runtime,
     config: &Config,
@@ -189,7 +190,9 @@ pub fn run(
             report.error = Some(failed.1.to_string());
         }
     }
-    let recorded = record(&StateDir::new(&config.spool.path), &report);
+    // An abandoned drill proved nothing either way: the last result stands.
+    let is_abandoned = outcome.as_ref().is_err_and(|f| matches!(&f.1, crate::Error::Drill(d) if d.is_abandoned()));
+    let recorded = if is_abandoned { Ok(()) } else { record(&StateDir::new(&config.spool.path), &report) };
     match outcome {
         Ok(()) => {
             recorded?;

@@ -160,3 +160,54 @@ impl Error {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn messages_name_the_numbers_and_abandonment_is_told_apart() {
+        let e = Error::DiskBudget {
+            path: "/srv/drill".into(),
+            backup: "20261126-100000F".into(),
+            logical: 40 << 20,
+            needed: (1 << 30) + (44 << 20),
+            available: 64 << 20,
+        };
+        assert_eq!(
+            e.to_string(),
+            "/srv/drill has 64 MiB free, the drill of backup 20261126-100000F needs 1068 MiB (its logical size, 40 MiB, plus a margin)"
+        );
+        assert!(!e.is_abandoned());
+        let report = DrillReport {
+            passed: false,
+            backup_id: Some("20261126-100000F".into()),
+            pg_version_num: None,
+            target: None,
+            started: jiff::Timestamp::UNIX_EPOCH,
+            finished: jiff::Timestamp::UNIX_EPOCH,
+            failed_step: Some(Step::Restore),
+            error: None,
+            rto_seconds: None,
+            restore_seconds: None,
+            wal_start: None,
+            wal_end: None,
+            replay_lsn: None,
+            bytes_restored: 0,
+            amcheck: None,
+            smoke_result: None,
+            server_bin: None,
+            work_dir: "/tmp".into(),
+        };
+        let failed =
+            Error::Failed { step: Step::Restore, report: Box::new(report), source: Box::new(Error::Abandoned.into()) };
+        assert_eq!(
+            failed.to_string(),
+            "restore drill of backup 20261126-100000F failed at step restore: abandoned before it finished"
+        );
+        assert!(failed.is_abandoned());
+        let root: crate::Error = Error::RunAsRoot { user: "postgres".into() }.into();
+        assert_eq!(root.run_as(), Some("postgres"));
+        assert!(root.is_usage());
+    }
+}

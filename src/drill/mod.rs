@@ -389,9 +389,9 @@ fn in_workspace(
 
     // Checks.
     let major = auto_conf::major(manifest.pg_version_num);
-    report.amcheck = Some(if major < 14 {
+    report.amcheck = Some(if let Some(note) = amcheck_skipped(major) {
         tracing::info!(major, "restore drill: pg_amcheck skipped (PostgreSQL 14 or later has it)");
-        format!("skipped: PostgreSQL {major} has no pg_amcheck (14 or later)")
+        note
     } else {
         let program = server::find_amcheck(srv.bin(), major).map_err(at(Step::Amcheck))?;
         amcheck(&program, srv, drill, &root, abandon).map_err(at(Step::Amcheck))?;
@@ -542,6 +542,11 @@ pub fn replayed_segment(
 ) -> SegmentName {
     let tli = history.and_then(|h| h.entries.last()).map_or(current, |e| e.parent);
     SegmentName::containing(tli, Lsn(replay_end.0.saturating_sub(1)), size)
+}
+
+/// Why pg_amcheck does not run on a server of `major`, if it does not: it came with PostgreSQL 14.
+pub fn amcheck_skipped(major: u32) -> Option<String> {
+    (major < 14).then(|| format!("skipped: PostgreSQL {major} has no pg_amcheck (14 or later)"))
 }
 
 /// `program --all --install-missing` (pg_amcheck) over the drill's socket; polls `abandon`.
@@ -758,6 +763,12 @@ mod tests {
         // A boundary belongs to the segment before (pg_walfile_name).
         assert_eq!(replayed_segment(Lsn(0x6000000), TimelineId(2), None, size).to_string(), "000000020000000000000005");
         assert_eq!(replayed_segment(Lsn(0), TimelineId(1), None, size).to_string(), "000000010000000000000000");
+    }
+
+    #[test]
+    fn amcheck_runs_from_14() {
+        assert_eq!(amcheck_skipped(13).as_deref(), Some("skipped: PostgreSQL 13 has no pg_amcheck (14 or later)"));
+        assert!([14, 15, 18].iter().all(|m| amcheck_skipped(*m).is_none()));
     }
 
     #[test]

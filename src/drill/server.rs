@@ -3,7 +3,8 @@
 //! stopping it.
 //!
 //! Invariants:
-//! - The server is our child, in its own process group (a Ctrl-C at the terminal reaches only us, and we stop it).
+//! - The server is our child, in its own process group (a Ctrl-C at the terminal reaches only us, and we stop it),
+//!   with SIGINT (fast shutdown) as its parent-death signal.
 //! - [`Server::stop`] leaves no server running on the directory: a fast shutdown (`pg_ctl stop -m fast`), then an
 //!   immediate one, then SIGKILL of the postmaster, each waited for.
 
@@ -195,22 +196,27 @@ impl Server {
         self.port
     }
 
-    /// Start `postgres -D data` with its output appended to the log, in its own process group.
+    /// Start `postgres -D data` with its output appended to the log, in its own process group. Should this
+    /// thread die without stopping it (backupctl killed by SIGKILL), the kernel sends the postmaster SIGINT, its
+    /// fast shutdown (`PR_SET_PDEATHSIG`): no server outlives the drill.
     pub fn start(&mut self) -> Result<(), Error> {
         use std::os::unix::process::CommandExt;
         let io = |what, source| Error::Io { what, path: self.log.clone(), source };
         let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log).map_err(|e| io("open", e))?;
         let log2 = log.try_clone().map_err(|e| io("open", e))?;
         let program = self.bin.join("postgres");
-        let child = Command::new(&program)
-            .arg("-D")
-            .arg(&self.data)
-            .stdin(Stdio::null())
-            .stdout(log)
-            .stderr(log2)
-            .process_group(0)
-            .spawn()
-            .map_err(|e| Error::Program { program, detail: e.to_string() })?;
+        let mut command = Command::new(&program);
+        command.arg("-D").arg(&self.data).stdin(Stdio::null()).stdout(log).stderr(log2).process_group(0);
+        // SAFETY: the closure only calls prctl, which is async-signal-safe, and allocates nothing.
+        unsafe {
+            command.pre_exec(|| {
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGINT) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let child = command.spawn().map_err(|e| Error::Program { program, detail: e.to_string() })?;
         self.child = Some(child);
         Ok(())
     }

@@ -83,6 +83,36 @@ fn with_replaced(cfg: &Path, from: &str, to: &str, name: &str) -> PathBuf {
     path
 }
 
+/// Start `backupctl drill` (as postgres, with a configuration whose smoke query sleeps) and wait until its server
+/// has started; returns the runuser child and backupctl's own pid.
+fn start_slow_drill(cfg: &Path, work: &Path) -> (std::process::Child, String) {
+    let child = as_postgres(&bin("backupctl"))
+        .arg("--config")
+        .arg(cfg)
+        .args(["drill", "--json-output"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn drill");
+    wait_for("the drill's server to start", Duration::from_secs(120), || {
+        leftovers(work).iter().any(|d| d.join("server.log").exists()).then_some(())
+    });
+    let me = bin("backupctl").display().to_string();
+    let name = cfg.file_name().expect("name").to_string_lossy().into_owned();
+    let pids: Vec<String> = std::fs::read_dir("/proc")
+        .expect("proc")
+        .flatten()
+        .filter(|e| {
+            let cmd = std::fs::read(e.path().join("cmdline")).unwrap_or_default();
+            let cmd = String::from_utf8_lossy(&cmd);
+            cmd.starts_with(&format!("{me}\0")) && cmd.contains(&name)
+        })
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(pids.len(), 1, "{pids:?}");
+    (child, pids[0].clone())
+}
+
 /// The repository through the library (both backends), to damage it as a disk would.
 struct Raw {
     rt: tokio::runtime::Runtime,
@@ -206,30 +236,8 @@ fn scenario(label: &str, url: &str, extra: &str, s3: &backupctl::config::S3Confi
         // as abandoned; the last result stands.
         let before = drill_state(&src);
         let slow = with_replaced(&src.config, "select count(*) from drill_check", "select pg_sleep(120)", "slow.toml");
-        let child = as_postgres(&bin("backupctl"))
-            .arg("--config")
-            .arg(&slow)
-            .args(["drill", "--json-output"])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn drill");
-        wait_for("the drill's server to start", Duration::from_secs(120), || {
-            leftovers(&work).iter().any(|d| d.join("server.log").exists()).then_some(())
-        });
-        let me = bin("backupctl").display().to_string();
-        let pids: Vec<String> = std::fs::read_dir("/proc")
-            .expect("proc")
-            .flatten()
-            .filter(|e| {
-                let cmd = std::fs::read(e.path().join("cmdline")).unwrap_or_default();
-                let cmd = String::from_utf8_lossy(&cmd);
-                cmd.starts_with(&format!("{me}\0")) && cmd.contains("slow.toml")
-            })
-            .map(|e| e.file_name().to_string_lossy().into_owned())
-            .collect();
-        assert_eq!(pids.len(), 1, "{pids:?}");
-        assert_ok("kill -INT", &Command::new("kill").args(["-INT", &pids[0]]).output().expect("kill"));
+        let (child, pid) = start_slow_drill(&slow, &work);
+        assert_ok("kill -INT", &Command::new("kill").args(["-INT", &pid]).output().expect("kill"));
         let started = std::time::Instant::now();
         let (code, r, err) = parse(&child.wait_with_output().expect("wait"));
         assert!(started.elapsed() < Duration::from_secs(60), "Ctrl-C took {:?}", started.elapsed());
@@ -238,6 +246,17 @@ fn scenario(label: &str, url: &str, extra: &str, s3: &backupctl::config::S3Confi
         assert_eq!(r["passed"], false, "{r}");
         assert_clean(&work, "a drill interrupted by Ctrl-C");
         assert_eq!(drill_state(&src), before, "an abandoned drill is not recorded");
+
+        // SIGKILL of backupctl: its server still stops (parent-death signal); only the directory is left.
+        let (child, pid) = start_slow_drill(&slow, &work);
+        assert_ok("kill -KILL", &Command::new("kill").args(["-KILL", &pid]).output().expect("kill"));
+        let _ = child.wait_with_output();
+        wait_for("the killed drill's server to stop", Duration::from_secs(60), || {
+            processes_mentioning(&work).is_empty().then_some(())
+        });
+        for dir in leftovers(&work) {
+            std::fs::remove_dir_all(&dir).expect("remove the killed drill's directory");
+        }
 
         // As root: refused before anything, with the command to run instead; nothing recorded.
         let before = drill_state(&src);

@@ -6,7 +6,8 @@
 //! Invariants:
 //! - Nothing is left behind, whatever happens: the server is stopped and the temporary directory removed on
 //!   success, on failure, when the caller's abandon flag is raised (Ctrl-C, the scheduler's shutdown), and on a
-//!   panic (drop guards). Only SIGKILL of this process can leave them.
+//!   panic (drop guards). A SIGKILL of this process leaves the directory, but the server still shuts down
+//!   (its parent-death signal).
 //! - The restore is pitr-restore's own library code ([`crate::restore::run`]), with `archive_mode = off` and
 //!   every tablespace mapped into the temporary directory: the copy never archives into the repository and never
 //!   touches the source's directories. The server listens on 127.0.0.1 and a Unix socket in the temporary

@@ -14,6 +14,9 @@ use crate::repository::backup::Manifest;
 use crate::repository::lease::{Held, LeaseKind};
 use crate::restore::{self, RestoreRequest, auto_conf};
 
+/// The steps inside the temporary directory `ws`: restore `manifest` (under a restore lease, raced against
+/// `abandon`), configure and start the server, wait for recovery, pg_amcheck, the smoke query; fills `report` as
+/// it goes. The caller stops the server and removes the directory afterwards, whatever this returns.
 #[allow(clippy::too_many_arguments)]
 pub(super) fn in_workspace(
     rt: &tokio::runtime::Runtime,

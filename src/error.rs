@@ -29,6 +29,9 @@ pub enum Error {
     /// A record of unattended running (`<spool>/state/`) could not be read or written.
     #[error(transparent)]
     State(#[from] crate::state::Error),
+    /// A restore drill refused to run or failed at a step (`backupctl drill`; the report is inside).
+    #[error(transparent)]
+    Drill(Box<crate::drill::Error>),
     /// A repository record is unreadable, from a newer format, or for another cluster.
     #[error(transparent)]
     Repository(#[from] crate::repository::store::Error),
@@ -278,6 +281,12 @@ impl From<crate::retention::gc::Error> for Error {
     }
 }
 
+impl From<crate::drill::Error> for Error {
+    fn from(e: crate::drill::Error) -> Self {
+        Error::Drill(Box::new(e))
+    }
+}
+
 impl From<crate::repository::lease::Error> for Error {
     fn from(e: crate::repository::lease::Error) -> Self {
         Error::Lease(Box::new(e))
@@ -296,6 +305,7 @@ impl Error {
                 | Error::Alert(crate::alert::Error::NotConfigured { .. })
                 | Error::Metrics(crate::metrics::Error::NoTextfileDir | crate::metrics::Error::Remote { .. })
         ) || self.owner_error().is_some()
+            || matches!(self, Error::Drill(d) if matches!(**d, crate::drill::Error::RunAsRoot { .. }))
             || matches!(
                 self,
                 Error::Storage(crate::storage::Error::InvalidUrl { .. } | crate::storage::Error::NoCredentials { .. })
@@ -316,7 +326,10 @@ impl Error {
     /// The user who should run the command instead, when the error is an ownership refusal naming one; `cli`
     /// prints `runuser -u USER -- <the same command>` for it.
     pub fn run_as(&self) -> Option<&str> {
-        self.owner_error().and_then(|e| e.run_as())
+        match self {
+            Error::Drill(d) => d.run_as(),
+            _ => self.owner_error().and_then(|e| e.run_as()),
+        }
     }
 
     /// Stdout is a pipe whose reader has gone (`backupctl status | head -1`): end quietly, exit status 0.
@@ -348,6 +361,7 @@ impl Error {
                 "move the damaged record aside (its history restarts; a restarted scheduler may then run the current slot again)"
             }
             Error::State(_) => "spool.path/state must be writable by the PostgreSQL OS user",
+            Error::Drill(d) => return d.hint(),
             Error::Repository(crate::repository::store::Error::WrongCluster { .. }) => {
                 "each cluster needs its own repository url; check repository.url in this cluster's configuration"
             }

@@ -258,6 +258,13 @@ pub struct DrillRecord {
     pub wal_start: Option<String>,
     /// Last WAL segment replayed.
     pub wal_end: Option<String>,
+    /// The step that failed (`backup`, `binaries`, `disk_budget`, `restore`, `start`, `recovery`, `amcheck`,
+    /// `smoke_query`, `stop`, `cleanup`; see `drill::Step`).
+    #[serde(default)]
+    pub failed_step: Option<String>,
+    /// `passed`, or why pg_amcheck was skipped (PostgreSQL 13 has none); None when the drill did not get there.
+    #[serde(default)]
+    pub amcheck: Option<String>,
 }
 
 #[cfg(test)]

@@ -201,7 +201,7 @@ pub fn run(config: Option<&Path>, args: &RestoreArgs) -> Result<(), Error> {
 /// quoted for /bin/sh, then every `%` in it doubled: PostgreSQL replaces `%f`, `%p`, `%r` and `%%` in
 /// restore_command before the shell runs it, and from 16 refuses any other `%` escape (src/common/percentrepl.c;
 /// BuildRestoreCommand in src/common/archive.c before 16).
-fn restore_command(config: &Path) -> OsString {
+pub fn restore_command(config: &Path) -> OsString {
     let wal_fetch = std::env::current_exe()
         .ok()
         .and_then(|exe| exe.parent().map(|d| d.join("wal-fetch")))

@@ -74,35 +74,7 @@ pub async fn run(
     progress: &dyn Progress,
 ) -> Result<RestoreReport, Error> {
     let started = Instant::now();
-    let manifests = match &request.backup_id {
-        // The one asked for: a damaged or hostile manifest is an error here.
-        Some(id) => match store::load_manifest(storage.as_ref(), id).await? {
-            Some(m) => vec![m],
-            None => {
-                let ids = store::backup_ids(storage.as_ref()).await?;
-                return Err(Error::NoBackup {
-                    backend: storage.to_string(),
-                    target: request.target.to_string(),
-                    reason: target::missing_backup(id, &ids),
-                });
-            }
-        },
-        None => {
-            let (good, bad) = store::manifests(storage.as_ref()).await?;
-            for (id, e) in bad {
-                tracing::warn!(backup = %id, error = %e, "skipping a backup whose manifest is unusable");
-            }
-            good
-        }
-    };
-    let history = match request.timeline {
-        TargetTimeline::Current => None,
-        TargetTimeline::Latest => Some(load_history(storage.as_ref(), latest_timeline(storage.as_ref()).await?).await?),
-        TargetTimeline::Id(n) => Some(load_history(storage.as_ref(), TimelineId(n)).await?),
-    };
-    let manifest = target::choose_backup(&manifests, &request.target, history.as_ref(), request.backup_id.as_ref())
-        .map_err(|reason| Error::NoBackup { backend: storage.to_string(), target: request.target.to_string(), reason })?
-        .clone();
+    let (manifest, history) = choose(storage.as_ref(), request).await?;
     tracing::debug!(backup = %manifest.id, stop_time = %manifest.stop_time, "restoring");
     // Checked and quoted before anything is written: a value PostgreSQL cannot hold is a usage error.
     let settings = RecoverySettings {
@@ -180,6 +152,48 @@ pub async fn run(
     stats.bytes_written = s.bytes_written + c.bytes_written;
     stats.objects = s.objects + c.objects;
     Ok(RestoreReport { backup: manifest, stats, duration_ms: started.elapsed().as_millis() as u64 })
+}
+
+/// The backup `request` restores (the one asked for, or the newest that reaches the target along the timeline
+/// recovery follows), with that timeline's history (`None` for `TargetTimeline::Current`). Reads manifests and
+/// history files only; writes nothing.
+///
+/// Errors: [`Error::NoBackup`] naming the ids that exist when the one asked for does not, or why no backup
+/// reaches the target; storage and manifest errors.
+pub async fn choose(
+    storage: &dyn Storage,
+    request: &RestoreRequest,
+) -> Result<(Manifest, Option<TimelineHistory>), Error> {
+    let manifests = match &request.backup_id {
+        // The one asked for: a damaged or hostile manifest is an error here.
+        Some(id) => match store::load_manifest(storage, id).await? {
+            Some(m) => vec![m],
+            None => {
+                let ids = store::backup_ids(storage).await?;
+                return Err(Error::NoBackup {
+                    backend: storage.to_string(),
+                    target: request.target.to_string(),
+                    reason: target::missing_backup(id, &ids),
+                });
+            }
+        },
+        None => {
+            let (good, bad) = store::manifests(storage).await?;
+            for (id, e) in bad {
+                tracing::warn!(backup = %id, error = %e, "skipping a backup whose manifest is unusable");
+            }
+            good
+        }
+    };
+    let history = match request.timeline {
+        TargetTimeline::Current => None,
+        TargetTimeline::Latest => Some(load_history(storage, latest_timeline(storage).await?).await?),
+        TargetTimeline::Id(n) => Some(load_history(storage, TimelineId(n)).await?),
+    };
+    let manifest = target::choose_backup(&manifests, &request.target, history.as_ref(), request.backup_id.as_ref())
+        .map_err(|reason| Error::NoBackup { backend: storage.to_string(), target: request.target.to_string(), reason })?
+        .clone();
+    Ok((manifest, history))
 }
 
 fn absolute(p: &std::path::Path) -> Result<PathBuf, Error> {

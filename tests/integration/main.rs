@@ -16,6 +16,7 @@ mod issue8_verify;
 mod issue9_alerts;
 mod issue9_metrics;
 mod issue9_schedule;
+mod issue9_drill;
 mod pitr;
 mod push;
 mod s3_archive;

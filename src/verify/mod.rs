@@ -74,7 +74,7 @@ impl Problem {
 pub struct BackupResult {
     /// The backup.
     pub id: String,
-    /// `ok` or `broken`.
+    /// `ok`, `broken`, or `deleted` (deleted by a prune or delete while verify ran; not a failure).
     pub status: &'static str,
     /// Data objects it references.
     pub objects: u64,
@@ -118,7 +118,7 @@ impl Report {
 
     /// Backups found broken.
     pub fn broken(&self) -> usize {
-        self.backups.iter().filter(|b| b.status != "ok").count()
+        self.backups.iter().filter(|b| b.status == "broken").count()
     }
 }
 
@@ -209,6 +209,11 @@ pub async fn run(storage: DynStorage, options: &Options) -> Result<Report, Error
     jobs.extend(wal_names.into_values().map(|n| Job::Wal(crate::repository::wal_key(&n), n)));
 
     let results = read::read_all(storage.clone(), jobs, options.parallel, size).await?;
+    // Backups deleted while verify read (a prune or delete running at the same time): objects and WAL only they
+    // needed may be gone by now, which is retention at work, not damage. A backup that still exists is judged
+    // on everything it references.
+    let (still, _) = store::manifests(storage.as_ref()).await?;
+    let deleted: BTreeSet<BackupId> = ids.iter().filter(|id| !still.iter().any(|m| &m.id == *id)).cloned().collect();
     let (mut bytes_read, mut wal_checked) = (0u64, 0u64);
     let mut broken: BTreeSet<BackupId> = BTreeSet::new();
     let mut damaged = Vec::new();
@@ -224,10 +229,17 @@ pub async fn run(storage: DynStorage, options: &Options) -> Result<Report, Error
             Outcome::Missing => ("missing", "absent from the repository".to_owned()),
             Outcome::Corrupt(why) => ("corrupt", why),
         };
-        let breaks: BTreeSet<BackupId> = match &job {
+        let mut breaks: BTreeSet<BackupId> = match &job {
             Job::Data(id, _) => users.get(id).cloned().unwrap_or_default(),
             Job::Wal(_, name) => wal_users.get(&name.to_string()).cloned().unwrap_or_default(),
         };
+        breaks.retain(|id| !deleted.contains(id));
+        if kind == "missing" && breaks.is_empty() {
+            // Listed (or referenced) when verify started, removed since, and needed by no backup that still
+            // exists: deleted by retention while verify ran.
+            tracing::info!(object = %job.key(), "removed while verify ran (by prune, delete or gc); no remaining backup needs it");
+            continue;
+        }
         broken.extend(breaks.iter().cloned());
         damaged.push(Problem {
             kind,
@@ -256,7 +268,13 @@ pub async fn run(storage: DynStorage, options: &Options) -> Result<Report, Error
         .filter(|(m, _)| selected_ids.contains(&m.id))
         .map(|(m, c)| BackupResult {
             id: m.id.to_string(),
-            status: if broken.contains(&m.id) { "broken" } else { "ok" },
+            status: if deleted.contains(&m.id) {
+                "deleted"
+            } else if broken.contains(&m.id) {
+                "broken"
+            } else {
+                "ok"
+            },
             objects: m.files.iter().flat_map(|f| &f.pieces).map(|p| p.object).collect::<BTreeSet<_>>().len() as u64,
             wal_segments: c.wal.needed.len() as u64,
             reaches: c.wal.reach.map(|r| r.to_string()),

@@ -168,7 +168,7 @@ fn issue_9_daemon_runs_real_jobs_and_stops_on_sigterm() {
     }
     for (backend, url, extra) in repos {
         let schedule = "[schedule]\ntime_zone = \"UTC\"\nincremental_backup = \"*/4 * * * * *\"\n\
-                        prune = \"*/5 * * * * *\"\nverify = \"*/6 * * * * *\"\ncheck = \"*/7 * * * * *\"\n\
+                        prune = \"*/5 * * * * *\"\nverify = \"*/6 * * * * *\"\ncheck = \"*/7 * * * * *\"\ndrill = \"*/20 * * * * *\"\n\
                         fast_checkpoint = true\ngrace_period = \"30s\"\n\n[retention]\nkeep_last = 2\n";
         let src = Source::start(&format!("i9-daemon-{backend}"), &url, &format!("{extra}\n{schedule}"));
         src.cluster.sql("create table t as select generate_series(1, 10000) id");
@@ -177,11 +177,12 @@ fn issue_9_daemon_runs_real_jobs_and_stops_on_sigterm() {
         let daemon = Daemon::start(&src.config, &dir, &[("WATCHDOG_USEC", "2000000")]);
         let done = daemon.wait("every job to succeed at least once", Duration::from_secs(120), || {
             let r = jobs(&src.config);
-            let all =
-                ["incremental_backup", "prune", "verify", "check"].iter().all(|j| count(&r, j, "succeeded_total") >= 1);
+            let all = ["incremental_backup", "prune", "verify", "check", "drill"]
+                .iter()
+                .all(|j| count(&r, j, "succeeded_total") >= 1);
             (all && count(&r, "incremental_backup", "succeeded_total") >= 3).then_some(r)
         });
-        for job in ["incremental_backup", "prune", "verify", "check"] {
+        for job in ["incremental_backup", "prune", "verify", "check", "drill"] {
             assert_eq!(count(&done, job, "failed_total"), 0, "{backend} {job}: {done}\n{}", daemon.log_text());
             assert_eq!(done["jobs"][job]["last_outcome"], "succeeded", "{backend} {job}: {done}");
         }
@@ -440,4 +441,44 @@ fn issue_9_daemon_health_alert_for_an_old_backup() {
     assert_eq!((body["status"].as_str(), body["condition"].as_str()), (Some("resolved"), Some("backup-age")), "{body}");
     let (code, log, _) = daemon.terminate(Duration::from_secs(30));
     assert_eq!(code, Some(0), "{log}");
+}
+
+/// A drill of a real backup passes and clears the `drill` condition; after a data object of the backup is
+/// overwritten (as a failing disk would), the drill fails naming the step, and one "drill" alert is sent.
+#[test]
+fn issue_9_drill_of_a_corrupted_repository_alerts() {
+    use crate::support::receivers::HttpReceiver;
+    if require_pg().is_none() {
+        return;
+    }
+    let http = HttpReceiver::start();
+    let file = FileRepo::new("i9-drill-alert");
+    let extra = format!("[alerts.webhook]\nurl = \"{}\"\nformat = \"generic\"\nallow_http = true\n", http.url("/hook"));
+    let src = Source::start("i9-drill-alert", &file.url(), &extra);
+    src.cluster.sql("create table t as select g id, md5(g::text) pad from generate_series(1, 50000) g");
+    src.backup_json("full");
+    let drill =
+        || as_postgres(&bin("backupctl")).arg("--config").arg(&src.config).arg("drill").output().expect("drill");
+    let ok = drill();
+    assert_eq!(ok.status.code(), Some(0), "{ok:?}");
+    assert!(http.requests().is_empty(), "a passing drill raises nothing");
+    // Damage the largest data object: bytes of the same length that are not it.
+    let victim = file.objects().into_iter().next().expect("a data object");
+    let mut bytes = std::fs::read(&victim).expect("read object");
+    let half = bytes.len() / 2;
+    for b in &mut bytes[half..] {
+        *b ^= 0x5a;
+    }
+    std::fs::write(&victim, bytes).expect("overwrite object");
+    let bad = drill();
+    let err = String::from_utf8_lossy(&bad.stderr);
+    assert_eq!(bad.status.code(), Some(1), "{err}");
+    assert!(err.contains("failed at step restore"), "{err}");
+    let hooks = http.wait_for(1, Duration::from_secs(30));
+    let body = hooks[0].json();
+    assert_eq!((body["status"].as_str(), body["condition"].as_str()), (Some("firing"), Some("drill")), "{body}");
+    let second = drill();
+    assert_eq!(second.status.code(), Some(1));
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(http.requests().len(), 1, "the same failure again sends nothing within repeat_interval");
 }

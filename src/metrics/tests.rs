@@ -48,6 +48,8 @@ fn local() -> Local {
             rto_seconds: Some(42.5),
             wal_start: None,
             wal_end: None,
+            failed_step: None,
+            amcheck: Some("passed".into()),
         }),
         last_success: Some(ts(NOW - 400)),
         passed_total: 3,

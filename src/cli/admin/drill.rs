@@ -107,6 +107,29 @@ fn print(r: &DrillReport, json: bool) -> Result<(), Error> {
     ))
 }
 
+/// The `drill` alert condition of a drill that ran: firing when a step failed, clear when it passed. None for a
+/// drill that was abandoned or refused before it started (a usage error proves nothing about the backups).
+fn drill_condition(result: &Result<crate::drill::DrillReport, Error>) -> Option<crate::alert::Condition> {
+    let key = crate::alert::DRILL.to_owned();
+    match result {
+        Ok(r) => Some(crate::alert::Condition {
+            key,
+            firing: false,
+            summary: format!("restore drill of backup {} passed", r.backup_id.as_deref().unwrap_or("?")),
+            detail: format!("RTO {:.1} s", r.rto_seconds.unwrap_or_default()),
+        }),
+        Err(Error::Drill(d)) if matches!(d.as_ref(), crate::drill::Error::Failed { .. }) && !d.is_abandoned() => {
+            Some(crate::alert::Condition {
+                key,
+                firing: true,
+                summary: "restore drill failed".to_owned(),
+                detail: d.to_string(),
+            })
+        }
+        Err(_) => None,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use clap::Parser;
@@ -133,28 +156,5 @@ mod tests {
         }
         assert!(Args::try_parse_from(["backupctl", "drill", "--to", "yesterday"]).is_err());
         assert!(Args::try_parse_from(["backupctl", "drill", "--json"]).is_ok());
-    }
-}
-
-/// The `drill` alert condition of a drill that ran: firing when a step failed, clear when it passed. None for a
-/// drill that was abandoned or refused before it started (a usage error proves nothing about the backups).
-fn drill_condition(result: &Result<crate::drill::DrillReport, Error>) -> Option<crate::alert::Condition> {
-    let key = crate::alert::DRILL.to_owned();
-    match result {
-        Ok(r) => Some(crate::alert::Condition {
-            key,
-            firing: false,
-            summary: format!("restore drill of backup {} passed", r.backup_id.as_deref().unwrap_or("?")),
-            detail: format!("RTO {:.1} s", r.rto_seconds.unwrap_or_default()),
-        }),
-        Err(Error::Drill(d)) if matches!(d.as_ref(), crate::drill::Error::Failed { .. }) && !d.is_abandoned() => {
-            Some(crate::alert::Condition {
-                key,
-                firing: true,
-                summary: "restore drill failed".to_owned(),
-                detail: d.to_string(),
-            })
-        }
-        Err(_) => None,
     }
 }

@@ -19,12 +19,45 @@ pub struct Faulty {
     calls: AtomicU32,
     fail_first: u32,
     latency: Duration,
+    before_get: std::sync::Mutex<Option<Hook>>,
+}
+
+/// An action run once, before the first `get` of a key under a prefix (another writer acting at that moment).
+struct Hook {
+    prefix: String,
+    action: Box<dyn FnOnce() + Send>,
+}
+
+impl fmt::Debug for Hook {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Hook").field("prefix", &self.prefix).finish_non_exhaustive()
+    }
 }
 
 impl Faulty {
     /// Fail the first `fail_first` calls (any operation) with [`Error::Transient`], then pass through.
     pub fn new(inner: DynStorage, fail_first: u32, latency: Duration) -> Self {
-        Self { inner, calls: AtomicU32::new(0), fail_first, latency }
+        Self { inner, calls: AtomicU32::new(0), fail_first, latency, before_get: std::sync::Mutex::new(None) }
+    }
+
+    /// Run `action` once, just before the first `get` (or ranged get) of a key starting with `prefix` goes to the
+    /// wrapped backend: a deterministic way to have another process change the repository in the middle of a
+    /// reader's work.
+    pub fn before_first_get(self, prefix: &str, action: impl FnOnce() + Send + 'static) -> Self {
+        if let Ok(mut slot) = self.before_get.lock() {
+            *slot = Some(Hook { prefix: prefix.to_owned(), action: Box::new(action) });
+        }
+        self
+    }
+
+    fn run_hook(&self, key: &Key) {
+        let hook = match self.before_get.lock() {
+            Ok(mut slot) if slot.as_ref().is_some_and(|h| key.as_str().starts_with(&h.prefix)) => slot.take(),
+            _ => None,
+        };
+        if let Some(h) = hook {
+            (h.action)();
+        }
     }
 
     /// How many calls were made so far.
@@ -58,10 +91,12 @@ impl Storage for Faulty {
     }
     async fn get(&self, key: &Key) -> Result<Bytes> {
         self.gate("get", key.as_str()).await?;
+        self.run_hook(key);
         self.inner.get(key).await
     }
     async fn get_range(&self, key: &Key, range: Range<u64>) -> Result<Bytes> {
         self.gate("get", key.as_str()).await?;
+        self.run_hook(key);
         self.inner.get_range(key, range).await
     }
     async fn head(&self, key: &Key) -> Result<ObjectMeta> {

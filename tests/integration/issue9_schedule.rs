@@ -482,3 +482,62 @@ fn issue_9_drill_of_a_corrupted_repository_alerts() {
     std::thread::sleep(Duration::from_millis(500));
     assert_eq!(http.requests().len(), 1, "the same failure again sends nothing within repeat_interval");
 }
+
+/// Found by the daemon test: a verify that overlaps a prune reported the objects and WAL of the backup prune
+/// was deleting as missing, so a scheduled verify failed (and alerted) on a healthy repository. Here another
+/// writer deletes a backup (its manifest, the objects only it used, its WAL) at the moment verify starts reading:
+/// verify passes and lists that backup as deleted (before the fix: "missing", backup broken, exit 1).
+#[test]
+fn issue_9_verify_ignores_what_a_concurrent_prune_deleted() {
+    use backupctl::storage::testing::Faulty;
+    if require_pg().is_none() {
+        return;
+    }
+    let file = FileRepo::new("i9-verify-race");
+    let src = Source::start("i9-verify-race", &file.url(), "");
+    src.cluster.sql("create table t as select g id, md5(g::text) pad from generate_series(1, 100000) g");
+    let b1 = src.backup_json("full")["id"].as_str().expect("id").to_owned();
+    src.cluster.sql("update t set pad = md5(pad)");
+    src.cluster.sql("checkpoint");
+    let b2 = src.backup_json("full")["id"].as_str().expect("id").to_owned();
+    let root = PathBuf::from(file.url().trim_start_matches("file://"));
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("runtime");
+    let s3 = backupctl::config::S3Config::default();
+    let open = || rt.block_on(backupctl::storage::open(&file.url(), &s3, Duration::from_secs(10))).expect("open");
+    let storage = open();
+    let manifest = |id: &str| {
+        let id = id.parse().expect("id");
+        rt.block_on(backupctl::repository::store::load_manifest(storage.as_ref(), &id)).expect("load").expect("exists")
+    };
+    let (m1, m2) = (manifest(&b1), manifest(&b2));
+    let objects = |m: &backupctl::repository::backup::Manifest| -> std::collections::BTreeSet<String> {
+        m.files.iter().flat_map(|f| &f.pieces).map(|p| p.object.key().to_string()).collect()
+    };
+    let only_b1: Vec<PathBuf> = objects(&m1).difference(&objects(&m2)).map(|k| root.join(k)).collect();
+    assert!(!only_b1.is_empty(), "the update left objects only the first backup uses");
+    let manifest_path = root.join(m1.id.manifest_key().as_str());
+    assert!(manifest_path.exists(), "{}", manifest_path.display());
+    let options = || backupctl::verify::Options {
+        backup_id: None,
+        wal: false,
+        parallel: 2,
+        clock: backupctl::verify::coverage::Clock {
+            now: std::time::SystemTime::now(),
+            pending_within: Duration::from_secs(300),
+            expired_before: None,
+        },
+    };
+
+    // Retention: the manifest goes first, then what only it needed.
+    let (gone, gone_manifest) = (only_b1.clone(), manifest_path.clone());
+    let faulty = Faulty::new(open(), 0, Duration::ZERO).before_first_get("data/", move || {
+        std::fs::remove_file(&gone_manifest).expect("remove manifest");
+        for p in &gone {
+            std::fs::remove_file(p).expect("remove object");
+        }
+    });
+    let report = rt.block_on(backupctl::verify::run(std::sync::Arc::new(faulty), &options())).expect("verify");
+    let status = |id: &str| report.backups.iter().find(|b| b.id == id).map(|b| b.status);
+    assert!(report.ok, "{report:?}");
+    assert_eq!((status(&b1), status(&b2)), (Some("deleted"), Some("ok")), "{report:?}");
+}

@@ -179,26 +179,9 @@ mod tests {
             "/srv/drill has 64 MiB free, the drill of backup 20261126-100000F needs 1068 MiB (its logical size, 40 MiB, plus a margin)"
         );
         assert!(!e.is_abandoned());
-        let report = DrillReport {
-            passed: false,
-            backup_id: Some("20261126-100000F".into()),
-            pg_version_num: None,
-            target: None,
-            started: jiff::Timestamp::UNIX_EPOCH,
-            finished: jiff::Timestamp::UNIX_EPOCH,
-            failed_step: Some(Step::Restore),
-            error: None,
-            rto_seconds: None,
-            restore_seconds: None,
-            wal_start: None,
-            wal_end: None,
-            replay_lsn: None,
-            bytes_restored: 0,
-            amcheck: None,
-            smoke_result: None,
-            server_bin: None,
-            work_dir: "/tmp".into(),
-        };
+        let mut report =
+            DrillReport::begun(jiff::Timestamp::UNIX_EPOCH, Some("20261126-100000F".into()), None, "/tmp".into());
+        report.failed_step = Some(Step::Restore);
         let failed =
             Error::Failed { step: Step::Restore, report: Box::new(report), source: Box::new(Error::Abandoned.into()) };
         assert_eq!(

@@ -143,6 +143,37 @@ pub struct DrillReport {
     pub work_dir: String,
 }
 
+impl DrillReport {
+    /// The report of a drill that starts at `started`: nothing passed, measured or found yet.
+    pub(crate) fn begun(
+        started: jiff::Timestamp,
+        backup_id: Option<String>,
+        target: Option<String>,
+        work_dir: String,
+    ) -> Self {
+        Self {
+            passed: false,
+            backup_id,
+            pg_version_num: None,
+            target,
+            started,
+            finished: started,
+            failed_step: None,
+            error: None,
+            rto_seconds: None,
+            restore_seconds: None,
+            wal_start: None,
+            wal_end: None,
+            replay_lsn: None,
+            bytes_restored: 0,
+            amcheck: None,
+            smoke_result: None,
+            server_bin: None,
+            work_dir,
+        }
+    }
+}
+
 /// Run a drill as `config` and `opts` say. Blocks (call it outside the runtime's worker threads, e.g. in
 /// `spawn_blocking`); `rt` runs the storage calls. Polls `abandon` while it restores, waits and checks: once it is
 /// set, the drill stops the server, removes its directory and fails with [`Error::Abandoned`].
@@ -160,27 +191,12 @@ pub fn run(
     if nix::unistd::geteuid().is_root() {
         return Err(Error::RunAsRoot { user: owner_of(&config.spool.path) }.into());
     }
-    let started = jiff::Timestamp::now();
-    let mut report = DrillReport {
-        passed: false,
-        backup_id: opts.backup_id.as_ref().map(ToString::to_string),
-        pg_version_num: None,
-        target: opts.to.map(restore::target::pg_timestamp),
-        started,
-        finished: started,
-        failed_step: None,
-        error: None,
-        rto_seconds: None,
-        restore_seconds: None,
-        wal_start: None,
-        wal_end: None,
-        replay_lsn: None,
-        bytes_restored: 0,
-        amcheck: None,
-        smoke_result: None,
-        server_bin: None,
-        work_dir: config.drill.work_dir().display().to_string(),
-    };
+    let mut report = DrillReport::begun(
+        jiff::Timestamp::now(),
+        opts.backup_id.as_ref().map(ToString::to_string),
+        opts.to.map(restore::target::pg_timestamp),
+        config.drill.work_dir().display().to_string(),
+    );
     tracing::info!(work_dir = %report.work_dir, "restore drill starting");
     let outcome = drive(rt, config, opts, abandon, &mut report);
     report.finished = jiff::Timestamp::now();

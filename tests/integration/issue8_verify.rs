@@ -8,10 +8,11 @@ use std::process::{Command, Output};
 use std::time::Duration;
 
 use backupctl::repository::backup::{Manifest, ObjectId};
-use backupctl::storage::{DynStorage, Key, PutMode};
+use backupctl::storage::Key;
 
 use crate::pitr::{FileRepo, Source};
 use crate::support::cluster::{assert_ok, bin, require_pg, wait_for};
+use crate::support::raw::Raw;
 
 /// `[backup]` lines: a short pending window (archive_timeout_seconds + retry_deadline_seconds = 16 s), so that a
 /// gap becomes "lost" within the test.
@@ -51,36 +52,6 @@ fn ids(v: &serde_json::Value) -> Vec<String> {
 fn backup_status<'a>(report: &'a serde_json::Value, id: &str) -> &'a str {
     let list = report["backups"].as_array().expect("backups");
     list.iter().find(|b| b["id"] == id).and_then(|b| b["status"].as_str()).unwrap_or("absent")
-}
-
-/// The repository through the library (both backends), to damage and repair it as a disk or a person would.
-struct Raw {
-    rt: tokio::runtime::Runtime,
-    storage: DynStorage,
-}
-
-impl Raw {
-    fn open(url: &str, s3: &backupctl::config::S3Config) -> Self {
-        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
-        let storage = rt.block_on(backupctl::storage::open(url, s3, Duration::from_secs(30))).expect("open");
-        Self { rt, storage }
-    }
-    fn manifests(&self) -> Vec<Manifest> {
-        let (good, bad) = self.rt.block_on(backupctl::repository::store::manifests(self.storage.as_ref())).expect("m");
-        assert!(bad.is_empty());
-        good
-    }
-    fn get(&self, key: &Key) -> bytes::Bytes {
-        self.rt.block_on(self.storage.get(key)).unwrap_or_else(|e| panic!("get {key}: {e}"))
-    }
-    fn put(&self, key: &Key, body: bytes::Bytes) {
-        self.rt.block_on(self.storage.put(key, body, PutMode::Overwrite)).unwrap_or_else(|e| panic!("put {key}: {e}"));
-    }
-    fn delete(&self, key: &Key) -> bytes::Bytes {
-        let body = self.get(key);
-        self.rt.block_on(self.storage.delete(key)).unwrap_or_else(|e| panic!("delete {key}: {e}"));
-        body
-    }
 }
 
 fn objects(m: &Manifest) -> BTreeSet<ObjectId> {

@@ -6,11 +6,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
-use backupctl::repository::backup::Manifest;
-use backupctl::storage::{DynStorage, Key, PutMode};
 
 use crate::pitr::{FileRepo, Source, s3_repo};
 use crate::support::cluster::{PgDir, as_postgres, assert_ok, bin, chown_postgres, require_pg, wait_for};
+use crate::support::raw::Raw;
 
 /// Rows the smoke query counts: in the backup, after it, and after the `--to` time.
 const IN_BACKUP: u32 = 1000;
@@ -111,38 +110,6 @@ fn start_slow_drill(cfg: &Path, work: &Path) -> (std::process::Child, String) {
         .collect();
     assert_eq!(pids.len(), 1, "{pids:?}");
     (child, pids[0].clone())
-}
-
-/// The repository through the library (both backends), to damage it as a disk would.
-struct Raw {
-    rt: tokio::runtime::Runtime,
-    storage: DynStorage,
-}
-
-impl Raw {
-    fn open(url: &str, s3: &backupctl::config::S3Config) -> Self {
-        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
-        let storage = rt.block_on(backupctl::storage::open(url, s3, Duration::from_secs(30))).expect("open");
-        Self { rt, storage }
-    }
-
-    fn manifest(&self, id: &str) -> Manifest {
-        let id = id.parse().expect("id");
-        let m = self.rt.block_on(backupctl::repository::store::load_manifest(self.storage.as_ref(), &id));
-        m.expect("load manifest").expect("manifest exists")
-    }
-
-    /// Overwrite the object at `key` with bytes of the same length that are not it.
-    fn corrupt(&self, key: &Key) {
-        let body = self.rt.block_on(self.storage.get(key)).unwrap_or_else(|e| panic!("get {key}: {e}"));
-        let mut bad = body.to_vec();
-        let half = bad.len() / 2;
-        for b in &mut bad[half..] {
-            *b ^= 0x5a;
-        }
-        let put = self.storage.put(key, bytes::Bytes::from(bad), PutMode::Overwrite);
-        self.rt.block_on(put).unwrap_or_else(|e| panic!("put {key}: {e}"));
-    }
 }
 
 /// The scenario on one repository.

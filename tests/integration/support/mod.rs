@@ -1,6 +1,7 @@
 //! Shared test support: real services on loopback, and the rule for missing prerequisites.
 
 pub mod cluster;
+pub mod raw;
 pub mod receivers;
 pub mod s3;
 pub mod wal;

@@ -89,6 +89,9 @@ impl Daemon {
     async fn main_loop(self) -> Result<(), Error> {
         let mut sigterm = signal(SignalKind::terminate()).map_err(|e| Error::Task(format!("SIGTERM handler: {e}")))?;
         let mut sigint = signal(SignalKind::interrupt()).map_err(|e| Error::Task(format!("SIGINT handler: {e}")))?;
+        // SIGHUP would end the process by default (abandoning running jobs at once): the configuration is read at
+        // start only, so say that and go on.
+        let mut sighup = signal(SignalKind::hangup()).map_err(|e| Error::Task(format!("SIGHUP handler: {e}")))?;
         let (tx, mut rx) = mpsc::channel::<Finished>(16);
         let mut running: BTreeMap<&'static str, Running> = BTreeMap::new();
 
@@ -147,6 +150,7 @@ impl Daemon {
                 _ = watchdog_tick.tick(), if watchdog.is_some() => notify(&[sd_notify::NotifyState::Watchdog]),
                 _ = sigterm.recv() => { tracing::info!("SIGTERM: stopping"); break; }
                 _ = sigint.recv() => { tracing::info!("SIGINT: stopping"); break; }
+                _ = sighup.recv() => tracing::warn!("SIGHUP ignored: the configuration is read at start; restart the daemon to apply changes"),
             }
         }
         self.shutdown(running, rx, watchdog).await;

@@ -6,7 +6,6 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
-
 use crate::pitr::{FileRepo, Source, s3_repo};
 use crate::support::cluster::{PgDir, as_postgres, assert_ok, bin, chown_postgres, require_pg, wait_for};
 use crate::support::raw::Raw;

@@ -541,3 +541,47 @@ fn issue_9_verify_ignores_what_a_concurrent_prune_deleted() {
     assert!(report.ok, "{report:?}");
     assert_eq!((status(&b1), status(&b2)), (Some("deleted"), Some("ok")), "{report:?}");
 }
+
+/// A backup slot that finds another base backup running (one started by hand holds the backup lock) is reported
+/// and counted as missed, not failed, not alerted and not retried until its next slot; SIGHUP does not stop the
+/// daemon.
+#[test]
+fn issue_9_backup_slot_with_another_backup_running_is_missed_not_failed() {
+    use std::os::fd::AsRawFd;
+    if require_pg().is_none() {
+        return;
+    }
+    let file = FileRepo::new("i9-locked");
+    let src = Source::start(
+        "i9-locked",
+        &file.url(),
+        "[schedule]\ntime_zone = \"UTC\"\nincremental_backup = \"*/2 * * * * *\"\n",
+    );
+    src.backup_json("full");
+    // Hold base-backup's lock as a running backup would.
+    let lock_path = src.config.parent().expect("cfg dir").join("spool/backup.lock");
+    let lock = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&lock_path)
+        .expect("open lock");
+    assert_eq!(unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) }, 0, "take the lock");
+    let dir = src.config.parent().expect("cfg dir").to_path_buf();
+    let daemon = Daemon::start(&src.config, &dir, &[]);
+    let r = daemon.wait("two slots skipped on the lock", Duration::from_secs(30), || {
+        let r = jobs(&src.config);
+        (count(&r, "incremental_backup", "missed_total") >= 2).then_some(r)
+    });
+    assert_eq!(count(&r, "incremental_backup", "failed_total"), 0, "{r}");
+    assert!(daemon.log_text().contains("another base-backup of this repository is running"), "{}", daemon.log_text());
+    assert_eq!(unsafe { libc::kill(daemon.pid, libc::SIGHUP) }, 0);
+    drop(lock);
+    daemon.wait("a backup once the lock is free", Duration::from_secs(30), || {
+        (count(&jobs(&src.config), "incremental_backup", "succeeded_total") >= 1).then_some(())
+    });
+    assert!(daemon.log_text().contains("SIGHUP ignored"), "{}", daemon.log_text());
+    let (code, log, _) = daemon.terminate(Duration::from_secs(30));
+    assert_eq!(code, Some(0), "{log}");
+}

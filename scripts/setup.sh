@@ -9,6 +9,9 @@ command -v psql >/dev/null 2>&1 || need_apt+=(postgresql-client)
 command -v runuser >/dev/null 2>&1 || need_apt+=(util-linux)
 command -v python3 >/dev/null 2>&1 || need_apt+=(python3)
 python3 -m pip --version >/dev/null 2>&1 || need_apt+=(python3-pip)
+# promtool checks the metrics format and packaging/prometheus-alerts.yml; systemd-analyze verifies the unit files.
+command -v promtool >/dev/null 2>&1 || need_apt+=(prometheus)
+command -v systemd-analyze >/dev/null 2>&1 || need_apt+=(systemd)
 if [ "${#need_apt[@]}" -gt 0 ]; then
     echo "setup: apt-get install ${need_apt[*]}"
     apt-get update -qq

@@ -352,8 +352,13 @@ impl Daemon {
             tokio::select! {
                 Some(done) = rx.recv() => {
                     running.remove(done.job.lane());
-                    tracing::warn!(job = done.job.name(), "job returned after the grace period: {}", match &done.result { Ok(s) => s.as_str(), Err(e) => e.as_str() });
-                    self.abandoned(done.job, done.started);
+                    if done.result.is_ok() {
+                        // It finished in the moment between the grace period's end and now: a real success.
+                        self.finished(done);
+                    } else {
+                        tracing::warn!(job = done.job.name(), "job stopped after the grace period");
+                        self.abandoned(done.job, done.started);
+                    }
                 }
                 _ = tokio::time::sleep_until(cleanup) => break,
             }

@@ -257,19 +257,46 @@ impl Config {
 
     /// Read, interpolate from the process environment, parse and validate a file.
     pub fn load(path: &Path) -> Result<Self, Error> {
+        Self::load_without(path, &[])
+    }
+
+    /// [`Config::load`] for a program that never reads the top-level sections named in `unused` (see
+    /// [`NOT_READ_BY_WAL_COMMANDS`]): an unset `${VAR}` in them is no error (it reads as `""`), and they are reset
+    /// to their defaults before validation. Their secrets (an SMTP password set only in the scheduler's
+    /// environment) then need not be in this program's environment (PostgreSQL's, for wal-push).
+    pub fn load_without(path: &Path, unused: &[&str]) -> Result<Self, Error> {
         let text = std::fs::read_to_string(path).map_err(|source| Error::Read { path: path.to_path_buf(), source })?;
         let env: BTreeMap<String, String> = std::env::vars().collect();
-        Self::parse(path, &text, &|name| env.get(name).cloned())
+        Self::parse_without(path, &text, &|name| env.get(name).cloned(), unused)
     }
 
     /// Interpolate, parse and validate text; `lookup` resolves environment variables.
     pub fn parse(path: &Path, text: &str, lookup: &dyn Fn(&str) -> Option<String>) -> Result<Self, Error> {
-        let text = interpolate(path, text, lookup)?;
-        let config: Config = messages::from_str(&text).map_err(|(mut problems, rest)| {
+        Self::parse_without(path, text, lookup, &[])
+    }
+
+    /// [`Config::parse`], ignoring the sections in `unused` as [`Config::load_without`] does.
+    pub fn parse_without(
+        path: &Path,
+        text: &str,
+        lookup: &dyn Fn(&str) -> Option<String>,
+        unused: &[&str],
+    ) -> Result<Self, Error> {
+        let text = interpolate(path, text, lookup, unused)?;
+        let mut config: Config = messages::from_str(&text).map_err(|(mut problems, rest)| {
             // The values that did parse are checked too: every problem at once.
             problems.extend(rest.map(|c: Config| c.problems()).unwrap_or_default());
             Error::Parse { path: path.to_path_buf(), problems }
         })?;
+        for section in unused {
+            match *section {
+                "postgres" => config.postgres = None,
+                "schedule" => config.schedule = ScheduleConfig::default(),
+                "drill" => config.drill = DrillConfig::default(),
+                "alerts" => config.alerts = AlertsConfig::default(),
+                _ => {}
+            }
+        }
         config.validate(path)?;
         Ok(config)
     }
@@ -361,8 +388,30 @@ impl Config {
 }
 
 /// Replace `${VAR}` and `${VAR:default}`; `$$` stays a literal `$`. Comments are interpolated too.
-fn interpolate(path: &Path, text: &str, lookup: &dyn Fn(&str) -> Option<String>) -> Result<String, Error> {
+/// The top-level sections wal-push and wal-fetch never read (they run in PostgreSQL's environment, which need
+/// not hold the scheduler's or base-backup's secrets): see [`Config::load_without`].
+pub const NOT_READ_BY_WAL_COMMANDS: &[&str] = &["postgres", "schedule", "drill", "alerts"];
+
+/// The top-level table a header line opens (`[alerts.email]` -> `alerts`), or None if `line` is no header.
+fn header_section(line: &str) -> Option<&str> {
+    let t = line.trim();
+    let t = t.split_once('#').map_or(t, |(head, _)| head.trim_end());
+    let inner = t.strip_prefix('[')?.strip_suffix(']')?;
+    let inner = inner.strip_prefix('[').and_then(|i| i.strip_suffix(']')).unwrap_or(inner).trim();
+    let ok =
+        !inner.is_empty() && inner.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.' | '"'));
+    ok.then(|| inner.split('.').next().unwrap_or(inner).trim_matches('"'))
+}
+
+fn interpolate(
+    path: &Path,
+    text: &str,
+    lookup: &dyn Fn(&str) -> Option<String>,
+    unused: &[&str],
+) -> Result<String, Error> {
     let mut out = String::with_capacity(text.len());
+    // The top-level table the current line belongs to (None before the first header).
+    let mut section: Option<&str> = None;
     for (n, line) in text.split_inclusive('\n').enumerate() {
         let lineno = n + 1;
         // A comment line needs no interpolation; leave it alone so that examples in comments do not fail.
@@ -370,6 +419,12 @@ fn interpolate(path: &Path, text: &str, lookup: &dyn Fn(&str) -> Option<String>)
             out.push_str(line);
             continue;
         }
+        if let Some(name) = header_section(line) {
+            section = Some(name);
+        }
+        // A dotted key at the top level (`alerts.email.password = ...`) belongs to its first part's table.
+        let owner = section.or_else(|| line.trim_start().split(['.', '=']).next().map(str::trim));
+        let ignored = owner.is_some_and(|o| unused.contains(&o));
         let mut rest = line;
         while let Some(pos) = rest.find('$') {
             out.push_str(&rest[..pos]);
@@ -403,6 +458,8 @@ fn interpolate(path: &Path, text: &str, lookup: &dyn Fn(&str) -> Option<String>)
                 match (lookup(name), default) {
                     (Some(v), _) => out.push_str(&v),
                     (None, Some(d)) => out.push_str(d),
+                    // A section this program resets to its defaults: the value is never used.
+                    (None, None) if ignored => {}
                     (None, None) => {
                         return Err(Error::UnsetVariable {
                             path: path.to_path_buf(),
@@ -433,6 +490,32 @@ mod tests {
             _ => None,
         };
         Config::parse(Path::new("/etc/b.toml"), text, &env)
+    }
+
+    /// wal-push and wal-fetch run in PostgreSQL's environment, which need not hold the scheduler's secrets: an
+    /// unset `${VAR}` in a section they never read is no error for them (and the section is left at its
+    /// defaults); everyone else, and every other section, still refuses it.
+    #[test]
+    fn issue_9_wal_commands_ignore_unset_variables_of_sections_they_do_not_read() {
+        let text = format!(
+            "{MINIMAL}[postgres]\npassword = \"${{PGPW}}\"\n[alerts.email] # the daemon's\nhost = \"smtp.example.com\"\n\
+             user = \"u\"\npassword = \"${{SMTP}}\"\nfrom = \"a@b.c\"\nto = [\"d@e.f\"]\n\
+             [alerts.webhook]\nurl = \"${{HOOK}}\"\nheaders = {{ Authorization = \"Bearer ${{TOKEN}}\" }}\n\
+             [drill]\nsql = \"${{SQL}}\"\n[archive]\npush_ahead = 4\n"
+        );
+        let env = |_: &str| None;
+        let path = Path::new("/etc/b.toml");
+        let err = Config::parse(path, &text, &env).expect_err("unset");
+        assert!(err.to_string().contains("PGPW is not set"), "{err}");
+        let c = Config::parse_without(path, &text, &env, NOT_READ_BY_WAL_COMMANDS).expect("wal-push loads it");
+        assert!(c.postgres.is_none() && c.alerts == AlertsConfig::default() && c.drill == DrillConfig::default());
+        assert_eq!(c.archive.push_ahead, 4, "the sections it reads are read");
+        let used = text.replace("[drill]", "[drill]\n[metrics]\ntextfile_dir = \"${TEXTFILE}\"");
+        let err = Config::parse_without(path, &used, &env, NOT_READ_BY_WAL_COMMANDS).expect_err("used section");
+        assert!(err.to_string().contains("TEXTFILE is not set"), "{err}");
+        assert_eq!(header_section("[[alerts.email]] # x"), Some("alerts"));
+        assert_eq!(header_section("  [\"alerts\".webhook]"), Some("alerts"));
+        assert_eq!(header_section("[1, 2],"), None);
     }
 
     const MINIMAL: &str =

@@ -12,14 +12,15 @@ use crate::support::receivers::SmtpReceiver;
 /// A daemon started as postgres: the runuser process, the daemon's own pid and its log file.
 struct Daemon {
     child: Child,
-    pid: i32,
+    /// None if it exited before its pid could be read (a daemon that refused to start).
+    pid: Option<i32>,
     log: PathBuf,
 }
 
 impl Daemon {
     fn start(config: &Path, log: PathBuf) -> Self {
         let file = std::fs::File::create(&log).expect("log file");
-        let child = as_postgres(&bin("backupctl"))
+        let mut child = as_postgres(&bin("backupctl"))
             .arg("--config")
             .arg(config)
             .args(["schedule", "--daemon"])
@@ -29,8 +30,11 @@ impl Daemon {
             .expect("start the daemon");
         let runuser = child.id();
         let pid = wait_for("the daemon's pid", Duration::from_secs(10), || {
-            let children = std::fs::read_to_string(format!("/proc/{runuser}/task/{runuser}/children")).ok()?;
-            children.split_whitespace().next()?.parse::<i32>().ok()
+            let children = std::fs::read_to_string(format!("/proc/{runuser}/task/{runuser}/children")).ok();
+            match children.and_then(|c| c.split_whitespace().next()?.parse::<i32>().ok()) {
+                Some(pid) => Some(Some(pid)),
+                None => child.try_wait().expect("wait").map(|_| None),
+            }
         });
         Self { child, pid, log }
     }
@@ -67,13 +71,16 @@ impl Daemon {
     }
 
     fn signal(&self, sig: i32) {
-        assert_eq!(unsafe { libc::kill(self.pid, sig) }, 0, "kill -{sig} {}", self.pid);
+        let pid = self.pid.expect("the daemon is running");
+        assert_eq!(unsafe { libc::kill(pid, sig) }, 0, "kill -{sig} {pid}");
     }
 }
 
 impl Drop for Daemon {
     fn drop(&mut self) {
-        unsafe { libc::kill(self.pid, libc::SIGKILL) };
+        if let Some(pid) = self.pid {
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
@@ -105,7 +112,8 @@ fn issue_9_second_daemon_on_one_spool_refuses_to_start() {
     let log = second.log_text();
     assert_eq!(status.and_then(|s| s.code()), Some(1), "the second daemon did not refuse to start:\n{log}");
     assert!(
-        log.contains("another scheduler daemon is running on spool") && log.contains(&format!("pid={}", first.pid)),
+        log.contains("another scheduler daemon is running on spool")
+            && log.contains(&format!("pid={}", first.pid.expect("first pid"))),
         "{log}"
     );
     // The first one is untouched; once it has stopped, a new one starts.
@@ -152,4 +160,63 @@ fn issue_9_alert_email_has_a_message_id() {
     let messages = smtp.wait_for(1, Duration::from_secs(30));
     let id = messages[0]["headers"]["Message-ID"].as_str().unwrap_or_default();
     assert!(id.starts_with('<') && id.ends_with('>') && id.contains('@'), "Message-ID {id:?} in {}", messages[0]);
+}
+
+/// The daemon's secrets (`${VAR}` in `[alerts.*]`, set only in the scheduler's EnvironmentFile as
+/// docs/operations.md says) are not in PostgreSQL's environment: wal-push must archive anyway, and wal-fetch
+/// fetch, while backupctl still refuses the unset variable.
+fn wal_commands_ignore_the_daemons_secrets(url: &str, extra: &str, label: &str) {
+    let secrets = "[alerts.webhook]\nurl = \"${BKCTL_TRIAL_UNSET_HOOK}\"\n\
+                   headers = { Authorization = \"Bearer ${BKCTL_TRIAL_UNSET_TOKEN}\" }\n\n\
+                   [alerts.email]\nhost = \"smtp.example.com\"\nuser = \"u\"\npassword = \"${BKCTL_TRIAL_UNSET_SMTP}\"\n\
+                   from = \"a@example.com\"\nto = [\"b@example.com\"]\n\n\
+                   [drill]\nsql = \"select ${BKCTL_TRIAL_UNSET_SQL}\"\n";
+    let src = crate::pitr::Source::start(label, url, &format!("{extra}\n{secrets}"));
+    // The scheduler's environment has them.
+    let init = as_postgres(&bin("backupctl"))
+        .arg("--config")
+        .arg(&src.config)
+        .arg("init")
+        .env("BKCTL_TRIAL_UNSET_HOOK", "https://hooks.example.com/x")
+        .env("BKCTL_TRIAL_UNSET_TOKEN", "t")
+        .env("BKCTL_TRIAL_UNSET_SMTP", "p")
+        .env("BKCTL_TRIAL_UNSET_SQL", "1")
+        .output()
+        .expect("init");
+    assert_ok("backupctl init", &init);
+    let segment = src.cluster.switch_and_wait_archived(Duration::from_secs(60));
+    let dest = src.dir.sub("fetched");
+    let fetched = as_postgres(&bin("wal-fetch"))
+        .arg("--config")
+        .arg(&src.config)
+        .arg(&segment)
+        .arg(dest.join("RECOVERYXLOG"))
+        .output()
+        .expect("wal-fetch");
+    assert_ok("wal-fetch", &fetched);
+    assert_eq!(std::fs::metadata(dest.join("RECOVERYXLOG")).expect("fetched").len(), 16 * 1024 * 1024);
+    // Commands that read [alerts] still name the unset variable.
+    let show =
+        as_postgres(&bin("backupctl")).arg("--config").arg(&src.config).arg("config-show").output().expect("run");
+    let err = String::from_utf8_lossy(&show.stderr);
+    assert_eq!(show.status.code(), Some(2), "{err}");
+    assert!(err.contains("environment variable BKCTL_TRIAL_UNSET_HOOK is not set"), "{err}");
+}
+
+#[test]
+fn issue_9_wal_commands_ignore_the_daemons_secrets_file() {
+    if crate::support::cluster::require_pg().is_none() {
+        return;
+    }
+    let repo = FileRepo::new("trial-secrets");
+    wal_commands_ignore_the_daemons_secrets(&repo.url(), "", "trial-secrets-file");
+}
+
+#[test]
+fn issue_9_wal_commands_ignore_the_daemons_secrets_s3() {
+    if crate::support::cluster::require_pg().is_none() {
+        return;
+    }
+    let Some((url, extra)) = crate::pitr::s3_repo("trial-secrets") else { return };
+    wal_commands_ignore_the_daemons_secrets(&url, &extra, "trial-secrets-s3");
 }

@@ -403,6 +403,37 @@ fn header_section(line: &str) -> Option<&str> {
     ok.then(|| inner.split('.').next().unwrap_or(inner).trim_matches('"'))
 }
 
+/// Whether the end of `line` (what precedes a `${VAR}`) is inside a TOML basic string (`"..."`), where the value
+/// must be escaped: a password with `"` or `\` would otherwise end the string or become an escape sequence
+/// (`\t` a tab: a wrong password without an error). Literal strings (`'...'`) are tracked so that a `"` in them
+/// counts for nothing. Source: TOML 1.0, "String".
+fn in_basic_string(line: &str) -> bool {
+    let (mut basic, mut literal, mut escaped) = (false, false, false);
+    for c in line.chars() {
+        match c {
+            _ if escaped => escaped = false,
+            '\\' if basic => escaped = true,
+            '"' if !literal => basic = !basic,
+            '\'' if !basic => literal = !literal,
+            '#' if !basic && !literal => return false,
+            _ => {}
+        }
+    }
+    basic
+}
+
+/// Append `value` escaped for a TOML basic string.
+fn push_escaped(out: &mut String, value: &str) {
+    for c in value.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            c if c.is_control() => out.push_str(&format!("\\u{:04X}", u32::from(c))),
+            c => out.push(c),
+        }
+    }
+}
+
 fn interpolate(
     path: &Path,
     text: &str,
@@ -426,6 +457,7 @@ fn interpolate(
         let owner = section.or_else(|| line.trim_start().split(['.', '=']).next().map(str::trim));
         let ignored = owner.is_some_and(|o| unused.contains(&o));
         let mut rest = line;
+        let line_start = out.len();
         while let Some(pos) = rest.find('$') {
             out.push_str(&rest[..pos]);
             let after = &rest[pos + 1..];
@@ -456,6 +488,7 @@ fn interpolate(
                     });
                 }
                 match (lookup(name), default) {
+                    (Some(v), _) if in_basic_string(&out[line_start..]) => push_escaped(&mut out, &v),
                     (Some(v), _) => out.push_str(&v),
                     (None, Some(d)) => out.push_str(d),
                     // A section this program resets to its defaults: the value is never used.
@@ -516,6 +549,21 @@ mod tests {
         assert_eq!(header_section("[[alerts.email]] # x"), Some("alerts"));
         assert_eq!(header_section("  [\"alerts\".webhook]"), Some("alerts"));
         assert_eq!(header_section("[1, 2],"), None);
+    }
+
+    /// A value with `"`, `\` or a control character, taken into a quoted string, arrives as it is in the
+    /// environment (not as a TOML escape sequence or the end of the string).
+    #[test]
+    fn issue_9_interpolated_values_are_escaped_in_basic_strings() {
+        let secret = "a\"b\\tc\u{1}d'e";
+        let env = |name: &str| (name == "PW").then(|| secret.to_owned());
+        let text = format!("{MINIMAL}[postgres]\npassword = \"x${{PW}}y\"\n");
+        let c = Config::parse(Path::new("/etc/b.toml"), &text, &env).expect("parse");
+        assert_eq!(c.postgres.and_then(|p| p.password).as_deref(), Some(format!("x{secret}y").as_str()));
+        assert!(in_basic_string("url = \"s3://${"));
+        assert!(!in_basic_string("url = 'it\"s ${"));
+        assert!(in_basic_string("a = \"q\\\" ${"));
+        assert!(!in_basic_string("a = \"x\" ${"));
     }
 
     const MINIMAL: &str =

@@ -566,6 +566,22 @@ mod tests {
         assert!(!in_basic_string("a = \"x\" ${"));
     }
 
+    /// A cron expression that parses but never matches (30 February) is refused when the configuration loads,
+    /// as docs/operations.md promises: never a job that silently never runs. It costs wal-push nothing (it
+    /// ignores `[schedule]`).
+    #[test]
+    fn issue_9_a_schedule_that_never_matches_is_refused() {
+        let text = format!("{MINIMAL}[schedule]\nfull_backup = \"0 0 30 2 *\"\nprune = \"0 0 29 2 *\"\n");
+        let started = std::time::Instant::now();
+        let err = parse(&text).expect_err("never matches");
+        let shown = err.to_string();
+        assert!(shown.contains("schedule.full_backup = \"0 0 30 2 *\": never matches"), "{shown}");
+        assert!(!shown.contains("schedule.prune"), "29 February exists in leap years: {shown}");
+        assert!(started.elapsed() < std::time::Duration::from_secs(1), "{:?}", started.elapsed());
+        let path = Path::new("/etc/b.toml");
+        Config::parse_without(path, &text, &|_| None, NOT_READ_BY_WAL_COMMANDS).expect("wal-push ignores it");
+    }
+
     const MINIMAL: &str =
         "[repository]\nurl = \"file:///var/lib/backupctl/repo\"\n[spool]\npath = \"/var/lib/backupctl/spool\"\n";
 

@@ -283,11 +283,18 @@ impl Config {
         unused: &[&str],
     ) -> Result<Self, Error> {
         let text = interpolate(path, text, lookup, unused)?;
-        let mut config: Config = messages::from_str(&text).map_err(|(mut problems, rest)| {
-            // The values that did parse are checked too: every problem at once.
-            problems.extend(rest.map(|c: Config| c.problems()).unwrap_or_default());
-            Error::Parse { path: path.to_path_buf(), problems }
-        })?;
+        // A problem in a section this program ignores (`alerts.notify_succes: unknown key`) is not its concern.
+        let in_unused =
+            |p: &String| unused.iter().any(|s| p.strip_prefix(s).is_some_and(|r| r.starts_with(['.', ' '])));
+        let mut config: Config = match messages::from_str(&text) {
+            Ok(c) => c,
+            Err((problems, Some(rest))) if problems.iter().all(in_unused) => rest,
+            Err((mut problems, rest)) => {
+                // The values that did parse are checked too: every problem at once.
+                problems.extend(rest.map(|c: Config| c.problems()).unwrap_or_default());
+                return Err(Error::Parse { path: path.to_path_buf(), problems });
+            }
+        };
         for section in unused {
             match *section {
                 "postgres" => config.postgres = None,
@@ -546,6 +553,14 @@ mod tests {
         let used = text.replace("[drill]", "[drill]\n[metrics]\ntextfile_dir = \"${TEXTFILE}\"");
         let err = Config::parse_without(path, &used, &env, NOT_READ_BY_WAL_COMMANDS).expect_err("used section");
         assert!(err.to_string().contains("TEXTFILE is not set"), "{err}");
+        // A typo in an ignored section does not stop wal-push either; one in a section it reads does.
+        let typo = text
+            .replace("[drill]\n", "[drill]\nsmoke = 1\n")
+            .replace("[alerts.webhook]\n", "[alerts.webhook]\nformat = 3\n");
+        Config::parse_without(path, &typo, &env, NOT_READ_BY_WAL_COMMANDS).expect("typos in ignored sections");
+        let typo = typo.replace("push_ahead = 4", "push_ahed = 4");
+        let err = Config::parse_without(path, &typo, &env, NOT_READ_BY_WAL_COMMANDS).expect_err("typo");
+        assert!(err.to_string().contains("archive.push_ahed: unknown key"), "{err}");
         assert_eq!(header_section("[[alerts.email]] # x"), Some("alerts"));
         assert_eq!(header_section("  [\"alerts\".webhook]"), Some("alerts"));
         assert_eq!(header_section("[1, 2],"), None);

@@ -187,6 +187,16 @@ pub enum Error {
         /// What the holder wrote (pid, start time).
         holder: String,
     },
+    /// Another scheduler daemon already runs on this spool (it holds `<spool>/state/scheduler.lock`).
+    #[error("another scheduler daemon is running on spool {spool} (lock {path} held by {holder})")]
+    SchedulerRunning {
+        /// The spool (`[spool] path`).
+        spool: PathBuf,
+        /// The lock file.
+        path: PathBuf,
+        /// What the holder wrote (pid, start time).
+        holder: String,
+    },
     /// The WAL a backup needs did not reach the archive in time.
     #[error("WAL segment {segment} needed by backup {backup} did not reach the archive {backend} within {seconds} s")]
     ArchiveTimeout {
@@ -401,6 +411,9 @@ impl Error {
             }
             Error::CannotBackup { .. } => "back up a primary with archive_mode on and archive_command running wal-push",
             Error::BackupLocked { .. } => "wait for the running backup to finish; the lock is released when it exits",
+            Error::SchedulerRunning { .. } => {
+                "one daemon per spool: stop the other one (systemctl stop backupctl-scheduler, or kill -TERM its pid) first"
+            }
             Error::ArchiveTimeout { .. } => {
                 "check archive_command and pg_stat_archiver.failed_count on the server; this backup was not recorded"
             }

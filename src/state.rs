@@ -7,6 +7,7 @@
 //! <spool>/state/drill.json     DrillState: the last restore drill's result, recovery time and WAL range
 //! <spool>/state/alerts.json    the alert conditions that fired and when each was last sent (see `alert`)
 //! <spool>/state/<name>.lock    serialises read-modify-write of <name>.json between processes
+//! <spool>/state/scheduler.lock held by the running scheduler daemon for its lifetime (one daemon per spool)
 //! ```
 //!
 //! Invariants: each record is replaced atomically (temp file and rename; no fsync: losing the last update in a

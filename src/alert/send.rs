@@ -36,7 +36,9 @@ pub async fn email(config: &EmailConfig, message: &Message) -> Delivery {
 
 async fn send_email(config: &EmailConfig, port: u16, message: &Message) -> Result<String, String> {
     let from: Mailbox = config.from.parse().map_err(|e| format!("alerts.email.from: {e}"))?;
-    let mut builder = Email::builder().from(from).subject(message.subject(&config.subject_prefix));
+    // A generated Message-ID (`<uuid@hostname>`): RFC 5322 section 3.6.4 says every message should have one, and
+    // large providers (Gmail) reject or junk messages without it.
+    let mut builder = Email::builder().from(from).subject(message.subject(&config.subject_prefix)).message_id(None);
     for to in &config.to {
         builder = builder.to(to.parse::<Mailbox>().map_err(|e| format!("alerts.email.to {to:?}: {e}"))?);
     }

@@ -37,6 +37,15 @@ pub fn load_config(flag: Option<&Path>) -> Result<(PathBuf, Config), Error> {
     Ok((path, config))
 }
 
+/// [`load_config`] for wal-push and wal-fetch, which run in PostgreSQL's environment: the sections they never
+/// read ([`crate::config::NOT_READ_BY_WAL_COMMANDS`]) may hold `${VAR}`s that only the daemon's or base-backup's
+/// environment sets.
+pub fn load_wal_config(flag: Option<&Path>) -> Result<(PathBuf, Config), Error> {
+    let path = Config::resolve_path(flag);
+    let config = Config::load_without(&path, crate::config::NOT_READ_BY_WAL_COMMANDS)?;
+    Ok((path, config))
+}
+
 /// Install the tracing subscriber for `program` (`wal-push`, `backupctl`...) as `[log]` says: stderr (no ANSI
 /// colours: it often lands in the server log), a size-rotated file, journald; see [`logging`].
 pub fn init_tracing(program: &'static str, config: Option<&Config>) {

@@ -55,7 +55,7 @@ pub fn main() -> ExitCode {
 
 /// Run with parsed arguments.
 pub fn run(args: &Args) -> Result<(), Error> {
-    let (config_path, config) = super::load_config(args.config.as_deref())?;
+    let (config_path, config) = super::load_wal_config(args.config.as_deref())?;
     super::init_tracing("wal-fetch", Some(&config));
     if args.prefetch_worker {
         lower_priority();

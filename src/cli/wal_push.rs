@@ -46,7 +46,7 @@ pub fn main() -> ExitCode {
 /// `<spool>/state/archive.json` and, with `[metrics] textfile_dir`, in the archive textfile; a failure to record
 /// is logged and never changes the exit status, which is about the WAL only.
 pub fn run(args: &Args) -> Result<(), Error> {
-    let (_, config) = super::load_config(args.config.as_deref())?;
+    let (_, config) = super::load_wal_config(args.config.as_deref())?;
     super::init_tracing("wal-push", Some(&config));
     let rt = super::current_thread_runtime()?;
     let result = rt.block_on(push(&config, &args.wal_path));

@@ -257,19 +257,53 @@ impl Config {
 
     /// Read, interpolate from the process environment, parse and validate a file.
     pub fn load(path: &Path) -> Result<Self, Error> {
+        Self::load_without(path, &[])
+    }
+
+    /// [`Config::load`] for a program that never reads the top-level sections named in `unused` (see
+    /// [`NOT_READ_BY_WAL_COMMANDS`]): an unset `${VAR}` in them is no error (it reads as `""`), and they are reset
+    /// to their defaults before validation. Their secrets (an SMTP password set only in the scheduler's
+    /// environment) then need not be in this program's environment (PostgreSQL's, for wal-push).
+    pub fn load_without(path: &Path, unused: &[&str]) -> Result<Self, Error> {
         let text = std::fs::read_to_string(path).map_err(|source| Error::Read { path: path.to_path_buf(), source })?;
         let env: BTreeMap<String, String> = std::env::vars().collect();
-        Self::parse(path, &text, &|name| env.get(name).cloned())
+        Self::parse_without(path, &text, &|name| env.get(name).cloned(), unused)
     }
 
     /// Interpolate, parse and validate text; `lookup` resolves environment variables.
     pub fn parse(path: &Path, text: &str, lookup: &dyn Fn(&str) -> Option<String>) -> Result<Self, Error> {
-        let text = interpolate(path, text, lookup)?;
-        let config: Config = messages::from_str(&text).map_err(|(mut problems, rest)| {
-            // The values that did parse are checked too: every problem at once.
-            problems.extend(rest.map(|c: Config| c.problems()).unwrap_or_default());
-            Error::Parse { path: path.to_path_buf(), problems }
-        })?;
+        Self::parse_without(path, text, lookup, &[])
+    }
+
+    /// [`Config::parse`], ignoring the sections in `unused` as [`Config::load_without`] does.
+    pub fn parse_without(
+        path: &Path,
+        text: &str,
+        lookup: &dyn Fn(&str) -> Option<String>,
+        unused: &[&str],
+    ) -> Result<Self, Error> {
+        let text = interpolate(path, text, lookup, unused)?;
+        // A problem in a section this program ignores (`alerts.notify_succes: unknown key`) is not its concern.
+        let in_unused =
+            |p: &String| unused.iter().any(|s| p.strip_prefix(s).is_some_and(|r| r.starts_with(['.', ' '])));
+        let mut config: Config = match messages::from_str(&text) {
+            Ok(c) => c,
+            Err((problems, Some(rest))) if problems.iter().all(in_unused) => rest,
+            Err((mut problems, rest)) => {
+                // The values that did parse are checked too: every problem at once.
+                problems.extend(rest.map(|c: Config| c.problems()).unwrap_or_default());
+                return Err(Error::Parse { path: path.to_path_buf(), problems });
+            }
+        };
+        for section in unused {
+            match *section {
+                "postgres" => config.postgres = None,
+                "schedule" => config.schedule = ScheduleConfig::default(),
+                "drill" => config.drill = DrillConfig::default(),
+                "alerts" => config.alerts = AlertsConfig::default(),
+                _ => {}
+            }
+        }
         config.validate(path)?;
         Ok(config)
     }
@@ -361,8 +395,61 @@ impl Config {
 }
 
 /// Replace `${VAR}` and `${VAR:default}`; `$$` stays a literal `$`. Comments are interpolated too.
-fn interpolate(path: &Path, text: &str, lookup: &dyn Fn(&str) -> Option<String>) -> Result<String, Error> {
+/// The top-level sections wal-push and wal-fetch never read (they run in PostgreSQL's environment, which need
+/// not hold the scheduler's or base-backup's secrets): see [`Config::load_without`].
+pub const NOT_READ_BY_WAL_COMMANDS: &[&str] = &["postgres", "schedule", "drill", "alerts"];
+
+/// The top-level table a header line opens (`[alerts.email]` -> `alerts`), or None if `line` is no header.
+fn header_section(line: &str) -> Option<&str> {
+    let t = line.trim();
+    let t = t.split_once('#').map_or(t, |(head, _)| head.trim_end());
+    let inner = t.strip_prefix('[')?.strip_suffix(']')?;
+    let inner = inner.strip_prefix('[').and_then(|i| i.strip_suffix(']')).unwrap_or(inner).trim();
+    let ok =
+        !inner.is_empty() && inner.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.' | '"'));
+    ok.then(|| inner.split('.').next().unwrap_or(inner).trim_matches('"'))
+}
+
+/// Whether the end of `line` (what precedes a `${VAR}`) is inside a TOML basic string (`"..."`), where the value
+/// must be escaped: a password with `"` or `\` would otherwise end the string or become an escape sequence
+/// (`\t` a tab: a wrong password without an error). Literal strings (`'...'`) are tracked so that a `"` in them
+/// counts for nothing. Source: TOML 1.0, "String".
+fn in_basic_string(line: &str) -> bool {
+    let (mut basic, mut literal, mut escaped) = (false, false, false);
+    for c in line.chars() {
+        match c {
+            _ if escaped => escaped = false,
+            '\\' if basic => escaped = true,
+            '"' if !literal => basic = !basic,
+            '\'' if !basic => literal = !literal,
+            '#' if !basic && !literal => return false,
+            _ => {}
+        }
+    }
+    basic
+}
+
+/// Append `value` escaped for a TOML basic string.
+fn push_escaped(out: &mut String, value: &str) {
+    for c in value.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            c if c.is_control() => out.push_str(&format!("\\u{:04X}", u32::from(c))),
+            c => out.push(c),
+        }
+    }
+}
+
+fn interpolate(
+    path: &Path,
+    text: &str,
+    lookup: &dyn Fn(&str) -> Option<String>,
+    unused: &[&str],
+) -> Result<String, Error> {
     let mut out = String::with_capacity(text.len());
+    // The top-level table the current line belongs to (None before the first header).
+    let mut section: Option<&str> = None;
     for (n, line) in text.split_inclusive('\n').enumerate() {
         let lineno = n + 1;
         // A comment line needs no interpolation; leave it alone so that examples in comments do not fail.
@@ -370,7 +457,14 @@ fn interpolate(path: &Path, text: &str, lookup: &dyn Fn(&str) -> Option<String>)
             out.push_str(line);
             continue;
         }
+        if let Some(name) = header_section(line) {
+            section = Some(name);
+        }
+        // A dotted key at the top level (`alerts.email.password = ...`) belongs to its first part's table.
+        let owner = section.or_else(|| line.trim_start().split(['.', '=']).next().map(str::trim));
+        let ignored = owner.is_some_and(|o| unused.contains(&o));
         let mut rest = line;
+        let line_start = out.len();
         while let Some(pos) = rest.find('$') {
             out.push_str(&rest[..pos]);
             let after = &rest[pos + 1..];
@@ -401,8 +495,11 @@ fn interpolate(path: &Path, text: &str, lookup: &dyn Fn(&str) -> Option<String>)
                     });
                 }
                 match (lookup(name), default) {
+                    (Some(v), _) if in_basic_string(&out[line_start..]) => push_escaped(&mut out, &v),
                     (Some(v), _) => out.push_str(&v),
                     (None, Some(d)) => out.push_str(d),
+                    // A section this program resets to its defaults: the value is never used.
+                    (None, None) if ignored => {}
                     (None, None) => {
                         return Err(Error::UnsetVariable {
                             path: path.to_path_buf(),
@@ -433,6 +530,71 @@ mod tests {
             _ => None,
         };
         Config::parse(Path::new("/etc/b.toml"), text, &env)
+    }
+
+    /// wal-push and wal-fetch run in PostgreSQL's environment, which need not hold the scheduler's secrets: an
+    /// unset `${VAR}` in a section they never read is no error for them (and the section is left at its
+    /// defaults); everyone else, and every other section, still refuses it.
+    #[test]
+    fn issue_9_wal_commands_ignore_unset_variables_of_sections_they_do_not_read() {
+        let text = format!(
+            "{MINIMAL}[postgres]\npassword = \"${{PGPW}}\"\n[alerts.email] # the daemon's\nhost = \"smtp.example.com\"\n\
+             user = \"u\"\npassword = \"${{SMTP}}\"\nfrom = \"a@b.c\"\nto = [\"d@e.f\"]\n\
+             [alerts.webhook]\nurl = \"${{HOOK}}\"\nheaders = {{ Authorization = \"Bearer ${{TOKEN}}\" }}\n\
+             [drill]\nsql = \"${{SQL}}\"\n[archive]\npush_ahead = 4\n"
+        );
+        let env = |_: &str| None;
+        let path = Path::new("/etc/b.toml");
+        let err = Config::parse(path, &text, &env).expect_err("unset");
+        assert!(err.to_string().contains("PGPW is not set"), "{err}");
+        let c = Config::parse_without(path, &text, &env, NOT_READ_BY_WAL_COMMANDS).expect("wal-push loads it");
+        assert!(c.postgres.is_none() && c.alerts == AlertsConfig::default() && c.drill == DrillConfig::default());
+        assert_eq!(c.archive.push_ahead, 4, "the sections it reads are read");
+        let used = text.replace("[drill]", "[drill]\n[metrics]\ntextfile_dir = \"${TEXTFILE}\"");
+        let err = Config::parse_without(path, &used, &env, NOT_READ_BY_WAL_COMMANDS).expect_err("used section");
+        assert!(err.to_string().contains("TEXTFILE is not set"), "{err}");
+        // A typo in an ignored section does not stop wal-push either; one in a section it reads does.
+        let typo = text
+            .replace("[drill]\n", "[drill]\nsmoke = 1\n")
+            .replace("[alerts.webhook]\n", "[alerts.webhook]\nformat = 3\n");
+        Config::parse_without(path, &typo, &env, NOT_READ_BY_WAL_COMMANDS).expect("typos in ignored sections");
+        let typo = typo.replace("push_ahead = 4", "push_ahed = 4");
+        let err = Config::parse_without(path, &typo, &env, NOT_READ_BY_WAL_COMMANDS).expect_err("typo");
+        assert!(err.to_string().contains("archive.push_ahed: unknown key"), "{err}");
+        assert_eq!(header_section("[[alerts.email]] # x"), Some("alerts"));
+        assert_eq!(header_section("  [\"alerts\".webhook]"), Some("alerts"));
+        assert_eq!(header_section("[1, 2],"), None);
+    }
+
+    /// A value with `"`, `\` or a control character, taken into a quoted string, arrives as it is in the
+    /// environment (not as a TOML escape sequence or the end of the string).
+    #[test]
+    fn issue_9_interpolated_values_are_escaped_in_basic_strings() {
+        let secret = "a\"b\\tc\u{1}d'e";
+        let env = |name: &str| (name == "PW").then(|| secret.to_owned());
+        let text = format!("{MINIMAL}[postgres]\npassword = \"x${{PW}}y\"\n");
+        let c = Config::parse(Path::new("/etc/b.toml"), &text, &env).expect("parse");
+        assert_eq!(c.postgres.and_then(|p| p.password).as_deref(), Some(format!("x{secret}y").as_str()));
+        assert!(in_basic_string("url = \"s3://${"));
+        assert!(!in_basic_string("url = 'it\"s ${"));
+        assert!(in_basic_string("a = \"q\\\" ${"));
+        assert!(!in_basic_string("a = \"x\" ${"));
+    }
+
+    /// A cron expression that parses but never matches (30 February) is refused when the configuration loads,
+    /// as docs/operations.md promises: never a job that silently never runs. It costs wal-push nothing (it
+    /// ignores `[schedule]`).
+    #[test]
+    fn issue_9_a_schedule_that_never_matches_is_refused() {
+        let text = format!("{MINIMAL}[schedule]\nfull_backup = \"0 0 30 2 *\"\nprune = \"0 0 29 2 *\"\n");
+        let started = std::time::Instant::now();
+        let err = parse(&text).expect_err("never matches");
+        let shown = err.to_string();
+        assert!(shown.contains("schedule.full_backup = \"0 0 30 2 *\": never matches"), "{shown}");
+        assert!(!shown.contains("schedule.prune"), "29 February exists in leap years: {shown}");
+        assert!(started.elapsed() < std::time::Duration::from_secs(1), "{:?}", started.elapsed());
+        let path = Path::new("/etc/b.toml");
+        Config::parse_without(path, &text, &|_| None, NOT_READ_BY_WAL_COMMANDS).expect("wal-push ignores it");
     }
 
     const MINIMAL: &str =

@@ -86,11 +86,15 @@ pub(super) fn validate(c: &ScheduleConfig) -> Vec<String> {
     {
         problems.push(format!("schedule.time_zone = {tz:?}: not a known time zone ({e})"));
     }
+    // An expression that parses but names no date (`0 0 30 2 *`) is a job that silently never runs: refuse it too.
+    let now = jiff::Timestamp::now().to_zoned_datetime(jiff::tz::TimeZone::UTC);
     for (key, expr) in c.expressions() {
-        if let Some(expr) = expr
-            && let Err(e) = crate::schedule::cron::parse(expr)
-        {
-            problems.push(format!("schedule.{key} = {expr:?}: {e}"));
+        let Some(expr) = expr else { continue };
+        match crate::schedule::cron::parse(expr) {
+            Err(e) => problems.push(format!("schedule.{key} = {expr:?}: {e}")),
+            Ok(parsed) if parsed.next_after(&now).is_none() => problems
+                .push(format!("schedule.{key} = {expr:?}: never matches (no such date): the job would never run")),
+            Ok(_) => {}
         }
     }
     if c.backup_max_rate_kib == Some(0) {

@@ -25,6 +25,8 @@ use crate::Error;
 use crate::config::Config;
 use crate::state::{self, JobsState, Outcome, StateDir};
 
+/// The lock (`<spool>/state/scheduler.lock`) a running daemon holds, so that a second one refuses to start.
+const SCHEDULER_LOCK: &str = "scheduler";
 /// How long an abandoned drill gets to stop its server and remove its directory before the daemon exits anyway.
 const ABANDON_WAIT: Duration = Duration::from_secs(20);
 /// The longest the loop sleeps without looking at the clock again (a stepped clock is noticed within this).
@@ -50,7 +52,9 @@ struct Running {
 /// Run the daemon with a loaded configuration until SIGTERM/SIGINT; `config_path` is the file it came from.
 ///
 /// Errors before the loop starts: `Error::Usage` when `[schedule]` names no job, ownership errors when run by a
-/// user who may not write the spool or a `file://` repository, `Error::State` when the jobs record is damaged.
+/// user who may not write the spool or a `file://` repository, `Error::SchedulerRunning` when another daemon
+/// holds `<spool>/state/scheduler.lock`, `Error::State` when the jobs record is damaged. SIGHUP is logged and
+/// ignored.
 /// Once running, job failures are recorded, logged and alerted, never returned.
 pub fn run(rt: &tokio::runtime::Runtime, config: Config, config_path: PathBuf) -> Result<(), Error> {
     let schedule = Schedule::from_config(&config.schedule).map_err(Error::Usage)?;
@@ -65,6 +69,14 @@ pub fn run(rt: &tokio::runtime::Runtime, config: Config, config_path: PathBuf) -
     owner::check_writer(&config.spool.path, owner::Role::Spool)?;
     crate::cli::check_repository_writer(&config.repository.url)?;
     let state = StateDir::new(&config.spool.path);
+    // One daemon per spool: a second one would run every slot again (the jobs record cannot stop two processes
+    // that both start a slot) and flip shared alerts. Held until this function returns.
+    let _instance = state.lock(SCHEDULER_LOCK, Duration::ZERO).map_err(|e| match e {
+        state::Error::Spool(crate::spool::Error::Locked { path, holder }) => {
+            Error::SchedulerRunning { spool: config.spool.path.clone(), path, holder }
+        }
+        other => other.into(),
+    })?;
     let record: JobsState = state.load(state::JOBS)?;
     let alerter = crate::alert::Alerter::new(&config);
     let health_busy = Arc::new(AtomicBool::new(false));

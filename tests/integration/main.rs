@@ -17,6 +17,7 @@ mod issue9_alerts;
 mod issue9_drill;
 mod issue9_metrics;
 mod issue9_schedule;
+mod issue9_trial;
 mod pitr;
 mod push;
 mod s3_archive;

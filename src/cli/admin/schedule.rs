@@ -13,7 +13,8 @@ use crate::state::{self, JobsState, StateDir};
 #[command(after_long_help = "Without --daemon: prints each job of [schedule] with its expression and next run \
 times (in [schedule] time_zone), and the last run recorded by a daemon. With --daemon: runs until SIGTERM or \
 SIGINT, then lets running jobs finish for [schedule] grace_period before abandoning them. Exit status: 0 after a \
-clean stop; 1 if it could not start (no job scheduled, wrong user, damaged state record); 2 for a usage error.")]
+clean stop; 1 if it could not start (no job scheduled, wrong user, damaged state record, another daemon \
+running on this spool); 2 for a usage error. SIGHUP is logged and ignored (restart to apply a new configuration).")]
 pub struct ScheduleArgs {
     /// Run the scheduled jobs in the foreground until SIGTERM or SIGINT (for systemd: Type=notify, with
     /// WatchdogSec= if wanted, or Type=simple). Logs go to [log]'s destinations.

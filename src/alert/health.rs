@@ -43,7 +43,7 @@ pub fn health_conditions(
         push_line(&mut detail, &format!("last segment archived: {} at {}", ok.name, ok.at));
     }
     push_line(&mut detail, &format!("threshold: [alerts] wal_push_failing_for = \"{limit}\""));
-    out.push(Condition { key: ARCHIVE_FAILING.to_owned(), firing, summary, detail });
+    out.push(Condition { key: ARCHIVE_FAILING.to_owned(), firing, summary, detail, reason: String::new() });
 
     let (ready, max) = (archive.ready_count, alerts.archive_behind_segments);
     let firing = ready > max;
@@ -57,7 +57,7 @@ pub fn health_conditions(
         detail.push_str(&format!(" ({at})"));
     }
     push_line(&mut detail, &format!("threshold: [alerts] archive_behind_segments = {max}"));
-    out.push(Condition { key: ARCHIVE_BEHIND.to_owned(), firing, summary, detail });
+    out.push(Condition { key: ARCHIVE_BEHIND.to_owned(), firing, summary, detail, reason: String::new() });
 
     let max_age = config.retention.max_backup_age;
     let (firing, summary, detail) = match (newest_backup, max_age) {
@@ -78,7 +78,7 @@ pub fn health_conditions(
             (firing, summary, format!("newest backup finished at {t}; [retention] max_backup_age = \"{l}\""))
         }
     };
-    out.push(Condition { key: BACKUP_AGE.to_owned(), firing, summary, detail });
+    out.push(Condition { key: BACKUP_AGE.to_owned(), firing, summary, detail, reason: String::new() });
     out
 }
 

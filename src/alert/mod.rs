@@ -36,6 +36,13 @@ pub const CHECK: &str = "check";
 pub const VERIFY: &str = "verify";
 /// Condition key of a failed restore drill.
 pub const DRILL: &str = "drill";
+/// The [`Condition::reason`] of a failed `backupctl check`: the names of the failed checks, from the
+/// `name: detail` lines of `Error::ChecksFailed` (`"postgresql, wal_switch"`).
+pub fn check_reason(failed: &[String]) -> String {
+    let names: Vec<&str> = failed.iter().map(|f| f.split_once(':').map_or(f.as_str(), |(name, _)| name)).collect();
+    names.join(", ")
+}
+
 /// Condition key of a failing scheduled job: `job:<name>` (`job:full_backup`).
 pub fn job_key(name: &str) -> String {
     format!("job:{name}")
@@ -77,6 +84,10 @@ pub struct Condition {
     pub summary: String,
     /// More lines: why, what was checked.
     pub detail: String,
+    /// What is wrong, in words that stay the same while the same fault persists (for `check`: the names of the
+    /// failed checks). A firing condition whose reason changes is sent again at once, not after
+    /// `repeat_interval`: a second fault is news. Empty: never re-sent early.
+    pub reason: String,
 }
 
 /// The outcome of sending one message through one channel.

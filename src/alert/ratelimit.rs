@@ -38,6 +38,9 @@ pub struct ConditionState {
     /// When it was last seen clear while a "resolved" was still owed to some channel.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cleared: Option<jiff::Timestamp>,
+    /// Its [`Condition::reason`] at the last update.
+    #[serde(default)]
+    pub reason: String,
 }
 
 /// One message to send.
@@ -65,11 +68,12 @@ pub fn plan(
     let mut out = Vec::new();
     for (i, c) in conditions.iter().enumerate() {
         let rec = state.conditions.get(&c.key);
+        let new_reason = !c.reason.is_empty() && rec.is_some_and(|r| r.reason != c.reason);
         if c.firing {
             for &channel in channels {
                 let due = match rec.and_then(|r| r.notified.get(channel)) {
                     None => true,
-                    Some(last) => now.duration_since(*last) >= repeat,
+                    Some(last) => new_reason || now.duration_since(*last) >= repeat,
                 };
                 if due {
                     out.push(Planned { condition: i, channel, status: Status::Firing, summary: c.summary.clone() });
@@ -100,8 +104,10 @@ pub fn apply(
                 summary: c.summary.clone(),
                 notified: BTreeMap::new(),
                 cleared: None,
+                reason: c.reason.clone(),
             });
             rec.summary = c.summary.clone();
+            rec.reason = c.reason.clone();
             rec.cleared = None;
             for p in mine.filter(|p| p.status == Status::Firing) {
                 rec.notified.insert(p.channel.to_owned(), now);
@@ -128,7 +134,13 @@ mod tests {
     const HOUR: std::time::Duration = std::time::Duration::from_secs(3600);
 
     fn cond(firing: bool) -> Condition {
-        Condition { key: "check".into(), firing, summary: "check failed".into(), detail: String::new() }
+        Condition {
+            key: "check".into(),
+            firing,
+            summary: "check failed".into(),
+            detail: String::new(),
+            reason: "postgresql".into(),
+        }
     }
 
     fn at(minutes: i64) -> jiff::Timestamp {
@@ -183,8 +195,28 @@ mod tests {
     fn other_conditions_are_left_alone() {
         let mut s = AlertsState::default();
         step(&mut s, &cond(true), at(0), CHANNELS);
-        let other = Condition { key: "verify".into(), firing: false, summary: String::new(), detail: String::new() };
+        let other = Condition {
+            key: "verify".into(),
+            firing: false,
+            summary: String::new(),
+            detail: String::new(),
+            reason: String::new(),
+        };
         assert_eq!(step(&mut s, &other, at(1), CHANNELS), vec![]);
         assert!(s.conditions.contains_key("check"));
+    }
+
+    /// A second fault while the first still fires is sent at once (the trial: PostgreSQL stopped while check
+    /// already failed on the backup age said nothing for an hour); the same fault again is not.
+    #[test]
+    fn a_changed_reason_is_sent_again_at_once() {
+        let mut s = AlertsState::default();
+        let both_firing = vec![("email", Status::Firing), ("webhook", Status::Firing)];
+        assert_eq!(step(&mut s, &cond(true), at(0), CHANNELS), both_firing);
+        let worse = Condition { reason: "backup_age, postgresql".into(), ..cond(true) };
+        assert_eq!(step(&mut s, &worse, at(1), CHANNELS), both_firing, "a new reason is news");
+        assert_eq!(step(&mut s, &worse, at(2), CHANNELS), vec![], "the same reason again is not");
+        let unnamed = Condition { reason: String::new(), ..cond(true) };
+        assert_eq!(step(&mut s, &unnamed, at(3), CHANNELS), vec![], "no reason given: only repeat_interval");
     }
 }

@@ -40,6 +40,8 @@ struct Finished {
     result: Result<String, String>,
     /// It failed because another base backup holds the lock.
     locked: bool,
+    /// The alert condition's reason (for check: the failed checks' names).
+    reason: String,
 }
 
 /// A run in progress.
@@ -213,12 +215,16 @@ impl Daemon {
             let outcome =
                 std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| jobs::run(job, &config, &path, &flag)));
             let locked = matches!(outcome, Ok(Err(Error::BackupLocked { .. })));
+            let reason = match &outcome {
+                Ok(Err(Error::ChecksFailed { failed, .. })) => crate::alert::check_reason(failed),
+                _ => String::new(),
+            };
             let result = match outcome {
                 Ok(Ok(summary)) => Ok(summary),
                 Ok(Err(e)) => Err(e.to_string()),
                 Err(panic) => Err(format!("the job panicked: {}", panic_text(panic.as_ref()))),
             };
-            let _ = tx.blocking_send(Finished { job, started, elapsed: clock.elapsed(), result, locked });
+            let _ = tx.blocking_send(Finished { job, started, elapsed: clock.elapsed(), result, locked, reason });
         });
         if let Err(e) = spawned {
             tracing::error!(job = job.name(), error = %e, "cannot start a thread for the job");
@@ -244,7 +250,7 @@ impl Daemon {
 
     /// Record a finished run, log it, and alert on it.
     fn finished(&self, done: Finished) {
-        let Finished { job, started, elapsed, result, locked } = done;
+        let Finished { job, started, elapsed, result, locked, reason } = done;
         let finished = jiff::Timestamp::now();
         let seconds = elapsed.as_secs_f64();
         // Another base backup holding the lock (one started by hand) makes a skipped slot, not a failure: the next
@@ -274,7 +280,7 @@ impl Daemon {
             Err(e) => tracing::error!(job = job.name(), seconds, "job failed: {e}"),
         }
         if !locked {
-            self.alert_outcome(job, &result);
+            self.alert_outcome(job, &result, reason);
         }
     }
 
@@ -290,7 +296,7 @@ impl Daemon {
 
     /// Raise or clear the job's alert condition (and, with `[alerts] notify_success`, report a success), on a
     /// task of its own: a receiver that is slow or down delays nothing.
-    fn alert_outcome(&self, job: Job, result: &Result<String, String>) {
+    fn alert_outcome(&self, job: Job, result: &Result<String, String>, reason: String) {
         if !self.alerter.is_configured() {
             return;
         }
@@ -298,7 +304,8 @@ impl Daemon {
             Ok(summary) => (false, format!("scheduled job {job} succeeded"), summary.clone()),
             Err(e) => (true, format!("scheduled job {job} failed"), e.clone()),
         };
-        let condition = crate::alert::Condition { key: job.alert_key(), firing, summary: summary.clone(), detail };
+        let condition =
+            crate::alert::Condition { key: job.alert_key(), firing, summary: summary.clone(), detail, reason };
         let success = !firing && self.alerter.notify_success();
         let alerter = self.alerter.clone();
         tokio::spawn(async move {

@@ -58,6 +58,7 @@ fn condition(firing: bool) -> Condition {
         firing,
         summary: if firing { "job full_backup failed".into() } else { "job full_backup succeeded".into() },
         detail: if firing { "cannot back up: the server is down".into() } else { "backup 20260101T000000F".into() },
+        reason: String::new(),
     }
 }
 
@@ -324,7 +325,13 @@ fn issue_9_receiver_down_or_slow_never_blocks() {
         webhook_section(&format!("http://127.0.0.1:{}/hook", silent.port), "slack", "timeout = \"2s\"")
     );
     let alerter = Alerter::new(&config(dir.path(), &slow));
-    let other = Condition { key: "check".into(), firing: true, summary: "check failed".into(), detail: String::new() };
+    let other = Condition {
+        key: "check".into(),
+        firing: true,
+        summary: "check failed".into(),
+        detail: String::new(),
+        reason: String::new(),
+    };
     let started = Instant::now();
     let sent = rt.block_on(alerter.update(&[condition(true), other.clone()], at(1)));
     let took = started.elapsed();

@@ -585,3 +585,47 @@ fn issue_9_backup_slot_with_another_backup_running_is_missed_not_failed() {
     let (code, log, _) = daemon.terminate(Duration::from_secs(30));
     assert_eq!(code, Some(0), "{log}");
 }
+
+/// Found by the trial: a check that already failed for one reason (the newest backup too old) said nothing when
+/// PostgreSQL went down too, for up to an hour. A new reason is sent at once; the same reasons again are not.
+#[test]
+fn issue_9_a_new_reason_for_a_firing_check_alerts_at_once() {
+    use crate::support::receivers::HttpReceiver;
+    if require_pg().is_none() {
+        return;
+    }
+    let http = HttpReceiver::start();
+    let file = FileRepo::new("i9-reason");
+    let extra = format!(
+        "[schedule]\ntime_zone = \"UTC\"\ncheck = \"*/2 * * * * *\"\n\n[retention]\nmax_backup_age = \"1s\"\n\n\
+         [alerts.webhook]\nurl = \"{}\"\nformat = \"generic\"\nallow_http = true\n",
+        http.url("/hook")
+    );
+    let mut src = Source::start("i9-reason", &file.url(), &extra);
+    src.backup_json("full");
+    std::thread::sleep(Duration::from_millis(1100));
+    let dir = src.config.parent().expect("cfg dir").to_path_buf();
+    let daemon = Daemon::start(&src.config, &dir, &[]);
+    let check_alerts = |h: &HttpReceiver| -> Vec<serde_json::Value> {
+        h.requests().iter().map(|r| r.json()).filter(|j| j["condition"] == "check").collect()
+    };
+    let first = daemon.wait("the backup-age failure", Duration::from_secs(60), || {
+        let a = check_alerts(&http);
+        (!a.is_empty()).then_some(a)
+    });
+    assert!(!first[0]["detail"].as_str().unwrap_or("").contains("postgresql:"), "{}", first[0]);
+    src.cluster.stop();
+    let second = daemon.wait("an alert for the new reason", Duration::from_secs(60), || {
+        let a = check_alerts(&http);
+        (a.len() >= 2).then_some(a)
+    });
+    assert_eq!(second[1]["status"], "firing", "{}", second[1]);
+    assert!(second[1]["detail"].as_str().unwrap_or("").contains("postgresql"), "{}", second[1]);
+    let runs = count(&jobs(&src.config), "check", "failed_total");
+    daemon.wait("two more failed checks", Duration::from_secs(30), || {
+        (count(&jobs(&src.config), "check", "failed_total") >= runs + 2).then_some(())
+    });
+    assert_eq!(check_alerts(&http).len(), 2, "the same reasons again send nothing");
+    let (code, log, _) = daemon.terminate(Duration::from_secs(30));
+    assert_eq!(code, Some(0), "{log}");
+}

@@ -67,5 +67,6 @@ fn check_condition(failed: &[String], total: usize) -> crate::alert::Condition {
     } else {
         (format!("backupctl check: {} of {total} checks failed", failed.len()), failed.join("\n"))
     };
-    crate::alert::Condition { key: crate::alert::CHECK.to_owned(), firing: !failed.is_empty(), summary, detail }
+    let reason = crate::alert::check_reason(failed);
+    crate::alert::Condition { key: crate::alert::CHECK.to_owned(), firing: !failed.is_empty(), summary, detail, reason }
 }

@@ -117,6 +117,7 @@ fn drill_condition(result: &Result<crate::drill::DrillReport, Error>) -> Option<
             firing: false,
             summary: format!("restore drill of backup {} passed", r.backup_id.as_deref().unwrap_or("?")),
             detail: format!("RTO {:.1} s", r.rto_seconds.unwrap_or_default()),
+            reason: String::new(),
         }),
         Err(Error::Drill(d)) if matches!(d.as_ref(), crate::drill::Error::Failed { .. }) && !d.is_abandoned() => {
             Some(crate::alert::Condition {
@@ -124,6 +125,7 @@ fn drill_condition(result: &Result<crate::drill::DrillReport, Error>) -> Option<
                 firing: true,
                 summary: "restore drill failed".to_owned(),
                 detail: d.to_string(),
+                reason: String::new(),
             })
         }
         Err(_) => None,

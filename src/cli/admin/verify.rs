@@ -43,12 +43,14 @@ pub(super) fn run(ctx: &Ctx, args: &VerifyArgs) -> Result<(), Error> {
             firing: true,
             summary: format!("backupctl verify failed: {}", verify_summary(e)),
             detail: e.to_string(),
+            reason: String::new(),
         }),
         Ok(()) if args.backup_id.is_none() => Some(crate::alert::Condition {
             key: crate::alert::VERIFY.to_owned(),
             firing: false,
             summary: "backupctl verify passed".to_owned(),
             detail: "backupctl verify: nothing missing, corrupt or lost".to_owned(),
+            reason: String::new(),
         }),
         Ok(()) => None,
     };

@@ -105,6 +105,31 @@ impl StateDir {
         Ok(value)
     }
 
+    /// [`StateDir::update`] for a record whose history is expendable (wal-push's rolling archive record): a damaged
+    /// record is moved aside to `<name>.json.damaged` (with a warning) and the update starts from the default, so
+    /// that one bad write never stops the record (and the alerts and metrics that read it) for good. Never use it
+    /// for the jobs record, whose `last_slot` stops a slot from running twice.
+    pub fn update_or_reset<T, F>(&self, name: &str, change: F) -> Result<T, Error>
+    where
+        T: Serialize + DeserializeOwned + Default,
+        F: FnOnce(&mut T),
+    {
+        self.create_dir()?;
+        let _lock = Lock::acquire(&self.root.join(format!("{name}.lock")), LOCK_WAIT)?;
+        let mut value: T = match self.load(name) {
+            Err(Error::Damaged { path, reason }) => {
+                let aside = path.with_extension("json.damaged");
+                tracing::warn!(record = %path.display(), %reason, moved_to = %aside.display(), "state record damaged; starting it afresh");
+                std::fs::rename(&path, &aside).map_err(|source| spool::Error::Io { path: path.clone(), source })?;
+                T::default()
+            }
+            other => other?,
+        };
+        change(&mut value);
+        self.store(name, &value)?;
+        Ok(value)
+    }
+
     /// Take `<root>/<name>.lock` (creating the directory), waiting up to `wait`: for callers that must serialise
     /// more than one read-modify-write (the alerter holds `alerts-send` while it sends, so that two processes
     /// never send the same alert twice). Blocks the thread while it waits.
@@ -297,6 +322,20 @@ mod tests {
         std::fs::write(state.path(JOBS), b"{\"jobs\": ").expect("write");
         let err = state.load::<JobsState>(JOBS).expect_err("damaged").to_string();
         assert!(err.contains("jobs.json") && err.contains("damaged"), "{err}");
+    }
+
+    /// Found by the trial: a damaged archive record was never replaced, so the archive alerts stayed blind.
+    #[test]
+    fn a_damaged_expendable_record_is_moved_aside_and_restarted() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let state = StateDir::new(dir.path());
+        std::fs::create_dir_all(state.root()).expect("mkdir");
+        std::fs::write(state.path(ARCHIVE), b"{\"ready_count\": ").expect("write");
+        assert!(state.update(ARCHIVE, |a: &mut ArchiveState| a.ready_count = 1).is_err(), "update keeps refusing");
+        let a = state.update_or_reset(ARCHIVE, |a: &mut ArchiveState| a.ready_count = 3).expect("reset");
+        assert_eq!(a.ready_count, 3);
+        assert_eq!(state.load::<ArchiveState>(ARCHIVE).expect("load").ready_count, 3);
+        assert!(state.root().join("archive.json.damaged").exists(), "the damaged record is kept aside");
     }
 
     #[test]

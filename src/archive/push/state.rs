@@ -69,7 +69,7 @@ pub fn backlog(wal_path: &Path, durable: &HashSet<String>, done: Option<&str>) -
 /// if already set), `last_failure` with the error on one line, `failures_total + 1`. Always: the backlog and
 /// `updated_at`.
 ///
-/// Errors: [`state::Error`] when the record cannot be locked, read (a damaged record is not reset) or written.
+/// Errors: [`state::Error`] when the record cannot be locked, read (a damaged record is moved aside and started afresh: [`StateDir::update_or_reset`]) or written.
 pub fn record_call(
     state: &StateDir,
     name: &str,
@@ -77,7 +77,7 @@ pub fn record_call(
     backlog: Backlog,
     now: jiff::Timestamp,
 ) -> Result<ArchiveState, state::Error> {
-    state.update(ARCHIVE, |s: &mut ArchiveState| apply(s, name, outcome, backlog, now))
+    state.update_or_reset(ARCHIVE, |s: &mut ArchiveState| apply(s, name, outcome, backlog, now))
 }
 
 /// The change [`record_call`] makes (pure).

@@ -5,6 +5,7 @@ use std::process::Output;
 use std::time::{Duration, Instant};
 
 use crate::pitr::{FileRepo, Source, s3_repo};
+use crate::support::cluster::output_text as text;
 use crate::support::cluster::{as_postgres, bin, require_pg, wait_for, write_config};
 
 /// The checks, in the order they are reported.
@@ -52,14 +53,6 @@ fn entry(report: &serde_json::Value, name: &str) -> (String, String) {
     let checks = report["checks"].as_array().unwrap_or_else(|| panic!("no checks: {report}"));
     let c = checks.iter().find(|c| c["name"] == name).unwrap_or_else(|| panic!("no check {name}: {report}"));
     (c["status"].as_str().unwrap_or("").to_owned(), c["detail"].as_str().unwrap_or("").to_owned())
-}
-
-fn text(out: &Output) -> (Option<i32>, String, String) {
-    (
-        out.status.code(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
 }
 
 /// A healthy setup passes every check, in text and JSON, and `backupctl test` is the same command; the forced

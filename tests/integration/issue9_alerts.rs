@@ -11,6 +11,7 @@ use backupctl::alert::{Alerter, Condition, Delivery};
 use backupctl::config::Config;
 
 use crate::pitr::{FileRepo, Source, s3_repo};
+use crate::support::cluster::output_text as text;
 use crate::support::cluster::{as_postgres, bin, require_pg};
 use crate::support::receivers::{HttpReceiver, SilentServer, SmtpReceiver, closed_port};
 
@@ -219,14 +220,6 @@ fn write_config(dir: &Path, alerts: &str) -> PathBuf {
     );
     std::fs::write(&path, text).expect("write config");
     path
-}
-
-fn text(out: &Output) -> (Option<i32>, String, String) {
-    (
-        out.status.code(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
 }
 
 /// `backupctl alert test` sends one test message per channel and prints each server's answer; exit 1 when a

@@ -331,6 +331,15 @@ pub fn assert_ok(what: &str, out: &Output) {
     );
 }
 
+/// A finished command's exit code, stdout and stderr (as text).
+pub fn output_text(out: &std::process::Output) -> (Option<i32>, String, String) {
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
 /// Write a test configuration file readable by postgres.
 pub fn write_config(dir: &Path, repo_url: &str, spool: &Path, extra: &str) -> PathBuf {
     let path = dir.join("backupctl.toml");

@@ -4,7 +4,7 @@ use std::path::Path;
 use std::process::Output;
 use std::time::{Duration, Instant};
 
-use crate::pitr::{FileRepo, Source, s3_repo};
+use crate::pitr::{FileRepo, Source, backends};
 use crate::support::cluster::output_text as text;
 use crate::support::cluster::{as_postgres, bin, require_pg, wait_for, write_config};
 
@@ -22,17 +22,6 @@ const NAMES: [&str; 11] = [
     "backup_age",
     "wal_age",
 ];
-
-/// A repository on each backend: (label, url, extra configuration); S3 only where moto runs. The file
-/// repositories are kept alive by the returned holders.
-fn backends(label: &str) -> (Vec<FileRepo>, Vec<(&'static str, String, String)>) {
-    let file = FileRepo::new(label);
-    let mut out = vec![("file", file.url(), String::new())];
-    if let Some((url, extra)) = s3_repo(label) {
-        out.push(("s3", url, extra));
-    }
-    (vec![file], out)
-}
 
 /// `backupctl [--config CFG] <args>` as postgres.
 fn backupctl(config: &Path, args: &[&str]) -> Output {

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use backupctl::alert::{Alerter, Condition, Delivery};
 use backupctl::config::Config;
 
-use crate::pitr::{FileRepo, Source, s3_repo};
+use crate::pitr::{FileRepo, Source, backends};
 use crate::support::cluster::output_text as text;
 use crate::support::cluster::{as_postgres, bin, require_pg};
 use crate::support::receivers::{HttpReceiver, SilentServer, SmtpReceiver, closed_port};
@@ -345,16 +345,6 @@ fn issue_9_receiver_down_or_slow_never_blocks() {
     assert!(sent.is_empty(), "{sent:?}");
     assert_eq!(smtp.wait_for(2, WAIT).len(), 2);
     assert_eq!(hook.requests().len(), 2);
-}
-
-/// Both backends: a repository for each, as (label, url, extra configuration); S3 only where moto runs.
-fn backends(label: &str) -> (Vec<FileRepo>, Vec<(&'static str, String, String)>) {
-    let file = FileRepo::new(label);
-    let mut out = vec![("file", file.url(), String::new())];
-    if let Some((url, extra)) = s3_repo(label) {
-        out.push(("s3", url, extra));
-    }
-    (vec![file], out)
 }
 
 /// `backupctl [args]` as postgres.

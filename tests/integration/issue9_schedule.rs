@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::pitr::{FileRepo, Source, s3_repo};
+use crate::pitr::{FileRepo, Source, backends};
 use crate::support::cluster::{as_postgres, bin, require_pg, wait_for};
 
 /// A running daemon: the runuser process, the daemon's own pid, its log, and the systemd socket it notifies.
@@ -161,11 +161,7 @@ fn issue_9_daemon_runs_real_jobs_and_stops_on_sigterm() {
     if require_pg().is_none() {
         return;
     }
-    let file = FileRepo::new("i9-daemon");
-    let mut repos = vec![("file", file.url(), String::new())];
-    if let Some((url, extra)) = s3_repo("i9-daemon") {
-        repos.push(("s3", url, extra));
-    }
+    let (_keep, repos) = backends("i9-daemon");
     for (backend, url, extra) in repos {
         let schedule = "[schedule]\ntime_zone = \"UTC\"\nincremental_backup = \"*/4 * * * * *\"\n\
                         prune = \"*/5 * * * * *\"\nverify = \"*/6 * * * * *\"\ncheck = \"*/7 * * * * *\"\ndrill = \"*/20 * * * * *\"\n\

@@ -230,6 +230,17 @@ impl FileRepo {
     }
 }
 
+/// A repository on each backend: (label, url, extra configuration); S3 only where moto runs. The file
+/// repositories are kept alive by the returned holders.
+pub fn backends(label: &str) -> (Vec<FileRepo>, Vec<(&'static str, String, String)>) {
+    let file = FileRepo::new(label);
+    let mut out = vec![("file", file.url(), String::new())];
+    if let Some((url, extra)) = s3_repo(label) {
+        out.push(("s3", url, extra));
+    }
+    (vec![file], out)
+}
+
 /// The S3 settings for a moto bucket, or None (skip; a failure under CI) when moto is missing.
 pub fn s3_repo(label: &str) -> Option<(String, String)> {
     let server = crate::support::s3::server()?;

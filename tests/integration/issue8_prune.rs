@@ -227,6 +227,13 @@ fn concurrent_scenario(url: &str, extra: &str, label: &str) {
     let before_id = before["id"].as_str().expect("id");
     let at_before = state(c);
     assert_ok("keep", &backupctl(&src, &["keep", "--backup-id", before_id, "--forever"]));
+    // Whole segments between the kept backup's stop and the concurrent backup's start: the final prune must leave
+    // a hole there (without them, the concurrent backup may start in the segment right after the kept one's stop,
+    // and there is no WAL between them to delete).
+    for _ in 0..2 {
+        c.sql("insert into pgbench_history (tid, bid, aid, delta, mtime) values (1, 1, 1, 0, now())");
+        c.sql("select pg_switch_wal()");
+    }
     let mut load = pgbench(&src, &["-T", "20", "-c", "2", "-n"])
         .stdout(Stdio::null())
         .stderr(Stdio::null())

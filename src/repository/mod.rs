@@ -7,7 +7,10 @@
 //! wal/<timeline><log>/<segment>.partial        partial segments
 //! wal/<timeline><log>/<segment>.<off>.backup   backup history files
 //! wal/timelines/<timeline>.history             timeline history files
-//! data/<2 hex>/<blake3>                         base backup content, stored once per distinct content
+//! data/<2 hex>/<blake3>                         format 1: base backup content, once per distinct content
+//! packs/<2 hex>/<blake3>                        format 2: frames of base backup content (see [`packs`])
+//! index/<2 hex>/<blake3>                        format 2: where each frame lies (see [`packs`])
+//! maps/<2 hex>/<blake3>                         format 2: block-map nodes of large files (see [`blockmap`])
 //! backups/<id>/manifest                        one per base backup, written last (see [`backup`])
 //! backups/<id>/keep/<time>                     keep marks (see `retention::keep`)
 //! locks/<kind>-<token>                         leases of running base-backups, restores and gc (see [`lease`])
@@ -15,10 +18,13 @@
 //! Every object is in the [`crate::codec`] format. Nothing is ever overwritten with different content.
 
 pub mod backup;
+pub mod blockmap;
 pub mod lease;
+pub mod packs;
 pub mod path;
 pub mod store;
 pub mod wal_index;
+pub mod wire;
 
 use serde::{Deserialize, Serialize};
 
@@ -36,6 +42,20 @@ pub fn descriptor_key() -> Key {
 /// Key of the cluster identity record.
 pub fn cluster_key() -> Key {
     fixed_key("cluster.json")
+}
+
+/// `<prefix><2 hex>/<64 hex>`: where a content-addressed object of format 2 is stored.
+fn content_key(prefix: &str, id: &backup::ObjectId) -> Key {
+    let hex = id.to_string();
+    // invariant: a fixed prefix, hex digits and '/' only.
+    Key::new(format!("{prefix}{}/{hex}", &hex[..2])).unwrap_or_else(|e| unreachable!("content key: {e}"))
+}
+
+/// The id in a key made by [`content_key`] with `prefix`, if it is one.
+fn id_from_key(prefix: &str, key: &str) -> Option<backup::ObjectId> {
+    let (dir, hex) = key.strip_prefix(prefix)?.split_once('/')?;
+    let id: backup::ObjectId = hex.parse().ok()?;
+    (hex.get(..2) == Some(dir)).then_some(id)
 }
 
 fn fixed_key(s: &'static str) -> Key {

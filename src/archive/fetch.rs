@@ -364,6 +364,7 @@ mod tests {
         let repository = crate::config::RepositoryConfig {
             url: format!("file://{}", dir.path().join("repo").display()),
             compression_level: 1,
+            format: 1,
             s3: Default::default(),
         };
         // Root (the tests' user) never creates a spool: make it first, as an operator would.

@@ -64,7 +64,7 @@ pub async fn run(ctx: &ArchiveContext, wal_path: &Path, now_rfc3339: &str) -> Re
     }
 
     let storage = ctx.storage().await?.as_ref();
-    store::ensure_descriptor(storage, now_rfc3339).await?;
+    store::ensure_descriptor(storage, now_rfc3339, ctx.repository.format).await?;
     let mut cluster = store::cluster_info(storage).await?;
     if let (None, Some(offered)) = (&cluster, &inspected.cluster) {
         cluster = Some(store::claim_cluster(storage, offered).await?);

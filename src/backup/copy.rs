@@ -159,7 +159,7 @@ pub async fn copy_files(
             continue;
         }
         let size = pieces.iter().map(|p| p.length).sum();
-        entries.push(FileEntry { path: f.rel.clone(), size, mode: f.mode, mtime: f.mtime, pieces });
+        entries.push(FileEntry { path: f.rel.clone(), size, mode: f.mode, mtime: f.mtime, pieces, nodes: vec![] });
     }
     Ok(entries)
 }

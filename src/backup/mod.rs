@@ -113,7 +113,11 @@ pub fn run(
         }
         other => other?,
     }
-    rt.block_on(store::ensure_descriptor(storage.as_ref(), &crate::cli::now_rfc3339()))?;
+    let descriptor = rt.block_on(store::ensure_descriptor(
+        storage.as_ref(),
+        &crate::cli::now_rfc3339(),
+        config.repository.format,
+    ))?;
     if let Some(on_record) = rt.block_on(store::cluster_info(storage.as_ref()))? {
         let offered = repository::ClusterInfo {
             system_identifier: info.system_identifier.clone(),
@@ -198,6 +202,9 @@ pub fn run(
             directories: listing.directories,
             files,
             stats,
+            repository_format: 1,
+            block_size: None,
+            pack_indexes: vec![],
         };
         manifest.format = manifest.required_format();
         manifest.validate().map_err(|source| store::Error::InvalidManifest { key: id.manifest_key(), source })?;

@@ -142,6 +142,10 @@ pub struct RepositoryConfig {
     /// zstd compression level for stored objects (1-19; negative levels are faster and compress less).
     #[serde(default = "default_compression_level")]
     pub compression_level: i32,
+    /// Format of a repository created with this configuration (1 or 2; docs/design/format2.md). An existing
+    /// repository keeps the format in its `backupctl.json`, whatever this says.
+    #[serde(default = "default_repository_format")]
+    pub format: u32,
     /// S3 settings, used when `url` starts with `s3://`.
     #[serde(default)]
     pub s3: S3Config,
@@ -151,11 +155,16 @@ fn default_compression_level() -> i32 {
     1
 }
 
+fn default_repository_format() -> u32 {
+    crate::repository::NEW_REPOSITORY_FORMAT
+}
+
 impl fmt::Debug for RepositoryConfig {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("RepositoryConfig")
             .field("url", &self.url)
             .field("compression_level", &self.compression_level)
+            .field("format", &self.format)
             .field("s3", &self.s3)
             .finish()
     }
@@ -366,6 +375,13 @@ impl Config {
         } else if level == 0 {
             problems
                 .push("repository.compression_level = 0: must not be 0 (1 to 19, or -7 to -1 for faster)".to_owned());
+        }
+        let format = self.repository.format;
+        if !(1..=crate::repository::FORMAT_VERSION).contains(&format) {
+            problems.push(format!(
+                "repository.format = {format}: must be 1 or {}",
+                crate::repository::FORMAT_VERSION
+            ));
         }
         if !self.spool.path.is_absolute() {
             problems.push(format!("spool.path = {:?}: must be an absolute path", self.spool.path));

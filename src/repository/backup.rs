@@ -24,7 +24,9 @@ use crate::wal::{Lsn, TimelineId};
 ///
 /// - 1: every path a JSON string.
 /// - 2: a path may be `{"b64": ...}` (a name that is not UTF-8, see [`ManifestPath`]).
-pub const MANIFEST_FORMAT: u32 = 2;
+/// - 3: a backup of a format-2 repository (docs/design/format2.md): pieces name frames in packs, large files
+///   name block-map nodes, `repository_format`, `block_size` and `pack_indexes` are set.
+pub const MANIFEST_FORMAT: u32 = 3;
 
 /// Prefix of the data objects.
 pub const DATA_PREFIX: &str = "data/";
@@ -219,8 +221,12 @@ pub struct FileEntry {
     pub mode: u32,
     /// Modification time (seconds since the epoch) when read.
     pub mtime: i64,
-    /// The content, in order.
+    /// The content, in order (empty when `nodes` are set).
     pub pieces: Vec<Piece>,
+    /// Format 2, a block-mapped file: its block-map nodes in order, each covering
+    /// [`NODE_BLOCKS`](super::blockmap::NODE_BLOCKS) blocks (the last one the rest).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub nodes: Vec<ObjectId>,
 }
 
 /// A directory.
@@ -311,6 +317,24 @@ pub struct Manifest {
     pub files: Vec<FileEntry>,
     /// Sizes and counts.
     pub stats: BackupStats,
+    /// The repository format the backup was written in: 1 (pieces name `data/` objects) or 2 (pieces name frames
+    /// in packs, large files have block maps). Absent in format-1 manifests.
+    #[serde(default = "format_one", skip_serializing_if = "is_format_one")]
+    pub repository_format: u32,
+    /// Format 2: the block size of block-mapped files, in bytes (PostgreSQL's `block_size`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub block_size: Option<u32>,
+    /// Format 2: the pack index objects this backup wrote (where its new frames lie).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub pack_indexes: Vec<ObjectId>,
+}
+
+fn format_one() -> u32 {
+    1
+}
+
+fn is_format_one(v: &u32) -> bool {
+    *v == 1
 }
 
 /// Why a manifest cannot be trusted.
@@ -331,7 +355,13 @@ impl Manifest {
     pub fn required_format(&self) -> u32 {
         let paths = self.files.iter().map(|f| &f.path).chain(self.directories.iter().map(|d| &d.path));
         let is_text = paths.chain(self.tablespaces.iter().map(|t| &t.location)).all(|p| p.to_str().is_some());
-        if is_text { 1 } else { 2 }
+        if self.repository_format >= 2 {
+            3
+        } else if is_text {
+            1
+        } else {
+            2
+        }
     }
 
     /// Check the invariants in the module doc; the error names the offending entry.
@@ -348,6 +378,22 @@ impl Manifest {
         for f in &self.files {
             if let Err(e) = self.check_path(&f.path) {
                 return bad(format!("file {:?}: {e}", f.path));
+            }
+            if !f.nodes.is_empty() {
+                let Some(block) = self.block_size.filter(|b| *b > 0 && self.repository_format >= 2) else {
+                    return bad(format!("file {:?}: has block-map nodes in a backup without a block size", f.path));
+                };
+                let blocks = f.size.div_ceil(u64::from(block));
+                let nodes = blocks.div_ceil(super::blockmap::NODE_BLOCKS);
+                if !f.pieces.is_empty() || f.nodes.len() as u64 != nodes {
+                    return bad(format!(
+                        "file {:?}: {} block-map nodes for {} bytes (expected {nodes}, and no pieces)",
+                        f.path,
+                        f.nodes.len(),
+                        f.size
+                    ));
+                }
+                continue;
             }
             let sum: u64 = f.pieces.iter().map(|p| p.length).sum();
             if sum != f.size {
@@ -426,6 +472,9 @@ impl Manifest {
             directories: vec![],
             files: vec![],
             stats: BackupStats::default(),
+            repository_format: 1,
+            block_size: None,
+            pack_indexes: vec![],
         }
     }
 }
@@ -483,7 +532,7 @@ mod tests {
             tablespaces: vec![Tablespace { oid: 16384, location: "/ts".into() }],
             files: paths
                 .iter()
-                .map(|p| FileEntry { path: (*p).into(), size: 0, mode: 0o600, mtime: 0, pieces: vec![] })
+                .map(|p| FileEntry { path: (*p).into(), size: 0, mode: 0o600, mtime: 0, pieces: vec![], nodes: vec![] })
                 .collect(),
             ..Manifest::example()
         }
@@ -517,7 +566,7 @@ mod tests {
         let json = serde_json::to_string(&m).expect("json");
         assert!(json.contains(r#""path":"base/1/1259""#), "{json}");
         let latin1 = ManifestPath::new(b"conf.d/r\xe9glages.conf".to_vec());
-        m.files.push(FileEntry { path: latin1.clone(), size: 0, mode: 0o600, mtime: 0, pieces: vec![] });
+        m.files.push(FileEntry { path: latin1.clone(), size: 0, mode: 0o600, mtime: 0, pieces: vec![], nodes: vec![] });
         assert_eq!(m.required_format(), 2);
         assert!(m.validate().is_ok());
         let json = serde_json::to_string(&m).expect("json");
@@ -526,7 +575,7 @@ mod tests {
         assert_eq!(back.files[1].path, latin1);
         for bad in [&b"../\xff"[..], b"/\xff", b"a/\xff/../b", b"a\0\xff", b"pg_tblspc/\xff/x"] {
             let mut m = manifest(&[]);
-            m.files.push(FileEntry { path: ManifestPath::new(bad), size: 0, mode: 0o600, mtime: 0, pieces: vec![] });
+            m.files.push(FileEntry { path: ManifestPath::new(bad), size: 0, mode: 0o600, mtime: 0, pieces: vec![], nodes: vec![] });
             let err = m.validate().expect_err("refused");
             assert!(err.to_string().contains("\\xff"), "named escaped: {err}");
         }

@@ -31,8 +31,12 @@ use serde::{Deserialize, Serialize};
 use crate::storage::Key;
 use crate::wal::WalFileName;
 
-/// The format version this build writes and reads.
-pub const FORMAT_VERSION: u32 = 1;
+/// The newest repository format this build reads and writes: 1 (one object per chunk, `data/`) or 2 (packs,
+/// block maps and page deltas; docs/design/format2.md).
+pub const FORMAT_VERSION: u32 = 2;
+
+/// The format of a repository created when `[repository] format` is not set.
+pub const NEW_REPOSITORY_FORMAT: u32 = 1;
 
 /// Key of the repository descriptor.
 pub fn descriptor_key() -> Key {

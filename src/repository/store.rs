@@ -115,8 +115,11 @@ async fn create_json(storage: &dyn Storage, key: &Key, json: Vec<u8>) -> Result<
 
 /// Make sure the repository has a descriptor this build understands, creating it on first use.
 /// Creating it is logged (INFO `created repository`): wal-push and base-backup print nothing else about it.
-pub async fn ensure_descriptor(storage: &dyn Storage, now_rfc3339: &str) -> Result<Descriptor, Error> {
-    let (d, created) = descriptor(storage, now_rfc3339).await?;
+///
+/// `format` is the format of a repository this call creates (`[repository] format`); an existing repository keeps
+/// its own.
+pub async fn ensure_descriptor(storage: &dyn Storage, now_rfc3339: &str, format: u32) -> Result<Descriptor, Error> {
+    let (d, created) = descriptor(storage, now_rfc3339, format).await?;
     if created {
         tracing::info!(backend = %storage, "created repository");
     }
@@ -124,13 +127,13 @@ pub async fn ensure_descriptor(storage: &dyn Storage, now_rfc3339: &str) -> Resu
 }
 
 /// [`ensure_descriptor`] without the log line; true if this call created the descriptor.
-async fn descriptor(storage: &dyn Storage, now_rfc3339: &str) -> Result<(Descriptor, bool), Error> {
+async fn descriptor(storage: &dyn Storage, now_rfc3339: &str, format: u32) -> Result<(Descriptor, bool), Error> {
     let key = descriptor_key();
     if let Some(d) = load::<Descriptor>(storage, &key).await? {
         return Ok((check_format(storage, d)?, false));
     }
     let d = Descriptor {
-        format: FORMAT_VERSION,
+        format,
         created_by: format!("backupctl {}", env!("CARGO_PKG_VERSION")),
         created_at: now_rfc3339.to_owned(),
     };
@@ -161,14 +164,14 @@ pub async fn require_existing(storage: &dyn Storage) -> Result<(), Error> {
     Err(Error::NoRepository { backend: storage.to_string() })
 }
 
-/// Create the repository (its descriptor) unless one exists: `backupctl init`. Returns the descriptor and whether
-/// this call created it.
-pub async fn init(storage: &dyn Storage, now_rfc3339: &str) -> Result<(Descriptor, bool), Error> {
+/// Create the repository (its descriptor, of `format`) unless one exists: `backupctl init`. Returns the descriptor
+/// and whether this call created it.
+pub async fn init(storage: &dyn Storage, now_rfc3339: &str, format: u32) -> Result<(Descriptor, bool), Error> {
     if let Some(d) = load::<Descriptor>(storage, &descriptor_key()).await? {
         return Ok((check_format(storage, d)?, false));
     }
     let existed = require_existing(storage).await.is_ok();
-    Ok((descriptor(storage, now_rfc3339).await?.0, !existed))
+    Ok((descriptor(storage, now_rfc3339, format).await?.0, !existed))
 }
 
 fn check_format(storage: &dyn Storage, d: Descriptor) -> Result<Descriptor, Error> {
@@ -277,10 +280,12 @@ mod tests {
         assert!(!dir.path().join("typo").exists(), "checking created the path");
 
         let described = FsStorage::new(dir.path().join("new"));
-        let (d, created) = init(&described, "2026-11-30T00:00:00Z").await.expect("init");
-        assert!(created && d.format == FORMAT_VERSION);
+        let (d, created) = init(&described, "2026-11-30T00:00:00Z", 1).await.expect("init");
+        assert!(created && d.format == 1);
         require_existing(&described).await.expect("initialised");
-        assert!(!init(&described, "later").await.expect("init again").1, "init twice creates once");
+        let again = init(&described, "later", 2).await.expect("init again");
+        assert!(!again.1, "init twice creates once");
+        assert_eq!(again.0.format, 1, "an existing repository keeps its format");
 
         let legacy_wal = FsStorage::new(dir.path().join("legacy-wal"));
         let info = ClusterInfo { system_identifier: "1".into(), wal_segment_size: 16 << 20, pg_version: 15 };

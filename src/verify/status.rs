@@ -309,6 +309,7 @@ mod tests {
                 mode: 0o600,
                 mtime: 0,
                 pieces: objects.iter().map(|o| piece(*o)).collect(),
+                nodes: vec![],
             });
             m
         };

@@ -84,7 +84,7 @@ fn manifest(day: u32, start_seg: u64) -> Manifest {
 /// Five backups (days 1..=5, WAL segments 10+10i..), segments 1..=60 archived, the second backup kept forever.
 async fn repository(dir: &std::path::Path) -> crate::storage::fs::FsStorage {
     let s = crate::storage::fs::FsStorage::new(dir);
-    store::init(&s, "2026-11-01T00:00:00Z").await.expect("init");
+    store::init(&s, "2026-11-01T00:00:00Z", 1).await.expect("init");
     let info = crate::repository::ClusterInfo { system_identifier: "1".into(), wal_segment_size: SEG, pg_version: 15 };
     store::claim_cluster(&s, &info).await.expect("cluster");
     for n in 1..=60u64 {

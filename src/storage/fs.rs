@@ -7,8 +7,7 @@
 pub mod owner;
 
 use std::fmt;
-use std::io::{ErrorKind, Read, Seek, SeekFrom, Write};
-use std::ops::Range;
+use std::io::{ErrorKind, Read, Write};
 use std::path::{Path, PathBuf};
 
 use async_trait::async_trait;
@@ -79,20 +78,33 @@ impl FsStorage {
         sync_dir(&dir).map_err(io)
     }
 
-    fn get_blocking(&self, key: &Key, range: Option<Range<u64>>) -> Result<Bytes> {
+    fn get_blocking(&self, key: &Key) -> Result<Bytes> {
         let io = |e| self.map_err("get", key, e);
         let mut f = std::fs::File::open(self.path(key)).map_err(io)?;
         let mut buf = Vec::new();
-        match range {
-            None => {
-                f.read_to_end(&mut buf).map_err(io)?;
-            }
-            Some(r) => {
-                f.seek(SeekFrom::Start(r.start)).map_err(io)?;
-                f.take(r.end.saturating_sub(r.start)).read_to_end(&mut buf).map_err(io)?;
-            }
-        }
+        f.read_to_end(&mut buf).map_err(io)?;
         Ok(Bytes::from(buf))
+    }
+
+    /// [`Storage::get_range`]: the size from `fstat`, then one positioned read (`pread`) of exactly `len` bytes;
+    /// the file offset is never moved and nothing outside the range is read. Objects are replaced only by rename,
+    /// so the open file cannot shrink under the read; if it did, the read fails as [`Error::RangeBeyondEnd`].
+    fn get_range_blocking(&self, key: &Key, offset: u64, len: u64) -> Result<Bytes> {
+        use std::os::unix::fs::FileExt as _;
+        let io = |e| self.map_err("get", key, e);
+        let f = std::fs::File::open(self.path(key)).map_err(io)?;
+        let beyond = |size| Error::RangeBeyondEnd { backend: self.to_string(), key: key.clone(), offset, len, size };
+        let size = f.metadata().map_err(io)?.len();
+        if !super::range_fits(size, offset, len) {
+            return Err(beyond(size));
+        }
+        // invariant: len <= size, the length of a file on this machine, so it fits in usize.
+        let mut buf = vec![0u8; usize::try_from(len).map_err(|e| io(std::io::Error::other(e)))?];
+        match f.read_exact_at(&mut buf, offset) {
+            Ok(()) => Ok(Bytes::from(buf)),
+            Err(e) if e.kind() == ErrorKind::UnexpectedEof => Err(beyond(f.metadata().map_err(io)?.len())),
+            Err(e) => Err(io(e)),
+        }
     }
 
     fn list_blocking(&self, prefix: &str) -> Result<Vec<ObjectMeta>> {
@@ -299,12 +311,12 @@ impl Storage for FsStorage {
 
     async fn get(&self, key: &Key) -> Result<Bytes> {
         let (this, key) = (self.clone(), key.clone());
-        blocking(move || this.get_blocking(&key, None)).await
+        blocking(move || this.get_blocking(&key)).await
     }
 
-    async fn get_range(&self, key: &Key, range: Range<u64>) -> Result<Bytes> {
+    async fn get_range(&self, key: &Key, offset: u64, len: u64) -> Result<Bytes> {
         let (this, key) = (self.clone(), key.clone());
-        blocking(move || this.get_blocking(&key, Some(range))).await
+        blocking(move || this.get_range_blocking(&key, offset, len)).await
     }
 
     async fn head(&self, key: &Key) -> Result<ObjectMeta> {

@@ -13,7 +13,6 @@ pub mod s3;
 pub mod testing;
 
 use std::fmt;
-use std::ops::Range;
 use std::sync::Arc;
 
 use async_trait::async_trait;
@@ -135,6 +134,21 @@ pub enum Error {
         /// The key asked for.
         key: Key,
     },
+    /// A ranged read asked for bytes past the end of the object ([`Storage::get_range`]): the object exists but
+    /// is shorter than `offset + len` (or the range's end does not fit in a `u64`). Never retried; never a short read.
+    #[error("{backend}: object {key} is {size} bytes, too short for {len} bytes at offset {offset}")]
+    RangeBeyondEnd {
+        /// Backend display name.
+        backend: String,
+        /// The key read.
+        key: Key,
+        /// First byte asked for.
+        offset: u64,
+        /// Number of bytes asked for.
+        len: u64,
+        /// The object's actual size in bytes.
+        size: u64,
+    },
     /// A create-only put found the key already present.
     #[error("{backend}: object {key} already exists")]
     AlreadyExists {
@@ -214,6 +228,11 @@ impl Error {
         matches!(self, Error::NotFound { .. })
     }
 
+    /// True for [`Error::RangeBeyondEnd`].
+    pub fn is_range_beyond_end(&self) -> bool {
+        matches!(self, Error::RangeBeyondEnd { .. })
+    }
+
     /// True for [`Error::Transient`].
     pub fn is_transient(&self) -> bool {
         matches!(self, Error::Transient { .. })
@@ -250,8 +269,13 @@ pub trait Storage: Send + Sync + fmt::Display + fmt::Debug {
     async fn put(&self, key: &Key, body: Bytes, mode: PutMode) -> Result<()>;
     /// Read a whole object.
     async fn get(&self, key: &Key) -> Result<Bytes>;
-    /// Read a byte range of an object (shorter if the object is shorter).
-    async fn get_range(&self, key: &Key, range: Range<u64>) -> Result<Bytes>;
+    /// Read exactly `len` bytes of an object, starting at byte `offset`: a read of part of a large object (a pack)
+    /// without transferring the rest. Never a short read: if the object is shorter than `offset + len` the answer
+    /// is [`Error::RangeBeyondEnd`] (with its actual size); a missing object is [`Error::NotFound`]. A zero-length
+    /// range at or before the end (`offset <= size`) returns no bytes; it still checks that the object exists.
+    /// Backends transfer only the range: `pread` on a file, `Range: bytes=offset-(offset+len-1)` on S3 (RFC 9110
+    /// section 14), whose answer is checked against the range asked for.
+    async fn get_range(&self, key: &Key, offset: u64, len: u64) -> Result<Bytes>;
     /// Size of an object, or `NotFound`.
     async fn head(&self, key: &Key) -> Result<ObjectMeta>;
     /// All objects whose key starts with `prefix` (a string prefix, not only a directory), sorted by key.
@@ -309,6 +333,11 @@ pub trait Storage: Send + Sync + fmt::Display + fmt::Debug {
     }
 }
 
+/// Whether `len` bytes at `offset` lie inside an object of `size` bytes (the end may equal the size).
+pub(crate) fn range_fits(size: u64, offset: u64, len: u64) -> bool {
+    offset.checked_add(len).is_some_and(|end| end <= size)
+}
+
 /// A shared, dynamically dispatched storage handle.
 pub type DynStorage = Arc<dyn Storage>;
 
@@ -360,5 +389,24 @@ mod tests {
             assert!(Key::new(bad).is_err(), "{bad:?} must be rejected");
         }
         assert_eq!(Key::new("x/y/z").expect("key").file_name(), "z");
+    }
+
+    #[test]
+    fn range_fits_table() {
+        for (size, offset, len, want) in [
+            (10, 0, 10, true),
+            (10, 9, 1, true),
+            (10, 10, 0, true),
+            (10, 0, 0, true),
+            (10, 10, 1, false),
+            (10, 5, 6, false),
+            (10, 11, 0, false),
+            (0, 0, 0, true),
+            (0, 0, 1, false),
+            (u64::MAX, u64::MAX, 1, false),
+            (u64::MAX, 1, u64::MAX, false),
+        ] {
+            assert_eq!(range_fits(size, offset, len), want, "size {size} offset {offset} len {len}");
+        }
     }
 }

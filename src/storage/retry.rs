@@ -5,7 +5,6 @@
 
 use std::fmt;
 use std::future::Future;
-use std::ops::Range;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
@@ -83,8 +82,8 @@ impl Storage for Retrying {
     async fn get(&self, key: &Key) -> Result<Bytes> {
         self.run("get", key.as_str(), || self.inner.get(key)).await
     }
-    async fn get_range(&self, key: &Key, range: Range<u64>) -> Result<Bytes> {
-        self.run("get", key.as_str(), || self.inner.get_range(key, range.clone())).await
+    async fn get_range(&self, key: &Key, offset: u64, len: u64) -> Result<Bytes> {
+        self.run("get", key.as_str(), || self.inner.get_range(key, offset, len)).await
     }
     async fn head(&self, key: &Key) -> Result<ObjectMeta> {
         self.run("head", key.as_str(), || self.inner.head(key)).await

@@ -14,11 +14,11 @@
 
 mod cleanup;
 mod error;
+mod range;
 use self::cleanup::DELETE_BATCH;
 use self::error::{Class, cause_chain, describe};
 
 use std::fmt;
-use std::ops::Range;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -310,22 +310,15 @@ impl S3Storage {
         }
     }
 
-    async fn get_object(&self, key: &Key, range: Option<String>) -> Result<Bytes> {
+    async fn get_object(&self, key: &Key) -> Result<Bytes> {
         let out = self
             .client
             .get_object()
             .bucket(&self.bucket)
             .key(self.object_key(key.as_str()))
-            .set_range(range)
             .send()
-            .await;
-        let out = match out {
-            Ok(out) => out,
-            Err(e) => match self.describe(&e) {
-                (Class::InvalidRange, _) => return Ok(Bytes::new()),
-                (class, message) => return Err(self.class_error(class, "get", key.as_str(), message)),
-            },
-        };
+            .await
+            .map_err(|e| self.error("get", key.as_str(), &e))?;
         match out.body.collect().await {
             Ok(data) => Ok(data.into_bytes()),
             Err(e) => Err(self.class_error(Class::Transient, "get", key.as_str(), cause_chain(&e))),
@@ -417,11 +410,6 @@ fn strip_key<'a>(prefix: &str, object_key: &'a str) -> Option<&'a str> {
     if prefix.is_empty() { Some(object_key) } else { object_key.strip_prefix(prefix)?.strip_prefix('/') }
 }
 
-/// The HTTP `Range` header for a half-open byte range, or `None` if the range is empty.
-fn range_header(range: &Range<u64>) -> Option<String> {
-    (range.start < range.end).then(|| format!("bytes={}-{}", range.start, range.end - 1))
-}
-
 fn timeouts(attempt: Duration) -> TimeoutConfig {
     TimeoutConfig::builder().connect_timeout(CONNECT_TIMEOUT).operation_attempt_timeout(attempt).build()
 }
@@ -477,15 +465,11 @@ impl Storage for S3Storage {
     }
 
     async fn get(&self, key: &Key) -> Result<Bytes> {
-        self.get_object(key, None).await
+        self.get_object(key).await
     }
 
-    async fn get_range(&self, key: &Key, range: Range<u64>) -> Result<Bytes> {
-        match range_header(&range) {
-            Some(header) => self.get_object(key, Some(header)).await,
-            // Still answer NotFound for a missing object, like a real read would.
-            None => self.head(key).await.map(|_| Bytes::new()),
-        }
+    async fn get_range(&self, key: &Key, offset: u64, len: u64) -> Result<Bytes> {
+        self.get_exact_range(key, offset, len).await
     }
 
     async fn head(&self, key: &Key) -> Result<ObjectMeta> {
@@ -577,19 +561,6 @@ mod tests {
         assert_eq!(strip_key("repo", "repo2/a"), None);
         assert_eq!(strip_key("repo", "other/a"), None);
         assert_eq!(join_key("repo", ""), "repo/", "list of everything under the prefix");
-    }
-
-    #[test]
-    fn range_headers() {
-        for (range, want) in [
-            (0..1, Some("bytes=0-0")),
-            (2..5, Some("bytes=2-4")),
-            (10..1 << 40, Some("bytes=10-1099511627775")),
-            (3..3, None),
-            (Range { start: 5, end: 2 }, None), // reversed
-        ] {
-            assert_eq!(range_header(&range).as_deref(), want, "{range:?}");
-        }
     }
 
     #[test]

@@ -57,24 +57,50 @@ async fn round_trip(store: &dyn Storage) {
     assert!(!store.exists(&key("rt/missing")).await.expect("exists"));
 }
 
+/// Issue 10: `get_range(key, offset, len)` returns exactly those bytes, or a typed error; never a short read.
 async fn ranges(store: &dyn Storage) {
     let k = key("range/digits");
     store.put(&k, Bytes::from_static(b"0123456789"), PutMode::Overwrite).await.expect("put");
-    for (range, want) in [
-        (0..10, &b"0123456789"[..]),
-        (2..5, b"234"),
-        (9..10, b"9"),
-        (8..20, b"89"),
-        (10..12, b""),
-        (20..30, b""),
-        (3..3, b""),
+    for (offset, len, want) in [
+        (0, 10, &b"0123456789"[..]),
+        (0, 3, b"012"), // start
+        (2, 3, b"234"), // middle
+        (7, 3, b"789"), // end
+        (9, 1, b"9"),   // last byte
+        (0, 0, b""),    // zero length at the start
+        (4, 0, b""),    // in the middle
+        (10, 0, b""),   // at the end
     ] {
-        let got = store.get_range(&k, range.clone()).await.unwrap_or_else(|e| panic!("{store}: {range:?}: {e}"));
-        assert_eq!(&got[..], want, "{store}: range {range:?}");
+        let got = store.get_range(&k, offset, len).await.unwrap_or_else(|e| panic!("{store}: {offset}+{len}: {e}"));
+        assert_eq!(&got[..], want, "{store}: {len} bytes at {offset}");
     }
-    for range in [0..4, 2..2] {
-        let result = store.get_range(&key("range/missing"), range.clone()).await;
-        assert!(matches!(result, Err(Error::NotFound { .. })), "{store}: {range:?} of a missing object: {result:?}");
+    // Past the end: a typed error naming the object's size, never the bytes that exist.
+    for (offset, len) in [(8, 3), (0, 11), (10, 1), (20, 5), (11, 0), (u64::MAX, 1), (1, u64::MAX)] {
+        match store.get_range(&k, offset, len).await {
+            Err(e @ Error::RangeBeyondEnd { size: 10, .. }) => {
+                assert!(e.is_range_beyond_end());
+                let message = e.to_string();
+                assert!(message.contains("range/digits") && message.contains("10 bytes") && !message.contains('\n'));
+            }
+            other => panic!("{store}: {len} bytes at {offset} of a 10-byte object: {other:?}"),
+        }
+    }
+    let empty = key("range/empty");
+    store.put(&empty, Bytes::new(), PutMode::Overwrite).await.expect("put");
+    assert_eq!(store.get_range(&empty, 0, 0).await.expect("nothing of nothing"), Bytes::new(), "{store}");
+    for (offset, len) in [(0, 1), (1, 0), (3, 4)] {
+        let result = store.get_range(&empty, offset, len).await;
+        assert!(
+            matches!(result, Err(Error::RangeBeyondEnd { size: 0, .. })),
+            "{store}: empty {offset}+{len}: {result:?}"
+        );
+    }
+    for (offset, len) in [(0, 4), (0, 0), (5, 0), (5, 1)] {
+        let result = store.get_range(&key("range/missing"), offset, len).await;
+        assert!(
+            matches!(result, Err(Error::NotFound { .. })),
+            "{store}: {offset}+{len} of a missing object: {result:?}"
+        );
     }
 }
 
@@ -133,9 +159,16 @@ async fn large_object(store: &dyn Storage) {
     store.put(&k, body.clone(), PutMode::Create).await.expect("put a large object");
     assert!(store.get(&k).await.expect("get") == body, "{store}: large object round trip");
     assert_eq!(store.head(&k).await.expect("head").size, body.len() as u64);
-    let across = (5 * MIB - 3) as u64..(5 * MIB + 3) as u64;
-    let got = store.get_range(&k, across.clone()).await.expect("range across a part boundary");
-    assert_eq!(got, body.slice(5 * MIB - 3..5 * MIB + 3), "{store}: range across a part boundary");
+    // Ranges of a pack-sized object: across a part boundary, a large one, the tail, one past the tail.
+    for (offset, len) in [(5 * MIB - 3, 6), (MIB + 7, 8 * MIB), (12 * MIB, 123), (0, 1)] {
+        let got = store.get_range(&k, offset as u64, len as u64).await.expect("range of a large object");
+        assert!(got == body.slice(offset..offset + len), "{store}: {len} bytes at {offset} of a large object");
+    }
+    let past = store.get_range(&k, 12 * MIB as u64, 124).await;
+    assert!(
+        matches!(past, Err(Error::RangeBeyondEnd { size, .. }) if size == body.len() as u64),
+        "{store}: past the end of a large object: {past:?}"
+    );
 
     let again = store.put(&k, pattern(12 * MIB, 1), PutMode::Create).await;
     assert!(matches!(again, Err(Error::AlreadyExists { .. })), "{store}: large create on an existing key: {again:?}");

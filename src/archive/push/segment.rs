@@ -148,11 +148,13 @@ fn digest_file(path: &Path, expected: u64) -> Result<Digest, Error> {
 
 /// The header of the stored object for `key`, or `None` if absent.
 async fn stored_header(storage: &dyn Storage, key: &storage::Key) -> Result<Option<ObjectHeader>, Error> {
-    match storage.get_range(key, 0..HEADER_LEN as u64).await {
-        Ok(bytes) => ObjectHeader::parse(&bytes)
-            .map(Some)
-            .map_err(|source| Error::Corrupt { what: format!("{storage}/{key}"), source }),
+    let corrupt = |source| Error::Corrupt { what: format!("{storage}/{key}"), source };
+    match storage.get_range(key, 0, HEADER_LEN as u64).await {
+        Ok(bytes) => ObjectHeader::parse(&bytes).map(Some).map_err(corrupt),
         Err(e) if e.is_not_found() => Ok(None),
+        Err(e) if e.is_range_beyond_end() => {
+            Err(corrupt(crate::codec::Error::BadHeader { reason: "object shorter than its header" }))
+        }
         Err(e) => Err(e.into()),
     }
 }

@@ -39,8 +39,8 @@ impl Storage for KilledAfter {
     async fn get(&self, key: &Key) -> crate::storage::Result<bytes::Bytes> {
         self.inner.get(key).await
     }
-    async fn get_range(&self, key: &Key, range: std::ops::Range<u64>) -> crate::storage::Result<bytes::Bytes> {
-        self.inner.get_range(key, range).await
+    async fn get_range(&self, key: &Key, offset: u64, len: u64) -> crate::storage::Result<bytes::Bytes> {
+        self.inner.get_range(key, offset, len).await
     }
     async fn head(&self, key: &Key) -> crate::storage::Result<ObjectMeta> {
         self.inner.head(key).await

@@ -21,6 +21,7 @@ pub mod backup;
 pub mod blockmap;
 pub mod lease;
 pub mod packs;
+pub mod packstore;
 pub mod path;
 pub mod store;
 pub mod wal_index;

@@ -45,6 +45,15 @@ pub enum Error {
         #[source]
         source: InvalidManifest,
     },
+    /// A binary metadata object (format 2: a block-map node, a pack index) fails its own checks.
+    #[error("repository object {key} is malformed: {source}")]
+    Malformed {
+        /// The key.
+        key: Key,
+        /// What is wrong.
+        #[source]
+        source: super::wire::WireError,
+    },
     /// Nothing at the URL is a repository (no descriptor, no WAL, no backup): most often a typo in the URL.
     #[error("no repository at {backend}")]
     NoRepository {

@@ -150,6 +150,28 @@ pub enum Error {
         /// Why: where the archive ends, or the current time.
         reason: String,
     },
+    /// Format 2: a frame a backup names is in no pack index of the repository.
+    #[error(
+        "frame {frame} (part of {needed_by}) is in no pack index of {backend}: the repository lost data this backup needs"
+    )]
+    MissingFrame {
+        /// The frame id.
+        frame: String,
+        /// A file that needs it.
+        needed_by: String,
+        /// Backend display.
+        backend: String,
+    },
+    /// Format 2: a block rebuilt from the repository does not have the digest its block map records.
+    #[error("block {block} of {path} does not match its backup's block map after it was rebuilt from {frames}")]
+    BlockMismatch {
+        /// The file (manifest path).
+        path: String,
+        /// Block number in the file.
+        block: u64,
+        /// The frames it came from.
+        frames: String,
+    },
     /// A stored object failed verification.
     #[error("{what} is corrupt: {source}")]
     Corrupt {
@@ -395,6 +417,9 @@ impl Error {
             }
             Error::UnreachableTarget { .. } => {
                 "choose a target inside the archived WAL ('backupctl status' shows the archived range), or wait until the WAL is archived"
+            }
+            Error::MissingFrame { .. } | Error::BlockMismatch { .. } => {
+                "run 'backupctl verify' to see which backups are affected; restore another backup, or restore the repository from a copy"
             }
             Error::Corrupt { .. } => {
                 "the damaged object was not used (a recovery stops here rather than skip it): restore it from a copy of the repository, or take a new full backup"

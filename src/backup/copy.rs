@@ -33,16 +33,21 @@ pub struct CopySettings {
     pub max_rate: Option<u64>,
 }
 
-/// Spaces reads so that on average at most `rate` bytes per second are read.
-struct Pacer {
+/// Spaces reads so that on average at most `rate` bytes per second are read (`--max-rate`).
+pub struct Pacer {
     rate: Option<u64>,
     start: tokio::time::Instant,
     bytes: u64,
 }
 
 impl Pacer {
+    /// A pacer for `rate` bytes per second (`None`: no limit), starting now.
+    pub(super) fn new(rate: Option<u64>) -> Self {
+        Self { rate, start: tokio::time::Instant::now(), bytes: 0 }
+    }
+
     /// Wait until reading `n` more bytes keeps the average at or under the rate.
-    async fn wait(&mut self, n: u64) {
+    pub(super) async fn wait(&mut self, n: u64) {
         let Some(rate) = self.rate.filter(|r| *r > 0) else { return };
         let due = self.start + std::time::Duration::from_secs_f64(self.bytes as f64 / rate as f64);
         self.bytes += n;
@@ -220,7 +225,7 @@ fn record(
 }
 
 /// Read up to `len` bytes at `offset`; `None` if the file is gone.
-fn read_range(path: &std::path::Path, offset: u64, len: u64) -> Result<Option<Vec<u8>>, Error> {
+pub(super) fn read_range(path: &std::path::Path, offset: u64, len: u64) -> Result<Option<Vec<u8>>, Error> {
     let rerr = |source| Error::ReadSource { path: path.to_path_buf(), source };
     let file = match std::fs::File::open(path) {
         Ok(f) => f,

@@ -11,7 +11,10 @@
 //! - The PostgreSQL session is held from start to stop; on any failure it is dropped, which aborts the backup on
 //!   the server, and no manifest is written. Objects already uploaded are reused by the next run.
 
+pub mod blocks;
 pub mod copy;
+pub mod format2;
+pub mod packer;
 pub mod upload;
 pub mod walk;
 
@@ -113,11 +116,8 @@ pub fn run(
         }
         other => other?,
     }
-    let descriptor = rt.block_on(store::ensure_descriptor(
-        storage.as_ref(),
-        &crate::cli::now_rfc3339(),
-        config.repository.format,
-    ))?;
+    let descriptor =
+        rt.block_on(store::ensure_descriptor(storage.as_ref(), &crate::cli::now_rfc3339(), config.repository.format))?;
     if let Some(on_record) = rt.block_on(store::cluster_info(storage.as_ref()))? {
         let offered = repository::ClusterInfo {
             system_identifier: info.system_identifier.clone(),
@@ -146,16 +146,40 @@ pub fn run(
         let total: u64 = listing.files.iter().map(|f| f.size).sum();
         progress.start(total, listing.files.len() as u64);
         let is_full = request.backup_type == BackupType::Full;
-        let (present, reusable) =
-            if is_full { (Default::default(), HashMap::new()) } else { rt.block_on(reuse_sets(storage.as_ref()))? };
-        let writer =
-            Arc::new(upload::ObjectWriter::new(storage.clone(), is_full, config.repository.compression_level, present));
         let settings = copy::CopySettings {
             chunk_size: config.backup.chunk_size_kib * 1024,
             parallel: config.backup.parallel,
             max_rate: request.max_rate,
         };
-        let files = rt.block_on(copy::copy_files(&listing.files, writer.clone(), &reusable, settings, progress))?;
+        let level = config.repository.compression_level;
+        let (files, written, format2) = if descriptor.format >= 2 {
+            let block_size = block_size(&mut session)?;
+            let previous = if is_full { None } else { rt.block_on(previous_format2(storage.as_ref()))? };
+            let copied = rt.block_on(copy_format2(
+                &storage,
+                block_size,
+                level,
+                is_full,
+                previous.as_ref(),
+                settings,
+                &listing.files,
+                progress,
+            ))?;
+            (copied.files, copied.stats, Some((block_size, copied.pack_index, copied.frames)))
+        } else {
+            let (present, reusable) =
+                if is_full { (Default::default(), HashMap::new()) } else { rt.block_on(reuse_sets(storage.as_ref()))? };
+            let writer = Arc::new(upload::ObjectWriter::new(storage.clone(), is_full, level, present));
+            let files = rt.block_on(copy::copy_files(&listing.files, writer.clone(), &reusable, settings, progress))?;
+            let stats = BackupStats {
+                objects_written: writer.objects_written.load(Ordering::Relaxed),
+                bytes_written: writer.bytes_written.load(Ordering::Relaxed),
+                bytes_stored: writer.bytes_stored.load(Ordering::Relaxed),
+                bytes_reused: writer.bytes_reused.load(Ordering::Relaxed),
+                ..BackupStats::default()
+            };
+            (files, stats, None)
+        };
 
         progress.phase("stopping backup");
         let stop = session.backup_stop()?;
@@ -173,11 +197,8 @@ pub fn run(
         let stats = BackupStats {
             files: files.len() as u64,
             bytes: files.iter().map(|f| f.size).sum(),
-            objects_written: writer.objects_written.load(Ordering::Relaxed),
-            bytes_written: writer.bytes_written.load(Ordering::Relaxed),
-            bytes_stored: writer.bytes_stored.load(Ordering::Relaxed),
-            bytes_reused: writer.bytes_reused.load(Ordering::Relaxed),
             duration_ms: started.elapsed().as_millis() as u64,
+            ..written
         };
         let mut manifest = Manifest {
             format: MANIFEST_FORMAT,
@@ -206,11 +227,19 @@ pub fn run(
             block_size: None,
             pack_indexes: vec![],
         };
+        if let Some((block_size, pack_index, _)) = &format2 {
+            manifest.repository_format = 2;
+            manifest.block_size = Some(*block_size);
+            manifest.pack_indexes = pack_index.iter().copied().collect();
+        }
         manifest.format = manifest.required_format();
         manifest.validate().map_err(|source| store::Error::InvalidManifest { key: id.manifest_key(), source })?;
         // Second line of defence behind the lease: every object the manifest references exists now.
         lease.check()?;
-        rt.block_on(check_present(storage.as_ref(), &manifest))?;
+        match &format2 {
+            Some((_, _, frames)) => rt.block_on(check_present_format2(storage.as_ref(), &manifest, frames))?,
+            None => rt.block_on(check_present(storage.as_ref(), &manifest))?,
+        }
         if !rt.block_on(store::save_manifest(storage.as_ref(), &manifest))? {
             return Err(
                 crate::storage::Error::AlreadyExists { backend: storage.to_string(), key: id.manifest_key() }.into()
@@ -224,6 +253,119 @@ pub fn run(
         tracing::warn!(backup = %id, error = %e, "could not remove the backup's lease; it expires by itself");
     }
     result
+}
+
+/// Read `block_size` from the server (8192 unless PostgreSQL was built otherwise).
+fn block_size(session: &mut pg::Session) -> Result<u32, Error> {
+    let text = session.setting("block_size")?.unwrap_or_else(|| "8192".to_owned());
+    text.parse::<u32>()
+        .ok()
+        .filter(|b| b.is_power_of_two() && *b >= 1024)
+        .ok_or_else(|| pg::Error::Unexpected { what: "block_size", answer: text }.into())
+}
+
+/// Stored size of a pack (bytes) at which it is put (docs/design/format2.md).
+const PACK_SIZE: usize = 16 << 20;
+
+/// What a format-2 copy produced.
+struct Format2Copy {
+    files: Vec<crate::repository::backup::FileEntry>,
+    stats: BackupStats,
+    /// The pack index this backup wrote, if it wrote packs.
+    pack_index: Option<ObjectId>,
+    /// Every frame its files name.
+    frames: std::collections::HashSet<ObjectId>,
+}
+
+/// The newest backup if it is a format-2 one (an incremental reuses its blocks).
+async fn previous_format2(storage: &dyn Storage) -> Result<Option<Manifest>, Error> {
+    let last = match store::backup_ids(storage).await?.last() {
+        Some(id) => store::load_manifest(storage, id).await?,
+        None => None,
+    };
+    Ok(last.filter(|m| m.repository_format >= 2))
+}
+
+/// Format 2: load the repository's frame index, copy the files into packs, write the pack index.
+#[allow(clippy::too_many_arguments)]
+async fn copy_format2(
+    storage: &crate::storage::DynStorage,
+    block_size: u32,
+    level: i32,
+    is_full: bool,
+    previous: Option<&Manifest>,
+    settings: copy::CopySettings,
+    files: &[walk::SourceFile],
+    progress: &dyn Progress,
+) -> Result<Format2Copy, Error> {
+    use crate::repository::packstore::{self, FrameIndex};
+    let index = Arc::new(FrameIndex::load(storage.as_ref()).await?);
+    let known = index.ids().copied().collect();
+    let packer = Arc::new(packer::Packer::new(storage.clone(), level, PACK_SIZE, settings.parallel, known));
+    let ctx = blocks::BlockContext::new(storage.clone(), packer.clone(), index, block_size, is_full, level);
+    let copied = format2::copy_files(files, &ctx, previous, settings, progress).await?;
+    let packs = packer.finish().await?;
+    let (pack_index, index_bytes) = if packs.is_empty() {
+        (None, 0)
+    } else {
+        let (id, stored) =
+            packstore::save_index(storage.as_ref(), &crate::repository::packs::PackIndex { packs }, level).await?;
+        (Some(id), stored)
+    };
+    let p = &packer.stats;
+    let b = &ctx.stats;
+    let load = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
+    let unchanged_bytes = load(&b.unchanged) * u64::from(block_size);
+    let stats = BackupStats {
+        objects_written: load(&p.packs_written) + u64::from(pack_index.is_some()),
+        bytes_written: load(&p.raw_written),
+        bytes_stored: load(&p.bytes_new) + load(&b.node_bytes_new) + index_bytes,
+        bytes_reused: load(&p.raw_reused) + unchanged_bytes,
+        ..BackupStats::default()
+    };
+    tracing::debug!(
+        unchanged = load(&b.unchanged),
+        whole = load(&b.whole),
+        delta = load(&b.delta),
+        packs = load(&p.packs_written),
+        "format 2 copy done"
+    );
+    Ok(Format2Copy { files: copied.files, stats, pack_index, frames: copied.frames })
+}
+
+/// Format 2: fail, naming one, if a frame or node `manifest` references is not in the repository (listings of
+/// `packs/` and `maps/`, and the pack indexes).
+async fn check_present_format2(
+    storage: &dyn Storage,
+    manifest: &Manifest,
+    frames: &std::collections::HashSet<ObjectId>,
+) -> Result<(), Error> {
+    use crate::repository::{blockmap, packs, packstore::FrameIndex};
+    let index = FrameIndex::load(storage).await?;
+    let listed = |prefix: &'static str, parse: fn(&str) -> Option<ObjectId>| async move {
+        let list = storage.list(prefix).await?;
+        Ok::<_, Error>(list.iter().filter_map(|m| parse(m.key.as_str())).collect::<std::collections::HashSet<_>>())
+    };
+    let pack_set = listed(packs::PACKS_PREFIX, packs::pack_from_key).await?;
+    let node_set = listed(blockmap::MAPS_PREFIX, blockmap::node_from_key).await?;
+    let mut missing: Vec<crate::storage::Key> = frames
+        .iter()
+        .filter(|f| index.get(f).is_none_or(|(pack, _)| !pack_set.contains(pack)))
+        .map(|f| crate::storage::Key::new(format!("frame {f}")).unwrap_or_else(|_| packs::pack_key(f)))
+        .collect();
+    missing
+        .extend(manifest.files.iter().flat_map(|f| &f.nodes).filter(|n| !node_set.contains(n)).map(blockmap::node_key));
+    missing.sort();
+    missing.dedup();
+    match missing.first() {
+        None => Ok(()),
+        Some(first) => Err(Error::ObjectsVanished {
+            backup: manifest.id.to_string(),
+            count: missing.len(),
+            first: first.to_string(),
+            backend: storage.to_string(),
+        }),
+    }
 }
 
 /// How long a base-backup waits for a running gc to finish before it lists the objects it may reuse.

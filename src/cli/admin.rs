@@ -283,7 +283,8 @@ fn run(config_flag: Option<PathBuf>, command: Command) -> Result<(), Error> {
 fn init(ctx: &Ctx, json_output: bool) -> Result<(), Error> {
     super::check_repository_writer(&ctx.config.repository.url)?;
     let storage = ctx.storage()?;
-    let (d, created) = ctx.rt.block_on(store::init(storage.as_ref(), &super::now_rfc3339(), ctx.config.repository.format))?;
+    let (d, created) =
+        ctx.rt.block_on(store::init(storage.as_ref(), &super::now_rfc3339(), ctx.config.repository.format))?;
     if json_output {
         line(serde_json::json!({
             "repository": storage.to_string(),

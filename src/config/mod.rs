@@ -378,10 +378,7 @@ impl Config {
         }
         let format = self.repository.format;
         if !(1..=crate::repository::FORMAT_VERSION).contains(&format) {
-            problems.push(format!(
-                "repository.format = {format}: must be 1 or {}",
-                crate::repository::FORMAT_VERSION
-            ));
+            problems.push(format!("repository.format = {format}: must be 1 or {}", crate::repository::FORMAT_VERSION));
         }
         if !self.spool.path.is_absolute() {
             problems.push(format!("spool.path = {:?}: must be an absolute path", self.spool.path));

@@ -575,7 +575,14 @@ mod tests {
         assert_eq!(back.files[1].path, latin1);
         for bad in [&b"../\xff"[..], b"/\xff", b"a/\xff/../b", b"a\0\xff", b"pg_tblspc/\xff/x"] {
             let mut m = manifest(&[]);
-            m.files.push(FileEntry { path: ManifestPath::new(bad), size: 0, mode: 0o600, mtime: 0, pieces: vec![], nodes: vec![] });
+            m.files.push(FileEntry {
+                path: ManifestPath::new(bad),
+                size: 0,
+                mode: 0o600,
+                mtime: 0,
+                pieces: vec![],
+                nodes: vec![],
+            });
             let err = m.validate().expect_err("refused");
             assert!(err.to_string().contains("\\xff"), "named escaped: {err}");
         }

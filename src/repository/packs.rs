@@ -116,7 +116,10 @@ impl PackIndex {
                 };
                 if f.offset != end || (f.stored_length as usize) < crate::codec::HEADER_LEN {
                     return Err(WireError {
-                        what: format!("pack {pack}: frame {} at offset {} does not follow the previous one", f.id, f.offset),
+                        what: format!(
+                            "pack {pack}: frame {} at offset {} does not follow the previous one",
+                            f.id, f.offset
+                        ),
                     });
                 }
                 end = f.offset + u64::from(f.stored_length);

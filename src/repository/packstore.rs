@@ -62,6 +62,11 @@ impl FrameIndex {
         self.frames.contains_key(id)
     }
 
+    /// The ids of every indexed frame.
+    pub fn ids(&self) -> impl Iterator<Item = &ObjectId> {
+        self.frames.keys()
+    }
+
     /// Number of indexed frames.
     pub fn len(&self) -> usize {
         self.frames.len()
@@ -122,7 +127,10 @@ pub fn decode_frame(key: &Key, bytes: &[u8], loc: &FrameLocation) -> Result<Vec<
     let header = codec::decode(bytes, &mut raw).map_err(corrupt)?;
     check_digest(&frame_key(key, loc.offset), header.digest, &loc.id)?;
     if raw.len() != loc.raw_length as usize {
-        return Err(corrupt(codec::Error::SizeMismatch { expected: u64::from(loc.raw_length), actual: raw.len() as u64 }));
+        return Err(corrupt(codec::Error::SizeMismatch {
+            expected: u64::from(loc.raw_length),
+            actual: raw.len() as u64,
+        }));
     }
     Ok(raw)
 }

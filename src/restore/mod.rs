@@ -11,6 +11,7 @@ pub mod auto_conf;
 pub mod target;
 pub mod wal_check;
 pub mod write;
+pub mod write2;
 
 use std::path::PathBuf;
 use std::time::Instant;

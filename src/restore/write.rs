@@ -217,13 +217,13 @@ fn remove_any(path: &Path) -> std::io::Result<()> {
 
 /// One range of an object to write into a file.
 #[derive(Debug, Clone)]
-struct WriteOp {
+pub(super) struct WriteOp {
     /// Shared by every piece of the file (a large cluster has millions of pieces).
-    path: Arc<PathBuf>,
-    file_offset: u64,
-    object_offset: u64,
-    length: u64,
-    blake3: ObjectId,
+    pub(super) path: Arc<PathBuf>,
+    pub(super) file_offset: u64,
+    pub(super) object_offset: u64,
+    pub(super) length: u64,
+    pub(super) blake3: ObjectId,
 }
 
 /// What writing the files did.
@@ -251,6 +251,9 @@ pub async fn write_files(
     parallel: usize,
     progress: &dyn Progress,
 ) -> Result<WriteStats, Error> {
+    if manifest.repository_format >= 2 {
+        return super::write2::write_files(storage, manifest, files, layout, delta, parallel, progress).await;
+    }
     let (layout2, files2): (Layout, Vec<FileEntry>) = (layout.clone(), files.iter().map(|f| (*f).clone()).collect());
     let dirs = manifest.directories.clone();
     let (ops, mut stats) = blocking(move || plan_writes(&layout2, &dirs, &files2, delta)).await?;
@@ -283,7 +286,7 @@ pub async fn write_files(
 fn apply_object(key: &str, object: &[u8], ops: &[WriteOp]) -> Result<u64, Error> {
     let corrupt = |what: String, source| Error::Corrupt { what, source };
     let mut raw = Vec::with_capacity(object.len() * 3);
-    let header = codec::decode(object, &mut raw).map_err(|e| {
+    codec::decode(object, &mut raw).map_err(|e| {
         corrupt(
             format!(
                 "object {key} (part of {})",
@@ -292,21 +295,28 @@ fn apply_object(key: &str, object: &[u8], ops: &[WriteOp]) -> Result<u64, Error>
             e,
         )
     })?;
+    apply_ranges(&format!("object {key}"), &raw, ops)
+}
+
+/// Write each range of `raw` (a verified object's or frame's content, `what` in messages) that `ops` name; a range
+/// that is not the whole content is checked against its own blake3 first.
+pub(super) fn apply_ranges(what: &str, raw: &[u8], ops: &[WriteOp]) -> Result<u64, Error> {
+    let corrupt = |what: String, source| Error::Corrupt { what, source };
     let mut written = 0;
     for op in ops {
         let end = op.object_offset + op.length;
         let slice = raw.get(op.object_offset as usize..end as usize).ok_or_else(|| {
             corrupt(
-                format!("object {key} (part of {})", Escaped(&op.path)),
+                format!("{what} (part of {})", Escaped(&op.path)),
                 codec::Error::SizeMismatch { expected: end, actual: raw.len() as u64 },
             )
         })?;
-        let is_whole = op.object_offset == 0 && op.length == header.raw_size;
+        let is_whole = op.object_offset == 0 && op.length == raw.len() as u64;
         if !is_whole {
             let actual = blake3::hash(slice);
             if actual.as_bytes() != &op.blake3.0 {
                 return Err(corrupt(
-                    format!("object {key} (part of {})", Escaped(&op.path)),
+                    format!("{what} (part of {})", Escaped(&op.path)),
                     codec::Error::ChecksumMismatch {
                         expected: codec::Digest::Blake3(op.blake3.0),
                         actual: codec::Digest::Blake3(*actual.as_bytes()),
@@ -326,10 +336,10 @@ fn apply_object(key: &str, object: &[u8], ops: &[WriteOp]) -> Result<u64, Error>
     Ok(written)
 }
 
-type Plan = (BTreeMap<ObjectId, Vec<WriteOp>>, WriteStats);
+pub(super) type Plan = (BTreeMap<ObjectId, Vec<WriteOp>>, WriteStats);
 
 /// Directories first; then each file created at its size and, per piece, a write unless `delta` finds it equal.
-fn plan_writes(
+pub(super) fn plan_writes(
     layout: &Layout,
     dirs: &[crate::repository::backup::DirEntry],
     files: &[FileEntry],
@@ -376,7 +386,8 @@ fn plan_writes(
             }
             file_offset += piece.length;
         }
-        if any || !delta || existing != f.size {
+        // A block-mapped file's blocks are compared later (restore::write2); it counts as written until then.
+        if any || !f.nodes.is_empty() || !delta || existing != f.size {
             stats.files_written += 1;
         } else {
             stats.files_unchanged += 1;

@@ -211,7 +211,14 @@ mod tests {
             objects.iter().map(|o| Piece { object: *o, offset: 0, length: 1, blake3: *o }).collect();
         Manifest {
             id: id.parse().expect("id"),
-            files: vec![FileEntry { path: "f".into(), size: pieces.len() as u64, mode: 0o600, mtime: 0, pieces, nodes: vec![] }],
+            files: vec![FileEntry {
+                path: "f".into(),
+                size: pieces.len() as u64,
+                mode: 0o600,
+                mtime: 0,
+                pieces,
+                nodes: vec![],
+            }],
             ..Manifest::example()
         }
     }

@@ -1,0 +1,380 @@
+//! Format 2: back up one large file as blocks (docs/design/format2.md, "Writing a backup", step 3).
+//!
+//! Invariants:
+//! - The file is read once, 1 MiB at a time; every block's 8-byte digest is of the bytes read.
+//! - Incremental: a block whose digest equals the previous backup's for the same block number keeps the previous
+//!   source; a changed block is stored as an XOR delta against its previous whole version when fewer than a
+//!   quarter of the XOR's bytes are non-zero, and whole otherwise. A delta's base is always a whole block (the
+//!   previous whole source, or the base of the previous delta), so a block never needs more than two frames.
+//! - Full: every block is stored whole, in frames of the 1 MiB reads (aligned, so an unchanged MiB gives the
+//!   same frame as last time and is found by its 256-bit name); nothing of an earlier backup is trusted.
+//! - A base block read back from the repository is verified (frame blake3) before it is used.
+
+use std::num::NonZeroUsize;
+use std::sync::{Arc, Mutex};
+
+use lru::LruCache;
+
+use super::packer::Packer;
+use super::walk::SourceFile;
+use crate::Error;
+use crate::archive::blocking;
+use crate::repository::backup::ObjectId;
+use crate::repository::blockmap::{NODE_BLOCKS, Node, Source, block_digest};
+use crate::repository::packs::FRAME_RAW_MAX;
+use crate::repository::packstore::{self, FrameIndex};
+use crate::storage::DynStorage;
+
+/// Decoded frames kept for base blocks: 64 frames of at most 1 MiB.
+const BASE_CACHE_FRAMES: usize = 64;
+
+/// What one backup's block copy shares between files.
+pub struct BlockContext {
+    /// The repository.
+    pub storage: DynStorage,
+    /// Where frames go.
+    pub packer: Arc<Packer>,
+    /// The repository's frames at the start of the backup (bases are looked up here).
+    pub index: Arc<FrameIndex>,
+    /// Block size in bytes.
+    pub block_size: u32,
+    /// Full backup: store every block whole, trust no earlier digest.
+    pub is_full: bool,
+    /// zstd level of nodes.
+    pub level: i32,
+    bases: Mutex<LruCache<ObjectId, Arc<Vec<u8>>>>,
+    nodes: Mutex<LruCache<ObjectId, Arc<Node>>>,
+    /// Counters.
+    pub stats: BlockStats,
+}
+
+/// Blocks by how they were stored.
+#[derive(Debug, Default)]
+pub struct BlockStats {
+    /// Blocks that kept the previous backup's source.
+    pub unchanged: std::sync::atomic::AtomicU64,
+    /// Blocks stored whole.
+    pub whole: std::sync::atomic::AtomicU64,
+    /// Blocks stored as deltas.
+    pub delta: std::sync::atomic::AtomicU64,
+    /// Stored bytes of the nodes this backup created.
+    pub node_bytes_new: std::sync::atomic::AtomicU64,
+}
+
+impl std::fmt::Debug for BlockContext {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BlockContext").field("block_size", &self.block_size).field("is_full", &self.is_full).finish()
+    }
+}
+
+impl BlockContext {
+    /// A context; see the fields.
+    pub fn new(
+        storage: DynStorage,
+        packer: Arc<Packer>,
+        index: Arc<FrameIndex>,
+        block_size: u32,
+        is_full: bool,
+        level: i32,
+    ) -> Self {
+        let cap = |n: usize| NonZeroUsize::new(n).unwrap_or(NonZeroUsize::MIN);
+        Self {
+            storage,
+            packer,
+            index,
+            block_size,
+            is_full,
+            level,
+            bases: Mutex::new(LruCache::new(cap(BASE_CACHE_FRAMES))),
+            nodes: Mutex::new(LruCache::new(cap(16))),
+            stats: BlockStats::default(),
+        }
+    }
+
+    /// A node of the previous backup (cached).
+    async fn node(&self, id: &ObjectId) -> Result<Arc<Node>, Error> {
+        if let Some(n) = self.nodes.lock().ok().and_then(|mut c| c.get(id).cloned()) {
+            return Ok(n);
+        }
+        let node = Arc::new(packstore::load_node(self.storage.as_ref(), id).await?);
+        if let Ok(mut c) = self.nodes.lock() {
+            c.put(*id, node.clone());
+        }
+        Ok(node)
+    }
+
+    /// The raw content of frame `id` of the repository (cached), or `None` if the index does not have it.
+    async fn frame(&self, id: &ObjectId) -> Result<Option<Arc<Vec<u8>>>, Error> {
+        if let Some(f) = self.bases.lock().ok().and_then(|mut c| c.get(id).cloned()) {
+            return Ok(Some(f));
+        }
+        let Some((pack, loc)) = self.index.get(id).copied() else { return Ok(None) };
+        let raw = Arc::new(packstore::read_frame(self.storage.as_ref(), &pack, &loc).await?);
+        if let Ok(mut c) = self.bases.lock() {
+            c.put(*id, raw.clone());
+        }
+        Ok(Some(raw))
+    }
+}
+
+/// A source whose frame is either in the node's table or still being filled.
+#[derive(Debug, Clone, Copy)]
+enum Pending {
+    Done(Source),
+    /// Slot `slot` of the whole-block frame being filled.
+    Whole {
+        slot: u32,
+    },
+    /// Base (frame id index into the table, slot) and slot of the delta frame being filled.
+    Delta {
+        base_frame: u32,
+        base_slot: u32,
+        slot: u32,
+    },
+}
+
+/// Builds one node while its blocks are read.
+struct NodeBuilder {
+    block_size: u32,
+    first_block: u64,
+    frames: Vec<ObjectId>,
+    digests: Vec<u64>,
+    sources: Vec<Pending>,
+    whole: Vec<u8>,
+    delta: Vec<u8>,
+}
+
+impl NodeBuilder {
+    fn new(block_size: u32, first_block: u64) -> Self {
+        Self {
+            block_size,
+            first_block,
+            frames: Vec::new(),
+            digests: Vec::new(),
+            sources: Vec::new(),
+            whole: Vec::new(),
+            delta: Vec::new(),
+        }
+    }
+
+    fn frame_index(&mut self, id: ObjectId) -> u32 {
+        match self.frames.iter().position(|f| *f == id) {
+            Some(i) => i as u32,
+            None => {
+                self.frames.push(id);
+                (self.frames.len() - 1) as u32
+            }
+        }
+    }
+
+    /// Keep a block of the previous node as it was.
+    fn reuse(&mut self, prev: &Node, at: usize) {
+        let mut map = |i: u32| self.frame_index(prev.frames[i as usize]);
+        let source = match prev.sources[at] {
+            Source::Whole { frame, slot } => Source::Whole { frame: map(frame), slot },
+            Source::Delta { base_frame, base_slot, delta_frame, delta_slot } => {
+                Source::Delta { base_frame: map(base_frame), base_slot, delta_frame: map(delta_frame), delta_slot }
+            }
+        };
+        self.digests.push(prev.digests[at]);
+        self.sources.push(Pending::Done(source));
+    }
+
+    fn add_whole(&mut self, digest: u64, block: &[u8]) {
+        let slot = (self.whole.len() / self.block_size as usize) as u32;
+        // A short (last) block is padded to the block size inside the frame; its length comes from the file size.
+        self.whole.extend_from_slice(block);
+        self.whole.resize(self.whole.len().next_multiple_of(self.block_size as usize), 0);
+        self.digests.push(digest);
+        self.sources.push(Pending::Whole { slot });
+    }
+
+    fn add_delta(&mut self, digest: u64, base: ObjectId, base_slot: u32, xor: &[u8]) {
+        let base_frame = self.frame_index(base);
+        let slot = (self.delta.len() / self.block_size as usize) as u32;
+        self.delta.extend_from_slice(xor);
+        self.delta.resize(self.delta.len().next_multiple_of(self.block_size as usize), 0);
+        self.digests.push(digest);
+        self.sources.push(Pending::Delta { base_frame, base_slot, slot });
+    }
+
+    /// Store the whole-block frame being filled (if any) and point its blocks at it.
+    async fn flush_whole(&mut self, packer: &Packer) -> Result<(), Error> {
+        if self.whole.is_empty() {
+            return Ok(());
+        }
+        let id = packer.add_frame(std::mem::take(&mut self.whole)).await?;
+        let frame = self.frame_index(id);
+        for s in &mut self.sources {
+            if let Pending::Whole { slot } = *s {
+                *s = Pending::Done(Source::Whole { frame, slot });
+            }
+        }
+        Ok(())
+    }
+
+    async fn flush_delta(&mut self, packer: &Packer) -> Result<(), Error> {
+        if self.delta.is_empty() {
+            return Ok(());
+        }
+        let id = packer.add_frame(std::mem::take(&mut self.delta)).await?;
+        let delta_frame = self.frame_index(id);
+        for s in &mut self.sources {
+            if let Pending::Delta { base_frame, base_slot, slot } = *s {
+                *s = Pending::Done(Source::Delta { base_frame, base_slot, delta_frame, delta_slot: slot });
+            }
+        }
+        Ok(())
+    }
+
+    async fn finish(mut self, packer: &Packer) -> Result<Node, Error> {
+        self.flush_whole(packer).await?;
+        self.flush_delta(packer).await?;
+        let sources = self
+            .sources
+            .iter()
+            .map(|s| match s {
+                Pending::Done(s) => Ok(*s),
+                _ => Err(Error::Task("a block was left without a frame".into())),
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Node {
+            block_size: self.block_size,
+            first_block: self.first_block,
+            frames: self.frames,
+            digests: self.digests,
+            sources,
+        })
+    }
+}
+
+/// The whole base of a previous source: `(frame id, slot)`.
+fn base_of(prev: &Node, at: usize) -> (ObjectId, u32) {
+    match prev.sources[at] {
+        Source::Whole { frame, slot } => (prev.frames[frame as usize], slot),
+        Source::Delta { base_frame, base_slot, .. } => (prev.frames[base_frame as usize], base_slot),
+    }
+}
+
+/// Bytes of block `slot` in a frame's raw content (`len` bytes at most), if the frame holds it.
+fn slot_bytes(raw: &[u8], slot: u32, block_size: u32, len: usize) -> Option<&[u8]> {
+    let start = slot as usize * block_size as usize;
+    raw.get(start..start + len)
+}
+
+/// What [`copy_file`] made of a file.
+#[derive(Debug)]
+pub struct CopiedFile {
+    /// Bytes read (the file's size in the backup).
+    pub size: u64,
+    /// Its nodes.
+    pub nodes: Vec<ObjectId>,
+    /// Frames the nodes name (for the final presence check).
+    pub frames: Vec<ObjectId>,
+}
+
+/// Read `file` once and store its blocks; `prev` are the previous backup's nodes of the same path (incremental).
+/// `None` if the file vanished before its first read. Each read waits for `pacer` (`--max-rate`); `on_read` is told
+/// the bytes it got (progress).
+pub async fn copy_file(
+    ctx: &BlockContext,
+    file: &SourceFile,
+    prev: &[ObjectId],
+    pacer: &tokio::sync::Mutex<super::copy::Pacer>,
+    on_read: &(dyn Fn(u64) + Sync),
+) -> Result<Option<CopiedFile>, Error> {
+    let bs = u64::from(ctx.block_size);
+    let read_len = (FRAME_RAW_MAX as u64 / bs).max(1) * bs;
+    let mut offset = 0u64;
+    let mut nodes = Vec::new();
+    let mut frames = Vec::new();
+    let mut is_eof = false;
+    let mut node_no = 0u64;
+    while !is_eof {
+        let first_block = node_no * NODE_BLOCKS;
+        let prev_node = match prev.get(node_no as usize) {
+            Some(id) if !ctx.is_full => Some(ctx.node(id).await?).filter(|n| n.block_size == ctx.block_size),
+            _ => None,
+        };
+        let mut b = NodeBuilder::new(ctx.block_size, first_block);
+        let node_end = (first_block + NODE_BLOCKS) * bs;
+        while offset < node_end {
+            let len = read_len.min(node_end - offset);
+            pacer.lock().await.wait(len).await;
+            let path = file.abs.clone();
+            let at = offset;
+            let data = blocking(move || super::copy::read_range(&path, at, len)).await?;
+            let Some(data) = data else {
+                if offset == 0 {
+                    return Ok(None);
+                }
+                is_eof = true;
+                break;
+            };
+            on_read(data.len() as u64);
+            let blocks: Arc<Vec<u8>> = Arc::new(data);
+            let shared = blocks.clone();
+            let digests: Vec<u64> =
+                blocking(move || Ok(shared.chunks(bs as usize).map(block_digest).collect())).await?;
+            for (i, (block, digest)) in blocks.chunks(bs as usize).zip(digests).enumerate() {
+                let at = ((offset / bs) + i as u64 - first_block) as usize;
+                let prev = prev_node.as_deref().filter(|p| at < p.digests.len());
+                match prev {
+                    Some(p) if p.digests[at] == digest => {
+                        b.reuse(p, at);
+                        ctx.stats.unchanged.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    }
+                    Some(p) => {
+                        let (base, base_slot) = base_of(p, at);
+                        let xor = match ctx.frame(&base).await? {
+                            Some(raw) => slot_bytes(&raw, base_slot, ctx.block_size, block.len()).and_then(|old| {
+                                let xor: Vec<u8> = block.iter().zip(old).map(|(a, b)| a ^ b).collect();
+                                let nonzero = xor.iter().filter(|b| **b != 0).count();
+                                (nonzero < block.len() / 4).then_some(xor)
+                            }),
+                            None => None,
+                        };
+                        match xor {
+                            Some(xor) => {
+                                b.add_delta(digest, base, base_slot, &xor);
+                                ctx.stats.delta.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                            }
+                            None => {
+                                b.add_whole(digest, block);
+                                ctx.stats.whole.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                            }
+                        }
+                    }
+                    None => {
+                        b.add_whole(digest, block);
+                        ctx.stats.whole.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    }
+                }
+            }
+            offset += blocks.len() as u64;
+            if (blocks.len() as u64) < len {
+                is_eof = true;
+            }
+            // A full keeps frames aligned to the reads; an incremental fills frames with changed blocks.
+            if ctx.is_full || b.whole.len() >= FRAME_RAW_MAX {
+                b.flush_whole(&ctx.packer).await?;
+            }
+            if b.delta.len() >= FRAME_RAW_MAX {
+                b.flush_delta(&ctx.packer).await?;
+            }
+            if is_eof {
+                break;
+            }
+        }
+        if b.digests.is_empty() {
+            break;
+        }
+        let node = b.finish(&ctx.packer).await?;
+        frames.extend(node.frames.iter().copied());
+        let (id, stored) = packstore::save_node(ctx.storage.as_ref(), &node, ctx.level).await?;
+        ctx.stats.node_bytes_new.fetch_add(stored, std::sync::atomic::Ordering::Relaxed);
+        nodes.push(id);
+        node_no += 1;
+    }
+    Ok(Some(CopiedFile { size: offset, nodes, frames }))
+}

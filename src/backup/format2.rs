@@ -1,0 +1,145 @@
+//! Format 2: copy the listed files into packs (docs/design/format2.md, "Writing a backup").
+//!
+//! Files of at least [`BLOCK_MAP_MIN`] bytes are block-mapped ([`super::blocks`]), `parallel` files at a time;
+//! smaller files are concatenated into frames of up to 1 MiB (as format 1's small-file packs) and, in an
+//! incremental, reused by their blake3 when the previous backup's frame is still indexed.
+//!
+//! Invariants: as [`super::copy`] for vanished and shrinking files; every frame a returned entry names is in a
+//! pack that [`Packer::finish`] made durable, or was indexed in the repository when the backup started.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+
+use futures_util::stream::{self, StreamExt};
+
+use super::blocks::{self, BlockContext};
+use super::copy::{CopySettings, Pacer, read_range};
+use super::packer::Packer;
+use super::walk::SourceFile;
+use crate::Error;
+use crate::archive::blocking;
+use crate::progress::Progress;
+use crate::repository::backup::{FileEntry, Manifest, ObjectId, Piece};
+use crate::repository::packs::FRAME_RAW_MAX;
+
+/// Files at least this large (bytes) are block-mapped; smaller ones are packed whole.
+pub const BLOCK_MAP_MIN: u64 = 64 * 1024;
+
+/// What the copy produced.
+#[derive(Debug)]
+pub struct Copied {
+    /// The files, in listing order (vanished ones left out).
+    pub files: Vec<FileEntry>,
+    /// Every frame the files name (directly or through their nodes).
+    pub frames: HashSet<ObjectId>,
+}
+
+/// Copy `files`. `prev` is the previous backup (format 2) for an incremental, `None` for a full.
+pub async fn copy_files(
+    files: &[SourceFile],
+    ctx: &BlockContext,
+    prev: Option<&Manifest>,
+    settings: CopySettings,
+    progress: &dyn Progress,
+) -> Result<Copied, Error> {
+    let prev_files: HashMap<&[u8], &FileEntry> =
+        prev.map(|m| m.files.iter().map(|f| (f.path.as_bytes(), f)).collect()).unwrap_or_default();
+    let pacer = tokio::sync::Mutex::new(Pacer::new(settings.max_rate));
+    let advance = |n: u64| progress.advance(n);
+    let mut entries: Vec<Option<FileEntry>> = vec![None; files.len()];
+    let mut frames = HashSet::new();
+
+    let large: Vec<usize> = (0..files.len()).filter(|i| files[*i].size >= BLOCK_MAP_MIN).collect();
+    let mut results = stream::iter(large.iter().map(|&i| {
+        let f = &files[i];
+        let prev_nodes: &[ObjectId] = prev_files.get(f.rel.as_bytes()).map_or(&[], |e| &e.nodes);
+        let (pacer, advance) = (&pacer, &advance);
+        async move { (i, blocks::copy_file(ctx, f, prev_nodes, pacer, advance).await) }
+    }))
+    .buffer_unordered(settings.parallel.max(1));
+    while let Some((i, done)) = results.next().await {
+        let Some(copied) = done? else {
+            tracing::debug!(path = %files[i].rel, "file vanished during the backup");
+            continue;
+        };
+        frames.extend(copied.frames);
+        let f = &files[i];
+        entries[i] = Some(FileEntry {
+            path: f.rel.clone(),
+            size: copied.size,
+            mode: f.mode,
+            mtime: f.mtime,
+            pieces: vec![],
+            nodes: copied.nodes,
+        });
+    }
+    drop(results);
+
+    // Small files: reused by content (incremental), else concatenated into frames.
+    let reusable: HashMap<ObjectId, &Piece> = prev_files
+        .values()
+        .filter_map(|e| match &e.pieces[..] {
+            [p] if !ctx.is_full && ctx.packer.is_known(&p.object) => Some((p.blake3, p)),
+            _ => None,
+        })
+        .collect();
+    let mut frame: Vec<u8> = Vec::new();
+    let mut members: Vec<(usize, u64, u64, ObjectId)> = Vec::new();
+    for (i, f) in files.iter().enumerate().filter(|(_, f)| f.size < BLOCK_MAP_MIN) {
+        pacer.lock().await.wait(f.size).await;
+        let p = f.abs.clone();
+        let Some(data) = blocking(move || read_range(&p, 0, u64::MAX)).await? else {
+            tracing::debug!(path = %f.rel, "file vanished during the backup");
+            continue;
+        };
+        progress.advance(data.len() as u64);
+        let entry = |pieces| FileEntry {
+            path: f.rel.clone(),
+            size: data.len() as u64,
+            mode: f.mode,
+            mtime: f.mtime,
+            pieces,
+            nodes: vec![],
+        };
+        if data.is_empty() {
+            entries[i] = Some(entry(vec![]));
+            continue;
+        }
+        let hash = ObjectId::of(&data);
+        if let Some(p) = reusable.get(&hash).filter(|p| p.length == data.len() as u64) {
+            ctx.packer.note_reused(p.length);
+            frames.insert(p.object);
+            entries[i] = Some(entry(vec![(*p).clone()]));
+            continue;
+        }
+        members.push((i, frame.len() as u64, data.len() as u64, hash));
+        entries[i] = Some(entry(vec![]));
+        frame.extend_from_slice(&data);
+        if frame.len() >= FRAME_RAW_MAX {
+            seal_small(&ctx.packer, &mut frame, &mut members, &mut entries, &mut frames).await?;
+        }
+    }
+    seal_small(&ctx.packer, &mut frame, &mut members, &mut entries, &mut frames).await?;
+    Ok(Copied { files: entries.into_iter().flatten().collect(), frames })
+}
+
+/// Store the small-file frame being filled and give its members their pieces.
+async fn seal_small(
+    packer: &Arc<Packer>,
+    frame: &mut Vec<u8>,
+    members: &mut Vec<(usize, u64, u64, ObjectId)>,
+    entries: &mut [Option<FileEntry>],
+    frames: &mut HashSet<ObjectId>,
+) -> Result<(), Error> {
+    if frame.is_empty() {
+        return Ok(());
+    }
+    let id = packer.add_frame(std::mem::take(frame)).await?;
+    frames.insert(id);
+    for (i, offset, length, blake3) in members.drain(..) {
+        if let Some(e) = entries[i].as_mut() {
+            e.pieces = vec![Piece { object: id, offset, length, blake3 }];
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,332 @@
+//! Format 2: write a backup's files from packs (docs/design/format2.md, "Reading a backup back").
+//!
+//! Invariants:
+//! - Every byte written comes from a frame whose size and blake3 were verified, and every small-file piece is
+//!   checked against its own blake3 (as in format 1).
+//! - A delta block is written in two passes: its base first (with the whole blocks), then the delta is XORed
+//!   into it; the result must have the digest the block map records, or the restore fails naming the block.
+//! - Frames are fetched by pack and offset, neighbours less than [`MERGE_GAP`] apart merged into one ranged read
+//!   of at most [`MAX_READ`] bytes, `parallel` reads in flight; memory is about `parallel × MAX_READ`.
+
+use std::collections::{BTreeMap, HashMap};
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use futures_util::stream::{self, StreamExt, TryStreamExt};
+
+use super::write::{Layout, WriteOp, WriteStats, apply_ranges, plan_writes};
+use crate::Error;
+use crate::archive::blocking;
+use crate::progress::Progress;
+use crate::repository::backup::{FileEntry, Manifest, ObjectId};
+use crate::repository::blockmap::{Node, Source, block_digest};
+use crate::repository::packs::{FrameLocation, pack_key};
+use crate::repository::packstore::{self, FrameIndex};
+use crate::repository::path::Escaped;
+use crate::storage::DynStorage;
+
+/// Frames closer than this (bytes) in one pack are read with one request.
+pub const MERGE_GAP: u64 = 1 << 20;
+
+/// Most bytes one ranged read asks for.
+pub const MAX_READ: u64 = 16 << 20;
+
+/// Node objects loaded at a time.
+const NODE_CONCURRENCY: usize = 16;
+
+/// One write from a frame's raw content.
+#[derive(Debug, Clone)]
+enum Op {
+    /// A small file's piece (checked against its blake3 unless it is the whole frame).
+    Piece(WriteOp),
+    /// Consecutive whole blocks: `length` bytes from `frame_offset` to `file_offset`.
+    Blocks { path: Arc<PathBuf>, file_offset: u64, frame_offset: u64, length: u64 },
+    /// One delta block: XOR `length` bytes from `frame_offset` into the file at `file_offset`, then check `digest`.
+    Xor { path: Arc<PathBuf>, rel: Arc<str>, file_offset: u64, frame_offset: u64, length: u64, block: u64, digest: u64 },
+}
+
+impl Op {
+    fn length(&self) -> u64 {
+        match self {
+            Op::Piece(w) => w.length,
+            Op::Blocks { length, .. } | Op::Xor { length, .. } => *length,
+        }
+    }
+}
+
+type Needs = BTreeMap<ObjectId, Vec<Op>>;
+
+/// Create directories and files, then write `files` of a format-2 `manifest` (`delta`: only what differs).
+pub async fn write_files(
+    storage: DynStorage,
+    manifest: &Manifest,
+    files: &[&FileEntry],
+    layout: &Layout,
+    delta: bool,
+    parallel: usize,
+    progress: &dyn Progress,
+) -> Result<WriteStats, Error> {
+    let (layout2, files2): (Layout, Vec<FileEntry>) = (layout.clone(), files.iter().map(|f| (*f).clone()).collect());
+    let dirs = manifest.directories.clone();
+    let (piece_ops, mut stats) = blocking(move || plan_writes(&layout2, &dirs, &files2, delta)).await?;
+    let mut first: Needs =
+        piece_ops.into_iter().map(|(id, ops)| (id, ops.into_iter().map(Op::Piece).collect())).collect();
+    let mut second: Needs = BTreeMap::new();
+
+    let block_size = u64::from(manifest.block_size.unwrap_or(8192));
+    let mapped: Vec<&FileEntry> = files.iter().copied().filter(|f| !f.nodes.is_empty()).collect();
+    let node_ids: Vec<ObjectId> = {
+        let mut ids: Vec<ObjectId> = mapped.iter().flat_map(|f| f.nodes.iter().copied()).collect();
+        ids.sort();
+        ids.dedup();
+        ids
+    };
+    let nodes: HashMap<ObjectId, Arc<Node>> = stream::iter(node_ids.into_iter().map(|id| {
+        let storage = storage.clone();
+        async move { Ok::<_, Error>((id, Arc::new(packstore::load_node(storage.as_ref(), &id).await?))) }
+    }))
+    .buffer_unordered(NODE_CONCURRENCY)
+    .try_collect()
+    .await?;
+    for f in &mapped {
+        let (root, rel) = layout.resolve(&f.path);
+        let path = Arc::new(root.join(rel));
+        let f_nodes: Vec<Arc<Node>> = f.nodes.iter().filter_map(|id| nodes.get(id).cloned()).collect();
+        let (p, size, name) = (path.clone(), f.size, Arc::<str>::from(Escaped(f.path.as_path()).to_string()));
+        let (a, b, changed) = blocking(move || plan_blocks(&p, &name, size, block_size, &f_nodes, delta)).await?;
+        for (id, ops) in a {
+            first.entry(id).or_default().extend(ops);
+        }
+        for (id, ops) in b {
+            second.entry(id).or_default().extend(ops);
+        }
+        if delta && !changed {
+            stats.files_written = stats.files_written.saturating_sub(1);
+            stats.files_unchanged += 1;
+        }
+    }
+
+    let total: u64 = first.values().chain(second.values()).flatten().map(Op::length).sum();
+    progress.start(total, stats.files_written);
+    let index = Arc::new(FrameIndex::load(storage.as_ref()).await?);
+    stats.objects = (first.len() + second.len()) as u64;
+    fetch_and_apply(&storage, &index, first, parallel, progress).await?;
+    fetch_and_apply(&storage, &index, second, parallel, progress).await?;
+    stats.bytes_written = total;
+    Ok(stats)
+}
+
+/// The block writes of one file: whole blocks and delta bases (first pass) and deltas (second pass), per frame;
+/// with `delta`, blocks whose destination copy already has the recorded digest are left out. Returns also
+/// whether anything is to be written.
+fn plan_blocks(
+    path: &Arc<PathBuf>,
+    rel: &Arc<str>,
+    size: u64,
+    block_size: u64,
+    nodes: &[Arc<Node>],
+    delta: bool,
+) -> Result<(Needs, Needs, bool), Error> {
+    let (mut first, mut second): (Needs, Needs) = (BTreeMap::new(), BTreeMap::new());
+    let existing = if delta {
+        std::fs::OpenOptions::new().read(true).custom_flags(libc::O_NOFOLLOW).open(path.as_path()).ok()
+    } else {
+        None
+    };
+    let mut buf = vec![0u8; block_size as usize];
+    let mut changed = false;
+    for node in nodes {
+        for (i, (source, digest)) in node.sources.iter().zip(&node.digests).enumerate() {
+            let block = node.first_block + i as u64;
+            let file_offset = block * block_size;
+            let length = block_size.min(size.saturating_sub(file_offset));
+            if length == 0 {
+                continue;
+            }
+            if let Some(f) = &existing
+                && f.read_exact_at(&mut buf[..length as usize], file_offset).is_ok()
+                && block_digest(&buf[..length as usize]) == *digest
+            {
+                continue;
+            }
+            changed = true;
+            match *source {
+                Source::Whole { frame, slot } => {
+                    push_block(
+                        &mut first,
+                        node.frames[frame as usize],
+                        path,
+                        file_offset,
+                        u64::from(slot) * block_size,
+                        length,
+                    );
+                }
+                Source::Delta { base_frame, base_slot, delta_frame, delta_slot } => {
+                    push_block(
+                        &mut first,
+                        node.frames[base_frame as usize],
+                        path,
+                        file_offset,
+                        u64::from(base_slot) * block_size,
+                        length,
+                    );
+                    second.entry(node.frames[delta_frame as usize]).or_default().push(Op::Xor {
+                        path: path.clone(),
+                        rel: rel.clone(),
+                        file_offset,
+                        frame_offset: u64::from(delta_slot) * block_size,
+                        length,
+                        block,
+                        digest: *digest,
+                    });
+                }
+            }
+        }
+    }
+    Ok((first, second, changed))
+}
+
+/// Add a whole block, extending the previous write when it continues it in both the frame and the file.
+fn push_block(
+    needs: &mut Needs,
+    frame: ObjectId,
+    path: &Arc<PathBuf>,
+    file_offset: u64,
+    frame_offset: u64,
+    length: u64,
+) {
+    let ops = needs.entry(frame).or_default();
+    if let Some(Op::Blocks { path: p, file_offset: fo, frame_offset: ro, length: l }) = ops.last_mut()
+        && Arc::ptr_eq(p, path)
+        && *fo + *l == file_offset
+        && *ro + *l == frame_offset
+    {
+        *l += length;
+        return;
+    }
+    ops.push(Op::Blocks { path: path.clone(), file_offset, frame_offset, length });
+}
+
+/// One ranged read of a pack and the frames in it.
+struct Read {
+    pack: ObjectId,
+    start: u64,
+    end: u64,
+    frames: Vec<(FrameLocation, Vec<Op>)>,
+}
+
+/// Fetch every frame of `needs` in merged ranged reads, `parallel` at a time, and apply its writes.
+async fn fetch_and_apply(
+    storage: &DynStorage,
+    index: &Arc<FrameIndex>,
+    needs: Needs,
+    parallel: usize,
+    progress: &dyn Progress,
+) -> Result<(), Error> {
+    let mut by_pack: BTreeMap<ObjectId, Vec<(FrameLocation, Vec<Op>)>> = BTreeMap::new();
+    for (id, ops) in needs {
+        let Some((pack, loc)) = index.get(&id).copied() else {
+            return Err(Error::MissingFrame {
+                frame: id.to_string(),
+                needed_by: ops.first().map_or_else(|| "?".into(), op_path),
+                backend: storage.to_string(),
+            });
+        };
+        by_pack.entry(pack).or_default().push((loc, ops));
+    }
+    let mut reads: Vec<Read> = Vec::new();
+    for (pack, mut frames) in by_pack {
+        frames.sort_by_key(|(loc, _)| loc.offset);
+        for (loc, ops) in frames {
+            let end = loc.offset + u64::from(loc.stored_length);
+            match reads.last_mut() {
+                Some(r)
+                    if r.pack == pack && loc.offset.saturating_sub(r.end) < MERGE_GAP && end - r.start <= MAX_READ =>
+                {
+                    r.end = r.end.max(end);
+                    r.frames.push((loc, ops));
+                }
+                _ => reads.push(Read { pack, start: loc.offset, end, frames: vec![(loc, ops)] }),
+            }
+        }
+    }
+    let mut done = stream::iter(reads.into_iter().map(|r| {
+        let storage = storage.clone();
+        async move {
+            let key = pack_key(&r.pack);
+            let bytes = storage.get_range(&key, r.start, r.end - r.start).await?;
+            blocking(move || {
+                let mut written = 0;
+                for (loc, ops) in &r.frames {
+                    let at = (loc.offset - r.start) as usize;
+                    let slice = bytes.get(at..at + loc.stored_length as usize).unwrap_or_default();
+                    let raw = packstore::decode_frame(&key, slice, loc)?;
+                    written += apply(&format!("frame {} of {key}", loc.id), &raw, ops)?;
+                }
+                Ok(written)
+            })
+            .await
+        }
+    }))
+    .buffer_unordered(parallel.max(1));
+    while let Some(written) = done.next().await {
+        progress.advance(written?);
+    }
+    Ok(())
+}
+
+fn op_path(op: &Op) -> String {
+    match op {
+        Op::Piece(w) => Escaped(w.path.as_path()).to_string(),
+        Op::Blocks { path, .. } => Escaped(path.as_path()).to_string(),
+        Op::Xor { rel, .. } => rel.to_string(),
+    }
+}
+
+/// Apply one verified frame's writes.
+fn apply(what: &str, raw: &[u8], ops: &[Op]) -> Result<u64, Error> {
+    let pieces: Vec<WriteOp> =
+        ops.iter().filter_map(|o| if let Op::Piece(w) = o { Some(w.clone()) } else { None }).collect();
+    let mut written = apply_ranges(what, raw, &pieces)?;
+    let short = |path: &PathBuf, end: u64| Error::Corrupt {
+        what: format!("{what} (part of {})", Escaped(path.as_path())),
+        source: crate::codec::Error::SizeMismatch { expected: end, actual: raw.len() as u64 },
+    };
+    let werr = |path: &PathBuf, e| Error::WriteDestination { path: path.clone(), source: e };
+    let open = |path: &PathBuf| {
+        std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(path)
+            .map_err(|e| werr(path, e))
+    };
+    for op in ops {
+        match op {
+            Op::Piece(_) => {}
+            Op::Blocks { path, file_offset, frame_offset, length } => {
+                let end = frame_offset + length;
+                let slice = raw.get(*frame_offset as usize..end as usize).ok_or_else(|| short(path, end))?;
+                open(path)?.write_all_at(slice, *file_offset).map_err(|e| werr(path, e))?;
+                written += length;
+            }
+            Op::Xor { path, rel, file_offset, frame_offset, length, block, digest } => {
+                let end = frame_offset + length;
+                let delta = raw.get(*frame_offset as usize..end as usize).ok_or_else(|| short(path, end))?;
+                let file = open(path)?;
+                let mut base = vec![0u8; *length as usize];
+                file.read_exact_at(&mut base, *file_offset).map_err(|e| werr(path, e))?;
+                for (b, d) in base.iter_mut().zip(delta) {
+                    *b ^= d;
+                }
+                if block_digest(&base) != *digest {
+                    return Err(Error::BlockMismatch { path: rel.to_string(), block: *block, frames: what.to_owned() });
+                }
+                file.write_all_at(&base, *file_offset).map_err(|e| werr(path, e))?;
+                written += length;
+            }
+        }
+    }
+    Ok(written)
+}

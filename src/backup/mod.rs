@@ -12,6 +12,7 @@
 //!   the server, and no manifest is written. Objects already uploaded are reused by the next run.
 
 pub mod copy;
+pub mod pages;
 pub mod upload;
 pub mod walk;
 
@@ -88,6 +89,7 @@ pub fn run(
         return Err(cannot("it is not a PostgreSQL data directory readable here (no PG_VERSION)"));
     }
     let seg_size = SegmentSize::new(info.wal_segment_size)?;
+    let page_layout = session.page_layout()?;
     // wal-push runs as the data directory's owner (the server's user) and writes into the same repository and
     // spool: base-backup must run as that user too, or what it writes would lock wal-push out.
     owner::check_owner(&data_dir, owner::Role::DataDirectory)?;
@@ -151,7 +153,11 @@ pub fn run(
             parallel: config.backup.parallel,
             max_rate: request.max_rate,
         };
-        let files = rt.block_on(copy::copy_files(&listing.files, writer.clone(), &reusable, settings, progress))?;
+        let pages = Arc::new(pages::PageVerifier::new(page_layout, start_lsn));
+        let files =
+            rt.block_on(copy::copy_files(&listing.files, writer.clone(), &reusable, settings, &pages, progress))?;
+        let page_checksums = pages.outcome();
+        pages::report(page_checksums.as_ref(), &data_dir, config.backup.fail_on_checksum_error)?;
 
         progress.phase("stopping backup");
         let stop = session.backup_stop()?;
@@ -198,6 +204,7 @@ pub fn run(
             directories: listing.directories,
             files,
             stats,
+            page_checksums,
         };
         manifest.format = manifest.required_format();
         manifest.validate().map_err(|source| store::Error::InvalidManifest { key: id.manifest_key(), source })?;

@@ -18,6 +18,7 @@ mod issue9_drill;
 mod issue9_metrics;
 mod issue9_schedule;
 mod issue9_trial;
+mod issue10_checksums;
 mod pitr;
 mod push;
 mod s3_archive;

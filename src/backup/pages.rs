@@ -100,13 +100,16 @@ pub struct Verified {
 pub fn verify_pages(layout: &PageLayout, segment: u32, offset: u64, data: &[u8], start_lsn: Lsn) -> Verified {
     let bs = u64::from(layout.block_size);
     let mut out = Verified::default();
+    if bs == 0 {
+        return out;
+    }
     let mut block = offset.div_ceil(bs);
-    loop {
-        let Ok(at) = usize::try_from(block * bs - offset) else { break };
-        if at >= data.len() {
-            break;
-        }
-        let page = &data[at..data.len().min(at + bs as usize)];
+    // Where the first page that starts in `data` starts in it.
+    let mut at = block * bs - offset;
+    while at < data.len() as u64 {
+        // `at` is below `data.len()`, so it fits in usize.
+        let start = at as usize;
+        let page = &data[start..data.len().min(start.saturating_add(bs as usize))];
         match verdict(layout, segment, block, page, start_lsn) {
             Verdict::Passed { is_verified } => out.pages_verified += u64::from(is_verified),
             Verdict::Failed { is_verified } => {
@@ -116,6 +119,7 @@ pub fn verify_pages(layout: &PageLayout, segment: u32, offset: u64, data: &[u8],
             }
         }
         block += 1;
+        at += bs;
     }
     out
 }

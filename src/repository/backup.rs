@@ -555,7 +555,7 @@ mod tests {
         m.page_checksums = Some(PageChecksums { pages_verified: 10, corrupt: vec![corrupt.clone()] });
         assert!(m.validate().is_ok());
         let back: Manifest = serde_json::from_str(&serde_json::to_string(&m).expect("json")).expect("parse");
-        assert_eq!(back.corrupt_pages(), &[corrupt.clone()]);
+        assert_eq!(back.corrupt_pages(), std::slice::from_ref(&corrupt));
         assert_eq!(corrupt.describe(5), "base/1/1259: 2 pages (blocks 3, 7)");
         assert_eq!(corrupt.describe(1), "base/1/1259: 2 pages (blocks 3, and 1 more)");
         let one = CorruptPages { path: "global/1262".into(), blocks: vec![0] };

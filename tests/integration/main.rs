@@ -2,6 +2,7 @@
 
 mod archive;
 mod backup;
+mod issue10_checksums;
 mod issue7_backup;
 mod issue7_first_use;
 mod issue7_holes;
@@ -18,7 +19,6 @@ mod issue9_drill;
 mod issue9_metrics;
 mod issue9_schedule;
 mod issue9_trial;
-mod issue10_checksums;
 mod pitr;
 mod push;
 mod s3_archive;

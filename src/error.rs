@@ -415,7 +415,7 @@ impl Error {
             }
             Error::CannotBackup { .. } => "back up a primary with archive_mode on and archive_command running wal-push",
             Error::PageChecksums(_) => {
-                "find each relation with `select oid::regclass from pg_class where relfilenode = <file name>` and repair it (docs/operations.md, \"Page checksum failures\"); without --fail-on-checksum-error the backup records the pages and succeeds"
+                "find and repair the relations those files belong to (docs/operations.md, \"Page checksum failures\"); without --fail-on-checksum-error the backup records the pages and succeeds"
             }
             Error::BackupLocked { .. } => "wait for the running backup to finish; the lock is released when it exits",
             Error::SchedulerRunning { .. } => {

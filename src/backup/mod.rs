@@ -156,7 +156,7 @@ pub fn run(
         let pages = Arc::new(pages::PageVerifier::new(page_layout, start_lsn));
         let files =
             rt.block_on(copy::copy_files(&listing.files, writer.clone(), &reusable, settings, &pages, progress))?;
-        let page_checksums = pages.outcome();
+        let page_checksums = pages.outcome(&files);
         pages::report(page_checksums.as_ref(), &data_dir, config.backup.fail_on_checksum_error)?;
 
         progress.phase("stopping backup");

@@ -22,7 +22,7 @@
 
 pub mod checksum;
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::io::ErrorKind;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
@@ -31,7 +31,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::Error;
 use crate::pg::PageLayout;
-use crate::repository::backup::{CorruptPages, ManifestPath, PageChecksums};
+use crate::repository::backup::{CorruptPages, FileEntry, ManifestPath, PageChecksums};
 use crate::wal::Lsn;
 
 /// Blocks listed per file in a warning line.
@@ -200,12 +200,15 @@ impl PageVerifier {
         Ok(())
     }
 
-    /// What was found, for the manifest: `None` when disabled.
-    pub fn outcome(&self) -> Option<PageChecksums> {
+    /// What was found in the files the backup kept (`files`: a file that vanished while it was read is left out
+    /// of the backup, and so of this), for the manifest: `None` when disabled.
+    pub fn outcome(&self, files: &[FileEntry]) -> Option<PageChecksums> {
         self.rules?;
+        let kept: HashSet<&ManifestPath> = files.iter().map(|f| &f.path).collect();
         let found = self.corrupt.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         let corrupt = found
             .iter()
+            .filter(|(path, _)| kept.contains(path))
             .map(|(path, blocks)| CorruptPages { path: path.clone(), blocks: blocks.iter().copied().collect() })
             .collect();
         Some(PageChecksums { pages_verified: self.pages_verified.load(Ordering::Relaxed), corrupt })

@@ -16,9 +16,12 @@ pub fn warn_recorded(manifest: &Manifest) {
         tracing::warn!("backup {} holds pages that failed their checksum: {}", manifest.id, c.describe(BLOCKS_SHOWN));
     }
     let pages: usize = corrupt.iter().map(|c| c.blocks.len()).sum();
+    let files = match corrupt.len() {
+        1 => "1 file".to_owned(),
+        n => format!("{n} files"),
+    };
     tracing::warn!(
-        "backup {} holds {pages} corrupt pages in {} files, restored as they were read (docs/operations.md, \"Page checksum failures\")",
+        "backup {} holds {pages} corrupt pages in {files}, restored as they were read (docs/operations.md, \"Page checksum failures\")",
         manifest.id,
-        corrupt.len()
     );
 }

@@ -151,7 +151,7 @@ fn corrupt_scenario(label: &str, url: &str, extra: &str, s3: &S3Config) {
     let warnings: Vec<&str> = stderr.lines().filter(|l| l.contains("WARN")).collect();
     assert_eq!(warnings.len(), 2, "{stderr}");
     assert!(warnings[0].contains(&id) && warnings[0].contains(&format!("{file}: 2 pages (blocks 2, 5)")), "{stderr}");
-    assert!(warnings[1].contains("2 corrupt pages in 1 files"), "{stderr}");
+    assert!(warnings[1].contains("2 corrupt pages in 1 file,"), "{stderr}");
 
     // A backup without corrupt pages restores without a word about them.
     let older = src.dir.sub("older");

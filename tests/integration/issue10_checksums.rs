@@ -34,14 +34,16 @@ fn checksummed(label: &str, url: &str, extra: &str, conf: &str) -> Source {
     src
 }
 
-/// Create table `victim` (about 60 pages, never read again: autovacuum off) and return its file (relative path).
-fn make_victim(src: &Source) -> String {
+/// Create table `name` (about 60 pages, in tablespace `tablespace` if given; never read again: autovacuum off)
+/// and return its main fork's file (relative to the data directory).
+fn make_victim(src: &Source, name: &str, tablespace: Option<&str>) -> String {
     let c = &src.cluster;
-    c.sql("create table victim (id int, pad text) with (autovacuum_enabled = false)");
-    c.sql("insert into victim select g, md5(g::text) from generate_series(1, 6000) g");
-    c.sql("vacuum (analyze, freeze) victim");
+    let ts = tablespace.map(|t| format!(" tablespace {t}")).unwrap_or_default();
+    c.sql(&format!("create table {name} (id int, pad text) with (autovacuum_enabled = false){ts}"));
+    c.sql(&format!("insert into {name} select g, md5(g::text) from generate_series(1, 6000) g"));
+    c.sql(&format!("vacuum (analyze, freeze) {name}"));
     c.sql("checkpoint");
-    c.sql("select pg_relation_filepath('victim')")
+    c.sql(&format!("select pg_relation_filepath('{name}')"))
 }
 
 /// With the server stopped, damage blocks `blocks` of `file` in the middle of the page (the header, and so the
@@ -82,21 +84,48 @@ fn config_with(src: &Source, name: &str, line: &str) -> PathBuf {
     path
 }
 
+/// `(file, blocks)` as the backup reports them: `base/5/16384: 2 pages (blocks 2, 5)`.
+fn described(file: &str, blocks: &[u64]) -> String {
+    let list: Vec<String> = blocks.iter().map(u64::to_string).collect();
+    match blocks {
+        [_] => format!("{file}: 1 page (block {})", list[0]),
+        _ => format!("{file}: {} pages (blocks {})", blocks.len(), list.join(", ")),
+    }
+}
+
+/// Damage pages of a table (main fork and free space map) and of a table in a tablespace, then back up with and
+/// without `--fail-on-checksum-error` and restore.
 fn corrupt_scenario(label: &str, url: &str, extra: &str, s3: &S3Config) {
     let mut src = checksummed(label, url, extra, "");
-    let file = make_victim(&src);
+    let ts = src.dir.sub("ts");
+    src.cluster.sql(&format!("create tablespace ts location '{}'", ts.display()));
+    let main = make_victim(&src, "victim", None);
+    let elsewhere = make_victim(&src, "victim_ts", Some("ts"));
+    assert!(elsewhere.starts_with("pg_tblspc/"), "{elsewhere}");
     src.backup_json("full");
-    damage(&mut src, &file, &[2, 5]);
+    // In path order, as reported.
+    let damaged = [(main.clone(), vec![2, 5]), (format!("{main}_fsm"), vec![2]), (elsewhere.clone(), vec![1])];
+    for (file, blocks) in &damaged {
+        damage(&mut src, file, blocks);
+    }
+    let lines: Vec<String> = damaged.iter().map(|(f, b)| described(f, b)).collect();
     let raw = Raw::open(url, s3);
     let before = manifest_count(&raw);
 
-    // --fail-on-checksum-error: exit 1, the file named, no backup recorded.
+    // --fail-on-checksum-error: exit 1, the files named, no backup recorded.
     let out = src.base_backup(&["--fast", "--type", "full", "--fail-on-checksum-error"]);
     let (code, stdout, stderr) = output_text(&out);
     assert_eq!(code, Some(1), "{stdout}\n{stderr}");
     let error: Vec<&str> = stderr.lines().filter(|l| l.contains("error:")).collect();
     assert_eq!(error.len(), 1, "{stderr}");
-    assert!(error[0].contains(&format!("{file}: 2 pages (blocks 2, 5)")), "{stderr}");
+    assert!(
+        error[0].contains(&format!(
+            "4 pages of {} fail their checksum: {}",
+            src.cluster.data.display(),
+            lines.join("; ")
+        )),
+        "{stderr}"
+    );
     assert!(stderr.contains("hint:"), "{stderr}");
     assert_eq!(manifest_count(&raw), before, "no manifest written: {stderr}");
     // The same from the configuration.
@@ -109,25 +138,32 @@ fn corrupt_scenario(label: &str, url: &str, extra: &str, s3: &S3Config) {
         .expect("base-backup");
     let (code, _, stderr) = output_text(&out);
     assert_eq!(code, Some(1), "{stderr}");
-    assert!(stderr.contains(&format!("{file}: 2 pages (blocks 2, 5)")), "{stderr}");
+    assert!(stderr.contains(&lines.join("; ")), "{stderr}");
     assert_eq!(manifest_count(&raw), before, "no manifest written: {stderr}");
 
-    // Without it: the backup succeeds, warns once for the file and once in sum, and records (file, blocks).
+    // Without it: the backup succeeds, warns once per file and once in sum, and records (file, blocks).
     let out = src.base_backup(&["--fast", "--json", "--type", "full"]);
     let summary = json("base-backup with corrupt pages", &out);
     let stderr = String::from_utf8_lossy(&out.stderr);
     let warnings: Vec<&str> = stderr.lines().filter(|l| l.contains("WARN")).collect();
-    assert_eq!(warnings.len(), 2, "{stderr}");
-    assert!(warnings[0].contains(&format!("page checksum failure in {file}: 2 pages (blocks 2, 5)")), "{stderr}");
-    assert!(warnings[1].contains("2 of ") && warnings[1].contains("in 1 file fail their checksum"), "{stderr}");
+    assert_eq!(warnings.len(), 4, "{stderr}");
+    for (w, line) in warnings.iter().zip(&lines) {
+        assert!(w.contains(&format!("page checksum failure in {line}")), "{stderr}");
+    }
+    assert!(warnings[3].contains("4 of ") && warnings[3].contains("in 3 files fail their checksum"), "{stderr}");
     assert_eq!(summary["page_checksums"], "verified", "{summary}");
-    assert_eq!(summary["corrupt_pages"], serde_json::json!([{ "path": file, "blocks": [2, 5] }]), "{summary}");
-    assert!(summary["pages_verified"].as_u64().unwrap_or(0) > 60, "{summary}");
+    let listed: Vec<serde_json::Value> =
+        damaged.iter().map(|(f, b)| serde_json::json!({ "path": f, "blocks": b })).collect();
+    assert_eq!(summary["corrupt_pages"], serde_json::Value::Array(listed), "{summary}");
+    assert!(summary["pages_verified"].as_u64().unwrap_or(0) > 120, "{summary}");
     let id = summary["id"].as_str().expect("id").to_owned();
     let manifest = raw.manifest(&id);
-    let corrupt = manifest.corrupt_pages();
-    assert_eq!(corrupt.len(), 1);
-    assert_eq!((corrupt[0].path.to_string(), corrupt[0].blocks.clone()), (file.clone(), vec![2, 5]));
+    let recorded: Vec<(String, Vec<u64>)> = manifest
+        .corrupt_pages()
+        .iter()
+        .map(|c| (c.path.to_string(), c.blocks.iter().map(|b| u64::from(*b)).collect()))
+        .collect();
+    assert_eq!(recorded, damaged);
     // status lists them too.
     let status = json("status", &src.status_json_output());
     let listed = status["backups"].as_array().and_then(|b| b.iter().find(|b| b["id"] == id.as_str())).cloned();
@@ -140,25 +176,29 @@ fn corrupt_scenario(label: &str, url: &str, extra: &str, s3: &S3Config) {
     let out = src.restore(&busy, &["--backup-id", &id]);
     let (code, _, stderr) = output_text(&out);
     assert_eq!(code, Some(1), "{stderr}");
-    let warn = stderr.lines().position(|l| l.contains("WARN") && l.contains(&format!("{file}: 2 pages (blocks 2, 5)")));
+    let warn = stderr.lines().position(|l| l.contains("WARN") && l.contains(&lines[0]));
     let err = stderr.lines().position(|l| l.contains("error:"));
     assert!(warn.is_some() && warn < err, "the warning comes first: {stderr}");
-    let dest = src.dir.sub("restored");
-    std::fs::remove_dir(&dest).expect("rmdir");
-    let out = src.restore(&dest, &["--backup-id", &id, "--archive-mode", "off"]);
-    assert_ok("pitr-restore", &out);
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    let restore = |name: &str, id: &str| {
+        let dest = src.dir.sub(name);
+        std::fs::remove_dir(&dest).expect("rmdir");
+        let moved = src.dir.sub(&format!("{name}-ts"));
+        std::fs::remove_dir(&moved).expect("rmdir");
+        let mapping = format!("{}={}", ts.display(), moved.display());
+        let out = src.restore(&dest, &["--backup-id", id, "--archive-mode", "off", "--tablespace-mapping", &mapping]);
+        assert_ok("pitr-restore", &out);
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    let stderr = restore("restored", &id);
     let warnings: Vec<&str> = stderr.lines().filter(|l| l.contains("WARN")).collect();
-    assert_eq!(warnings.len(), 2, "{stderr}");
-    assert!(warnings[0].contains(&id) && warnings[0].contains(&format!("{file}: 2 pages (blocks 2, 5)")), "{stderr}");
-    assert!(warnings[1].contains("2 corrupt pages in 1 file,"), "{stderr}");
+    assert_eq!(warnings.len(), 4, "{stderr}");
+    for (w, line) in warnings.iter().zip(&lines) {
+        assert!(w.contains(&format!("backup {id} holds pages that failed their checksum: {line}")), "{stderr}");
+    }
+    assert!(warnings[3].contains("4 corrupt pages in 3 files,"), "{stderr}");
 
     // A backup without corrupt pages restores without a word about them.
-    let older = src.dir.sub("older");
-    std::fs::remove_dir(&older).expect("rmdir");
-    let out = src.restore(&older, &["--backup-id", &raw.manifests()[0].id.to_string(), "--archive-mode", "off"]);
-    assert_ok("pitr-restore of the clean backup", &out);
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    let stderr = restore("older", &raw.manifests()[0].id.to_string());
     assert!(!stderr.lines().any(|l| l.contains("WARN") && l.contains("checksum")), "{stderr}");
 }
 
@@ -231,7 +271,7 @@ fn issue_10_no_checksums_no_verification() {
     let repo = FileRepo::new("i10-off");
     let mut src = Source::start("i10-off", &repo.url(), "");
     assert_eq!(src.cluster.sql("show data_checksums"), "off");
-    let file = make_victim(&src);
+    let file = make_victim(&src, "victim", None);
     damage(&mut src, &file, &[1]);
     let out = src.base_backup(&["--fast", "--json", "--type", "full", "--fail-on-checksum-error"]);
     let summary = json("base-backup without checksums", &out);

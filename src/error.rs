@@ -201,6 +201,10 @@ pub enum Error {
         /// Why.
         reason: String,
     },
+    /// Pages of the cluster fail their data checksum and the backup was asked to fail on that
+    /// (`--fail-on-checksum-error`).
+    #[error(transparent)]
+    PageChecksums(#[from] crate::backup::pages::ChecksumFailures),
     /// Another base-backup holds the lock.
     #[error("another base-backup of this repository is running (lock {path} held by {holder})")]
     BackupLocked {
@@ -435,6 +439,9 @@ impl Error {
                 "check the [postgres] section (host, port, user, password) and that the user may run pg_backup_start"
             }
             Error::CannotBackup { .. } => "back up a primary with archive_mode on and archive_command running wal-push",
+            Error::PageChecksums(_) => {
+                "find and repair the relations those files belong to (docs/operations.md, \"Page checksum failures\"); without --fail-on-checksum-error the backup records the pages and succeeds"
+            }
             Error::BackupLocked { .. } => "wait for the running backup to finish; the lock is released when it exits",
             Error::SchedulerRunning { .. } => {
                 "one daemon per spool: stop the other one (systemctl stop backupctl-scheduler, or kill -TERM its pid) first"

@@ -87,6 +87,18 @@ pub struct ServerInfo {
     pub is_archiving: bool,
 }
 
+/// How the cluster lays out its relation files and whether its pages carry checksums (`pg_control`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PageLayout {
+    /// Data checksums are on (`initdb --data-checksums`, `pg_checksums --enable`; `SHOW data_checksums`).
+    pub has_checksums: bool,
+    /// `BLCKSZ` in bytes (`database_block_size` of `pg_control_init()`; 8192 unless PostgreSQL was built otherwise).
+    pub block_size: u32,
+    /// Blocks per relation segment file (`RELSEG_SIZE`, `blocks_per_segment` of `pg_control_init()`; 131072 = 1 GiB
+    /// with 8 KiB blocks).
+    pub blocks_per_segment: u32,
+}
+
 /// What pg_backup_stop returned.
 #[derive(Debug, Clone)]
 pub struct BackupStop {
@@ -263,6 +275,30 @@ impl Session {
         let spcmapfile: Option<String> = row.try_get(2).map_err(|source| Error::Query { what, source })?;
         let lsn = lsn.parse().map_err(|_| Error::Unexpected { what: "backup stop lsn", answer: lsn })?;
         Ok(BackupStop { lsn, labelfile, spcmapfile: spcmapfile.unwrap_or_default() })
+    }
+
+    /// Whether the cluster's pages carry checksums, and its block and segment sizes (PostgreSQL's "System
+    /// Information Functions": `pg_control_init()`; "Preset Options": `data_checksums`).
+    pub fn page_layout(&mut self) -> Result<PageLayout, Error> {
+        let what = "pg_control_init";
+        let row = self
+            .client
+            .query_one(
+                "select current_setting('data_checksums'), database_block_size, blocks_per_segment \
+                 from pg_control_init()",
+                &[],
+            )
+            .map_err(|source| Error::Query { what, source })?;
+        let checksums: String = row.try_get(0).map_err(|source| Error::Query { what, source })?;
+        let block_size: i32 = row.try_get(1).map_err(|source| Error::Query { what, source })?;
+        let blocks_per_segment: i32 = row.try_get(2).map_err(|source| Error::Query { what, source })?;
+        let unexpected =
+            || Error::Unexpected { what, answer: format!("{checksums} {block_size} {blocks_per_segment}") };
+        Ok(PageLayout {
+            has_checksums: checksums == "on",
+            block_size: u32::try_from(block_size).ok().filter(|b| *b > 0).ok_or_else(unexpected)?,
+            blocks_per_segment: u32::try_from(blocks_per_segment).ok().filter(|b| *b > 0).ok_or_else(unexpected)?,
+        })
     }
 
     /// The server's version as it names it (`server_version`, e.g. `15.4 (Debian 15.4-1)`).

@@ -16,6 +16,7 @@ use std::sync::{Arc, Mutex};
 use lru::LruCache;
 
 use super::packer::Packer;
+use super::pages::PageVerifier;
 use super::walk::SourceFile;
 use crate::Error;
 use crate::archive::blocking;
@@ -36,6 +37,8 @@ pub struct BlockContext {
     pub packer: Arc<Packer>,
     /// The repository's frames at the start of the backup (bases are looked up here).
     pub index: Arc<FrameIndex>,
+    /// Verifies page checksums of what is read.
+    pub pages: Arc<PageVerifier>,
     /// Block size in bytes.
     pub block_size: u32,
     /// Full backup: store every block whole, trust no earlier digest.
@@ -73,6 +76,7 @@ impl BlockContext {
         storage: DynStorage,
         packer: Arc<Packer>,
         index: Arc<FrameIndex>,
+        pages: Arc<PageVerifier>,
         block_size: u32,
         is_full: bool,
         level: i32,
@@ -82,6 +86,7 @@ impl BlockContext {
             storage,
             packer,
             index,
+            pages,
             block_size,
             is_full,
             level,
@@ -301,9 +306,12 @@ pub async fn copy_file(
         while offset < node_end {
             let len = read_len.min(node_end - offset);
             pacer.lock().await.wait(len).await;
-            let path = file.abs.clone();
-            let at = offset;
-            let data = blocking(move || super::copy::read_range(&path, at, len)).await?;
+            let (path, rel, pages, at) = (file.abs.clone(), file.rel.clone(), ctx.pages.clone(), offset);
+            let data = blocking(move || {
+                let data = super::copy::read_range(&path, at, len)?;
+                pages.check(&rel, &path, at, data.as_deref()).map(|()| data)
+            })
+            .await?;
             let Some(data) = data else {
                 if offset == 0 {
                     return Ok(None);

@@ -15,6 +15,7 @@ use std::sync::Arc;
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
+use super::pages::PageVerifier;
 use super::upload::ObjectWriter;
 use super::walk::SourceFile;
 use crate::Error;
@@ -66,12 +67,14 @@ struct Pack {
     members: Vec<(usize, u64, u64, ObjectId)>,
 }
 
-/// Copy `files`; `reusable` maps a small file's blake3 to a piece of an object the repository holds (incremental).
+/// Copy `files`; `reusable` maps a small file's blake3 to a piece of an object the repository holds (incremental);
+/// `pages` verifies the page checksums of what is read.
 pub async fn copy_files(
     files: &[SourceFile],
     writer: Arc<ObjectWriter>,
     reusable: &HashMap<ObjectId, Piece>,
     settings: CopySettings,
+    pages: &Arc<PageVerifier>,
     progress: &dyn Progress,
 ) -> Result<Vec<FileEntry>, Error> {
     let semaphore = Arc::new(Semaphore::new(settings.parallel.max(1)));
@@ -91,11 +94,15 @@ pub async fn copy_files(
                 pacer.wait(len).await;
                 let permit = acquire(&semaphore).await?;
                 collect_done(&mut tasks, &mut chunks, &mut vanished)?;
-                let (path, writer) = (f.abs.clone(), writer.clone());
+                let (path, writer, pages, rel) = (f.abs.clone(), writer.clone(), pages.clone(), f.rel.clone());
                 tasks.spawn(async move {
                     let _permit = permit;
                     let p = path.clone();
-                    let data = blocking(move || read_range(&p, offset, len)).await?;
+                    let data = blocking(move || {
+                        let data = read_range(&p, offset, len)?;
+                        pages.check(&rel, &p, offset, data.as_deref()).map(|()| data)
+                    })
+                    .await?;
                     let is_gone = data.is_none();
                     let piece = match data {
                         Some(d) if !d.is_empty() => {
@@ -112,8 +119,12 @@ pub async fn copy_files(
             continue;
         }
         pacer.wait(f.size).await;
-        let p = f.abs.clone();
-        let data = blocking(move || read_range(&p, 0, u64::MAX)).await?;
+        let (p, pages, rel) = (f.abs.clone(), pages.clone(), f.rel.clone());
+        let data = blocking(move || {
+            let data = read_range(&p, 0, u64::MAX)?;
+            pages.check(&rel, &p, 0, data.as_deref()).map(|()| data)
+        })
+        .await?;
         let Some(data) = data else {
             vanished[i] = true;
             continue;
@@ -260,6 +271,10 @@ mod tests {
     use crate::progress::NoProgress;
     use crate::storage::fs::FsStorage;
 
+    fn no_pages() -> Arc<PageVerifier> {
+        Arc::new(PageVerifier::disabled())
+    }
+
     fn source(dir: &std::path::Path, name: &str, content: &[u8]) -> SourceFile {
         let abs = dir.join(name);
         std::fs::write(&abs, content).expect("write");
@@ -306,7 +321,9 @@ mod tests {
         let storage: crate::storage::DynStorage = Arc::new(FsStorage::new(repo.path()));
         let writer = Arc::new(ObjectWriter::new(storage.clone(), false, 1, HashSet::new()));
         let settings = CopySettings { chunk_size: chunk, parallel: 2, max_rate: None };
-        let entries = copy_files(&files, writer.clone(), &HashMap::new(), settings, &NoProgress).await.expect("copy");
+        let entries = copy_files(&files, writer.clone(), &HashMap::new(), settings, &no_pages(), &NoProgress)
+            .await
+            .expect("copy");
         let by_name: HashMap<&str, &FileEntry> = entries.iter().map(|e| (e.path.to_str().expect("utf-8"), e)).collect();
         assert!(!by_name.contains_key("gone"), "a vanished file is left out");
         let b = by_name["big"];
@@ -324,7 +341,9 @@ mod tests {
         // The same content again, incrementally: nothing new is written.
         let present = crate::backup::upload::list_objects(storage.as_ref()).await.expect("list");
         let again = Arc::new(ObjectWriter::new(storage, false, 1, present));
-        copy_files(&files[..1], again.clone(), &HashMap::new(), settings, &NoProgress).await.expect("copy");
+        copy_files(&files[..1], again.clone(), &HashMap::new(), settings, &no_pages(), &NoProgress)
+            .await
+            .expect("copy");
         assert_eq!(again.objects_written.load(Ordering::Relaxed), 0);
         assert_eq!(again.bytes_reused.load(Ordering::Relaxed), chunk + chunk / 2);
     }

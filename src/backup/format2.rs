@@ -87,8 +87,12 @@ pub async fn copy_files(
     let mut members: Vec<(usize, u64, u64, ObjectId)> = Vec::new();
     for (i, f) in files.iter().enumerate().filter(|(_, f)| f.size < BLOCK_MAP_MIN) {
         pacer.lock().await.wait(f.size).await;
-        let p = f.abs.clone();
-        let Some(data) = blocking(move || read_range(&p, 0, u64::MAX)).await? else {
+        let (p, rel, pages) = (f.abs.clone(), f.rel.clone(), ctx.pages.clone());
+        let read = blocking(move || {
+            let data = read_range(&p, 0, u64::MAX)?;
+            pages.check(&rel, &p, 0, data.as_deref()).map(|()| data)
+        });
+        let Some(data) = read.await? else {
             tracing::debug!(path = %f.rel, "file vanished during the backup");
             continue;
         };

@@ -15,6 +15,7 @@ pub mod blocks;
 pub mod copy;
 pub mod format2;
 pub mod packer;
+pub mod pages;
 pub mod upload;
 pub mod walk;
 
@@ -91,6 +92,7 @@ pub fn run(
         return Err(cannot("it is not a PostgreSQL data directory readable here (no PG_VERSION)"));
     }
     let seg_size = SegmentSize::new(info.wal_segment_size)?;
+    let page_layout = session.page_layout()?;
     // wal-push runs as the data directory's owner (the server's user) and writes into the same repository and
     // spool: base-backup must run as that user too, or what it writes would lock wal-push out.
     owner::check_owner(&data_dir, owner::Role::DataDirectory)?;
@@ -152,8 +154,9 @@ pub fn run(
             max_rate: request.max_rate,
         };
         let level = config.repository.compression_level;
+        let pages = Arc::new(pages::PageVerifier::new(page_layout, start_lsn));
         let (files, written, format2) = if descriptor.format >= 2 {
-            let block_size = block_size(&mut session)?;
+            let block_size = page_layout.block_size;
             let previous = if is_full { None } else { rt.block_on(previous_format2(storage.as_ref()))? };
             let copied = rt.block_on(copy_format2(
                 &storage,
@@ -163,6 +166,7 @@ pub fn run(
                 previous.as_ref(),
                 settings,
                 &listing.files,
+                &pages,
                 progress,
             ))?;
             (copied.files, copied.stats, Some((block_size, copied.pack_index, copied.frames)))
@@ -170,7 +174,8 @@ pub fn run(
             let (present, reusable) =
                 if is_full { (Default::default(), HashMap::new()) } else { rt.block_on(reuse_sets(storage.as_ref()))? };
             let writer = Arc::new(upload::ObjectWriter::new(storage.clone(), is_full, level, present));
-            let files = rt.block_on(copy::copy_files(&listing.files, writer.clone(), &reusable, settings, progress))?;
+            let files =
+                rt.block_on(copy::copy_files(&listing.files, writer.clone(), &reusable, settings, &pages, progress))?;
             let stats = BackupStats {
                 objects_written: writer.objects_written.load(Ordering::Relaxed),
                 bytes_written: writer.bytes_written.load(Ordering::Relaxed),
@@ -180,6 +185,8 @@ pub fn run(
             };
             (files, stats, None)
         };
+        let page_checksums = pages.outcome(&files);
+        pages::report(page_checksums.as_ref(), &data_dir, config.backup.fail_on_checksum_error)?;
 
         progress.phase("stopping backup");
         let stop = session.backup_stop()?;
@@ -226,6 +233,7 @@ pub fn run(
             repository_format: 1,
             block_size: None,
             pack_indexes: vec![],
+            page_checksums,
         };
         if let Some((block_size, pack_index, _)) = &format2 {
             manifest.repository_format = 2;
@@ -253,15 +261,6 @@ pub fn run(
         tracing::warn!(backup = %id, error = %e, "could not remove the backup's lease; it expires by itself");
     }
     result
-}
-
-/// Read `block_size` from the server (8192 unless PostgreSQL was built otherwise).
-fn block_size(session: &mut pg::Session) -> Result<u32, Error> {
-    let text = session.setting("block_size")?.unwrap_or_else(|| "8192".to_owned());
-    text.parse::<u32>()
-        .ok()
-        .filter(|b| b.is_power_of_two() && *b >= 1024)
-        .ok_or_else(|| pg::Error::Unexpected { what: "block_size", answer: text }.into())
 }
 
 /// Stored size of a pack (bytes) at which it is put (docs/design/format2.md).
@@ -296,13 +295,15 @@ async fn copy_format2(
     previous: Option<&Manifest>,
     settings: copy::CopySettings,
     files: &[walk::SourceFile],
+    pages: &Arc<pages::PageVerifier>,
     progress: &dyn Progress,
 ) -> Result<Format2Copy, Error> {
     use crate::repository::packstore::{self, FrameIndex};
     let index = Arc::new(FrameIndex::load(storage.as_ref()).await?);
     let known = index.ids().copied().collect();
     let packer = Arc::new(packer::Packer::new(storage.clone(), level, PACK_SIZE, settings.parallel, known));
-    let ctx = blocks::BlockContext::new(storage.clone(), packer.clone(), index, block_size, is_full, level);
+    let ctx =
+        blocks::BlockContext::new(storage.clone(), packer.clone(), index, pages.clone(), block_size, is_full, level);
     let copied = format2::copy_files(files, &ctx, previous, settings, progress).await?;
     let packs = packer.finish().await?;
     let (pack_index, index_bytes) = if packs.is_empty() {

@@ -47,6 +47,10 @@ pub struct BackupArgs {
     /// k or M (as pg_basebackup's --max-rate), e.g. 500k, 40M.
     #[arg(long, value_name = "RATE", value_parser = parse_rate)]
     pub max_rate: Option<u64>,
+    /// When the cluster has data checksums, fail (no backup recorded, exit 1) if a page fails its checksum, naming
+    /// the files, instead of recording the pages in the backup with a warning ([backup] fail_on_checksum_error).
+    #[arg(long)]
+    pub fail_on_checksum_error: bool,
     /// Print a JSON summary on stdout (and no progress bar).
     #[arg(long = "json-output", visible_alias = "json")]
     pub json: bool,
@@ -95,7 +99,8 @@ pub fn finish(program: &str, result: Result<(), Error>) -> ExitCode {
 
 /// Run with parsed arguments.
 pub fn run(config: Option<&std::path::Path>, backup_type: BackupType, args: &BackupArgs) -> Result<(), Error> {
-    let (_, config) = super::load_config(config)?;
+    let (_, mut config) = super::load_config(config)?;
+    config.backup.fail_on_checksum_error |= args.fail_on_checksum_error;
     super::init_tracing("base-backup", Some(&config));
     let rt = super::multi_thread_runtime()?;
     let progress = super::progress::for_terminal(args.json);
@@ -111,14 +116,19 @@ pub fn run(config: Option<&std::path::Path>, backup_type: BackupType, args: &Bac
     // A summary for people at a terminal; silence on success under cron and systemd.
     if std::io::IsTerminal::is_terminal(&std::io::stderr()) {
         super::output::note(format_args!(
-            "base-backup: backup {} complete: {} files, {} read, {} new ({} stored), {} reused, {:.1} s",
+            "base-backup: backup {} complete: {} files, {} read, {} new ({} stored), {} reused, {:.1} s{}",
             manifest.id,
             s.files,
             super::human_bytes(s.bytes),
             super::human_bytes(s.bytes_written),
             super::human_bytes(s.bytes_stored),
             super::human_bytes(s.bytes_reused),
-            s.duration_ms as f64 / 1000.0
+            s.duration_ms as f64 / 1000.0,
+            match &manifest.page_checksums {
+                Some(p) if p.corrupt.is_empty() => format!(", {} pages verified", p.pages_verified),
+                Some(p) => format!(", {} corrupt pages", p.corrupt.iter().map(|c| c.blocks.len()).sum::<usize>()),
+                None => String::new(),
+            }
         ));
     }
     if args.json {
@@ -149,6 +159,10 @@ pub fn summary(m: &Manifest) -> serde_json::Value {
         "bytes_reused": m.stats.bytes_reused,
         "objects_written": m.stats.objects_written,
         "duration_ms": m.stats.duration_ms,
+        // "verified" or "off" (the cluster has no data checksums, or the backup predates verification).
+        "page_checksums": if m.page_checksums.is_some() { "verified" } else { "off" },
+        "pages_verified": m.page_checksums.as_ref().map(|p| p.pages_verified),
+        "corrupt_pages": m.corrupt_pages(),
         "status": "ok",
     })
 }

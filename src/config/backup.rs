@@ -60,11 +60,15 @@ pub struct BackupConfig {
     pub chunk_size_kib: u64,
     /// How long base-backup waits for the WAL of the backup's stop point to reach the archive, in seconds.
     pub archive_timeout_seconds: u64,
+    /// Fail the backup (no manifest written) when a page of the cluster fails its data checksum, instead of
+    /// recording it in the backup with a warning (flag `--fail-on-checksum-error`). Only for clusters with data
+    /// checksums.
+    pub fail_on_checksum_error: bool,
 }
 
 impl Default for BackupConfig {
     fn default() -> Self {
-        Self { parallel: 2, chunk_size_kib: 1024, archive_timeout_seconds: 60 }
+        Self { parallel: 2, chunk_size_kib: 1024, archive_timeout_seconds: 60, fail_on_checksum_error: false }
     }
 }
 

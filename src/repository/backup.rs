@@ -327,6 +327,10 @@ pub struct Manifest {
     /// Format 2: the pack index objects this backup wrote (where its new frames lie).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub pack_indexes: Vec<ObjectId>,
+    /// Page checksum verification of the relation files, when the cluster has data checksums; `None` when it has
+    /// none (nothing was verified) and in manifests written before verification existed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub page_checksums: Option<PageChecksums>,
 }
 
 fn format_one() -> u32 {
@@ -335,6 +339,47 @@ fn format_one() -> u32 {
 
 fn is_format_one(v: &u32) -> bool {
     *v == 1
+}
+
+/// What verifying the pages of a backup's relation files found (PostgreSQL's data checksums; see
+/// `crate::backup::pages`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PageChecksums {
+    /// Pages whose checksum was computed (all-zero pages and pages written during the backup are not counted).
+    pub pages_verified: u64,
+    /// Files holding pages that failed verification, also when read again, in path order.
+    #[serde(default)]
+    pub corrupt: Vec<CorruptPages>,
+}
+
+/// Pages of one file whose checksum does not match their content.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CorruptPages {
+    /// The file (a path of [`Manifest::files`]).
+    pub path: ManifestPath,
+    /// Block numbers within this file, ascending (block 0 is its first page; in a relation's segment file `.N`
+    /// the relation's block number is `N × blocks per segment` plus this).
+    pub blocks: Vec<u32>,
+}
+
+impl CorruptPages {
+    /// One line for an operator: `base/5/16384: 3 pages (blocks 3, 7, 9)`, listing at most `max` blocks.
+    pub fn describe(&self, max: usize) -> String {
+        let n = self.blocks.len();
+        let mut list: Vec<String> = self.blocks.iter().take(max).map(u32::to_string).collect();
+        if n > max {
+            list.push(format!("and {} more", n - max));
+        }
+        let (pages, word) = if n == 1 { (String::from("1 page"), "block") } else { (format!("{n} pages"), "blocks") };
+        format!("{}: {pages} ({word} {})", self.path, list.join(", "))
+    }
+}
+
+impl Manifest {
+    /// The files with corrupt pages this backup recorded (none when nothing was verified).
+    pub fn corrupt_pages(&self) -> &[CorruptPages] {
+        self.page_checksums.as_ref().map(|p| p.corrupt.as_slice()).unwrap_or_default()
+    }
 }
 
 /// Why a manifest cannot be trusted.
@@ -398,6 +443,12 @@ impl Manifest {
             let sum: u64 = f.pieces.iter().map(|p| p.length).sum();
             if sum != f.size {
                 return bad(format!("file {:?}: pieces add up to {sum} bytes, not {}", f.path, f.size));
+            }
+        }
+        if !self.corrupt_pages().is_empty() {
+            let files: std::collections::HashSet<&ManifestPath> = self.files.iter().map(|f| &f.path).collect();
+            if let Some(c) = self.corrupt_pages().iter().find(|c| !files.contains(&c.path)) {
+                return bad(format!("corrupt pages of {:?}: not a file of this backup", c.path));
             }
         }
         for t in &self.tablespaces {
@@ -475,6 +526,7 @@ impl Manifest {
             repository_format: 1,
             block_size: None,
             pack_indexes: vec![],
+            page_checksums: None,
         }
     }
 }
@@ -536,6 +588,34 @@ mod tests {
                 .collect(),
             ..Manifest::example()
         }
+    }
+
+    /// The corrupt pages a backup found: optional (manifests written before verification existed still read),
+    /// kept across a round trip, and only for files of the backup.
+    #[test]
+    fn issue_10_corrupt_pages_in_the_manifest() {
+        let old = serde_json::to_value(manifest(&["base/1/1259"])).expect("json");
+        assert!(old.get("page_checksums").is_none(), "not written when nothing was verified: {old}");
+        let read: Manifest = serde_json::from_value(old).expect("a manifest without the field reads");
+        assert!(read.page_checksums.is_none() && read.corrupt_pages().is_empty());
+
+        let corrupt = CorruptPages { path: "base/1/1259".into(), blocks: vec![3, 7] };
+        let mut m = manifest(&["base/1/1259", "global/1262"]);
+        m.page_checksums = Some(PageChecksums { pages_verified: 10, corrupt: vec![corrupt.clone()] });
+        assert!(m.validate().is_ok());
+        let back: Manifest = serde_json::from_str(&serde_json::to_string(&m).expect("json")).expect("parse");
+        assert_eq!(back.corrupt_pages(), std::slice::from_ref(&corrupt));
+        assert_eq!(corrupt.describe(5), "base/1/1259: 2 pages (blocks 3, 7)");
+        assert_eq!(corrupt.describe(1), "base/1/1259: 2 pages (blocks 3, and 1 more)");
+        let one = CorruptPages { path: "global/1262".into(), blocks: vec![0] };
+        assert_eq!(one.describe(5), "global/1262: 1 page (block 0)");
+
+        m.page_checksums = Some(PageChecksums {
+            pages_verified: 1,
+            corrupt: vec![CorruptPages { path: "base/1/9".into(), blocks: vec![0] }],
+        });
+        let err = m.validate().expect_err("a path that is not a file of the backup");
+        assert!(err.to_string().contains("base/1/9"), "{err}");
     }
 
     #[test]

@@ -8,6 +8,7 @@
 //!   after a sync of everything else.
 
 pub mod auto_conf;
+pub mod pages;
 pub mod target;
 pub mod wal_check;
 pub mod write;
@@ -77,6 +78,7 @@ pub async fn run(
     let started = Instant::now();
     let (manifest, history) = choose(storage.as_ref(), request).await?;
     tracing::debug!(backup = %manifest.id, stop_time = %manifest.stop_time, "restoring");
+    pages::warn_recorded(&manifest);
     // Checked and quoted before anything is written: a value PostgreSQL cannot hold is a usage error.
     let settings = RecoverySettings {
         restore_command: request.restore_command.clone(),

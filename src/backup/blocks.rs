@@ -62,6 +62,8 @@ pub struct BlockStats {
     pub delta: std::sync::atomic::AtomicU64,
     /// Stored bytes of the nodes this backup created.
     pub node_bytes_new: std::sync::atomic::AtomicU64,
+    /// Nodes this backup created.
+    pub nodes_written: std::sync::atomic::AtomicU64,
 }
 
 impl std::fmt::Debug for BlockContext {
@@ -381,6 +383,7 @@ pub async fn copy_file(
         frames.extend(node.frames.iter().copied());
         let (id, stored) = packstore::save_node(ctx.storage.as_ref(), &node, ctx.level).await?;
         ctx.stats.node_bytes_new.fetch_add(stored, std::sync::atomic::Ordering::Relaxed);
+        ctx.stats.nodes_written.fetch_add(u64::from(stored > 0), std::sync::atomic::Ordering::Relaxed);
         nodes.push(id);
         node_no += 1;
     }

@@ -171,8 +171,12 @@ pub fn run(
             ))?;
             (copied.files, copied.stats, Some((block_size, copied.pack_index, copied.frames)))
         } else {
-            let (present, reusable) =
-                if is_full { (Default::default(), HashMap::new()) } else { rt.block_on(reuse_sets(storage.as_ref()))? };
+            let (present, reusable) = if is_full {
+                // Listed only to tell rewritten objects from new ones; a full writes every object again.
+                (rt.block_on(upload::list_objects(storage.as_ref()))?, HashMap::new())
+            } else {
+                rt.block_on(reuse_sets(storage.as_ref()))?
+            };
             let writer = Arc::new(upload::ObjectWriter::new(storage.clone(), is_full, level, present));
             let files =
                 rt.block_on(copy::copy_files(&listing.files, writer.clone(), &reusable, settings, &pages, progress))?;
@@ -181,6 +185,8 @@ pub fn run(
                 bytes_written: writer.bytes_written.load(Ordering::Relaxed),
                 bytes_stored: writer.bytes_stored.load(Ordering::Relaxed),
                 bytes_reused: writer.bytes_reused.load(Ordering::Relaxed),
+                bytes_new: writer.bytes_new.load(Ordering::Relaxed),
+                bytes_rewritten: writer.bytes_rewritten.load(Ordering::Relaxed),
                 ..BackupStats::default()
             };
             (files, stats, None)
@@ -317,10 +323,12 @@ async fn copy_format2(
     let b = &ctx.stats;
     let load = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
     let unchanged_bytes = load(&b.unchanged) * u64::from(block_size);
+    let bytes_new = load(&p.bytes_new) + load(&b.node_bytes_new) + index_bytes;
     let stats = BackupStats {
-        objects_written: load(&p.packs_written) + u64::from(pack_index.is_some()),
+        objects_written: load(&p.packs_written) + load(&b.nodes_written) + u64::from(index_bytes > 0),
         bytes_written: load(&p.raw_written),
-        bytes_stored: load(&p.bytes_new) + load(&b.node_bytes_new) + index_bytes,
+        bytes_stored: bytes_new,
+        bytes_new,
         bytes_reused: load(&p.raw_reused) + unchanged_bytes,
         ..BackupStats::default()
     };

@@ -25,25 +25,33 @@ pub struct ObjectWriter {
     level: i32,
     /// Objects known to be in the repository (listed at start for incrementals) or written by this backup.
     present: Mutex<HashSet<ObjectId>>,
+    /// Full backups: the objects listed at the start, which this backup writes again (counted as rewritten).
+    before: HashSet<ObjectId>,
     pub(super) objects_written: AtomicU64,
     pub(super) bytes_written: AtomicU64,
     pub(super) bytes_stored: AtomicU64,
     pub(super) bytes_reused: AtomicU64,
+    pub(super) bytes_new: AtomicU64,
+    pub(super) bytes_rewritten: AtomicU64,
 }
 
 impl ObjectWriter {
-    /// A writer; `present` are the objects the repository holds and may be reused (empty for a full backup, which
-    /// then writes every object again).
+    /// A writer; `present` are the objects the repository holds: an incremental reuses them, a full backup writes
+    /// every object again and counts those as rewritten.
     pub fn new(storage: DynStorage, full: bool, level: i32, present: HashSet<ObjectId>) -> Self {
+        let (present, before) = if full { (HashSet::new(), present) } else { (present, HashSet::new()) };
         Self {
             storage,
             mode: if full { PutMode::Overwrite } else { PutMode::Create },
             level,
             present: Mutex::new(present),
+            before,
             objects_written: AtomicU64::new(0),
             bytes_written: AtomicU64::new(0),
             bytes_stored: AtomicU64::new(0),
             bytes_reused: AtomicU64::new(0),
+            bytes_new: AtomicU64::new(0),
+            bytes_rewritten: AtomicU64::new(0),
         }
     }
 
@@ -75,7 +83,14 @@ impl ObjectWriter {
         .await?;
         let stored = object.len() as u64;
         match self.storage.put(&id.key(), Bytes::from(object), self.mode).await {
-            Ok(()) | Err(storage::Error::AlreadyExists { .. }) => {}
+            Ok(()) if self.before.contains(&id) => {
+                self.bytes_rewritten.fetch_add(stored, Ordering::Relaxed);
+            }
+            Ok(()) => {
+                self.bytes_new.fetch_add(stored, Ordering::Relaxed);
+            }
+            // A concurrent writer stored the same content first: it added it, not this backup.
+            Err(storage::Error::AlreadyExists { .. }) => {}
             Err(e) => {
                 if let Ok(mut p) = self.present.lock() {
                     p.remove(&id);

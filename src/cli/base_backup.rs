@@ -116,12 +116,12 @@ pub fn run(config: Option<&std::path::Path>, backup_type: BackupType, args: &Bac
     // A summary for people at a terminal; silence on success under cron and systemd.
     if std::io::IsTerminal::is_terminal(&std::io::stderr()) {
         super::output::note(format_args!(
-            "base-backup: backup {} complete: {} files, {} read, {} new ({} stored), {} reused, {:.1} s{}",
+            "base-backup: backup {} complete: {} files, {} read, {} added to the repository ({} rewritten), {} reused, {:.1} s{}",
             manifest.id,
             s.files,
             super::human_bytes(s.bytes),
-            super::human_bytes(s.bytes_written),
-            super::human_bytes(s.bytes_stored),
+            super::human_bytes(s.bytes_new),
+            super::human_bytes(s.bytes_rewritten),
             super::human_bytes(s.bytes_reused),
             s.duration_ms as f64 / 1000.0,
             match &manifest.page_checksums {
@@ -157,6 +157,9 @@ pub fn summary(m: &Manifest) -> serde_json::Value {
         "bytes_written": m.stats.bytes_written,
         "bytes_stored": m.stats.bytes_stored,
         "bytes_reused": m.stats.bytes_reused,
+        // Stored bytes the repository's data grew by, and stored bytes written again with the same content.
+        "bytes_new": m.stats.bytes_new,
+        "bytes_rewritten": m.stats.bytes_rewritten,
         "objects_written": m.stats.objects_written,
         "duration_ms": m.stats.duration_ms,
         // "verified" or "off" (the cluster has no data checksums, or the backup predates verification).

@@ -263,6 +263,14 @@ pub struct BackupStats {
     pub bytes_stored: u64,
     /// Uncompressed bytes served by objects the repository already held.
     pub bytes_reused: u64,
+    /// Stored bytes of the data objects this backup created (what the repository's data grew by; the manifest is
+    /// not counted). Absent (0) in manifests written before it existed.
+    #[serde(default)]
+    pub bytes_new: u64,
+    /// Stored bytes of the objects this backup wrote again with the same content (format 1's full backups
+    /// rewrite every chunk); they did not make the repository grow.
+    #[serde(default)]
+    pub bytes_rewritten: u64,
     /// Wall time.
     pub duration_ms: u64,
 }

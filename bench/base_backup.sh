@@ -2,9 +2,12 @@
 # Base backup and restore: wall time, CPU, peak RSS and repository bytes of base-backup / pitr-restore next to
 # pgBackRest, on a pgbench database (scale SCALE). Every run uses fresh repositories, in this order:
 #   full      base-backup --type full --fast into file://  vs  pgbackrest backup --type=full --start-fast (posix)
+#   full2     the same again at once: what a full right after a full adds
 #   incr      after `update pgbench_accounts ... where aid <= CHANGE_PCT % of the rows` + CHECKPOINT (a clustered
 #             change): base-backup --type incremental  vs  pgbackrest backup --type=incr; bytes added to the repo
-#   restore   the incremental into an empty directory: pitr-restore ([restore] parallel 4 and 2)  vs
+#   rand      after updating the first row of RANDOM_PCT % of pgbench_accounts' pages chosen at random + CHECKPOINT:
+#             base-backup --type incremental  vs  pgbackrest backup --type=incr
+#   restore   the newest incremental into an empty directory: pitr-restore ([restore] parallel 4 and 2)  vs
 #             pgbackrest restore --process-max=2; then the restored cluster is started (untimed) and
 #             count(*), sum(abalance) of pgbench_accounts must equal the source's
 #   S3 (S3=1) full backup + restore the same way into / from S3 on loopback (moto; pgBackRest through stunnel)
@@ -12,7 +15,8 @@
 # before each leg, untimed): each backup waits for its own stop segment, pushed by its own archiver.
 #
 # Usage: bash bench/base_backup.sh     (as root)
-# Env:   SCALE=100  RUNS=3  S3=1  CHANGE_PCT=3  BB_PARALLEL=2  CHUNK_KIB=1024  PGBR_PROCESS_MAX=2
+# Env:   SCALE=100  RUNS=3  S3=1  CHANGE_PCT=3  RANDOM_PCT=5  BB_PARALLEL=2  CHUNK_KIB=1024  PGBR_PROCESS_MAX=2
+#        REPO_FORMAT=2 (base-backup's repository format, docs/design/format2.md; 1 = one object per chunk)
 #        RESTORE_PARALLEL="4 2"  BB_LEVEL=1 (repository compression_level)  PGBR_COMPRESS_LEVEL (default 3)
 #        S3_SERVER=moto|s3s-fs  TIMEOUT=900 (s per recovery check)  KEEP=1
 set -euo pipefail
@@ -22,6 +26,8 @@ SCALE=${SCALE:-100}
 RUNS=${RUNS:-3}
 S3=${S3:-1}
 CHANGE_PCT=${CHANGE_PCT:-3}
+RANDOM_PCT=${RANDOM_PCT:-5}
+export REPO_FORMAT=${REPO_FORMAT:-2}
 BB_PARALLEL=${BB_PARALLEL:-2}
 CHUNK_KIB=${CHUNK_KIB:-1024}
 PGBR_PROCESS_MAX=${PGBR_PROCESS_MAX:-2}
@@ -60,7 +66,7 @@ record() { printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$@" >> "$RESULTS";
 # usage KIND WHERE: "objects bytes" of the backup part of a repository (WAL excluded)
 usage() {
     case "$1" in
-        bb-file) files_usage "$2/data" "$2/backups" ;;
+        bb-file) files_usage "$2/data" "$2/packs" "$2/maps" "$2/index" "$2/backups" ;;
         pgbr-posix) files_usage "$2/backup" ;;
         bb-s3) s3_prefix_usage bbs3 "$2/" "$2/wal/" ;;
         pgbr-s3) s3_prefix_usage pgbr "$2/" "$2/archive/" ;;
@@ -158,6 +164,9 @@ declare -A BB_CONF_OF PGBR_CONF_OF BB_ID_OF
 backup() {
     local tool=$1 kind=$2 type=$3 run=$4 case where before after objs bytes
     case=$type-$tool-$kind
+    # full2 and rand are a full and an incremental taken in the same repository as the ones before them
+    local arg=$type
+    case "$type" in full2) arg=full ;; rand) arg=incr ;; esac
     if [ "$tool" = bb ]; then
         if [ "$type" = full ]; then setup_bb "$kind" "$run"; BB_CONF_OF[$kind]=$BB_CONF; fi
         BB_CONF=${BB_CONF_OF[$kind]}
@@ -174,12 +183,13 @@ backup() {
     local ok=0
     if [ "$tool" = bb ]; then
         local t=$type
+        t=$arg
         [ "$t" = incr ] && t=incremental
         timed "$case-$run" "$BASE_BACKUP" --config "$BB_CONF" --type "$t" --fast --json && ok=1
         [ "$ok" = 1 ] && BB_ID_OF[$kind]=$(python3 -c 'import json,sys; print(json.load(sys.stdin)["id"])' \
             < "$WORK/out/$case-$run.out")
     else
-        timed "$case-$run" pgbackrest --config="$PGBR_CONF" --stanza=bench --type="$type" --start-fast backup && ok=1
+        timed "$case-$run" pgbackrest --config="$PGBR_CONF" --stanza=bench --type="$arg" --start-fast backup && ok=1
     fi
     if [ "$ok" != 1 ]; then
         record "$case" "$run" failed "$T_CPU" "$T_RSS" - - - - -
@@ -195,7 +205,8 @@ import json, sys
 d = json.load(open(sys.argv[1]))
 m = lambda k: d[k] >> 20
 print(f"base-backup says: {d['duration_ms']} ms, {m('bytes')} MiB read, written {m('bytes_written')} MiB,"
-      f" stored {m('bytes_stored')} MiB, reused {m('bytes_reused')} MiB, {d['objects_written']} objects")
+      f" added {d.get('bytes_new', 0) / 1048576:.2f} MiB (rewritten {m('bytes_rewritten') if 'bytes_rewritten' in d else '?'} MiB),"
+      f" reused {m('bytes_reused')} MiB, {d['objects_written']} objects")
 EOF
 )
     log "  $T_SECS s, CPU $T_CPU s, RSS $T_RSS MiB, +$((bytes / 1048576)) MiB in $objs objects, S3 server CPU $(srv_of "$kind") s. $extra"
@@ -230,12 +241,24 @@ for run in $(seq 1 "$RUNS"); do
     for t in $(in_order "$run" bb pgbr); do
         if [ "$t" = bb ]; then backup bb file full "$run"; else backup pgbr posix full "$run"; fi
     done
+    for t in $(in_order "$run" bb pgbr); do
+        if [ "$t" = bb ]; then backup bb file full2 "$run"; else backup pgbr posix full2 "$run"; fi
+    done
     log "run $run: update $CHANGED rows (aid <= $CHANGED), checkpoint"
     sql "$PORT" "update pgbench_accounts set abalance = abalance + 1 where aid <= $CHANGED" >/dev/null
     sql "$PORT" "checkpoint" >/dev/null
     EXPECTED=$(sql "$PORT" "select count(*) || ' accounts, sum ' || sum(abalance) from pgbench_accounts")
     for t in $(in_order "$run" bb pgbr); do
         if [ "$t" = bb ]; then backup bb file incr "$run"; else backup pgbr posix incr "$run"; fi
+    done
+    log "run $run: update the first row of $RANDOM_PCT % of pgbench_accounts' pages chosen at random, checkpoint"
+    sql "$PORT" "update pgbench_accounts set abalance = abalance + 1 where ctid = any(array(select ('(' || p || ',1)')::tid
+        from (select p from generate_series(0, (pg_relation_size('pgbench_accounts') / 8192)::int - 1) p
+        order by random() limit (pg_relation_size('pgbench_accounts') / 8192 * $RANDOM_PCT / 100)::int) s))" >/dev/null
+    sql "$PORT" "checkpoint" >/dev/null
+    EXPECTED=$(sql "$PORT" "select count(*) || ' accounts, sum ' || sum(abalance) from pgbench_accounts")
+    for t in $(in_order "$run" bb pgbr); do
+        if [ "$t" = bb ]; then backup bb file rand "$run"; else backup pgbr posix rand "$run"; fi
     done
     for t in $(in_order "$run" bb pgbr); do
         if [ "$t" = bb ]; then
@@ -267,7 +290,7 @@ done
 s3_stop
 
 # ---------------------------------------------------------------------------------------------------------------
-CASES="full-bb-file full-pgbr-posix incr-bb-file incr-pgbr-posix"
+CASES="full-bb-file full-pgbr-posix full2-bb-file full2-pgbr-posix incr-bb-file incr-pgbr-posix rand-bb-file rand-pgbr-posix"
 for p in $RESTORE_PARALLEL; do CASES="$CASES restore-bb-file-p$p"; done
 CASES="$CASES restore-pgbr-posix-p$PGBR_PROCESS_MAX"
 if [ "$S3" = 1 ]; then
@@ -299,7 +322,8 @@ name_of() {
         "pgBackRest $(pgbackrest version | awk '{print $2}'): process-max $PGBR_PROCESS_MAX, zst level" \
         "${PGBR_COMPRESS_LEVEL:-default 3}, --start-fast; S3: $([ "$S3" = 1 ] && echo "$S3_SERVER on loopback" || echo skipped)"
     echo "incremental change: update pgbench_accounts set abalance = abalance + 1 where aid <= $CHANGED" \
-        "($CHANGE_PCT % of $ROWS rows, clustered), then CHECKPOINT"
+        "($CHANGE_PCT % of $ROWS rows, clustered), then CHECKPOINT; rand: then the first row of $RANDOM_PCT % of" \
+        "pgbench_accounts' pages chosen at random, then CHECKPOINT; base-backup repository format $REPO_FORMAT"
     printf '\n%-34s %9s %22s %7s %8s %9s %8s %9s %9s %8s\n' case "median s" "runs s" "CPU s" "RSS MiB" "MiB" objects \
         "data ok" "recov. s" "S3 CPU"
     printf -- '-%.0s' $(seq 1 134); echo
@@ -324,6 +348,17 @@ name_of() {
         printf '%-34s %9s %22s %7s %8s %9s %8s %9s %9s %8s\n' "$(name_of "$c")" "$s" "$runs" "$cpu" "$rss" "$mib" \
             "$objs" "$ok" "$rec" "$srv"
     done
+    echo
+    echo "stored by each backup, as a share of the full's (median bytes added to the repository, WAL excluded):"
+    for tool in bb-file pgbr-posix; do
+        mib() { awk -F'\t' -v t="$1-$tool" '$1 == t && $3 != "failed" && $6 != "-" {print $6}' "$RESULTS" | median; }
+        f=$(mib full)
+        awk -v tool="$tool" -v f="$f" -v f2="$(mib full2)" -v i="$(mib incr)" -v r="$(mib rand)" 'BEGIN {
+            if (f == "nan" || f == 0) { print "  " tool ": no full backup"; exit }
+            printf "  %-11s full %.1f MiB; full right after it %.2f%%; incr (clustered) %.2f%%; rand (random pages) %.2f%%\n",
+                tool, f / 1048576, 100 * f2 / f, 100 * i / f, 100 * r / f }'
+    done
+    echo "load average at the end: $(cut -d' ' -f1-3 /proc/loadavg)"
     echo "(median s: wall time of the command (full/incr include the CHECKPOINT and waiting for the stop segment in"
     echo " the tool's own archive); CPU s: user + sys of the command and its children (/usr/bin/time -v; pgBackRest's"
     echo " local processes included, the archiver's wal-push / archive-push not); RSS MiB: peak RSS of its largest"

@@ -124,21 +124,18 @@ impl BlockContext {
     }
 }
 
-/// A source whose frame is either in the node's table or still being filled.
+/// A source whose frame is either in the node's table or not stored yet (frame `seq` of this node).
 #[derive(Debug, Clone, Copy)]
 enum Pending {
     Done(Source),
-    /// Slot `slot` of the whole-block frame being filled.
-    Whole {
-        slot: u32,
-    },
-    /// Base (frame id index into the table, slot) and slot of the delta frame being filled.
-    Delta {
-        base_frame: u32,
-        base_slot: u32,
-        slot: u32,
-    },
+    /// Slot `slot` of whole-block frame `seq`.
+    Whole { seq: u32, slot: u32 },
+    /// Base (frame table index, slot) and slot of delta frame `seq`.
+    Delta { base_frame: u32, base_slot: u32, seq: u32, slot: u32 },
 }
+
+/// Frames of one file being compressed and packed while the next blocks are read.
+const FRAMES_IN_FLIGHT: usize = 2;
 
 /// Builds one node while its blocks are read.
 struct NodeBuilder {
@@ -148,7 +145,13 @@ struct NodeBuilder {
     digests: Vec<u64>,
     sources: Vec<Pending>,
     whole: Vec<u8>,
+    whole_seq: u32,
     delta: Vec<u8>,
+    delta_seq: u32,
+    next_seq: u32,
+    /// Frames handed to the packer, oldest first; always completed in this order, so the frame table (and so
+    /// the node's content and name) depends only on the data, never on timing.
+    in_flight: std::collections::VecDeque<(u32, tokio::task::JoinHandle<Result<ObjectId, Error>>)>,
 }
 
 impl NodeBuilder {
@@ -160,7 +163,11 @@ impl NodeBuilder {
             digests: Vec::new(),
             sources: Vec::new(),
             whole: Vec::new(),
+            whole_seq: 0,
             delta: Vec::new(),
+            delta_seq: 1,
+            next_seq: 2,
+            in_flight: std::collections::VecDeque::new(),
         }
     }
 
@@ -179,9 +186,12 @@ impl NodeBuilder {
         let mut map = |i: u32| self.frame_index(prev.frames[i as usize]);
         let source = match prev.sources[at] {
             Source::Whole { frame, slot } => Source::Whole { frame: map(frame), slot },
-            Source::Delta { base_frame, base_slot, delta_frame, delta_slot } => {
-                Source::Delta { base_frame: map(base_frame), base_slot, delta_frame: map(delta_frame), delta_slot }
-            }
+            Source::Delta { base_frame, base_slot, delta_frame, delta_slot } => Source::Delta {
+                base_frame: map(base_frame),
+                base_slot,
+                delta_frame: map(delta_frame),
+                delta_slot,
+            },
         };
         self.digests.push(prev.digests[at]);
         self.sources.push(Pending::Done(source));
@@ -193,7 +203,7 @@ impl NodeBuilder {
         self.whole.extend_from_slice(block);
         self.whole.resize(self.whole.len().next_multiple_of(self.block_size as usize), 0);
         self.digests.push(digest);
-        self.sources.push(Pending::Whole { slot });
+        self.sources.push(Pending::Whole { seq: self.whole_seq, slot });
     }
 
     fn add_delta(&mut self, digest: u64, base: ObjectId, base_slot: u32, xor: &[u8]) {
@@ -202,41 +212,63 @@ impl NodeBuilder {
         self.delta.extend_from_slice(xor);
         self.delta.resize(self.delta.len().next_multiple_of(self.block_size as usize), 0);
         self.digests.push(digest);
-        self.sources.push(Pending::Delta { base_frame, base_slot, slot });
+        self.sources.push(Pending::Delta { base_frame, base_slot, seq: self.delta_seq, slot });
     }
 
-    /// Store the whole-block frame being filled (if any) and point its blocks at it.
-    async fn flush_whole(&mut self, packer: &Packer) -> Result<(), Error> {
+    /// Hand `raw` (frame `seq`) to the packer; wait for the oldest frames beyond [`FRAMES_IN_FLIGHT`].
+    async fn submit(&mut self, packer: &Arc<Packer>, seq: u32, raw: Vec<u8>) -> Result<(), Error> {
+        let p = packer.clone();
+        self.in_flight.push_back((seq, tokio::spawn(async move { p.add_frame(raw).await })));
+        while self.in_flight.len() > FRAMES_IN_FLIGHT {
+            self.complete_oldest().await?;
+        }
+        Ok(())
+    }
+
+    async fn complete_oldest(&mut self) -> Result<(), Error> {
+        let Some((seq, task)) = self.in_flight.pop_front() else { return Ok(()) };
+        let id = task.await.map_err(|e| Error::Task(e.to_string()))??;
+        let frame = self.frame_index(id);
+        for s in &mut self.sources {
+            match *s {
+                Pending::Whole { seq: q, slot } if q == seq => *s = Pending::Done(Source::Whole { frame, slot }),
+                Pending::Delta { base_frame, base_slot, seq: q, slot } if q == seq => {
+                    *s = Pending::Done(Source::Delta { base_frame, base_slot, delta_frame: frame, delta_slot: slot });
+                }
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+
+    /// Store the whole-block frame being filled (if any).
+    async fn flush_whole(&mut self, packer: &Arc<Packer>) -> Result<(), Error> {
         if self.whole.is_empty() {
             return Ok(());
         }
-        let id = packer.add_frame(std::mem::take(&mut self.whole)).await?;
-        let frame = self.frame_index(id);
-        for s in &mut self.sources {
-            if let Pending::Whole { slot } = *s {
-                *s = Pending::Done(Source::Whole { frame, slot });
-            }
-        }
-        Ok(())
+        let (seq, raw) = (self.whole_seq, std::mem::take(&mut self.whole));
+        self.whole_seq = self.next_seq;
+        self.next_seq += 1;
+        self.submit(packer, seq, raw).await
     }
 
-    async fn flush_delta(&mut self, packer: &Packer) -> Result<(), Error> {
+    /// Store the delta frame being filled (if any).
+    async fn flush_delta(&mut self, packer: &Arc<Packer>) -> Result<(), Error> {
         if self.delta.is_empty() {
             return Ok(());
         }
-        let id = packer.add_frame(std::mem::take(&mut self.delta)).await?;
-        let delta_frame = self.frame_index(id);
-        for s in &mut self.sources {
-            if let Pending::Delta { base_frame, base_slot, slot } = *s {
-                *s = Pending::Done(Source::Delta { base_frame, base_slot, delta_frame, delta_slot: slot });
-            }
-        }
-        Ok(())
+        let (seq, raw) = (self.delta_seq, std::mem::take(&mut self.delta));
+        self.delta_seq = self.next_seq;
+        self.next_seq += 1;
+        self.submit(packer, seq, raw).await
     }
 
-    async fn finish(mut self, packer: &Packer) -> Result<Node, Error> {
+    async fn finish(mut self, packer: &Arc<Packer>) -> Result<Node, Error> {
         self.flush_whole(packer).await?;
         self.flush_delta(packer).await?;
+        while !self.in_flight.is_empty() {
+            self.complete_oldest().await?;
+        }
         let sources = self
             .sources
             .iter()

@@ -14,7 +14,7 @@
 # Usage: bash bench/base_backup.sh     (as root)
 # Env:   SCALE=100  RUNS=3  S3=1  CHANGE_PCT=3  BB_PARALLEL=2  CHUNK_KIB=1024  PGBR_PROCESS_MAX=2
 #        RESTORE_PARALLEL="4 2"  BB_LEVEL=1 (repository compression_level)  PGBR_COMPRESS_LEVEL (default 3)
-#        S3_SERVER=moto|s3s-fs  TIMEOUT=900 (s per recovery check)  KEEP=1
+#        S3_SERVER=moto|s3s|s3s-fs  TIMEOUT=900 (s per recovery check)  KEEP=1
 set -euo pipefail
 source "$(dirname "$0")/lib.sh"
 

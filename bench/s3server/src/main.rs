@@ -25,7 +25,7 @@
 //! `ROOT/BUCKET` or send `CreateBucket`).
 
 use std::future::Future;
-use std::hash::{BuildHasher, Hash, Hasher};
+use std::hash::BuildHasher;
 use std::path::PathBuf;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -93,9 +93,7 @@ impl Serialised {
             return None;
         }
         // The decoded path names the object whichever way a client percent-encoded it.
-        let mut h = self.hasher.build_hasher();
-        percent_decode(req.uri().path()).hash(&mut h);
-        Some((h.finish() % STRIPES as u64) as usize)
+        Some((self.hasher.hash_one(percent_decode(req.uri().path())) % STRIPES as u64) as usize)
     }
 }
 

@@ -8,7 +8,7 @@
 # Usage: bash bench/archive_throughput.sh        (as root)
 # Env:   N=256 (segments)  RUNS=3  TOOLS="walpush-file walpush-s3 pgbr-posix-async pgbr-s3-async"
 #        (also available: walpush-file-noahead walpush-s3-noahead pgbr-posix-sync pgbr-s3-sync)
-#        PUSH_CONCURRENCY=2 PUSH_AHEAD=16  S3_SERVER=moto|s3s-fs  PGBR_COMPRESS_LEVEL  TIMEOUT=900 (s per drain)
+#        PUSH_CONCURRENCY=2 PUSH_AHEAD=16  S3_SERVER=moto|s3s|s3s-fs  PGBR_COMPRESS_LEVEL  TIMEOUT=900 (s per drain)
 set -euo pipefail
 source "$(dirname "$0")/lib.sh"
 

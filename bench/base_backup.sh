@@ -18,7 +18,7 @@
 # Env:   SCALE=100  RUNS=3  S3=1  CHANGE_PCT=3  RANDOM_PCT=5  BB_PARALLEL=2  CHUNK_KIB=1024  PGBR_PROCESS_MAX=2
 #        REPO_FORMAT=2 (base-backup's repository format, docs/design/format2.md; 1 = one object per chunk)
 #        RESTORE_PARALLEL="4 2"  BB_LEVEL=1 (repository compression_level)  PGBR_COMPRESS_LEVEL (default 3)
-#        S3_SERVER=moto|s3s-fs  TIMEOUT=900 (s per recovery check)  KEEP=1
+#        S3_SERVER=moto|s3s|s3s-fs  TIMEOUT=900 (s per recovery check)  KEEP=1
 set -euo pipefail
 source "$(dirname "$0")/lib.sh"
 

@@ -8,7 +8,7 @@ PG_BIN=${PG_BIN:-$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail 
 SEG=$((16 * 1024 * 1024))
 S3_KEY=${S3_KEY:-benchkey}
 S3_SECRET=${S3_SECRET:-benchsecret}
-S3_SERVER=${S3_SERVER:-moto}          # moto | s3s-fs
+S3_SERVER=${S3_SERVER:-moto}          # moto | s3s (bench/s3server: s3s-fs + TCP_NODELAY + atomic create) | s3s-fs
 PGBR_COMPRESS_LEVEL=${PGBR_COMPRESS_LEVEL:-}   # empty: pgBackRest's default for zst (3)
 
 log() { printf '[%s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
@@ -47,6 +47,17 @@ EOF
         log "installing s3s-fs 0.14.1 (takes a few minutes)"
         cargo install s3s-fs@0.14.1 --features binary --locked -q
     fi
+    if [ "$S3_SERVER" = s3s ]; then
+        build_s3server
+    fi
+}
+
+# build_s3server: build bench/s3server (its own Cargo.lock and target dir; not part of the backupctl build) and set
+# S3SERVER_BIN. The first build takes about 5 minutes on 2 cores; later ones are no-ops.
+build_s3server() {
+    log "building bench/s3server (cargo build --release)"
+    cargo build --release -q --locked --manifest-path "$BENCH_DIR/s3server/Cargo.toml" || die "bench/s3server did not build"
+    S3SERVER_BIN=$BENCH_DIR/s3server/target/release/bench-s3server
 }
 
 # Build the binaries (waits for the cargo lock if another build runs) and copy them into $WORK/bin so a
@@ -245,13 +256,17 @@ s3_start() {
         moto)
             python3 -m moto.server -H 127.0.0.1 -p "$S3_PORT" >"$WORK/s3.log" 2>&1 &
             ;;
-        s3s-fs)
+        s3s | s3s-fs)
             rm -rf "$WORK/s3root"
             mkdir -p "$WORK/s3root"
-            s3s-fs --host 127.0.0.1 --port "$S3_PORT" --access-key "$S3_KEY" --secret-key "$S3_SECRET" \
-                "$WORK/s3root" >"$WORK/s3.log" 2>&1 &
+            local bin=s3s-fs
+            [ "$S3_SERVER" = s3s ] && bin=${S3SERVER_BIN:-$BENCH_DIR/s3server/target/release/bench-s3server}
+            # S3SERVER_FLAGS: extra flags for bench-s3server (--plain: behave like the s3s-fs 0.14.1 binary)
+            # shellcheck disable=SC2086
+            "$bin" --host 127.0.0.1 --port "$S3_PORT" --access-key "$S3_KEY" --secret-key "$S3_SECRET" \
+                ${S3SERVER_FLAGS:-} "$WORK/s3root" >"$WORK/s3.log" 2>&1 &
             ;;
-        *) die "S3_SERVER must be moto or s3s-fs" ;;
+        *) die "S3_SERVER must be moto, s3s or s3s-fs" ;;
     esac
     S3_PID=$!
     BG_PIDS+=("$S3_PID")
@@ -270,7 +285,7 @@ s3_stop() {
 }
 # s3_bucket NAME
 s3_bucket() {
-    if [ "$S3_SERVER" = s3s-fs ]; then
+    if [ "$S3_SERVER" = s3s ] || [ "$S3_SERVER" = s3s-fs ]; then
         mkdir -p "$WORK/s3root/$1"
     else
         python3 - "$S3_PORT" "$1" <<'EOF'

@@ -10,7 +10,7 @@
 #   walfetch-s3-pf8 / walfetch-s3-pf0   (optional) wal-fetch from S3 on loopback
 #
 # Usage: bash bench/recovery.sh     (as root)
-# Env:   N=256  RUNS=3  METHODS="cp walfetch-pf8 walfetch-pf0 pgbr-sync pgbr-async"  S3_SERVER=moto|s3s-fs
+# Env:   N=256  RUNS=3  METHODS="cp walfetch-pf8 walfetch-pf0 pgbr-sync pgbr-async"  S3_SERVER=moto|s3s|s3s-fs
 #        TIMEOUT=900 (s per recovery)  KEEP=1
 set -euo pipefail
 source "$(dirname "$0")/lib.sh"

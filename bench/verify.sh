@@ -18,7 +18,7 @@
 # Usage: bash bench/verify.sh     (as root)
 # Env:   SCALE=100  RUNS=3  S3=1  CHANGE_PCT=3  VERIFY_PARALLEL (backupctl --parallel; default its [restore]
 #        parallel, 4)  PGBR_PROCESS_MAX=2  BB_PARALLEL=2  CHUNK_KIB=1024  BB_LEVEL=1  PGBR_COMPRESS_LEVEL (3)
-#        S3_SERVER=moto|s3s-fs  KEEP=1
+#        S3_SERVER=moto|s3s|s3s-fs  KEEP=1
 set -euo pipefail
 source "$(dirname "$0")/lib.sh"
 

@@ -5,7 +5,7 @@
 #
 # Usage: bash bench/wal_push_latency.sh            (as root)
 # Env:   RUNS=10 (hyperfine runs per case)  S3=1 (also time pushes into S3 on loopback; 0 to skip)
-#        S3_SERVER=moto|s3s-fs  PGBR_COMPRESS_LEVEL (empty = pgBackRest default for zst)  KEEP=1 (keep work dir)
+#        S3_SERVER=moto|s3s|s3s-fs  PGBR_COMPRESS_LEVEL (empty = pgBackRest default for zst)  KEEP=1 (keep work dir)
 set -euo pipefail
 source "$(dirname "$0")/lib.sh"
 

@@ -517,6 +517,9 @@ fn storage_hint(e: &crate::storage::Error) -> Option<&'static str> {
             "check the credentials and the bucket policy or directory permissions for the PostgreSQL OS user"
         }
         S::InvalidUrl { .. } => "repository.url must be file:///absolute/path or s3://bucket/prefix",
+        S::RangeBeyondEnd { .. } => {
+            "the object is shorter than the index that points into it says: it was truncated or replaced; run backupctl verify"
+        }
         S::NoCredentials { .. } => {
             "give the user that runs this command AWS credentials: AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY in its environment (for wal-push, the PostgreSQL server's environment), a profile in its ~/.aws, or an instance or task role"
         }

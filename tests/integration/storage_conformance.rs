@@ -32,7 +32,7 @@ fn multipart(mut cfg: S3Config) -> S3Config {
 }
 
 /// The contract every backend must meet.
-async fn conformance(store: &dyn Storage) {
+pub(crate) async fn conformance(store: &dyn Storage) {
     round_trip(store).await;
     ranges(store).await;
     listing(store).await;

@@ -32,6 +32,10 @@ pub const MERGE_GAP: u64 = 1 << 20;
 /// Most bytes one ranged read asks for.
 pub const MAX_READ: u64 = 16 << 20;
 
+/// Most raw (decoded) bytes one read supplies: data that compresses 20x would otherwise put 300 MiB of decoding
+/// and writing behind one request, and leave the other workers idle.
+pub const MAX_READ_RAW: u64 = 32 << 20;
+
 /// Node objects loaded at a time.
 const NODE_CONCURRENCY: usize = 16;
 
@@ -213,6 +217,7 @@ struct Read {
     pack: ObjectId,
     start: u64,
     end: u64,
+    raw: u64,
     frames: Vec<(FrameLocation, Vec<Op>)>,
 }
 
@@ -242,12 +247,22 @@ async fn fetch_and_apply(
             let end = loc.offset + u64::from(loc.stored_length);
             match reads.last_mut() {
                 Some(r)
-                    if r.pack == pack && loc.offset.saturating_sub(r.end) < MERGE_GAP && end - r.start <= MAX_READ =>
+                    if r.pack == pack
+                        && loc.offset.saturating_sub(r.end) < MERGE_GAP
+                        && end - r.start <= MAX_READ
+                        && r.raw + u64::from(loc.raw_length) <= MAX_READ_RAW =>
                 {
                     r.end = r.end.max(end);
+                    r.raw += u64::from(loc.raw_length);
                     r.frames.push((loc, ops));
                 }
-                _ => reads.push(Read { pack, start: loc.offset, end, frames: vec![(loc, ops)] }),
+                _ => reads.push(Read {
+                    pack,
+                    start: loc.offset,
+                    end,
+                    raw: u64::from(loc.raw_length),
+                    frames: vec![(loc, ops)],
+                }),
             }
         }
     }
@@ -276,6 +291,24 @@ async fn fetch_and_apply(
     Ok(())
 }
 
+/// The destination file `path`, opened for reading and writing once per frame (without following a link).
+fn open_in<'a>(
+    opened: &'a mut HashMap<*const PathBuf, std::fs::File>,
+    path: &Arc<PathBuf>,
+) -> Result<&'a std::fs::File, Error> {
+    Ok(match opened.entry(Arc::as_ptr(path)) {
+        std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+        std::collections::hash_map::Entry::Vacant(e) => e.insert(
+            std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .custom_flags(libc::O_NOFOLLOW)
+                .open(path.as_path())
+                .map_err(|source| Error::WriteDestination { path: path.to_path_buf(), source })?,
+        ),
+    })
+}
+
 fn op_path(op: &Op) -> String {
     match op {
         Op::Piece(w) => Escaped(w.path.as_path()).to_string(),
@@ -294,27 +327,21 @@ fn apply(what: &str, raw: &[u8], ops: &[Op]) -> Result<u64, Error> {
         source: crate::codec::Error::SizeMismatch { expected: end, actual: raw.len() as u64 },
     };
     let werr = |path: &PathBuf, e| Error::WriteDestination { path: path.clone(), source: e };
-    let open = |path: &PathBuf| {
-        std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .custom_flags(libc::O_NOFOLLOW)
-            .open(path)
-            .map_err(|e| werr(path, e))
-    };
+    // One open per file of this frame, not per write (an incremental's deltas are many single blocks).
+    let mut opened: HashMap<*const PathBuf, std::fs::File> = HashMap::new();
     for op in ops {
         match op {
             Op::Piece(_) => {}
             Op::Blocks { path, file_offset, frame_offset, length } => {
                 let end = frame_offset + length;
                 let slice = raw.get(*frame_offset as usize..end as usize).ok_or_else(|| short(path, end))?;
-                open(path)?.write_all_at(slice, *file_offset).map_err(|e| werr(path, e))?;
+                open_in(&mut opened, path)?.write_all_at(slice, *file_offset).map_err(|e| werr(path, e))?;
                 written += length;
             }
             Op::Xor { path, rel, file_offset, frame_offset, length, block, digest } => {
                 let end = frame_offset + length;
                 let delta = raw.get(*frame_offset as usize..end as usize).ok_or_else(|| short(path, end))?;
-                let file = open(path)?;
+                let file = open_in(&mut opened, path)?;
                 let mut base = vec![0u8; *length as usize];
                 file.read_exact_at(&mut base, *file_offset).map_err(|e| werr(path, e))?;
                 for (b, d) in base.iter_mut().zip(delta) {

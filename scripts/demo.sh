@@ -101,11 +101,11 @@ json_field() { sed -n "s/.*\"$1\":\"\{0,1\}\([^\",}]*\).*/\1/p"; }
 base_backup() {
     local out
     out=$(as_pg "$WORK/bin/base-backup" --config "$WORK/backupctl.toml" --fast --json "$@") || fail "base-backup $*"
-    printf '   backup %s (%s): %s files, %s read, %s new (%s stored), %s reused, %s ms\n' \
+    printf '   backup %s (%s): %s files, %s read, %s added to the repository (%s rewritten), %s reused, %s ms\n' \
         "$(json_field id <<<"$out")" "$(json_field type <<<"$out")" "$(json_field files <<<"$out")" \
         "$(numfmt --to=iec-i --suffix=B "$(json_field bytes <<<"$out")")" \
-        "$(numfmt --to=iec-i --suffix=B "$(json_field bytes_written <<<"$out")")" \
-        "$(numfmt --to=iec-i --suffix=B "$(json_field bytes_stored <<<"$out")")" \
+        "$(numfmt --to=iec-i --suffix=B "$(json_field bytes_new <<<"$out")")" \
+        "$(numfmt --to=iec-i --suffix=B "$(json_field bytes_rewritten <<<"$out")")" \
         "$(numfmt --to=iec-i --suffix=B "$(json_field bytes_reused <<<"$out")")" "$(json_field duration_ms <<<"$out")"
 }
 wait_archived() {

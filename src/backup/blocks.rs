@@ -129,9 +129,17 @@ impl BlockContext {
 enum Pending {
     Done(Source),
     /// Slot `slot` of whole-block frame `seq`.
-    Whole { seq: u32, slot: u32 },
+    Whole {
+        seq: u32,
+        slot: u32,
+    },
     /// Base (frame table index, slot) and slot of delta frame `seq`.
-    Delta { base_frame: u32, base_slot: u32, seq: u32, slot: u32 },
+    Delta {
+        base_frame: u32,
+        base_slot: u32,
+        seq: u32,
+        slot: u32,
+    },
 }
 
 /// Frames of one file being compressed and packed while the next blocks are read.
@@ -186,12 +194,9 @@ impl NodeBuilder {
         let mut map = |i: u32| self.frame_index(prev.frames[i as usize]);
         let source = match prev.sources[at] {
             Source::Whole { frame, slot } => Source::Whole { frame: map(frame), slot },
-            Source::Delta { base_frame, base_slot, delta_frame, delta_slot } => Source::Delta {
-                base_frame: map(base_frame),
-                base_slot,
-                delta_frame: map(delta_frame),
-                delta_slot,
-            },
+            Source::Delta { base_frame, base_slot, delta_frame, delta_slot } => {
+                Source::Delta { base_frame: map(base_frame), base_slot, delta_frame: map(delta_frame), delta_slot }
+            }
         };
         self.digests.push(prev.digests[at]);
         self.sources.push(Pending::Done(source));

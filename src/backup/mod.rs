@@ -357,13 +357,24 @@ async fn check_present_format2(
     };
     let pack_set = listed(packs::PACKS_PREFIX, packs::pack_from_key).await?;
     let node_set = listed(blockmap::MAPS_PREFIX, blockmap::node_from_key).await?;
-    let mut missing: Vec<crate::storage::Key> = frames
+    let mut missing: Vec<String> = frames
         .iter()
         .filter(|f| index.get(f).is_none_or(|(pack, _)| !pack_set.contains(pack)))
-        .map(|f| crate::storage::Key::new(format!("frame {f}")).unwrap_or_else(|_| packs::pack_key(f)))
+        .map(|f| format!("frame {f}"))
         .collect();
-    missing
-        .extend(manifest.files.iter().flat_map(|f| &f.nodes).filter(|n| !node_set.contains(n)).map(blockmap::node_key));
+    missing.extend(
+        manifest
+            .files
+            .iter()
+            .flat_map(|f| &f.nodes)
+            .filter(|n| !node_set.contains(n))
+            .map(|n| blockmap::node_key(n).to_string()),
+    );
+    vanished(storage, manifest, missing)
+}
+
+/// [`Error::ObjectsVanished`] naming the first of `missing` (keys or frames), unless it is empty.
+fn vanished(storage: &dyn Storage, manifest: &Manifest, mut missing: Vec<String>) -> Result<(), Error> {
     missing.sort();
     missing.dedup();
     match missing.first() {
@@ -371,7 +382,7 @@ async fn check_present_format2(
         Some(first) => Err(Error::ObjectsVanished {
             backup: manifest.id.to_string(),
             count: missing.len(),
-            first: first.to_string(),
+            first: first.clone(),
             backend: storage.to_string(),
         }),
     }
@@ -383,23 +394,14 @@ const GC_WAIT: Duration = Duration::from_secs(30 * 60);
 /// Fail, naming one, if an object `manifest` references is not in the repository (one listing of `data/`).
 async fn check_present(storage: &dyn Storage, manifest: &Manifest) -> Result<(), Error> {
     let present = upload::list_objects(storage).await?;
-    let mut missing: Vec<ObjectId> = manifest
+    let missing = manifest
         .files
         .iter()
         .flat_map(|f| f.pieces.iter().map(|p| p.object))
         .filter(|o| !present.contains(o))
+        .map(|o| o.key().to_string())
         .collect();
-    missing.sort();
-    missing.dedup();
-    match missing.first() {
-        None => Ok(()),
-        Some(first) => Err(Error::ObjectsVanished {
-            backup: manifest.id.to_string(),
-            count: missing.len(),
-            first: first.key().to_string(),
-            backend: storage.to_string(),
-        }),
-    }
+    vanished(storage, manifest, missing)
 }
 
 /// An id for a backup starting at `start_time` that no manifest uses yet (waits out a same-second collision).

@@ -8,11 +8,12 @@
 
 pub mod segment;
 pub mod state;
+pub mod worker;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
@@ -55,13 +56,13 @@ pub async fn run(ctx: &ArchiveContext, wal_path: &Path, now_rfc3339: &str) -> Re
     // Refuse a bad file before touching storage or the lock.
     let (n, p) = (name.clone(), wal_path.to_path_buf());
     let inspected = blocking(move || segment::inspect(&n, &p)).await?;
-    let lock_path = ctx.spool.push_lock_path();
+    // Another pusher (the background worker, or a concurrent call) may be pushing this very file: wait for its
+    // record or for the lock, whichever comes first.
+    let (c, n, p) = (ctx.clone(), name.clone(), wal_path.to_path_buf());
     let wait = Duration::from_secs(ctx.settings.retry_deadline_seconds);
-    let _lock: Lock = blocking(move || Lock::acquire(&lock_path, wait).map_err(Error::from)).await?;
-    // A pusher that held the lock may have pushed this file ahead meanwhile.
-    if take_record(ctx, &name, wal_path, &repo_id)? {
+    let Some(_lock) = blocking(move || record_or_lock(&c, &n, &p, wait)).await? else {
         return Ok(PushReport { requested: None, name, ahead: Vec::new(), ahead_failed: Vec::new() });
-    }
+    };
 
     let storage = ctx.storage().await?.as_ref();
     store::ensure_descriptor(storage, now_rfc3339).await?;
@@ -111,9 +112,41 @@ fn take_record(ctx: &ArchiveContext, name: &WalFileName, path: &Path, repo_id: &
         ctx.spool.remove_push_record(&key)?;
         return Ok(false);
     }
-    ctx.spool.remove_push_record(&key)?;
+    ctx.spool.take_push_record(&key)?;
     tracing::debug!(segment = %key, "already pushed ahead");
     Ok(true)
+}
+
+/// How often a call that found no record looks again for its record or the lock.
+const RECORD_POLL: Duration = Duration::from_millis(2);
+
+/// Wait until either a spool record for `name` appears (consumed: `Ok(None)`) or the spool lock is ours
+/// (`Ok(Some(lock))`, after checking once more for a record written before the holder let go). Fails with
+/// [`crate::spool::Error::Locked`], naming the holder, when neither happened within `wait`.
+fn record_or_lock(
+    ctx: &ArchiveContext,
+    name: &WalFileName,
+    path: &Path,
+    wait: Duration,
+) -> Result<Option<Lock>, Error> {
+    let lock_path = ctx.spool.push_lock_path();
+    let deadline = Instant::now() + wait;
+    loop {
+        if let Some(lock) = Lock::try_acquire(&lock_path)? {
+            if take_record(ctx, name, path, &ctx.repository_id)? {
+                return Ok(None);
+            }
+            return Ok(Some(lock));
+        }
+        if take_record(ctx, name, path, &ctx.repository_id)? {
+            return Ok(None);
+        }
+        if Instant::now() >= deadline {
+            // Names the holder; succeeds instead if the lock was released just now.
+            return Lock::acquire(&lock_path, Duration::ZERO).map(Some).map_err(Error::from);
+        }
+        std::thread::sleep(RECORD_POLL);
+    }
 }
 
 /// Records for names before `current` were never claimed (PostgreSQL archives in order): drop them.
@@ -122,6 +155,11 @@ fn remove_stale_records(ctx: &ArchiveContext, current: &WalFileName) -> Result<(
     for n in ctx.spool.push_record_names()? {
         if n < current {
             ctx.spool.remove_push_record(&n)?;
+        }
+    }
+    for n in ctx.spool.taken_names()? {
+        if n < current {
+            ctx.spool.remove_taken(&n)?;
         }
     }
     Ok(())
@@ -177,7 +215,8 @@ async fn push_batch(
                 let result = match semaphore.acquire_owned().await {
                     Ok(_permit) if !failed.load(Ordering::SeqCst) => {
                         let r =
-                            push_file(storage.as_ref(), level, workers, &name, &path, cluster.as_ref().as_ref()).await;
+                            push_file(storage.as_ref(), level, workers, &name, &path, cluster.as_ref().as_ref(), None)
+                                .await;
                         if r.is_err() {
                             failed.store(true, Ordering::SeqCst);
                         }

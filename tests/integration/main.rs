@@ -2,6 +2,7 @@
 
 mod archive;
 mod backup;
+mod issue10_archive;
 mod issue7_backup;
 mod issue7_first_use;
 mod issue7_holes;

@@ -124,10 +124,12 @@ fn start_worker(config_path: &Path, wal_path: &Path, lock_path: &Path) {
             return;
         }
     };
+    // Absolute, for the worker's log lines (PostgreSQL's %p is relative to the data directory).
     let pg_wal = match wal_path.parent() {
         Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
         _ => PathBuf::from("."),
     };
+    let pg_wal = std::path::absolute(&pg_wal).unwrap_or(pg_wal);
     let mut cmd = std::process::Command::new(exe);
     cmd.arg("--config").arg(config_path).arg("--push-worker").arg(pg_wal);
     // No stdio: PostgreSQL's log pipe (and a test's captured stderr) must not stay open for the worker's life.

@@ -183,14 +183,23 @@ fn issue_10_kill_9_of_the_background_pusher_leaves_no_false_record() {
     }
     let (_keep, repos) = backends("i10-kill");
     for (label, url, extra) in repos {
-        let setup = Setup::new(&format!("i10-kill-{label}"), &url, &extra, "push_concurrency = 1\npush_ahead = 6");
-        let (mut c, backlog) = cluster_with_backlog(&setup.dir, 12, 150_000);
+        let setup = Setup::new(&format!("i10-kill-{label}"), &url, &extra, "push_concurrency = 1\npush_ahead = 2");
+        let (mut c, backlog) = cluster_with_backlog(&setup.dir, 16, 150_000);
         let spool = setup.dir.path().join("spool");
         archive_with(&c, &setup.config);
-        let pid = wait_for("a background pusher with a record", WAIT, || {
-            let pid = worker_pid(&spool)?;
-            (!setup.records().is_empty()).then_some(pid)
-        });
+        // Polled tightly (no psql in the loop): the pusher lives about a second.
+        let deadline = Instant::now() + WAIT;
+        let pid = loop {
+            if let Some(pid) = worker_pid(&spool).filter(|_| !setup.records().is_empty()) {
+                break pid;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{label}: no background pusher with a record seen\n{}",
+                setup.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(1));
+        };
         let killed = Command::new("kill").args(["-9", &pid.to_string()]).status().expect("kill");
         assert!(killed.success());
         // Right after the kill: every record vouches for a complete object equal to the cluster's file.

@@ -4,7 +4,10 @@
 //! - Returns `Ok` for the requested file only once it is durable in the repository (or an identical copy is).
 //! - A spool record is written only after its file is durable; a record lets a later call return at once.
 //! - One pusher at a time per spool (lock). Look-ahead takes segments in name order and stops scheduling at the
-//!   first failure. History files are never pushed ahead: PostgreSQL hands them over first, synchronously.
+//!   first failure. History files are never pushed ahead in a call: PostgreSQL hands them over first.
+//! - Between calls, the background pusher ([`worker`]) holds the lock and keeps pushing ahead in PostgreSQL's
+//!   order; a call that finds no record waits for its record or the lock, so it never pushes a file the worker is
+//!   pushing, and pushes it itself once the worker is gone (failure, exit, `kill -9`).
 
 pub mod segment;
 pub mod state;

@@ -348,7 +348,7 @@ mod tests {
         assert_eq!(spool.push_record(name).expect("read"), None);
         let rec = PushRecord::new("file:///r", Digest::of(b"x"), FileIdentity { size: 16, mtime_ns: 5, inode: 7 });
         spool.write_push_record(name, &rec).expect("write");
-        assert_eq!(spool.push_record(name).expect("read"), Some(rec));
+        assert_eq!(spool.push_record(name).expect("read"), Some(rec.clone()));
         assert_eq!(spool.push_record_names().expect("names"), vec![name.to_owned()]);
         spool.take_push_record(name).expect("take");
         assert_eq!(spool.push_record(name).expect("read"), None, "a taken record answers no call");

@@ -13,7 +13,8 @@
 //! - The window is measured against `pg_wal/archive_status`: the first `push_ahead + 1` `.ready` files in the
 //!   order PostgreSQL archives them ([`plan_window`]), so the file PostgreSQL is asking for is always in it.
 //! - Files are started in that order; at most `push_concurrency` hash or compress at once, and as many again may
-//!   wait on storage (upload, fsync). A spool record is written only after the file is durable.
+//!   wait on storage (upload, fsync). A spool record is written only after the file is durable (by the file's
+//!   own task, so that record fsyncs overlap other files' work).
 //! - After the first failure nothing new is started: the files in flight finish, then it exits and releases the
 //!   lock, and the failing file's own wal-push call pushes it and reports the error to PostgreSQL.
 //! - It exits when nothing was left to push for `idle`.
@@ -137,11 +138,23 @@ pub async fn run(
                 tracing::debug!(segment = %name, "push started");
                 let path: PathBuf = pg_wal.join(name.to_string());
                 let (storage, cluster, cpu) = (storage.clone(), cluster.clone(), cpu.clone());
+                let (spool, repo_id) = (ctx.spool.clone(), repo_id.clone());
                 let span = tracing::debug_span!("push", segment = %name);
                 set.spawn(tracing::Instrument::instrument(
                     async move {
                         let r =
                             push_file(storage.as_ref(), level, workers, &name, &path, Some(&cluster), Some(&cpu)).await;
+                        // The task writes the record itself, so that its fsyncs overlap other files' work.
+                        let r = match r {
+                            Ok(pushed) => {
+                                let key = name.to_string();
+                                let record = PushRecord::new(&repo_id, pushed.digest, pushed.identity);
+                                blocking(move || spool.write_push_record(&key, &record).map_err(Error::from))
+                                    .await
+                                    .map(|()| pushed)
+                            }
+                            Err(e) => Err(e),
+                        };
                         (name, r)
                     },
                     span,
@@ -162,9 +175,6 @@ pub async fn run(
                 last_work = Instant::now();
                 match joined {
                     Some(Ok((name, Ok(pushed)))) => {
-                        let (spool, key) = (ctx.spool.clone(), name.to_string());
-                        let record = PushRecord::new(&repo_id, pushed.digest, pushed.identity);
-                        blocking(move || spool.write_push_record(&key, &record).map_err(Error::from)).await?;
                         tracing::debug!(segment = %name, bytes = pushed.raw_size, stored = pushed.stored_size,
                             elapsed_ms = pushed.elapsed_ms, "pushed ahead");
                         report.pushed += 1;

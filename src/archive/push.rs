@@ -250,6 +250,53 @@ async fn push_batch(
 mod tests {
     use super::*;
 
+    fn context(dir: &Path) -> ArchiveContext {
+        let repository = crate::config::RepositoryConfig {
+            url: format!("file://{}/repo", dir.display()),
+            compression_level: 1,
+            s3: Default::default(),
+        };
+        // Made here: root (the tests' user) never creates a spool itself.
+        std::fs::create_dir(dir.join("spool")).expect("mkdir spool");
+        let spool = crate::spool::Spool::open(&dir.join("spool"), &repository.url).expect("spool");
+        ArchiveContext::new(&repository, &crate::config::ArchiveConfig::default(), spool)
+    }
+
+    #[test]
+    fn a_call_waits_for_the_record_or_the_lock() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let ctx = context(dir.path());
+        let name: WalFileName = "000000010000000000000002".parse().expect("name");
+        let wal = dir.path().join(name.to_string());
+        std::fs::write(&wal, b"segment").expect("write");
+        let identity = FileIdentity::of(&std::fs::metadata(&wal).expect("stat"));
+
+        // Free lock, no record: the call gets the lock and pushes itself.
+        let lock = record_or_lock(&ctx, &name, &wal, Duration::from_secs(5)).expect("wait");
+        assert!(lock.is_some());
+        drop(lock);
+
+        // A pusher holds the lock and records the file after a while: the call consumes the record.
+        let held = Lock::try_acquire(&ctx.spool.push_lock_path()).expect("lock").expect("free");
+        let (spool, repo) = (ctx.spool.clone(), ctx.repository_id.clone());
+        let pusher = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(50));
+            let record = PushRecord::new(&repo, crate::codec::Digest::of(b"segment"), identity);
+            spool.write_push_record("000000010000000000000002", &record).expect("record");
+            held
+        });
+        let started = Instant::now();
+        assert!(record_or_lock(&ctx, &name, &wal, Duration::from_secs(5)).expect("wait").is_none());
+        assert!(started.elapsed() < Duration::from_secs(2), "answered when the record appeared");
+        assert_eq!(ctx.spool.taken_names().expect("taken"), vec![name.to_string()], "the record was taken");
+        let held = pusher.join().expect("pusher");
+
+        // Neither within the deadline: the error names the holder.
+        let err = record_or_lock(&ctx, &name, &wal, Duration::from_millis(30)).expect_err("held");
+        assert!(err.to_string().contains(&format!("pid={}", std::process::id())), "{err}");
+        drop(held);
+    }
+
     #[test]
     fn ready_after_orders_and_filters() {
         let dir = tempfile::tempdir().expect("tempdir");

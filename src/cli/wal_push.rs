@@ -124,6 +124,10 @@ fn start_worker(config_path: &Path, wal_path: &Path, lock_path: &Path) {
             return;
         }
     };
+    if !exe.is_file() {
+        tracing::debug!(path = %exe.display(), "push worker not started: no wal-push binary there");
+        return;
+    }
     // Absolute, for the worker's log lines (PostgreSQL's %p is relative to the data directory).
     let pg_wal = match wal_path.parent() {
         Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),

@@ -7,14 +7,15 @@
 #
 # Usage: bash bench/archive_throughput.sh        (as root)
 # Env:   N=256 (segments)  RUNS=3  TOOLS="walpush-file walpush-s3 pgbr-posix-async pgbr-s3-async"
-#        (also available: walpush-file-noahead walpush-s3-noahead pgbr-posix-sync pgbr-s3-sync)
+#        (also available: walpush-file-noahead walpush-s3-noahead pgbr-posix-sync pgbr-s3-sync, and for the
+#        compression-bound ceiling zstd-2 (zstd at WALPUSH_LEVEL, 2 streams) and pg-true (archive_command /bin/true))
 #        PUSH_CONCURRENCY=2 PUSH_AHEAD=16  S3_SERVER=moto|s3s|s3s-fs  PGBR_COMPRESS_LEVEL  TIMEOUT=900 (s per drain)
 set -euo pipefail
 source "$(dirname "$0")/lib.sh"
 
 N=${N:-256}
 RUNS=${RUNS:-3}
-TOOLS=${TOOLS:-"walpush-file walpush-s3 pgbr-posix-async pgbr-s3-async"}
+TOOLS=${TOOLS:-"walpush-file walpush-s3 pgbr-posix-async pgbr-s3-async zstd-2 pg-true"}
 PUSH_CONCURRENCY=${PUSH_CONCURRENCY:-2}
 PUSH_AHEAD=${PUSH_AHEAD:-16}
 TIMEOUT=${TIMEOUT:-900}
@@ -61,6 +62,23 @@ if [ "$S3_NEEDED" = 1 ]; then
     TLS_PORT=$(free_port)
 fi
 
+# The compression-bound ceiling's first half: zstd at wal-push's level over the same N segments, two streams at
+# once (one per core), as wal-push compresses one segment per thread. Recorded like a drain (CPU ms/seg is the
+# zstd processes' user + sys); the other half is PostgreSQL's own share, the pg-true drain (archive_command
+# /bin/true): see the ceiling line under the table.
+ceiling_zstd() {
+    local run=$1 t0 t1 secs rate cpu
+    t0=$(date +%s.%N)
+    cpu=$(cd "$DATA/pg_wal" && /usr/bin/time -f '%U %S' sh -c \
+        "xargs -P 2 -n 16 zstd -q -${WALPUSH_LEVEL:-1} -c < '$WORK/backlog.txt' > /dev/null" 2>&1 | tail -1)
+    t1=$(date +%s.%N)
+    secs=$(awk "BEGIN {printf \"%.2f\", $t1 - $t0}")
+    rate=$(awk "BEGIN {printf \"%.2f\", $N / ($t1 - $t0)}")
+    cpu=$(echo "$cpu" | awk -v n="$N" '{printf "%.0f", 1000 * ($1 + $2) / n}')
+    printf '%s\t%s\t%s\t%s\t0\t0\t0\t-\t%s\n' zstd-2 "$run" "$secs" "$rate" "$cpu" >> "$RESULTS"
+    log "  zstd-2 run $run: $secs s, $rate seg/s, zstd CPU $cpu ms/segment, load $(cut -d' ' -f1-3 /proc/loadavg)"
+}
+
 RESULTS=$WORK/results.tsv
 : > "$RESULTS"
 # drain TOOL RUN
@@ -77,8 +95,13 @@ drain() {
             [ -n "$STUNNEL_PID" ] || stunnel_start
             ;;
     esac
+    if [ "$tool" = zstd-2 ]; then
+        ceiling_zstd "$run"
+        return
+    fi
     pg_start "$DATA"
     case "$tool" in
+        pg-true) cmd=/bin/true ;;
         walpush-*)
             local ahead=$PUSH_AHEAD url="file://$d/repo"
             [[ $tool == *-noahead ]] && ahead=0
@@ -143,8 +166,9 @@ drain() {
     # pgBackRest's async process and the wal-push children finish by themselves
     for _ in $(seq 1 150); do pgrep -f "$d/" >/dev/null || break; sleep 0.2; done
     pg_stop "$DATA"
-    local size objs
+    local size=0 objs=0
     case "$tool" in
+        pg-true) ;;
         walpush-s3* | pgbr-s3-*)
             read -r objs size < <(s3_usage "$([[ $tool == walpush* ]] && echo walpush || echo pgbr)")
             ;;
@@ -157,7 +181,8 @@ drain() {
     printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$tool" "$run" "$secs" "$rate" "$failed" "$errs" "$((size / 1024 / 1024))" "$busy" \
         "$cpuseg" >> "$RESULTS"
     log "  $tool run $run: $secs s, $rate seg/s, archiver failures $failed, log lines with error/warn $errs," \
-        "repo $((size / 1024 / 1024)) MiB in $objs objects, machine CPU busy $busy%, cluster+tool CPU $cpuseg ms/segment"
+        "repo $((size / 1024 / 1024)) MiB in $objs objects, machine CPU busy $busy%, cluster+tool CPU $cpuseg ms/segment," \
+        "load $(cut -d' ' -f1-3 /proc/loadavg)"
 }
 
 for run in $(seq 1 "$RUNS"); do
@@ -193,6 +218,19 @@ stunnel_stop
     echo " error|fatal|warn|failed during the drains; CPU busy: whole machine, both cores, during the drain;"
     echo " CPU ms/seg: CPU time of the cluster and all it started (archive_command, pgBackRest async processes; not the"
     echo " S3 server or stunnel) per segment, median, from a cpuacct cgroup; 0 when the cgroup could not be made)"
+    if grep -q '^zstd-2' "$RESULTS" && grep -q '^pg-true' "$RESULTS"; then
+        zs=$(awk -F'\t' '$1 == "zstd-2" {print $3}' "$RESULTS" | median)
+        pgc=$(awk -F'\t' '$1 == "pg-true" {print $9}' "$RESULTS" | median)
+        ceil=$(awk -v n="$N" -v zs="$zs" -v pg="$pgc" 'BEGIN {printf "%.1f", n / (zs + n * pg / 1000 / 2)}')
+        echo "ceiling: $ceil seg/s = N / (zstd-2 wall $zs s + PostgreSQL's own CPU $pgc ms/seg x N / 2 cores)"
+        for tool in $TOOLS; do
+            case "$tool" in walpush-*)
+                r=$(awk -F'\t' -v t="$tool" '$1 == t && $4 != "timeout" {print $4}' "$RESULTS" | median)
+                echo "  $tool: $(awk -v r="$r" -v c="$ceil" 'BEGIN {printf "%.0f", 100 * r / c}')% of the ceiling" ;;
+            esac
+        done
+    fi
+    echo "load average at the end: $(cut -d' ' -f1-3 /proc/loadavg)"
     echo "total time: $(($(date +%s) - T0)) s"
 } | tee "$WORK/report.txt"
 for f in "$WORK"/log-*.txt; do

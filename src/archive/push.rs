@@ -4,15 +4,19 @@
 //! - Returns `Ok` for the requested file only once it is durable in the repository (or an identical copy is).
 //! - A spool record is written only after its file is durable; a record lets a later call return at once.
 //! - One pusher at a time per spool (lock). Look-ahead takes segments in name order and stops scheduling at the
-//!   first failure. History files are never pushed ahead: PostgreSQL hands them over first, synchronously.
+//!   first failure. History files are never pushed ahead in a call: PostgreSQL hands them over first.
+//! - Between calls, the background pusher ([`worker`]) holds the lock and keeps pushing ahead in PostgreSQL's
+//!   order; a call that finds no record waits for its record or the lock, so it never pushes a file the worker is
+//!   pushing, and pushes it itself once the worker is gone (failure, exit, `kill -9`).
 
 pub mod segment;
 pub mod state;
+pub mod worker;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
@@ -55,13 +59,13 @@ pub async fn run(ctx: &ArchiveContext, wal_path: &Path, now_rfc3339: &str) -> Re
     // Refuse a bad file before touching storage or the lock.
     let (n, p) = (name.clone(), wal_path.to_path_buf());
     let inspected = blocking(move || segment::inspect(&n, &p)).await?;
-    let lock_path = ctx.spool.push_lock_path();
+    // Another pusher (the background worker, or a concurrent call) may be pushing this very file: wait for its
+    // record or for the lock, whichever comes first.
+    let (c, n, p) = (ctx.clone(), name.clone(), wal_path.to_path_buf());
     let wait = Duration::from_secs(ctx.settings.retry_deadline_seconds);
-    let _lock: Lock = blocking(move || Lock::acquire(&lock_path, wait).map_err(Error::from)).await?;
-    // A pusher that held the lock may have pushed this file ahead meanwhile.
-    if take_record(ctx, &name, wal_path, &repo_id)? {
+    let Some(_lock) = blocking(move || record_or_lock(&c, &n, &p, wait)).await? else {
         return Ok(PushReport { requested: None, name, ahead: Vec::new(), ahead_failed: Vec::new() });
-    }
+    };
 
     let storage = ctx.storage().await?.as_ref();
     store::ensure_descriptor(storage, now_rfc3339, ctx.repository.format).await?;
@@ -111,9 +115,41 @@ fn take_record(ctx: &ArchiveContext, name: &WalFileName, path: &Path, repo_id: &
         ctx.spool.remove_push_record(&key)?;
         return Ok(false);
     }
-    ctx.spool.remove_push_record(&key)?;
+    ctx.spool.take_push_record(&key)?;
     tracing::debug!(segment = %key, "already pushed ahead");
     Ok(true)
+}
+
+/// How often a call that found no record looks again for its record or the lock.
+const RECORD_POLL: Duration = Duration::from_millis(2);
+
+/// Wait until either a spool record for `name` appears (consumed: `Ok(None)`) or the spool lock is ours
+/// (`Ok(Some(lock))`, after checking once more for a record written before the holder let go). Fails with
+/// [`crate::spool::Error::Locked`], naming the holder, when neither happened within `wait`.
+fn record_or_lock(
+    ctx: &ArchiveContext,
+    name: &WalFileName,
+    path: &Path,
+    wait: Duration,
+) -> Result<Option<Lock>, Error> {
+    let lock_path = ctx.spool.push_lock_path();
+    let deadline = Instant::now() + wait;
+    loop {
+        if let Some(lock) = Lock::try_acquire(&lock_path)? {
+            if take_record(ctx, name, path, &ctx.repository_id)? {
+                return Ok(None);
+            }
+            return Ok(Some(lock));
+        }
+        if take_record(ctx, name, path, &ctx.repository_id)? {
+            return Ok(None);
+        }
+        if Instant::now() >= deadline {
+            // Names the holder; succeeds instead if the lock was released just now.
+            return Lock::acquire(&lock_path, Duration::ZERO).map(Some).map_err(Error::from);
+        }
+        std::thread::sleep(RECORD_POLL);
+    }
 }
 
 /// Records for names before `current` were never claimed (PostgreSQL archives in order): drop them.
@@ -122,6 +158,11 @@ fn remove_stale_records(ctx: &ArchiveContext, current: &WalFileName) -> Result<(
     for n in ctx.spool.push_record_names()? {
         if n < current {
             ctx.spool.remove_push_record(&n)?;
+        }
+    }
+    for n in ctx.spool.taken_names()? {
+        if n < current {
+            ctx.spool.remove_taken(&n)?;
         }
     }
     Ok(())
@@ -177,7 +218,8 @@ async fn push_batch(
                 let result = match semaphore.acquire_owned().await {
                     Ok(_permit) if !failed.load(Ordering::SeqCst) => {
                         let r =
-                            push_file(storage.as_ref(), level, workers, &name, &path, cluster.as_ref().as_ref()).await;
+                            push_file(storage.as_ref(), level, workers, &name, &path, cluster.as_ref().as_ref(), None)
+                                .await;
                         if r.is_err() {
                             failed.store(true, Ordering::SeqCst);
                         }
@@ -207,6 +249,54 @@ async fn push_batch(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn context(dir: &Path) -> ArchiveContext {
+        let repository = crate::config::RepositoryConfig {
+            url: format!("file://{}/repo", dir.display()),
+            compression_level: 1,
+            format: 1,
+            s3: Default::default(),
+        };
+        // Made here: root (the tests' user) never creates a spool itself.
+        std::fs::create_dir(dir.join("spool")).expect("mkdir spool");
+        let spool = crate::spool::Spool::open(&dir.join("spool"), &repository.url).expect("spool");
+        ArchiveContext::new(&repository, &crate::config::ArchiveConfig::default(), spool)
+    }
+
+    #[test]
+    fn a_call_waits_for_the_record_or_the_lock() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let ctx = context(dir.path());
+        let name: WalFileName = "000000010000000000000002".parse().expect("name");
+        let wal = dir.path().join(name.to_string());
+        std::fs::write(&wal, b"segment").expect("write");
+        let identity = FileIdentity::of(&std::fs::metadata(&wal).expect("stat"));
+
+        // Free lock, no record: the call gets the lock and pushes itself.
+        let lock = record_or_lock(&ctx, &name, &wal, Duration::from_secs(5)).expect("wait");
+        assert!(lock.is_some());
+        drop(lock);
+
+        // A pusher holds the lock and records the file after a while: the call consumes the record.
+        let held = Lock::try_acquire(&ctx.spool.push_lock_path()).expect("lock").expect("free");
+        let (spool, repo) = (ctx.spool.clone(), ctx.repository_id.clone());
+        let pusher = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(50));
+            let record = PushRecord::new(&repo, crate::codec::Digest::of(b"segment"), identity);
+            spool.write_push_record("000000010000000000000002", &record).expect("record");
+            held
+        });
+        let started = Instant::now();
+        assert!(record_or_lock(&ctx, &name, &wal, Duration::from_secs(5)).expect("wait").is_none());
+        assert!(started.elapsed() < Duration::from_secs(2), "answered when the record appeared");
+        assert_eq!(ctx.spool.taken_names().expect("taken"), vec![name.to_string()], "the record was taken");
+        let held = pusher.join().expect("pusher");
+
+        // Neither within the deadline: the error names the holder.
+        let err = record_or_lock(&ctx, &name, &wal, Duration::from_millis(30)).expect_err("held");
+        assert!(err.to_string().contains(&format!("pid={}", std::process::id())), "{err}");
+        drop(held);
+    }
 
     #[test]
     fn ready_after_orders_and_filters() {

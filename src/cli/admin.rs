@@ -130,7 +130,7 @@ pub fn main() -> ExitCode {
     };
     let (program, result) = match command {
         Command::WalPush { wal_path } => {
-            let a = super::wal_push::Args { config: args.config, wal_path };
+            let a = super::wal_push::Args { config: args.config, push_worker: false, wal_path };
             (Program::WalPush, super::wal_push::run(&a))
         }
         Command::WalFetch { name, dest } => {

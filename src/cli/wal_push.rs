@@ -2,7 +2,8 @@
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
-use std::process::ExitCode;
+use std::process::{ExitCode, Stdio};
+use std::time::Duration;
 
 use clap::Parser;
 
@@ -11,7 +12,7 @@ use crate::Error;
 use crate::archive::push::state::{self, CallOutcome};
 use crate::archive::push::{self, segment::Stored};
 use crate::config::Config;
-use crate::spool::Spool;
+use crate::spool::{Lock, Spool};
 use crate::state::StateDir;
 
 /// PostgreSQL's archive_command: archive one WAL file into the repository; exits 0 only once it is durable there.
@@ -24,6 +25,10 @@ pub struct Args {
     /// Configuration file (default: $BACKUPCTL_CONFIG, then /etc/backupctl/backupctl.toml).
     #[arg(long, value_name = "PATH")]
     pub config: Option<PathBuf>,
+    /// Run as the background pusher (started by wal-push itself; not for interactive use): WAL_PATH is then the
+    /// cluster's pg_wal directory.
+    #[arg(long, hide = true)]
+    pub push_worker: bool,
     /// The WAL file to archive: PostgreSQL's %p (a segment, .partial, .history or .backup file in pg_wal).
     #[arg(value_name = "WAL_PATH")]
     pub wal_path: PathBuf,
@@ -46,17 +51,41 @@ pub fn main() -> ExitCode {
 /// `<spool>/state/archive.json` and, with `[metrics] textfile_dir`, in the archive textfile; a failure to record
 /// is logged and never changes the exit status, which is about the WAL only.
 pub fn run(args: &Args) -> Result<(), Error> {
-    let (_, config) = super::load_wal_config(args.config.as_deref())?;
+    let (config_path, config) = super::load_wal_config(args.config.as_deref())?;
     super::init_tracing("wal-push", Some(&config));
     let rt = super::current_thread_runtime()?;
-    let result = rt.block_on(push(&config, &args.wal_path));
+    if args.push_worker {
+        return rt.block_on(push_worker(&config, &args.wal_path));
+    }
+    let result = rt.block_on(push(&config, &config_path, &args.wal_path));
     record(&config, &args.wal_path, &result);
     result
 }
 
-async fn push(config: &Config, wal_path: &Path) -> Result<(), Error> {
+/// How long the background pusher waits for new work before it exits.
+const WORKER_IDLE: Duration = Duration::from_secs(2);
+
+/// The background pusher: see [`push::worker`]. It has no stderr (PostgreSQL's calls report failures); it logs
+/// to `[log]`'s file or journal if configured.
+async fn push_worker(config: &Config, pg_wal: &Path) -> Result<(), Error> {
+    let ctx = super::archive_context(config)?;
+    let report = push::worker::run(&ctx, pg_wal, WORKER_IDLE, &super::now_rfc3339()).await?;
+    tracing::debug!(
+        pushed = report.pushed,
+        had_lock = report.had_lock,
+        failed = report.failed.is_some(),
+        "push worker done"
+    );
+    Ok(())
+}
+
+async fn push(config: &Config, config_path: &Path, wal_path: &Path) -> Result<(), Error> {
     let ctx = super::archive_context(config)?;
     let report = push::run(&ctx, wal_path, &super::now_rfc3339()).await?;
+    if report.requested.is_none() && ctx.settings.push_ahead > 0 {
+        // Answered from the spool: keep the look-ahead going in the background if no pusher runs.
+        start_worker(config_path, wal_path, &ctx.spool.push_lock_path());
+    }
     match &report.requested {
         None => tracing::info!(segment = %report.name, "already archived by look-ahead"),
         Some(p) if p.outcome == Stored::AlreadyPresent => tracing::warn!(
@@ -73,6 +102,54 @@ async fn push(config: &Config, wal_path: &Path) -> Result<(), Error> {
         tracing::warn!(segment = %name, error = %e, "look-ahead push failed; it will be pushed when PostgreSQL asks");
     }
     Ok(())
+}
+
+/// Start the detached background pusher on `wal_path`'s directory unless a pusher holds the spool lock. Failures
+/// are logged: the next call that finds no record pushes its file itself.
+fn start_worker(config_path: &Path, wal_path: &Path, lock_path: &Path) {
+    match Lock::try_acquire(lock_path) {
+        Ok(Some(lock)) => drop(lock),
+        Ok(None) => return,
+        Err(e) => {
+            tracing::debug!(error = %e, "push worker not started");
+            return;
+        }
+    }
+    // The wal-push binary, also when this is `backupctl wal-push` (then the one installed beside it).
+    let exe = match std::env::current_exe() {
+        Ok(p) if p.file_name().is_some_and(|n| n == "wal-push") => p,
+        Ok(p) => p.with_file_name("wal-push"),
+        Err(e) => {
+            tracing::debug!(error = %e, "push worker not started");
+            return;
+        }
+    };
+    if !exe.is_file() {
+        tracing::debug!(path = %exe.display(), "push worker not started: no wal-push binary there");
+        return;
+    }
+    // Absolute, for the worker's log lines (PostgreSQL's %p is relative to the data directory).
+    let pg_wal = match wal_path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    let pg_wal = std::path::absolute(&pg_wal).unwrap_or(pg_wal);
+    let mut cmd = std::process::Command::new(exe);
+    cmd.arg("--config").arg(config_path).arg("--push-worker").arg(pg_wal);
+    // No stdio: PostgreSQL's log pipe (and a test's captured stderr) must not stay open for the worker's life.
+    cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null());
+    // Detach into its own session so that signals to the archiver's process group do not hit it.
+    use std::os::unix::process::CommandExt;
+    // SAFETY: setsid is async-signal-safe and touches no Rust state in the child.
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::setsid();
+            Ok(())
+        });
+    }
+    if let Err(e) = cmd.spawn() {
+        tracing::warn!(error = %e, "cannot start the background pusher; calls push their own files");
+    }
 }
 
 /// Record the call in the state and the archive textfile; failures are logged as warnings. Only into a spool

@@ -236,9 +236,11 @@ pub struct SpoolConfig {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct ArchiveConfig {
-    /// How many segments wal-push compresses and uploads at once (the requested one plus look-ahead).
+    /// How many segments wal-push compresses at once (the requested one plus look-ahead; the background pusher
+    /// also lets as many again wait on storage).
     pub push_concurrency: usize,
-    /// How many `.ready` segments one wal-push call may push ahead of the requested one (0 disables look-ahead).
+    /// How many `.ready` segments wal-push may push ahead of the one PostgreSQL is archiving, in the call itself
+    /// and in the background pusher it starts (0 disables look-ahead and the background pusher).
     pub push_ahead: usize,
     /// How many segments wal-fetch prefetches ahead of the one PostgreSQL asked for (0 disables prefetch).
     pub fetch_prefetch: usize,

@@ -3,6 +3,8 @@
 //! ```text
 //! <spool>/push.lock            held by the wal-push that is pushing
 //! <spool>/push/<name>.ok       "durably stored" record: repository, digest, raw size (written after the upload)
+//! <spool>/push/<name>.taken    a record a wal-push call answered from, kept until PostgreSQL marks the file done
+//! push.lock                    also held for its whole life by the background pusher (`wal-push --push-worker`)
 //! <spool>/fetch.lock           held by the one prefetcher
 //! <spool>/fetch/<repo>/<name>.<blake3>  a prefetched segment, decompressed and verified, named with its digest
 //!                              (verified again when served); <repo> is a short hash of the repository URL, so a
@@ -175,6 +177,33 @@ impl Spool {
         remove_if_exists(&self.record_path(name))
     }
 
+    /// Mark the push record for `name` as taken: a wal-push call answered PostgreSQL from it. The record becomes
+    /// `<name>.taken`, which answers no call but tells the background pusher not to push the file again while
+    /// PostgreSQL has not yet renamed its `.ready` (not fsynced: a lost marker only costs an idempotent re-push).
+    pub fn take_push_record(&self, name: &str) -> Result<(), Error> {
+        let (from, to) = (self.record_path(name), self.push_dir().join(format!("{name}.taken")));
+        match std::fs::rename(&from, &to) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == ErrorKind::NotFound => Ok(()),
+            Err(source) => Err(Error::Io { path: from, source }),
+        }
+    }
+
+    /// Names whose push record was taken ([`Spool::take_push_record`]), sorted.
+    pub fn taken_names(&self) -> Result<Vec<String>, Error> {
+        let mut names = list_names(&self.push_dir())?
+            .into_iter()
+            .filter_map(|n| n.strip_suffix(".taken").map(str::to_owned))
+            .collect::<Vec<_>>();
+        names.sort();
+        Ok(names)
+    }
+
+    /// Remove the taken marker of `name` (once PostgreSQL no longer lists it as `.ready`).
+    pub fn remove_taken(&self, name: &str) -> Result<(), Error> {
+        remove_if_exists(&self.push_dir().join(format!("{name}.taken")))
+    }
+
     /// Names that have a push record, sorted.
     pub fn push_record_names(&self) -> Result<Vec<String>, Error> {
         let mut names = list_names(&self.push_dir())?
@@ -319,8 +348,15 @@ mod tests {
         assert_eq!(spool.push_record(name).expect("read"), None);
         let rec = PushRecord::new("file:///r", Digest::of(b"x"), FileIdentity { size: 16, mtime_ns: 5, inode: 7 });
         spool.write_push_record(name, &rec).expect("write");
-        assert_eq!(spool.push_record(name).expect("read"), Some(rec));
+        assert_eq!(spool.push_record(name).expect("read"), Some(rec.clone()));
         assert_eq!(spool.push_record_names().expect("names"), vec![name.to_owned()]);
+        spool.take_push_record(name).expect("take");
+        assert_eq!(spool.push_record(name).expect("read"), None, "a taken record answers no call");
+        assert_eq!(spool.taken_names().expect("taken"), vec![name.to_owned()]);
+        spool.take_push_record(name).expect("taking twice is fine");
+        spool.remove_taken(name).expect("remove taken");
+        assert!(spool.taken_names().expect("taken").is_empty());
+        spool.write_push_record(name, &rec).expect("write");
         spool.remove_push_record(name).expect("remove");
         spool.remove_push_record(name).expect("remove twice is fine");
         assert!(spool.push_record_names().expect("names").is_empty());

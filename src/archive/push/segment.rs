@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use bytes::Bytes;
+use tokio::sync::{Semaphore, SemaphorePermit};
 
 use crate::Error;
 use crate::archive::blocking;
@@ -167,8 +168,18 @@ fn compare(name: &WalFileName, stored: &ObjectHeader, offered: Digest, size: u64
     }
 }
 
+/// A permit of `cpu`, if one is given (the semaphore is never closed).
+async fn cpu_permit(cpu: Option<&Semaphore>) -> Result<Option<SemaphorePermit<'_>>, Error> {
+    match cpu {
+        None => Ok(None),
+        Some(s) => s.acquire().await.map(Some).map_err(|e| Error::Task(format!("cpu permit: {e}"))),
+    }
+}
+
 /// Push one file. `cluster` is the repository's cluster record, checked against segment headers. `workers` is
-/// how many threads compress it (more than 1 only when it is the only file being pushed).
+/// how many threads compress it (more than 1 only when it is the only file being pushed). `cpu`, when given,
+/// bounds the CPU-heavy steps (hashing, compressing): a permit is held only while they run, so that other files'
+/// storage round trips and fsyncs overlap them (see [`super::worker`]).
 pub async fn push_file(
     storage: &dyn Storage,
     level: i32,
@@ -176,6 +187,7 @@ pub async fn push_file(
     name: &WalFileName,
     path: &Path,
     cluster: Option<&ClusterInfo>,
+    cpu: Option<&Semaphore>,
 ) -> Result<PushedFile, Error> {
     let started = Instant::now();
     let (n, p) = (name.clone(), path.to_path_buf());
@@ -197,13 +209,16 @@ pub async fn push_file(
 
     if let Some(existing) = stored_header(storage, &key).await? {
         let p: PathBuf = path.to_path_buf();
+        let _permit = cpu_permit(cpu).await?;
         let digest = blocking(move || digest_file(&p, size)).await?;
         compare(name, &existing, digest, size)?;
         return Ok(done(digest, 0, Stored::AlreadyPresent));
     }
 
     let p: PathBuf = path.to_path_buf();
+    let permit = cpu_permit(cpu).await?;
     let (object, header) = blocking(move || encode_file(&p, size, level, workers)).await?;
+    drop(permit);
     let stored_size = object.len() as u64;
     match storage.put(&key, Bytes::from(object), PutMode::Create).await {
         Ok(()) => Ok(done(header.digest, stored_size, Stored::New)),

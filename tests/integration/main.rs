@@ -4,6 +4,7 @@ mod archive;
 mod backup;
 mod issue10_checksums;
 mod issue10_format2;
+mod issue10_gc;
 mod issue7_backup;
 mod issue7_first_use;
 mod issue7_holes;

@@ -110,7 +110,8 @@ pub async fn check(
     needs.retain(|_, n| !n.pieces.is_empty());
 
     // Nodes, each distinct one once.
-    let wanted: BTreeSet<ObjectId> = mine.iter().flat_map(|m| m.files.iter().flat_map(|f| f.nodes.iter().copied())).collect();
+    let wanted: BTreeSet<ObjectId> =
+        mine.iter().flat_map(|m| m.files.iter().flat_map(|f| f.nodes.iter().copied())).collect();
     let mut loads = stream::iter(wanted.iter().map(|id| {
         let storage = storage.clone();
         async move { (*id, packstore::load_node(storage.as_ref(), id).await) }
@@ -131,7 +132,12 @@ pub async fn check(
                 users,
             }),
             Err(e @ store::Error::Storage(_)) => return Err(e.into()),
-            Err(e) => out.damage.push(Damage { kind: "corrupt", what: node_key(&id).to_string(), reason: e.to_string(), users }),
+            Err(e) => out.damage.push(Damage {
+                kind: "corrupt",
+                what: node_key(&id).to_string(),
+                reason: e.to_string(),
+                users,
+            }),
         }
     }
     drop(loads);
@@ -169,7 +175,10 @@ pub async fn check(
                                     delta_at: u64::from(delta_slot) * bs,
                                     length,
                                     digest: *digest,
-                                    what: format!("block {block} of {}", crate::repository::path::Escaped(f.path.as_path())),
+                                    what: format!(
+                                        "block {block} of {}",
+                                        crate::repository::path::Escaped(f.path.as_path())
+                                    ),
                                 });
                             }
                         }
@@ -185,11 +194,27 @@ pub async fn check(
     let damaged = read_frames(storage, &mut index, ids, parallel, &mut out, |id, raw| {
         let Some(n) = needs.get(id) else { return Ok(()) };
         for p in &n.pieces {
-            let slice = usize::try_from(p.offset).ok().zip(usize::try_from(p.offset + p.length).ok()).and_then(|(a, b)| raw.get(a..b));
+            let slice = usize::try_from(p.offset)
+                .ok()
+                .zip(usize::try_from(p.offset + p.length).ok())
+                .and_then(|(a, b)| raw.get(a..b));
             match slice {
                 Some(s) if blake3::hash(s).as_bytes() == &p.blake3.0 => {}
-                Some(_) => return Err(format!("the piece at {}..{} differs from the manifest's blake3", p.offset, p.offset + p.length)),
-                None => return Err(format!("a piece at {}..{} lies outside its {} bytes", p.offset, p.offset + p.length, raw.len())),
+                Some(_) => {
+                    return Err(format!(
+                        "the piece at {}..{} differs from the manifest's blake3",
+                        p.offset,
+                        p.offset + p.length
+                    ));
+                }
+                None => {
+                    return Err(format!(
+                        "a piece at {}..{} lies outside its {} bytes",
+                        p.offset,
+                        p.offset + p.length,
+                        raw.len()
+                    ));
+                }
             }
         }
         for (at, len, digest) in &n.blocks {
@@ -213,7 +238,9 @@ pub async fn check(
     while start < deltas.len() {
         let mut end = start;
         let mut frames: BTreeSet<ObjectId> = BTreeSet::new();
-        while end < deltas.len() && (frames.len() * packstore_frame_max() < DELTA_BUDGET || frames.contains(&deltas[end].delta)) {
+        while end < deltas.len()
+            && (frames.len() * packstore_frame_max() < DELTA_BUDGET || frames.contains(&deltas[end].delta))
+        {
             frames.insert(deltas[end].delta);
             end += 1;
         }
@@ -232,13 +259,18 @@ pub async fn check(
             for d in round.iter().filter(|d| &d.base == id) {
                 let Some(delta_raw) = held.get(&d.delta) else { continue };
                 let (a, b) = (d.base_at as usize, d.delta_at as usize);
-                let (Some(x), Some(y)) = (base_raw.get(a..a + d.length as usize), delta_raw.get(b..b + d.length as usize)) else {
+                let (Some(x), Some(y)) =
+                    (base_raw.get(a..a + d.length as usize), delta_raw.get(b..b + d.length as usize))
+                else {
                     failures.push((d.delta, format!("{}: a slot lies outside its frame", d.what)));
                     continue;
                 };
                 let rebuilt: Vec<u8> = x.iter().zip(y).map(|(p, q)| p ^ q).collect();
                 if block_digest(&rebuilt) != d.digest {
-                    failures.push((d.delta, format!("{}: base XOR delta does not have the digest its block map records", d.what)));
+                    failures.push((
+                        d.delta,
+                        format!("{}: base XOR delta does not have the digest its block map records", d.what),
+                    ));
                 }
             }
             Ok(())
@@ -316,7 +348,9 @@ async fn read_frames(
                 out.objects += 1;
                 let slice = read.slice(&bytes, loc);
                 let what = format!("{key}@{}", loc.offset);
-                let result = packstore::decode_frame(&key, slice, loc).map_err(|e| e.to_string()).and_then(|raw| check(&loc.id, &raw));
+                let result = packstore::decode_frame(&key, slice, loc)
+                    .map_err(|e| e.to_string())
+                    .and_then(|raw| check(&loc.id, &raw));
                 if let Err(reason) = result {
                     damaged.push((loc.id, Damage { kind: "corrupt", what, reason, users: BTreeSet::new() }));
                 }
@@ -343,4 +377,110 @@ async fn read_frames(
         }
     }
     Ok(damaged)
+}
+
+#[cfg(test)]
+mod tests {
+    use bytes::Bytes;
+
+    use super::*;
+    use crate::codec;
+    use crate::repository::backup::FileEntry;
+    use crate::repository::packs::{PackBuilder, PackIndex};
+    use crate::storage::fs::FsStorage;
+    use crate::storage::{PutMode, Storage};
+
+    const BS: usize = 8192;
+
+    /// Store `frames` (raw contents) in one indexed pack; their ids.
+    async fn pack(s: &dyn Storage, frames: &[Vec<u8>]) -> Vec<ObjectId> {
+        let mut b = PackBuilder::default();
+        let mut ids = Vec::new();
+        for raw in frames {
+            let id = ObjectId::of(raw);
+            let (enc, _) = codec::encode_hashed(raw, codec::Digest::Blake3(id.0), 1).expect("encode");
+            b.push(id, &enc, raw.len() as u32);
+            ids.push(id);
+        }
+        let (bytes, entry) = b.seal();
+        s.put(&pack_key(&entry.pack), Bytes::from(bytes), PutMode::Create).await.expect("pack");
+        packstore::save_index(s, &PackIndex { packs: vec![entry] }, 1).await.expect("index");
+        ids
+    }
+
+    /// A backup of one 3-block file: blocks 0 and 1 whole from `base`, block 2 = base block 2 XOR `delta` block
+    /// 0; the node records `digests`.
+    async fn backup(s: &dyn Storage, base: &[u8], delta: &[u8], digests: Vec<u64>) -> Manifest {
+        let ids = pack(s, &[base.to_vec(), delta.to_vec()]).await;
+        let node = Node {
+            block_size: BS as u32,
+            first_block: 0,
+            frames: ids.clone(),
+            digests,
+            sources: vec![
+                Source::Whole { frame: 0, slot: 0 },
+                Source::Whole { frame: 0, slot: 1 },
+                Source::Delta { base_frame: 0, base_slot: 2, delta_frame: 1, delta_slot: 0 },
+            ],
+        };
+        let (nid, _) = packstore::save_node(s, &node, 1).await.expect("node");
+        let file = FileEntry {
+            path: "base/1/1".into(),
+            size: 3 * BS as u64,
+            mode: 0o600,
+            mtime: 0,
+            pieces: vec![],
+            nodes: vec![nid],
+        };
+        let mut m = Manifest { files: vec![file], ..Manifest::example() };
+        m.repository_format = 2;
+        m.block_size = Some(BS as u32);
+        m
+    }
+
+    fn noise(seed: u8, len: usize) -> Vec<u8> {
+        let mut out = vec![0u8; len];
+        blake3::Hasher::new().update(&[seed]).finalize_xof().fill(&mut out);
+        out
+    }
+
+    /// Sound blocks and a sound delta pass; a whole block or a rebuilt delta whose digest differs from the node's
+    /// is reported corrupt (the frames themselves are sound), naming the backup.
+    #[tokio::test]
+    async fn blocks_and_deltas_are_checked_against_the_block_map() {
+        let base = noise(1, 3 * BS);
+        let mut delta = vec![0u8; BS];
+        delta[100] = 0x5a;
+        let mut new = base[2 * BS..].to_vec();
+        new[100] ^= 0x5a;
+        let good = vec![block_digest(&base[..BS]), block_digest(&base[BS..2 * BS]), block_digest(&new)];
+        async fn check_one(base: &[u8], delta: &[u8], digests: Vec<u64>) -> Checked {
+            let dir = tempfile::tempdir().expect("tempdir");
+            let s: DynStorage = Arc::new(FsStorage::new(dir.path()));
+            let m = backup(s.as_ref(), base, delta, digests).await;
+            let selected: BTreeSet<&BackupId> = [&m.id].into_iter().collect();
+            check(&s, std::slice::from_ref(&m), &selected, 2).await.expect("check")
+        }
+        let check_one = |digests| check_one(&base, &delta, digests);
+        let ok = check_one(good.clone()).await;
+        assert!(ok.damage.is_empty(), "{:?}", ok.damage);
+        assert_eq!(ok.objects, 3, "one node and two frames");
+
+        let mut whole = good.clone();
+        whole[1] ^= 1;
+        let bad = check_one(whole).await;
+        assert_eq!(bad.damage.len(), 1, "{:?}", bad.damage);
+        assert!(
+            bad.damage[0].what.starts_with("packs/") && bad.damage[0].reason.contains("byte 8192"),
+            "{:?}",
+            bad.damage
+        );
+        assert_eq!(bad.damage[0].users.len(), 1);
+
+        let mut rebuilt = good;
+        rebuilt[2] ^= 1;
+        let bad = check_one(rebuilt).await;
+        assert_eq!(bad.damage.len(), 1, "{:?}", bad.damage);
+        assert!(bad.damage[0].reason.contains("block 2 of base/1/1: base XOR delta"), "{:?}", bad.damage);
+    }
 }

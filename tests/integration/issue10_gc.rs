@@ -88,8 +88,10 @@ fn compact_and_kill(url: &str, extra: &str, label: &str) {
             break;
         }
     }
+    let was_running = gc.try_wait().expect("wait").is_none();
     signal(pid, libc::SIGKILL);
     let _ = gc.wait();
+    eprintln!("{label}: gc {} when killed", if was_running { "was still running" } else { "had finished" });
     restore_matches(&src, &kept, "after-kill");
 
     let rerun = gc_json(&src, false);
@@ -139,7 +141,17 @@ fn issue_10_prune_oldest_reports_what_gc_freed_s3() {
     let gc = &v["gc"];
     eprintln!("prune of the oldest of 4 on S3: {gc}");
     assert!(gc["deferred"].is_null(), "{v}");
-    for k in ["packs", "pack_bytes", "nodes_read", "index_read", "read_requests", "bytes_read", "packs_written", "bytes_written", "bytes_deleted"] {
+    for k in [
+        "packs",
+        "pack_bytes",
+        "nodes_read",
+        "index_read",
+        "read_requests",
+        "bytes_read",
+        "packs_written",
+        "bytes_written",
+        "bytes_deleted",
+    ] {
         assert!(gc["packs"][k].is_u64(), "{k} in {v}");
     }
     assert!(gc["objects_removed"].as_u64().unwrap_or(0) > 0, "the oldest backup had objects of its own: {v}");
@@ -223,7 +235,12 @@ fn verify_scenario(url: &str, extra: &str, label: &str) {
     replace(url, extra, &pack, bad);
     let (code, v) = verify_json(&src);
     assert_eq!(code, Some(1), "{v}");
-    let p = v["problems"].as_array().expect("problems").iter().find(|p| p["what"].as_str().is_some_and(|w| w.starts_with(&format!("{pack}@")))).cloned();
+    let p = v["problems"]
+        .as_array()
+        .expect("problems")
+        .iter()
+        .find(|p| p["what"].as_str().is_some_and(|w| w.starts_with(&format!("{pack}@"))))
+        .cloned();
     let p = p.unwrap_or_else(|| panic!("the damaged frame is reported: {v}"));
     assert!(p["kind"] == "corrupt" && both(&p), "{p}");
     assert!(v["backups"].as_array().expect("backups").iter().any(|b| b["status"] == "broken"), "{v}");
@@ -266,8 +283,12 @@ fn status_scenario(url: &str, extra: &str, label: &str) {
         let v: Value = serde_json::from_slice(&out.stdout).expect("status JSON");
         let r = &v["repository_bytes"];
         let growth: u64 = ["packs", "maps", "index"].iter().map(|k| r[k].as_u64().expect("bytes")).sum();
-        let added: u64 =
-            v["backups"].as_array().expect("backups").iter().map(|b| b["sizes"]["stored"].as_u64().expect("stored")).sum();
+        let added: u64 = v["backups"]
+            .as_array()
+            .expect("backups")
+            .iter()
+            .map(|b| b["sizes"]["stored"].as_u64().expect("stored"))
+            .sum();
         eprintln!("{label} after {kind}: backups added {added} bytes, packs+maps+index hold {growth}: {r}");
         assert_eq!(added, growth, "the backups' stored bytes are the repository's growth: {v}");
         assert_eq!(r["wal"], v["wal"]["bytes_stored"], "{r}");

@@ -111,7 +111,8 @@ fn a_failing_page_is_read_again_once_and_only_then_recorded() {
     verifier.check(&ManifestPath::from("base/5/pg_filenode.map"), &abs, 0, Some(&damaged(HEAP0))).expect("map");
     verifier.check(&rel, &dir.path().join("gone"), 0, None).expect("gone");
 
-    let entry = |p: &ManifestPath| FileEntry { path: p.clone(), size: 0, mode: 0o600, mtime: 0, pieces: vec![], nodes: vec![] };
+    let entry =
+        |p: &ManifestPath| FileEntry { path: p.clone(), size: 0, mode: 0o600, mtime: 0, pieces: vec![], nodes: vec![] };
     let kept = [entry(&rel), entry(&other)];
     let outcome = verifier.outcome(&kept).expect("enabled");
     assert_eq!(

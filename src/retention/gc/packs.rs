@@ -214,9 +214,11 @@ pub(super) async fn sweep(
     r.pack_bytes = pack_list.iter().map(|(_, m)| m.size).sum();
 
     let live = mark_nodes(storage, marked, lease, r).await?;
-    let indexes: Vec<(ObjectId, PackIndex)> = stream::iter(index_list.iter().map(|(id, _)| async move {
-        Ok::<_, Error>((*id, packstore::load_index(storage, id).await?))
-    }))
+    let indexes: Vec<(ObjectId, PackIndex)> = stream::iter(
+        index_list
+            .iter()
+            .map(|(id, _)| async move { Ok::<_, Error>((*id, packstore::load_index(storage, id).await?)) }),
+    )
     .buffered(LOAD_PARALLEL)
     .try_collect()
     .await?;
@@ -230,7 +232,10 @@ pub(super) async fn sweep(
     r.frames_missing = plan.frames_missing;
     r.packs_in_grace = plan.in_grace;
     if plan.frames_missing > 0 {
-        tracing::warn!(frames = plan.frames_missing, "live frames are in no pack of the repository; run backupctl verify");
+        tracing::warn!(
+            frames = plan.frames_missing,
+            "live frames are in no pack of the repository; run backupctl verify"
+        );
     }
     let index_size: HashMap<ObjectId, u64> = index_list.iter().map(|(id, m)| (*id, m.size)).collect();
     let dead_nodes: Vec<&ObjectMeta> = node_list
@@ -257,7 +262,8 @@ pub(super) async fn sweep(
         // may hold index objects and packs it listed before the replacements: leave every deletion to a later run.
         if let Some(l) = lease {
             l.renew_if_due(storage).await?;
-            let live = lease::live_leases(storage, &BLOCKING, Some(l.key()), l.backend_now(), options.now, false).await?;
+            let live =
+                lease::live_leases(storage, &BLOCKING, Some(l.key()), l.backend_now(), options.now, false).await?;
             report.deferred = super::sweep::blocking(&live);
             if report.deferred.is_some() {
                 return Ok(());
@@ -316,8 +322,9 @@ async fn mark_nodes(
         if let Some(l) = lease {
             l.renew_if_due(storage).await?;
         }
-        let mut loads = stream::iter(chunk.iter().map(|id| async move { (id, packstore::load_node(storage, id).await) }))
-            .buffer_unordered(LOAD_PARALLEL);
+        let mut loads =
+            stream::iter(chunk.iter().map(|id| async move { (id, packstore::load_node(storage, id).await) }))
+                .buffer_unordered(LOAD_PARALLEL);
         while let Some((id, node)) = loads.next().await {
             match node {
                 Ok(node) => {

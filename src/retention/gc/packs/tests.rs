@@ -66,11 +66,25 @@ async fn manifest(s: &dyn Storage, id: &str, node: Option<&Node>, small: Option<
     if let Some(n) = node {
         let (nid, _) = packstore::save_node(s, n, 1).await.expect("node");
         let size = (n.digests.len() * BLOCK) as u64;
-        files.push(FileEntry { path: "base/1/16384".into(), size, mode: 0o600, mtime: 0, pieces: vec![], nodes: vec![nid] });
+        files.push(FileEntry {
+            path: "base/1/16384".into(),
+            size,
+            mode: 0o600,
+            mtime: 0,
+            pieces: vec![],
+            nodes: vec![nid],
+        });
     }
     if let Some((frame, raw)) = small {
         let piece = Piece { object: *frame, offset: 0, length: 100, blake3: ObjectId::of(&raw[..100]) };
-        files.push(FileEntry { path: "PG_VERSION".into(), size: 100, mode: 0o600, mtime: 0, pieces: vec![piece], nodes: vec![] });
+        files.push(FileEntry {
+            path: "PG_VERSION".into(),
+            size: 100,
+            mode: 0o600,
+            mtime: 0,
+            pieces: vec![piece],
+            nodes: vec![],
+        });
     }
     let mut m = Manifest { id: id.parse().expect("id"), files, ..Manifest::example() };
     m.repository_format = 2;

@@ -147,7 +147,16 @@ pub fn run(config: Option<&Path>, args: &RestoreArgs) -> Result<(), Error> {
         let lease = if super::check_repository_writer(&config.repository.url).is_ok() {
             let what = args.backup_id.as_ref().map(ToString::to_string).unwrap_or_default();
             match Held::acquire(storage.clone(), LeaseKind::Restore, &what).await {
-                Ok(l) => Some(l),
+                Ok(l) => {
+                    // A gc compacting a format-2 repository copies live frames, then deletes the old packs:
+                    // let one running now finish before the pack indexes are read (one that starts later
+                    // defers its deletions while this lease is live).
+                    let waiting = |who: &str| tracing::info!(holder = who, "waiting for a running gc to finish");
+                    if let Err(e) = l.wait_while_live(&[LeaseKind::Gc], Duration::from_secs(30 * 60), &waiting).await {
+                        tracing::warn!(error = %e, "a gc is still running; reading the repository anyway");
+                    }
+                    Some(l)
+                }
                 Err(e) => {
                     tracing::warn!(error = %e, "restoring without a lease: a gc running meanwhile may remove objects of a backup deleted meanwhile");
                     None

@@ -52,7 +52,14 @@ pub(super) fn in_workspace(
             // As pitr-restore: a lease makes gc keep the objects this restore reads.
             let lease = if may_lease {
                 match Held::acquire(storage.clone(), LeaseKind::Restore, &manifest.id.to_string()).await {
-                    Ok(l) => Some(l),
+                    Ok(l) => {
+                        // As pitr-restore: let a gc running now (it may be compacting packs) finish first.
+                        let waiting = |who: &str| tracing::info!(holder = who, "waiting for a running gc to finish");
+                        if let Err(e) = l.wait_while_live(&[LeaseKind::Gc], Duration::from_secs(30 * 60), &waiting).await {
+                            tracing::warn!(error = %e, "a gc is still running; reading the repository anyway");
+                        }
+                        Some(l)
+                    }
                     Err(e) => {
                         tracing::warn!(error = %e, "drilling without a lease: a gc meanwhile may remove objects of a backup deleted meanwhile");
                         None

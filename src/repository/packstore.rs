@@ -28,16 +28,23 @@ pub struct FrameIndex {
 
 impl FrameIndex {
     /// Load every pack index object of the repository (one listing of `index/`, then the objects, 16 at a time).
-    /// Errors: storage errors; a damaged index object ([`Error::Corrupt`], [`Error::Malformed`]).
+    /// An index object listed but gone when read was replaced by gc meanwhile (its replacement is created before
+    /// it is deleted, so it is in the listing too): skipped. Errors: storage errors; a damaged index object
+    /// ([`Error::Corrupt`], [`Error::Malformed`]).
     pub async fn load(storage: &dyn Storage) -> Result<Self, Error> {
         let ids: Vec<ObjectId> =
             storage.list(INDEX_PREFIX).await?.iter().filter_map(|m| index_from_key(m.key.as_str())).collect();
-        let indexes: Vec<PackIndex> = stream::iter(ids.iter().map(|id| load_index(storage, id)))
-            .buffer_unordered(LOAD_CONCURRENCY)
-            .try_collect()
-            .await?;
+        let indexes: Vec<Option<PackIndex>> = stream::iter(ids.iter().map(|id| async move {
+            match load_index(storage, id).await {
+                Err(Error::Storage(e)) if e.is_not_found() => Ok(None),
+                other => other.map(Some),
+            }
+        }))
+        .buffer_unordered(LOAD_CONCURRENCY)
+        .try_collect()
+        .await?;
         let mut out = Self::default();
-        for index in &indexes {
+        for index in indexes.iter().flatten() {
             for entry in &index.packs {
                 out.add(entry);
             }
@@ -173,12 +180,82 @@ pub async fn save_index(storage: &dyn Storage, index: &PackIndex, level: i32) ->
     save_raw(storage, &index.encode(), index_key, level).await
 }
 
+/// One ranged read of a pack covering several frames (docs/design/format2.md, "Reading a backup back"): bytes
+/// `[start, end)` of `pack`, and the frames in it with what the caller wants done with each.
+#[derive(Debug)]
+pub struct RangeRead<T> {
+    /// The pack.
+    pub pack: ObjectId,
+    /// First byte read (offset in the pack).
+    pub start: u64,
+    /// One past the last byte read.
+    pub end: u64,
+    /// The frames the read covers, by offset, each with its payload.
+    pub frames: Vec<(FrameLocation, T)>,
+}
+
+impl<T> RangeRead<T> {
+    /// The stored bytes of frame `loc` inside `bytes` (what [`Storage::get_range`] returned for this read), empty
+    /// if the read came back short (decoding then fails and names the frame).
+    pub fn slice<'a>(&self, bytes: &'a [u8], loc: &FrameLocation) -> &'a [u8] {
+        let at = loc.offset.saturating_sub(self.start) as usize;
+        bytes.get(at..at + loc.stored_length as usize).unwrap_or_default()
+    }
+}
+
+/// Group frames into ranged reads: per pack, by offset, a frame less than `gap` bytes after the previous read's
+/// end joins it while the read stays within `max` bytes. Pure.
+pub fn merge_reads<T>(frames: Vec<(ObjectId, FrameLocation, T)>, gap: u64, max: u64) -> Vec<RangeRead<T>> {
+    let mut frames = frames;
+    frames.sort_by_key(|(pack, loc, _)| (*pack, loc.offset));
+    let mut reads: Vec<RangeRead<T>> = Vec::new();
+    for (pack, loc, payload) in frames {
+        let end = loc.offset + u64::from(loc.stored_length);
+        match reads.last_mut() {
+            Some(r) if r.pack == pack && loc.offset.saturating_sub(r.end) < gap && end - r.start <= max => {
+                r.end = r.end.max(end);
+                r.frames.push((loc, payload));
+            }
+            _ => reads.push(RangeRead { pack, start: loc.offset, end, frames: vec![(loc, payload)] }),
+        }
+    }
+    reads
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::repository::blockmap::Source;
     use crate::repository::packs::PackBuilder;
     use crate::storage::fs::FsStorage;
+
+    #[test]
+    fn reads_merge_neighbours_per_pack_up_to_a_limit() {
+        let (a, b) = (ObjectId::of(b"a"), ObjectId::of(b"b"));
+        let loc = |offset: u64, len: u32| FrameLocation {
+            id: ObjectId::of(&offset.to_le_bytes()),
+            offset,
+            stored_length: len,
+            raw_length: len,
+        };
+        let frames = vec![
+            (a, loc(200, 100), 2),
+            (b, loc(0, 100), 3),
+            (a, loc(0, 100), 1),
+            (a, loc(5000, 100), 4),
+            (a, loc(5100, 100), 5),
+        ];
+        let reads = merge_reads(frames, 1000, 5150);
+        let got: Vec<(ObjectId, u64, u64, Vec<i32>)> =
+            reads.iter().map(|r| (r.pack, r.start, r.end, r.frames.iter().map(|f| f.1).collect())).collect();
+        // a: 0 and 200 merge (gap 100 < 1000); 5000 is too far from 300; 5100 joins it.
+        let mut want = vec![(a, 0, 300, vec![1, 2]), (a, 5000, 5200, vec![4, 5]), (b, 0, 100, vec![3])];
+        want.sort_by_key(|w| (w.0, w.1));
+        assert_eq!(got, want, "by pack, then offset");
+        let first = reads.iter().find(|r| r.pack == a && r.start == 0).expect("read");
+        assert_eq!(first.slice(&[7u8; 300], &loc(200, 100)).len(), 100);
+        assert!(first.slice(&[7u8; 250], &loc(200, 100)).is_empty(), "a short read gives nothing");
+    }
 
     #[tokio::test]
     async fn frames_nodes_and_indexes_round_trip_and_damage_is_named() {

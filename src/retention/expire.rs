@@ -114,6 +114,8 @@ pub struct Reclaimed {
     pub temp_bytes_removed: u64,
     /// Why some of the work was left for a later gc, if it was.
     pub deferred: Option<String>,
+    /// Format 2: packs deleted and compacted, and what reading and writing them cost.
+    pub packs: crate::retention::gc::PackReport,
 }
 
 /// The outcome of `prune`: the plan, and what was deleted (in a dry run, what would be).
@@ -201,6 +203,7 @@ pub async fn run(
         temp_files_removed: gc.temp_files_removed,
         temp_bytes_removed: gc.temp_bytes_removed,
         deferred: gc.deferred,
+        packs: gc.packs,
     });
     Ok(report)
 }

@@ -13,9 +13,10 @@
 //! - Temporary files (a `file://` put's `.tmp-*`, an S3 incomplete multipart upload) older than the grace period
 //!   are never a complete object: removing them is always safe.
 
+mod packs;
 mod sweep;
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::Duration;
 
 use time::OffsetDateTime;
@@ -26,6 +27,7 @@ use crate::repository::lease::{self, Lease, LeaseKind};
 use crate::repository::store;
 use crate::storage::{Key, ObjectMeta, Storage};
 
+pub use packs::PackReport;
 pub use sweep::{GcOptions, GcReport, Removed, RemovedKind, collect};
 
 /// Deletes at once (requests in flight; on S3 each is a `DeleteObjects` batch of up to 1000 keys).
@@ -64,6 +66,23 @@ pub enum Error {
         #[source]
         source: store::Error,
     },
+    /// A block-map node a manifest names could not be read: the frames it references are unknown, so no pack is
+    /// swept or compacted.
+    #[error("cannot collect garbage in {backend}: block-map node {node} of backup {id} is unreadable ({source})")]
+    UnreadableNode {
+        /// A backup that names it.
+        id: String,
+        /// The node's key.
+        node: Key,
+        /// Backend display.
+        backend: String,
+        /// Cause.
+        #[source]
+        source: store::Error,
+    },
+    /// A blocking task failed (a panic or cancellation).
+    #[error("gc task failed: {0}")]
+    Task(String),
     /// A repository record could not be read or written.
     #[error(transparent)]
     Store(#[from] store::Error),
@@ -81,7 +100,10 @@ impl Error {
             Error::UnreadableManifest { .. } => {
                 "run 'backupctl verify'; delete the damaged backup with 'backupctl delete --backup-id ID' (its data is then collected) or restore its manifest from a copy"
             }
-            Error::Store(_) | Error::Lease(_) => return None,
+            Error::UnreadableNode { .. } => {
+                "run 'backupctl verify'; delete the backups that name it with 'backupctl delete --backup-id ID' (their data is then collected)"
+            }
+            Error::Store(_) | Error::Lease(_) | Error::Task(_) => return None,
         })
     }
 }
@@ -181,23 +203,43 @@ pub async fn delete_backup(
     Ok(DeletedBackup { id: id.clone(), objects_deleted: deleted, was_unfinished: plan.was_unfinished })
 }
 
-/// Every data object referenced by a manifest (mark), and how many manifests were read. A manifest that cannot
-/// be read is an error; one that vanished meanwhile (deleted) is skipped. Renews `lease` between manifests.
-pub(crate) async fn mark(
-    storage: &dyn Storage,
-    ids: &[BackupId],
-    lease: Option<&Lease>,
-) -> Result<(HashSet<ObjectId>, u64), Error> {
-    let mut referenced = HashSet::new();
-    let mut read = 0u64;
+/// What the manifests reference (mark).
+#[derive(Debug, Default)]
+pub(crate) struct Marked {
+    /// Format 1: the `data/` objects their pieces name.
+    pub objects: HashSet<ObjectId>,
+    /// Format 2: the block-map nodes their block-mapped files name.
+    pub nodes: HashSet<ObjectId>,
+    /// Format 2: the frames their small files' pieces name (frames named by nodes are added by
+    /// [`packs::mark_nodes`]).
+    pub frames: HashSet<ObjectId>,
+    /// Format 2: per node, one backup that names it (for messages).
+    pub node_users: HashMap<ObjectId, BackupId>,
+    /// Manifests read.
+    pub read: u64,
+}
+
+/// Everything referenced by a manifest (mark), and how many manifests were read. A manifest that cannot be read
+/// is an error; one that vanished meanwhile (deleted) is skipped. Renews `lease` between manifests.
+pub(crate) async fn mark(storage: &dyn Storage, ids: &[BackupId], lease: Option<&Lease>) -> Result<Marked, Error> {
+    let mut marked = Marked::default();
     for id in ids {
         if let Some(l) = lease {
             l.renew_if_due(storage).await?;
         }
         match store::load_manifest(storage, id).await {
             Ok(Some(m)) => {
-                read += 1;
-                referenced.extend(m.files.iter().flat_map(|f| f.pieces.iter().map(|p| p.object)));
+                marked.read += 1;
+                let pieces = m.files.iter().flat_map(|f| f.pieces.iter().map(|p| p.object));
+                if m.repository_format >= 2 {
+                    marked.frames.extend(pieces);
+                    for n in m.files.iter().flat_map(|f| &f.nodes) {
+                        marked.nodes.insert(*n);
+                        marked.node_users.entry(*n).or_insert_with(|| id.clone());
+                    }
+                } else {
+                    marked.objects.extend(pieces);
+                }
             }
             Ok(None) => {}
             Err(e @ store::Error::Storage(_)) => return Err(e.into()),
@@ -206,7 +248,7 @@ pub(crate) async fn mark(
             }
         }
     }
-    Ok((referenced, read))
+    Ok(marked)
 }
 
 /// One listing of `backups/`: the ids with a manifest, and the keys under `backups/<id>/` of ids without one

@@ -12,6 +12,7 @@
 //! break or cut that backup count). Verify only reads.
 
 pub mod coverage;
+pub mod format2;
 pub mod read;
 pub mod status;
 
@@ -164,7 +165,7 @@ pub async fn run(storage: DynStorage, options: &Options) -> Result<Report, Error
     let mut users: BTreeMap<ObjectId, BTreeSet<BackupId>> = BTreeMap::new();
     let mut pieces: BTreeMap<ObjectId, BTreeSet<PieceCheck>> = BTreeMap::new();
     let selected_ids: BTreeSet<&BackupId> = selected.iter().map(|m| &m.id).collect();
-    for m in &manifests {
+    for m in manifests.iter().filter(|m| m.repository_format < 2) {
         for f in &m.files {
             for p in &f.pieces {
                 users.entry(p.object).or_default().insert(m.id.clone());
@@ -209,6 +210,8 @@ pub async fn run(storage: DynStorage, options: &Options) -> Result<Report, Error
     jobs.extend(wal_names.into_values().map(|n| Job::Wal(crate::repository::wal_key(&n), n)));
 
     let results = read::read_all(storage.clone(), jobs, options.parallel, size).await?;
+    // Format 2: nodes, frames, blocks and deltas.
+    let checked2 = format2::check(&storage, &manifests, &selected_ids, options.parallel).await?;
     // Backups deleted while verify read (a prune or delete running at the same time): objects and WAL only they
     // needed may be gone by now, which is retention at work, not damage. A backup that still exists is judged
     // on everything it references.
@@ -250,6 +253,29 @@ pub async fn run(storage: DynStorage, options: &Options) -> Result<Report, Error
             cuts: Vec::new(),
         });
     }
+    // Format 2: one problem per object, naming every backup that needs it.
+    let mut by_what: BTreeMap<String, format2::Damage> = BTreeMap::new();
+    for d in checked2.damage {
+        by_what.entry(d.what.clone()).and_modify(|x| x.users.extend(d.users.iter().cloned())).or_insert(d);
+    }
+    bytes_read += checked2.bytes_read;
+    for (what, d) in by_what {
+        let mut breaks = d.users;
+        breaks.retain(|id| !deleted.contains(id));
+        if d.kind == "missing" && breaks.is_empty() {
+            tracing::info!(object = %what, "removed while verify ran (by prune, delete or gc); no remaining backup needs it");
+            continue;
+        }
+        broken.extend(breaks.iter().cloned());
+        damaged.push(Problem {
+            kind: d.kind,
+            what,
+            reason: d.reason,
+            status: None,
+            breaks: breaks.iter().map(ToString::to_string).collect(),
+            cuts: Vec::new(),
+        });
+    }
     damaged.sort_by(|a, b| a.what.cmp(&b.what));
     problems.extend(damaged);
     // A damaged history file also read as a job is reported once.
@@ -275,7 +301,13 @@ pub async fn run(storage: DynStorage, options: &Options) -> Result<Report, Error
             } else {
                 "ok"
             },
-            objects: m.files.iter().flat_map(|f| &f.pieces).map(|p| p.object).collect::<BTreeSet<_>>().len() as u64,
+            // Format 2: the small-file frames and block-map nodes it names.
+            objects: m
+                .files
+                .iter()
+                .flat_map(|f| f.pieces.iter().map(|p| p.object).chain(f.nodes.iter().copied()))
+                .collect::<BTreeSet<_>>()
+                .len() as u64,
             wal_segments: c.wal.needed.len() as u64,
             reaches: c.wal.reach.map(|r| r.to_string()),
         })
@@ -283,7 +315,7 @@ pub async fn run(storage: DynStorage, options: &Options) -> Result<Report, Error
     let mut report = Report {
         repository: storage.to_string(),
         ok: false,
-        objects_checked: data_jobs,
+        objects_checked: data_jobs + checked2.objects,
         wal_objects_checked: wal_checked,
         bytes_read,
         all_wal: options.wal,

@@ -2,7 +2,7 @@
 //! archived WAL per timeline with its gaps, the restorable window, what each backup reaches, whether it is kept
 //! and why, and its sizes (logical, stored, unique to it).
 //!
-//! Needs only read access: `list` of `wal/`, `data/` and `backups/`, and `get` of the descriptor, the cluster
+//! Needs only read access: `list` of `wal/`, `data/`, `packs/`, `maps/`, `index/` and `backups/`, and `get` of the descriptor, the cluster
 //! record, the manifests, the keep marks and the history files.
 
 use std::collections::{BTreeMap, HashMap};
@@ -120,6 +120,26 @@ pub struct Status {
     pub policy: PolicyStatus,
     /// Stored bytes of every object under `data/` (referenced or not).
     pub data_bytes_stored: u64,
+    /// Stored bytes of the repository by kind, from listings.
+    pub repository_bytes: RepositoryBytes,
+}
+
+/// Stored bytes of the repository by kind, from one listing of each prefix (what the backend holds, referenced
+/// or not; format 1 uses `data/`, format 2 `packs/`, `maps/` and `index/`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RepositoryBytes {
+    /// `data/` (format 1 chunks and small-file packs).
+    pub data: u64,
+    /// `packs/` (format 2).
+    pub packs: u64,
+    /// `maps/`: block-map nodes (format 2).
+    pub maps: u64,
+    /// `index/`: pack indexes (format 2).
+    pub index: u64,
+    /// `wal/`: archived WAL.
+    pub wal: u64,
+    /// `backups/`: manifests and keep records.
+    pub backups: u64,
 }
 
 impl Status {
@@ -147,7 +167,27 @@ pub async fn collect(storage: &dyn Storage, clock: &Clock, policy: &Policy) -> R
         .collect();
     let now = OffsetDateTime::from(clock.now);
     let data_bytes_stored = stored.values().sum();
-    let sizes = sizes(&manifests, &stored);
+    let total = |list: &[ObjectMeta]| list.iter().map(|m| m.size).sum::<u64>();
+    let nodes: HashMap<ObjectId, u64> = storage
+        .list(crate::repository::blockmap::MAPS_PREFIX)
+        .await?
+        .iter()
+        .filter_map(|m| crate::repository::blockmap::node_from_key(m.key.as_str()).map(|id| (id, m.size)))
+        .collect();
+    let repository_bytes = RepositoryBytes {
+        data: data_bytes_stored,
+        packs: total(&storage.list(crate::repository::packs::PACKS_PREFIX).await?),
+        maps: nodes.values().sum(),
+        index: total(&storage.list(crate::repository::packs::INDEX_PREFIX).await?),
+        wal: total(&wal_listing),
+        backups: total(&storage.list(crate::repository::backup::BACKUPS_PREFIX).await?),
+    };
+    let mut sizes = sizes(&manifests, &stored);
+    for (m, s) in manifests.iter().zip(sizes.iter_mut()) {
+        if m.repository_format >= 2 {
+            *s = sizes_format2(m, &nodes);
+        }
+    }
     let (policy, mut decisions) = retention(&manifests, &unusable, &marks, &wal_listing, size, policy, clock.now);
     let backups: Vec<BackupStatus> = manifests
         .into_iter()
@@ -177,6 +217,7 @@ pub async fn collect(storage: &dyn Storage, clock: &Clock, policy: &Policy) -> R
         newest_backup_age_seconds,
         policy,
         data_bytes_stored,
+        repository_bytes,
     })
 }
 
@@ -252,6 +293,23 @@ pub fn sizes(manifests: &[Manifest], stored: &HashMap<ObjectId, u64>) -> Vec<Siz
             s
         })
         .collect()
+}
+
+/// A format-2 backup's sizes: `stored` is what it added to the repository (`stats.bytes_stored`: the packs, nodes
+/// and pack index it created), `unique` is not computed (it needs every node of every backup: run `backupctl gc
+/// --dry-run` after a `delete --dry-run`), `objects` counts the nodes and small-file frames it names, and
+/// `objects_missing` the nodes the listing of `maps/` does not hold.
+fn sizes_format2(m: &Manifest, nodes: &HashMap<ObjectId, u64>) -> Sizes {
+    let named: std::collections::BTreeSet<ObjectId> =
+        m.files.iter().flat_map(|f| f.pieces.iter().map(|p| p.object).chain(f.nodes.iter().copied())).collect();
+    let own_nodes: std::collections::BTreeSet<&ObjectId> = m.files.iter().flat_map(|f| &f.nodes).collect();
+    Sizes {
+        logical: m.stats.bytes,
+        stored: m.stats.bytes_stored,
+        unique: 0,
+        objects: named.len() as u64,
+        objects_missing: own_nodes.iter().filter(|n| !nodes.contains_key(**n)).count() as u64,
+    }
 }
 
 /// From the oldest restorable backup's stop to the furthest WAL a restorable backup reaches.

@@ -11,15 +11,15 @@ use crate::pitr::{FileRepo, Source, s3_repo};
 use crate::support::cluster::{Cluster, as_postgres, assert_ok, bin, require_pg, wait_for};
 
 /// Configuration lines every test here adds: no grace period, so that gc removes what it may at once.
-const NO_GRACE: &str = "[retention]\ngc_grace = \"0s\"\n";
+pub(crate) const NO_GRACE: &str = "[retention]\ngc_grace = \"0s\"\n";
 
 /// `backupctl --config <src> ARGS` as postgres.
-fn backupctl(src: &Source, args: &[&str]) -> Output {
+pub(crate) fn backupctl(src: &Source, args: &[&str]) -> Output {
     as_postgres(&bin("backupctl")).arg("--config").arg(&src.config).args(args).output().expect("backupctl")
 }
 
 /// `backupctl gc --json-output`, checked to succeed; the report.
-fn gc_json(src: &Source, dry_run: bool) -> serde_json::Value {
+pub(crate) fn gc_json(src: &Source, dry_run: bool) -> serde_json::Value {
     let mut args = vec!["gc", "--json-output"];
     if dry_run {
         args.push("--dry-run");
@@ -30,7 +30,7 @@ fn gc_json(src: &Source, dry_run: bool) -> serde_json::Value {
 }
 
 /// The removed items' names, sorted.
-fn removed(report: &serde_json::Value) -> Vec<String> {
+pub(crate) fn removed(report: &serde_json::Value) -> Vec<String> {
     let mut names: Vec<String> = report["removed"]
         .as_array()
         .expect("removed")
@@ -43,22 +43,22 @@ fn removed(report: &serde_json::Value) -> Vec<String> {
 
 /// Write a WAL record that changes no data (a restore point) and archive through it: every LSN recorded so far
 /// is then inside the archive, even right after a segment switch.
-fn archive_past(c: &Cluster) {
+pub(crate) fn archive_past(c: &Cluster) {
     c.sql("select pg_create_restore_point('issue8')");
     c.switch_and_wait_archived(Duration::from_secs(120));
 }
 
 /// A backup with the state of the source right after it.
-struct Taken {
-    id: String,
+pub(crate) struct Taken {
+    pub(crate) id: String,
     /// The insert position right after the backup: nothing changed between its stop and here.
-    lsn: String,
-    dump: String,
+    pub(crate) lsn: String,
+    pub(crate) dump: String,
 }
 
 /// Change the data (new rows, and updates across existing pages), take a backup of `kind`, and record the
 /// source's state right after it.
-fn take(src: &Source, kind: &str, batch: u32) -> Taken {
+pub(crate) fn take(src: &Source, kind: &str, batch: u32) -> Taken {
     let c = &src.cluster;
     c.sql(&format!(
         "insert into t select {batch}, g, md5(g::text) from generate_series(1, 3000) g; \
@@ -70,7 +70,7 @@ fn take(src: &Source, kind: &str, batch: u32) -> Taken {
 }
 
 /// Restore `b` to its own point and compare the result with the source's dump taken then.
-fn restore_matches(src: &Source, b: &Taken, name: &str) {
+pub(crate) fn restore_matches(src: &Source, b: &Taken, name: &str) {
     let copy = src.restore_and_start(
         name,
         &["--backup-id", &b.id, "--to-lsn", &b.lsn, "--target-exclusive", "--archive-mode", "off"],
@@ -87,7 +87,7 @@ fn restore_matches(src: &Source, b: &Taken, name: &str) {
 
 /// Delete the oldest, a middle and the newest of five backups in turn (gc after each, dry run first) and restore
 /// every survivor to its own point, compared with pg_dump of the source then.
-fn delete_scenario(url: &str, extra: &str, label: &str) {
+pub(crate) fn delete_scenario(url: &str, extra: &str, label: &str) {
     let src = Source::start(label, url, &format!("{extra}\n{NO_GRACE}"));
     let c = &src.cluster;
     c.sql("create table t (batch int, id int, pad text)");
@@ -158,18 +158,18 @@ fn issue_8_delete_oldest_middle_newest_s3() {
 }
 
 /// The pid of the only child of `parent` (runuser forks the command it runs).
-fn child_of(parent: u32) -> Option<u32> {
+pub(crate) fn child_of(parent: u32) -> Option<u32> {
     let text = std::fs::read_to_string(format!("/proc/{parent}/task/{parent}/children")).ok()?;
     text.split_whitespace().next()?.parse().ok()
 }
 
-fn signal(pid: u32, sig: libc::c_int) {
+pub(crate) fn signal(pid: u32, sig: libc::c_int) {
     // SAFETY: a plain kill(2) of a process this test started.
     unsafe { libc::kill(pid as libc::pid_t, sig) };
 }
 
 /// Keys under `prefix` in the repository of `src` (file:// or S3), via `backupctl`'s own storage code.
-fn repo_keys(url: &str, s3: &backupctl::config::S3Config, prefix: &str) -> Vec<String> {
+pub(crate) fn repo_keys(url: &str, s3: &backupctl::config::S3Config, prefix: &str) -> Vec<String> {
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
     rt.block_on(async {
         let storage = backupctl::storage::open(url, s3, Duration::from_secs(10)).await.expect("open");
@@ -177,7 +177,7 @@ fn repo_keys(url: &str, s3: &backupctl::config::S3Config, prefix: &str) -> Vec<S
     })
 }
 
-fn s3_settings(extra: &str) -> backupctl::config::S3Config {
+pub(crate) fn s3_settings(extra: &str) -> backupctl::config::S3Config {
     if extra.is_empty() {
         return backupctl::config::S3Config::default();
     }
@@ -187,7 +187,7 @@ fn s3_settings(extra: &str) -> backupctl::config::S3Config {
 /// gc in a loop while an incremental base-backup runs that reuses the objects of a deleted backup (unreferenced,
 /// past the grace period): every gc defers its data sweep while the backup's lease is live, and the backup then
 /// restores exactly.
-fn gc_during_backup(url: &str, extra: &str, label: &str) {
+pub(crate) fn gc_during_backup(url: &str, extra: &str, label: &str) {
     let src = Source::start(label, url, &format!("{extra}\n{NO_GRACE}"));
     let c = &src.cluster;
     c.sql("create table t (batch int, id int, pad text)");

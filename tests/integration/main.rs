@@ -5,6 +5,7 @@ mod backup;
 mod issue10_archive;
 mod issue10_checksums;
 mod issue10_format2;
+mod issue10_gc;
 mod issue10_range;
 mod issue7_backup;
 mod issue7_first_use;

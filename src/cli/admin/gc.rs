@@ -110,6 +110,9 @@ pub(super) fn run(ctx: &Ctx, args: &GcArgs) -> Result<(), Error> {
                 gc::RemovedKind::Object => "unreferenced object",
                 gc::RemovedKind::Temp => "temporary file",
                 gc::RemovedKind::Record => "record of a deleted backup",
+                gc::RemovedKind::Pack => "pack",
+                gc::RemovedKind::Index => "pack index",
+                gc::RemovedKind::Node => "unreferenced block-map node",
             };
             line(format_args!("{verb} {what} {} ({})", item.name, human_bytes(item.bytes)))?;
         }
@@ -121,6 +124,24 @@ pub(super) fn run(ctx: &Ctx, args: &GcArgs) -> Result<(), Error> {
             report.backups, report.objects_referenced, report.objects_in_grace, ctx.config.retention.gc_grace
         ),
     };
+    let p = &report.packs;
+    if p.packs > 0 || p.nodes_deleted > 0 {
+        line(format_args!(
+            "gc {storage}: packs: {} deleted, {} compacted ({} frames copied, {} packs and {} index objects written, {} read in {} requests, {} written), {} left in grace; {} index objects and {} nodes deleted; {} freed",
+            p.packs_deleted,
+            p.packs_compacted,
+            p.frames_copied,
+            p.packs_written,
+            p.index_written,
+            human_bytes(p.bytes_read),
+            p.read_requests,
+            human_bytes(p.bytes_written),
+            p.packs_in_grace,
+            p.index_deleted,
+            p.nodes_deleted,
+            human_bytes(p.bytes_deleted.saturating_sub(p.bytes_written)),
+        ))?;
+    }
     line(format_args!(
         "gc {storage}: {verb} {} unreferenced objects ({}), {} temporary files ({}), {} records of deleted backups; {sweep}",
         report.objects_removed,

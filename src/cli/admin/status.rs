@@ -122,6 +122,14 @@ fn json(s: &Status, repository: &str) -> serde_json::Value {
             "gaps": gaps,
             "timelines": timelines,
         },
+        "repository_bytes": {
+            "data": s.repository_bytes.data,
+            "packs": s.repository_bytes.packs,
+            "maps": s.repository_bytes.maps,
+            "index": s.repository_bytes.index,
+            "wal": s.repository_bytes.wal,
+            "backups": s.repository_bytes.backups,
+        },
         "restorable_window": window,
         "retention": {
             "policy": s.policy.policy,

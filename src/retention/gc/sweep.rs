@@ -35,6 +35,12 @@ pub enum RemovedKind {
     Temp,
     /// A record under `backups/<id>/` of a backup without a manifest (keep records of a deleted backup).
     Record,
+    /// Format 2: a pack with no live frame, or one compacted (its live frames copied first).
+    Pack,
+    /// Format 2: a pack index object naming only deleted packs, or replaced by one without them.
+    Index,
+    /// Format 2: a block-map node no manifest names.
+    Node,
 }
 
 /// One removed item.
@@ -51,7 +57,8 @@ pub struct Removed {
 /// What [`collect`] did.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct GcReport {
-    /// Unreferenced data objects removed (would be, in a dry run).
+    /// Objects removed (would be, in a dry run): unreferenced data objects, and on format 2 packs, index
+    /// objects and nodes (detailed in `packs`).
     pub objects_removed: u64,
     /// Their stored bytes.
     pub bytes_removed: u64,
@@ -71,6 +78,8 @@ pub struct GcReport {
     pub objects_in_grace: u64,
     /// True for a dry run: nothing was removed.
     pub dry_run: bool,
+    /// Format 2: packs, compaction, index objects and nodes, with what reading and writing cost.
+    pub packs: super::PackReport,
     /// Every item removed (or that would be), in the order removed.
     pub removed: Vec<Removed>,
 }
@@ -134,8 +143,9 @@ async fn run(storage: &dyn Storage, options: &GcOptions, lease: Option<&Lease>) 
     }
 
     // Mark, then list the candidates.
-    let (referenced, read) = mark(storage, &ids, lease).await?;
-    report.backups = read;
+    let marked = mark(storage, &ids, lease).await?;
+    let referenced = &marked.objects;
+    report.backups = marked.read;
     report.objects_referenced = referenced.len() as u64;
     let mut candidates = Vec::new();
     for meta in storage.list(DATA_PREFIX).await? {
@@ -175,6 +185,8 @@ async fn run(storage: &dyn Storage, options: &GcOptions, lease: Option<&Lease>) 
             report.removed.push(Removed { kind: RemovedKind::Object, name: m.key.to_string(), bytes: m.size });
         }
     }
+    // Format 2: packs, index objects and nodes (with compaction); nothing to do on a format-1 repository.
+    super::packs::sweep(storage, &marked, options, lease, &mut report).await?;
     tracing::debug!(
         objects = report.objects_removed,
         bytes = report.bytes_removed,
@@ -185,7 +197,7 @@ async fn run(storage: &dyn Storage, options: &GcOptions, lease: Option<&Lease>) 
 }
 
 /// The first live lease that stops a sweep, described.
-fn blocking(live: &[lease::FoundLease]) -> Option<String> {
+pub(super) fn blocking(live: &[lease::FoundLease]) -> Option<String> {
     live.iter()
         .find(|l| l.record.as_ref().is_none_or(|r| BLOCKING.contains(&r.kind)) && !is_gc(l))
         .map(|l| format!("{} is running", l.describe()))

@@ -108,7 +108,8 @@ fn scenario(url: &str, extra: &str, label: &str) {
     std::os::unix::fs::FileExt::write_all_at(&f, &[0xA5; 100], 8192 * 7 + 1000).expect("damage a block");
     let incr_id = incr["id"].as_str().expect("id");
     let lsn = incr["stop_lsn"].as_str().expect("stop lsn");
-    let out = src.restore(&dest, &["--delta", "--backup-id", incr_id, "--to-lsn", lsn, "--archive-mode", "off", "--json"]);
+    let out =
+        src.restore(&dest, &["--delta", "--backup-id", incr_id, "--to-lsn", lsn, "--archive-mode", "off", "--json"]);
     assert_ok("delta restore", &out);
     let report: Value = serde_json::from_slice(&out.stdout).expect("json");
     let written = report["bytes_written"].as_u64().expect("bytes_written");

@@ -136,18 +136,7 @@ fn issue_10_format2_backup_and_restore() {
 
 /// Stored bytes of the repository's data objects (format 1 `data/`, format 2 `packs/`, `maps/`, `index/`), by listing.
 fn data_bytes(src: &Source) -> u64 {
-    let config = backupctl::config::Config::load(&src.config).expect("config");
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
-    rt.block_on(async {
-        let storage = backupctl::storage::open(&config.repository.url, &config.repository.s3, Duration::from_secs(30))
-            .await
-            .expect("open");
-        let mut total = 0;
-        for prefix in ["data/", "packs/", "maps/", "index/"] {
-            total += storage.list(prefix).await.expect("list").iter().map(|m| m.size).sum::<u64>();
-        }
-        total
-    })
+    ["data/", "packs/", "maps/", "index/"].iter().flat_map(|p| src.list(p)).map(|m| m.size).sum()
 }
 
 /// Honest accounting: each backup's `bytes_new` is exactly what the repository's data grew by; a full right after

@@ -33,20 +33,7 @@ fn status_ids(src: &Source) -> Vec<String> {
 
 /// Names of the archived WAL files (segments, .partial, .backup, .history) in the repository.
 fn wal_names(src: &Source) -> Vec<String> {
-    let config = backupctl::config::Config::load(&src.config).expect("config");
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
-    rt.block_on(async {
-        let storage = backupctl::storage::open(&config.repository.url, &config.repository.s3, Duration::from_secs(30))
-            .await
-            .expect("open");
-        storage
-            .list("wal/")
-            .await
-            .expect("list")
-            .into_iter()
-            .filter_map(|m| m.key.as_str().rsplit('/').next().map(str::to_owned))
-            .collect()
-    })
+    src.list("wal/").into_iter().filter_map(|m| m.key.as_str().rsplit('/').next().map(str::to_owned)).collect()
 }
 
 /// Restore `id` to its consistent point (`--to-lsn` its stop LSN) and return the copy, recovered and promoted.

@@ -17,6 +17,19 @@ pub struct Source {
 }
 
 impl Source {
+    /// The repository's objects under `prefix`, listed through the library with this source's configuration.
+    pub fn list(&self, prefix: &str) -> Vec<backupctl::storage::ObjectMeta> {
+        let config = backupctl::config::Config::load(&self.config).expect("config");
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+        rt.block_on(async {
+            let storage =
+                backupctl::storage::open(&config.repository.url, &config.repository.s3, Duration::from_secs(30))
+                    .await
+                    .expect("open");
+            storage.list(prefix).await.expect("list")
+        })
+    }
+
     /// initdb and start a cluster archiving through wal-push into `url`; `extra` is added to the configuration.
     pub fn start(label: &str, url: &str, extra: &str) -> Self {
         Self::start_with(label, url, extra, "archive_timeout_seconds = 120")

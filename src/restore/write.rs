@@ -254,9 +254,7 @@ pub async fn write_files(
     if manifest.repository_format >= 2 {
         return super::write2::write_files(storage, manifest, files, layout, delta, parallel, progress).await;
     }
-    let (layout2, files2): (Layout, Vec<FileEntry>) = (layout.clone(), files.iter().map(|f| (*f).clone()).collect());
-    let dirs = manifest.directories.clone();
-    let (ops, mut stats) = blocking(move || plan_writes(&layout2, &dirs, &files2, delta)).await?;
+    let (ops, mut stats) = plan(manifest, files, layout, delta).await?;
     let total: u64 = ops.values().flatten().map(|o| o.length).sum();
     progress.start(total, stats.files_written);
     let semaphore = Arc::new(Semaphore::new(parallel.max(1)));
@@ -338,8 +336,20 @@ pub(super) fn apply_ranges(what: &str, raw: &[u8], ops: &[WriteOp]) -> Result<u6
 
 pub(super) type Plan = (BTreeMap<ObjectId, Vec<WriteOp>>, WriteStats);
 
+/// [`plan_writes`] for `files` of `manifest`, off the async threads.
+pub(super) async fn plan(
+    manifest: &Manifest,
+    files: &[&FileEntry],
+    layout: &Layout,
+    delta: bool,
+) -> Result<Plan, Error> {
+    let (layout, files): (Layout, Vec<FileEntry>) = (layout.clone(), files.iter().map(|f| (*f).clone()).collect());
+    let dirs = manifest.directories.clone();
+    blocking(move || plan_writes(&layout, &dirs, &files, delta)).await
+}
+
 /// Directories first; then each file created at its size and, per piece, a write unless `delta` finds it equal.
-pub(super) fn plan_writes(
+fn plan_writes(
     layout: &Layout,
     dirs: &[crate::repository::backup::DirEntry],
     files: &[FileEntry],

@@ -15,7 +15,7 @@ use std::sync::Arc;
 
 use futures_util::stream::{self, StreamExt, TryStreamExt};
 
-use super::write::{Layout, WriteOp, WriteStats, apply_ranges, plan_writes};
+use super::write::{Layout, WriteOp, WriteStats, apply_ranges, plan};
 use crate::Error;
 use crate::archive::blocking;
 use crate::progress::Progress;
@@ -71,9 +71,7 @@ pub async fn write_files(
     parallel: usize,
     progress: &dyn Progress,
 ) -> Result<WriteStats, Error> {
-    let (layout2, files2): (Layout, Vec<FileEntry>) = (layout.clone(), files.iter().map(|f| (*f).clone()).collect());
-    let dirs = manifest.directories.clone();
-    let (piece_ops, mut stats) = blocking(move || plan_writes(&layout2, &dirs, &files2, delta)).await?;
+    let (piece_ops, mut stats) = plan(manifest, files, layout, delta).await?;
     let mut first: Needs =
         piece_ops.into_iter().map(|(id, ops)| (id, ops.into_iter().map(Op::Piece).collect())).collect();
     let mut second: Needs = BTreeMap::new();

@@ -374,6 +374,13 @@ fn plan_writes(
         let werr = |e| Error::WriteDestination { path: path.clone(), source: e };
         let file = open_file(&path, f.mode)?;
         let existing = file.metadata().map_err(werr)?.len();
+        if !delta && existing != 0 {
+            // Without --delta every file is new: the writers leave all-zero blocks as holes (restore::write2).
+            return Err(Error::Destination {
+                path: path.clone(),
+                reason: "already holds data, but a restore without --delta writes only new files".into(),
+            });
+        }
         file.set_len(f.size).map_err(werr)?;
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(f.mode)).map_err(werr)?;
         let shared = Arc::new(path.clone());

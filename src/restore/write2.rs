@@ -15,7 +15,7 @@ use std::sync::Arc;
 
 use futures_util::stream::{self, StreamExt, TryStreamExt};
 
-use super::write::{Layout, WriteOp, WriteStats, apply_ranges, plan};
+use super::write::{Layout, WriteOp, WriteStats, apply_ranges, plan, start_writeback};
 use crate::Error;
 use crate::archive::blocking;
 use crate::progress::Progress;
@@ -357,6 +357,7 @@ fn apply(what: &str, raw: &[u8], ops: &[Op], mode: Mode) -> Result<u64, Error> {
                 let file = open_in(&mut opened, path)?;
                 for (at, run) in runs(slice, mode) {
                     file.write_all_at(run, file_offset + at).map_err(|e| werr(path, e))?;
+                    start_writeback(file, file_offset + at, run.len() as u64);
                 }
                 written += length;
             }

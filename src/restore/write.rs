@@ -346,7 +346,6 @@ pub(super) fn start_writeback(file: &std::fs::File, offset: u64, len: u64) {
     let _ = unsafe { libc::sync_file_range(file.as_raw_fd(), offset, len, libc::SYNC_FILE_RANGE_WRITE) };
 }
 
-
 pub(super) type Plan = (BTreeMap<ObjectId, Vec<WriteOp>>, WriteStats);
 
 /// [`plan_writes`] for `files` of `manifest`, off the async threads.

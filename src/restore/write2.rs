@@ -6,7 +6,8 @@
 //! - A delta block is written in two passes: its base first (with the whole blocks), then the delta is XORed
 //!   into it; the result must have the digest the block map records, or the restore fails naming the block.
 //! - Frames are fetched by pack and offset, neighbours less than [`MERGE_GAP`] apart merged into one ranged read
-//!   of at most [`MAX_READ`] bytes, `parallel` reads in flight; memory is about `parallel × MAX_READ`.
+//!   of at most [`MAX_READ`] bytes; `parallel` reads are decoded and written while as many more download, so
+//!   memory is about `2 × parallel × MAX_READ`.
 
 use std::collections::{BTreeMap, HashMap};
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
@@ -72,7 +73,9 @@ pub async fn write_files(
     parallel: usize,
     progress: &dyn Progress,
 ) -> Result<WriteStats, Error> {
+    let clock = std::time::Instant::now();
     let (piece_ops, mut stats) = plan(manifest, files, layout, delta).await?;
+    tracing::debug!(seconds = clock.elapsed().as_secs_f64(), "files created");
     let mut first: Needs =
         piece_ops.into_iter().map(|(id, ops)| (id, ops.into_iter().map(Op::Piece).collect())).collect();
     let mut second: Needs = BTreeMap::new();
@@ -112,12 +115,16 @@ pub async fn write_files(
 
     let total: u64 = first.values().chain(second.values()).flatten().map(Op::length).sum();
     progress.start(total, stats.files_written);
+    tracing::debug!(seconds = clock.elapsed().as_secs_f64(), "block maps read and planned");
     let index = Arc::new(FrameIndex::load(storage.as_ref()).await?);
+    tracing::debug!(seconds = clock.elapsed().as_secs_f64(), "pack indexes read");
     stats.objects = (first.len() + second.len()) as u64;
     // Without --delta every file was just created empty at its size: an all-zero block need not be written.
     let mode = Mode { holes: !delta, block_size };
     fetch_and_apply(&storage, &index, first, parallel, mode, progress).await?;
+    tracing::debug!(seconds = clock.elapsed().as_secs_f64(), "whole blocks and delta bases written");
     fetch_and_apply(&storage, &index, second, parallel, mode, progress).await?;
+    tracing::debug!(seconds = clock.elapsed().as_secs_f64(), "deltas applied");
     stats.bytes_written = total;
     Ok(stats)
 }
@@ -278,12 +285,17 @@ async fn fetch_and_apply(
             }
         }
     }
+    // Reads run ahead of the writers: `parallel` ranges are decoded and written while as many more download, so a
+    // writer never waits for a request (memory: about 2 x parallel x MAX_READ).
+    let writers = Arc::new(tokio::sync::Semaphore::new(parallel.max(1)));
     let mut done = stream::iter(reads.into_iter().map(|r| {
-        let storage = storage.clone();
+        let (storage, writers) = (storage.clone(), writers.clone());
         async move {
             let key = pack_key(&r.pack);
             let bytes = storage.get_range(&key, r.start, r.end - r.start).await?;
+            let writer = writers.acquire_owned().await.map_err(|e| Error::Task(e.to_string()))?;
             blocking(move || {
+                let _writer = writer;
                 let mut written = 0;
                 for (loc, ops) in &r.frames {
                     let at = (loc.offset - r.start) as usize;
@@ -303,7 +315,7 @@ async fn fetch_and_apply(
             .await
         }
     }))
-    .buffer_unordered(parallel.max(1));
+    .buffer_unordered(2 * parallel.max(1));
     while let Some(written) = done.next().await {
         progress.advance(written?);
     }

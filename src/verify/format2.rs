@@ -503,8 +503,7 @@ mod tests {
         });
         let mut sizes = Vec::new();
         let mut out = Checked::default();
-        let damaged =
-            read_frames(&s, &mut index, ids, 2, &mut out, check, |_, n| sizes.push(n)).await.expect("read");
+        let damaged = read_frames(&s, &mut index, ids, 2, &mut out, check, |_, n| sizes.push(n)).await.expect("read");
         assert!(damaged.is_empty(), "{damaged:?}");
         sizes.sort_unstable();
         assert_eq!(sizes, vec![BS, 2 * BS]);

@@ -349,7 +349,7 @@ name_of() {
     echo "base-backup: [backup] parallel $BB_PARALLEL, chunk_size_kib $CHUNK_KIB, zstd level $BB_LEVEL, --fast;" \
         "pgBackRest $(pgbackrest version | awk '{print $2}'): process-max $PGBR_PROCESS_MAX, zst level" \
         "${PGBR_COMPRESS_LEVEL:-default 3}, --start-fast; S3: $([ "$S3" = 1 ] && echo "$S3_SERVER on loopback" || echo skipped)"
-    [ "$PGBB" = 1 ] && echo "pg_basebackup $("$PG_BIN/pg_basebackup" --version | awk '{print $NF}'): -Ft --compress=$PGBB_COMPRESS -X none -c fast" \
+    [ "$PGBB" = 1 ] && echo "pg_basebackup $("$PG_BIN/pg_basebackup" --version | awk '{print $3}'): -Ft --compress=$PGBB_COMPRESS -X none -c fast" \
         "(its CPU s is the client's: the server's walsender, which reads the files, is not counted)"
     echo "incremental change: update pgbench_accounts set abalance = abalance + 1 where aid <= $CHANGED" \
         "($CHANGE_PCT % of $ROWS rows, clustered), then CHECKPOINT; rand: then the first row of $RANDOM_PCT % of" \

@@ -244,18 +244,24 @@ srv_of() { if [ "$1" = s3 ]; then echo "$T_SRV"; else echo -; fi; }
 # pgbb_full RUN: pg_basebackup -Ft --compress=$PGBB_COMPRESS -X none -c fast into an empty directory (a tar of the
 # data directory, compressed on the client, and backup_manifest); no WAL: archive_command is /bin/true meanwhile
 pgbb_full() {
-    local run=$1 case=full-pgbb-file dir=$WORK/pgbb-$1 after
+    local run=$1 case=full-pgbb-file dir=$WORK/pgbb-$1 after c0 server cpu
     set_archive /bin/true
     rm -rf "$dir"
     log "run $run: $case"
+    c0=$(cg_usage)
     if ! timed "$case-$run" "$PG_BIN/pg_basebackup" -h "$WORK" -p "$PORT" -U postgres -Ft --compress="$PGBB_COMPRESS" \
         -X none -c fast -D "$dir"; then
         record "$case" "$run" failed "$T_CPU" "$T_RSS" - - - - -
         return 0
     fi
+    # the server's share (the walsender reading and sending the files, the fast checkpoint): the source cluster's
+    # cpuacct cgroup (lib.sh cg_init; 0 without one), added to the client's CPU
+    server=$(awk -v a="$c0" -v b="$(cg_usage)" 'BEGIN {printf "%.1f", (b - a) / 1e9}')
+    cpu=$(awk -v a="$T_CPU" -v b="$server" 'BEGIN {printf "%.1f", a + b}')
     after=$(usage pgbb-file "$dir")
-    record "$case" "$run" "$T_SECS" "$T_CPU" "$T_RSS" "${after#* }" "${after% *}" - - -
-    log "  $T_SECS s, CPU $T_CPU s, RSS $T_RSS MiB, $((${after#* } / 1048576)) MiB in ${after% *} files"
+    record "$case" "$run" "$T_SECS" "$cpu" "$T_RSS" "${after#* }" "${after% *}" - - -
+    log "  $T_SECS s, CPU $cpu s ($T_CPU s client + $server s server), RSS $T_RSS MiB," \
+        "$((${after#* } / 1048576)) MiB in ${after% *} files"
     rm -rf "$dir"
 }
 
@@ -350,7 +356,8 @@ name_of() {
         "pgBackRest $(pgbackrest version | awk '{print $2}'): process-max $PGBR_PROCESS_MAX, zst level" \
         "${PGBR_COMPRESS_LEVEL:-default 3}, --start-fast; S3: $([ "$S3" = 1 ] && echo "$S3_SERVER on loopback" || echo skipped)"
     [ "$PGBB" = 1 ] && echo "pg_basebackup $("$PG_BIN/pg_basebackup" --version | awk '{print $3}'): -Ft --compress=$PGBB_COMPRESS -X none -c fast" \
-        "(its CPU s is the client's: the server's walsender, which reads the files, is not counted)"
+        "(CPU s: the client's plus $([ -n "$CG" ] && echo "the source cluster's during the command (walsender, checkpoint)" \
+        || echo "nothing: no cpuacct cgroup, the server's walsender is not counted"))"
     echo "incremental change: update pgbench_accounts set abalance = abalance + 1 where aid <= $CHANGED" \
         "($CHANGE_PCT % of $ROWS rows, clustered), then CHECKPOINT; rand: then the first row of $RANDOM_PCT % of" \
         "pgbench_accounts' pages chosen at random, then CHECKPOINT; base-backup repository format $REPO_FORMAT"

@@ -2,6 +2,8 @@
 # Base backup and restore: wall time, CPU, peak RSS and repository bytes of base-backup / pitr-restore next to
 # pgBackRest, on a pgbench database (scale SCALE). Every run uses fresh repositories, in this order:
 #   full      base-backup --type full --fast into file://  vs  pgbackrest backup --type=full --start-fast (posix)
+#             vs  pg_basebackup -Ft --compress=client-zstd -X none -c fast -D <empty dir> (PGBB_COMPRESS; archive_command
+#             /bin/true meanwhile: it stores no WAL, and waits only for the server to archive its stop segment)
 #   full2     the same again at once: what a full right after a full adds
 #   incr      after `update pgbench_accounts ... where aid <= CHANGE_PCT % of the rows` + CHECKPOINT (a clustered
 #             change): base-backup --type incremental  vs  pgbackrest backup --type=incr; bytes added to the repo
@@ -19,6 +21,7 @@
 #        REPO_FORMAT=2 (base-backup's repository format, docs/design/format2.md; 1 = one object per chunk)
 #        RESTORE_PARALLEL="4 2"  BB_LEVEL=1 (repository compression_level)  PGBR_COMPRESS_LEVEL (default 3)
 #        S3_SERVER=moto|s3s|s3s-fs  TIMEOUT=900 (s per recovery check)  KEEP=1
+#        PGBB=1 (the pg_basebackup case; 0 skips it)  PGBB_COMPRESS=client-zstd (pg_basebackup --compress)
 set -euo pipefail
 source "$(dirname "$0")/lib.sh"
 
@@ -34,6 +37,8 @@ PGBR_PROCESS_MAX=${PGBR_PROCESS_MAX:-2}
 RESTORE_PARALLEL=${RESTORE_PARALLEL:-"4 2"}
 BB_LEVEL=${BB_LEVEL:-1}
 TIMEOUT=${TIMEOUT:-900}
+PGBB=${PGBB:-1}
+PGBB_COMPRESS=${PGBB_COMPRESS:-client-zstd}
 
 bench_start base_backup
 [ -x "$BASE_BACKUP" ] && [ -x "$PITR_RESTORE" ] || die "base-backup / pitr-restore were not built"
@@ -70,6 +75,7 @@ usage() {
         pgbr-posix) files_usage "$2/backup" ;;
         bb-s3) s3_prefix_usage bbs3 "$2/" "$2/wal/" ;;
         pgbr-s3) s3_prefix_usage pgbr "$2/" "$2/archive/" ;;
+        pgbb-file) files_usage "$2" ;;
     esac
 }
 
@@ -235,12 +241,36 @@ restore() {
         "restored cluster promoted after $V_SECS s, data matches: $V_OK"
 }
 srv_of() { if [ "$1" = s3 ]; then echo "$T_SRV"; else echo -; fi; }
+# pgbb_full RUN: pg_basebackup -Ft --compress=$PGBB_COMPRESS -X none -c fast into an empty directory (a tar of the
+# data directory, compressed on the client, and backup_manifest); no WAL: archive_command is /bin/true meanwhile
+pgbb_full() {
+    local run=$1 case=full-pgbb-file dir=$WORK/pgbb-$1 after c0 server cpu
+    set_archive /bin/true
+    rm -rf "$dir"
+    log "run $run: $case"
+    c0=$(cg_usage)
+    if ! timed "$case-$run" "$PG_BIN/pg_basebackup" -h "$WORK" -p "$PORT" -U postgres -Ft --compress="$PGBB_COMPRESS" \
+        -X none -c fast -D "$dir"; then
+        record "$case" "$run" failed "$T_CPU" "$T_RSS" - - - - -
+        return 0
+    fi
+    # the server's share (the walsender reading and sending the files, the fast checkpoint): the source cluster's
+    # cpuacct cgroup (lib.sh cg_init; 0 without one), added to the client's CPU
+    server=$(awk -v a="$c0" -v b="$(cg_usage)" 'BEGIN {printf "%.1f", (b - a) / 1e9}')
+    cpu=$(awk -v a="$T_CPU" -v b="$server" 'BEGIN {printf "%.1f", a + b}')
+    after=$(usage pgbb-file "$dir")
+    record "$case" "$run" "$T_SECS" "$cpu" "$T_RSS" "${after#* }" "${after% *}" - - -
+    log "  $T_SECS s, CPU $cpu s ($T_CPU s client + $server s server), RSS $T_RSS MiB," \
+        "$((${after#* } / 1048576)) MiB in ${after% *} files"
+    rm -rf "$dir"
+}
 
 for run in $(seq 1 "$RUNS"); do
     declare -A BB_CONF_OF=() PGBR_CONF_OF=() BB_ID_OF=()
     for t in $(in_order "$run" bb pgbr); do
         if [ "$t" = bb ]; then backup bb file full "$run"; else backup pgbr posix full "$run"; fi
     done
+    [ "$PGBB" = 1 ] && pgbb_full "$run"
     for t in $(in_order "$run" bb pgbr); do
         if [ "$t" = bb ]; then backup bb file full2 "$run"; else backup pgbr posix full2 "$run"; fi
     done
@@ -290,7 +320,9 @@ done
 s3_stop
 
 # ---------------------------------------------------------------------------------------------------------------
-CASES="full-bb-file full-pgbr-posix full2-bb-file full2-pgbr-posix incr-bb-file incr-pgbr-posix rand-bb-file rand-pgbr-posix"
+CASES="full-bb-file full-pgbr-posix"
+[ "$PGBB" = 1 ] && CASES="$CASES full-pgbb-file"
+CASES="$CASES full2-bb-file full2-pgbr-posix incr-bb-file incr-pgbr-posix rand-bb-file rand-pgbr-posix"
 for p in $RESTORE_PARALLEL; do CASES="$CASES restore-bb-file-p$p"; done
 CASES="$CASES restore-pgbr-posix-p$PGBR_PROCESS_MAX"
 if [ "$S3" = 1 ]; then
@@ -303,9 +335,11 @@ name_of() {
     what=${c%%-*}
     case "$c" in
         *-bb-*) [ "$what" = restore ] && tool="pitr-restore" || tool="base-backup" ;;
+        *-pgbb-*) tool="pg_basebackup" ;;
         *) tool="pgbackrest" ;;
     esac
     case "$c" in
+        *-pgbb-*) where="-Ft" ;;
         *-file*) where="file://" ;;
         *-posix*) where="posix" ;;
         *) where="S3" ;;
@@ -321,6 +355,9 @@ name_of() {
     echo "base-backup: [backup] parallel $BB_PARALLEL, chunk_size_kib $CHUNK_KIB, zstd level $BB_LEVEL, --fast;" \
         "pgBackRest $(pgbackrest version | awk '{print $2}'): process-max $PGBR_PROCESS_MAX, zst level" \
         "${PGBR_COMPRESS_LEVEL:-default 3}, --start-fast; S3: $([ "$S3" = 1 ] && echo "$S3_SERVER on loopback" || echo skipped)"
+    [ "$PGBB" = 1 ] && echo "pg_basebackup $("$PG_BIN/pg_basebackup" --version | awk '{print $3}'): -Ft --compress=$PGBB_COMPRESS -X none -c fast" \
+        "(CPU s: the client's plus $([ -n "$CG" ] && echo "the source cluster's during the command (walsender, checkpoint)" \
+        || echo "nothing: no cpuacct cgroup, the server's walsender is not counted"))"
     echo "incremental change: update pgbench_accounts set abalance = abalance + 1 where aid <= $CHANGED" \
         "($CHANGE_PCT % of $ROWS rows, clustered), then CHECKPOINT; rand: then the first row of $RANDOM_PCT % of" \
         "pgbench_accounts' pages chosen at random, then CHECKPOINT; base-backup repository format $REPO_FORMAT"
@@ -358,6 +395,10 @@ name_of() {
             printf "  %-11s full %.1f MiB; full right after it %.2f%%; incr (clustered) %.2f%%; rand (random pages) %.2f%%\n",
                 tool, f / 1048576, 100 * f2 / f, 100 * i / f, 100 * r / f }'
     done
+    if [ "$PGBB" = 1 ]; then
+        awk -F'\t' '$1 == "full-pgbb-file" && $3 != "failed" {print $6}' "$RESULTS" | median \
+            | awk '{if ($1 != "nan") printf "  pg_basebackup full (-Ft, %s, no WAL): %.1f MiB\n", "'"$PGBB_COMPRESS"'", $1 / 1048576}'
+    fi
     echo "load average at the end: $(cut -d' ' -f1-3 /proc/loadavg)"
     echo "(median s: wall time of the command (full/incr include the CHECKPOINT and waiting for the stop segment in"
     echo " the tool's own archive); CPU s: user + sys of the command and its children (/usr/bin/time -v; pgBackRest's"
@@ -374,6 +415,9 @@ name_of() {
     for f in "$WORK"/out/*-bb-*.err; do
         [ -s "$f" ] || continue
         echo "--- $(basename "$f" .err): $(grep -E 'complete|restored backup|error|hint' "$f" | tail -2 | tr '\n' ' ')"
+    done
+    for f in "$WORK"/out/*-pgbb-*.err; do
+        [ -s "$f" ] && echo "--- $(basename "$f" .err) stderr: $(tail -3 "$f" | tr '\n' ' ')"
     done
     for f in "$WORK"/out/*-pgbr-*.err; do
         [ -s "$f" ] && echo "--- $(basename "$f" .err) stderr: $(tail -3 "$f" | tr '\n' ' ')"

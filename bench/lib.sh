@@ -309,6 +309,27 @@ print(n, b)
 EOF
 }
 
+# s3_stats: the request counts of bench/s3server (S3_SERVER=s3s) so far, as JSON on stdout (GET /_bench/stats;
+# shape in bench/s3server/src/stats.rs); s3_stats_diff BEFORE AFTER [BUCKET]: "op requests bytes_in bytes_out
+# errors" lines for what happened between two saved readings (of one bucket, or all), then a "total" line
+s3_stats() { curl -sSf "http://127.0.0.1:$S3_PORT/_bench/stats"; }
+s3_stats_diff() {
+    python3 - "$@" <<'EOF'
+import json, sys
+a, b = (json.load(open(f)) for f in sys.argv[1:3])
+if len(sys.argv) > 3:
+    a, b = (x["buckets"].get(sys.argv[3], {"ops": {}}) for x in (a, b))
+zero = {"requests": 0, "bytes_in": 0, "bytes_out": 0, "errors": 0}
+total = dict(zero)
+for op in sorted(b["ops"]):
+    d = {k: b["ops"][op][k] - a["ops"].get(op, zero)[k] for k in zero}
+    if d["requests"]:
+        print(op.replace(" ", "_"), d["requests"], d["bytes_in"], d["bytes_out"], d["errors"])
+        for k in zero: total[k] += d[k]
+print("total", total["requests"], total["bytes_in"], total["bytes_out"], total["errors"])
+EOF
+}
+
 STUNNEL_PID=
 # stunnel_start: TLS on $TLS_PORT -> plain HTTP on $S3_PORT (self-signed certificate)
 stunnel_start() {

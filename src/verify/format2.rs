@@ -6,7 +6,9 @@
 //! Invariants: memory is bounded by the reads in flight (`parallel` × 16 MiB) plus, while deltas are checked,
 //! [`DELTA_BUDGET`] bytes of decoded delta frames (deltas are checked in rounds that fit it; each round reads the
 //! base frames it needs again). A pack that is gone when read (gc compacted it meanwhile: its frames are in
-//! another pack by then) makes verify load the pack indexes again and retry those frames once.
+//! another pack by then) makes verify load the pack indexes again and retry those frames once. The CPU work
+//! (zstd decoding, blake3 of frames, pieces and blocks, rebuilding deltas) runs on blocking threads, one task per
+//! ranged read, so the async threads keep `parallel` reads in flight while earlier ones are checked.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
@@ -15,6 +17,7 @@ use futures_util::stream::{self, StreamExt};
 
 use super::read::PieceCheck;
 use crate::Error;
+use crate::archive::blocking;
 use crate::repository::backup::{BackupId, Manifest, ObjectId};
 use crate::repository::blockmap::{Node, Source, block_digest, node_key};
 use crate::repository::packs::{FrameLocation, pack_key};
@@ -76,6 +79,10 @@ struct Delta {
     digest: u64,
     what: String,
 }
+
+/// A check of one decoded frame, run on a blocking thread: the frame's id and raw content in; out, a value for the
+/// caller, or why the frame is damaged (one line).
+type FrameCheck<T> = Arc<dyn Fn(&ObjectId, Vec<u8>) -> Result<T, String> + Send + Sync>;
 
 /// Check the format-2 backups among `selected` (reads only); `manifests` are all of them (for who needs what).
 pub async fn check(
@@ -191,8 +198,10 @@ pub async fn check(
     // Pass 1: every frame, checked whole, by its pieces and by its whole blocks.
     let mut index = FrameIndex::load(storage.as_ref()).await?;
     let ids: Vec<ObjectId> = needs.keys().copied().collect();
-    let damaged = read_frames(storage, &mut index, ids, parallel, &mut out, |id, raw| {
-        let Some(n) = needs.get(id) else { return Ok(()) };
+    let needs = Arc::new(needs);
+    let shared = Arc::clone(&needs);
+    let check_whole: FrameCheck<()> = Arc::new(move |id, raw| {
+        let Some(n) = shared.get(id) else { return Ok(()) };
         for p in &n.pieces {
             let slice = usize::try_from(p.offset)
                 .ok()
@@ -224,8 +233,8 @@ pub async fn check(
             }
         }
         Ok(())
-    })
-    .await?;
+    });
+    let damaged = read_frames(storage, &mut index, ids, parallel, &mut out, check_whole, |_, ()| {}).await?;
     for (id, d) in damaged {
         let users = needs.get(&id).map(|n| n.users.clone()).unwrap_or_default();
         out.damage.push(Damage { users, ..d });
@@ -244,19 +253,24 @@ pub async fn check(
             frames.insert(deltas[end].delta);
             end += 1;
         }
-        let round = &deltas[start..end];
+        let mut by_base: HashMap<ObjectId, Vec<Delta>> = HashMap::new();
+        for d in &deltas[start..end] {
+            by_base.entry(d.base).or_default().push(d.clone());
+        }
         start = end;
         let mut held: HashMap<ObjectId, Vec<u8>> = HashMap::new();
         let mut sink = Checked::default();
-        read_frames(storage, &mut index, frames.into_iter().collect(), parallel, &mut sink, |id, raw| {
-            held.insert(*id, raw.to_vec());
-            Ok(())
+        let keep: FrameCheck<Vec<u8>> = Arc::new(|_, raw| Ok(raw));
+        read_frames(storage, &mut index, frames.into_iter().collect(), parallel, &mut sink, keep, |id, raw| {
+            held.insert(id, raw);
         })
         .await?;
-        let bases: BTreeSet<ObjectId> = round.iter().map(|d| d.base).collect();
-        let mut failures: Vec<(ObjectId, String)> = Vec::new();
-        read_frames(storage, &mut index, bases.into_iter().collect(), parallel, &mut sink, |id, base_raw| {
-            for d in round.iter().filter(|d| &d.base == id) {
+        let held = Arc::new(held);
+        let bases: Vec<ObjectId> = by_base.keys().copied().collect();
+        let by_base = Arc::new(by_base);
+        let rebuild: FrameCheck<Vec<(ObjectId, String)>> = Arc::new(move |id, base_raw| {
+            let mut failures = Vec::new();
+            for d in by_base.get(id).into_iter().flatten() {
                 let Some(delta_raw) = held.get(&d.delta) else { continue };
                 let (a, b) = (d.base_at as usize, d.delta_at as usize);
                 let (Some(x), Some(y)) =
@@ -273,9 +287,10 @@ pub async fn check(
                     ));
                 }
             }
-            Ok(())
-        })
-        .await?;
+            Ok(failures)
+        });
+        let mut failures: Vec<(ObjectId, String)> = Vec::new();
+        read_frames(storage, &mut index, bases, parallel, &mut sink, rebuild, |_, f| failures.extend(f)).await?;
         out.bytes_read += sink.bytes_read;
         for (delta, reason) in failures {
             let what = format!("frame {delta}");
@@ -294,16 +309,18 @@ fn packstore_frame_max() -> usize {
     crate::repository::packs::FRAME_RAW_MAX
 }
 
-/// Read `ids` by merged ranged reads, `parallel` at a time; decode and verify each and pass it to `check`.
-/// Returns the frames found damaged or missing (without users). A pack that is gone: the indexes are loaded again
-/// and its frames retried once.
-async fn read_frames(
+/// Read `ids` by merged ranged reads, `parallel` at a time; on a blocking thread per read, decode and verify each
+/// frame and pass it to `check`; hand what `check` returns to `take` (on the caller's task, in the order reads
+/// complete). Returns the frames found damaged or missing (without users). A pack that is gone: the indexes are
+/// loaded again and its frames retried once.
+async fn read_frames<T: Send + 'static>(
     storage: &DynStorage,
     index: &mut FrameIndex,
     ids: Vec<ObjectId>,
     parallel: usize,
     out: &mut Checked,
-    mut check: impl FnMut(&ObjectId, &[u8]) -> Result<(), String>,
+    check: FrameCheck<T>,
+    mut take: impl FnMut(ObjectId, T),
 ) -> Result<Vec<(ObjectId, Damage)>, Error> {
     let mut damaged = Vec::new();
     let mut todo = ids;
@@ -326,33 +343,57 @@ async fn read_frames(
         let reads: Vec<RangeRead<()>> = merge_reads(located, MERGE_GAP, MAX_READ);
         let mut fetched = stream::iter(reads.into_iter().map(|r| {
             let storage = storage.clone();
+            let check = Arc::clone(&check);
             async move {
-                let got = storage.get_range(&pack_key(&r.pack), r.start, r.end - r.start).await;
-                (r, got)
+                let key = pack_key(&r.pack);
+                let bytes = match storage.get_range(&key, r.start, r.end - r.start).await {
+                    Ok(b) => b,
+                    Err(e) => return Ok((r, Err(e))),
+                };
+                let len = bytes.len() as u64;
+                blocking(move || {
+                    let checked: Vec<(FrameLocation, Result<T, String>)> = r
+                        .frames
+                        .iter()
+                        .map(|(loc, ())| {
+                            let result = packstore::decode_frame(&key, r.slice(&bytes, loc), loc)
+                                .map_err(|e| e.to_string())
+                                .and_then(|raw| check(&loc.id, raw));
+                            (*loc, result)
+                        })
+                        .collect();
+                    Ok((r, Ok((len, checked))))
+                })
+                .await
             }
         }))
         .buffer_unordered(parallel.max(1));
         let mut gone: Vec<(ObjectId, ObjectId)> = Vec::new();
-        while let Some((read, got)) = fetched.next().await {
+        while let Some(done) = fetched.next().await {
+            let (read, got) = done?;
             let key = pack_key(&read.pack);
-            let bytes = match got {
-                Ok(b) => b,
+            let (len, checked) = match got {
+                Ok(c) => c,
                 Err(e) if e.is_not_found() => {
                     gone.extend(read.frames.iter().map(|(l, ())| (l.id, read.pack)));
                     continue;
                 }
                 Err(e) => return Err(e.into()),
             };
-            out.bytes_read += bytes.len() as u64;
-            for (loc, ()) in &read.frames {
+            out.bytes_read += len;
+            for (loc, result) in checked {
                 out.objects += 1;
-                let slice = read.slice(&bytes, loc);
-                let what = format!("{key}@{}", loc.offset);
-                let result = packstore::decode_frame(&key, slice, loc)
-                    .map_err(|e| e.to_string())
-                    .and_then(|raw| check(&loc.id, &raw));
-                if let Err(reason) = result {
-                    damaged.push((loc.id, Damage { kind: "corrupt", what, reason, users: BTreeSet::new() }));
+                match result {
+                    Ok(value) => take(loc.id, value),
+                    Err(reason) => damaged.push((
+                        loc.id,
+                        Damage {
+                            kind: "corrupt",
+                            what: format!("{key}@{}", loc.offset),
+                            reason,
+                            users: BTreeSet::new(),
+                        },
+                    )),
                 }
             }
         }
@@ -442,6 +483,34 @@ mod tests {
         let mut out = vec![0u8; len];
         blake3::Hasher::new().update(&[seed]).finalize_xof().fill(&mut out);
         out
+    }
+
+    /// Frames are decoded and checked on blocking threads, never on the task that keeps the reads in flight
+    /// (a current-thread runtime: its one thread is the async thread), and what the checks return reaches the
+    /// caller.
+    #[tokio::test]
+    async fn frames_are_checked_off_the_async_thread() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let s: DynStorage = Arc::new(FsStorage::new(dir.path()));
+        let ids = pack(s.as_ref(), &[noise(3, BS), noise(4, 2 * BS)]).await;
+        let mut index = FrameIndex::load(s.as_ref()).await.expect("index");
+        let here = std::thread::current().id();
+        let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let record = Arc::clone(&seen);
+        let check: FrameCheck<usize> = Arc::new(move |_, raw| {
+            record.lock().expect("lock").push(std::thread::current().id());
+            Ok(raw.len())
+        });
+        let mut sizes = Vec::new();
+        let mut out = Checked::default();
+        let damaged = read_frames(&s, &mut index, ids, 2, &mut out, check, |_, n| sizes.push(n)).await.expect("read");
+        assert!(damaged.is_empty(), "{damaged:?}");
+        sizes.sort_unstable();
+        assert_eq!(sizes, vec![BS, 2 * BS]);
+        assert_eq!(out.objects, 2);
+        let seen = seen.lock().expect("lock");
+        assert_eq!(seen.len(), 2);
+        assert!(seen.iter().all(|t| *t != here), "a frame was checked on the async thread");
     }
 
     /// Sound blocks and a sound delta pass; a whole block or a rebuilt delta whose digest differs from the node's

@@ -6,10 +6,15 @@
 //! The body is read from a second open of the file: an object replaced between the two opens would be served with
 //! the old object's headers (benchmarks and tests never replace an object while reading it).
 //!
-//! Every operation `s3s-fs` 0.14.1 implements is forwarded unchanged; the others answer `NotImplemented`, as they
-//! do in `s3s-fs` (for example `ListMultipartUploads`).
+//! Every operation `s3s-fs` 0.14.1 implements is forwarded unchanged. `ListMultipartUploads`, which `s3s-fs` does
+//! not implement (`backupctl gc` lists incomplete uploads to remove them), is answered from a table of the uploads
+//! created through this server and not yet completed or aborted, kept in memory (a restarted server forgets
+//! them: its uploads' parts are then never listed). The other operations `s3s-fs` lacks answer `NotImplemented`.
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
+use std::sync::Mutex;
+use std::time::SystemTime;
 
 use path_absolutize::Absolutize as _;
 use s3s::dto;
@@ -24,7 +29,12 @@ pub struct FastGet {
     inner: s3s_fs::FileSystem,
     /// The store's root, resolved the way `s3s-fs` resolves it (absolute, canonical).
     root: PathBuf,
+    /// Open multipart uploads: (bucket, key, upload id) and when each was created.
+    uploads: Mutex<BTreeMap<(String, String, String), SystemTime>>,
 }
+
+/// Most uploads one `ListMultipartUploads` answer lists (S3's own limit).
+const MAX_UPLOADS: usize = 1000;
 
 impl FastGet {
     /// Serve the directory `root`.
@@ -33,7 +43,12 @@ impl FastGet {
         let root = std::env::current_dir()
             .and_then(|d| d.join(root).canonicalize())
             .map_err(|e| format!("{}: {e}", root.display()))?;
-        Ok(Self { inner, root })
+        Ok(Self { inner, root, uploads: Mutex::default() })
+    }
+
+    fn uploads(&self) -> std::sync::MutexGuard<'_, BTreeMap<(String, String, String), SystemTime>> {
+        // Poisoned only if a request panicked while holding it; the table itself is whole.
+        self.uploads.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Where `s3s-fs` keeps `bucket/key`: joined under the root and normalised inside it (`..` cannot leave it).
@@ -135,7 +150,57 @@ impl S3 for FastGet {
         &self,
         req: S3Request<dto::CreateMultipartUploadInput>,
     ) -> S3Result<S3Response<dto::CreateMultipartUploadOutput>> {
-        S3::create_multipart_upload(&self.inner, req).await
+        let (bucket, key) = (req.input.bucket.clone(), req.input.key.clone());
+        let resp = S3::create_multipart_upload(&self.inner, req).await?;
+        if let Some(id) = &resp.output.upload_id {
+            self.uploads().insert((bucket, key, id.clone()), SystemTime::now());
+        }
+        Ok(resp)
+    }
+    async fn list_multipart_uploads(
+        &self,
+        req: S3Request<dto::ListMultipartUploadsInput>,
+    ) -> S3Result<S3Response<dto::ListMultipartUploadsOutput>> {
+        let input = req.input;
+        let prefix = input.prefix.clone().unwrap_or_default();
+        // After the markers: a later key, or the marker's key with a later upload id (when one is given).
+        let is_after = |k: &String, id: &String| match (&input.key_marker, &input.upload_id_marker) {
+            (None, _) => true,
+            (Some(km), None) => k > km,
+            (Some(km), Some(im)) => k > km || (k == km && id > im),
+        };
+        let max = input.max_uploads.map_or(MAX_UPLOADS, |m| usize::try_from(m).unwrap_or(0).min(MAX_UPLOADS));
+        let matching: Vec<(String, String, SystemTime)> = self
+            .uploads()
+            .iter()
+            .filter(|((b, k, id), _)| *b == input.bucket && k.starts_with(&prefix) && is_after(k, id))
+            .map(|((_, k, id), t)| (k.clone(), id.clone(), *t))
+            .collect();
+        let is_truncated = matching.len() > max;
+        let listed: Vec<dto::MultipartUpload> = matching
+            .into_iter()
+            .take(max)
+            .map(|(key, id, t)| dto::MultipartUpload {
+                key: Some(key),
+                upload_id: Some(id),
+                initiated: Some(t.into()),
+                ..Default::default()
+            })
+            .collect();
+        let last = listed.last().map(|u| (u.key.clone(), u.upload_id.clone()));
+        let output = dto::ListMultipartUploadsOutput {
+            bucket: Some(input.bucket),
+            prefix: input.prefix,
+            key_marker: input.key_marker,
+            upload_id_marker: input.upload_id_marker,
+            max_uploads: i32::try_from(max).ok(),
+            is_truncated: Some(is_truncated),
+            next_key_marker: if is_truncated { last.clone().and_then(|l| l.0) } else { None },
+            next_upload_id_marker: if is_truncated { last.and_then(|l| l.1) } else { None },
+            uploads: Some(listed),
+            ..Default::default()
+        };
+        Ok(S3Response::new(output))
     }
     async fn upload_part(&self, req: S3Request<dto::UploadPartInput>) -> S3Result<S3Response<dto::UploadPartOutput>> {
         S3::upload_part(&self.inner, req).await
@@ -153,13 +218,19 @@ impl S3 for FastGet {
         &self,
         req: S3Request<dto::CompleteMultipartUploadInput>,
     ) -> S3Result<S3Response<dto::CompleteMultipartUploadOutput>> {
-        S3::complete_multipart_upload(&self.inner, req).await
+        let id = (req.input.bucket.clone(), req.input.key.clone(), req.input.upload_id.clone());
+        let resp = S3::complete_multipart_upload(&self.inner, req).await?;
+        self.uploads().remove(&id);
+        Ok(resp)
     }
     async fn abort_multipart_upload(
         &self,
         req: S3Request<dto::AbortMultipartUploadInput>,
     ) -> S3Result<S3Response<dto::AbortMultipartUploadOutput>> {
-        S3::abort_multipart_upload(&self.inner, req).await
+        let id = (req.input.bucket.clone(), req.input.key.clone(), req.input.upload_id.clone());
+        let resp = S3::abort_multipart_upload(&self.inner, req).await?;
+        self.uploads().remove(&id);
+        Ok(resp)
     }
 }
 

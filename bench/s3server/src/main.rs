@@ -21,6 +21,10 @@
 //!
 //! `--plain` turns all four off and behaves like the `s3s-fs` 0.14.1 binary (for side-by-side measurements).
 //!
+//! In both modes the server counts requests by S3 operation and bucket, with the body bytes in and out
+//! (`stats`), and answers `GET /_bench/stats` with the counts as JSON (unsigned; `_` cannot begin a bucket name).
+//! A benchmark reads them before and after a step: `curl -s http://127.0.0.1:P/_bench/stats`.
+//!
 //! Usage: `bench-s3server --host 127.0.0.1 --port P --access-key K --secret-key S ROOT` (ROOT must exist; create
 //! `ROOT/BUCKET` or send `CreateBucket`).
 
@@ -31,6 +35,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 
 mod fast_get;
+mod stats;
 
 use clap::Parser;
 use hyper::body::Incoming;
@@ -46,7 +51,13 @@ const STRIPES: usize = 1024;
 
 /// Command line (the same flags as the `s3s-fs` binary, plus `--plain`).
 #[derive(Debug, Parser)]
-#[command(version, about = "s3s-fs with TCP_NODELAY and atomic create-only puts, for benchmarks")]
+#[command(
+    version,
+    about = "s3s-fs with TCP_NODELAY and atomic create-only puts, for benchmarks",
+    after_help = "Request accounting: `GET /_bench/stats` (unsigned) answers with the requests counted so far by \
+                  S3 operation and bucket, and the body bytes in and out, as JSON (counters only grow: take the \
+                  difference of two readings). Path-style requests only."
+)]
 struct Opt {
     /// Address to listen on.
     #[arg(long, default_value = "127.0.0.1")]
@@ -67,13 +78,14 @@ struct Opt {
     root: PathBuf,
 }
 
-/// The s3s service, with the per-object write locks.
+/// The s3s service, with the per-object write locks and the request counters.
 #[derive(Clone)]
 struct Serialised {
     inner: S3Service,
     /// `None` with `--plain`.
     stripes: Option<Arc<Vec<Mutex<()>>>>,
     hasher: std::collections::hash_map::RandomState,
+    stats: Arc<stats::Stats>,
 }
 
 impl Serialised {
@@ -98,11 +110,17 @@ impl Serialised {
 }
 
 impl hyper::service::Service<http::Request<Incoming>> for Serialised {
-    type Response = s3s::HttpResponse;
+    type Response = http::Response<stats::Counted<s3s::Body>>;
     type Error = s3s::HttpError;
     type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Self::Error>> + Send>>;
 
     fn call(&self, req: http::Request<Incoming>) -> Self::Future {
+        if req.method() == http::Method::GET && req.uri().path() == stats::STATS_PATH {
+            let mut resp = http::Response::new(stats::Counted::new(s3s::Body::from(self.stats.to_json()), None));
+            resp.headers_mut().insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("application/json"));
+            return Box::pin(async move { Ok(resp) });
+        }
+        let counters = self.stats.request(&req);
         let lock = self.stripes.clone().zip(self.stripe(&req));
         // A refused upload (412 on a create-only put) is answered before its body has been read; hyper then closes
         // the connection without saying so, and a client that reuses it from its pool fails its next request
@@ -128,7 +146,10 @@ impl hyper::service::Service<http::Request<Incoming>> for Serialised {
             {
                 resp.headers_mut().insert(http::header::CONNECTION, http::HeaderValue::from_static("close"));
             }
-            response
+            response.map(|resp| {
+                counters.status(resp.status());
+                resp.map(|body| stats::Counted::new(body, Some(counters)))
+            })
         })
     }
 }
@@ -170,6 +191,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         inner: builder.build(),
         stripes: (!opt.plain).then(|| Arc::new((0..STRIPES).map(|_| Mutex::new(())).collect())),
         hasher: Default::default(),
+        stats: Default::default(),
     };
     let listener = TcpListener::bind((opt.host.as_str(), opt.port))
         .await

@@ -379,7 +379,7 @@ walpush_conf() {
         echo "[repository]"
         echo "url = \"$url\""
         echo "compression_level = ${WALPUSH_LEVEL:-1}"
-        echo "format = ${REPO_FORMAT:-1}"
+        echo "format = ${REPO_FORMAT:-2}"
         if [[ $url == s3://* ]]; then
             echo "[repository.s3]"
             echo "region = \"us-east-1\""

@@ -157,6 +157,9 @@ impl Report {
     }
 }
 
+/// WAL files deleted per `delete_many` call (S3's DeleteObjects takes up to 1000 keys).
+const WAL_DELETE_BATCH: usize = 1000;
+
 /// Options of [`run`].
 #[derive(Debug, Clone, Copy)]
 pub struct Options {
@@ -185,9 +188,12 @@ pub async fn run(
         crate::retention::gc::delete_backup(storage, &b.id, now_odt, false).await?;
         tracing::info!(backup = %b.id, "deleted backup");
     }
-    for key in &plan.wal.keys {
-        storage.delete(key).await?;
-        tracing::debug!(key = %key, "deleted WAL file");
+    // In batches (one DeleteObjects request per 1000 keys on S3), the oldest batch first: every file here is older than
+    // anything a kept backup or the restorable window needs, so an interruption part-way leaves nothing needed
+    // missing, only some expired files for the next prune.
+    for batch in plan.wal.keys.chunks(WAL_DELETE_BATCH) {
+        storage.delete_many(batch, crate::retention::gc::DELETE_PARALLEL).await?;
+        tracing::debug!(first = %batch[0], files = batch.len(), "deleted WAL files");
     }
     if plan.wal.files > 0 {
         tracing::info!(files = plan.wal.files, bytes = plan.wal.bytes, "deleted WAL");

@@ -42,6 +42,9 @@ pub(super) fn classify(status: u16, code: Option<&str>) -> Class {
         (404, _) | (_, Some("NoSuchKey")) => Class::NotFound,
         (403, _) | (_, Some("AccessDenied")) => Class::PermissionDenied,
         (416, _) | (_, Some("InvalidRange")) => Class::InvalidRange,
+        // The service does not implement the request (an S3-compatible store lacking an operation): retrying
+        // cannot help (RFC 9110, 15.6.2 501 Not Implemented; 505 HTTP Version Not Supported).
+        (501 | 505, _) | (_, Some("NotImplemented")) => Class::Other,
         (409 | 429 | 500..=599, _) => Class::Transient,
         (_, Some(c)) if TRANSIENT_CODES.contains(&c) => Class::Transient,
         _ => Class::Other,

@@ -28,8 +28,10 @@ pub struct Sizes {
     pub logical: u64,
     /// Stored bytes of every object it references (shared ones included).
     pub stored: u64,
-    /// Stored bytes of the objects no other backup references: what deleting it (and gc) would free.
-    pub unique: u64,
+    /// Stored bytes of the objects no other backup references: what deleting it (and gc) would free. `None` for a
+    /// format-2 backup: its frames are shared block by block through block maps, and only gc's mark (every node of
+    /// every backup) can tell; `backupctl prune`/`delete` then `gc` report what was freed.
+    pub unique: Option<u64>,
     /// Distinct objects it references.
     pub objects: u64,
     /// Of those, objects the listing of `data/` does not hold.
@@ -286,13 +288,14 @@ pub fn sizes(manifests: &[Manifest], stored: &HashMap<ObjectId, u64>) -> Vec<Siz
         .iter()
         .zip(&per_backup)
         .map(|(m, objects)| {
-            let mut s = Sizes { logical: m.stats.bytes, objects: objects.len() as u64, ..Sizes::default() };
+            let mut s =
+                Sizes { logical: m.stats.bytes, objects: objects.len() as u64, unique: Some(0), ..Sizes::default() };
             for o in objects {
                 match stored.get(o) {
                     Some(&n) => {
                         s.stored += n;
                         if users.get(o) == Some(&1) {
-                            s.unique += n;
+                            s.unique = s.unique.map(|u| u + n);
                         }
                     }
                     None => s.objects_missing += 1,
@@ -314,7 +317,7 @@ fn sizes_format2(m: &Manifest, nodes: &HashMap<ObjectId, u64>) -> Sizes {
     Sizes {
         logical: m.stats.bytes,
         stored: m.stats.bytes_stored,
-        unique: 0,
+        unique: None,
         objects: named.len() as u64,
         objects_missing: own_nodes.iter().filter(|n| !nodes.contains_key(**n)).count() as u64,
     }
@@ -381,7 +384,7 @@ mod tests {
         };
         let stored: HashMap<ObjectId, u64> = [(a, 10), (b, 20)].into_iter().collect();
         let s = sizes(&[manifest(&[a, b], 100), manifest(&[b, c], 200)], &stored);
-        assert_eq!(s[0], Sizes { logical: 100, stored: 30, unique: 10, objects: 2, objects_missing: 0 });
-        assert_eq!(s[1], Sizes { logical: 200, stored: 20, unique: 0, objects: 2, objects_missing: 1 });
+        assert_eq!(s[0], Sizes { logical: 100, stored: 30, unique: Some(10), objects: 2, objects_missing: 0 });
+        assert_eq!(s[1], Sizes { logical: 200, stored: 20, unique: Some(0), objects: 2, objects_missing: 1 });
     }
 }

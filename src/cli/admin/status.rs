@@ -303,7 +303,7 @@ fn print_backups(backups: &[BackupStatus], newest: Option<crate::wal::SegmentNam
             m.stop_lsn.to_string(),
             human_bytes(b.sizes.logical),
             human_bytes(b.sizes.stored),
-            human_bytes(b.sizes.unique),
+            b.sizes.unique.map_or_else(|| "-".to_owned(), human_bytes),
             m.label
         ))?;
         let c = &b.coverage;

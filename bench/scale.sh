@@ -13,7 +13,7 @@
 #
 # Usage: bash bench/scale.sh     (as root)
 # Env:   CASES="large small"  LARGE_GIB=20  LARGE_SCALE=20  SMALL_TABLES=50000  S3=0  S3_SERVER=s3s|moto
-#        BB_PARALLEL=2  RESTORE_PARALLEL=2  TIMEOUT=900 (s per recovery check)  KEEP=1  WRAP (a profiler command)
+#        BINS=DIR (base-backup, pitr-restore, wal-fetch from DIR)  BB_PARALLEL=2  RESTORE_PARALLEL=2  TIMEOUT=900 (s per recovery check)  KEEP=1  WRAP (a profiler command)
 #        RESTORE_CASES="$CASES" (the cases whose incremental is restored; a restore writes the data directory's
 #        whole size unless pitr-restore leaves all-zero blocks as holes: mind the disk)
 set -euo pipefail
@@ -32,6 +32,15 @@ WRAP=${WRAP:-}   # e.g. "heaptrack -o /tmp/hp": a profiler in front of base-back
 RESTORE_CASES=${RESTORE_CASES:-$CASES}
 
 bench_start scale
+# BINS=DIR: time the base-backup / pitr-restore / wal-fetch in DIR instead of the worktree's (e.g. a build from
+# before a change); wal-push stays the worktree's
+if [ -n "${BINS:-}" ]; then
+    mkdir -p "$WORK/bin-alt"
+    cp "$BINS/base-backup" "$BINS/pitr-restore" "$BINS/wal-fetch" "$WORK/bin-alt/"
+    BASE_BACKUP=$WORK/bin-alt/base-backup
+    PITR_RESTORE=$WORK/bin-alt/pitr-restore
+    BIN_REV="binaries from $BINS"
+fi
 [ -x "$BASE_BACKUP" ] && [ -x "$PITR_RESTORE" ] || die "base-backup / pitr-restore were not built"
 RESULTS=$WORK/results.tsv
 : > "$RESULTS"
@@ -129,12 +138,18 @@ make_large() {
     log "large: growing $rel sparsely to $LARGE_GIB GiB (server stopped)"
     pg_stop "$src"
     # Segments 0 .. N-2 exactly 1 GiB (RELSEG_SIZE blocks), the last one 1 GiB less 8 KiB: all-zero pages are new
-    # pages to PostgreSQL (PageIsNew), which scans accept.
+    # pages to PostgreSQL (PageIsNew), which scans accept. So that no two block-map nodes (128 MiB each) are equal,
+    # as in a real table, every 128 MiB of every segment gets a copy of the table's first page (100 rows) at a
+    # position that depends on the segment.
     last=$((LARGE_GIB - 1))
+    local n
     for i in $(seq 0 "$last"); do
         seg=$rel
         [ "$i" -gt 0 ] && seg=$rel.$i
         if [ "$i" -lt "$last" ]; then truncate -s 1G "$seg"; else truncate -s $((1073741824 - 8192)) "$seg"; fi
+        for n in 0 1 2 3 4 5 6 7; do
+            dd if="$rel" of="$seg" bs=8192 count=1 seek=$((n * 16384 + i + 1)) conv=notrunc status=none
+        done
         chown postgres:postgres "$seg"
     done
     pg_start "$src"
@@ -239,6 +254,9 @@ for c in $CASES; do
         *) die "CASES: large and/or small" ;;
     esac
     sql "$PORT" "create table bench_tick(t timestamptz)" >/dev/null
+    # read everything once (hint bits) and checkpoint, so that the check after the tiny change dirties nothing
+    run_check "$c" "$PORT" >/dev/null
+    sql "$PORT" "checkpoint" >/dev/null
     files=$(find "$SRC/base" -type f | wc -l)
     apparent=$(du -sb --apparent-size "$SRC" | cut -f1)
     real=$(du -s --block-size=1 "$SRC" | cut -f1)

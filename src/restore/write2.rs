@@ -75,8 +75,7 @@ pub async fn write_files(
     progress: &dyn Progress,
 ) -> Result<WriteStats, Error> {
     let (piece_ops, mut stats) = plan(manifest, files, layout, delta).await?;
-    let first: Needs =
-        piece_ops.into_iter().map(|(id, ops)| (id, ops.into_iter().map(Op::Piece).collect())).collect();
+    let first: Needs = piece_ops.into_iter().map(|(id, ops)| (id, ops.into_iter().map(Op::Piece).collect())).collect();
 
     let block_size = u64::from(manifest.block_size.unwrap_or(8192));
     let mapped: Vec<&FileEntry> = files.iter().copied().filter(|f| !f.nodes.is_empty()).collect();
@@ -128,7 +127,8 @@ pub async fn write_files(
                 })
                 .sum::<u64>();
             let (p, size, name) = (targets[part.file].0.clone(), f.size, targets[part.file].1.clone());
-            let (a, b, is_changed) = blocking(move || plan_blocks(&p, &name, size, block_size, &f_nodes, delta)).await?;
+            let (a, b, is_changed) =
+                blocking(move || plan_blocks(&p, &name, size, block_size, &f_nodes, delta)).await?;
             for (id, ops) in a {
                 first.entry(id).or_default().extend(ops);
             }

@@ -395,7 +395,7 @@ fn repo(b: &mut Builder, r: &Repository, now: jiff::Timestamp, ages: bool) {
     );
     b.gauge_u(
         "backupctl_repository_size",
-        "Stored bytes in the repository: WAL (wal/) and backup data (data/)",
+        "Stored bytes in the repository: WAL (wal/) and backup data (data/ in format 1; packs/, maps/ and index/ in format 2)",
         Some(Unit::Bytes),
         vec![
             (vec![("kind", "wal".to_owned())], figures.wal_bytes),

@@ -61,7 +61,7 @@ pub struct RepositoryFigures {
     pub window_end: Option<jiff::Timestamp>,
     /// Stored bytes under `wal/`.
     pub wal_bytes: u64,
-    /// Stored bytes under `data/`.
+    /// Stored bytes of backup data: `data/` (format 1), `packs/`, `maps/` and `index/` (format 2).
     pub data_bytes: u64,
     /// When the newest archived segment was written to the repository.
     pub wal_last_archived: Option<jiff::Timestamp>,
@@ -112,7 +112,7 @@ pub async fn read_repository(
         window_start: s.window.as_ref().and_then(|w| ts(&w.earliest)),
         window_end: s.window.as_ref().and_then(|w| w.latest.as_deref()).and_then(ts),
         wal_bytes: s.index.objects().map(|o| o.size).sum(),
-        data_bytes: s.data_bytes_stored,
+        data_bytes: s.repository_bytes.backup_data(),
         wal_last_archived,
         wal_gaps: wal_gaps as u64,
         read_seconds: started.elapsed().as_secs_f64(),

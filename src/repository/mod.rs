@@ -37,7 +37,7 @@ use crate::wal::WalFileName;
 pub const FORMAT_VERSION: u32 = 2;
 
 /// The format of a repository created when `[repository] format` is not set.
-pub const NEW_REPOSITORY_FORMAT: u32 = 1;
+pub const NEW_REPOSITORY_FORMAT: u32 = 2;
 
 /// Key of the repository descriptor.
 pub fn descriptor_key() -> Key {

@@ -55,7 +55,7 @@ impl FrameIndex {
         let mut frames: Vec<(ObjectId, FrameLocation)> =
             entries.into_iter().flat_map(|e| e.frames.iter().map(|f| (e.pack, *f))).collect();
         // stable: among equal ids the first added stays first, and dedup keeps it
-        frames.sort_by(|a, b| a.1.id.cmp(&b.1.id));
+        frames.sort_by_key(|a| a.1.id);
         frames.dedup_by(|later, first| later.1.id == first.1.id);
         frames.shrink_to_fit();
         Self { frames }

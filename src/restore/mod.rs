@@ -128,10 +128,14 @@ pub async fn run(
         stats.removed = crate::archive::blocking(move || write::remove_extraneous(&m, &l)).await?;
     }
     let (control, rest): (Vec<_>, Vec<_>) = manifest.files.iter().partition(|f| f.path == "global/pg_control");
+    let phase = Instant::now();
     let s = write::write_files(storage.clone(), &manifest, &rest, &layout, request.delta, request.parallel, progress)
         .await?;
+    tracing::debug!(seconds = phase.elapsed().as_secs_f64(), bytes = s.bytes_written, "files written");
     write::link_tablespaces(&layout)?;
+    let phase = Instant::now();
     write::sync_files(&manifest, &rest, &layout, request.parallel).await?;
+    tracing::debug!(seconds = phase.elapsed().as_secs_f64(), "files flushed to disk");
 
     // The files that make the directory startable come last.
     write::write_small(&layout, "backup_label", manifest.backup_label.as_bytes())?;

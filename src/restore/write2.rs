@@ -18,7 +18,7 @@ use std::sync::Arc;
 use futures_util::stream::{self, StreamExt, TryStreamExt};
 
 use super::batches::{NODES_PER_BATCH, plan_batches};
-use super::write::{Layout, WriteOp, WriteStats, apply_ranges, plan};
+use super::write::{Layout, WriteOp, WriteStats, apply_ranges, plan, start_writeback};
 use crate::Error;
 use crate::archive::blocking;
 use crate::progress::{NoProgress, Progress};
@@ -27,6 +27,7 @@ use crate::repository::blockmap::{Node, Source, block_digest};
 use crate::repository::packs::{FrameLocation, pack_key};
 use crate::repository::packstore::{self, FrameIndex};
 use crate::repository::path::Escaped;
+use crate::repository::store::Error as StoreError;
 use crate::storage::DynStorage;
 
 /// Frames closer than this (bytes) in one pack are read with one request.
@@ -86,7 +87,9 @@ pub async fn write_files(
     let index = Arc::new(FrameIndex::load(storage.as_ref()).await?);
     let mut total = pieces_total;
     stats.objects = first.len() as u64;
-    fetch_and_apply(&storage, &index, first, parallel, progress).await?;
+    // Without --delta every file was just created empty at its size: an all-zero block need not be written.
+    let mode = Mode { holes: !delta, block_size };
+    fetch_and_apply(&storage, &index, first, parallel, mode, progress).await?;
 
     // Block-mapped files, a bounded number of nodes at a time (memory does not grow with the cluster).
     let targets: Vec<(Arc<PathBuf>, Arc<str>)> = mapped
@@ -142,8 +145,8 @@ pub async fn write_files(
         progress.advance(covered.saturating_sub(planned));
         total += planned + second.values().flatten().map(Op::length).sum::<u64>();
         stats.objects += (first.len() + second.len()) as u64;
-        fetch_and_apply(&storage, &index, first, parallel, progress).await?;
-        fetch_and_apply(&storage, &index, second, parallel, &NoProgress).await?;
+        fetch_and_apply(&storage, &index, first, parallel, mode, progress).await?;
+        fetch_and_apply(&storage, &index, second, parallel, mode, &NoProgress).await?;
     }
     if delta {
         let unchanged = changed.iter().filter(|c| !**c).count() as u64;
@@ -254,12 +257,23 @@ struct Read {
     frames: Vec<(FrameLocation, Vec<Op>)>,
 }
 
+/// How whole blocks are written.
+#[derive(Debug, Clone, Copy)]
+struct Mode {
+    /// The files were created empty at their size (no `--delta`): all-zero blocks are left as holes, which read
+    /// back as zeros (a sparse relation, or a table's unused tail, costs neither writes nor disk).
+    holes: bool,
+    /// Bytes per block.
+    block_size: u64,
+}
+
 /// Fetch every frame of `needs` in merged ranged reads, `parallel` at a time, and apply its writes.
 async fn fetch_and_apply(
     storage: &DynStorage,
     index: &Arc<FrameIndex>,
     needs: Needs,
     parallel: usize,
+    mode: Mode,
     progress: &dyn Progress,
 ) -> Result<(), Error> {
     let mut by_pack: BTreeMap<ObjectId, Vec<(FrameLocation, Vec<Op>)>> = BTreeMap::new();
@@ -309,8 +323,15 @@ async fn fetch_and_apply(
                 for (loc, ops) in &r.frames {
                     let at = (loc.offset - r.start) as usize;
                     let slice = bytes.get(at..at + loc.stored_length as usize).unwrap_or_default();
-                    let raw = packstore::decode_frame(&key, slice, loc)?;
-                    written += apply(&format!("frame {} of {key}", loc.id), &raw, ops)?;
+                    let raw = packstore::decode_frame(&key, slice, loc).map_err(|e| match e {
+                        // Name a file the damaged frame belongs to, as format 1 does for a damaged object.
+                        StoreError::Corrupt { key, source } => Error::Corrupt {
+                            what: format!("{key} (part of {})", ops.first().map_or_else(|| "?".into(), op_path)),
+                            source,
+                        },
+                        e => e.into(),
+                    })?;
+                    written += apply(&format!("frame {} of {key}", loc.id), &raw, ops, mode)?;
                 }
                 Ok(written)
             })
@@ -350,8 +371,8 @@ fn op_path(op: &Op) -> String {
     }
 }
 
-/// Apply one verified frame's writes.
-fn apply(what: &str, raw: &[u8], ops: &[Op]) -> Result<u64, Error> {
+/// Apply one verified frame's writes; returns the bytes they cover (holes included).
+fn apply(what: &str, raw: &[u8], ops: &[Op], mode: Mode) -> Result<u64, Error> {
     let pieces: Vec<WriteOp> =
         ops.iter().filter_map(|o| if let Op::Piece(w) = o { Some(w.clone()) } else { None }).collect();
     let mut written = apply_ranges(what, raw, &pieces)?;
@@ -368,7 +389,11 @@ fn apply(what: &str, raw: &[u8], ops: &[Op]) -> Result<u64, Error> {
             Op::Blocks { path, file_offset, frame_offset, length } => {
                 let end = frame_offset + length;
                 let slice = raw.get(*frame_offset as usize..end as usize).ok_or_else(|| short(path, end))?;
-                open_in(&mut opened, path)?.write_all_at(slice, *file_offset).map_err(|e| werr(path, e))?;
+                let file = open_in(&mut opened, path)?;
+                for (at, run) in runs(slice, mode) {
+                    file.write_all_at(run, file_offset + at).map_err(|e| werr(path, e))?;
+                    start_writeback(file, file_offset + at, run.len() as u64);
+                }
                 written += length;
             }
             Op::Xor { path, rel, file_offset, frame_offset, length, block, digest } => {
@@ -389,4 +414,59 @@ fn apply(what: &str, raw: &[u8], ops: &[Op]) -> Result<u64, Error> {
         }
     }
     Ok(written)
+}
+
+/// The parts of `slice` to write, with their offsets in it: all of it, or with [`Mode::holes`] its runs of blocks
+/// that are not all zero.
+fn runs(slice: &[u8], mode: Mode) -> Vec<(u64, &[u8])> {
+    if !mode.holes {
+        return vec![(0, slice)];
+    }
+    let mut out: Vec<(u64, &[u8])> = Vec::new();
+    let mut start: Option<usize> = None;
+    let block = (mode.block_size as usize).max(1);
+    for (i, chunk) in slice.chunks(block).enumerate() {
+        let at = i * block;
+        match (is_zero(chunk), start) {
+            (false, None) => start = Some(at),
+            (true, Some(s)) => {
+                out.push((s as u64, &slice[s..at]));
+                start = None;
+            }
+            _ => {}
+        }
+    }
+    if let Some(s) = start {
+        out.push((s as u64, &slice[s..]));
+    }
+    out
+}
+
+/// Whether every byte of `bytes` is zero (64 bytes at a time, which the compiler vectorises).
+fn is_zero(bytes: &[u8]) -> bool {
+    let mut chunks = bytes.chunks_exact(64);
+    chunks.all(|c| c.iter().fold(0u8, |a, b| a | b) == 0) && chunks.remainder().iter().all(|b| *b == 0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn runs_leave_out_only_all_zero_blocks() {
+        let mode = Mode { holes: true, block_size: 4 };
+        let data = [0, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 2, 0, 0, 0, 0, 0, 0, 0, 0, 3, 3];
+        let got: Vec<(u64, Vec<u8>)> = runs(&data, mode).into_iter().map(|(a, r)| (a, r.to_vec())).collect();
+        assert_eq!(got, vec![(4, vec![1, 0, 0, 0, 0, 0, 0, 2]), (20, vec![3, 3])]);
+        assert!(runs(&[0u8; 12], mode).is_empty());
+        let all = runs(&data, Mode { holes: false, block_size: 4 });
+        assert_eq!(all, vec![(0, &data[..])]);
+        assert!(is_zero(&[0u8; 130]));
+        let mut late = [0u8; 130];
+        late[129] = 9;
+        assert!(!is_zero(&late));
+        late[129] = 0;
+        late[3] = 1;
+        assert!(!is_zero(&late));
+    }
 }

@@ -142,6 +142,14 @@ pub struct RepositoryBytes {
     pub backups: u64,
 }
 
+impl RepositoryBytes {
+    /// Stored bytes of backup data in either format: `data/` + `packs/` + `maps/` + `index/` (manifests and WAL
+    /// excluded).
+    pub fn backup_data(&self) -> u64 {
+        self.data + self.packs + self.maps + self.index
+    }
+}
+
 impl Status {
     /// True if no timeline has a gap other than an expired one (pruned on purpose).
     pub fn is_wal_complete(&self) -> bool {

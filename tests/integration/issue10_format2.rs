@@ -9,10 +9,15 @@ use serde_json::Value;
 use crate::pitr::{Source, backends};
 use crate::support::cluster::{Cluster, PgDir, as_postgres, assert_ok, bin, chown_postgres, require_pg};
 
-/// Create a format-2 repository at `url` with `backupctl init` (`[repository] format = 2`): the cluster's own
-/// configuration does not say it, and the repository's descriptor wins from then on.
-/// Done before the cluster archives anything (wal-push would create a format-1 repository).
+/// Create a format-2 repository at `url` with `backupctl init` (`[repository] format = 2`): the repository's
+/// descriptor wins from then on. Done before the cluster archives anything.
 pub fn init_format2(label: &str, url: &str, extra: &str) {
+    init_format(label, url, extra, 2);
+}
+
+/// Create a repository of `format` at `url` with `backupctl init` (`[repository] format = N`), so that the first
+/// wal-push of a cluster whose configuration does not say it finds it made.
+pub fn init_format(label: &str, url: &str, extra: &str, format: u32) {
     let holder = PgDir::new(&format!("{label}-init"));
     let dir = holder.path().to_path_buf();
     std::fs::create_dir_all(dir.join("spool")).expect("spool");
@@ -20,7 +25,7 @@ pub fn init_format2(label: &str, url: &str, extra: &str) {
     std::fs::write(
         &config,
         format!(
-            "[repository]\nurl = \"{url}\"\nformat = 2\n\n[spool]\npath = \"{}\"\n\n{extra}\n",
+            "[repository]\nurl = \"{url}\"\nformat = {format}\n\n[spool]\npath = \"{}\"\n\n{extra}\n",
             dir.join("spool").display()
         ),
     )
@@ -28,9 +33,9 @@ pub fn init_format2(label: &str, url: &str, extra: &str) {
     chown_postgres(&dir);
     let out = as_postgres(&bin("backupctl")).arg("--config").arg(&config).args(["init", "--json-output"]).output();
     let out = out.expect("backupctl init");
-    assert_ok("backupctl init (format 2)", &out);
+    assert_ok(&format!("backupctl init (format {format})"), &out);
     let v: Value = serde_json::from_slice(&out.stdout).expect("init JSON");
-    assert_eq!(v["format"], 2, "{v}");
+    assert_eq!(v["format"], format, "{v}");
 }
 
 fn pgbench(c: &Cluster, args: &[&str]) {
@@ -142,9 +147,7 @@ fn data_bytes(src: &Source) -> u64 {
 /// Honest accounting: each backup's `bytes_new` is exactly what the repository's data grew by; a full right after
 /// a full reports its rewritten chunks as rewritten (format 1) or writes nothing new (format 2).
 fn accounting(url: &str, extra: &str, label: &str, format: u32) {
-    if format == 2 {
-        init_format2(label, url, extra);
-    }
+    init_format(label, url, extra, format);
     let src = Source::start(label, url, extra);
     let c = &src.cluster;
     pgbench(c, &["-i", "-s", "2", "-q"]);
@@ -182,4 +185,48 @@ fn issue_10_backup_accounting_matches_repository_growth() {
             accounting(url, extra, &format!("i10-acct{format}-{kind}"), format);
         }
     }
+}
+
+/// Without --delta, a restore leaves a relation's all-zero blocks as holes (neither written nor allocated) and the
+/// file reads back exactly as backed up; the restored cluster starts and has the same rows.
+#[test]
+fn issue_10_restore_leaves_zero_blocks_as_holes() {
+    if require_pg().is_none() {
+        return;
+    }
+    use std::os::unix::fs::MetadataExt;
+    let repo = crate::pitr::FileRepo::new("i10-holes");
+    let mut src = Source::start("i10-holes", &repo.url(), "");
+    let c = &mut src.cluster;
+    c.sql("create table t as select g, md5(g::text) m from generate_series(1, 20000) g");
+    c.sql("checkpoint");
+    let rel = c.sql("select pg_relation_filepath('t')");
+    let path = c.data.join(&rel);
+    c.stop();
+    // 16 MiB of new (all-zero) pages at the end of the table, then a block of data after them: PostgreSQL takes
+    // all-zero pages as new, and a sparse file costs nothing to make.
+    let f = std::fs::OpenOptions::new().write(true).open(&path).expect("relation");
+    let len = f.metadata().expect("stat").len();
+    f.set_len(len + (16 << 20)).expect("extend");
+    drop(f);
+    c.start();
+    let before = std::fs::read(&path).expect("read relation");
+    c.sql("checkpoint");
+    let b = src.backup_json("full");
+    let c = &src.cluster;
+    let id = b["id"].as_str().expect("id");
+    let lsn = b["stop_lsn"].as_str().expect("stop lsn");
+    let copy = src.restore_and_start("copy", &["--backup-id", id, "--to-lsn", lsn, "--archive-mode", "off"]);
+    assert_eq!(copy.sql("select count(*), sum(g) from t"), c.sql("select count(*), sum(g) from t"));
+    let restored = copy.data.join(&rel);
+    let meta = std::fs::metadata(&restored).expect("restored relation");
+    let after = std::fs::read(&restored).expect("read restored relation");
+    assert_eq!(after.len(), before.len(), "the restored relation has the backed-up length");
+    assert!(after == before, "the restored relation has the backed-up bytes");
+    let allocated = meta.blocks() * 512;
+    assert!(
+        allocated + (15 << 20) < meta.len(),
+        "the 16 MiB of zero pages were left as holes: {allocated} bytes allocated for {} bytes",
+        meta.len()
+    );
 }

@@ -66,7 +66,7 @@ fn issue_7_init_reports_once_and_takes_json_output() {
         assert_eq!(out.status.code(), Some(0), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
         let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("one JSON object");
         assert_eq!(v["created"], false, "{v}");
-        assert_eq!(v["format"], 1, "{v}");
+        assert_eq!(v["format"], 2, "a new repository is format 2: {v}");
     }
     let out = as_postgres(&bin("backupctl")).arg("--config").arg(&cfg).args(["--json-output", "status"]).output();
     let out = out.expect("status");

@@ -256,6 +256,8 @@ fn issue_8_gc_loop_during_backup_s3() {
 /// kill -9 of gc while it sweeps: every remaining backup restores, and a rerun (which finds the dead gc's lease
 /// stale at once, on this host) finishes the job.
 fn kill_gc(url: &str, extra: &str, label: &str) {
+    // Counts format 1's data/ objects (format 2: issue10_gc::issue_10_gc_compacts_and_survives_kill_*).
+    crate::issue10_format2::init_format(label, url, extra, 1);
     let src = Source::start(label, url, &format!("{extra}\n{NO_GRACE}"));
     let c = &src.cluster;
     c.sql("create table t (batch int, id int, pad text)");
@@ -338,6 +340,8 @@ fn issue_8_gc_removes_temp_file_of_killed_backup() {
         return;
     }
     let repo = FileRepo::new("i8-tmp");
+    // Looks for format 1's data/ temp files.
+    crate::issue10_format2::init_format("i8-tmp", &repo.url(), "", 1);
     let src = Source::start("i8-tmp", &repo.url(), NO_GRACE);
     src.cluster
         .sql("create table filler as select g id, repeat(md5(g::text), 20) pad from generate_series(1, 60000) g");
@@ -401,6 +405,8 @@ fn issue_8_backup_fails_when_an_object_it_references_vanishes() {
         return;
     }
     let repo = FileRepo::new("i8-vanish");
+    // Format 1: many chunk objects appear while the backup runs (format 2 writes few, large packs).
+    crate::issue10_format2::init_format("i8-vanish", &repo.url(), "", 1);
     let src = Source::start("i8-vanish", &repo.url(), NO_GRACE);
     src.cluster
         .sql("create table filler as select g id, repeat(md5(g::text), 20) pad from generate_series(1, 60000) g");

@@ -73,6 +73,8 @@ fn batch(src: &Source, n: u32) {
 /// segment removed from the middle breaks the backup whose start..stop needs it, cuts the earlier one short, and
 /// leaves the later one alone, in verify and in status. Returns the source (still running) and the backup ids.
 fn scenario(label: &str, url: &str, extra: &str, s3: &backupctl::config::S3Config) -> (Source, Vec<String>) {
+    // Damages format 1's data/ objects (format 2: issue10_gc::issue_10_verify_format2_*).
+    crate::issue10_format2::init_format(label, url, extra, 1);
     let src = Source::start_with(label, url, &format!("{extra}\n{ARCHIVE}"), BACKUP);
     let c = &src.cluster;
     c.sql("create table t (batch int, id int, pad text)");

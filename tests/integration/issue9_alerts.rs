@@ -508,9 +508,14 @@ fn hide_one_object(backend: &str, file: &FileRepo, url: &str) -> Box<dyn FnOnce(
     let rt = runtime();
     let client = server.client();
     let (key, bytes) = rt.block_on(async {
-        let list =
-            client.list_objects_v2().bucket(&bucket).prefix(format!("{prefix}/data/")).send().await.expect("list");
-        let key = list.contents().iter().filter_map(|o| o.key()).next().expect("a data object").to_owned();
+        // A format-1 chunk (data/) or a format-2 pack (packs/), whichever the repository holds.
+        let mut key = None;
+        for sub in ["data/", "packs/"] {
+            let list =
+                client.list_objects_v2().bucket(&bucket).prefix(format!("{prefix}/{sub}")).send().await.expect("list");
+            key = key.or_else(|| list.contents().iter().filter_map(|o| o.key()).next().map(str::to_owned));
+        }
+        let key = key.expect("a data object");
         let body = client.get_object().bucket(&bucket).key(&key).send().await.expect("get").body;
         let bytes = body.collect().await.expect("body").into_bytes();
         client.delete_object().bucket(&bucket).key(&key).send().await.expect("delete");

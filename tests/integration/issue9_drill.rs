@@ -119,6 +119,9 @@ fn scenario(label: &str, url: &str, extra: &str, s3: &backupctl::config::S3Confi
         "{extra}\n[drill]\nwork_dir = \"{}\"\nsql = \"select count(*) from drill_check\"\ntimeout = \"5m\"\n",
         work.display()
     );
+    // Overwrites a format-1 data object named by the manifest (format 2's corrupt pack: issue9_schedule's
+    // issue_9_drill_of_a_corrupted_repository_alerts).
+    crate::issue10_format2::init_format(label, url, extra, 1);
     let src = Source::start(label, url, &drill_conf);
     let c = &src.cluster;
     c.sql(&format!("create table drill_check as select g id, md5(g::text) pad from generate_series(1, {IN_BACKUP}) g"));

@@ -334,8 +334,11 @@ fn failing_scenario(label: &str, url: &str, extra: &str, break_it: &dyn Fn(&Sour
         s["failing_since"].is_null().then_some(s)
     });
     assert!(state["last_success"]["name"].as_str().is_some_and(|n| n >= stuck.as_str()), "{state:#}");
-    let file = std::fs::read_to_string(textfiles.join("backupctl_archive.prom")).expect("textfile");
-    assert_eq!(value(&samples(&file), "backupctl_archive_failing", &file), 0.0, "{file}");
+    // wal-push rewrites the textfile just after archive.json: wait for it rather than race it.
+    wait_for("the textfile to say archiving recovered", Duration::from_secs(30), || {
+        let file = std::fs::read_to_string(textfiles.join("backupctl_archive.prom")).expect("textfile");
+        (value(&samples(&file), "backupctl_archive_failing", &file) == 0.0).then_some(())
+    });
 }
 
 #[test]

@@ -490,6 +490,8 @@ fn issue_9_verify_ignores_what_a_concurrent_prune_deleted() {
         return;
     }
     let file = FileRepo::new("i9-verify-race");
+    // Deletes format 1's data/ objects under verify's feet.
+    crate::issue10_format2::init_format("i9-verify-race", &file.url(), "", 1);
     let src = Source::start("i9-verify-race", &file.url(), "");
     src.cluster.sql("create table t as select g id, md5(g::text) pad from generate_series(1, 100000) g");
     let b1 = src.backup_json("full")["id"].as_str().expect("id").to_owned();

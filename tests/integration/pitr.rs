@@ -226,11 +226,13 @@ impl FileRepo {
         format!("file://{}", self.dir.path().display())
     }
 
-    /// Every data object file, largest first.
+    /// Every data object file, largest first: format 1's chunks and packs of small files (`data/`), format 2's
+    /// packs (`packs/`).
     pub fn objects(&self) -> Vec<PathBuf> {
         let mut out: Vec<(u64, PathBuf)> = Vec::new();
-        let data = self.dir.path().join("data");
-        for sub in std::fs::read_dir(&data).into_iter().flatten().flatten() {
+        let (data, packs) = (self.dir.path().join("data"), self.dir.path().join("packs"));
+        let subs = std::fs::read_dir(&data).into_iter().chain(std::fs::read_dir(&packs)).flatten().flatten();
+        for sub in subs {
             for f in std::fs::read_dir(sub.path()).into_iter().flatten().flatten() {
                 let len = f.metadata().map(|m| m.len()).unwrap_or(0);
                 if !f.file_name().to_string_lossy().starts_with('.') {

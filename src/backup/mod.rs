@@ -306,8 +306,7 @@ async fn copy_format2(
 ) -> Result<Format2Copy, Error> {
     use crate::repository::packstore::{self, FrameIndex};
     let index = Arc::new(FrameIndex::load(storage.as_ref()).await?);
-    let known = index.ids().copied().collect();
-    let packer = Arc::new(packer::Packer::new(storage.clone(), level, PACK_SIZE, settings.parallel, known));
+    let packer = Arc::new(packer::Packer::new(storage.clone(), level, PACK_SIZE, settings.parallel, index.clone()));
     let ctx =
         blocks::BlockContext::new(storage.clone(), packer.clone(), index, pages.clone(), block_size, is_full, level);
     let copied = format2::copy_files(files, &ctx, previous, settings, progress).await?;

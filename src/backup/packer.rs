@@ -21,6 +21,7 @@ use crate::archive::blocking;
 use crate::codec;
 use crate::repository::backup::ObjectId;
 use crate::repository::packs::{PackBuilder, PackEntry, pack_key};
+use crate::repository::packstore::FrameIndex;
 use crate::storage::{self, DynStorage, PutMode};
 
 /// What the packer wrote and reused.
@@ -40,7 +41,8 @@ pub struct PackerStats {
 
 struct State {
     current: PackBuilder,
-    known: HashSet<ObjectId>,
+    /// Frames this backup packed (the repository's are in `Packer::index`).
+    added: HashSet<ObjectId>,
     written: Vec<PackEntry>,
     uploads: JoinSet<Result<(), Error>>,
 }
@@ -51,6 +53,7 @@ pub struct Packer {
     level: i32,
     pack_size: usize,
     slots: Arc<Semaphore>,
+    index: Arc<FrameIndex>,
     state: Mutex<State>,
     /// Counters.
     pub stats: Arc<PackerStats>,
@@ -64,16 +67,18 @@ impl std::fmt::Debug for Packer {
 
 impl Packer {
     /// A packer writing packs of about `pack_size` stored bytes at zstd `level`, `parallel` puts at a time;
-    /// `known` are the frames the repository holds (from its pack indexes).
-    pub fn new(storage: DynStorage, level: i32, pack_size: usize, parallel: usize, known: HashSet<ObjectId>) -> Self {
+    /// `index` holds the frames the repository has (its pack indexes; shared, not copied: it is the largest
+    /// structure of a backup of a large cluster).
+    pub fn new(storage: DynStorage, level: i32, pack_size: usize, parallel: usize, index: Arc<FrameIndex>) -> Self {
         Self {
             storage,
             level,
             pack_size,
             slots: Arc::new(Semaphore::new(parallel.max(1))),
+            index,
             state: Mutex::new(State {
                 current: PackBuilder::default(),
-                known,
+                added: HashSet::new(),
                 written: Vec::new(),
                 uploads: JoinSet::new(),
             }),
@@ -87,7 +92,7 @@ impl Packer {
 
     /// True if frame `id` is in the repository or already packed by this backup.
     pub fn is_known(&self, id: &ObjectId) -> bool {
-        self.state().is_ok_and(|s| s.known.contains(id))
+        self.index.contains(id) || self.state().is_ok_and(|s| s.added.contains(id))
     }
 
     /// Count `bytes` raw bytes served by a frame that was already stored.
@@ -100,7 +105,7 @@ impl Packer {
     pub async fn add_frame(&self, raw: Vec<u8>) -> Result<ObjectId, Error> {
         let len = raw.len() as u64;
         let (id, raw) = blocking(move || Ok((ObjectId::of(&raw), raw))).await?;
-        let is_new = self.state()?.known.insert(id);
+        let is_new = !self.index.contains(&id) && self.state()?.added.insert(id);
         if !is_new {
             self.note_reused(len);
             return Ok(id);

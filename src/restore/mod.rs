@@ -8,6 +8,7 @@
 //!   after a sync of everything else.
 
 pub mod auto_conf;
+pub mod batches;
 pub mod pages;
 pub mod target;
 pub mod wal_check;

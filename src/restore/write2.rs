@@ -8,6 +8,8 @@
 //! - Frames are fetched by pack and offset, neighbours less than [`MERGE_GAP`] apart merged into one ranged read
 //!   of at most [`MAX_READ`] bytes; `parallel` reads are decoded and written while as many more download, so
 //!   memory is about `2 × parallel × MAX_READ`.
+//! - Block-mapped files are planned and written a batch of at most
+//!   [`NODES_PER_BATCH`](super::batches::NODES_PER_BATCH) nodes at a time: memory does not grow with the cluster.
 
 use std::collections::{BTreeMap, HashMap};
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
@@ -16,10 +18,11 @@ use std::sync::Arc;
 
 use futures_util::stream::{self, StreamExt, TryStreamExt};
 
+use super::batches::{NODES_PER_BATCH, plan_batches};
 use super::write::{Layout, WriteOp, WriteStats, apply_ranges, plan, start_writeback};
 use crate::Error;
 use crate::archive::blocking;
-use crate::progress::Progress;
+use crate::progress::{NoProgress, Progress};
 use crate::repository::backup::{FileEntry, Manifest, ObjectId};
 use crate::repository::blockmap::{Node, Source, block_digest};
 use crate::repository::packs::{FrameLocation, pack_key};
@@ -76,55 +79,85 @@ pub async fn write_files(
     let clock = std::time::Instant::now();
     let (piece_ops, mut stats) = plan(manifest, files, layout, delta).await?;
     tracing::debug!(seconds = clock.elapsed().as_secs_f64(), "files created");
-    let mut first: Needs =
-        piece_ops.into_iter().map(|(id, ops)| (id, ops.into_iter().map(Op::Piece).collect())).collect();
-    let mut second: Needs = BTreeMap::new();
+    let first: Needs = piece_ops.into_iter().map(|(id, ops)| (id, ops.into_iter().map(Op::Piece).collect())).collect();
 
     let block_size = u64::from(manifest.block_size.unwrap_or(8192));
     let mapped: Vec<&FileEntry> = files.iter().copied().filter(|f| !f.nodes.is_empty()).collect();
-    let node_ids: Vec<ObjectId> = {
-        let mut ids: Vec<ObjectId> = mapped.iter().flat_map(|f| f.nodes.iter().copied()).collect();
-        ids.sort();
-        ids.dedup();
-        ids
-    };
-    let nodes: HashMap<ObjectId, Arc<Node>> = stream::iter(node_ids.into_iter().map(|id| {
-        let storage = storage.clone();
-        async move { Ok::<_, Error>((id, Arc::new(packstore::load_node(storage.as_ref(), &id).await?))) }
-    }))
-    .buffer_unordered(NODE_CONCURRENCY)
-    .try_collect()
-    .await?;
-    for f in &mapped {
-        let (root, rel) = layout.resolve(&f.path);
-        let path = Arc::new(root.join(rel));
-        let f_nodes: Vec<Arc<Node>> = f.nodes.iter().filter_map(|id| nodes.get(id).cloned()).collect();
-        let (p, size, name) = (path.clone(), f.size, Arc::<str>::from(Escaped(f.path.as_path()).to_string()));
-        let (a, b, changed) = blocking(move || plan_blocks(&p, &name, size, block_size, &f_nodes, delta)).await?;
-        for (id, ops) in a {
-            first.entry(id).or_default().extend(ops);
-        }
-        for (id, ops) in b {
-            second.entry(id).or_default().extend(ops);
-        }
-        if delta && !changed {
-            stats.files_written = stats.files_written.saturating_sub(1);
-            stats.files_unchanged += 1;
-        }
-    }
-
-    let total: u64 = first.values().chain(second.values()).flatten().map(Op::length).sum();
-    progress.start(total, stats.files_written);
-    tracing::debug!(seconds = clock.elapsed().as_secs_f64(), "block maps read and planned");
+    // The bar's total: small files' pieces plus every block-mapped byte; with `delta`, what is found identical is
+    // counted as done when its batch is planned. Deltas' second pass is not counted (its blocks already were).
+    let pieces_total: u64 = first.values().flatten().map(Op::length).sum();
+    progress.start(pieces_total + mapped.iter().map(|f| f.size).sum::<u64>(), stats.files_written);
     let index = Arc::new(FrameIndex::load(storage.as_ref()).await?);
-    tracing::debug!(seconds = clock.elapsed().as_secs_f64(), "pack indexes read");
-    stats.objects = (first.len() + second.len()) as u64;
+    let mut total = pieces_total;
+    stats.objects = first.len() as u64;
     // Without --delta every file was just created empty at its size: an all-zero block need not be written.
     let mode = Mode { holes: !delta, block_size };
     fetch_and_apply(&storage, &index, first, parallel, mode, progress).await?;
-    tracing::debug!(seconds = clock.elapsed().as_secs_f64(), "whole blocks and delta bases written");
-    fetch_and_apply(&storage, &index, second, parallel, mode, progress).await?;
-    tracing::debug!(seconds = clock.elapsed().as_secs_f64(), "deltas applied");
+    tracing::debug!(seconds = clock.elapsed().as_secs_f64(), "pack indexes read, small files written");
+
+    // Block-mapped files, a bounded number of nodes at a time (memory does not grow with the cluster).
+    let targets: Vec<(Arc<PathBuf>, Arc<str>)> = mapped
+        .iter()
+        .map(|f| {
+            let (root, rel) = layout.resolve(&f.path);
+            (Arc::new(root.join(rel)), Arc::<str>::from(Escaped(f.path.as_path()).to_string()))
+        })
+        .collect();
+    let counts: Vec<usize> = mapped.iter().map(|f| f.nodes.len()).collect();
+    let mut changed = vec![false; mapped.len()];
+    for batch in plan_batches(&counts, NODES_PER_BATCH) {
+        let node_ids: Vec<ObjectId> = {
+            let mut ids: Vec<ObjectId> =
+                batch.iter().flat_map(|p| mapped[p.file].nodes[p.nodes.clone()].iter().copied()).collect();
+            ids.sort();
+            ids.dedup();
+            ids
+        };
+        let nodes: HashMap<ObjectId, Arc<Node>> = stream::iter(node_ids.into_iter().map(|id| {
+            let storage = storage.clone();
+            async move { Ok::<_, Error>((id, Arc::new(packstore::load_node(storage.as_ref(), &id).await?))) }
+        }))
+        .buffer_unordered(NODE_CONCURRENCY)
+        .try_collect()
+        .await?;
+        let (mut first, mut second): (Needs, Needs) = (BTreeMap::new(), BTreeMap::new());
+        let mut covered = 0u64;
+        for part in &batch {
+            let f = mapped[part.file];
+            let f_nodes: Vec<Arc<Node>> =
+                f.nodes[part.nodes.clone()].iter().filter_map(|id| nodes.get(id).cloned()).collect();
+            covered += f_nodes
+                .iter()
+                .map(|n| {
+                    let start = n.first_block * block_size;
+                    f.size.min(start + n.digests.len() as u64 * block_size).saturating_sub(start)
+                })
+                .sum::<u64>();
+            let (p, size, name) = (targets[part.file].0.clone(), f.size, targets[part.file].1.clone());
+            let (a, b, is_changed) =
+                blocking(move || plan_blocks(&p, &name, size, block_size, &f_nodes, delta)).await?;
+            for (id, ops) in a {
+                first.entry(id).or_default().extend(ops);
+            }
+            for (id, ops) in b {
+                second.entry(id).or_default().extend(ops);
+            }
+            changed[part.file] |= is_changed;
+        }
+        drop(nodes);
+        let planned: u64 = first.values().flatten().map(Op::length).sum();
+        progress.advance(covered.saturating_sub(planned));
+        total += planned + second.values().flatten().map(Op::length).sum::<u64>();
+        stats.objects += (first.len() + second.len()) as u64;
+        fetch_and_apply(&storage, &index, first, parallel, mode, progress).await?;
+        fetch_and_apply(&storage, &index, second, parallel, mode, &NoProgress).await?;
+    }
+    if delta {
+        let unchanged = changed.iter().filter(|c| !**c).count() as u64;
+        stats.files_written = stats.files_written.saturating_sub(unchanged);
+        stats.files_unchanged += unchanged;
+    }
+    tracing::debug!(seconds = clock.elapsed().as_secs_f64(), "block-mapped files written");
     stats.bytes_written = total;
     Ok(stats)
 }

@@ -254,7 +254,8 @@ pub async fn write_files(
     if manifest.repository_format >= 2 {
         return super::write2::write_files(storage, manifest, files, layout, delta, parallel, progress).await;
     }
-    let (ops, mut stats) = plan(manifest, files, layout, delta).await?;
+    let (ops, mut stats, new_files) = plan(manifest, files, layout, delta).await?;
+    let creating = new_files.spawn();
     let total: u64 = ops.values().flatten().map(|o| o.length).sum();
     progress.start(total, stats.files_written);
     let semaphore = Arc::new(Semaphore::new(parallel.max(1)));
@@ -276,6 +277,7 @@ pub async fn write_files(
     while let Some(done) = tasks.join_next().await {
         progress.advance(done.map_err(|e| Error::Task(e.to_string()))??);
     }
+    created(creating).await?;
     stats.bytes_written = total;
     Ok(stats)
 }
@@ -322,10 +324,7 @@ pub(super) fn apply_ranges(what: &str, raw: &[u8], ops: &[WriteOp]) -> Result<u6
                 ));
             }
         }
-        let file = std::fs::OpenOptions::new()
-            .write(true)
-            .custom_flags(libc::O_NOFOLLOW)
-            .open(op.path.as_path())
+        let file = open_for_write(op.path.as_path())
             .map_err(|e| Error::WriteDestination { path: op.path.to_path_buf(), source: e })?;
         file.write_all_at(slice, op.file_offset)
             .map_err(|e| Error::WriteDestination { path: op.path.to_path_buf(), source: e })?;
@@ -346,7 +345,53 @@ pub(super) fn start_writeback(file: &std::fs::File, offset: u64, len: u64) {
     let _ = unsafe { libc::sync_file_range(file.as_raw_fd(), offset, len, libc::SYNC_FILE_RANGE_WRITE) };
 }
 
-pub(super) type Plan = (BTreeMap<ObjectId, Vec<WriteOp>>, WriteStats);
+/// The writes per object, the counts, and (without `--delta`) the files still to create.
+pub(super) type Plan = (BTreeMap<ObjectId, Vec<WriteOp>>, WriteStats, NewFiles);
+
+/// Files of a restore without `--delta`, created at their size and mode by [`NewFiles::create`] while the
+/// writers already work (a writer that comes first creates the file itself, empty, mode 0600): creating a thousand
+/// files costs about a second on some file systems, which would otherwise come before the first write.
+#[derive(Debug, Default)]
+pub(super) struct NewFiles(Vec<(PathBuf, u64, u32)>);
+
+impl NewFiles {
+    /// Create each file (without following a link at its name), extend it to its size and set its mode. The
+    /// destination was found empty, so a file already there was made by a writer of this restore.
+    pub(super) fn create(mut self) -> Result<(), Error> {
+        // Largest first: the writers start with the large files.
+        self.0.sort_by_key(|(_, size, _)| std::cmp::Reverse(*size));
+        for (path, size, mode) in self.0 {
+            let werr = |e| Error::WriteDestination { path: path.clone(), source: e };
+            let file = open_file(&path, mode)?;
+            file.set_len(size).map_err(werr)?;
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).map_err(werr)?;
+        }
+        Ok(())
+    }
+
+    /// [`Self::create`] on a blocking thread, at once; await the handle after the writes.
+    pub(super) fn spawn(self) -> tokio::task::JoinHandle<Result<(), Error>> {
+        tokio::task::spawn_blocking(move || self.create())
+    }
+}
+
+/// Wait for [`NewFiles::spawn`]'s task.
+pub(super) async fn created(handle: tokio::task::JoinHandle<Result<(), Error>>) -> Result<(), Error> {
+    handle.await.map_err(|e| Error::Task(e.to_string()))?
+}
+
+/// Open `path` for writing and reading, creating it (mode 0600, empty) if [`NewFiles`] has not yet; never through
+/// a link at its name.
+pub(super) fn open_for_write(path: &Path) -> std::io::Result<std::fs::File> {
+    std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(path)
+}
 
 /// [`plan_writes`] for `files` of `manifest`, off the async threads.
 pub(super) async fn plan(
@@ -360,7 +405,8 @@ pub(super) async fn plan(
     blocking(move || plan_writes(&layout, &dirs, &files, delta)).await
 }
 
-/// Directories first; then each file created at its size and, per piece, a write unless `delta` finds it equal.
+/// Directories first; then, per piece, a write unless `delta` finds it equal. With `delta` each file is created (or
+/// kept) at its size now; without, the files are listed for [`NewFiles::create`].
 fn plan_writes(
     layout: &Layout,
     dirs: &[crate::repository::backup::DirEntry],
@@ -376,6 +422,7 @@ fn plan_writes(
     }
     let mut ops: BTreeMap<ObjectId, Vec<WriteOp>> = BTreeMap::new();
     let mut stats = WriteStats::default();
+    let mut new_files = NewFiles::default();
     for f in files {
         let (root, rel) = layout.resolve(&f.path);
         let Some(name) = rel.file_name() else {
@@ -383,26 +430,28 @@ fn plan_writes(
         };
         let dir = ensure_dir(&root, rel.parent().unwrap_or(Path::new("")), None)?;
         let path = dir.join(name);
-        let werr = |e| Error::WriteDestination { path: path.clone(), source: e };
-        let file = open_file(&path, f.mode)?;
-        let existing = file.metadata().map_err(werr)?.len();
-        if !delta && existing != 0 {
-            // Without --delta every file is new: the writers leave all-zero blocks as holes (restore::write2).
-            return Err(Error::Destination {
-                path: path.clone(),
-                reason: "already holds data, but a restore without --delta writes only new files".into(),
-            });
-        }
-        file.set_len(f.size).map_err(werr)?;
-        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(f.mode)).map_err(werr)?;
         let shared = Arc::new(path.clone());
+        let (file, existing) = if delta {
+            let werr = |e| Error::WriteDestination { path: path.clone(), source: e };
+            let file = open_file(&path, f.mode)?;
+            let existing = file.metadata().map_err(werr)?.len();
+            file.set_len(f.size).map_err(werr)?;
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(f.mode)).map_err(werr)?;
+            (Some(file), existing)
+        } else {
+            // Every file is new (the destination was found empty): the writers leave all-zero blocks as holes.
+            new_files.0.push((path.clone(), f.size, f.mode));
+            (None, 0)
+        };
         let mut file_offset = 0;
         let mut any = false;
         for piece in &f.pieces {
-            let same = delta && file_offset + piece.length <= existing && {
-                let mut buf = vec![0u8; piece.length as usize];
-                file.read_exact_at(&mut buf, file_offset).is_ok() && blake3::hash(&buf).as_bytes() == &piece.blake3.0
-            };
+            let same = file_offset + piece.length <= existing
+                && file.as_ref().is_some_and(|file| {
+                    let mut buf = vec![0u8; piece.length as usize];
+                    file.read_exact_at(&mut buf, file_offset).is_ok()
+                        && blake3::hash(&buf).as_bytes() == &piece.blake3.0
+                });
             if !same {
                 any = true;
                 ops.entry(piece.object).or_default().push(WriteOp {
@@ -422,7 +471,7 @@ fn plan_writes(
             stats.files_unchanged += 1;
         }
     }
-    Ok((ops, stats))
+    Ok((ops, stats, new_files))
 }
 
 /// `--delta`: remove what the backup does not have (files, links, directories), without following links, except

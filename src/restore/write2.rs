@@ -19,7 +19,7 @@ use std::sync::Arc;
 use futures_util::stream::{self, StreamExt, TryStreamExt};
 
 use super::batches::{NODES_PER_BATCH, plan_batches};
-use super::write::{Layout, WriteOp, WriteStats, apply_ranges, plan, start_writeback};
+use super::write::{Layout, WriteOp, WriteStats, apply_ranges, created, open_for_write, plan, start_writeback};
 use crate::Error;
 use crate::archive::blocking;
 use crate::progress::{NoProgress, Progress};
@@ -77,23 +77,23 @@ pub async fn write_files(
     progress: &dyn Progress,
 ) -> Result<WriteStats, Error> {
     let clock = std::time::Instant::now();
-    let (piece_ops, mut stats) = plan(manifest, files, layout, delta).await?;
+    let (piece_ops, mut stats, new_files) = plan(manifest, files, layout, delta).await?;
+    let creating = new_files.spawn();
     tracing::debug!(seconds = clock.elapsed().as_secs_f64(), "files created");
-    let first: Needs = piece_ops.into_iter().map(|(id, ops)| (id, ops.into_iter().map(Op::Piece).collect())).collect();
+    let pieces: Needs = piece_ops.into_iter().map(|(id, ops)| (id, ops.into_iter().map(Op::Piece).collect())).collect();
 
     let block_size = u64::from(manifest.block_size.unwrap_or(8192));
     let mapped: Vec<&FileEntry> = files.iter().copied().filter(|f| !f.nodes.is_empty()).collect();
     // The bar's total: small files' pieces plus every block-mapped byte; with `delta`, what is found identical is
     // counted as done when its batch is planned. Deltas' second pass is not counted (its blocks already were).
-    let pieces_total: u64 = first.values().flatten().map(Op::length).sum();
+    let pieces_total: u64 = pieces.values().flatten().map(Op::length).sum();
     progress.start(pieces_total + mapped.iter().map(|f| f.size).sum::<u64>(), stats.files_written);
     let index = Arc::new(FrameIndex::load(storage.as_ref()).await?);
     let mut total = pieces_total;
-    stats.objects = first.len() as u64;
-    // Without --delta every file was just created empty at its size: an all-zero block need not be written.
+    stats.objects = pieces.len() as u64;
+    tracing::debug!(seconds = clock.elapsed().as_secs_f64(), "pack indexes read");
+    // Without --delta every file is new: an all-zero block need not be written.
     let mode = Mode { holes: !delta, block_size };
-    fetch_and_apply(&storage, &index, first, parallel, mode, progress).await?;
-    tracing::debug!(seconds = clock.elapsed().as_secs_f64(), "pack indexes read, small files written");
 
     // Block-mapped files, a bounded number of nodes at a time (memory does not grow with the cluster).
     let targets: Vec<(Arc<PathBuf>, Arc<str>)> = mapped
@@ -158,6 +158,10 @@ pub async fn write_files(
         stats.files_unchanged += unchanged;
     }
     tracing::debug!(seconds = clock.elapsed().as_secs_f64(), "block-mapped files written");
+    // Small files last: without --delta they are being created (largest first) while the large ones are written.
+    fetch_and_apply(&storage, &index, pieces, parallel, mode, progress).await?;
+    created(creating).await?;
+    tracing::debug!(seconds = clock.elapsed().as_secs_f64(), "small files written");
     stats.bytes_written = total;
     Ok(stats)
 }
@@ -363,11 +367,7 @@ fn open_in<'a>(
     Ok(match opened.entry(Arc::as_ptr(path)) {
         std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
         std::collections::hash_map::Entry::Vacant(e) => e.insert(
-            std::fs::OpenOptions::new()
-                .read(true)
-                .write(true)
-                .custom_flags(libc::O_NOFOLLOW)
-                .open(path.as_path())
+            open_for_write(path.as_path())
                 .map_err(|source| Error::WriteDestination { path: path.to_path_buf(), source })?,
         ),
     })

@@ -21,6 +21,7 @@
 #        REPO_FORMAT=2 (base-backup's repository format, docs/design/format2.md; 1 = one object per chunk)
 #        RESTORE_PARALLEL="4 2"  BB_LEVEL=1 (repository compression_level)  PGBR_COMPRESS_LEVEL (default 3)
 #        S3_SERVER=moto|s3s|s3s-fs  TIMEOUT=900 (s per recovery check)  KEEP=1
+#        PRIME=1 (before each timed restore, write and remove as many bytes as it writes: see prime_memory)
 #        PGBB=1 (the pg_basebackup case; 0 skips it)  PGBB_COMPRESS=client-zstd (pg_basebackup --compress)
 set -euo pipefail
 source "$(dirname "$0")/lib.sh"
@@ -217,10 +218,20 @@ EOF
 )
     log "  $T_SECS s, CPU $T_CPU s, RSS $T_RSS MiB, +$((bytes / 1048576)) MiB in $objs objects, S3 server CPU $(srv_of "$kind") s. $extra"
 }
+# prime_memory: write and remove as many bytes as a restore writes (untimed), so that every timed restore finds the
+# same free memory. On this VM, memory the kernel freed a while ago goes back to the host (virtio-balloon free page
+# reporting) and the next writer to touch it pays for host page faults: without this, whichever restore came first
+# in a run was ~0.8 s slower (2026-12-01: base-backup 2.11/1.21/2.13 s and pgBackRest 2.01/2.45/1.91 s, the fast
+# one always second).
+prime_memory() {
+    dd if=/dev/zero of="$WORK/prime" bs=1M count=$((DATADIR_BYTES / 1048576)) conv=fsync status=none
+    rm -f "$WORK/prime"
+}
 # restore TOOL KIND PARALLEL RUN: one timed restore of the newest backup into an empty directory, then the check
 restore() {
     local tool=$1 kind=$2 p=$3 run=$4 case=restore-$1-$2-p$3 ok=0 bytes
     new_dest
+    [ "${PRIME:-1}" = 1 ] && prime_memory
     log "run $run: $case"
     if [ "$tool" = bb ]; then
         timed "$case-$run" "$PITR_RESTORE" --config "$WORK/restore-conf/bb-$kind-$run-p$p.toml" \

@@ -74,6 +74,10 @@ struct Opt {
     /// Behave like the s3s-fs 0.14.1 binary: no TCP_NODELAY, create-only puts not serialised.
     #[arg(long)]
     plain: bool,
+    /// Delay every answer (its first byte) by this many milliseconds, as a remote object store's per-request
+    /// latency does (S3 in the same region: tens of ms to the first byte); 0 = none.
+    #[arg(long, default_value_t = 0)]
+    latency_ms: u64,
     /// Root directory of the store; each sub-directory is a bucket.
     root: PathBuf,
 }
@@ -86,6 +90,8 @@ struct Serialised {
     stripes: Option<Arc<Vec<Mutex<()>>>>,
     hasher: std::collections::hash_map::RandomState,
     stats: Arc<stats::Stats>,
+    /// Added before each answer (`--latency-ms`).
+    latency: std::time::Duration,
 }
 
 impl Serialised {
@@ -129,8 +135,11 @@ impl hyper::service::Service<http::Request<Incoming>> for Serialised {
         let has_body = self.stripes.is_some()
             && matches!(*req.method(), http::Method::PUT | http::Method::POST)
             && req.version() <= http::Version::HTTP_11;
-        let inner = self.inner.clone();
+        let (inner, latency) = (self.inner.clone(), self.latency);
         Box::pin(async move {
+            if !latency.is_zero() {
+                tokio::time::sleep(latency).await;
+            }
             let mut response = match lock {
                 Some((stripes, i)) => {
                     // Held until s3s has answered: the object is in place (or refused) before another write of
@@ -192,6 +201,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         stripes: (!opt.plain).then(|| Arc::new((0..STRIPES).map(|_| Mutex::new(())).collect())),
         hasher: Default::default(),
         stats: Default::default(),
+        latency: std::time::Duration::from_millis(opt.latency_ms),
     };
     let listener = TcpListener::bind((opt.host.as_str(), opt.port))
         .await

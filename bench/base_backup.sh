@@ -80,39 +80,12 @@ usage() {
     esac
 }
 
-# verify_restore CASE: start the restored cluster on $RPORT, wait for the end of recovery (promotion), compare
+# verify_restore CASE: start the restored cluster (start_restored), wait for the end of recovery (promotion), compare
 # pgbench_accounts with $EXPECTED; sets V_OK and V_SECS; stops it and removes $DEST
 verify_restore() {
-    local tag=$1 st t0 got
+    local tag=$1 got
     V_OK="NO (did not start)"
-    V_SECS=failed
-    # A port free right now, outside the ephemeral range (lib.sh free_port): one picked at the start of the run
-    # could meanwhile be held by a client connection of the restore itself.
-    RPORT=$(free_port)
-    cat >> "$DEST/postgresql.auto.conf" <<EOF
-port = $RPORT
-archive_mode = off
-EOF
-    chown postgres:postgres "$DEST/postgresql.auto.conf"
-    rm -f "$DEST.log"
-    t0=$(date +%s.%N)
-    as_pg "$PG_BIN/pg_ctl" -D "$DEST" -l "$DEST.log" start >/dev/null || true
-    while :; do
-        sleep 0.2
-        st=$(psql -X -A -t -q -h "$WORK" -p "$RPORT" -U postgres -d postgres -c 'select pg_is_in_recovery()' 2>/dev/null || true)
-        if [ "$st" = f ]; then
-            V_SECS=$(awk "BEGIN {printf \"%.1f\", $(date +%s.%N) - $t0}")
-            break
-        fi
-        if ! [ -f "$DEST/postmaster.pid" ] && ! pgrep -f "$DEST\$" >/dev/null; then
-            log "  the restored server stopped: $(grep -E 'FATAL|PANIC' "$DEST.log" | tail -2)"
-            break
-        fi
-        if awk "BEGIN {exit !($(date +%s.%N) - $t0 > $TIMEOUT)}"; then
-            log "  TIMEOUT after $TIMEOUT s waiting for the end of recovery"
-            break
-        fi
-    done
+    start_restored "$DEST"
     if [ "$V_SECS" != failed ]; then
         got=$(psql -X -A -t -q -h "$WORK" -p "$RPORT" -U postgres -d postgres \
             -c "select count(*) || ' accounts, sum ' || sum(abalance) from pgbench_accounts" 2>&1 || true)

@@ -183,6 +183,37 @@ EOF
     CLUSTERS+=("$dir")
 }
 pg_start() { cg_run as_pg "$PG_BIN/pg_ctl" -D "$1" -l "$1.log" -w -t 600 start >/dev/null || { tail -20 "$1.log" >&2; die "start $1"; }; }
+# start_restored DEST: start a restored data directory on a port free now (RPORT) with archiving off, and wait
+# (up to $TIMEOUT s) for the end of recovery (promotion). Sets RPORT, and V_SECS (seconds from start to promotion,
+# or "failed" when the server stopped or the time ran out, with the reason logged). Leaves the server running.
+start_restored() {
+    local dest=$1 st t0
+    V_SECS=failed
+    # A port free right now, outside the ephemeral range (free_port): one picked at the start of the run could
+    # meanwhile be held by a client connection of the restore itself.
+    RPORT=$(free_port)
+    printf 'port = %s\narchive_mode = off\n' "$RPORT" >> "$dest/postgresql.auto.conf"
+    chown postgres:postgres "$dest/postgresql.auto.conf"
+    rm -f "$dest.log"
+    t0=$(date +%s.%N)
+    as_pg "$PG_BIN/pg_ctl" -D "$dest" -l "$dest.log" start >/dev/null || true
+    while :; do
+        sleep 0.2
+        st=$(psql -X -A -t -q -h "$WORK" -p "$RPORT" -U postgres -d postgres -c 'select pg_is_in_recovery()' 2>/dev/null || true)
+        if [ "$st" = f ]; then
+            V_SECS=$(awk "BEGIN {printf \"%.1f\", $(date +%s.%N) - $t0}")
+            return 0
+        fi
+        if ! [ -f "$dest/postmaster.pid" ] && ! pgrep -f "$dest\$" >/dev/null; then
+            log "  the restored server stopped: $(grep -E 'FATAL|PANIC' "$dest.log" | tail -2)"
+            return 0
+        fi
+        if awk "BEGIN {exit !($(date +%s.%N) - $t0 > $TIMEOUT)}"; then
+            log "  TIMEOUT after $TIMEOUT s waiting for the end of recovery"
+            return 0
+        fi
+    done
+}
 pg_stop() { as_pg "$PG_BIN/pg_ctl" -D "$1" -m "${2:-fast}" -w -t 600 stop >/dev/null 2>&1 || true; }
 # sql PORT QUERY: one value, unaligned
 sql() { psql -X -A -t -q -h "$WORK" -p "$1" -U postgres -d postgres -c "$2"; }

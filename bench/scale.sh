@@ -96,32 +96,11 @@ run_check() {
 # verify_restore CASE DEST: start the restored cluster, wait for promotion, compare the check with $EXPECTED;
 # sets V_OK, V_SECS; stops the cluster
 verify_restore() {
-    local c=$1 dest=$2 st t0 got rport
+    local c=$1 dest=$2 got
     V_OK="NO (did not start)"
-    V_SECS=failed
-    rport=$(free_port)
-    printf 'port = %s\narchive_mode = off\n' "$rport" >> "$dest/postgresql.auto.conf"
-    chown postgres:postgres "$dest/postgresql.auto.conf"
-    t0=$(date +%s.%N)
-    as_pg "$PG_BIN/pg_ctl" -D "$dest" -l "$dest.log" start >/dev/null || true
-    while :; do
-        sleep 0.2
-        st=$(psql -X -A -t -q -h "$WORK" -p "$rport" -U postgres -d postgres -c 'select pg_is_in_recovery()' 2>/dev/null || true)
-        if [ "$st" = f ]; then
-            V_SECS=$(awk "BEGIN {printf \"%.1f\", $(date +%s.%N) - $t0}")
-            break
-        fi
-        if ! [ -f "$dest/postmaster.pid" ]; then
-            log "  the restored server stopped: $(grep -E 'FATAL|PANIC' "$dest.log" | tail -2)"
-            break
-        fi
-        if awk "BEGIN {exit !($(date +%s.%N) - $t0 > $TIMEOUT)}"; then
-            log "  TIMEOUT after $TIMEOUT s waiting for the end of recovery"
-            break
-        fi
-    done
+    start_restored "$dest"
     if [ "$V_SECS" != failed ]; then
-        got=$(run_check "$c" "$rport" || true)
+        got=$(run_check "$c" "$RPORT" || true)
         if [ "$got" = "$EXPECTED" ]; then V_OK=yes; else V_OK="NO ($got)"; fi
     fi
     cp "$dest.log" "$WORK/out/restore-$c.pglog" 2>/dev/null || true

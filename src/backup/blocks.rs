@@ -26,13 +26,14 @@ use crate::repository::packs::FRAME_RAW_MAX;
 use crate::repository::packstore::{self, FrameIndex};
 use crate::storage::DynStorage;
 
-/// Decoded frames kept for base blocks: 64 frames of at most 1 MiB.
-const BASE_CACHE_FRAMES: usize = 64;
+/// Decoded frames kept for base blocks: 32 frames of at most 1 MiB (two files in progress, each with a base read
+/// of [`BASE_READ_FRAMES`] ahead).
+const BASE_CACHE_FRAMES: usize = 32;
 
 /// Base frames read with one ranged request: the one needed and the previous backup's next frames of the same file
 /// that lie close behind it in the same pack (a changed page in most 1 MiB regions would otherwise cost one request
 /// per region: on S3, a round trip each, one after another).
-const BASE_READ_FRAMES: usize = 16;
+const BASE_READ_FRAMES: usize = 8;
 
 /// Largest gap (bytes of other frames) a base read spans to take the next frame along.
 const BASE_READ_GAP: u64 = 256 << 10;

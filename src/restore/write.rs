@@ -195,15 +195,7 @@ fn open_file(path: &Path, mode: u32) -> Result<std::fs::File, Error> {
     if std::fs::symlink_metadata(path).is_ok_and(|m| !m.is_file()) {
         remove_any(path).map_err(werr)?;
     }
-    std::fs::OpenOptions::new()
-        .write(true)
-        .read(true)
-        .create(true)
-        .truncate(false)
-        .mode(mode)
-        .custom_flags(libc::O_NOFOLLOW)
-        .open(path)
-        .map_err(werr)
+    open_for_write(path, mode).map_err(werr)
 }
 
 fn remove_any(path: &Path) -> std::io::Result<()> {
@@ -324,7 +316,7 @@ pub(super) fn apply_ranges(what: &str, raw: &[u8], ops: &[WriteOp]) -> Result<u6
                 ));
             }
         }
-        let file = open_for_write(op.path.as_path())
+        let file = open_for_write(op.path.as_path(), 0o600)
             .map_err(|e| Error::WriteDestination { path: op.path.to_path_buf(), source: e })?;
         file.write_all_at(slice, op.file_offset)
             .map_err(|e| Error::WriteDestination { path: op.path.to_path_buf(), source: e })?;
@@ -380,15 +372,15 @@ pub(super) async fn created(handle: tokio::task::JoinHandle<Result<(), Error>>) 
     handle.await.map_err(|e| Error::Task(e.to_string()))?
 }
 
-/// Open `path` for writing and reading, creating it (mode 0600, empty) if [`NewFiles`] has not yet; never through
-/// a link at its name.
-pub(super) fn open_for_write(path: &Path) -> std::io::Result<std::fs::File> {
+/// Open `path` for writing and reading, creating it empty with `mode` if it does not exist (a writer passes 0600
+/// and [`NewFiles`] sets the real mode); never through a link at its name.
+pub(super) fn open_for_write(path: &Path, mode: u32) -> std::io::Result<std::fs::File> {
     std::fs::OpenOptions::new()
         .read(true)
         .write(true)
         .create(true)
         .truncate(false)
-        .mode(0o600)
+        .mode(mode)
         .custom_flags(libc::O_NOFOLLOW)
         .open(path)
 }

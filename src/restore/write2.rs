@@ -367,7 +367,7 @@ fn open_in<'a>(
     Ok(match opened.entry(Arc::as_ptr(path)) {
         std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
         std::collections::hash_map::Entry::Vacant(e) => e.insert(
-            open_for_write(path.as_path())
+            open_for_write(path.as_path(), 0o600)
                 .map_err(|source| Error::WriteDestination { path: path.to_path_buf(), source })?,
         ),
     })

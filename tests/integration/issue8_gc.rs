@@ -536,6 +536,8 @@ fn issue_8_gc_defers_while_a_restore_runs() {
     let src = Source::start("i8-restore", &repo.url(), NO_GRACE);
     let c = &src.cluster;
     c.sql("create table t (batch int, id int, pad text)");
+    // Enough data that the restore is still writing when the test looks (about 60 MB).
+    c.sql("insert into t select 0, g, repeat('x', 500) from generate_series(1, 100000) g");
     let b = take(&src, "full", 0);
     archive_past(c);
     let dest = src.dir.sub("restored");
@@ -552,14 +554,21 @@ fn issue_8_gc_defers_while_a_restore_runs() {
     let runuser = restore.id();
     let pid = wait_for("pitr-restore to start", Duration::from_secs(30), || child_of(runuser));
     let none = Default::default();
-    // Freeze it once it holds its lease (or let it finish: then there is nothing to show, and the test says so).
-    let held = wait_for("the restore's lease or its end", Duration::from_secs(60), || {
-        if repo_keys(&repo.url(), &none, "locks/").iter().any(|k| k.starts_with("locks/restore-")) {
+    // Freeze it once it holds its lease and has read the manifest (it creates the destination only after), or let
+    // it finish: then there is nothing to show, and the test says so. Stopped between taking its lease and
+    // reading the manifest, it would rightly fail: the backup it was asked for no longer exists.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let held = loop {
+        if dest.exists() && repo_keys(&repo.url(), &none, "locks/").iter().any(|k| k.starts_with("locks/restore-")) {
             signal(pid, libc::SIGSTOP);
-            return Some(true);
+            break true;
         }
-        restore.try_wait().expect("wait").map(|_| false)
-    });
+        if restore.try_wait().expect("wait").is_some() {
+            break false;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for the restore's lease");
+        std::thread::sleep(Duration::from_millis(2));
+    };
     assert!(held, "pitr-restore finished before its lease was seen");
     assert_ok("delete", &backupctl(&src, &["delete", "--backup-id", &b.id]));
     let during = gc_json(&src, false);

@@ -217,6 +217,66 @@ fn finish_object(
     Ok((out, header))
 }
 
+/// Objects whose header gives a raw size up to this (bytes) are decompressed in one call into a buffer of exactly
+/// that size, with a zstd context kept per thread; larger ones are streamed (a header is checked by its own
+/// checksum, but a hostile one must not make us allocate gigabytes).
+const BULK_MAX: u64 = 64 << 20;
+
+thread_local! {
+    /// One zstd decompression context per thread, reused by [`decode_vec`] (creating one costs about as much as
+    /// decompressing 100 KiB).
+    static DCTX: std::cell::RefCell<Option<zstd::bulk::Decompressor<'static>>> = const { std::cell::RefCell::new(None) };
+}
+
+/// Decode an object into a new buffer, verifying size and digest. Returns the header and the raw content.
+/// Errors as [`decode`].
+pub fn decode_vec(object: &[u8]) -> Result<(ObjectHeader, Vec<u8>), Error> {
+    decode_vec_checked(object, true)
+}
+
+/// As [`decode_vec`], checking the size but **not** the digest: only for a caller that checks what it uses of
+/// the content another way (a base-backup reading back the blocks of a frame, each against its own digest in a
+/// block map). Saves hashing the whole content.
+pub fn decode_vec_unverified(object: &[u8]) -> Result<(ObjectHeader, Vec<u8>), Error> {
+    decode_vec_checked(object, false)
+}
+
+fn decode_vec_checked(object: &[u8], verify: bool) -> Result<(ObjectHeader, Vec<u8>), Error> {
+    let header = ObjectHeader::parse(object)?;
+    let body = &object[HEADER_LEN..];
+    let raw = match header.codec {
+        Codec::None => body.to_vec(),
+        Codec::Zstd if header.raw_size <= BULK_MAX => {
+            let mut raw = Vec::with_capacity(header.raw_size as usize);
+            DCTX.with(|cell| {
+                let mut cell = cell.borrow_mut();
+                let dctx = match cell.as_mut() {
+                    Some(d) => d,
+                    None => cell.insert(zstd::bulk::Decompressor::new()?),
+                };
+                dctx.decompress_to_buffer(body, &mut raw)
+            })
+            .map_err(Error::Decompress)?;
+            raw
+        }
+        Codec::Zstd => {
+            let mut raw = Vec::new();
+            let header = decode(object, &mut raw)?;
+            return Ok((header, raw));
+        }
+    };
+    if raw.len() as u64 != header.raw_size {
+        return Err(Error::SizeMismatch { expected: header.raw_size, actual: raw.len() as u64 });
+    }
+    if verify {
+        let actual = Digest::of(&raw);
+        if actual != header.digest {
+            return Err(Error::ChecksumMismatch { expected: header.digest, actual });
+        }
+    }
+    Ok((header, raw))
+}
+
 /// Decode an object into `out`, verifying size and digest. Returns the header.
 pub fn decode(object: &[u8], out: &mut impl Write) -> Result<ObjectHeader, Error> {
     let header = ObjectHeader::parse(object)?;
@@ -294,6 +354,28 @@ mod tests {
         let mut out = Vec::new();
         assert_eq!(decode(&b, &mut out).expect("decode"), hb);
         assert_eq!(out, data);
+    }
+
+    #[test]
+    fn decode_vec_checks_size_and_digest_unless_told_not_to() {
+        let data: Vec<u8> = (0..300_000u32).flat_map(|i| (i % 17).to_le_bytes()).collect();
+        let (object, h) = encode_hashed(&data, Digest::of(&data), 1).expect("encode");
+        assert_eq!(decode_vec(&object).expect("decode_vec"), (h, data.clone()));
+        // A header whose digest is not the content's: refused, unless the caller checks the content itself.
+        let (lying, _) = encode_hashed(&data, Digest::of(b"other"), 1).expect("encode");
+        assert!(matches!(decode_vec(&lying), Err(Error::ChecksumMismatch { .. })));
+        assert_eq!(decode_vec_unverified(&lying).expect("unverified").1, data);
+        // A body that is not what the header says: refused either way.
+        let mut bad = object.clone();
+        let n = bad.len();
+        bad[n - 10] ^= 0xff;
+        assert!(decode_vec(&bad).is_err());
+        let (short, _) = encode_hashed(&data[..1000], Digest::of(&data), 1).expect("encode");
+        let mut header = ObjectHeader::parse(&short).expect("header");
+        header.raw_size = data.len() as u64;
+        let mut wrong_size = short.clone();
+        wrong_size[..HEADER_LEN].copy_from_slice(&header.to_bytes());
+        assert!(matches!(decode_vec_unverified(&wrong_size), Err(Error::SizeMismatch { .. })));
     }
 
     #[test]

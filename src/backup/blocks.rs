@@ -8,11 +8,15 @@
 //!   previous whole source, or the base of the previous delta), so a block never needs more than two frames.
 //! - Full: every block is stored whole, in frames of the 1 MiB reads (aligned, so an unchanged MiB gives the
 //!   same frame as last time and is found by its 256-bit name); nothing of an earlier backup is trusted.
-//! - A base block read back from the repository is verified (frame blake3) before it is used.
+//! - A base block read back from the repository is verified before it is used: against the previous node's digest
+//!   of that block when the block was stored whole there (8 KiB hashed, not the frame's 1 MiB), otherwise (the
+//!   block was a delta, or a short last block) against the whole frame's blake3, once per frame.
 
 use std::num::NonZeroUsize;
 use std::sync::{Arc, Mutex};
 
+use futures_util::StreamExt as _;
+use futures_util::future::{BoxFuture, FutureExt as _, Shared};
 use lru::LruCache;
 
 use super::packer::Packer;
@@ -38,6 +42,50 @@ const BASE_READ_FRAMES: usize = 8;
 /// Largest gap (bytes of other frames) a base read spans to take the next frame along.
 const BASE_READ_GAP: u64 = 256 << 10;
 
+/// Reads of a file (1 MiB each, with their blocks' digests) in flight ahead of the one being compared: the next
+/// MiB is read and hashed on another core while this one's changed blocks are compared with their bases.
+const READ_AHEAD: usize = 2;
+
+/// A base frame being decoded on a blocking thread, or decoded (`None`: decoding failed; the caller decodes it
+/// again itself, for the error).
+type Decoding = Shared<BoxFuture<'static, Option<Arc<BaseFrame>>>>;
+
+/// A frame of the repository read back as the base of deltas: decoded, its size and header checked, its content
+/// checked block by block as blocks are used ([`BaseFrame::block`]).
+struct BaseFrame {
+    key: crate::storage::Key,
+    loc: crate::repository::packs::FrameLocation,
+    raw: Vec<u8>,
+    /// Set once the whole content matched the frame's blake3.
+    is_verified: std::sync::OnceLock<()>,
+}
+
+impl BaseFrame {
+    fn decode(
+        key: crate::storage::Key,
+        bytes: &[u8],
+        loc: crate::repository::packs::FrameLocation,
+    ) -> Result<Self, Error> {
+        let raw = packstore::decode_frame_unverified(&key, bytes, &loc)?;
+        Ok(Self { key, loc, raw, is_verified: std::sync::OnceLock::new() })
+    }
+
+    /// The first `len` bytes of block `slot` (`None` if the frame does not hold them), checked: its whole block
+    /// against `digest` (the previous node's digest for a block it stored whole), or else the whole frame against
+    /// its blake3. Errors: [`Error::Corrupt`]-kind errors naming the pack and offset.
+    fn block(&self, slot: u32, block_size: u32, len: usize, digest: Option<u64>) -> Result<Option<&[u8]>, Error> {
+        let start = slot as usize * block_size as usize;
+        let Some(bytes) = self.raw.get(start..start + len) else { return Ok(None) };
+        let whole = self.raw.get(start..start + block_size as usize);
+        let is_checked = matches!((digest, whole), (Some(d), Some(w)) if block_digest(w) == d);
+        if !is_checked && self.is_verified.get().is_none() {
+            packstore::verify_frame(&self.key, &self.loc, &self.raw)?;
+            let _ = self.is_verified.set(());
+        }
+        Ok(Some(bytes))
+    }
+}
+
 /// What one backup's block copy shares between files.
 pub struct BlockContext {
     /// The repository.
@@ -54,7 +102,7 @@ pub struct BlockContext {
     pub is_full: bool,
     /// zstd level of nodes.
     pub level: i32,
-    bases: Mutex<LruCache<ObjectId, Arc<Vec<u8>>>>,
+    bases: Mutex<LruCache<ObjectId, Decoding>>,
     nodes: Mutex<LruCache<ObjectId, Arc<Node>>>,
     /// Counters.
     pub stats: BlockStats,
@@ -121,10 +169,14 @@ impl BlockContext {
 
     /// The raw content of frame `id` of the repository (cached), or `None` if the index does not have it. On a
     /// miss, the frames that follow `id` in `next` (the previous node's frame table, in file order) and lie just
-    /// behind it in the same pack are read with it, in one ranged request, and cached ([`BASE_READ_FRAMES`]).
-    async fn frame(&self, id: &ObjectId, next: &[ObjectId]) -> Result<Option<Arc<Vec<u8>>>, Error> {
-        if let Some(f) = self.bases.lock().ok().and_then(|mut c| c.get(id).cloned()) {
-            return Ok(Some(f));
+    /// behind it in the same pack are read with it, in one ranged request ([`BASE_READ_FRAMES`]), and decoded on
+    /// blocking threads in the background while this one is used.
+    async fn frame(&self, id: &ObjectId, next: &[ObjectId]) -> Result<Option<Arc<BaseFrame>>, Error> {
+        let cached = self.bases.lock().ok().and_then(|mut c| c.get(id).cloned());
+        if let Some(decoding) = cached
+            && let Some(raw) = decoding.await
+        {
+            return Ok(Some(raw));
         }
         let Some((pack, loc)) = self.index.get(id).copied() else { return Ok(None) };
         let mut run = vec![loc];
@@ -146,24 +198,27 @@ impl BlockContext {
         let start = loc.offset;
         let key = crate::repository::packs::pack_key(&pack);
         let bytes = self.storage.get_range(&key, start, end - start).await?;
-        let decoded: Vec<(ObjectId, Vec<u8>)> = blocking(move || {
-            run.iter()
-                .map(|l| {
-                    let at = (l.offset - start) as usize;
-                    let slice = bytes.get(at..at + l.stored_length as usize).unwrap_or_default();
-                    Ok((l.id, packstore::decode_frame(&key, slice, l)?))
-                })
-                .collect()
-        })
-        .await?;
-        let decoded: Vec<(ObjectId, Arc<Vec<u8>>)> = decoded.into_iter().map(|(f, raw)| (f, Arc::new(raw))).collect();
-        let wanted = decoded.iter().find(|(f, _)| f == id).map(|(_, raw)| raw.clone());
+        let slice = |l: &crate::repository::packs::FrameLocation| {
+            let at = (l.offset - start) as usize;
+            let range = at..at + l.stored_length as usize;
+            if range.end <= bytes.len() { bytes.slice(range) } else { bytes::Bytes::new() }
+        };
+        // The frames behind the one wanted decode in the background; the wanted one here, for its error.
+        let mut decoding = Vec::with_capacity(run.len());
+        for l in run.iter().skip(1) {
+            let (key, frame, l) = (key.clone(), slice(l), *l);
+            let task = tokio::task::spawn_blocking(move || BaseFrame::decode(key, &frame, l).ok().map(Arc::new));
+            decoding.push((l.id, async move { task.await.ok().flatten() }.boxed().shared()));
+        }
+        let frame = slice(&loc);
+        let raw = Arc::new(blocking(move || BaseFrame::decode(key, &frame, loc)).await?);
         if let Ok(mut c) = self.bases.lock() {
-            for (f, raw) in decoded {
-                c.put(f, raw);
+            c.put(loc.id, futures_util::future::ready(Some(raw.clone())).boxed().shared());
+            for (f, d) in decoding {
+                c.put(f, d);
             }
         }
-        Ok(wanted)
+        Ok(Some(raw))
     }
 }
 
@@ -343,41 +398,69 @@ fn base_of(prev: &Node, at: usize) -> (ObjectId, u32) {
     }
 }
 
-/// Bytes of block `slot` in a frame's raw content (`len` bytes at most), if the frame holds it.
-fn slot_bytes(raw: &[u8], slot: u32, block_size: u32, len: usize) -> Option<&[u8]> {
-    let start = slot as usize * block_size as usize;
-    raw.get(start..start + len)
-}
-
-/// What [`copy_file`] made of a file.
+/// What [`copy_nodes`] made of a part of a file.
 #[derive(Debug)]
-pub struct CopiedFile {
-    /// Bytes read (the file's size in the backup).
+pub struct CopiedNodes {
+    /// Bytes read.
     pub size: u64,
-    /// Its nodes.
+    /// The nodes, in order, from the first one asked for.
     pub nodes: Vec<ObjectId>,
     /// Frames the nodes name (for the final presence check).
     pub frames: Vec<ObjectId>,
+    /// The read ended before the part did (the file is shorter): later nodes of the file are not part of it.
+    pub is_eof: bool,
 }
 
-/// Read `file` once and store its blocks; `prev` are the previous backup's nodes of the same path (incremental).
-/// `None` if the file vanished before its first read. Each read waits for `pacer` (`--max-rate`); `on_read` is told
-/// the bytes it got (progress).
-pub async fn copy_file(
+/// Bytes of a file one node covers: [`NODE_BLOCKS`] blocks of `block_size` bytes.
+pub fn node_bytes(block_size: u32) -> u64 {
+    NODE_BLOCKS * u64::from(block_size)
+}
+
+/// Read nodes `first_node..` of `file` once and store their blocks: only `first_node` when `is_one`, else every
+/// node to the end of the file (however far it has grown). `prev` are the previous backup's nodes of the same path
+/// (incremental). `None` if the file is gone at the first read. Each read waits for `pacer` (`--max-rate`);
+/// `on_read` is told the bytes it got (progress). The nodes of a large file are copied in parallel this way, each
+/// part on its own (a node depends on nothing but its blocks and the previous backup's node of the same number).
+pub async fn copy_nodes(
     ctx: &BlockContext,
     file: &SourceFile,
     prev: &[ObjectId],
+    first_node: u64,
+    is_one: bool,
     pacer: &tokio::sync::Mutex<super::copy::Pacer>,
     on_read: &(dyn Fn(u64) + Sync),
-) -> Result<Option<CopiedFile>, Error> {
+) -> Result<Option<CopiedNodes>, Error> {
     let bs = u64::from(ctx.block_size);
     let read_len = (FRAME_RAW_MAX as u64 / bs).max(1) * bs;
-    let mut offset = 0u64;
+    // The reads, in order: 1 MiB at a time, never across a node's end; a short one is the end of the file.
+    let node_bytes = node_bytes(ctx.block_size);
+    let start = first_node * node_bytes;
+    let reads = std::iter::successors(Some((start, read_len.min(node_bytes))), |&(at, len)| {
+        let next = at + len;
+        Some((next, read_len.min((next / node_bytes + 1) * node_bytes - next)))
+    });
+    let reads = futures_util::stream::iter(reads)
+        .map(|(at, len)| async move {
+            pacer.lock().await.wait(len).await;
+            let (path, rel, pages) = (file.abs.clone(), file.rel.clone(), ctx.pages.clone());
+            blocking(move || {
+                let data = super::copy::read_range(&path, at, len)?;
+                pages.check(&rel, &path, at, data.as_deref())?;
+                let digests: Vec<u64> =
+                    data.as_deref().map(|d| d.chunks(bs as usize).map(block_digest).collect()).unwrap_or_default();
+                Ok((len, data, digests))
+            })
+            .await
+        })
+        .buffered(READ_AHEAD);
+    let mut reads = std::pin::pin!(reads);
+    let mut offset = start;
     let mut nodes = Vec::new();
     let mut frames = Vec::new();
     let mut is_eof = false;
-    let mut node_no = 0u64;
-    while !is_eof {
+    let mut node_no = first_node;
+    let is_done = |node_no: u64| is_one && node_no > first_node;
+    while !is_eof && !is_done(node_no) {
         let first_block = node_no * NODE_BLOCKS;
         let prev_node = match prev.get(node_no as usize) {
             Some(id) if !ctx.is_full => Some(ctx.node(id).await?).filter(|n| n.block_size == ctx.block_size),
@@ -386,26 +469,17 @@ pub async fn copy_file(
         let mut b = NodeBuilder::new(ctx.block_size, first_block);
         let node_end = (first_block + NODE_BLOCKS) * bs;
         while offset < node_end {
-            let len = read_len.min(node_end - offset);
-            pacer.lock().await.wait(len).await;
-            let (path, rel, pages, at) = (file.abs.clone(), file.rel.clone(), ctx.pages.clone(), offset);
-            let data = blocking(move || {
-                let data = super::copy::read_range(&path, at, len)?;
-                pages.check(&rel, &path, at, data.as_deref()).map(|()| data)
-            })
-            .await?;
+            let Some(read) = reads.next().await else { break };
+            let (len, data, digests) = read?;
             let Some(data) = data else {
-                if offset == 0 {
+                if offset == start {
                     return Ok(None);
                 }
                 is_eof = true;
                 break;
             };
             on_read(data.len() as u64);
-            let blocks: Arc<Vec<u8>> = Arc::new(data);
-            let shared = blocks.clone();
-            let digests: Vec<u64> =
-                blocking(move || Ok(shared.chunks(bs as usize).map(block_digest).collect())).await?;
+            let blocks = data;
             for (i, (block, digest)) in blocks.chunks(bs as usize).zip(digests).enumerate() {
                 let at = ((offset / bs) + i as u64 - first_block) as usize;
                 let prev = prev_node.as_deref().filter(|p| at < p.digests.len());
@@ -416,8 +490,9 @@ pub async fn copy_file(
                     }
                     Some(p) => {
                         let (base, base_slot) = base_of(p, at);
+                        let known = matches!(p.sources[at], Source::Whole { .. }).then_some(p.digests[at]);
                         let xor = match ctx.frame(&base, &p.frames).await? {
-                            Some(raw) => slot_bytes(&raw, base_slot, ctx.block_size, block.len()).and_then(|old| {
+                            Some(f) => f.block(base_slot, ctx.block_size, block.len(), known)?.and_then(|old| {
                                 let xor: Vec<u8> = block.iter().zip(old).map(|(a, b)| a ^ b).collect();
                                 let nonzero = xor.iter().filter(|b| **b != 0).count();
                                 (nonzero < block.len() / 4).then_some(xor)
@@ -467,5 +542,41 @@ pub async fn copy_file(
         nodes.push(id);
         node_no += 1;
     }
-    Ok(Some(CopiedFile { size: offset, nodes, frames }))
+    Ok(Some(CopiedNodes { size: offset - start, nodes, frames, is_eof }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::codec;
+    use crate::repository::packs::{FrameLocation, pack_key};
+
+    const BS: u32 = 8192;
+    const B: usize = BS as usize;
+
+    #[test]
+    fn base_blocks_are_checked_before_use() {
+        let raw: Vec<u8> = (0..4 * B).map(|i| (i % 251) as u8).collect();
+        let id = ObjectId::of(&raw);
+        let (enc, _) = codec::encode_hashed(&raw, codec::Digest::Blake3(id.0), 1).expect("encode");
+        let loc = FrameLocation { id, offset: 0, stored_length: enc.len() as u32, raw_length: raw.len() as u32 };
+        let key = pack_key(&ObjectId::of(b"pack"));
+        let digest = |slot: usize| Some(block_digest(&raw[slot * B..(slot + 1) * B]));
+
+        let good = BaseFrame::decode(key.clone(), &enc, loc).expect("decode");
+        assert_eq!(good.block(1, BS, B, digest(1)).expect("checked"), Some(&raw[B..2 * B]));
+        assert!(good.is_verified.get().is_none(), "a block whose digest is known is checked alone");
+        assert_eq!(good.block(2, BS, 100, None).expect("checked"), Some(&raw[2 * B..2 * B + 100]));
+        assert!(good.is_verified.get().is_some(), "a delta's base: the whole frame was checked");
+        assert_eq!(good.block(4, BS, B, None).expect("beyond"), None);
+
+        // Content that is not what the frame is named after (as if decoding had gone wrong).
+        let mut wrong = raw.clone();
+        wrong[2 * B + 5] ^= 1;
+        let bad = BaseFrame { key, loc, raw: wrong, is_verified: std::sync::OnceLock::new() };
+        let e = bad.block(2, BS, B, digest(2)).expect_err("the changed block");
+        assert!(e.to_string().contains("@0"), "names the pack and offset: {e}");
+        assert!(bad.block(0, BS, B, None).is_err(), "without a digest the whole frame is checked");
+        assert!(bad.block(0, BS, B, digest(0)).is_ok(), "an intact block with a known digest is usable");
+    }
 }

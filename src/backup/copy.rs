@@ -9,7 +9,6 @@
 
 use std::collections::HashMap;
 use std::io::ErrorKind;
-use std::os::unix::fs::FileExt;
 use std::sync::Arc;
 
 use tokio::sync::Semaphore;
@@ -248,17 +247,10 @@ pub(super) fn read_range(path: &std::path::Path, offset: u64, len: u64) -> Resul
         std::io::Read::read_to_end(&mut &file, &mut data).map_err(rerr)?;
         return Ok(Some(data));
     }
-    let mut data = vec![0u8; len as usize];
-    let mut got = 0usize;
-    while got < data.len() {
-        match file.read_at(&mut data[got..], offset + got as u64) {
-            Ok(0) => break,
-            Ok(n) => got += n,
-            Err(e) if e.kind() == ErrorKind::Interrupted => {}
-            Err(e) => return Err(rerr(e)),
-        }
-    }
-    data.truncate(got);
+    // Into spare capacity: no zero-filling of a buffer the read overwrites.
+    let mut data = Vec::with_capacity(len as usize);
+    std::io::Seek::seek(&mut &file, std::io::SeekFrom::Start(offset)).map_err(rerr)?;
+    std::io::Read::read_to_end(&mut std::io::Read::take(&file, len), &mut data).map_err(rerr)?;
     Ok(Some(data))
 }
 

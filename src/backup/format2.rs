@@ -49,29 +49,52 @@ pub async fn copy_files(
     let mut entries: Vec<Option<FileEntry>> = vec![None; files.len()];
     let mut frames = HashSet::new();
 
-    let large: Vec<usize> = (0..files.len()).filter(|i| files[*i].size >= BLOCK_MAP_MIN).collect();
-    let mut results = stream::iter(large.iter().map(|&i| {
+    // Work items: each node of each large file as listed (the last one of a file reads on to wherever the file
+    // ends now), largest files first, so that the workers finish together.
+    let node_bytes = blocks::node_bytes(ctx.block_size);
+    let mut large: Vec<usize> = (0..files.len()).filter(|i| files[*i].size >= BLOCK_MAP_MIN).collect();
+    large.sort_by_key(|&i| std::cmp::Reverse(files[i].size));
+    let items: Vec<(usize, u64, bool)> = large
+        .iter()
+        .flat_map(|&i| {
+            let n = files[i].size.div_ceil(node_bytes).max(1);
+            (0..n).map(move |k| (i, k, k + 1 < n))
+        })
+        .collect();
+    let mut results = stream::iter(items.iter().map(|&(i, k, is_one)| {
         let f = &files[i];
         let prev_nodes: &[ObjectId] = prev_files.get(f.rel.as_bytes()).map_or(&[], |e| &e.nodes);
         let (pacer, advance) = (&pacer, &advance);
-        async move { (i, blocks::copy_file(ctx, f, prev_nodes, pacer, advance).await) }
+        async move { (i, k, blocks::copy_nodes(ctx, f, prev_nodes, k, is_one, pacer, advance).await) }
     }))
     .buffer_unordered(settings.parallel.max(1));
-    while let Some((i, done)) = results.next().await {
-        let Some(copied) = done? else {
+    let mut parts: HashMap<usize, Vec<(u64, Option<blocks::CopiedNodes>)>> = HashMap::new();
+    while let Some((i, k, done)) = results.next().await {
+        parts.entry(i).or_default().push((k, done?));
+    }
+    for (i, mut parts) in parts {
+        parts.sort_by_key(|(k, _)| *k);
+        // The file as read: its parts in order up to the first that ended early (the file shrank meanwhile; WAL
+        // replay restores what it held). Gone at the first read: vanished.
+        let (mut size, mut nodes, mut is_gone) = (0, Vec::new(), false);
+        for (k, part) in parts {
+            let Some(part) = part else {
+                is_gone = k == 0;
+                break;
+            };
+            frames.extend(part.frames);
+            size += part.size;
+            nodes.extend(part.nodes);
+            if part.is_eof {
+                break;
+            }
+        }
+        if is_gone {
             tracing::debug!(path = %files[i].rel, "file vanished during the backup");
             continue;
-        };
-        frames.extend(copied.frames);
+        }
         let f = &files[i];
-        entries[i] = Some(FileEntry {
-            path: f.rel.clone(),
-            size: copied.size,
-            mode: f.mode,
-            mtime: f.mtime,
-            pieces: vec![],
-            nodes: copied.nodes,
-        });
+        entries[i] = Some(FileEntry { path: f.rel.clone(), size, mode: f.mode, mtime: f.mtime, pieces: vec![], nodes });
     }
     drop(results);
 

@@ -122,8 +122,7 @@ pub async fn load_node(storage: &dyn Storage, id: &ObjectId) -> Result<Node, Err
 /// Get a codec object and decode it, checking that its content is `id`.
 async fn load_raw(storage: &dyn Storage, key: &Key, id: &ObjectId) -> Result<Vec<u8>, Error> {
     let object = storage.get(key).await?;
-    let mut raw = Vec::new();
-    let header = codec::decode(&object, &mut raw).map_err(|source| Error::Corrupt { key: key.clone(), source })?;
+    let (header, raw) = codec::decode_vec(&object).map_err(|source| Error::Corrupt { key: key.clone(), source })?;
     check_digest(key, header.digest, id)?;
     Ok(raw)
 }
@@ -147,11 +146,22 @@ pub async fn read_frame(storage: &dyn Storage, pack: &ObjectId, loc: &FrameLocat
     decode_frame(&key, &bytes, loc)
 }
 
-/// Decode `bytes`, which should be frame `loc` of pack `key`, and verify it.
+/// Decode `bytes`, which should be frame `loc` of pack `key`, and verify it (size and blake3). Errors:
+/// [`Error::Corrupt`] naming the pack and offset.
 pub fn decode_frame(key: &Key, bytes: &[u8], loc: &FrameLocation) -> Result<Vec<u8>, Error> {
-    let mut raw = Vec::with_capacity(loc.raw_length as usize);
+    decode_frame_checked(key, bytes, loc, true)
+}
+
+/// As [`decode_frame`], checking the frame's size and its header's digest against `loc` but not hashing the content
+/// ([`codec::decode_vec_unverified`]): for a caller that checks each block it uses against the block's digest.
+pub fn decode_frame_unverified(key: &Key, bytes: &[u8], loc: &FrameLocation) -> Result<Vec<u8>, Error> {
+    decode_frame_checked(key, bytes, loc, false)
+}
+
+fn decode_frame_checked(key: &Key, bytes: &[u8], loc: &FrameLocation, verify: bool) -> Result<Vec<u8>, Error> {
     let corrupt = |source| Error::Corrupt { key: frame_key(key, loc.offset), source };
-    let header = codec::decode(bytes, &mut raw).map_err(corrupt)?;
+    let decoded = if verify { codec::decode_vec(bytes) } else { codec::decode_vec_unverified(bytes) };
+    let (header, raw) = decoded.map_err(corrupt)?;
     check_digest(&frame_key(key, loc.offset), header.digest, &loc.id)?;
     if raw.len() != loc.raw_length as usize {
         return Err(corrupt(codec::Error::SizeMismatch {
@@ -160,6 +170,12 @@ pub fn decode_frame(key: &Key, bytes: &[u8], loc: &FrameLocation) -> Result<Vec<
         }));
     }
     Ok(raw)
+}
+
+/// Check `raw`, the content of frame `loc` of pack `key` decoded by [`decode_frame_unverified`], against the frame's
+/// blake3. Errors: [`Error::Corrupt`] naming the pack and offset.
+pub fn verify_frame(key: &Key, loc: &FrameLocation, raw: &[u8]) -> Result<(), Error> {
+    check_digest(&frame_key(key, loc.offset), codec::Digest::of(raw), &loc.id)
 }
 
 /// `packs/<..>@<offset>`, for messages about one frame of a pack.

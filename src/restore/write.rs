@@ -277,8 +277,7 @@ pub async fn write_files(
 /// Decode one object (verifying it) and write each of its ranges.
 fn apply_object(key: &str, object: &[u8], ops: &[WriteOp]) -> Result<u64, Error> {
     let corrupt = |what: String, source| Error::Corrupt { what, source };
-    let mut raw = Vec::with_capacity(object.len() * 3);
-    codec::decode(object, &mut raw).map_err(|e| {
+    let (_, raw) = codec::decode_vec(object).map_err(|e| {
         corrupt(
             format!(
                 "object {key} (part of {})",

@@ -5,6 +5,8 @@
 #   restores to that time (and, separately, to the end of the archive) into new directories, each copy is
 #   started on its own port, recovers through wal-fetch, and is compared with what the source held.
 # Usage: bash scripts/demo.sh            (as root: the clusters run as the postgres OS user)
+#        DEMO_BIN=/usr/bin bash scripts/demo.sh   runs the installed programs (the Debian package) instead of
+#        building them (scripts/package-test.sh does this)
 # Exit status: 0 if every copy matches the source, 1 otherwise (the work directory is then kept for inspection).
 set -euo pipefail
 
@@ -27,16 +29,23 @@ if ! id postgres >/dev/null 2>&1; then
     echo "demo: the postgres OS user is missing; run: bash scripts/setup.sh" >&2
     exit 1
 fi
-command -v cargo >/dev/null 2>&1 || { echo "demo: cargo not found; install Rust (https://rustup.rs)" >&2; exit 1; }
-
-echo "== building backupctl (release)"
-cargo build --release --locked --bins -q
+DEMO_BIN=${DEMO_BIN:-}
+if [ -z "$DEMO_BIN" ]; then
+    command -v cargo >/dev/null 2>&1 || { echo "demo: cargo not found; install Rust (https://rustup.rs)" >&2; exit 1; }
+    echo "== building backupctl (release)"
+    cargo build --release --locked --bins -q
+fi
 
 WORK=$(mktemp -d /tmp/backupctl-demo.XXXXXX)
 chmod 755 "$WORK"
 mkdir -p "$WORK/bin" "$WORK/repo" "$WORK/spool" "$WORK/spool-pitr" "$WORK/spool-latest"
-for b in wal-push wal-fetch base-backup pitr-restore backupctl; do cp "target/release/$b" "$WORK/bin/"; done
+[ -n "$DEMO_BIN" ] || for b in wal-push wal-fetch base-backup pitr-restore backupctl; do cp "target/release/$b" "$WORK/bin/"; done
 chown -R postgres:postgres "$WORK"
+if [ -n "$DEMO_BIN" ]; then
+    # The installed programs themselves (made after the chown, which must not reach them).
+    for b in wal-push wal-fetch base-backup pitr-restore backupctl; do ln -s "$DEMO_BIN/$b" "$WORK/bin/$b"; done
+    echo "== using the installed programs in $DEMO_BIN ($("$DEMO_BIN/backupctl" --version))"
+fi
 PORT=$((20000 + RANDOM % 20000))
 PITR_PORT=$((PORT + 1))
 LATEST_PORT=$((PORT + 2))

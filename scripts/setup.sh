@@ -12,6 +12,11 @@ python3 -m pip --version >/dev/null 2>&1 || need_apt+=(python3-pip)
 # promtool checks the metrics format and packaging/prometheus-alerts.yml; systemd-analyze verifies the unit files.
 command -v promtool >/dev/null 2>&1 || need_apt+=(prometheus)
 command -v systemd-analyze >/dev/null 2>&1 || need_apt+=(systemd)
+# The Debian package test (scripts/package-test.sh): lintian checks the package, file(1) that binaries are
+# stripped, man-db reads the pages.
+command -v lintian >/dev/null 2>&1 || need_apt+=(lintian)
+command -v file >/dev/null 2>&1 || need_apt+=(file)
+command -v man >/dev/null 2>&1 || need_apt+=(man-db)
 if [ "${#need_apt[@]}" -gt 0 ]; then
     echo "setup: apt-get install ${need_apt[*]}"
     apt-get update -qq
@@ -67,6 +72,12 @@ PY
     rm -rf "$tmp"
 fi
 "$PG14/bin/postgres" --version >/dev/null || { echo "setup: $PG14/bin/postgres does not run" >&2; exit 1; }
+
+# cargo-deb builds the Debian package (packaging/deb/build.sh).
+if ! command -v cargo-deb >/dev/null 2>&1; then
+    echo "setup: cargo install cargo-deb --locked"
+    cargo install -q cargo-deb --locked
+fi
 
 command -v moto_server >/dev/null 2>&1 || { echo "setup: moto_server is not on PATH" >&2; exit 1; }
 python3 -c 'import moto.server' || { echo "setup: moto did not install" >&2; exit 1; }

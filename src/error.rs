@@ -381,7 +381,7 @@ impl Error {
     /// One sentence of guidance for the operator, if there is any.
     pub fn hint(&self) -> Option<&'static str> {
         Some(match self {
-            Error::Config(_) => "fix the configuration file and run again; see docs/configuration.md",
+            Error::Config(_) => concat!("fix the configuration file and run again; see ", doc!("configuration.md")),
             Error::Usage(_) => "run with --help for usage",
             Error::Storage(e) | Error::Repository(crate::repository::store::Error::Storage(e)) => {
                 return storage_hint(e);
@@ -433,14 +433,22 @@ impl Error {
                 "run base-backup on the database host as a user that can read the data directory and tablespaces"
             }
             Error::SourceLink { .. } => {
-                "make the link lead to an existing directory or regular file outside the directories that contain it, or remove it (docs/operations.md, symbolic links)"
+                concat!(
+                    "make the link lead to an existing directory or regular file outside the directories that contain it, or remove it (",
+                    doc!("operations.md"),
+                    ", symbolic links)"
+                )
             }
             Error::Pg(_) => {
                 "check the [postgres] section (host, port, user, password) and that the user may run pg_backup_start"
             }
             Error::CannotBackup { .. } => "back up a primary with archive_mode on and archive_command running wal-push",
             Error::PageChecksums(_) => {
-                "find and repair the relations those files belong to (docs/operations.md, \"Page checksum failures\"); without --fail-on-checksum-error the backup records the pages and succeeds"
+                concat!(
+                    "find and repair the relations those files belong to (",
+                    doc!("operations.md"),
+                    ", \"Page checksum failures\"); without --fail-on-checksum-error the backup records the pages and succeeds"
+                )
             }
             Error::BackupLocked { .. } => "wait for the running backup to finish; the lock is released when it exits",
             Error::SchedulerRunning { .. } => {
@@ -455,13 +463,25 @@ impl Error {
                  old copy of this cluster (its own tablespace links included)"
             }
             Error::ChecksFailed { .. } => {
-                "fix what each failed check names and run 'backupctl check' again (docs/operations.md, \"Checking a setup\")"
+                concat!(
+                    "fix what each failed check names and run 'backupctl check' again (",
+                    doc!("operations.md"),
+                    ", \"Checking a setup\")"
+                )
             }
             Error::VerifyFailed { .. } => {
-                "copy what is missing or corrupt back from a copy of the repository (or pg_wal of the source for WAL), then verify again; take a new full backup if a broken backup cannot be repaired (docs/operations.md, Verify)"
+                concat!(
+                    "copy what is missing or corrupt back from a copy of the repository (or pg_wal of the source for WAL), then verify again; take a new full backup if a broken backup cannot be repaired (",
+                    doc!("operations.md"),
+                    ", Verify)"
+                )
             }
             Error::Policy(_) => {
-                "write the policy as comma-separated key=value items, e.g. --policy \"daily-retain=7,weekly-retain=4,pitr-days=14\" (docs/operations.md, retention)"
+                concat!(
+                    "write the policy as comma-separated key=value items, e.g. --policy \"daily-retain=7,weekly-retain=4,pitr-days=14\" (",
+                    doc!("operations.md"),
+                    ", retention)"
+                )
             }
             Error::Retention(crate::retention::expire::Error::UnknownBackup { .. }) => {
                 "run 'backupctl status' to list the backups"
@@ -484,10 +504,18 @@ impl Error {
                 "something deleted objects under data/ while the backup ran (a gc of an older version, or by hand); this backup was not recorded: run it again"
             }
             Error::Alert(crate::alert::Error::NotConfigured { .. }) => {
-                "add [alerts.email] or [alerts.webhook] to the configuration (docs/operations.md, Alerts)"
+                concat!(
+                    "add [alerts.email] or [alerts.webhook] to the configuration (",
+                    doc!("operations.md"),
+                    ", Alerts)"
+                )
             }
             Error::Alert(_) => {
-                "check each failed channel's host, port, tls, credentials or URL and that the receiver is up (docs/operations.md, Alerts, troubleshooting)"
+                concat!(
+                    "check each failed channel's host, port, tls, credentials or URL and that the receiver is up (",
+                    doc!("operations.md"),
+                    ", Alerts, troubleshooting)"
+                )
             }
             Error::Metrics(crate::metrics::Error::Listen { .. }) => {
                 "choose a free address and port in [metrics] listen (default 127.0.0.1:9850)"

@@ -7,6 +7,15 @@
 // Output goes through `cli::output`, which never panics on a closed pipe (println! does).
 #![cfg_attr(not(test), deny(clippy::print_stdout, clippy::print_stderr))]
 
+/// The path of an installed documentation file, for messages: `doc!("operations.md")` is
+/// `"/usr/share/doc/backupctl/operations.md"` (the Debian package's location; `BACKUPCTL_DOC_DIR` at build time
+/// changes the directory, see build.rs). A string literal, so it works inside `concat!` and format strings.
+macro_rules! doc {
+    ($file:literal) => {
+        concat!(env!("BACKUPCTL_DOC_DIR"), "/", $file)
+    };
+}
+
 pub mod alert;
 pub mod archive;
 pub mod backup;

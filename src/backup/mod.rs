@@ -61,7 +61,10 @@ pub fn run(
 ) -> Result<Manifest, Error> {
     let started = Instant::now();
     let pg_config = config.postgres.as_ref().ok_or_else(|| {
-        Error::Usage("base-backup needs a [postgres] section in the configuration (see docs/configuration.md)".into())
+        Error::Usage(
+            concat!("base-backup needs a [postgres] section in the configuration (see ", doc!("configuration.md"), ")")
+                .into(),
+        )
     })?;
     let spool = Spool::open(&config.spool.path, &crate::storage::canonical_url(&config.repository.url))?;
     let lock_path = spool.root().join("backup.lock");

@@ -263,9 +263,15 @@ pub fn report(
         });
     }
     tracing::warn!(
-        "{pages} of {} verified pages in {files} {} fail their checksum; the backup records them (docs/operations.md, \"Page checksum failures\")",
+        concat!(
+            "{pages} of {} verified pages in {files} {} fail their checksum; the backup records them (",
+            doc!("operations.md"),
+            ", \"Page checksum failures\")"
+        ),
         outcome.pages_verified,
         if files == 1 { "file" } else { "files" },
+        pages = pages,
+        files = files,
     );
     Ok(())
 }

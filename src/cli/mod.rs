@@ -21,6 +21,20 @@ use crate::archive::ArchiveContext;
 use crate::config::Config;
 use crate::spool::Spool;
 
+/// The command-line definition of each program, in the order of README's table: `wal-push`, `wal-fetch`,
+/// `base-backup`, `pitr-restore`, `backupctl` (with its subcommands). For generating man pages and shell completions
+/// (`examples/gen-assets.rs`, run when the Debian package is built).
+pub fn commands() -> Vec<clap::Command> {
+    use clap::CommandFactory as _;
+    vec![
+        wal_push::Args::command(),
+        wal_fetch::Args::command(),
+        base_backup::Args::command(),
+        pitr_restore::Args::command(),
+        admin::Args::command(),
+    ]
+}
+
 /// Parse the command line as `A`; on `--help`, `--version` or a usage error, print clap's text and return the exit
 /// status `program` uses for it.
 pub fn parse_args<A: clap::Parser>(program: exit::Program) -> Result<A, std::process::ExitCode> {

@@ -15,7 +15,7 @@ use crate::wal::WalFileName;
 /// PostgreSQL's restore_command: fetch one WAL file from the repository, verify it, and write it atomically.
 ///
 /// Use in postgresql.conf (pitr-restore writes it for you) as:
-/// restore_command = '/usr/local/bin/wal-fetch --config /etc/backupctl/backupctl.toml %f %p'
+/// restore_command = '/usr/bin/wal-fetch --config /etc/backupctl/backupctl.toml %f %p'
 #[derive(Debug, Parser)]
 #[command(name = "wal-fetch", version, after_long_help = exit::WAL_FETCH_HELP)]
 pub struct Args {

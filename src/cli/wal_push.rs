@@ -17,7 +17,7 @@ use crate::state::StateDir;
 
 /// PostgreSQL's archive_command: archive one WAL file into the repository; exits 0 only once it is durable there.
 ///
-/// Use in postgresql.conf as: archive_command = '/usr/local/bin/wal-push --config /etc/backupctl/backupctl.toml %p'
+/// Use in postgresql.conf as: archive_command = '/usr/bin/wal-push --config /etc/backupctl/backupctl.toml %p'
 /// (PostgreSQL runs it as its own OS user; errors go to the server log).
 #[derive(Debug, Parser)]
 #[command(name = "wal-push", version, after_long_help = exit::WAL_PUSH_HELP)]

@@ -21,7 +21,13 @@ pub fn warn_recorded(manifest: &Manifest) {
         n => format!("{n} files"),
     };
     tracing::warn!(
-        "backup {} holds {pages} corrupt pages in {files}, restored as they were read (docs/operations.md, \"Page checksum failures\")",
+        concat!(
+            "backup {} holds {pages} corrupt pages in {files}, restored as they were read (",
+            doc!("operations.md"),
+            ", \"Page checksum failures\")"
+        ),
         manifest.id,
+        pages = pages,
+        files = files,
     );
 }

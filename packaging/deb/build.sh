@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# Build the Debian package: target/debian/backupctl_<version>-1_<arch>.deb.
+#   1. the stripped binaries (cargo build --profile dist),
+#   2. man pages and shell completions from the programs' clap definitions (examples/gen-assets.rs) into
+#      target/assets/, the pages gzipped as Debian policy asks (-9n: reproducible),
+#   3. cargo deb --no-build with [package.metadata.deb] of Cargo.toml.
+# Needs cargo-deb (installed here with `cargo install cargo-deb --locked` when missing).
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+
+if ! command -v cargo-deb >/dev/null 2>&1; then
+    echo "build.sh: cargo install cargo-deb --locked"
+    cargo install -q cargo-deb --locked
+fi
+# Hints in messages point at the packaged documentation (build.rs).
+export BACKUPCTL_DOC_DIR=/usr/share/doc/backupctl
+cargo build -q --locked --profile dist --bins
+rm -rf target/assets
+cargo run -q --locked --profile dist --example gen-assets -- target/assets
+gzip -9n target/assets/man/*.1
+cargo deb --no-build --profile dist --locked -q "$@"
+ls -1 target/debian/*.deb

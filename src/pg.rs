@@ -156,14 +156,14 @@ fn connect_with(cfg: &PostgresConfig, mut c: postgres::Config) -> Result<Session
         c.password(p);
     }
     let target = format!("{}:{} as {}", cfg.host, cfg.port, cfg.user);
-    let mut client =
-        c.connect(postgres::NoTls).map_err(|source| Error::Connect { target: target.clone(), source })?;
+    let mut client = c.connect(postgres::NoTls).map_err(|source| Error::Connect { target: target.clone(), source })?;
     let version_num = query_one_text(&mut client, "server_version_num", "show server_version_num")?;
     let version_num: u32 =
         version_num.parse().map_err(|_| Error::Unexpected { what: "server_version_num", answer: version_num })?;
     let target = format!("{}:{}", cfg.host, cfg.port);
     // Refused before anything else is asked: the backup functions and catalogs of an untested major may differ.
-    let major = Major::of_version_num(version_num).map_err(|source| Error::Unsupported { target: target.clone(), source })?;
+    let major =
+        Major::of_version_num(version_num).map_err(|source| Error::Unsupported { target: target.clone(), source })?;
     Ok(Session { client, version_num, major, target })
 }
 

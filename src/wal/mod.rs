@@ -520,7 +520,11 @@ mod tests {
         }
         let cases: Vec<(Vec<u8>, u64, &str)> = vec![
             (header(0xBEEF, 7, start, 16 << 20, 8192), full, "WAL page magic 0xBEEF is not one of a known"),
-            (header(0xD101, 7, start, 16 << 20, 8192), full, "n: WAL page magic 0xD101 is PostgreSQL 12's (end-of-life)"),
+            (
+                header(0xD101, 7, start, 16 << 20, 8192),
+                full,
+                "n: WAL page magic 0xD101 is PostgreSQL 12's (end-of-life)",
+            ),
             (header(0xD119, 7, start, 16 << 20, 8192), full, "backupctl supports PostgreSQL 13 to 18"),
             (header(0xD110, 5, start, 16 << 20, 8192), full, "long page header"),
             (header(0xD110, 7, start, 16 << 20, 8192), full - 8192, "file is"),

@@ -107,10 +107,7 @@ fn control_origin(version: u32, major: Option<u32>) -> String {
 impl Major {
     /// The supported major of a `server_version_num` (150004 → 15).
     pub fn of_version_num(version_num: u32) -> Result<&'static Major, Unsupported> {
-        SUPPORTED
-            .iter()
-            .find(|s| s.major == version_num / 10_000)
-            .ok_or(Unsupported::ServerVersion { version_num })
+        SUPPORTED.iter().find(|s| s.major == version_num / 10_000).ok_or(Unsupported::ServerVersion { version_num })
     }
 
     /// The supported major whose WAL carries `magic`.

@@ -1,7 +1,7 @@
 //! Issue 11: every supported PostgreSQL major (13 to 18) on a real cluster of that major, one test function each
 //! so that a failure names the version: archive with wal-push, a full then an incremental base-backup, pitr-restore
 //! to a restore point or an LSN between two changes, the restored cluster started (wal-fetch as its
-//! restore_command) and its data compared with the source's at the target, then `backupctl verify`.
+//! restore_command) and its data compared with the source's at the target, `backupctl check` and `verify`.
 //!
 //! What differs per major is checked on the cluster itself: the WAL page magic and `pg_control` version it writes
 //! against the library's table, the backup functions base-backup called (13/14 `pg_start_backup`, 15+
@@ -163,6 +163,10 @@ fn smoke(major: u32, stop: Stop, initdb_args: &[&str], has_checksums: bool) -> O
         assert!(log.contains(f), "PostgreSQL {major}: base-backup did not call {f}");
     }
     assert!(!log.contains(other), "PostgreSQL {major}: base-backup called {other}");
+
+    // `backupctl check` on this major: the connection, the version and pg_control checks, a WAL switch archived.
+    let out = src.run("backupctl", &["check"]);
+    assert_ok(&format!("PostgreSQL {major}: backupctl check"), &out);
 
     // Restore the incremental to the target.
     let dest = src.dir.sub("restored");

@@ -35,10 +35,7 @@ pub fn require_pg() -> Option<PathBuf> {
 /// PostgreSQL 14 server binaries (scripts/setup.sh installs them into /opt/backupctl/pg14), or a skip (a failure
 /// under CI). `$BACKUPCTL_PG14_BIN` overrides the directory.
 pub fn require_pg14() -> Option<PathBuf> {
-    let dir =
-        std::env::var_os("BACKUPCTL_PG14_BIN").map_or_else(|| PathBuf::from("/opt/backupctl/pg14/bin"), PathBuf::from);
-    let found = dir.join("postgres").is_file().then_some(dir);
-    super::require("PostgreSQL 14 server binaries in /opt/backupctl/pg14/bin (run scripts/setup.sh)", found)
+    require_pg_major(14)
 }
 
 /// Server binaries of PostgreSQL `major` as scripts/setup.sh installs them (Debian's 15 in

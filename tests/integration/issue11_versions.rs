@@ -7,8 +7,9 @@
 //! against the library's table, the backup functions base-backup called (13/14 `pg_start_backup`, 15+
 //! `pg_backup_start`, from the server log), data checksums (on by default in 18; `--data-checksums` on 13 so that
 //! page verification runs on an old major too), and the recovery files pitr-restore writes (`recovery.signal`
-//! and `postgresql.auto.conf`, the same from 12 on). A version the library does not support is refused (wal-push on a
-//! segment of 12 or of an unknown major; pitr-restore of a backup recorded as 12 or 19).
+//! and `postgresql.auto.conf`, the same from 12 on). A version the library does not support is refused: a real
+//! PostgreSQL 12 cluster (wal-push, base-backup, check), wal-push on segments of 10-12 or an unknown major, and
+//! pitr-restore of a backup recorded as 12 or 19.
 //!
 //! Server binaries: Debian's 15, and the others from npm in /opt/backupctl/pg<major> (scripts/setup.sh); psql is
 //! 15's for all (pg_dump 15 refuses newer servers, so data is compared with SQL fingerprints, not dumps).
@@ -44,6 +45,13 @@ struct Source {
 
 impl Source {
     fn start(server_bin: &Path, major: u32, url: &str, initdb_args: &[&str]) -> Self {
+        let mut src = Self::init(server_bin, major, url, initdb_args);
+        src.cluster.start();
+        src
+    }
+
+    /// initdb and configure, not started.
+    fn init(server_bin: &Path, major: u32, url: &str, initdb_args: &[&str]) -> Self {
         let dir = PgDir::new(&format!("pg{major}"));
         let cfg_dir = dir.sub("cfg");
         std::fs::create_dir_all(cfg_dir.join("spool")).expect("mkdir");
@@ -54,7 +62,7 @@ impl Source {
             bin("wal-push").display(),
             placeholder.display()
         );
-        let mut cluster = Cluster::init_with_args(server_bin, &dir, "src", &conf, initdb_args);
+        let cluster = Cluster::init_with_args(server_bin, &dir, "src", &conf, initdb_args);
         let config = write_config(
             &cfg_dir,
             url,
@@ -66,7 +74,6 @@ impl Source {
             ),
         );
         chown_postgres(dir.path());
-        cluster.start();
         Self { dir, cluster, config }
     }
 
@@ -261,6 +268,57 @@ fn issue_11_pg18_archive_backup_pitr() {
     let Some((src, repo, id)) = smoke(18, Stop::Name, &[], true) else { return };
     // A backup recorded as a newer major is refused, not restored with 18's recovery settings.
     restore_refused_as(&src, &repo, &id, 190_004, "PostgreSQL 19 (server_version_num 190004) is not supported");
+}
+
+/// PostgreSQL 12 (end-of-life since November 2024) on a real cluster: wal-push refuses its WAL (the archiver fails,
+/// the segment stays in pg_wal), base-backup and `backupctl check` refuse the server, each naming 12 and the
+/// supported range; nothing reaches the repository.
+#[test]
+fn issue_11_pg12_refused() {
+    if require_pg().is_none() {
+        return;
+    }
+    let Some(bin12) = require_pg_major(12) else { return };
+    let repo = FileRepo::new("pg12");
+    let mut src = Source::init(&bin12, 12, &repo.url(), &[]);
+    // 12 has wal_keep_segments, not the wal_keep_size the shared cluster settings use (13+).
+    let conf = src.cluster.data.join("postgresql.conf");
+    let text = std::fs::read_to_string(&conf).expect("postgresql.conf");
+    std::fs::write(&conf, text.replace("wal_keep_size = '2GB'", "wal_keep_segments = 128")).expect("write conf");
+    src.cluster.start();
+    let c = &src.cluster;
+    assert!(c.sql("show server_version_num").starts_with("12"), "not a PostgreSQL 12 server");
+    // The numbers the refusal names are 12's: xlog_internal.h and pg_control.h of REL_12_STABLE.
+    assert_eq!(on_disk_versions(c), (0xD101, 1201));
+
+    c.sql("create table t (id int primary key, batch int not null, pad text not null)");
+    c.sql("insert into t select g, 0, md5(g::text) from generate_series(1, 1000) g");
+    let segment = c.sql("select pg_walfile_name(pg_switch_wal())");
+    wait_for("the archiver to fail on PostgreSQL 12 WAL", Duration::from_secs(60), || {
+        let failed: u64 = c.sql("select failed_count from pg_stat_archiver").parse().ok()?;
+        (failed > 0).then_some(())
+    });
+    assert_eq!(c.sql("select archived_count from pg_stat_archiver"), "0");
+    let log = c.log_text();
+    let want = "WAL page magic 0xD101 is PostgreSQL 12's (end-of-life): backupctl supports PostgreSQL 13 to 18";
+    assert!(log.lines().any(|l| l.starts_with("wal-push: error: ") && l.contains(want)), "{log}");
+    assert!(c.data.join("pg_wal").join(&segment).is_file(), "the segment stays in pg_wal");
+
+    let out = src.run("base-backup", &["--type", "full", "--fast"]);
+    let (code, err) = status(&out);
+    assert_eq!(code, Some(1), "{err}");
+    let line = err.lines().find(|l| l.starts_with("base-backup: error: ")).unwrap_or_default();
+    assert!(line.contains("PostgreSQL 12 (server_version_num 12"), "{err}");
+    assert!(line.ends_with("is not supported: backupctl supports PostgreSQL 13 to 18"), "{err}");
+    assert!(err.contains("base-backup: hint: run a backupctl release that supports this PostgreSQL major"), "{err}");
+
+    let out = src.run("backupctl", &["check"]);
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(text.contains("PostgreSQL 12 (server_version_num 12"), "{text}");
+
+    let stored = walkdir(repo.dir.path());
+    assert!(!stored.iter().any(|p| p.contains("/wal/") || p.contains("/backups/")), "{stored:?}");
 }
 
 /// wal-push refuses a segment whose page magic is not a supported major's (12's, or one it does not know), with

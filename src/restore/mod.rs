@@ -201,6 +201,10 @@ pub async fn choose(
     let manifest = target::choose_backup(&manifests, &request.target, history.as_ref(), request.backup_id.as_ref())
         .map_err(|reason| Error::NoBackup { backend: storage.to_string(), target: request.target.to_string(), reason })?
         .clone();
+    // A backup of a major this build does not know (written by a newer backupctl) is refused, not restored with
+    // another major's recovery settings.
+    crate::wal::version::Major::of_version_num(manifest.pg_version_num)
+        .map_err(|source| Error::UnsupportedBackup { backup: manifest.id.to_string(), source })?;
     Ok((manifest, history))
 }
 

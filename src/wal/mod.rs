@@ -7,6 +7,7 @@
 
 pub mod continuity;
 mod history;
+pub mod version;
 
 pub use history::{HistoryEntry, TimelineHistory};
 
@@ -305,13 +306,14 @@ pub enum HeaderError {
         /// Bytes available.
         len: usize,
     },
-    /// `xlp_magic` is not one PostgreSQL 12-18 writes.
-    #[error("segment {name} has unknown page magic 0x{magic:04X} (not PostgreSQL WAL, or an unsupported version)")]
-    UnknownMagic {
+    /// `xlp_magic` is not the one of a supported major ([`version::SUPPORTED`]).
+    #[error("segment {name}: {source}")]
+    UnsupportedMagic {
         /// The file name.
         name: String,
-        /// The magic.
-        magic: u16,
+        /// The magic, and what it is.
+        #[source]
+        source: version::Unsupported,
     },
     /// The first page does not carry the long-header flag.
     #[error("segment {name} does not start with a long page header (xlp_info 0x{info:04X})")]
@@ -354,20 +356,6 @@ pub enum HeaderError {
     Name(#[from] ParseError),
 }
 
-/// PostgreSQL major version for a known `XLOG_PAGE_MAGIC`.
-pub fn pg_version_for_magic(magic: u16) -> Option<u32> {
-    match magic {
-        0xD101 => Some(12),
-        0xD106 => Some(13),
-        0xD10D => Some(14),
-        0xD110 => Some(15),
-        0xD113 => Some(16),
-        0xD116 => Some(17),
-        0xD118 => Some(18),
-        _ => None,
-    }
-}
-
 impl LongPageHeader {
     /// Read the header fields (little-endian, as written on x86-64 and aarch64).
     pub fn parse(name: &str, bytes: &[u8]) -> Result<Self, HeaderError> {
@@ -388,12 +376,18 @@ impl LongPageHeader {
         })
     }
 
-    /// Check a segment file's header against its name and size. Returns the validated segment size.
+    /// The supported major that wrote this page (by `xlp_magic`; see [`version`]).
+    pub fn major(&self, display_name: &str) -> Result<&'static version::Major, HeaderError> {
+        version::Major::of_wal_page_magic(self.magic)
+            .map_err(|source| HeaderError::UnsupportedMagic { name: display_name.to_owned(), source })
+    }
+
+    /// Check a segment file's header against its name and size: a supported major's page magic (a major this
+    /// build has not been tested with is refused, never guessed), a long header, the sizes, the page address.
+    /// Returns the validated segment size.
     pub fn validate(&self, name: &SegmentName, display_name: &str, file_size: u64) -> Result<SegmentSize, HeaderError> {
         let name_s = display_name.to_owned();
-        if pg_version_for_magic(self.magic).is_none() {
-            return Err(HeaderError::UnknownMagic { name: name_s, magic: self.magic });
-        }
+        self.major(display_name)?;
         if self.info & XLP_LONG_HEADER == 0 {
             return Err(HeaderError::NotLongHeader { name: name_s, info: self.info });
         }
@@ -518,8 +512,20 @@ mod tests {
         let h = LongPageHeader::parse("n", &ok).expect("parse");
         assert_eq!(h.system_identifier, 0x1234_5678_9ABC_DEF0);
         assert_eq!(h.validate(&name, "n", full).expect("valid"), MB16);
+        // Every supported major's page magic is accepted, and names its major.
+        for major in version::SUPPORTED {
+            let h = LongPageHeader::parse("n", &header(major.wal_page_magic, 7, start, 16 << 20, 8192)).expect("parse");
+            assert_eq!(h.validate(&name, "n", full).expect("valid"), MB16, "{major}");
+            assert_eq!(h.major("n").expect("major").major, major.major);
+        }
         let cases: Vec<(Vec<u8>, u64, &str)> = vec![
-            (header(0xBEEF, 7, start, 16 << 20, 8192), full, "unknown page magic"),
+            (header(0xBEEF, 7, start, 16 << 20, 8192), full, "WAL page magic 0xBEEF is not one of a known"),
+            (
+                header(0xD101, 7, start, 16 << 20, 8192),
+                full,
+                "n: WAL page magic 0xD101 is PostgreSQL 12's (end-of-life)",
+            ),
+            (header(0xD119, 7, start, 16 << 20, 8192), full, "backupctl supports PostgreSQL 13 to 18"),
             (header(0xD110, 5, start, 16 << 20, 8192), full, "long page header"),
             (header(0xD110, 7, start, 16 << 20, 8192), full - 8192, "file is"),
             (header(0xD110, 7, start, 3 << 20, 8192), 3 << 20, "segment size"),

@@ -152,7 +152,7 @@ fn bad_inputs_fail_and_write_nothing() {
                 let data: Vec<u8> = (0..16 * MB).map(|i| (i * 7919 % 251) as u8).collect();
                 std::fs::write(p, data).expect("write");
             }),
-            "unknown page magic",
+            "is not one of a known PostgreSQL release",
         ),
         (
             "other cluster",

@@ -19,7 +19,7 @@ use crate::codec::{self, Digest, HEADER_LEN, ObjectHeader};
 use crate::repository::{self, ClusterInfo};
 use crate::spool::FileIdentity;
 use crate::storage::{self, PutMode, Storage};
-use crate::wal::{LONG_HEADER_LEN, LongPageHeader, WalFileName, pg_version_for_magic};
+use crate::wal::{LONG_HEADER_LEN, LongPageHeader, WalFileName};
 
 /// The largest `.history` or `.backup` file accepted.
 const MAX_TEXT_FILE: u64 = 1 << 20;
@@ -79,8 +79,7 @@ pub fn inspect(name: &WalFileName, path: &Path) -> Result<Inspected, Error> {
             let cluster = ClusterInfo {
                 system_identifier: header.system_identifier.to_string(),
                 wal_segment_size: seg_size.bytes(),
-                // invariant: validate() accepted the magic, so it maps to a version.
-                pg_version: pg_version_for_magic(header.magic).unwrap_or(0),
+                pg_version: header.major(&name.to_string()).map_err(bad)?.major,
             };
             Ok(Inspected { size, identity, cluster: Some(cluster) })
         }

@@ -35,10 +35,21 @@ pub fn require_pg() -> Option<PathBuf> {
 /// PostgreSQL 14 server binaries (scripts/setup.sh installs them into /opt/backupctl/pg14), or a skip (a failure
 /// under CI). `$BACKUPCTL_PG14_BIN` overrides the directory.
 pub fn require_pg14() -> Option<PathBuf> {
+    require_pg_major(14)
+}
+
+/// Server binaries of PostgreSQL `major` as scripts/setup.sh installs them (Debian's 15 in
+/// /usr/lib/postgresql/15/bin; 13, 14, 16, 17 and 18 from npm in /opt/backupctl/pg<major>/bin), or a skip (a
+/// failure under CI). `$BACKUPCTL_PG<major>_BIN` overrides the directory.
+pub fn require_pg_major(major: u32) -> Option<PathBuf> {
+    let default = match major {
+        15 => "/usr/lib/postgresql/15/bin".to_owned(),
+        _ => format!("/opt/backupctl/pg{major}/bin"),
+    };
     let dir =
-        std::env::var_os("BACKUPCTL_PG14_BIN").map_or_else(|| PathBuf::from("/opt/backupctl/pg14/bin"), PathBuf::from);
+        std::env::var_os(format!("BACKUPCTL_PG{major}_BIN")).map_or_else(|| PathBuf::from(&default), PathBuf::from);
     let found = dir.join("postgres").is_file().then_some(dir);
-    super::require("PostgreSQL 14 server binaries in /opt/backupctl/pg14/bin (run scripts/setup.sh)", found)
+    super::require(&format!("PostgreSQL {major} server binaries in {default} (run scripts/setup.sh)"), found)
 }
 
 /// A directory owned by the postgres user, removed on drop.
@@ -164,11 +175,18 @@ impl Cluster {
 
     /// initdb with the server binaries in `bin`.
     pub fn init_with(bin: &Path, dir: &PgDir, name: &str, extra: &str) -> Self {
+        Self::init_with_args(bin, dir, name, extra, &[])
+    }
+
+    /// [`Cluster::init_with`], passing `initdb_args` (e.g. `--data-checksums`) to initdb.
+    pub fn init_with_args(bin: &Path, dir: &PgDir, name: &str, extra: &str, initdb_args: &[&str]) -> Self {
         let bin = bin.to_path_buf();
         let data = dir.path().join(name);
         let socket = dir.sub(&format!("{name}-sock"));
         let out = as_postgres(&bin.join("initdb"))
-            .args(["-A", "trust", "-U", "postgres", "--no-sync", "-E", "UTF8", "--locale=C", "-D"])
+            .args(["-A", "trust", "-U", "postgres", "--no-sync", "-E", "UTF8", "--locale=C"])
+            .args(initdb_args)
+            .arg("-D")
             .arg(&data)
             .output()
             .expect("initdb");

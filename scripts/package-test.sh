@@ -38,7 +38,7 @@ for s in $subs; do
     [ "$s" = help ] && continue
     [ -s "/usr/share/man/man1/backupctl-$s.1.gz" ] || fail "no man page for backupctl $s"
 done
-zcat /usr/share/man/man1/backupctl-prune.1.gz | grep -q -- '--dry-run' || fail "backupctl-prune(1) lacks --dry-run"
+zcat /usr/share/man/man1/backupctl-prune.1.gz | grep -qE 'dry(\\)?-run' || fail "backupctl-prune(1) lacks --dry-run"
 bash -c 'source /usr/share/bash-completion/completions/backupctl && complete -p backupctl' >/dev/null \
     || fail "the bash completion does not load"
 for f in README.md operations.md configuration.md design/format2.md examples/cron.d-backupctl \

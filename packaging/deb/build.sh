@@ -12,11 +12,12 @@ if ! command -v cargo-deb >/dev/null 2>&1; then
     echo "build.sh: cargo install cargo-deb --locked"
     cargo install -q cargo-deb --locked
 fi
-# Hints in messages point at the packaged documentation (build.rs).
-export BACKUPCTL_DOC_DIR=/usr/share/doc/backupctl
 cargo build -q --locked --profile dist --bins
 rm -rf target/assets
-cargo run -q --locked --profile dist --example gen-assets -- target/assets
+# The generator runs in the test profile: `cargo test` has built it already (a dist build of an example would
+# rebuild the library with the dev-dependencies' features). Hints in messages name /usr/share/doc/backupctl
+# (build.rs; the default BACKUPCTL_DOC_DIR).
+cargo run -q --locked --example gen-assets -- target/assets
 gzip -9n target/assets/man/*.1
 cargo deb --no-build --profile dist --locked -q "$@"
 ls -1 target/debian/*.deb

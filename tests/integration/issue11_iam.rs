@@ -517,6 +517,8 @@ fn issue_11_iam_policies_on_s3() {
     }
     let manifests = rt.block_on(keys_under(&full_client, &bucket, &format!("{prefix}/backups/{id}/")));
     assert!(!manifests.is_empty(), "the backup is still there");
+    let locks = rt.block_on(keys_under(&full_client, &bucket, &format!("{prefix}/locks/")));
+    assert!(locks.is_empty(), "the refused gc removed its lease: {locks:?}");
 
     // The full host: a leftover multipart upload (a killed writer's) and the backup go.
     let leftover = format!("{prefix}/packs/00/leftover");

@@ -43,25 +43,37 @@ enum PushOnly {
     Never,
 }
 
+/// An aws-sdk-s3 operation: its name (the client method), the IAM actions it needs and on what, and whether a
+/// push-only host sends it.
+struct Operation {
+    sdk: &'static str,
+    actions: &'static [(&'static str, On)],
+    push_only: PushOnly,
+}
+
+const fn op(sdk: &'static str, actions: &'static [(&'static str, On)], push_only: PushOnly) -> Operation {
+    Operation { sdk, actions, push_only }
+}
+
 /// Every aws-sdk-s3 operation the backend may call: the IAM actions it needs, and whether a push-only host sends
 /// it. Source: AWS Service Authorization Reference, "Actions, resources, and condition keys for Amazon S3", table
 /// "API operations defined by Amazon S3" (docs.aws.amazon.com/service-authorization/latest/reference/list_s3.html),
 /// and the "Permissions" section of each operation in the Amazon S3 API Reference. GetObject and HeadObject also
 /// need s3:ListBucket on the bucket: without it S3 answers 403 instead of 404 for a missing key, and wal-fetch
 /// would take "not archived (yet)" for a failure and stop the recovery (exit 255).
-const OPERATIONS: &[(&str, &[(&str, On)], PushOnly)] = &[
-    ("put_object", &[("s3:PutObject", On::Objects)], PushOnly::Needs),
-    ("create_multipart_upload", &[("s3:PutObject", On::Objects)], PushOnly::Needs),
-    ("upload_part", &[("s3:PutObject", On::Objects)], PushOnly::Needs),
-    ("complete_multipart_upload", &[("s3:PutObject", On::Objects)], PushOnly::Needs),
-    ("abort_multipart_upload", &[("s3:AbortMultipartUpload", On::Objects)], PushOnly::Needs),
-    ("get_object", &[("s3:GetObject", On::Objects), ("s3:ListBucket", On::Bucket)], PushOnly::Needs),
-    ("head_object", &[("s3:GetObject", On::Objects), ("s3:ListBucket", On::Bucket)], PushOnly::Needs),
-    ("list_objects_v2", &[("s3:ListBucket", On::Bucket)], PushOnly::Needs),
-    ("delete_object", &[("s3:DeleteObject", On::Objects)], PushOnly::Under(&["locks/", "check/"])),
-    ("delete_objects", &[("s3:DeleteObject", On::Objects)], PushOnly::Never),
-    ("list_multipart_uploads", &[("s3:ListBucketMultipartUploads", On::Bucket)], PushOnly::Never),
-    ("list_parts", &[("s3:ListMultipartUploadParts", On::Objects)], PushOnly::Never),
+const OPERATIONS: &[Operation] = &[
+    op("put_object", &[("s3:PutObject", On::Objects)], PushOnly::Needs),
+    op("create_multipart_upload", &[("s3:PutObject", On::Objects)], PushOnly::Needs),
+    op("upload_part", &[("s3:PutObject", On::Objects)], PushOnly::Needs),
+    op("complete_multipart_upload", &[("s3:PutObject", On::Objects)], PushOnly::Needs),
+    op("abort_multipart_upload", &[("s3:AbortMultipartUpload", On::Objects)], PushOnly::Needs),
+    op("get_object", &[("s3:GetObject", On::Objects), ("s3:ListBucket", On::Bucket)], PushOnly::Needs),
+    op("head_object", &[("s3:GetObject", On::Objects), ("s3:ListBucket", On::Bucket)], PushOnly::Needs),
+    op("list_objects_v2", &[("s3:ListBucket", On::Bucket)], PushOnly::Needs),
+    op("delete_object", &[("s3:DeleteObject", On::Objects)], PushOnly::Under(&["locks/", "check/"])),
+    op("delete_objects", &[("s3:DeleteObject", On::Objects)], PushOnly::Never),
+    op("list_multipart_uploads", &[("s3:ListBucketMultipartUploads", On::Bucket)], PushOnly::Never),
+    op("list_parts", &[("s3:ListMultipartUploadParts", On::Objects)], PushOnly::Never),
 ];
 
 const BUCKET_ARN: &str = "arn:aws:s3:::BUCKET";
@@ -205,8 +217,7 @@ fn layout_top_level() -> BTreeSet<String> {
 #[test]
 fn issue_11_iam_policies_cover_every_s3_call() {
     let ops = sdk_operations();
-    let table: BTreeMap<&str, (&[(&str, On)], PushOnly)> =
-        OPERATIONS.iter().map(|(op, a, p)| (*op, (*a, *p))).collect();
+    let table: BTreeMap<&str, &Operation> = OPERATIONS.iter().map(|o| (o.sdk, o)).collect();
     let unknown: Vec<&String> = ops.iter().filter(|op| !table.contains_key(op.as_str())).collect();
     assert!(
         unknown.is_empty(),
@@ -224,8 +235,8 @@ fn issue_11_iam_policies_cover_every_s3_call() {
 
     let (mut want_full, mut want_push) = (BTreeSet::new(), BTreeSet::new());
     for op in &ops {
-        let (actions, push_only) = table[op.as_str()];
-        for (action, on) in actions {
+        let Operation { actions, push_only, .. } = table[op.as_str()];
+        for (action, on) in *actions {
             want_full.insert((action.to_string(), arn(*on).to_owned()));
             match push_only {
                 PushOnly::Needs => {
@@ -234,7 +245,7 @@ fn issue_11_iam_policies_cover_every_s3_call() {
                 PushOnly::Under(prefixes) => {
                     assert_eq!(*on, On::Objects);
                     assert!(prefixes.contains(&lock_prefix) && prefixes.contains(&"check/"), "{prefixes:?}");
-                    for p in prefixes {
+                    for p in *prefixes {
                         want_push.insert((action.to_string(), format!("arn:aws:s3:::BUCKET/PREFIX/{p}*")));
                     }
                 }
@@ -514,6 +525,7 @@ fn issue_11_iam_policies_on_s3() {
         let (code, _, err) = output_text(&run("backupctl", &push, &config, args));
         assert_eq!(code, Some(1), "backupctl {args:?} as the push-only user: {err}");
         assert!(err.to_lowercase().contains("denied"), "names the refusal: {err}");
+        assert!(err.contains("hint:") && err.contains("push-only policy"), "says what to do: {err}");
     }
     let manifests = rt.block_on(keys_under(&full_client, &bucket, &format!("{prefix}/backups/{id}/")));
     assert!(!manifests.is_empty(), "the backup is still there");

@@ -520,8 +520,8 @@ fn issue_11_iam_policies_on_s3() {
     assert_ok("pitr-restore as the push-only user", &out);
     assert!(restored.join("PG_VERSION").is_file());
 
-    // The push-only host cannot delete backups or reclaim space.
-    for args in [&["delete", "--backup-id", id.as_str()][..], &["gc"][..]] {
+    // The push-only host cannot delete backups, expire WAL or reclaim space.
+    for args in [&["delete", "--backup-id", id.as_str()][..], &["gc"][..], &["prune", "--policy", "keep-last=1"][..]] {
         let (code, _, err) = output_text(&run("backupctl", &push, &config, args));
         assert_eq!(code, Some(1), "backupctl {args:?} as the push-only user: {err}");
         assert!(err.to_lowercase().contains("denied"), "names the refusal: {err}");

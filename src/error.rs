@@ -506,14 +506,14 @@ impl Error {
                 "run 'backupctl verify' on those backups, and delete the ones that cannot be restored with 'backupctl delete --backup-id ID' before pruning"
             }
             Error::Retention(_) => "give --until a date (2027-01-31) or an RFC 3339 time in the future, or --forever",
-            Error::Gc(e) => return e.hint(),
+            Error::Gc(e) => return e.hint().or_else(|| gc_storage(e).and_then(storage_hint)),
             Error::Lease(e) if matches!(**e, crate::repository::lease::Error::Busy { .. }) => {
                 "wait for the other command to finish and run again; a lease of a killed process expires after 10 minutes (at once on the same host)"
             }
             Error::Lease(e) if matches!(**e, crate::repository::lease::Error::Lost { .. }) => {
                 "the repository was unreachable for minutes; run again once it is reachable"
             }
-            Error::Lease(_) => return None,
+            Error::Lease(e) => return lease_storage(e).and_then(storage_hint),
             Error::ObjectsVanished { .. } => {
                 "something deleted objects under data/ while the backup ran (a gc of an older version, or by hand); this backup was not recorded: run it again"
             }
@@ -549,6 +549,25 @@ impl Error {
     }
 }
 
+/// The storage failure a gc error wraps, if that is what it is: it gets the storage hint (a push-only IAM policy
+/// refusing gc's first deletion, an unreachable repository).
+fn gc_storage(e: &crate::retention::gc::Error) -> Option<&crate::storage::Error> {
+    use crate::retention::gc::Error as G;
+    match e {
+        G::Store(crate::repository::store::Error::Storage(s)) => Some(s),
+        G::Lease(l) => lease_storage(l),
+        _ => None,
+    }
+}
+
+/// The storage failure a lease error wraps (writing, renewing or removing a lease), if that is what it is.
+fn lease_storage(e: &crate::repository::lease::Error) -> Option<&crate::storage::Error> {
+    match e {
+        crate::repository::lease::Error::Store(crate::repository::store::Error::Storage(s)) => Some(s),
+        _ => None,
+    }
+}
+
 fn storage_hint(e: &crate::storage::Error) -> Option<&'static str> {
     use crate::storage::Error as S;
     Some(match e {
@@ -556,7 +575,7 @@ fn storage_hint(e: &crate::storage::Error) -> Option<&'static str> {
             "the repository is unreachable or failing; check the endpoint, network and credentials (retried until archive.retry_deadline_seconds)"
         }
         S::PermissionDenied { .. } => {
-            "check the credentials and the bucket policy or directory permissions for the PostgreSQL OS user"
+            "check the credentials and their IAM or bucket policy (a push-only policy from packaging/iam/ may not delete: prune, delete and gc need the full one; docs/operations.md, \"S3 credentials with least privilege\"), or the directory permissions for the PostgreSQL OS user"
         }
         S::InvalidUrl { .. } => "repository.url must be file:///absolute/path or s3://bucket/prefix",
         S::RangeBeyondEnd { .. } => {

@@ -40,6 +40,14 @@ pub fn server() -> Option<&'static MotoServer> {
         .as_ref()
 }
 
+/// A moto server of the caller's own, for a test that changes server-wide settings (issue 11: IAM enforcement);
+/// `None` (after a skip notice) if `moto_server` is not installed. It lives until the test process exits.
+pub fn own_server() -> Option<MotoServer> {
+    use_test_credentials();
+    let program = super::require("moto_server (pip install 'moto[server]')", find_in_path("moto_server"))?;
+    Some(start(&program).unwrap_or_else(|e| panic!("moto_server did not start: {e}")))
+}
+
 /// Point the standard AWS credential chain of this process and its children at the test credentials.
 pub fn use_test_credentials() {
     static ONCE: Once = Once::new();

@@ -25,7 +25,7 @@ use crate::support::cluster::{
     Cluster, PgDir, as_postgres, assert_ok, bin, chown_postgres, require_pg, require_pg_major, wait_for, write_config,
 };
 use crate::support::raw::Raw;
-use crate::support::wal::{push, status, write_segment};
+use crate::support::wal::{WalDir, files_under, push, status, write_segment};
 
 /// Where a smoke path restores to.
 #[derive(Debug, Clone, Copy)]
@@ -317,7 +317,7 @@ fn issue_11_pg12_refused() {
     assert_eq!(out.status.code(), Some(1), "{text}");
     assert!(text.contains("PostgreSQL 12 (server_version_num 12"), "{text}");
 
-    let stored = walkdir(repo.dir.path());
+    let stored = walk(repo.dir.path());
     assert!(!stored.iter().any(|p| p.contains("/wal/") || p.contains("/backups/")), "{stored:?}");
 }
 
@@ -326,21 +326,7 @@ fn issue_11_pg12_refused() {
 #[test]
 fn issue_11_wal_push_refuses_unsupported_page_magic() {
     const SEG: u64 = 16 << 20;
-    let dir = tempfile::tempdir().expect("tempdir");
-    let pg_wal = dir.path().join("pg_wal");
-    std::fs::create_dir_all(pg_wal.join("archive_status")).expect("pg_wal");
-    for d in ["repo", "spool"] {
-        std::fs::create_dir(dir.path().join(d)).expect("mkdir");
-    }
-    let config = dir.path().join("backupctl.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[repository]\nurl = \"file://{0}/repo\"\n[spool]\npath = \"{0}/spool\"\n[archive]\npush_ahead = 0\n",
-            dir.path().display()
-        ),
-    )
-    .expect("config");
+    let WalDir { dir, config, pg_wal } = WalDir::new("[archive]\npush_ahead = 0");
     let with_magic = |segno: u64, magic: u16| -> PathBuf {
         let path = write_segment(&pg_wal, 1, segno, SEG, 7_300_000_000_000_000_011, segno);
         let mut bytes = std::fs::read(&path).expect("read");
@@ -362,7 +348,7 @@ fn issue_11_wal_push_refuses_unsupported_page_magic() {
         assert!(first.contains(path.file_name().and_then(|n| n.to_str()).expect("name")), "names the file: {err}");
         assert!(err.contains("wal-push: hint: run a backupctl release that supports this PostgreSQL major"), "{err}");
     }
-    let archived = |dir: &Path| walkdir(dir).into_iter().filter(|p| p.contains("/wal/")).count();
+    let archived = |dir: &Path| walk(dir).into_iter().filter(|p| p.contains("/wal/")).count();
     assert_eq!(archived(&dir.path().join("repo")), 0, "nothing archived");
     for (i, major) in SUPPORTED.iter().enumerate() {
         let path = with_magic(10 + i as u64, major.wal_page_magic);
@@ -372,19 +358,7 @@ fn issue_11_wal_push_refuses_unsupported_page_magic() {
     assert!(archived(&dir.path().join("repo")) >= SUPPORTED.len());
 }
 
-/// Every file under `dir`, as paths.
-fn walkdir(dir: &Path) -> Vec<String> {
-    let mut out = Vec::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
-            let p = e.path();
-            if p.is_dir() {
-                stack.push(p);
-            } else {
-                out.push(p.display().to_string());
-            }
-        }
-    }
-    out
+/// Every file under `dir`, as displayed paths.
+fn walk(dir: &Path) -> Vec<String> {
+    files_under(dir).iter().map(|p| p.display().to_string()).collect()
 }

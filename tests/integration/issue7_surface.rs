@@ -7,7 +7,7 @@ use std::process::{Command, Output, Stdio};
 
 use crate::pitr::{FileRepo, Source};
 use crate::support::cluster::{as_postgres, assert_ok, bin, require_pg};
-use crate::support::wal::{push, write_segment};
+use crate::support::wal::{WalDir, push, write_segment};
 
 const MB: u64 = 1 << 20;
 const SYSID: u64 = 7_312_345_678_901_234_567;
@@ -20,22 +20,7 @@ struct Repo {
 
 impl Repo {
     fn with_segments(segnos: &[u64]) -> Self {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let pg_wal = dir.path().join("pg_wal");
-        std::fs::create_dir_all(pg_wal.join("archive_status")).expect("pg_wal");
-        // Root runs these wal-push calls: it may not create the repository or spool, only use its own.
-        for d in ["repo", "spool"] {
-            std::fs::create_dir_all(dir.path().join(d)).expect("repository and spool directories");
-        }
-        let config = dir.path().join("backupctl.toml");
-        std::fs::write(
-            &config,
-            format!(
-                "[repository]\nurl = \"file://{0}/repo\"\n[spool]\npath = \"{0}/spool\"\n[archive]\npush_ahead = 0\n",
-                dir.path().display()
-            ),
-        )
-        .expect("config");
+        let WalDir { dir, config, pg_wal } = WalDir::new("[archive]\npush_ahead = 0");
         for &segno in segnos {
             let seg = write_segment(&pg_wal, 1, segno, 16 * MB, SYSID, segno);
             assert_ok("wal-push", &push(&config, &seg));

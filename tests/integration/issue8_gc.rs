@@ -317,19 +317,8 @@ fn issue_8_kill_gc_and_rerun_s3() {
 
 /// Every `.tmp-*` file under `dir`.
 fn temp_files(dir: &Path) -> Vec<std::path::PathBuf> {
-    let mut out = Vec::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
-            let p = e.path();
-            if p.is_dir() {
-                stack.push(p);
-            } else if e.file_name().to_string_lossy().starts_with(".tmp-") {
-                out.push(p);
-            }
-        }
-    }
-    out
+    let is_temp = |p: &std::path::PathBuf| p.file_name().is_some_and(|n| n.to_string_lossy().starts_with(".tmp-"));
+    crate::support::wal::files_under(dir).into_iter().filter(is_temp).collect()
 }
 
 /// A kill -9 of base-backup in the middle of a put leaves a `.tmp-` file in a file:// repository (shown first);

@@ -6,42 +6,24 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use crate::support::cluster::wait_for;
-use crate::support::wal::{fetch, mark_ready, push, segment_name, status, write_segment};
+use crate::support::wal::{WalDir, fetch, mark_ready, push, segment_name, status, write_segment};
 
 const MB: u64 = 1 << 20;
 const SYSID: u64 = 7_312_345_678_901_234_567;
 
-struct Env {
-    dir: tempfile::TempDir,
-    config: PathBuf,
-    pg_wal: PathBuf,
+/// A [`WalDir`] and what these tests do with it.
+struct Env(WalDir);
+
+impl std::ops::Deref for Env {
+    type Target = WalDir;
+    fn deref(&self) -> &WalDir {
+        &self.0
+    }
 }
 
 impl Env {
     fn new(extra: &str) -> Self {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let pg_wal = dir.path().join("pg_wal");
-        std::fs::create_dir_all(pg_wal.join("archive_status")).expect("pg_wal");
-        // The repository and spool directories exist, owned by the user who archives (here root, which never
-        // creates them itself), as the README's installation makes them.
-        for d in ["repo", "spool"] {
-            std::fs::create_dir(dir.path().join(d)).expect("mkdir");
-        }
-        let config = dir.path().join("backupctl.toml");
-        std::fs::write(
-            &config,
-            format!(
-                "[repository]\nurl = \"file://{}/repo\"\n[spool]\npath = \"{}/spool\"\n{extra}\n",
-                dir.path().display(),
-                dir.path().display()
-            ),
-        )
-        .expect("config");
-        Self { dir, config, pg_wal }
-    }
-
-    fn repo(&self) -> PathBuf {
-        self.dir.path().join("repo")
+        Self(WalDir::new(extra))
     }
 
     fn segment(&self, segno: u64, size: u64, seed: u64) -> PathBuf {

@@ -63,3 +63,59 @@ pub fn fetch(config: &Path, name: &str, dest: &Path) -> Output {
 pub fn status(out: &Output) -> (Option<i32>, String) {
     (out.status.code(), String::from_utf8_lossy(&out.stderr).into_owned())
 }
+
+/// A temporary directory laid out as the README's installation makes it, without a cluster: `pg_wal/` (with
+/// `archive_status/`) for synthetic segments, `repo/` and `spool/` already created (by root, which runs these
+/// tests and never creates them itself), and `backupctl.toml` for a file:// repository there plus `extra`.
+pub struct WalDir {
+    /// The directory.
+    pub dir: tempfile::TempDir,
+    /// Its configuration file.
+    pub config: PathBuf,
+    /// Its `pg_wal`.
+    pub pg_wal: PathBuf,
+}
+
+impl WalDir {
+    /// A new one; `extra` is appended to the configuration (more sections, e.g. `[archive]\npush_ahead = 0`).
+    pub fn new(extra: &str) -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let pg_wal = dir.path().join("pg_wal");
+        std::fs::create_dir_all(pg_wal.join("archive_status")).expect("pg_wal");
+        for d in ["repo", "spool"] {
+            std::fs::create_dir(dir.path().join(d)).expect("mkdir");
+        }
+        let config = dir.path().join("backupctl.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "[repository]\nurl = \"file://{0}/repo\"\n[spool]\npath = \"{0}/spool\"\n{extra}\n",
+                dir.path().display()
+            ),
+        )
+        .expect("config");
+        Self { dir, config, pg_wal }
+    }
+
+    /// The repository's directory.
+    pub fn repo(&self) -> PathBuf {
+        self.dir.path().join("repo")
+    }
+}
+
+/// Every file under `dir` (recursively), as paths.
+pub fn files_under(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else {
+                out.push(p);
+            }
+        }
+    }
+    out
+}

@@ -165,7 +165,7 @@ pub fn run(rt: &tokio::runtime::Runtime, inputs: Inputs<'_>) -> Report {
             }
             Err(e) => {
                 out.push(Outcome::failed(POSTGRESQL, e.to_string()));
-                Err("PostgreSQL is unreachable".to_owned())
+                Err("the postgresql check failed (unreachable, or a version this build does not support)".to_owned())
             }
         },
     };

@@ -2,8 +2,10 @@
 //!
 //! Invariants:
 //! - Every key is stored as `prefix/key`; listings strip the prefix again, so callers only see their own keys.
-//! - A put sends our own SHA-256 of the body (`x-amz-checksum-sha256`, a signed header), so the service rejects a
-//!   body damaged in transit; multipart parts each carry their own SHA-256. An object is visible only once it is
+//! - A put sends our own CRC-32 of the body (`x-amz-checksum-crc32`, a signed header; the SDK's own default
+//!   algorithm, so the one S3-compatible services support best), so the service rejects a body damaged in transit;
+//!   multipart parts each carry their own. Not SHA-256: it cost about 11% of wal-push's CPU per segment (4.5 ms
+//!   for a 4.4 MB object) where CRC-32 costs 0.3 ms, and every object also checks itself by blake3 when read. An object is visible only once it is
 //!   complete; a failed or cancelled multipart upload is aborted.
 //! - `PutMode::Create` sends `If-None-Match: *` (on `PutObject` or `CompleteMultipartUpload`): a 412 becomes
 //!   [`Error::AlreadyExists`], a 409 (concurrent conditional write) is [`Error::Transient`].
@@ -35,7 +37,6 @@ use aws_sdk_s3::types::{
 };
 use base64::Engine as _;
 use bytes::Bytes;
-use sha2::{Digest as _, Sha256};
 
 use super::{Capabilities, Error, Incomplete, Key, ObjectMeta, PutMode, Result, Storage};
 use crate::config::S3Config;
@@ -178,8 +179,7 @@ impl S3Storage {
     }
 
     async fn put_single(&self, key: &Key, body: Bytes, mode: PutMode) -> Result<()> {
-        let checksum =
-            sha256_base64(body.clone()).await.map_err(|e| self.class_error(Class::Other, "put", key.as_str(), e))?;
+        let checksum = crc32_base64(&body);
         let timeout = upload_timeout(body.len());
         let mut req = self
             .client
@@ -187,8 +187,8 @@ impl S3Storage {
             .bucket(&self.bucket)
             .key(self.object_key(key.as_str()))
             .body(ByteStream::from(body))
-            .checksum_algorithm(ChecksumAlgorithm::Sha256)
-            .checksum_sha256(checksum)
+            .checksum_algorithm(ChecksumAlgorithm::Crc32)
+            .checksum_crc32(checksum)
             .set_server_side_encryption(self.sse.clone())
             .set_ssekms_key_id(self.sse_kms_key_id.clone())
             .set_storage_class(self.storage_class.clone());
@@ -220,7 +220,7 @@ impl S3Storage {
             .create_multipart_upload()
             .bucket(&self.bucket)
             .key(&object_key)
-            .checksum_algorithm(ChecksumAlgorithm::Sha256)
+            .checksum_algorithm(ChecksumAlgorithm::Crc32)
             .set_server_side_encryption(self.sse.clone())
             .set_ssekms_key_id(self.sse_kms_key_id.clone())
             .set_storage_class(self.storage_class.clone())
@@ -260,9 +260,7 @@ impl S3Storage {
             let end = (start + part_size).min(total);
             // invariant: start < end <= total = body.len(), so both fit in usize.
             let part = body.slice(start as usize..end as usize);
-            let checksum = sha256_base64(part.clone())
-                .await
-                .map_err(|e| self.class_error(Class::Other, "put", key.as_str(), e))?;
+            let checksum = crc32_base64(&part);
             let out = self
                 .client
                 .upload_part()
@@ -271,8 +269,8 @@ impl S3Storage {
                 .upload_id(upload_id)
                 .part_number(number)
                 .body(ByteStream::from(part.clone()))
-                .checksum_algorithm(ChecksumAlgorithm::Sha256)
-                .checksum_sha256(&checksum)
+                .checksum_algorithm(ChecksumAlgorithm::Crc32)
+                .checksum_crc32(&checksum)
                 .customize()
                 .config_override(attempt_override(upload_timeout(part.len())))
                 .send()
@@ -283,7 +281,7 @@ impl S3Storage {
                 CompletedPart::builder()
                     .part_number(number)
                     .set_e_tag(out.e_tag().map(str::to_owned))
-                    .checksum_sha256(checksum)
+                    .checksum_crc32(checksum)
                     .build(),
             );
             start = end;
@@ -423,10 +421,10 @@ fn upload_timeout(len: usize) -> Duration {
 }
 
 /// Base64 of the SHA-256 of `body`, computed off the async threads.
-async fn sha256_base64(body: Bytes) -> std::result::Result<String, String> {
-    tokio::task::spawn_blocking(move || base64::engine::general_purpose::STANDARD.encode(Sha256::digest(&body)))
-        .await
-        .map_err(|e| format!("checksum task failed: {e}"))
+/// The value of `x-amz-checksum-crc32` for `body`: base64 of its CRC-32 (ISO-HDLC, as zlib's) in big-endian
+/// order (AWS S3 API, "Checking object integrity"). About 0.1 ms per MiB, so computed in place.
+fn crc32_base64(body: &[u8]) -> String {
+    base64::engine::general_purpose::STANDARD.encode(crc32fast::hash(body).to_be_bytes())
 }
 
 impl fmt::Display for S3Storage {

@@ -335,8 +335,6 @@ pub struct UniqueCost {
     pub nodes_read: u64,
     /// Nodes named by a manifest but not in the repository (not read; `verify` reports them).
     pub nodes_missing: u64,
-    /// Pack index objects read (GETs), after one listing of `index/` and one of `maps/`.
-    pub index_read: u64,
 }
 
 /// Fill in `sizes.unique` of every format-2 backup of `backups` (all of the repository's: a backup's unique size
@@ -388,7 +386,6 @@ pub async fn unique_format2(storage: &dyn Storage, backups: &mut [BackupStatus])
         .await?;
     cost.nodes_read = frames_of.len() as u64;
     let index = packstore::FrameIndex::load(storage).await?;
-    cost.index_read = storage.list(crate::repository::packs::INDEX_PREFIX).await?.len() as u64;
 
     // Per frame and per node: how many backups name it, and the last one that did.
     let mut frame_users: HashMap<ObjectId, (u32, usize)> = HashMap::new();

@@ -142,7 +142,9 @@ fn unique_matches_what_gc_frees(url: &str, extra: &str, label: &str) {
     let src = Source::start(label, url, &format!("{extra}\n{NO_GRACE}"));
     let c = &src.cluster;
     c.sql("create table t (batch int, id int, pad text)");
-    c.sql("create table filler as select g id, md5(g::text) || md5((g + 1)::text) pad from generate_series(1, 200000) g");
+    c.sql(
+        "create table filler as select g id, md5(g::text) || md5((g + 1)::text) pad from generate_series(1, 200000) g",
+    );
     let oldest = crate::issue8_gc::take(&src, "full", 0);
     // Most of filler rewritten into a new file: the oldest backup's copy of it is its own.
     c.sql("update filler set pad = md5(pad) where id % 10 <> 0");

@@ -167,6 +167,17 @@ impl BlockContext {
         Ok(node)
     }
 
+    /// Start loading node `id` of the previous backup on its own task (so that it progresses while the copy is
+    /// busy elsewhere); the returned future gives it. A node already cached is given at once.
+    pub fn prefetch_node(&self, id: ObjectId) -> BoxFuture<'static, Result<Arc<Node>, Error>> {
+        if let Some(n) = self.nodes.lock().ok().and_then(|mut c| c.get(&id).cloned()) {
+            return futures_util::future::ready(Ok(n)).boxed();
+        }
+        let storage = self.storage.clone();
+        let task = tokio::spawn(async move { packstore::load_node(storage.as_ref(), &id).await.map(Arc::new) });
+        async move { Ok(task.await.map_err(|e| Error::Task(e.to_string()))??) }.boxed()
+    }
+
     /// The raw content of frame `id` of the repository (cached), or `None` if the index does not have it. On a
     /// miss, the frames that follow `id` in `next` (the previous node's frame table, in file order) and lie just
     /// behind it in the same pack are read with it, in one ranged request ([`BASE_READ_FRAMES`]), and decoded on
@@ -418,13 +429,16 @@ pub fn node_bytes(block_size: u32) -> u64 {
 
 /// Read nodes `first_node..` of `file` once and store their blocks: only `first_node` when `is_one`, else every
 /// node to the end of the file (however far it has grown). `prev` are the previous backup's nodes of the same path
-/// (incremental). `None` if the file is gone at the first read. Each read waits for `pacer` (`--max-rate`);
+/// (incremental); `first_prev` is `prev[first_node]` if the caller has loaded it already (prefetched), else it is
+/// loaded here. `None` if the file is gone at the first read. Each read waits for `pacer` (`--max-rate`);
 /// `on_read` is told the bytes it got (progress). The nodes of a large file are copied in parallel this way, each
 /// part on its own (a node depends on nothing but its blocks and the previous backup's node of the same number).
+#[allow(clippy::too_many_arguments)]
 pub async fn copy_nodes(
     ctx: &BlockContext,
     file: &SourceFile,
     prev: &[ObjectId],
+    first_prev: Option<Arc<Node>>,
     first_node: u64,
     is_one: bool,
     pacer: &tokio::sync::Mutex<super::copy::Pacer>,
@@ -460,12 +474,15 @@ pub async fn copy_nodes(
     let mut is_eof = false;
     let mut node_no = first_node;
     let is_done = |node_no: u64| is_one && node_no > first_node;
+    let mut first_prev = first_prev;
     while !is_eof && !is_done(node_no) {
         let first_block = node_no * NODE_BLOCKS;
-        let prev_node = match prev.get(node_no as usize) {
-            Some(id) if !ctx.is_full => Some(ctx.node(id).await?).filter(|n| n.block_size == ctx.block_size),
+        let prev_node = match (prev.get(node_no as usize), first_prev.take()) {
+            (Some(_), Some(n)) if !ctx.is_full => Some(n),
+            (Some(id), _) if !ctx.is_full => Some(ctx.node(id).await?),
             _ => None,
         };
+        let prev_node = prev_node.filter(|n| n.block_size == ctx.block_size);
         let mut b = NodeBuilder::new(ctx.block_size, first_block);
         let node_end = (first_block + NODE_BLOCKS) * bs;
         while offset < node_end {
@@ -536,7 +553,16 @@ pub async fn copy_nodes(
         }
         let node = b.finish(&ctx.packer).await?;
         frames.extend(node.frames.iter().copied());
-        let (id, stored) = packstore::save_node(ctx.storage.as_ref(), &node, ctx.level).await?;
+        // A node equal to the previous backup's (no block of it changed) exists: the previous manifest names it and
+        // the lease keeps gc away, and the final presence check confirms it. Not asking (a HEAD per node, one after
+        // another in each worker) saves a round trip per unchanged node on S3.
+        let raw = node.encode();
+        let id = ObjectId::of(&raw);
+        let (id, stored) = if prev.get(node_no as usize) == Some(&id) && !ctx.is_full {
+            (id, 0)
+        } else {
+            packstore::save_raw(ctx.storage.as_ref(), &raw, crate::repository::blockmap::node_key, ctx.level).await?
+        };
         ctx.stats.node_bytes_new.fetch_add(stored, std::sync::atomic::Ordering::Relaxed);
         ctx.stats.nodes_written.fetch_add(u64::from(stored > 0), std::sync::atomic::Ordering::Relaxed);
         nodes.push(id);

@@ -172,7 +172,7 @@ pub fn run(
                 &pages,
                 progress,
             ))?;
-            (copied.files, copied.stats, Some((block_size, copied.pack_index, copied.frames)))
+            (copied.files, copied.stats, Some((block_size, copied.pack_indexes, copied.frames)))
         } else {
             let (present, reusable) = if is_full {
                 // Listed only to tell rewritten objects from new ones; a full writes every object again.
@@ -244,10 +244,10 @@ pub fn run(
             pack_indexes: vec![],
             page_checksums,
         };
-        if let Some((block_size, pack_index, _)) = &format2 {
+        if let Some((block_size, pack_indexes, _)) = &format2 {
             manifest.repository_format = 2;
             manifest.block_size = Some(*block_size);
-            manifest.pack_indexes = pack_index.iter().copied().collect();
+            manifest.pack_indexes = pack_indexes.clone();
         }
         manifest.format = manifest.required_format();
         manifest.validate().map_err(|source| store::Error::InvalidManifest { key: id.manifest_key(), source })?;
@@ -279,8 +279,8 @@ const PACK_SIZE: usize = 16 << 20;
 struct Format2Copy {
     files: Vec<crate::repository::backup::FileEntry>,
     stats: BackupStats,
-    /// The pack index this backup wrote, if it wrote packs.
-    pack_index: Option<ObjectId>,
+    /// The pack index objects this backup wrote (several for a large backup: written as it goes), in order.
+    pack_indexes: Vec<ObjectId>,
     /// Every frame its files name.
     frames: std::collections::HashSet<ObjectId>,
 }
@@ -294,7 +294,8 @@ async fn previous_format2(storage: &dyn Storage) -> Result<Option<Manifest>, Err
     Ok(last.filter(|m| m.repository_format >= 2))
 }
 
-/// Format 2: load the repository's frame index, copy the files into packs, write the pack index.
+/// Format 2: load the repository's frame index, copy the files into packs, and name every pack written in pack
+/// index objects (written as the copy goes: [`packer::packs_per_index`]).
 #[allow(clippy::too_many_arguments)]
 async fn copy_format2(
     storage: &crate::storage::DynStorage,
@@ -307,27 +308,20 @@ async fn copy_format2(
     pages: &Arc<pages::PageVerifier>,
     progress: &dyn Progress,
 ) -> Result<Format2Copy, Error> {
-    use crate::repository::packstore::{self, FrameIndex};
+    use crate::repository::packstore::FrameIndex;
     let index = Arc::new(FrameIndex::load(storage.as_ref()).await?);
     let packer = Arc::new(packer::Packer::new(storage.clone(), level, PACK_SIZE, settings.parallel, index.clone()));
     let ctx =
         blocks::BlockContext::new(storage.clone(), packer.clone(), index, pages.clone(), block_size, is_full, level);
     let copied = format2::copy_files(files, &ctx, previous, settings, progress).await?;
-    let packs = packer.finish().await?;
-    let (pack_index, index_bytes) = if packs.is_empty() {
-        (None, 0)
-    } else {
-        let (id, stored) =
-            packstore::save_index(storage.as_ref(), &crate::repository::packs::PackIndex { packs }, level).await?;
-        (Some(id), stored)
-    };
+    let pack_indexes = packer.finish().await?;
     let p = &packer.stats;
     let b = &ctx.stats;
     let load = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
     let unchanged_bytes = load(&b.unchanged) * u64::from(block_size);
-    let bytes_new = load(&p.bytes_new) + load(&b.node_bytes_new) + index_bytes;
+    let bytes_new = load(&p.bytes_new) + load(&b.node_bytes_new) + load(&p.index_bytes_new);
     let stats = BackupStats {
-        objects_written: load(&p.packs_written) + load(&b.nodes_written) + u64::from(index_bytes > 0),
+        objects_written: load(&p.packs_written) + load(&b.nodes_written) + load(&p.index_written),
         bytes_written: load(&p.raw_written),
         bytes_stored: bytes_new,
         bytes_new,
@@ -341,7 +335,7 @@ async fn copy_format2(
         packs = load(&p.packs_written),
         "format 2 copy done"
     );
-    Ok(Format2Copy { files: copied.files, stats, pack_index, frames: copied.frames })
+    Ok(Format2Copy { files: copied.files, stats, pack_indexes, frames: copied.frames })
 }
 
 /// Format 2: fail, naming one, if a frame or node `manifest` references is not in the repository (listings of

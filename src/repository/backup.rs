@@ -332,7 +332,9 @@ pub struct Manifest {
     /// Format 2: the block size of block-mapped files, in bytes (PostgreSQL's `block_size`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub block_size: Option<u32>,
-    /// Format 2: the pack index objects this backup wrote (where its new frames lie).
+    /// Format 2: the pack index objects this backup wrote (where its new frames lie), in the order written: several
+    /// for a large backup, which writes them as it goes (`backup::packer::packs_per_index`). Informational: readers
+    /// use the union of every index object of the repository.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub pack_indexes: Vec<ObjectId>,
     /// Page checksum verification of the relation files, when the cluster has data checksums; `None` when it has

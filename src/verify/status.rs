@@ -1,9 +1,11 @@
-//! `backupctl status`'s picture of a repository, from listings and manifests only (reads no data object): the
-//! archived WAL per timeline with its gaps, the restorable window, what each backup reaches, whether it is kept
-//! and why, and its sizes (logical, stored, unique to it).
+//! `backupctl status`'s picture of a repository, from listings and manifests ([`collect`]; reads no data object):
+//! the archived WAL per timeline with its gaps, the restorable window, what each backup reaches, whether it is
+//! kept and why, and its sizes (logical, stored, unique to it). A format-2 backup's unique size needs the
+//! block-map nodes and pack index objects as well: [`unique_format2`] reads them (each distinct node once).
 //!
-//! Needs only read access: `list` of `wal/`, `data/`, `packs/`, `maps/`, `index/` and `backups/`, and `get` of the descriptor, the cluster
-//! record, the manifests, the keep marks and the history files.
+//! Needs only read access: `list` of `wal/`, `data/`, `packs/`, `maps/`, `index/` and `backups/`, and `get` of the
+//! descriptor, the cluster record, the manifests, the keep marks and the history files (and, for
+//! [`unique_format2`], of the nodes and index objects).
 
 use std::collections::{BTreeMap, HashMap};
 use std::time::SystemTime;
@@ -28,9 +30,9 @@ pub struct Sizes {
     pub logical: u64,
     /// Stored bytes of every object it references (shared ones included).
     pub stored: u64,
-    /// Stored bytes of the objects no other backup references: what deleting it (and gc) would free. `None` for a
-    /// format-2 backup: its frames are shared block by block through block maps, and only gc's mark (every node of
-    /// every backup) can tell; `backupctl prune`/`delete` then `gc` report what was freed.
+    /// Stored bytes of the objects no other backup references: what deleting it (and gc) would free. For a
+    /// format-2 backup, the stored lengths of the frames and the nodes no other backup names, filled in by
+    /// [`unique_format2`] (`None` until then, or if it could not be computed); see there for how close that is.
     pub unique: Option<u64>,
     /// Distinct objects it references.
     pub objects: u64,
@@ -307,9 +309,9 @@ pub fn sizes(manifests: &[Manifest], stored: &HashMap<ObjectId, u64>) -> Vec<Siz
 }
 
 /// A format-2 backup's sizes: `stored` is what it added to the repository (`stats.bytes_stored`: the packs, nodes
-/// and pack index it created), `unique` is not computed (it needs every node of every backup: run `backupctl gc
-/// --dry-run` after a `delete --dry-run`), `objects` counts the nodes and small-file frames it names, and
-/// `objects_missing` the nodes the listing of `maps/` does not hold.
+/// and pack index it created), `unique` is left to [`unique_format2`] (it needs every node of every backup),
+/// `objects` counts the nodes and small-file frames it names, and `objects_missing` the nodes the listing of
+/// `maps/` does not hold.
 fn sizes_format2(m: &Manifest, nodes: &HashMap<ObjectId, u64>) -> Sizes {
     let named: std::collections::BTreeSet<ObjectId> =
         m.files.iter().flat_map(|f| f.pieces.iter().map(|p| p.object).chain(f.nodes.iter().copied())).collect();
@@ -321,6 +323,108 @@ fn sizes_format2(m: &Manifest, nodes: &HashMap<ObjectId, u64>) -> Sizes {
         objects: named.len() as u64,
         objects_missing: own_nodes.iter().filter(|n| !nodes.contains_key(**n)).count() as u64,
     }
+}
+
+/// Nodes read at a time by [`unique_format2`].
+const NODE_LOADS: usize = 16;
+
+/// What [`unique_format2`] read.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct UniqueCost {
+    /// Distinct block-map nodes read (GETs).
+    pub nodes_read: u64,
+    /// Nodes named by a manifest but not in the repository (not read; `verify` reports them).
+    pub nodes_missing: u64,
+}
+
+/// Fill in `sizes.unique` of every format-2 backup of `backups` (all of the repository's: a backup's unique size
+/// depends on every other one): the stored bytes of the frames it names (directly, or through its nodes: whole,
+/// base and delta frames) that no other backup names, plus those of its nodes no other backup names.
+///
+/// That is what `delete` of the backup then `gc` frees, approximately: gc deletes a pack when none of its frames
+/// is live and compacts it when less than half of its bytes are (frames are stored back to back, so a pack's
+/// bytes are its frames' stored lengths); a dead frame in a pack that stays more than half live is freed only by a
+/// later gc, once more of that pack has died. So the repository shrinks by at most this much at once (plus the
+/// index objects gc rewrites, a few KiB), and by this much once those packs are compacted. Frames no backup names
+/// at all (garbage gc has not swept yet) count for no backup.
+///
+/// Cost: one listing of `maps/` and `index/`, every index object, and each distinct node of every backup once
+/// (16 at a time; nodes are shared between backups, so a repository of daily backups of a cluster that barely
+/// changes reads little more than one backup's nodes). Memory: the frame index and, per distinct node, its frame
+/// table. Errors: storage errors, a damaged node or index object.
+pub async fn unique_format2(storage: &dyn Storage, backups: &mut [BackupStatus]) -> Result<UniqueCost, Error> {
+    use crate::repository::{blockmap, packstore};
+    use futures_util::stream::{self, StreamExt, TryStreamExt};
+    use std::collections::HashSet;
+
+    let format2: Vec<usize> = (0..backups.len()).filter(|&i| backups[i].manifest.repository_format >= 2).collect();
+    let mut cost = UniqueCost::default();
+    if format2.is_empty() {
+        return Ok(cost);
+    }
+    let node_sizes: HashMap<ObjectId, u64> = storage
+        .list(blockmap::MAPS_PREFIX)
+        .await?
+        .iter()
+        .filter_map(|m| blockmap::node_from_key(m.key.as_str()).map(|id| (id, m.size)))
+        .collect();
+    let wanted: HashSet<ObjectId> =
+        format2.iter().flat_map(|&i| backups[i].manifest.files.iter().flat_map(|f| f.nodes.iter().copied())).collect();
+    cost.nodes_missing = wanted.iter().filter(|n| !node_sizes.contains_key(*n)).count() as u64;
+    // Each distinct node once; only its frame table is kept.
+    let frames_of: HashMap<ObjectId, Vec<ObjectId>> =
+        stream::iter(wanted.iter().filter(|n| node_sizes.contains_key(*n)).map(|id| async move {
+            match packstore::load_node(storage, id).await {
+                Ok(node) => Ok(Some((*id, node.frames))),
+                Err(StoreError::Storage(e)) if e.is_not_found() => Ok(None),
+                Err(e) => Err(e),
+            }
+        }))
+        .buffer_unordered(NODE_LOADS)
+        .try_filter_map(|n| async move { Ok(n) })
+        .try_collect()
+        .await?;
+    cost.nodes_read = frames_of.len() as u64;
+    let index = packstore::FrameIndex::load(storage).await?;
+
+    // Per frame and per node: how many backups name it, and the last one that did.
+    let mut frame_users: HashMap<ObjectId, (u32, usize)> = HashMap::new();
+    let mut node_users: HashMap<ObjectId, (u32, usize)> = HashMap::new();
+    for &i in &format2 {
+        let files = &backups[i].manifest.files;
+        let nodes: HashSet<ObjectId> = files.iter().flat_map(|f| f.nodes.iter().copied()).collect();
+        let frames: HashSet<ObjectId> = files
+            .iter()
+            .flat_map(|f| f.pieces.iter().map(|p| p.object))
+            .chain(nodes.iter().filter_map(|n| frames_of.get(n)).flatten().copied())
+            .collect();
+        for (set, users) in [(&frames, &mut frame_users), (&nodes, &mut node_users)] {
+            for id in set {
+                let e = users.entry(*id).or_insert((0, i));
+                e.0 += 1;
+                e.1 = i;
+            }
+        }
+    }
+    let mut unique: HashMap<usize, u64> = format2.iter().map(|&i| (i, 0)).collect();
+    for (id, (count, owner)) in &frame_users {
+        if *count == 1
+            && let (Some(u), Some((_, loc))) = (unique.get_mut(owner), index.get(id))
+        {
+            *u += u64::from(loc.stored_length);
+        }
+    }
+    for (id, (count, owner)) in &node_users {
+        if *count == 1
+            && let (Some(u), Some(size)) = (unique.get_mut(owner), node_sizes.get(id))
+        {
+            *u += size;
+        }
+    }
+    for (i, u) in unique {
+        backups[i].sizes.unique = Some(u);
+    }
+    Ok(cost)
 }
 
 /// From the oldest restorable backup's stop to the furthest WAL a restorable backup reaches.

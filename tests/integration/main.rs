@@ -7,6 +7,7 @@ mod issue10_checksums;
 mod issue10_format2;
 mod issue10_gc;
 mod issue10_range;
+mod issue10_rerun;
 mod issue11_iam;
 mod issue11_versions;
 mod issue7_backup;

@@ -37,6 +37,7 @@ pub(super) fn run(ctx: &Ctx, args: &StatusArgs) -> Result<(), Error> {
     let clock = crate::verify::clock_from_config(&ctx.config, std::time::SystemTime::now());
     let policy = crate::retention::plan::Policy::resolve(&ctx.config.retention, None)?;
     let mut s = ctx.rt.block_on(status::collect(storage, &clock, &policy))?;
+    ctx.rt.block_on(status::unique_format2(storage, &mut s.backups))?;
     for (id, e) in &s.unusable {
         note(format_args!("backupctl: warning: backup {id} is unusable: {e}"));
     }

@@ -170,6 +170,39 @@ fn plan_owns_each_live_frame_once_and_frees_duplicates() {
     assert_eq!(p.frames_missing, 1);
 }
 
+/// The index objects of a base-backup killed with `-9` (written as it went, named by no manifest): a pack whose
+/// frames the rerun reused stays, and so does the index entry that finds them; a pack of frames nothing uses goes
+/// once past the grace period, and the index object that named it is replaced without it (or deleted when it
+/// named nothing else); a young one is left alone.
+#[test]
+fn issue_10_killed_backups_index_objects_keep_reused_frames_and_free_the_rest() {
+    let id = |s: &str| ObjectId::of(s.as_bytes());
+    let loc = |f: &str, offset: u64| FrameLocation { id: id(f), offset, stored_length: 100, raw_length: 100 };
+    let entry = |p: &str, frames: &[&str]| PackEntry {
+        pack: id(p),
+        frames: frames.iter().enumerate().map(|(i, f)| loc(f, i as u64 * 100)).collect(),
+    };
+    // Killed run: i1 (K1: a, b; K2: c, d), i2 (K3: e), i3 (K4: g, young). The rerun's manifest names a, b, c and
+    // its own pack N (h) in its own index object i9.
+    let live: HashSet<ObjectId> = ["a", "b", "c", "h"].iter().map(|f| id(f)).collect();
+    let packs: HashMap<ObjectId, (u64, bool)> =
+        [("K1", 200, true), ("K2", 200, true), ("K3", 100, true), ("K4", 200, false), ("N", 100, true)]
+            .into_iter()
+            .map(|(p, size, old)| (id(p), (size, old)))
+            .collect();
+    let indexes = vec![
+        (id("i1"), PackIndex { packs: vec![entry("K1", &["a", "b"]), entry("K2", &["c", "d"])] }),
+        (id("i2"), PackIndex { packs: vec![entry("K3", &["e"])] }),
+        (id("i3"), PackIndex { packs: vec![entry("K4", &["g"])] }),
+        (id("i9"), PackIndex { packs: vec![entry("N", &["h"])] }),
+    ];
+    let p = plan(&live, &packs, &indexes);
+    assert_eq!(p.delete, vec![id("K3")], "{p:?}");
+    assert!(p.compact.is_empty(), "K2 is half live: kept; {p:?}");
+    assert_eq!(p.rewrite, vec![(id("i2"), None)], "i1 still finds a, b, c; i2 named only K3");
+    assert_eq!((p.frames_live, p.frames_missing, p.in_grace), (4, 0, 1));
+}
+
 /// Fails every put and delete outside `locks/` once `budget` of them were made (a process killed right after
 /// its budget-th write), and counts them.
 #[derive(Debug)]

@@ -124,6 +124,8 @@ fn catalog_scenario(url: &str, extra: &str, label: &str) {
         );
     }
     assert_eq!(cat.sql("select max(version) from backupctl.schema_history"), "2");
+    // WAL after the last backup: the next sync has a range to extend.
+    c.sql("insert into t select g, 'after' from generate_series(1, 100) g");
     c.switch_and_wait_archived(Duration::from_secs(120));
 
     let first = json_of("catalog sync", &backupctl(&src, &["catalog", "sync", "--json-output"]));

@@ -285,6 +285,42 @@ fn issue_12_catalog_in_the_archived_cluster_is_refused() {
     assert_eq!(src.sql_catalog_schema(), "f", "nothing was written into the archived cluster");
 }
 
+/// The scheduler daemon records each job run in the catalog (and a verify run in `checks`), and syncs it after
+/// a backup job: the backup it took is a row.
+#[test]
+fn issue_12_scheduler_records_job_runs() {
+    if require_pg().is_none() {
+        return;
+    }
+    let repo = FileRepo::new("catalog-daemon");
+    let cat = CatalogCluster::start("catalog-daemon");
+    let schedule = "[schedule]\ntime_zone = \"UTC\"\nfull_backup = \"*/3 * * * * *\"\nverify = \"*/4 * * * * *\"\n\
+                    fast_checkpoint = true\n";
+    let src = Source::start("catalog-daemon", &repo.url(), &format!("{}\n{schedule}", cat.section()));
+    let dir = src.dir.sub("daemon");
+    let daemon = crate::issue9_schedule::Daemon::start(&src.config, &dir, &[]);
+    let query = "select count(*) filter (where job = 'full_backup' and outcome = 'succeeded') || ',' || \
+                 count(*) filter (where job = 'verify' and outcome = 'succeeded') from backupctl.job_runs";
+    daemon.wait("a backup and a verify run recorded in the catalog", Duration::from_secs(120), || {
+        let out = cat.cluster.try_sql(query);
+        let text = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+        let counts: Vec<u64> = text.split(',').filter_map(|n| n.parse().ok()).collect();
+        (counts.len() == 2 && counts.iter().all(|&n| n > 0)).then_some(())
+    });
+    let (code, log, _) = daemon.terminate(Duration::from_secs(60));
+    assert_eq!(code, Some(0), "{log}");
+    assert!(cat.sql("select count(*) from backupctl.backups").parse::<u64>().expect("count") >= 1);
+    assert_eq!(
+        cat.sql(
+            "select count(*) from backupctl.checks c join backupctl.job_runs r on r.id = c.job_run_id \
+             where c.kind = 'verify' and c.passed and r.job = 'verify'"
+        )
+        .parse::<u64>()
+        .map(|n| n >= 1),
+        Ok(true)
+    );
+}
+
 impl Source {
     /// Whether schema backupctl exists in the archived cluster ("t"/"f").
     fn sql_catalog_schema(&self) -> String {

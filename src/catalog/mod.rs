@@ -239,6 +239,9 @@ impl Catalog {
         &mut self,
         repository: &str,
     ) -> Result<Option<(serde_json::Value, Vec<serde_json::Value>)>, Error> {
+        if self.schema_version()? == 0 {
+            return Ok(None);
+        }
         let target = self.target.clone();
         let q = |source| Error::Query { target: target.clone(), what: "reading status", source };
         let Some(row) = self

@@ -221,6 +221,14 @@ fn issue_12_catalog_migrations() {
     let cat = CatalogCluster::start("catalog-mig");
     let src = Source::start("catalog-mig", &repo.url(), &cat.section());
     src.cluster.switch_and_wait_archived(Duration::from_secs(120));
+    // Nothing synced yet: status from the catalog says so and what to run.
+    let out = backupctl(&src, &["status", "--from-catalog"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("holds nothing for repository file://") && err.contains("run 'backupctl catalog sync' first"),
+        "{err}"
+    );
     let v1 = json_of("migrate to 1", &backupctl(&src, &["catalog", "migrate", "--to-version", "1", "--json-output"]));
     assert_eq!(v1["version"], 1, "{v1:#}");
     assert_eq!(v1["applied"], serde_json::json!([1]));

@@ -131,7 +131,8 @@ pub fn update_after(config: &Config, rt: &tokio::runtime::Runtime, command: &str
     match sync(config, rt) {
         Ok(r) => tracing::info!(rows = r.total(), "{command}: catalog updated"),
         Err(e) => {
-            tracing::warn!(error = %e, "{command}: catalog not updated");
+            // One line on stderr; the record goes to the log file and the journal only.
+            tracing::warn!(target: crate::cli::logging::OUTCOME_TARGET, error = %e, "{command}: catalog not updated");
             note(format_args!("{command}: warning: catalog not updated: {e}"));
         }
     }

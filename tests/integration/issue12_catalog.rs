@@ -329,6 +329,26 @@ fn issue_12_scheduler_records_job_runs() {
     );
 }
 
+/// Before any WAL reached the repository (no cluster record to compare), the `[postgres]` server's identity is
+/// compared: a catalog in that cluster is refused before the schema is created.
+#[test]
+fn issue_12_catalog_in_the_cluster_is_refused_before_any_wal() {
+    if require_pg().is_none() {
+        return;
+    }
+    let repo = FileRepo::new("catalog-self-new");
+    let src = Source::start("catalog-self-new", &repo.url(), "");
+    let text = std::fs::read_to_string(&src.config).expect("config");
+    std::fs::write(&src.config, format!("{text}\n{}", catalog_section(&src.cluster))).expect("config");
+    assert_ok("init", &backupctl(&src, &["init"]));
+    assert!(!repo.dir.path().join("cluster.json").exists(), "no WAL archived yet: nothing recorded");
+    let out = backupctl(&src, &["catalog", "migrate"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("is in the cluster this repository archives (system identifier"), "{err}");
+    assert_eq!(src.sql_catalog_schema(), "f", "nothing was written into the archived cluster");
+}
+
 impl Source {
     /// Whether schema backupctl exists in the archived cluster ("t"/"f").
     fn sql_catalog_schema(&self) -> String {

@@ -53,7 +53,7 @@ pub(super) fn run(ctx: &Ctx, args: &CatalogArgs) -> Result<(), Error> {
     match &args.command {
         CatalogCommand::Migrate { to_version, json_output } => {
             let storage = ctx.existing_storage()?;
-            let mut c = open(cfg, &ctx.rt, storage.as_ref())?;
+            let mut c = open(&ctx.config, &ctx.rt, storage.as_ref())?;
             let applied = c.migrate(*to_version)?;
             let version = c.schema_version()?;
             if *json_output {
@@ -97,11 +97,23 @@ fn target(cfg: &CatalogConfig) -> String {
 
 /// Connect to the catalog and refuse it if it is in the cluster the repository in `storage` archives (its
 /// cluster record; with nothing archived yet there is nothing to compare).
-fn open(cfg: &CatalogConfig, rt: &tokio::runtime::Runtime, storage: &dyn Storage) -> Result<Catalog, Error> {
+fn open(config: &Config, rt: &tokio::runtime::Runtime, storage: &dyn Storage) -> Result<Catalog, Error> {
+    let cfg = config_of(config)?;
     let cluster = rt.block_on(crate::repository::store::cluster_info(storage))?;
+    let archived = archived_system_identifier(config, cluster.map(|c| c.system_identifier));
     let mut c = catalog::connect(cfg)?;
-    c.refuse_archived_cluster(cluster.as_ref().map(|c| c.system_identifier.as_str()))?;
+    c.refuse_archived_cluster(archived.as_deref())?;
     Ok(c)
+}
+
+/// The archived cluster's `system_identifier`: the repository's cluster record, or, before any WAL reached the
+/// repository, what the `[postgres]` server says (if it answers within 10 s; otherwise there is nothing to compare).
+fn archived_system_identifier(config: &Config, recorded: Option<String>) -> Option<String> {
+    recorded.or_else(|| {
+        let pg = config.postgres.as_ref()?;
+        let mut session = crate::pg::connect_within(pg, std::time::Duration::from_secs(10)).ok()?;
+        session.server_info(false).ok().map(|i| i.system_identifier)
+    })
 }
 
 /// Mirror the repository of `config` into its catalog: `backupctl status`'s picture
@@ -115,8 +127,9 @@ pub fn sync(config: &Config, rt: &tokio::runtime::Runtime) -> Result<SyncReport,
     let policy = crate::retention::plan::Policy::resolve(&config.retention, None)?;
     let status = rt.block_on(crate::verify::status::collect(storage.as_ref(), &clock, &policy))?;
     let repository = storage.to_string();
+    let archived = archived_system_identifier(config, status.cluster.as_ref().map(|c| c.system_identifier.clone()));
     let mut c = catalog::connect(cfg)?;
-    c.refuse_archived_cluster(status.cluster.as_ref().map(|c| c.system_identifier.as_str()))?;
+    c.refuse_archived_cluster(archived.as_deref())?;
     let (document, backups) = super::status::documents(&status, &repository);
     let input = SyncInput { repository: &repository, status: &status, document, backups: &backups, dumps: &[] };
     Ok(catalog::sync(&mut c, &input)?)
@@ -140,11 +153,13 @@ pub fn update_after(config: &Config, rt: &tokio::runtime::Runtime, command: &str
 
 /// Record one run of a scheduled job in the catalog, when one is configured. A failure is logged, never fatal.
 pub fn record_job_run(config: &Config, rt: &tokio::runtime::Runtime, run: &catalog::JobRun) {
-    let Some(cfg) = &config.catalog else { return };
+    if config.catalog.is_none() {
+        return;
+    }
     let result = (|| -> Result<i64, Error> {
         let deadline = std::time::Duration::from_secs(config.archive.retry_deadline_seconds);
         let storage = rt.block_on(crate::storage::open(&config.repository.url, &config.repository.s3, deadline))?;
-        let mut c = open(cfg, rt, storage.as_ref())?;
+        let mut c = open(config, rt, storage.as_ref())?;
         Ok(c.record_job_run(&storage.to_string(), run)?)
     })();
     if let Err(e) = result {

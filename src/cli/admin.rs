@@ -358,4 +358,25 @@ mod tests {
         let a = Args::try_parse_from(["backupctl", "--json-output", "wal-push", "/x"]).expect("parses");
         assert!(matches!(with_json(a.command, a.json_output), Err(Error::Usage(_))));
     }
+    /// Issue 12: `catalog sync|migrate` take `--json-output` before the subcommand too, and config-show redacts
+    /// the catalog's password.
+    #[test]
+    fn issue_12_catalog_json_flag_and_redacted_password() {
+        let a = Args::try_parse_from(["backupctl", "--json", "catalog", "sync"]).expect("parses");
+        assert!(matches!(
+            with_json(a.command, a.json_output),
+            Ok(Command::Catalog(catalog::CatalogArgs { command: catalog::CatalogCommand::Sync { json_output: true } }))
+        ));
+        let a = Args::try_parse_from(["backupctl", "catalog", "migrate", "--to-version", "1"]).expect("parses");
+        assert!(matches!(
+            with_json(a.command, a.json_output),
+            Ok(Command::Catalog(catalog::CatalogArgs {
+                command: catalog::CatalogCommand::Migrate { to_version: Some(1), json_output: false }
+            }))
+        ));
+        let text = "[repository]\nurl = \"file:///r\"\n[spool]\npath = \"/s\"\n[catalog]\npassword = \"hunter2\"\n";
+        let c = Config::parse(std::path::Path::new("/c.toml"), text, &|_| None).expect("config");
+        let shown = toml::to_string(&redacted(&c)).expect("toml");
+        assert!(!shown.contains("hunter2") && shown.contains("<redacted>"), "{shown}");
+    }
 }

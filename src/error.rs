@@ -32,6 +32,9 @@ pub enum Error {
     /// A restore drill refused to run or failed at a step (`backupctl drill`; the report is inside).
     #[error(transparent)]
     Drill(Box<crate::drill::Error>),
+    /// The PostgreSQL catalog could not be reached, migrated or written, or is in the archived cluster.
+    #[error(transparent)]
+    Catalog(#[from] crate::catalog::Error),
     /// A repository record is unreadable, from a newer format, or for another cluster.
     #[error(transparent)]
     Repository(#[from] crate::repository::store::Error),
@@ -407,6 +410,19 @@ impl Error {
             }
             Error::State(_) => "spool.path/state must be writable by the PostgreSQL OS user",
             Error::Drill(d) => return d.hint(),
+            Error::Catalog(crate::catalog::Error::ArchivedCluster { .. }) => concat!(
+                "point [catalog] at a database of another PostgreSQL cluster (see ",
+                doc!("design/catalog.md"),
+                ")"
+            ),
+            Error::Catalog(crate::catalog::Error::NewerSchema { .. }) => {
+                "a newer backupctl migrated this catalog: run that version (the repository itself is unaffected)"
+            }
+            Error::Catalog(_) => concat!(
+                "check [catalog] (host, port, user, password, dbname) and that the user may create schema backupctl; the repository is unaffected (see ",
+                doc!("configuration.md"),
+                ")"
+            ),
             Error::Repository(crate::repository::store::Error::WrongCluster { .. }) => {
                 "each cluster needs its own repository url; check repository.url in this cluster's configuration"
             }

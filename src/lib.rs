@@ -19,6 +19,7 @@ macro_rules! doc {
 pub mod alert;
 pub mod archive;
 pub mod backup;
+pub mod catalog;
 pub mod check;
 pub mod cli;
 pub mod codec;

@@ -54,7 +54,7 @@ pub enum Error {
 }
 
 /// The server's own words for a failure (`ERROR: permission denied ...`), not just "db error".
-fn server_says(e: &postgres::Error) -> String {
+pub(crate) fn server_says(e: &postgres::Error) -> String {
     match e.as_db_error() {
         Some(db) => {
             let mut s = format!("{}: {}", db.severity(), db.message());

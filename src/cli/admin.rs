@@ -14,6 +14,7 @@ use crate::repository::store;
 use crate::storage::DynStorage;
 
 mod alert;
+pub mod catalog;
 mod check;
 mod drill;
 mod gc;
@@ -21,6 +22,7 @@ mod metrics;
 mod prune;
 mod schedule;
 mod status;
+mod status_text;
 mod verify;
 
 /// Administer a backupctl repository of PostgreSQL WAL and base backups: status, check, verify, retention
@@ -86,6 +88,9 @@ pub enum Command {
     Drill(drill::DrillArgs),
     /// Alerts by email and webhook ([alerts]): `alert test` sends a test message through each channel.
     Alert(alert::AlertArgs),
+    /// The PostgreSQL catalog ([catalog]): `catalog migrate` creates or migrates schema backupctl, `catalog sync`
+    /// mirrors the repository into it for SQL queries (docs/design/catalog.md).
+    Catalog(catalog::CatalogArgs),
     /// Print the metrics in the Prometheus text format (the daemon serves the same at /metrics).
     Metrics(metrics::MetricsArgs),
     /// Take a base backup (same as the base-backup binary).
@@ -175,6 +180,11 @@ fn with_json(mut command: Command, json: bool) -> Result<Command, Error> {
         Command::Gc(a) => a.json_output = true,
         Command::Schedule(a) => a.json_output = true,
         Command::Drill(a) => a.json_output = true,
+        Command::Catalog(a) => match &mut a.command {
+            catalog::CatalogCommand::Migrate { json_output, .. } | catalog::CatalogCommand::Sync { json_output } => {
+                *json_output = true
+            }
+        },
         Command::Alert(alert::AlertArgs { command: alert::AlertCommand::Test { json_output } }) => *json_output = true,
         Command::Metrics(_) => {
             return Err(Error::Usage("--json-output: metrics are printed in the Prometheus text format".to_owned()));
@@ -272,6 +282,7 @@ fn run(config_flag: Option<PathBuf>, command: Command) -> Result<(), Error> {
         Command::Drill(a) => drill::run(&ctx, &a),
         Command::Alert(a) => alert::run(&ctx, &a),
         Command::Metrics(a) => metrics::run(&ctx, &a),
+        Command::Catalog(a) => catalog::run(&ctx, &a),
         Command::ConfigShow { .. }
         | Command::WalPush { .. }
         | Command::WalFetch { .. }
@@ -309,6 +320,9 @@ fn redacted(config: &crate::config::Config) -> crate::config::Config {
     if let Some(pg) = c.postgres.as_mut().filter(|pg| pg.password.is_some()) {
         pg.password = Some("<redacted>".to_owned());
     }
+    if let Some(cat) = c.catalog.as_mut().filter(|cat| cat.password.is_some()) {
+        cat.password = Some("<redacted>".to_owned());
+    }
     c.alerts = c.alerts.redacted();
     c
 }
@@ -343,5 +357,26 @@ mod tests {
         // wal-push prints no results: the flag is refused rather than ignored.
         let a = Args::try_parse_from(["backupctl", "--json-output", "wal-push", "/x"]).expect("parses");
         assert!(matches!(with_json(a.command, a.json_output), Err(Error::Usage(_))));
+    }
+    /// Issue 12: `catalog sync|migrate` take `--json-output` before the subcommand too, and config-show redacts
+    /// the catalog's password.
+    #[test]
+    fn issue_12_catalog_json_flag_and_redacted_password() {
+        let a = Args::try_parse_from(["backupctl", "--json", "catalog", "sync"]).expect("parses");
+        assert!(matches!(
+            with_json(a.command, a.json_output),
+            Ok(Command::Catalog(catalog::CatalogArgs { command: catalog::CatalogCommand::Sync { json_output: true } }))
+        ));
+        let a = Args::try_parse_from(["backupctl", "catalog", "migrate", "--to-version", "1"]).expect("parses");
+        assert!(matches!(
+            with_json(a.command, a.json_output),
+            Ok(Command::Catalog(catalog::CatalogArgs {
+                command: catalog::CatalogCommand::Migrate { to_version: Some(1), json_output: false }
+            }))
+        ));
+        let text = "[repository]\nurl = \"file:///r\"\n[spool]\npath = \"/s\"\n[catalog]\npassword = \"hunter2\"\n";
+        let c = Config::parse(std::path::Path::new("/c.toml"), text, &|_| None).expect("config");
+        let shown = toml::to_string(&redacted(&c)).expect("toml");
+        assert!(!shown.contains("hunter2") && shown.contains("<redacted>"), "{shown}");
     }
 }

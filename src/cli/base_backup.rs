@@ -112,6 +112,7 @@ pub fn run(config: Option<&std::path::Path>, backup_type: BackupType, args: &Bac
         max_rate: args.max_rate,
     };
     let manifest = backup::run(&rt, &config, &request, progress.as_ref())?;
+    super::admin::catalog::update_after(&config, &rt, "base-backup");
     let s = &manifest.stats;
     // A summary for people at a terminal; silence on success under cron and systemd.
     if std::io::IsTerminal::is_terminal(&std::io::stderr()) {

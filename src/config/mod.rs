@@ -16,6 +16,7 @@ use serde::{Deserialize, Serialize};
 
 mod alerts;
 mod backup;
+mod catalog;
 mod drill;
 mod log;
 mod messages;
@@ -27,6 +28,7 @@ pub use alerts::{
     AlertsConfig, EmailConfig, SmtpTls, WebhookConfig, WebhookFormat, is_loopback_host, redact_webhook_url,
 };
 pub use backup::{BackupConfig, PostgresConfig, RestoreConfig};
+pub use catalog::{CatalogConfig, CatalogSslMode};
 pub use drill::DrillConfig;
 pub use log::LogConfig;
 pub use messages::redact_url;
@@ -131,6 +133,9 @@ pub struct Config {
     /// Prometheus metrics.
     #[serde(default)]
     pub metrics: MetricsConfig,
+    /// The PostgreSQL catalog the repository is mirrored into (optional; docs/design/catalog.md).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub catalog: Option<CatalogConfig>,
 }
 
 /// `[repository]`
@@ -312,6 +317,7 @@ impl Config {
                 "schedule" => config.schedule = ScheduleConfig::default(),
                 "drill" => config.drill = DrillConfig::default(),
                 "alerts" => config.alerts = AlertsConfig::default(),
+                "catalog" => config.catalog = None,
                 _ => {}
             }
         }
@@ -405,6 +411,7 @@ impl Config {
         problems.extend(drill::validate(&self.drill));
         problems.extend(alerts::validate(&self.alerts));
         problems.extend(metrics::validate(&self.metrics));
+        problems.extend(catalog::validate(self.catalog.as_ref()));
         problems
     }
 }
@@ -412,7 +419,7 @@ impl Config {
 /// Replace `${VAR}` and `${VAR:default}`; `$$` stays a literal `$`. Comments are interpolated too.
 /// The top-level sections wal-push and wal-fetch never read (they run in PostgreSQL's environment, which need
 /// not hold the scheduler's or base-backup's secrets): see [`Config::load_without`].
-pub const NOT_READ_BY_WAL_COMMANDS: &[&str] = &["postgres", "schedule", "drill", "alerts"];
+pub const NOT_READ_BY_WAL_COMMANDS: &[&str] = &["postgres", "schedule", "drill", "alerts", "catalog"];
 
 /// The top-level table a header line opens (`[alerts.email]` -> `alerts`), or None if `line` is no header.
 fn header_section(line: &str) -> Option<&str> {
@@ -859,6 +866,7 @@ mod tests {
         };
         c.log.file = Some("/var/log/backupctl/{program}.log".into());
         c.metrics.textfile_dir = Some("/var/lib/node-exporter".into());
+        c.catalog = Some(CatalogConfig { password: Some("p".into()), ..CatalogConfig::default() });
         let value = toml::Value::try_from(&c).expect("to toml");
         let doc = include_str!("../../docs/configuration.md");
         fn walk(prefix: &str, v: &toml::Value, doc: &str) {

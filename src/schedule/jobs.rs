@@ -25,14 +25,42 @@ pub fn run(job: Job, config: &Config, config_path: &Path, abandon: &AtomicBool) 
         .thread_name(format!("{}-worker", job.name()))
         .build()
         .map_err(|e| Error::Task(format!("cannot start runtime: {e}")))?;
-    match job {
+    let started_at = jiff::Timestamp::now();
+    let result = match job {
         Job::FullBackup => backup(&rt, config, BackupType::Full),
         Job::IncrementalBackup => backup(&rt, config, BackupType::Incremental),
         Job::Prune => prune(&rt, config),
         Job::Verify => verify(&rt, config),
         Job::Check => check(&rt, config, config_path),
         Job::Drill => drill(&rt, config, config_path, abandon),
+    };
+    catalog_after(&rt, config, job, started_at, &result);
+    result
+}
+
+/// With a `[catalog]`: after a job that changed the repository (backup, prune), sync the catalog; then record the
+/// run (a slot skipped because another base backup holds the lock is not a run). Failures are logged only.
+fn catalog_after(
+    rt: &tokio::runtime::Runtime,
+    config: &Config,
+    job: Job,
+    started_at: jiff::Timestamp,
+    result: &Result<String, Error>,
+) {
+    if config.catalog.is_none() || matches!(result, Err(Error::BackupLocked { .. })) {
+        return;
     }
+    if result.is_ok() && matches!(job, Job::FullBackup | Job::IncrementalBackup | Job::Prune) {
+        crate::cli::admin::catalog::update_after(config, rt, job.name());
+    }
+    let run = crate::catalog::JobRun {
+        job: job.name().to_owned(),
+        started_at: started_at.to_string(),
+        finished_at: jiff::Timestamp::now().to_string(),
+        summary: result.as_ref().ok().cloned(),
+        error: result.as_ref().err().map(ToString::to_string),
+    };
+    crate::cli::admin::catalog::record_job_run(config, rt, &run);
 }
 
 fn backup(rt: &tokio::runtime::Runtime, config: &Config, backup_type: BackupType) -> Result<String, Error> {

@@ -11,7 +11,7 @@ use crate::pitr::{FileRepo, Source, backends};
 use crate::support::cluster::{as_postgres, bin, require_pg, wait_for};
 
 /// A running daemon: the runuser process, the daemon's own pid, its log, and the systemd socket it notifies.
-struct Daemon {
+pub(crate) struct Daemon {
     child: Child,
     pid: i32,
     log: PathBuf,
@@ -22,7 +22,7 @@ struct Daemon {
 
 impl Daemon {
     /// Start `backupctl schedule --daemon` as postgres with `env` added; NOTIFY_SOCKET is a socket in `dir`.
-    fn start(config: &Path, dir: &Path, env: &[(&str, &str)]) -> Self {
+    pub(crate) fn start(config: &Path, dir: &Path, env: &[(&str, &str)]) -> Self {
         // Each daemon serves metrics on its own port (tests run in parallel; the default is one fixed port).
         let text = std::fs::read_to_string(config).expect("read config");
         if !text.contains("[metrics]") {
@@ -64,7 +64,7 @@ impl Daemon {
     }
 
     /// Poll `f` until it returns `Some`; on timeout, fail showing the daemon's log and jobs record.
-    fn wait<T>(&self, what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
+    pub(crate) fn wait<T>(&self, what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
         let deadline = Instant::now() + timeout;
         loop {
             if let Some(v) = f() {
@@ -82,7 +82,7 @@ impl Daemon {
     }
 
     /// SIGTERM the daemon and wait for it to exit within `limit`; its exit code.
-    fn terminate(mut self, limit: Duration) -> (Option<i32>, String, Vec<String>) {
+    pub(crate) fn terminate(mut self, limit: Duration) -> (Option<i32>, String, Vec<String>) {
         let rc = unsafe { libc::kill(self.pid, libc::SIGTERM) };
         assert_eq!(rc, 0, "kill -TERM {}", self.pid);
         let started = Instant::now();

@@ -10,6 +10,7 @@ mod issue10_range;
 mod issue10_rerun;
 mod issue11_iam;
 mod issue11_versions;
+mod issue12_catalog;
 mod issue7_backup;
 mod issue7_first_use;
 mod issue7_holes;

@@ -48,7 +48,9 @@ pub(super) fn delete(ctx: &Ctx, args: &DeleteArgs) -> Result<(), Error> {
     let deleted = if args.dry_run {
         plan.keys.len() as u64
     } else {
-        ctx.rt.block_on(gc::delete_backup(storage.as_ref(), &args.backup_id, now, args.force))?.objects_deleted
+        let n = ctx.rt.block_on(gc::delete_backup(storage.as_ref(), &args.backup_id, now, args.force))?.objects_deleted;
+        super::catalog::update_after(&ctx.config, &ctx.rt, "delete");
+        n
     };
     let id = &args.backup_id;
     if args.json_output {

@@ -63,6 +63,9 @@ pub(super) fn run(ctx: &Ctx, args: &PruneArgs) -> Result<(), Error> {
     let storage = ctx.existing_storage()?;
     let options = expire::Options { dry_run: args.dry_run, gc_grace: ctx.config.retention.gc_grace.0 };
     let report = ctx.rt.block_on(expire::run(storage.as_ref(), &policy, jiff::Timestamp::now(), options))?;
+    if !args.dry_run {
+        super::catalog::update_after(&ctx.config, &ctx.rt, "prune");
+    }
     if args.json_output {
         let value = serde_json::to_value(&report).map_err(|e| Error::Task(e.to_string()))?;
         return line(value);

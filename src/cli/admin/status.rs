@@ -5,11 +5,9 @@ use clap::Args;
 
 use super::Ctx;
 use crate::Error;
-use crate::cli::human_bytes;
 use crate::cli::output::{line, note};
 use crate::repository::backup::BackupType;
-use crate::retention::plan::Reach;
-use crate::verify::coverage::{TimelineCoverage, TimelineGap};
+use crate::verify::coverage::TimelineCoverage;
 use crate::verify::status::{self, BackupStatus, Retention, Status, rfc3339};
 
 /// `backupctl status` options.
@@ -28,10 +26,17 @@ pub struct StatusArgs {
     /// (each with restorable, missing_wal, reaches, keep, sizes), unusable_backups.
     #[arg(long = "json-output", visible_alias = "json")]
     pub json_output: bool,
+    /// Answer from the catalog ([catalog]) as of its last sync instead of reading the repository: the same text
+    /// and JSON (the backups' age is computed now).
+    #[arg(long)]
+    pub from_catalog: bool,
 }
 
 /// Run `backupctl status`.
 pub(super) fn run(ctx: &Ctx, args: &StatusArgs) -> Result<(), Error> {
+    if args.from_catalog {
+        return super::catalog::status(ctx, args);
+    }
     let storage = ctx.existing_storage()?;
     let storage = storage.as_ref();
     let clock = crate::verify::clock_from_config(&ctx.config, std::time::SystemTime::now());
@@ -48,49 +53,29 @@ pub(super) fn run(ctx: &Ctx, args: &StatusArgs) -> Result<(), Error> {
     if let Some(n) = args.last {
         s.backups.drain(..s.backups.len().saturating_sub(n));
     }
-    if args.json_output {
-        return line(json(&s, &storage.to_string()));
-    }
-    line(format_args!("repository: {storage}"))?;
-    match &s.cluster {
-        Some(c) => line(format_args!(
-            "cluster: system identifier {}, PostgreSQL {}, wal segment size {}",
-            c.system_identifier,
-            c.pg_version,
-            human_bytes(c.wal_segment_size)
-        ))?,
-        None => line("cluster: none yet (no WAL archived)")?,
-    }
-    print_wal(&s)?;
-    match &s.window {
-        // Without backup ids: --last and --type filter the backups listed, not the window.
-        Some(w) => line(format_args!(
-            "restorable: from {} (end of the oldest restorable backup) to the end of segment {}{}",
-            w.earliest,
-            w.latest_segment,
-            w.latest.as_deref().map(|t| format!(" (archived {t})")).unwrap_or_default(),
-        ))?,
-        None => line("restorable: nothing (no backup whose data and WAL are all present)")?,
-    }
-    if let Some(age) = s.newest_backup_age_seconds {
-        line(format_args!("newest backup: finished {} ago", human_age(age)))?;
-    }
-    match (&s.policy.error, s.policy.has_rules) {
-        (Some(e), _) => line(format_args!("retention: {}; no plan: {e}", s.policy.policy))?,
-        (None, true) => {
-            line(format_args!("retention: {} (what prune would do now is shown per backup)", s.policy.policy))?
+    let v = json(&s, &storage.to_string());
+    if args.json_output { line(v) } else { super::status_text::print(&v) }
+}
+
+/// The status as the catalog stores it: the JSON form without `backups` and `newest_backup_age_seconds`, and
+/// each backup's JSON (see [`json`]).
+pub(super) fn documents(s: &Status, repository: &str) -> (serde_json::Value, Vec<serde_json::Value>) {
+    let mut v = json(s, repository);
+    let backups = match v.as_object_mut() {
+        Some(o) => {
+            o.remove("newest_backup_age_seconds");
+            match o.remove("backups") {
+                Some(serde_json::Value::Array(list)) => list,
+                _ => Vec::new(),
+            }
         }
-        (None, false) => line("retention: no policy in [retention]: prune deletes nothing")?,
-    }
-    for n in &s.policy.notes {
-        line(format_args!("retention: note: {n}"))?;
-    }
-    let newest = s.index.segments().map(|(n, _)| n).max();
-    print_backups(&s.backups, newest)
+        None => Vec::new(),
+    };
+    (v, backups)
 }
 
 /// The JSON form; the keys of earlier versions are kept.
-fn json(s: &Status, repository: &str) -> serde_json::Value {
+pub(super) fn json(s: &Status, repository: &str) -> serde_json::Value {
     let segments: Vec<_> = s.index.segments().collect();
     let last_written = s.index.last_written_segment();
     let other_files = s.index.objects().count() - segments.len();
@@ -214,135 +199,4 @@ fn backup_json(b: &BackupStatus) -> serde_json::Value {
         }
     }
     v
-}
-
-fn print_wal(s: &Status) -> Result<(), Error> {
-    let segments: Vec<_> = s.index.segments().collect();
-    let (Some(first), Some(last)) = (segments.first(), segments.last()) else { return line("wal: none") };
-    let gaps: usize = s.coverage.timelines.iter().map(|t| t.gaps.len()).sum();
-    let completeness = match gaps {
-        0 => "no gaps".to_owned(),
-        1 => "1 GAP".to_owned(),
-        n => format!("{n} GAPS"),
-    };
-    let when = s
-        .index
-        .last_written_segment()
-        .and_then(|(n, o)| Some(format!(", last archived {n} at {}", rfc3339(o.modified?)?)))
-        .unwrap_or_default();
-    line(format_args!(
-        "wal: {} segments from {} to {}, {completeness}{when}, {} other files, {} stored",
-        segments.len(),
-        first.0,
-        last.0,
-        s.index.objects().count() - segments.len(),
-        human_bytes(s.index.objects().map(|o| o.size).sum())
-    ))?;
-    let size = s.index.size;
-    for t in &s.coverage.timelines {
-        let (Some(f), Some((l, w))) = (t.first, t.last) else { continue };
-        let at = w.and_then(rfc3339).map(|t| format!(" (archived {t})")).unwrap_or_default();
-        line(format_args!(
-            "  timeline {}: {f} to {l}{at}, {} segments, {} partial",
-            t.timeline.0, t.segments, t.partials
-        ))?;
-        for g in &t.gaps {
-            line(format_args!("    gap: {}", gap_text(g, size)))?;
-        }
-    }
-    Ok(())
-}
-
-fn gap_text(g: &TimelineGap, size: crate::wal::SegmentSize) -> String {
-    let (a, b) = (g.run.first_name(size), g.run.last_name(size));
-    let range = if a == b { a.to_string() } else { format!("{a} to {b} ({} segments)", g.run.len()) };
-    let mut out = format!("{range} missing ({}; {} is the next archived)", g.status, g.next);
-    if !g.breaks.is_empty() {
-        out.push_str(&format!(", breaks backup {}", ids(&g.breaks)));
-    }
-    if !g.cuts.is_empty() {
-        out.push_str(&format!(", cuts short backup {}", ids(&g.cuts)));
-    }
-    out
-}
-
-fn ids(ids: &[crate::repository::backup::BackupId]) -> String {
-    ids.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ")
-}
-
-fn human_age(seconds: i64) -> String {
-    let s = seconds.max(0);
-    match s {
-        0..60 => format!("{s}s"),
-        60..3600 => format!("{}m {}s", s / 60, s % 60),
-        3600..86_400 => format!("{}h {}m", s / 3600, s % 3600 / 60),
-        _ => format!("{}d {}h", s / 86_400, s % 86_400 / 3600),
-    }
-}
-
-/// The backups, one line each and one line of what it reaches and whether it is kept; `newest` is the newest
-/// archived segment (a backup whose stop is in it reaches the end of the archive, not "its stop only").
-fn print_backups(backups: &[BackupStatus], newest: Option<crate::wal::SegmentName>) -> Result<(), Error> {
-    if backups.is_empty() {
-        return line("backups: none");
-    }
-    line("backups:")?;
-    let header = ["id", "type", "start", "stop", "start lsn", "stop lsn", "size", "stored", "unique", "label"];
-    line(format_args!(
-        "  {:<17} {:<11} {:<27} {:<27} {:<11} {:<11} {:>10} {:>10} {:>10}  {}",
-        header[0], header[1], header[2], header[3], header[4], header[5], header[6], header[7], header[8], header[9]
-    ))?;
-    for b in backups {
-        let m = &b.manifest;
-        line(format_args!(
-            "  {:<17} {:<11} {:<27} {:<27} {:<11} {:<11} {:>10} {:>10} {:>10}  {}",
-            m.id.to_string(),
-            m.backup_type.to_string(),
-            m.start_time,
-            m.stop_time,
-            m.start_lsn.to_string(),
-            m.stop_lsn.to_string(),
-            human_bytes(b.sizes.logical),
-            human_bytes(b.sizes.stored),
-            b.sizes.unique.map_or_else(|| "-".to_owned(), human_bytes),
-            m.label
-        ))?;
-        let c = &b.coverage;
-        let reach = if !c.wal.missing.is_empty() {
-            let missing: Vec<String> = c.wal.missing.iter().map(ToString::to_string).collect();
-            format!("BROKEN: WAL {} missing from its start..stop", missing.join(", "))
-        } else if b.sizes.objects_missing > 0 {
-            format!("BROKEN: {} data objects missing", b.sizes.objects_missing)
-        } else {
-            match c.wal.reach {
-                Some(r) if Some(r) == newest => format!("reaches {r}, the newest archived segment"),
-                Some(r) if c.wal.needed.last() == Some(&r) => format!("reaches its stop only ({r})"),
-                Some(r) => {
-                    let at = c.reach_written.and_then(rfc3339).map(|t| format!(", archived {t}")).unwrap_or_default();
-                    format!("reaches {r}{at}")
-                }
-                None => "reaches nothing".to_owned(),
-            }
-        };
-        let kept = match &b.retention {
-            Some(Retention::Kept { reasons, reach }) => {
-                let after = match reach {
-                    Reach::Onward => "",
-                    Reach::StopOnly => " (after prune it reaches its stop only)",
-                };
-                format!("kept: {}{after}", reasons.join(", "))
-            }
-            Some(Retention::Deleted) => "the next prune deletes it".to_owned(),
-            None => match &b.keep {
-                Some(k) if b.is_kept => k.describe(),
-                _ => "not kept by a mark".to_owned(),
-            },
-        };
-        line(format_args!("  {:<17} {reach}; {kept}", ""))?;
-        if let Some(d) = m.description.as_deref().filter(|d| !d.is_empty()) {
-            // Free text on its own line, under the id; control characters shown escaped.
-            line(format_args!("  {:<17} description: {}", "", d.escape_debug()))?;
-        }
-    }
-    Ok(())
 }

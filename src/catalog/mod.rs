@@ -1,0 +1,331 @@
+//! The backup catalog: the repository mirrored into PostgreSQL tables (schema `backupctl`) for SQL queries.
+//!
+//! Invariants:
+//! - The repository is the source of truth. The catalog is written only from what the repository holds
+//!   ([`sync()`], from `backupctl status`'s own picture, [`crate::verify::status::collect`]) and from the scheduler's
+//!   job runs ([`record_job_run`]). Rows of backups and WAL that left the repository are marked removed
+//!   (`removed_at`), never deleted.
+//! - A sync writes only differences: a second sync of an unchanged repository writes no row.
+//! - The catalog never lives in the cluster the repository archives: every write there would make WAL for
+//!   wal-push to archive. [`Catalog::refuse_archived_cluster`] compares `system_identifier`s; wal-push and
+//!   wal-fetch never connect to a catalog at all.
+//! - The schema is created and migrated by versioned migrations (refinery, `src/catalog/migrations/V*.sql`),
+//!   recorded in `backupctl.schema_history`; one session at a time migrates or syncs (an advisory lock).
+//! - The client is the synchronous `postgres` crate: call these outside an async runtime's worker threads.
+//!
+//! The schema and the reasons behind it: docs/design/catalog.md.
+
+use crate::config::{CatalogConfig, CatalogSslMode};
+
+mod sync;
+
+pub use sync::{Dump, SyncInput, SyncReport, sync};
+
+mod embedded {
+    refinery::embed_migrations!("src/catalog/migrations");
+}
+
+/// The schema every catalog table lives in.
+pub const SCHEMA: &str = "backupctl";
+/// The table refinery records applied migrations in.
+const HISTORY_TABLE: &str = "backupctl.schema_history";
+/// `pg_advisory_lock` key held while migrating or syncing ("bkctlcat" as bytes).
+const LOCK_KEY: i64 = 0x626b_6374_6c63_6174;
+
+/// Catalog errors.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// Could not connect.
+    #[error("cannot connect to the catalog at {target}: {}", crate::pg::server_says(source))]
+    Connect {
+        /// host:port/dbname as user.
+        target: String,
+        /// Cause.
+        #[source]
+        source: postgres::Error,
+    },
+    /// A statement failed.
+    #[error("catalog at {target}: {what} failed: {}", crate::pg::server_says(source))]
+    Query {
+        /// host:port/dbname.
+        target: String,
+        /// What was being done.
+        what: &'static str,
+        /// Cause.
+        #[source]
+        source: postgres::Error,
+    },
+    /// A migration failed or the recorded schema history disagrees with this build's migrations.
+    #[error("catalog at {target}: migrating schema backupctl failed: {source}")]
+    Migrate {
+        /// host:port/dbname.
+        target: String,
+        /// Cause.
+        #[source]
+        source: Box<refinery::Error>,
+    },
+    /// The catalog's schema is newer than this build knows.
+    #[error("catalog at {target}: schema backupctl is at version {found}, newer than this build's {known}")]
+    NewerSchema {
+        /// host:port/dbname.
+        target: String,
+        /// The version recorded.
+        found: i64,
+        /// The newest version this build has.
+        known: i64,
+    },
+    /// The catalog is inside the cluster the repository archives.
+    #[error(
+        "catalog at {target} is in the cluster this repository archives (system identifier {system_identifier}): \
+         every catalog write would make WAL to archive; put the catalog in another cluster"
+    )]
+    ArchivedCluster {
+        /// host:port/dbname.
+        target: String,
+        /// The shared `system_identifier`.
+        system_identifier: String,
+    },
+}
+
+/// One session with the catalog database.
+pub struct Catalog {
+    client: postgres::Client,
+    target: String,
+}
+
+impl std::fmt::Debug for Catalog {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Catalog").field("target", &self.target).finish_non_exhaustive()
+    }
+}
+
+/// Connect as configured (a `host` starting with `/` is a Unix-socket directory, as with libpq). `sslmode`
+/// `prefer` connects in plain text: this build has no TLS client for PostgreSQL (`require` is refused by the
+/// configuration's validation).
+pub fn connect(cfg: &CatalogConfig) -> Result<Catalog, Error> {
+    let target = format!("{}:{}/{}", cfg.host, cfg.port, cfg.dbname);
+    let mut c = postgres::Config::new();
+    c.connect_timeout(std::time::Duration::from_secs(30))
+        .port(cfg.port)
+        .user(&cfg.user)
+        .dbname(&cfg.dbname)
+        .application_name("backupctl catalog")
+        .ssl_mode(match cfg.sslmode {
+            CatalogSslMode::Disable => postgres::config::SslMode::Disable,
+            CatalogSslMode::Prefer | CatalogSslMode::Require => postgres::config::SslMode::Prefer,
+        });
+    if cfg.host.starts_with('/') {
+        c.host_path(&cfg.host);
+    } else {
+        c.host(&cfg.host);
+    }
+    if let Some(p) = &cfg.password {
+        c.password(p);
+    }
+    let client = c
+        .connect(postgres::NoTls)
+        .map_err(|source| Error::Connect { target: format!("{target} as {}", cfg.user), source })?;
+    Ok(Catalog { client, target })
+}
+
+/// The newest schema version this build's migrations create.
+pub fn latest_version() -> i64 {
+    embedded::migrations::runner().get_migrations().iter().map(|m| i64::from(m.version())).max().unwrap_or(0)
+}
+
+impl Catalog {
+    /// host:port/dbname, for messages.
+    pub fn target(&self) -> &str {
+        &self.target
+    }
+
+    fn query_err(&self, what: &'static str) -> impl FnOnce(postgres::Error) -> Error + '_ {
+        move |source| Error::Query { target: self.target.clone(), what, source }
+    }
+
+    /// Refuse a catalog inside the cluster whose WAL this repository holds: `system_identifier` is the
+    /// repository's cluster record (`None`: nothing archived yet, nothing to compare). The catalog server's comes
+    /// from `pg_control_system()` (PostgreSQL's "System Information Functions").
+    pub fn refuse_archived_cluster(&mut self, system_identifier: Option<&str>) -> Result<(), Error> {
+        let Some(archived) = system_identifier else { return Ok(()) };
+        let row = self
+            .client
+            .query_one("select system_identifier::text from pg_control_system()", &[])
+            .map_err(|source| Error::Query { target: self.target.clone(), what: "pg_control_system()", source })?;
+        let own: String = row.get(0);
+        if own == archived {
+            return Err(Error::ArchivedCluster { target: self.target.clone(), system_identifier: own });
+        }
+        Ok(())
+    }
+
+    /// The schema version recorded in `backupctl.schema_history` (0: no schema yet).
+    pub fn schema_version(&mut self) -> Result<i64, Error> {
+        let target = self.target.clone();
+        let q = |source| Error::Query { target: target.clone(), what: "reading the schema version", source };
+        let exists: bool =
+            self.client.query_one("select to_regclass($1) is not null", &[&HISTORY_TABLE]).map_err(q)?.get(0);
+        if !exists {
+            return Ok(0);
+        }
+        let row = self
+            .client
+            .query_one(&format!("select coalesce(max(version), 0)::int8 from {HISTORY_TABLE}"), &[])
+            .map_err(|source| Error::Query {
+            target: self.target.clone(),
+            what: "reading the schema version",
+            source,
+        })?;
+        Ok(row.get(0))
+    }
+
+    /// Create schema `backupctl` if needed and apply every migration up to `to_version` (`None`: the newest).
+    /// Returns the versions applied now. Refuses a schema newer than this build ([`Error::NewerSchema`]): an
+    /// older backupctl must not write into it.
+    pub fn migrate(&mut self, to_version: Option<u32>) -> Result<Vec<i64>, Error> {
+        self.lock()?;
+        let result = self.migrate_locked(to_version);
+        self.unlock();
+        result
+    }
+
+    fn migrate_locked(&mut self, to_version: Option<u32>) -> Result<Vec<i64>, Error> {
+        let known = latest_version();
+        let found = self.schema_version()?;
+        if found > known {
+            return Err(Error::NewerSchema { target: self.target.clone(), found, known });
+        }
+        self.client
+            .batch_execute(&format!("create schema if not exists {SCHEMA}"))
+            .map_err(self.query_err("creating schema backupctl"))?;
+        let mut runner = embedded::migrations::runner();
+        runner.set_migration_table_name(HISTORY_TABLE);
+        let runner = match to_version {
+            Some(v) => runner.set_target(refinery::Target::Version(v.try_into().unwrap_or(i32::MAX))),
+            None => runner,
+        };
+        let report = runner
+            .run(&mut self.client)
+            .map_err(|source| Error::Migrate { target: self.target.clone(), source: Box::new(source) })?;
+        Ok(report.applied_migrations().iter().map(|m| i64::from(m.version())).collect())
+    }
+
+    /// Migrate to the newest version if the schema is older: what every writer does first.
+    pub fn ensure_schema(&mut self) -> Result<(), Error> {
+        if self.schema_version()? != latest_version() {
+            self.migrate(None)?;
+        }
+        Ok(())
+    }
+
+    fn lock(&mut self) -> Result<(), Error> {
+        self.client.execute("select pg_advisory_lock($1)", &[&LOCK_KEY]).map_err(|source| Error::Query {
+            target: self.target.clone(),
+            what: "taking the catalog lock",
+            source,
+        })?;
+        Ok(())
+    }
+
+    fn unlock(&mut self) {
+        // The session's end releases it too.
+        let _ = self.client.execute("select pg_advisory_unlock($1)", &[&LOCK_KEY]);
+    }
+
+    /// The repository-level status document and the backups' documents (oldest first, removed ones left out)
+    /// stored for `repository` by the last sync; `None` if it was never synced.
+    pub fn status_documents(
+        &mut self,
+        repository: &str,
+    ) -> Result<Option<(serde_json::Value, Vec<serde_json::Value>)>, Error> {
+        if self.schema_version()? == 0 {
+            return Ok(None);
+        }
+        let target = self.target.clone();
+        let q = |source| Error::Query { target: target.clone(), what: "reading status", source };
+        let Some(row) = self
+            .client
+            .query_opt("select id, status from backupctl.repositories where url = $1", &[&repository])
+            .map_err(q)?
+        else {
+            return Ok(None);
+        };
+        let (id, status): (i64, serde_json::Value) = (row.get(0), row.get(1));
+        let backups = self
+            .client
+            .query(
+                "select document from backupctl.backups where repository_id = $1 and removed_at is null order by id collate \"C\"",
+                &[&id],
+            )
+            .map_err(|source| Error::Query { target: self.target.clone(), what: "reading backups", source })?
+            .iter()
+            .map(|r| r.get::<_, serde_json::Value>(0))
+            .collect();
+        Ok(Some((status, backups)))
+    }
+
+    /// Record one run of a scheduled job (`job` as in `[schedule]`, e.g. `full_backup`) for `repository`
+    /// (`None`: not synced yet); a `check`/`verify` run also gets a row in `checks`, a `drill` run one in
+    /// `drills`. Returns the run's id.
+    pub fn record_job_run(&mut self, repository: &str, run: &JobRun) -> Result<i64, Error> {
+        self.ensure_schema()?;
+        let target = self.target.clone();
+        let q = |source| Error::Query { target: target.clone(), what: "recording a job run", source };
+        let mut tx = self.client.transaction().map_err(q)?;
+        let repository_id: Option<i64> = tx
+            .query_opt("select id from backupctl.repositories where url = $1", &[&repository])
+            .map_err(q)?
+            .map(|r| r.get(0));
+        let (outcome, error) = match &run.error {
+            None => ("succeeded", None),
+            Some(e) => ("failed", Some(e.as_str())),
+        };
+        let id: i64 = tx
+            .query_one(
+                "insert into backupctl.job_runs (repository_id, job, started_at, finished_at, outcome, summary, error) \
+                 values ($1, $2, ($3::text)::timestamptz, ($4::text)::timestamptz, $5, $6, $7) returning id",
+                &[&repository_id, &run.job, &run.started_at, &run.finished_at, &outcome, &run.summary, &error],
+            )
+            .map_err(q)?
+            .get(0);
+        let detail = run.error.as_deref().or(run.summary.as_deref());
+        let passed = run.error.is_none();
+        match run.job.as_str() {
+            "check" | "verify" => {
+                tx.execute(
+                    "insert into backupctl.checks (job_run_id, kind, passed, finished_at, detail) \
+                     values ($1, $2, $3, ($4::text)::timestamptz, $5)",
+                    &[&id, &run.job, &passed, &run.finished_at, &detail],
+                )
+                .map_err(q)?;
+            }
+            "drill" => {
+                tx.execute(
+                    "insert into backupctl.drills (job_run_id, passed, finished_at, detail) \
+                     values ($1, $2, ($3::text)::timestamptz, $4)",
+                    &[&id, &passed, &run.finished_at, &detail],
+                )
+                .map_err(q)?;
+            }
+            _ => {}
+        }
+        tx.commit().map_err(q)?;
+        Ok(id)
+    }
+}
+
+/// One finished run of a scheduled job.
+#[derive(Debug, Clone)]
+pub struct JobRun {
+    /// The job's `[schedule]` name: `full_backup`, `incremental_backup`, `prune`, `verify`, `check`, `drill`.
+    pub job: String,
+    /// When it started (RFC 3339).
+    pub started_at: String,
+    /// When it finished (RFC 3339).
+    pub finished_at: String,
+    /// Its one-line summary on success.
+    pub summary: Option<String>,
+    /// Its error on failure.
+    pub error: Option<String>,
+}

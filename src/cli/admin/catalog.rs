@@ -1,0 +1,209 @@
+//! `backupctl catalog migrate|sync`, `status --from-catalog`, and the catalog updates other commands make after
+//! their repository work (docs/design/catalog.md).
+
+use clap::{Args, Subcommand};
+
+use super::Ctx;
+use super::status::StatusArgs;
+use crate::Error;
+use crate::catalog::{self, Catalog, SyncInput, SyncReport};
+use crate::cli::output::{line, note};
+use crate::config::{CatalogConfig, Config};
+use crate::storage::Storage;
+
+/// `backupctl catalog` options.
+#[derive(Debug, Clone, Args)]
+pub struct CatalogArgs {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: CatalogCommand,
+}
+
+/// `backupctl catalog` subcommands.
+#[derive(Debug, Clone, Subcommand)]
+pub enum CatalogCommand {
+    /// Create schema backupctl in the [catalog] database and apply the migrations it lacks (sync does this too).
+    Migrate {
+        /// Stop at this schema version instead of the newest (for a staged upgrade).
+        #[arg(long, value_name = "N")]
+        to_version: Option<u32>,
+        /// Print the result as one JSON object: {"catalog", "version", "applied": [N...]}.
+        #[arg(long = "json-output", visible_alias = "json")]
+        json_output: bool,
+    },
+    /// Mirror the repository into the catalog: backups, archived WAL ranges, which WAL each backup needs, and the
+    /// status as `backupctl status` computes it. Writes only what changed; rows of deleted backups are marked
+    /// removed.
+    Sync {
+        /// Print the rows written per table as one JSON object.
+        #[arg(long = "json-output", visible_alias = "json")]
+        json_output: bool,
+    },
+}
+
+fn config_of(config: &Config) -> Result<&CatalogConfig, Error> {
+    config.catalog.as_ref().ok_or_else(|| {
+        Error::Usage("no [catalog] section in the configuration: nothing to connect to (docs/configuration.md)".into())
+    })
+}
+
+/// Run `backupctl catalog`.
+pub(super) fn run(ctx: &Ctx, args: &CatalogArgs) -> Result<(), Error> {
+    let cfg = config_of(&ctx.config)?;
+    match &args.command {
+        CatalogCommand::Migrate { to_version, json_output } => {
+            let storage = ctx.existing_storage()?;
+            let mut c = open(&ctx.config, &ctx.rt, storage.as_ref())?;
+            let applied = c.migrate(*to_version)?;
+            let version = c.schema_version()?;
+            if *json_output {
+                return line(serde_json::json!({ "catalog": c.target(), "version": version, "applied": applied }));
+            }
+            match applied.as_slice() {
+                [] => {
+                    line(format_args!("catalog {}: schema backupctl at version {version}; nothing to do", c.target()))
+                }
+                a => line(format_args!(
+                    "catalog {}: schema backupctl migrated to version {version} (applied {})",
+                    c.target(),
+                    a.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ")
+                )),
+            }
+        }
+        CatalogCommand::Sync { json_output } => {
+            let report = sync(&ctx.config, &ctx.rt)?;
+            if *json_output {
+                let rows = serde_json::to_value(report).map_err(|e| Error::Task(e.to_string()))?;
+                return line(
+                    serde_json::json!({ "catalog": target(cfg), "rows_written": rows, "total": report.total() }),
+                );
+            }
+            line(format_args!(
+                "catalog {}: synced; {} rows written ({} backups, {} marked removed; {} WAL ranges, {} marked removed)",
+                target(cfg),
+                report.total(),
+                report.backups,
+                report.backups_removed,
+                report.wal_ranges,
+                report.wal_ranges_removed
+            ))
+        }
+    }
+}
+
+fn target(cfg: &CatalogConfig) -> String {
+    format!("{}:{}/{}", cfg.host, cfg.port, cfg.dbname)
+}
+
+/// Connect to the catalog and refuse it if it is in the cluster the repository in `storage` archives (its
+/// cluster record; with nothing archived yet there is nothing to compare).
+fn open(config: &Config, rt: &tokio::runtime::Runtime, storage: &dyn Storage) -> Result<Catalog, Error> {
+    let cfg = config_of(config)?;
+    let cluster = rt.block_on(crate::repository::store::cluster_info(storage))?;
+    let archived = archived_system_identifier(config, cluster.map(|c| c.system_identifier));
+    let mut c = catalog::connect(cfg)?;
+    c.refuse_archived_cluster(archived.as_deref())?;
+    Ok(c)
+}
+
+/// The archived cluster's `system_identifier`: the repository's cluster record, or, before any WAL reached the
+/// repository, what the `[postgres]` server says (if it answers within 10 s; otherwise there is nothing to compare).
+fn archived_system_identifier(config: &Config, recorded: Option<String>) -> Option<String> {
+    recorded.or_else(|| {
+        let pg = config.postgres.as_ref()?;
+        let mut session = crate::pg::connect_within(pg, std::time::Duration::from_secs(10)).ok()?;
+        session.server_info(false).ok().map(|i| i.system_identifier)
+    })
+}
+
+/// Mirror the repository of `config` into its catalog: `backupctl status`'s picture
+/// ([`crate::verify::status::collect`]) and its JSON documents, written with [`catalog::sync`].
+pub fn sync(config: &Config, rt: &tokio::runtime::Runtime) -> Result<SyncReport, Error> {
+    let cfg = config_of(config)?;
+    let deadline = std::time::Duration::from_secs(config.archive.retry_deadline_seconds);
+    let storage = rt.block_on(crate::storage::open(&config.repository.url, &config.repository.s3, deadline))?;
+    rt.block_on(crate::repository::store::require_existing(storage.as_ref()))?;
+    let clock = crate::verify::clock_from_config(config, std::time::SystemTime::now());
+    let policy = crate::retention::plan::Policy::resolve(&config.retention, None)?;
+    let status = rt.block_on(crate::verify::status::collect(storage.as_ref(), &clock, &policy))?;
+    let repository = storage.to_string();
+    let archived = archived_system_identifier(config, status.cluster.as_ref().map(|c| c.system_identifier.clone()));
+    let mut c = catalog::connect(cfg)?;
+    c.refuse_archived_cluster(archived.as_deref())?;
+    let (document, backups) = super::status::documents(&status, &repository);
+    let input = SyncInput { repository: &repository, status: &status, document, backups: &backups, dumps: &[] };
+    Ok(catalog::sync(&mut c, &input)?)
+}
+
+/// After `command`'s repository work: sync the catalog when one is configured. A failure is a warning on stderr
+/// (and in the log), never the command's failure: the repository is the source of truth.
+pub fn update_after(config: &Config, rt: &tokio::runtime::Runtime, command: &str) {
+    if config.catalog.is_none() {
+        return;
+    }
+    match sync(config, rt) {
+        Ok(r) => tracing::info!(rows = r.total(), "{command}: catalog updated"),
+        Err(e) => {
+            // One line on stderr; the record goes to the log file and the journal only.
+            tracing::warn!(target: crate::cli::logging::OUTCOME_TARGET, error = %e, "{command}: catalog not updated");
+            note(format_args!("{command}: warning: catalog not updated: {e}"));
+        }
+    }
+}
+
+/// Record one run of a scheduled job in the catalog, when one is configured. A failure is logged, never fatal.
+pub fn record_job_run(config: &Config, rt: &tokio::runtime::Runtime, run: &catalog::JobRun) {
+    if config.catalog.is_none() {
+        return;
+    }
+    let result = (|| -> Result<i64, Error> {
+        let deadline = std::time::Duration::from_secs(config.archive.retry_deadline_seconds);
+        let storage = rt.block_on(crate::storage::open(&config.repository.url, &config.repository.s3, deadline))?;
+        let mut c = open(config, rt, storage.as_ref())?;
+        Ok(c.record_job_run(&storage.to_string(), run)?)
+    })();
+    if let Err(e) = result {
+        tracing::warn!(job = %run.job, error = %e, "job run not recorded in the catalog");
+    }
+}
+
+/// `backupctl status --from-catalog`: the status document as the last sync stored it, filtered as `status`
+/// filters, with the newest backup's age computed now; printed by the same code as `status`.
+pub(super) fn status(ctx: &Ctx, args: &StatusArgs) -> Result<(), Error> {
+    let cfg = config_of(&ctx.config)?;
+    let storage = ctx.storage()?;
+    let repository = storage.to_string();
+    let mut c = catalog::connect(cfg)?;
+    let Some((mut v, backups)) = c.status_documents(&repository)? else {
+        return Err(Error::Usage(format!(
+            "catalog {} holds nothing for repository {repository}: run 'backupctl catalog sync' first",
+            c.target()
+        )));
+    };
+    for u in v["unusable_backups"].as_array().into_iter().flatten() {
+        note(format_args!(
+            "backupctl: warning: backup {} is unusable: {}",
+            u["id"].as_str().unwrap_or_default(),
+            u["error"].as_str().unwrap_or_default()
+        ));
+    }
+    let now = time::OffsetDateTime::now_utc();
+    let newest = backups
+        .iter()
+        .filter_map(|b| b["stop_time"].as_str())
+        .filter_map(|t| time::OffsetDateTime::parse(t, &time::format_description::well_known::Rfc3339).ok())
+        .max()
+        .map(|t| (now - t).whole_seconds());
+    let mut backups: Vec<serde_json::Value> = backups
+        .into_iter()
+        .filter(|b| args.backup_type.is_none_or(|t| b["type"].as_str() == Some(t.to_string().as_str())))
+        .collect();
+    if let Some(n) = args.last {
+        backups.drain(..backups.len().saturating_sub(n));
+    }
+    if let Some(o) = v.as_object_mut() {
+        o.insert("newest_backup_age_seconds".into(), serde_json::json!(newest));
+        o.insert("backups".into(), serde_json::Value::Array(backups));
+    }
+    if args.json_output { line(v) } else { super::status_text::print(&v) }
+}

@@ -1,0 +1,357 @@
+//! Issue 12, the catalog in PostgreSQL: `backupctl catalog migrate|sync`, the updates base-backup and prune make,
+//! `status --from-catalog`, and the refusal of a catalog inside the archived cluster. The catalog always lives in
+//! a cluster of its own, apart from the archived one (except where that refusal is tested).
+
+use std::process::Output;
+use std::time::Duration;
+
+use serde_json::Value;
+
+use crate::pitr::{FileRepo, Source, s3_repo};
+use crate::support::cluster::{Cluster, PgDir, as_postgres, assert_ok, bin, require_pg};
+
+/// A separate cluster holding the catalog.
+struct CatalogCluster {
+    _dir: PgDir,
+    cluster: Cluster,
+}
+
+impl CatalogCluster {
+    fn start(label: &str) -> Self {
+        let dir = PgDir::new(&format!("{label}-catalog"));
+        let mut cluster = Cluster::init(&dir, "catalog", "");
+        crate::support::cluster::chown_postgres(dir.path());
+        cluster.start();
+        Self { _dir: dir, cluster }
+    }
+
+    /// The `[catalog]` section pointing at it.
+    fn section(&self) -> String {
+        catalog_section(&self.cluster)
+    }
+
+    fn sql(&self, sql: &str) -> String {
+        self.cluster.sql(sql)
+    }
+}
+
+fn catalog_section(c: &Cluster) -> String {
+    format!(
+        "[catalog]\nhost = \"{}\"\nport = {}\nuser = \"postgres\"\ndbname = \"postgres\"\nsslmode = \"disable\"\n",
+        c.socket.display(),
+        c.port
+    )
+}
+
+fn backupctl(src: &Source, args: &[&str]) -> Output {
+    as_postgres(&bin("backupctl")).arg("--config").arg(&src.config).args(args).output().expect("backupctl")
+}
+
+fn json_of(what: &str, out: &Output) -> Value {
+    assert_ok(what, out);
+    serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("{what}: not JSON ({e}): {}", String::from_utf8_lossy(&out.stdout)))
+}
+
+/// The versions of the row tuples of the mirrored tables: unchanged when nothing was written.
+fn row_versions(cat: &CatalogCluster) -> String {
+    cat.sql(
+        "select (select string_agg(xmin::text, ',' order by id) from backupctl.repositories) || '|' || \
+         (select string_agg(xmin::text, ',' order by id) from backupctl.backups) || '|' || \
+         (select string_agg(xmin::text, ',' order by first_segment) from backupctl.wal_ranges) || '|' || \
+         (select string_agg(xmin::text, ',' order by backup_id) from backupctl.backup_wal)",
+    )
+}
+
+/// `status` and `status --from-catalog` agree, in JSON and in text, with and without filters (the age of the
+/// newest backup is computed at each call, so it is compared within a few seconds).
+fn assert_status_agrees(src: &Source, filters: &[&str]) {
+    let mut direct = json_of("status", &backupctl(src, &[&["status", "--json-output"], filters].concat()));
+    let mut cataloged = json_of(
+        "status --from-catalog",
+        &backupctl(src, &[&["status", "--json-output", "--from-catalog"], filters].concat()),
+    );
+    let age = |v: &mut Value| v.as_object_mut().and_then(|o| o.remove("newest_backup_age_seconds"));
+    let (a, b) = (age(&mut direct), age(&mut cataloged));
+    match (a.and_then(|v| v.as_i64()), b.and_then(|v| v.as_i64())) {
+        (Some(a), Some(b)) => assert!((a - b).abs() <= 5, "ages {a} and {b}"),
+        (a, b) => assert_eq!(a, b),
+    }
+    assert_eq!(direct, cataloged, "status {filters:?} from the repository and from the catalog differ");
+    let text = |args: &[&str]| {
+        let out = backupctl(src, args);
+        assert_ok("status (text)", &out);
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter(|l| !l.starts_with("newest backup:"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+    let direct = text(&[&["status"], filters].concat());
+    let cataloged = text(&[&["status", "--from-catalog"], filters].concat());
+    assert_eq!(direct, cataloged, "status text {filters:?}");
+    assert!(direct.contains("backups:"), "{direct}");
+}
+
+/// The SQL blocks of docs/operations.md's catalog section.
+fn documented_queries() -> Vec<String> {
+    let doc = include_str!("../../docs/operations.md");
+    let start = doc.find("## The catalog: backups, WAL and jobs in SQL").expect("catalog section");
+    let section = &doc[start..];
+    let section = &section[..section[3..].find("\n## ").map_or(section.len(), |i| i + 3)];
+    section.split("```sql\n").skip(1).filter_map(|b| b.split("```").next()).map(str::to_owned).collect()
+}
+
+/// Backups on a repository with a catalog: each base backup updates it (the first creates the schema); sync writes
+/// only differences (a second sync writes no row, row versions unchanged); `status --from-catalog` equals
+/// `status`; prune marks the deleted backups' rows removed; the documented queries run; a job run is recorded.
+fn catalog_scenario(url: &str, extra: &str, label: &str) {
+    let cat = CatalogCluster::start(label);
+    let src = Source::start(label, url, &format!("{extra}\n{}", cat.section()));
+    let c = &src.cluster;
+    c.sql("create table t (id int, pad text)");
+    let mut ids = Vec::new();
+    for (i, kind) in ["full", "incremental", "full"].iter().enumerate() {
+        c.sql(&format!("insert into t select g, repeat('x', 100) from generate_series(1, {}) g", 1000 * (i + 1)));
+        c.sql("select pg_switch_wal()");
+        let b = src.backup_json(kind);
+        ids.push(b["id"].as_str().expect("id").to_owned());
+        // base-backup synced the catalog after its repository work.
+        assert_eq!(
+            cat.sql("select count(*) from backupctl.backups where removed_at is null"),
+            (i + 1).to_string(),
+            "after backup {i}"
+        );
+    }
+    assert_eq!(cat.sql("select max(version) from backupctl.schema_history"), "2");
+    // WAL after the last backup: the next sync has a range to extend.
+    c.sql("insert into t select g, 'after' from generate_series(1, 100) g");
+    c.switch_and_wait_archived(Duration::from_secs(120));
+
+    let first = json_of("catalog sync", &backupctl(&src, &["catalog", "sync", "--json-output"]));
+    assert!(first["rows_written"]["wal_ranges"].as_u64().unwrap_or(0) >= 1, "{first:#}");
+    let before = row_versions(&cat);
+    let second = json_of("catalog sync again", &backupctl(&src, &["catalog", "sync", "--json-output"]));
+    assert_eq!(second["total"], 0, "an unchanged repository: the second sync writes nothing: {second:#}");
+    assert_eq!(row_versions(&cat), before, "no row was rewritten");
+    let text = backupctl(&src, &["catalog", "sync"]);
+    assert_ok("catalog sync (text)", &text);
+    assert!(String::from_utf8_lossy(&text.stdout).contains("synced; 0 rows written"), "{text:?}");
+
+    // The relations: each backup's WAL, the ranges, the restorable window.
+    assert_eq!(cat.sql("select count(*) from backupctl.backup_wal"), "3");
+    assert_eq!(
+        cat.sql(
+            "select count(*) from backupctl.backups b join backupctl.backup_wal w on w.backup_id = b.id \
+             where b.restorable and b.restorable_from = b.finished_at and w.reach_segment >= w.stop_segment"
+        ),
+        "3"
+    );
+    assert_eq!(
+        cat.sql("select sum(segments) from backupctl.wal_ranges where removed_at is null"),
+        json_of("status", &backupctl(&src, &["status", "--json-output"]))["wal"]["segments"].to_string()
+    );
+
+    assert_status_agrees(&src, &[]);
+    assert_status_agrees(&src, &["--type", "full"]);
+    assert_status_agrees(&src, &["--last", "1"]);
+
+    // Prune: the deleted backups' rows stay, marked removed; status from the catalog follows.
+    let pruned = json_of("prune", &backupctl(&src, &["prune", "--policy", "keep-last=1", "--json-output"]));
+    assert_eq!(pruned["deleted_backups"].as_array().map(Vec::len), Some(2), "{pruned:#}");
+    assert_eq!(
+        cat.sql("select string_agg(id, ',' order by id) from backupctl.backups where removed_at is not null"),
+        format!("{},{}", ids[0], ids[1])
+    );
+    assert_eq!(cat.sql("select string_agg(id, ',') from backupctl.backups where removed_at is null"), ids[2]);
+    assert_status_agrees(&src, &[]);
+    let again = json_of("catalog sync after prune", &backupctl(&src, &["catalog", "sync", "--json-output"]));
+    assert_eq!(again["total"], 0, "prune already synced: {again:#}");
+
+    // The scheduler's record of a job run (what the daemon calls after each job).
+    let config = backupctl::config::Config::load(&src.config).expect("config");
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().expect("runtime");
+    let now = jiff::Timestamp::now().to_string();
+    let run = backupctl::catalog::JobRun {
+        job: "verify".into(),
+        started_at: now.clone(),
+        finished_at: now,
+        summary: None,
+        error: Some("backup X: 1 object missing".into()),
+    };
+    backupctl::cli::admin::catalog::record_job_run(&config, &rt, &run);
+    assert_eq!(cat.sql("select count(*) from backupctl.checks where not passed and kind = 'verify'"), "1");
+
+    // The documented queries run and answer.
+    let queries = documented_queries();
+    assert!(queries.len() >= 3, "{queries:?}");
+    for q in &queries {
+        let out = cat.cluster.try_sql(q);
+        assert_ok(&format!("documented query {q}"), &out);
+        assert!(!String::from_utf8_lossy(&out.stdout).trim().is_empty(), "no rows from {q}");
+    }
+}
+
+#[test]
+fn issue_12_catalog_file_repository() {
+    if require_pg().is_none() {
+        return;
+    }
+    let repo = FileRepo::new("catalog");
+    catalog_scenario(&repo.url(), "", "catalog-file");
+}
+
+#[test]
+fn issue_12_catalog_s3_repository() {
+    if require_pg().is_none() {
+        return;
+    }
+    let Some((url, extra)) = s3_repo("catalog") else { return };
+    catalog_scenario(&url, &extra, "catalog-s3");
+}
+
+/// Migrations from an empty database (version 1 only), then from version 1 with a row in it: sync applies
+/// version 2, which fills the new columns from the old row; a schema newer than this build is refused.
+#[test]
+fn issue_12_catalog_migrations() {
+    if require_pg().is_none() {
+        return;
+    }
+    let repo = FileRepo::new("catalog-mig");
+    let cat = CatalogCluster::start("catalog-mig");
+    let src = Source::start("catalog-mig", &repo.url(), &cat.section());
+    src.cluster.switch_and_wait_archived(Duration::from_secs(120));
+    // Nothing synced yet: status from the catalog says so and what to run.
+    let out = backupctl(&src, &["status", "--from-catalog"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("holds nothing for repository file://") && err.contains("run 'backupctl catalog sync' first"),
+        "{err}"
+    );
+    let v1 = json_of("migrate to 1", &backupctl(&src, &["catalog", "migrate", "--to-version", "1", "--json-output"]));
+    assert_eq!(v1["version"], 1, "{v1:#}");
+    assert_eq!(v1["applied"], serde_json::json!([1]));
+    assert_eq!(cat.sql("select to_regclass('backupctl.job_runs') is null"), "t");
+    // A version-1 row, as an earlier backupctl would have written it.
+    cat.sql(
+        "insert into backupctl.repositories (url) values ('file:///elsewhere'); \
+         insert into backupctl.backups (repository_id, id, label, type, status, started_at, finished_at, start_lsn, \
+         stop_lsn, timeline, bytes_logical, bytes_stored, bytes_new, manifest_checksum, restorable, kept, document) \
+         select id, '20260101-000000F', 'old', 'full', 'ok', '2026-01-01T00:00:00Z', '2026-01-01T00:01:00Z', \
+         '0/2000028', '0/2000100', 1, 1, 1, 1, 'x', true, false, \
+         '{\"reaches\": {\"archived_at\": \"2026-01-01T00:05:00Z\"}}' from backupctl.repositories",
+    );
+    let synced = json_of("sync from version 1", &backupctl(&src, &["catalog", "sync", "--json-output"]));
+    assert_eq!(synced["rows_written"]["repositories"], 1, "{synced:#}");
+    assert_eq!(cat.sql("select string_agg(version::text, ',' order by version) from backupctl.schema_history"), "1,2");
+    assert_eq!(
+        cat.sql(
+            "select restorable_from = finished_at and restorable_until = '2026-01-01T00:05:00Z' \
+             from backupctl.backups where id = '20260101-000000F'"
+        ),
+        "t",
+        "version 2 filled the window of the existing row"
+    );
+    let again = json_of("migrate again", &backupctl(&src, &["catalog", "migrate", "--json-output"]));
+    assert_eq!((again["version"].clone(), again["applied"].clone()), (serde_json::json!(2), serde_json::json!([])));
+    // A schema a newer backupctl migrated: refused, naming both versions.
+    cat.sql(
+        "insert into backupctl.schema_history (version, name, applied_on, checksum) \
+         select 99, 'future', applied_on, '0' from backupctl.schema_history where version = 2",
+    );
+    let out = backupctl(&src, &["catalog", "sync"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("schema backupctl is at version 99, newer than this build's 2"), "{err}");
+}
+
+/// A catalog inside the archived cluster is refused in one line by the catalog commands; base-backup still
+/// succeeds (its backup is in the repository) and warns that the catalog was not updated.
+#[test]
+fn issue_12_catalog_in_the_archived_cluster_is_refused() {
+    if require_pg().is_none() {
+        return;
+    }
+    let repo = FileRepo::new("catalog-self");
+    let src = Source::start("catalog-self", &repo.url(), "");
+    src.cluster.switch_and_wait_archived(Duration::from_secs(120));
+    // Point [catalog] at the archived cluster itself.
+    let text = std::fs::read_to_string(&src.config).expect("config");
+    std::fs::write(&src.config, format!("{text}\n{}", catalog_section(&src.cluster))).expect("config");
+    for args in [&["catalog", "sync"][..], &["catalog", "migrate"]] {
+        let out = backupctl(&src, args);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {err}");
+        assert!(err.contains("is in the cluster this repository archives (system identifier"), "{err}");
+        assert_eq!(err.lines().filter(|l| l.contains("error:")).count(), 1, "{err}");
+    }
+    let out = src.base_backup(&["--fast", "--type", "full"]);
+    assert_ok("base-backup with a refused catalog", &out);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("base-backup: warning: catalog not updated: catalog at"), "{err}");
+    assert_eq!(src.sql_catalog_schema(), "f", "nothing was written into the archived cluster");
+}
+
+/// The scheduler daemon records each job run in the catalog (and a verify run in `checks`), and syncs it after
+/// a backup job: the backup it took is a row.
+#[test]
+fn issue_12_scheduler_records_job_runs() {
+    if require_pg().is_none() {
+        return;
+    }
+    let repo = FileRepo::new("catalog-daemon");
+    let cat = CatalogCluster::start("catalog-daemon");
+    let schedule = "[schedule]\ntime_zone = \"UTC\"\nfull_backup = \"*/3 * * * * *\"\nverify = \"*/4 * * * * *\"\n\
+                    fast_checkpoint = true\n";
+    let src = Source::start("catalog-daemon", &repo.url(), &format!("{}\n{schedule}", cat.section()));
+    let dir = src.dir.sub("daemon");
+    let daemon = crate::issue9_schedule::Daemon::start(&src.config, &dir, &[]);
+    let query = "select count(*) filter (where job = 'full_backup' and outcome = 'succeeded') || ',' || \
+                 count(*) filter (where job = 'verify' and outcome = 'succeeded') from backupctl.job_runs";
+    daemon.wait("a backup and a verify run recorded in the catalog", Duration::from_secs(120), || {
+        let out = cat.cluster.try_sql(query);
+        let text = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+        let counts: Vec<u64> = text.split(',').filter_map(|n| n.parse().ok()).collect();
+        (counts.len() == 2 && counts.iter().all(|&n| n > 0)).then_some(())
+    });
+    let (code, log, _) = daemon.terminate(Duration::from_secs(60));
+    assert_eq!(code, Some(0), "{log}");
+    assert!(cat.sql("select count(*) from backupctl.backups").parse::<u64>().expect("count") >= 1);
+    assert_eq!(
+        cat.sql(
+            "select count(*) from backupctl.checks c join backupctl.job_runs r on r.id = c.job_run_id \
+             where c.kind = 'verify' and c.passed and r.job = 'verify'"
+        )
+        .parse::<u64>()
+        .map(|n| n >= 1),
+        Ok(true)
+    );
+}
+
+/// Before any WAL reached the repository (no cluster record to compare), the `[postgres]` server's identity is
+/// compared: a catalog in that cluster is refused before the schema is created.
+#[test]
+fn issue_12_catalog_in_the_cluster_is_refused_before_any_wal() {
+    if require_pg().is_none() {
+        return;
+    }
+    let repo = FileRepo::new("catalog-self-new");
+    let src = Source::start("catalog-self-new", &repo.url(), "");
+    let text = std::fs::read_to_string(&src.config).expect("config");
+    std::fs::write(&src.config, format!("{text}\n{}", catalog_section(&src.cluster))).expect("config");
+    assert_ok("init", &backupctl(&src, &["init"]));
+    assert!(!repo.dir.path().join("cluster.json").exists(), "no WAL archived yet: nothing recorded");
+    let out = backupctl(&src, &["catalog", "migrate"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("is in the cluster this repository archives (system identifier"), "{err}");
+    assert_eq!(src.sql_catalog_schema(), "f", "nothing was written into the archived cluster");
+}
+
+impl Source {
+    /// Whether schema backupctl exists in the archived cluster ("t"/"f").
+    fn sql_catalog_schema(&self) -> String {
+        self.cluster.sql("select exists (select 1 from pg_namespace where nspname = 'backupctl')")
+    }
+}

@@ -125,7 +125,9 @@ pub fn sync(config: &Config, rt: &tokio::runtime::Runtime) -> Result<SyncReport,
     rt.block_on(crate::repository::store::require_existing(storage.as_ref()))?;
     let clock = crate::verify::clock_from_config(config, std::time::SystemTime::now());
     let policy = crate::retention::plan::Policy::resolve(&config.retention, None)?;
-    let status = rt.block_on(crate::verify::status::collect(storage.as_ref(), &clock, &policy))?;
+    let mut status = rt.block_on(crate::verify::status::collect(storage.as_ref(), &clock, &policy))?;
+    // What `backupctl status` shows, so that `status --from-catalog` gives the same answer.
+    rt.block_on(crate::verify::status::unique_format2(storage.as_ref(), &mut status.backups))?;
     let repository = storage.to_string();
     let archived = archived_system_identifier(config, status.cluster.as_ref().map(|c| c.system_identifier.clone()));
     let mut c = catalog::connect(cfg)?;

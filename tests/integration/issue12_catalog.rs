@@ -2,13 +2,14 @@
 //! `status --from-catalog`, and the refusal of a catalog inside the archived cluster. The catalog always lives in
 //! a cluster of its own, apart from the archived one (except where that refusal is tested).
 
-use std::process::Output;
 use std::time::Duration;
 
 use serde_json::Value;
 
+use crate::issue8_gc::backupctl;
+use crate::issue8_prune::json_of;
 use crate::pitr::{FileRepo, Source, s3_repo};
-use crate::support::cluster::{Cluster, PgDir, as_postgres, assert_ok, bin, require_pg};
+use crate::support::cluster::{Cluster, PgDir, assert_ok, require_pg};
 
 /// A separate cluster holding the catalog.
 struct CatalogCluster {
@@ -41,16 +42,6 @@ fn catalog_section(c: &Cluster) -> String {
         c.socket.display(),
         c.port
     )
-}
-
-fn backupctl(src: &Source, args: &[&str]) -> Output {
-    as_postgres(&bin("backupctl")).arg("--config").arg(&src.config).args(args).output().expect("backupctl")
-}
-
-fn json_of(what: &str, out: &Output) -> Value {
-    assert_ok(what, out);
-    serde_json::from_slice(&out.stdout)
-        .unwrap_or_else(|e| panic!("{what}: not JSON ({e}): {}", String::from_utf8_lossy(&out.stdout)))
 }
 
 /// The versions of the row tuples of the mirrored tables: unchanged when nothing was written.

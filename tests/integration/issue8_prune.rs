@@ -16,7 +16,8 @@ fn backupctl(src: &Source, args: &[&str]) -> Output {
     as_postgres(&bin("backupctl")).arg("--config").arg(&src.config).args(args).output().expect("backupctl")
 }
 
-fn json_of(what: &str, out: &Output) -> Value {
+/// `out`'s stdout as JSON, after checking that the command succeeded.
+pub(crate) fn json_of(what: &str, out: &Output) -> Value {
     assert_ok(what, out);
     serde_json::from_slice(&out.stdout)
         .unwrap_or_else(|e| panic!("{what}: not JSON ({e}): {}", String::from_utf8_lossy(&out.stdout)))

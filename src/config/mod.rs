@@ -17,6 +17,7 @@ use serde::{Deserialize, Serialize};
 mod alerts;
 mod backup;
 mod drill;
+mod dump;
 mod log;
 mod messages;
 mod metrics;
@@ -28,6 +29,7 @@ pub use alerts::{
 };
 pub use backup::{BackupConfig, PostgresConfig, RestoreConfig};
 pub use drill::DrillConfig;
+pub use dump::DumpConfig;
 pub use log::LogConfig;
 pub use messages::redact_url;
 pub use metrics::MetricsConfig;
@@ -125,6 +127,9 @@ pub struct Config {
     /// Restore drills.
     #[serde(default)]
     pub drill: DrillConfig,
+    /// Logical dumps (`backupctl dump`, `dump-restore`).
+    #[serde(default)]
+    pub dump: DumpConfig,
     /// Alerts by email and webhook.
     #[serde(default)]
     pub alerts: AlertsConfig,

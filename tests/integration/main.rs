@@ -9,6 +9,7 @@ mod issue10_gc;
 mod issue10_range;
 mod issue11_iam;
 mod issue11_versions;
+mod issue12_dump;
 mod issue7_backup;
 mod issue7_first_use;
 mod issue7_holes;

@@ -207,7 +207,7 @@ impl Error {
                 "install the PostgreSQL client tools of the server's major (or newer) and set [dump] bin_dir to their directory"
             }
             Error::ToolFailed { .. } => {
-                "the tool's own message is above; fix its cause (permissions, connection, disk) and run again"
+                "fix what the tool's last line names (permissions, connection, disk space) and run again"
             }
             Error::NoSuchDatabase { .. } | Error::UnknownDump { .. } | Error::NotInDump { .. } => {
                 "run 'backupctl status --type dump' to list the dumps and the databases each holds"

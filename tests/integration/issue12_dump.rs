@@ -359,7 +359,7 @@ fn failures_scenario(env: &Env, label: &str) {
         e.contains("pg_dump of database \"app1\" failed") && e.contains("permission denied for table secrets"),
         "{e}"
     );
-    assert_eq!(e.lines().filter(|l| l.starts_with("error:")).count(), 1, "one error line: {e}");
+    assert_eq!(e.lines().filter(|l| l.starts_with("backupctl: error:")).count(), 1, "one error line: {e}");
     let e = failure(&run(&with_bin(&older), &["dump"]));
     assert!(e.contains("PostgreSQL 14, older than PostgreSQL 15"), "{e}");
     assert!(listed(env).is_empty(), "a failed dump is not listed");

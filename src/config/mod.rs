@@ -864,6 +864,12 @@ mod tests {
         };
         c.log.file = Some("/var/log/backupctl/{program}.log".into());
         c.metrics.textfile_dir = Some("/var/lib/node-exporter".into());
+        c.retention.dump_daily_retain = n;
+        c.retention.dump_weekly_retain = n;
+        c.retention.dump_monthly_retain = n;
+        c.retention.dump_yearly_retain = n;
+        c.dump.bin_dir = Some("/usr/lib/postgresql/17/bin".into());
+        c.dump.temp_dir = Some("/srv/tmp".into());
         let value = toml::Value::try_from(&c).expect("to toml");
         let doc = include_str!("../../docs/configuration.md");
         fn walk(prefix: &str, v: &toml::Value, doc: &str) {

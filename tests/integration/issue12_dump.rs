@@ -435,3 +435,49 @@ fn issue_12_dump_failures_s3() {
     let env = Env::new("i12-fail-s3", None, &url, &extra, "");
     failures_scenario(&env, "s3");
 }
+
+/// prune applies `dump_daily_retain` to dumps (the newest of the day is kept, the others go, a dry run deletes
+/// nothing), and the gc at its end reclaims what only the deleted dumps held.
+fn prune_scenario(env: &Env) {
+    env.sql_in("postgres", "create database small; ");
+    env.sql_in("small", "create table t as select g from generate_series(1, 1000) g");
+    let mut ids = Vec::new();
+    for i in 0..3 {
+        env.sql_in("small", &format!("insert into t values ({})", 100_000 + i));
+        let s = json(&env.backupctl(&["dump", "--database", "small", "--json"]));
+        ids.push(s["dump"].as_str().expect("id").to_owned());
+    }
+    assert_eq!(listed(env), ids);
+    let dry = json(&env.backupctl(&["prune", "--dry-run", "--json"]));
+    assert_eq!(dry["deleted_dumps"].as_array().map(Vec::len), Some(2), "{dry}");
+    assert_eq!(listed(env), ids, "a dry run deletes nothing");
+    let done = json(&env.backupctl(&["prune", "--json"]));
+    assert_eq!(done["kept_dumps"][0]["id"], ids[2].as_str(), "{done}");
+    assert_eq!(listed(env), [ids[2].clone()]);
+    env.sql_in("postgres", "drop database small");
+    assert_ok("restore", &env.backupctl(&["dump-restore", "--backup-id", &ids[2], "--database", "small", "--create"]));
+    assert_eq!(env.sql_in("small", "select count(*), max(g) from t"), "1003|100002");
+}
+
+const DUMP_RETENTION: &str = "[retention]\ngc_grace = \"0s\"\ndump_daily_retain = 1\n";
+
+#[test]
+fn issue_12_dump_prune_file() {
+    if require_pg().is_none() {
+        return;
+    }
+    let repo = FileRepo::new("i12-prune");
+    let url = repo.url();
+    let env = Env::new("i12-prune-file", Some(repo), &url, "", DUMP_RETENTION);
+    prune_scenario(&env);
+}
+
+#[test]
+fn issue_12_dump_prune_s3() {
+    if require_pg().is_none() {
+        return;
+    }
+    let Some((url, extra)) = s3_repo("i12-prune") else { return };
+    let env = Env::new("i12-prune-s3", None, &url, &extra, DUMP_RETENTION);
+    prune_scenario(&env);
+}

@@ -210,10 +210,8 @@ pub fn restore(
         }
         progress.phase(&format!("restoring into database {target}"));
         if let Err(e) = run_pg_restore(&tools, pg_config, archive, target, request) {
-            if must_create {
-                if let Err(drop) = drop_database(&mut session, target) {
-                    tracing::warn!(database = %target, error = %drop, "could not drop the database this restore created");
-                }
+            if must_create && let Err(drop) = drop_database(&mut session, target) {
+                tracing::warn!(database = %target, error = %drop, "could not drop the database this restore created");
             }
             return Err(e);
         }

@@ -184,7 +184,7 @@ fn dump_scenario(env: &Env) {
         summary["databases"].as_array().expect("dbs").iter().filter_map(|d| d["name"].as_str()).collect();
     assert_eq!(names, ["app1", "app2", "postgres"], "every non-template database, by name: {summary}");
     assert!(summary["stored_bytes"].as_u64().expect("stored") > 0, "{summary}");
-    assert_eq!(listed(env), [id.clone()]);
+    assert_eq!(listed(env), std::slice::from_ref(&id));
     let status = json(&env.backupctl(&["status", "--type", "dump", "--json"]));
     assert_eq!(status["dumps"][0]["id"], id.as_str(), "{status}");
     assert_eq!(status["dumps"][0]["label"], "nightly", "{status}");
@@ -453,7 +453,7 @@ fn prune_scenario(env: &Env) {
     assert_eq!(listed(env), ids, "a dry run deletes nothing");
     let done = json(&env.backupctl(&["prune", "--json"]));
     assert_eq!(done["kept_dumps"][0]["id"], ids[2].as_str(), "{done}");
-    assert_eq!(listed(env), [ids[2].clone()]);
+    assert_eq!(listed(env), std::slice::from_ref(&ids[2]));
     env.sql_in("postgres", "drop database small");
     assert_ok("restore", &env.backupctl(&["dump-restore", "--backup-id", &ids[2], "--database", "small", "--create"]));
     assert_eq!(env.sql_in("small", "select count(*), max(g) from t"), "1003|100002");

@@ -481,3 +481,32 @@ fn issue_12_dump_prune_s3() {
     let env = Env::new("i12-prune-s3", None, &url, &extra, DUMP_RETENTION);
     prune_scenario(&env);
 }
+
+/// A PostgreSQL 16 server (scripts/setup.sh's npm binaries, which ship no pg_dump) with only pg_dump 15 on the
+/// machine: the dump is refused, naming what was found and that the server's own binaries have none.
+#[test]
+fn issue_12_dump_refuses_without_a_new_enough_pg_dump() {
+    let Some(pg16) = crate::support::cluster::require_pg_major(16) else { return };
+    if require_pg().is_none() || pg16.join("pg_dump").exists() {
+        return;
+    }
+    let repo = FileRepo::new("i12-pg16");
+    let dir = PgDir::new("i12-pg16");
+    let mut cluster = Cluster::init_with(&pg16, &dir, "src", "");
+    let cfg_dir = dir.sub("cfg");
+    let config = write_config(
+        &cfg_dir,
+        &repo.url(),
+        &cfg_dir.join("spool"),
+        &format!("[postgres]\nhost = \"{}\"\nport = {}\nuser = \"postgres\"\n", cluster.socket.display(), cluster.port),
+    );
+    chown_postgres(dir.path());
+    cluster.start();
+    let run =
+        |args: &[&str]| as_postgres(&bin("backupctl")).arg("--config").arg(&config).args(args).output().expect("run");
+    assert_ok("init", &run(&["init"]));
+    let e = failure(&run(&["dump"]));
+    assert!(e.contains("no pg_dump of PostgreSQL 16 or newer found"), "{e}");
+    assert!(e.contains(&format!("the server's own binaries in {} have no pg_dump", pg16.display())), "{e}");
+    assert!(e.contains("pg_dump 15 in "), "what was found is named: {e}");
+}

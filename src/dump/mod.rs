@@ -14,11 +14,13 @@
 mod restore;
 mod store;
 pub mod tools;
+mod verify;
 mod write;
 
 use std::path::PathBuf;
 
 pub use restore::{RestoreOutcome, RestoreRequest, restore};
+pub use verify::{DumpProblem, DumpVerifyReport, verify};
 pub use write::{DumpRequest, run};
 
 pub use crate::repository::dump::{DumpFile, DumpFormat, DumpId, DumpManifest, DumpedDatabase, FrameRef};

@@ -266,6 +266,10 @@ fn dump_scenario(env: &Env) {
     );
     assert_eq!(env.fingerprint("app1"), app1, "gc swept nothing a dump names");
 
+    let verified = json(&env.backupctl(&["verify", "--json"]));
+    assert_eq!(verified["dumps"]["dumps"], 1, "{verified}");
+    assert!(verified["dumps"]["frames_checked"].as_u64().expect("frames") > 0, "{verified}");
+
     // Damage: every pack corrupted. The restore fails before the target exists.
     let raw = Raw::open(&env.url, &s3_settings(&env.extra));
     let packs = raw.rt.block_on(raw.storage.list("packs/")).expect("list");
@@ -287,6 +291,10 @@ fn dump_scenario(env: &Env) {
     ]));
     assert!(e.contains("corrupt") || e.contains("damaged"), "{e}");
     assert!(!env.db_exists("from_damage"), "the target was never created");
+    let out = env.backupctl(&["verify"]);
+    let (code, stdout, _) = output_text(&out);
+    assert_eq!(code, Some(1), "{stdout}");
+    assert!(stdout.contains(&format!("dump {id}: frame ")) && stdout.contains("breaks backup"), "{stdout}");
 
     // delete, then gc reclaims every pack of the dump.
     let e = failure(&env.backupctl(&["delete", "--backup-id", "20200101-000000D"]));

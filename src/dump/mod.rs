@@ -13,6 +13,8 @@
 
 mod restore;
 mod store;
+#[cfg(test)]
+mod tests;
 pub mod tools;
 mod verify;
 mod write;

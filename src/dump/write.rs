@@ -292,7 +292,7 @@ async fn dump_globals(
 ) -> Result<DumpFile, crate::Error> {
     let path = tools.path("pg_dumpall");
     let mut cmd = tools::command(tools, "pg_dumpall", pg);
-    cmd.args(["-w", "--globals-only", "-d"]).arg(tools::dbname_conninfo(&pg.dbname)).stdout(Stdio::piped());
+    cmd.args(["-w", "--globals-only", "-l"]).arg(&pg.dbname).stdout(Stdio::piped());
     if !passwords {
         cmd.arg("--no-role-passwords");
     }

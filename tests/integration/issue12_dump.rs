@@ -178,6 +178,7 @@ fn dump_scenario(env: &Env) {
     let odd_rows = env.sql_in("app2", &format!("select count(*) from public.{}", quote(ODD_TABLE)));
     assert_eq!(odd_rows, "3");
 
+    env.sql_in("postgres", "create role \"Rôle \"\"r\"\"\" login password 'secret'");
     let summary = json(&env.backupctl(&["dump", "--label", "nightly", "--json-output"]));
     let id = summary["dump"].as_str().expect("id").to_owned();
     let names: Vec<&str> =
@@ -201,6 +202,16 @@ fn dump_scenario(env: &Env) {
         json(&env.backupctl(&["dump-restore", "--backup-id", &id, "--database", "app1", "--create", "--json"]));
     assert_eq!(restored["created"], true, "{restored}");
     assert_eq!(env.fingerprint("app1"), app1, "app1 restored exactly");
+
+    // The roles: a dropped one comes back; existing ones (postgres) are left as they are and counted.
+    env.sql_in("postgres", "drop role \"Rôle \"\"r\"\"\"");
+    let globals = json(&env.backupctl(&["dump-restore", "--backup-id", &id, "--globals", "--json"]));
+    assert!(globals["globals_existing"].as_u64().expect("count") >= 1, "{globals}");
+    let role = env.sql_in(
+        "postgres",
+        "select rolname, rolcanlogin, rolpassword is null from pg_authid where rolname like 'Rôle%'",
+    );
+    assert_eq!(role, "Rôle \"r\"|t|t", "restored, without its password (--no-role-passwords)");
 
     // One table of the other database into a new one: only that table, with its rows.
     let out = env.backupctl(&[

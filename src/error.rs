@@ -315,6 +315,9 @@ pub enum Error {
     /// Serving metrics or writing a metrics textfile failed.
     #[error(transparent)]
     Metrics(#[from] crate::metrics::Error),
+    /// A logical dump or dump-restore failed or was refused (`backupctl dump`, `dump-restore`).
+    #[error(transparent)]
+    Dump(Box<crate::dump::Error>),
     /// A background task failed to run.
     #[error("internal task failed: {0}")]
     Task(String),
@@ -326,6 +329,12 @@ pub enum Error {
 impl From<crate::retention::gc::Error> for Error {
     fn from(e: crate::retention::gc::Error) -> Self {
         Error::Gc(Box::new(e))
+    }
+}
+
+impl From<crate::dump::Error> for Error {
+    fn from(e: crate::dump::Error) -> Self {
+        Error::Dump(Box::new(e))
     }
 }
 
@@ -423,6 +432,7 @@ impl Error {
                 doc!("configuration.md"),
                 ")"
             ),
+            Error::Dump(d) => return d.hint(),
             Error::Repository(crate::repository::store::Error::WrongCluster { .. }) => {
                 "each cluster needs its own repository url; check repository.url in this cluster's configuration"
             }

@@ -25,6 +25,7 @@ pub mod cli;
 pub mod codec;
 pub mod config;
 pub mod drill;
+pub mod dump;
 pub mod error;
 pub mod metrics;
 pub mod pg;

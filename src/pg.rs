@@ -123,6 +123,19 @@ pub struct Session {
     target: String,
 }
 
+impl Session {
+    /// The connection itself, for queries of other modules (`dump`: the databases to dump, whether a restore target
+    /// is empty). Map their failures to [`Error::Query`].
+    pub fn client(&mut self) -> &mut postgres::Client {
+        &mut self.client
+    }
+
+    /// `host:port` of the server, for messages.
+    pub fn target(&self) -> &str {
+        &self.target
+    }
+}
+
 impl std::fmt::Debug for Session {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Session").field("version_num", &self.version_num).finish_non_exhaustive()

@@ -233,12 +233,9 @@ impl Catalog {
         let _ = self.client.execute("select pg_advisory_unlock($1)", &[&LOCK_KEY]);
     }
 
-    /// The repository-level status document and the backups' documents (oldest first, removed ones left out)
-    /// stored for `repository` by the last sync; `None` if it was never synced.
-    pub fn status_documents(
-        &mut self,
-        repository: &str,
-    ) -> Result<Option<(serde_json::Value, Vec<serde_json::Value>)>, Error> {
+    /// The repository-level status document and the backups' and dumps' documents (oldest first, removed ones
+    /// left out) stored for `repository` by the last sync; `None` if it was never synced.
+    pub fn status_documents(&mut self, repository: &str) -> Result<Option<StatusDocuments>, Error> {
         if self.schema_version()? == 0 {
             return Ok(None);
         }
@@ -262,7 +259,17 @@ impl Catalog {
             .iter()
             .map(|r| r.get::<_, serde_json::Value>(0))
             .collect();
-        Ok(Some((status, backups)))
+        let dumps = self
+            .client
+            .query(
+                "select document from backupctl.dumps where repository_id = $1 and removed_at is null order by id collate \"C\"",
+                &[&id],
+            )
+            .map_err(|source| Error::Query { target: self.target.clone(), what: "reading dumps", source })?
+            .iter()
+            .map(|r| r.get::<_, serde_json::Value>(0))
+            .collect();
+        Ok(Some(StatusDocuments { status, backups, dumps }))
     }
 
     /// Record one run of a scheduled job (`job` as in `[schedule]`, e.g. `full_backup`) for `repository`
@@ -313,6 +320,17 @@ impl Catalog {
         tx.commit().map_err(q)?;
         Ok(id)
     }
+}
+
+/// What the last sync stored for one repository, as `backupctl status --json-output` shows it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StatusDocuments {
+    /// The status without `backups`, `dumps` and `newest_backup_age_seconds`.
+    pub status: serde_json::Value,
+    /// Each backup's JSON, oldest first.
+    pub backups: Vec<serde_json::Value>,
+    /// Each dump's JSON, oldest first.
+    pub dumps: Vec<serde_json::Value>,
 }
 
 /// One finished run of a scheduled job.

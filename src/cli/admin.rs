@@ -17,6 +17,7 @@ mod alert;
 pub mod catalog;
 mod check;
 mod drill;
+mod dump;
 mod gc;
 mod metrics;
 mod prune;
@@ -86,6 +87,13 @@ pub enum Command {
     /// Prove that a backup restores: restore it into a temporary directory, start PostgreSQL on it, let it
     /// recover, check it (pg_amcheck and [drill] sql), and record the result and the recovery time.
     Drill(drill::DrillArgs),
+    /// Take a logical dump: pg_dump of each database (all but templates by default) and pg_dumpall
+    /// --globals-only, compressed and checksummed into the repository; listed once complete.
+    Dump(dump::DumpArgs),
+    /// Restore one database of a logical dump through pg_restore (into a new or empty database, or over an
+    /// existing one with --clean), and with --globals the roles and tablespaces. Every byte is fetched and
+    /// verified before the target is touched.
+    DumpRestore(dump::DumpRestoreArgs),
     /// Alerts by email and webhook ([alerts]): `alert test` sends a test message through each channel.
     Alert(alert::AlertArgs),
     /// The PostgreSQL catalog ([catalog]): `catalog migrate` creates or migrates schema backupctl, `catalog sync`
@@ -185,6 +193,8 @@ fn with_json(mut command: Command, json: bool) -> Result<Command, Error> {
                 *json_output = true
             }
         },
+        Command::Dump(a) => a.json_output = true,
+        Command::DumpRestore(a) => a.json_output = true,
         Command::Alert(alert::AlertArgs { command: alert::AlertCommand::Test { json_output } }) => *json_output = true,
         Command::Metrics(_) => {
             return Err(Error::Usage("--json-output: metrics are printed in the Prometheus text format".to_owned()));
@@ -280,6 +290,8 @@ fn run(config_flag: Option<PathBuf>, command: Command) -> Result<(), Error> {
         Command::Gc(a) => gc::run(&ctx, &a),
         Command::Schedule(a) => schedule::run(&ctx, &a),
         Command::Drill(a) => drill::run(&ctx, &a),
+        Command::Dump(a) => dump::run(&ctx, &a),
+        Command::DumpRestore(a) => dump::restore(&ctx, &a),
         Command::Alert(a) => alert::run(&ctx, &a),
         Command::Metrics(a) => metrics::run(&ctx, &a),
         Command::Catalog(a) => catalog::run(&ctx, &a),

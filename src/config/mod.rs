@@ -18,6 +18,7 @@ mod alerts;
 mod backup;
 mod catalog;
 mod drill;
+mod dump;
 mod log;
 mod messages;
 mod metrics;
@@ -30,6 +31,7 @@ pub use alerts::{
 pub use backup::{BackupConfig, PostgresConfig, RestoreConfig};
 pub use catalog::{CatalogConfig, CatalogSslMode};
 pub use drill::DrillConfig;
+pub use dump::DumpConfig;
 pub use log::LogConfig;
 pub use messages::redact_url;
 pub use metrics::MetricsConfig;
@@ -127,6 +129,9 @@ pub struct Config {
     /// Restore drills.
     #[serde(default)]
     pub drill: DrillConfig,
+    /// Logical dumps (`backupctl dump`, `dump-restore`).
+    #[serde(default)]
+    pub dump: DumpConfig,
     /// Alerts by email and webhook.
     #[serde(default)]
     pub alerts: AlertsConfig,
@@ -867,6 +872,12 @@ mod tests {
         c.log.file = Some("/var/log/backupctl/{program}.log".into());
         c.metrics.textfile_dir = Some("/var/lib/node-exporter".into());
         c.catalog = Some(CatalogConfig { password: Some("p".into()), ..CatalogConfig::default() });
+        c.retention.dump_daily_retain = n;
+        c.retention.dump_weekly_retain = n;
+        c.retention.dump_monthly_retain = n;
+        c.retention.dump_yearly_retain = n;
+        c.dump.bin_dir = Some("/usr/lib/postgresql/17/bin".into());
+        c.dump.temp_dir = Some("/srv/tmp".into());
         let value = toml::Value::try_from(&c).expect("to toml");
         let doc = include_str!("../../docs/configuration.md");
         fn walk(prefix: &str, v: &toml::Value, doc: &str) {

@@ -71,6 +71,20 @@ pub struct RetentionConfig {
     /// oldest kept backup on is kept.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub pitr_days: Option<u32>,
+    /// Logical dumps (`backupctl dump`): keep the newest dump of each of the newest N days that have one. The
+    /// dump keys apply to dumps only, with the same rules as the base-backup keys; with none set, prune keeps
+    /// every dump. The newest dump is always kept.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dump_daily_retain: Option<u32>,
+    /// Logical dumps: keep the newest dump of each of the newest N ISO weeks that have one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dump_weekly_retain: Option<u32>,
+    /// Logical dumps: keep the newest dump of each of the newest N months that have one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dump_monthly_retain: Option<u32>,
+    /// Logical dumps: keep the newest dump of each of the newest N years that have one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dump_yearly_retain: Option<u32>,
     /// IANA time zone whose calendar days, weeks, months and years the policy counts in (e.g. `Europe/Berlin`).
     pub time_zone: String,
     /// `backupctl check` fails when the newest complete backup is older than this (e.g. `"26h"`). Unset: no limit.
@@ -91,6 +105,10 @@ impl Default for RetentionConfig {
             yearly_retain: None,
             full_days: None,
             pitr_days: None,
+            dump_daily_retain: None,
+            dump_weekly_retain: None,
+            dump_monthly_retain: None,
+            dump_yearly_retain: None,
             time_zone: "UTC".to_owned(),
             max_backup_age: None,
             gc_grace: Duration(std::time::Duration::from_secs(3600)),

@@ -12,6 +12,7 @@
 //! index/<2 hex>/<blake3>                        format 2: where each frame lies (see [`packs`])
 //! maps/<2 hex>/<blake3>                         format 2: block-map nodes of large files (see [`blockmap`])
 //! backups/<id>/manifest                        one per base backup, written last (see [`backup`])
+//! dumps/<id>/manifest                          one per logical dump, written last (see [`dump`])
 //! backups/<id>/keep/<time>                     keep marks (see `retention::keep`)
 //! locks/<kind>-<token>                         leases of running base-backups, restores and gc (see [`lease`])
 //! ```
@@ -19,6 +20,7 @@
 
 pub mod backup;
 pub mod blockmap;
+pub mod dump;
 pub mod lease;
 pub mod packs;
 pub mod packstore;

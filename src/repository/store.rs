@@ -45,6 +45,15 @@ pub enum Error {
         #[source]
         source: InvalidManifest,
     },
+    /// A dump manifest fails its own checks (hostile or damaged repository).
+    #[error("dump manifest {key} is invalid: {source}")]
+    InvalidDump {
+        /// The key.
+        key: Key,
+        /// What is wrong.
+        #[source]
+        source: super::dump::InvalidDumpManifest,
+    },
     /// A binary metadata object (format 2: a block-map node, a pack index) fails its own checks.
     #[error("repository object {key} is malformed: {source}")]
     Malformed {

@@ -66,6 +66,17 @@ pub enum Error {
         #[source]
         source: store::Error,
     },
+    /// A dump manifest could not be read: the frames it names are unknown, so nothing is swept.
+    #[error("cannot collect garbage in {backend}: manifest of dump {id} is unreadable ({source})")]
+    UnreadableDumpManifest {
+        /// The dump.
+        id: crate::repository::dump::DumpId,
+        /// Backend display.
+        backend: String,
+        /// Cause.
+        #[source]
+        source: store::Error,
+    },
     /// A block-map node a manifest names could not be read: the frames it references are unknown, so no pack is
     /// swept or compacted.
     #[error("cannot collect garbage in {backend}: block-map node {node} of backup {id} is unreadable ({source})")]
@@ -99,6 +110,9 @@ impl Error {
             Error::Kept { .. } => "remove the mark first with 'backupctl unkeep --backup-id ID', or pass --force",
             Error::UnreadableManifest { .. } => {
                 "run 'backupctl verify'; delete the damaged backup with 'backupctl delete --backup-id ID' (its data is then collected) or restore its manifest from a copy"
+            }
+            Error::UnreadableDumpManifest { .. } => {
+                "run 'backupctl verify'; delete the damaged dump with 'backupctl delete --backup-id ID' (its data is then collected) or restore its manifest from a copy"
             }
             Error::UnreadableNode { .. } => {
                 "run 'backupctl verify'; delete the backups that name it with 'backupctl delete --backup-id ID' (their data is then collected)"
@@ -249,6 +263,30 @@ pub(crate) async fn mark(storage: &dyn Storage, ids: &[BackupId], lease: Option<
         }
     }
     Ok(marked)
+}
+
+/// Add the frames every dump manifest names to `marked` (issue 12: logical dumps keep their content in packs).
+/// A dump manifest that cannot be read is an error ([`Error::UnreadableDumpManifest`]); one deleted meanwhile is
+/// skipped. Renews `lease` between manifests.
+pub(crate) async fn mark_dumps(storage: &dyn Storage, marked: &mut Marked, lease: Option<&Lease>) -> Result<(), Error> {
+    use crate::repository::dump;
+    for id in dump::dump_ids(storage).await? {
+        if let Some(l) = lease {
+            l.renew_if_due(storage).await?;
+        }
+        match dump::load_manifest(storage, &id).await {
+            Ok(Some(m)) => {
+                marked.read += 1;
+                marked.frames.extend(m.frames());
+            }
+            Ok(None) => {}
+            Err(e @ store::Error::Storage(_)) => return Err(e.into()),
+            Err(source) => {
+                return Err(Error::UnreadableDumpManifest { id, backend: storage.to_string(), source });
+            }
+        }
+    }
+    Ok(())
 }
 
 /// One listing of `backups/`: the ids with a manifest, and the keys under `backups/<id>/` of ids without one

@@ -14,6 +14,7 @@
 //!   past its stop, and outside the start..stop segments of every other kept backup, on every timeline;
 //!   `.history` files and names that are not WAL are never deleted.
 
+pub mod dumps;
 mod gfs;
 pub mod policy;
 mod wal;

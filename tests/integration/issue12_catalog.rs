@@ -81,7 +81,8 @@ fn assert_status_agrees(src: &Source, filters: &[&str]) {
     let direct = text(&[&["status"], filters].concat());
     let cataloged = text(&[&["status", "--from-catalog"], filters].concat());
     assert_eq!(direct, cataloged, "status text {filters:?}");
-    assert!(direct.contains("backups:"), "{direct}");
+    let listed = if filters.contains(&"dump") { "dumps:" } else { "backups:" };
+    assert!(direct.contains(listed), "{direct}");
 }
 
 /// The SQL blocks of docs/operations.md's catalog section.
@@ -158,6 +159,19 @@ fn catalog_scenario(url: &str, extra: &str, label: &str) {
     assert_status_agrees(&src, &[]);
     let again = json_of("catalog sync after prune", &backupctl(&src, &["catalog", "sync", "--json-output"]));
     assert_eq!(again["total"], 0, "prune already synced: {again:#}");
+
+    // A logical dump updates the catalog too; deleting it marks its row removed.
+    let dump = json_of("dump", &backupctl(&src, &["dump", "--database", "postgres", "--json-output"]));
+    let dump_id = dump["dump"].as_str().expect("dump id").to_owned();
+    assert_eq!(cat.sql("select string_agg(id, ',') from backupctl.dumps where removed_at is null"), dump_id);
+    assert_eq!(cat.sql("select databases[1] from backupctl.dumps"), "postgres");
+    assert_status_agrees(&src, &[]);
+    assert_status_agrees(&src, &["--type", "dump"]);
+    let after_dump = json_of("catalog sync after dump", &backupctl(&src, &["catalog", "sync", "--json-output"]));
+    assert_eq!(after_dump["total"], 0, "dump already synced: {after_dump:#}");
+    assert_ok("delete dump", &backupctl(&src, &["delete", "--backup-id", &dump_id]));
+    assert_eq!(cat.sql("select count(*) from backupctl.dumps where removed_at is not null"), "1");
+    assert_status_agrees(&src, &[]);
 
     // The scheduler's record of a job run (what the daemon calls after each job).
     let config = backupctl::config::Config::load(&src.config).expect("config");

@@ -133,7 +133,21 @@ pub fn sync(config: &Config, rt: &tokio::runtime::Runtime) -> Result<SyncReport,
     let mut c = catalog::connect(cfg)?;
     c.refuse_archived_cluster(archived.as_deref())?;
     let (document, backups) = super::status::documents(&status, &repository);
-    let input = SyncInput { repository: &repository, status: &status, document, backups: &backups, dumps: &[] };
+    let (dump_list, _unreadable) = rt.block_on(crate::repository::dump::manifests(storage.as_ref()))?;
+    let dumps: Vec<catalog::Dump> = dump_list
+        .iter()
+        .map(|m| catalog::Dump {
+            id: m.id.to_string(),
+            label: m.label.clone().unwrap_or_default(),
+            started_at: m.started_at.clone(),
+            finished_at: m.finished_at.clone(),
+            databases: m.databases.iter().map(|d| d.name.clone()).collect(),
+            bytes_logical: m.raw_bytes(),
+            bytes_stored: m.stored_bytes(),
+            document: super::status::dumps::json(m),
+        })
+        .collect();
+    let input = SyncInput { repository: &repository, status: &status, document, backups: &backups, dumps: &dumps };
     Ok(catalog::sync(&mut c, &input)?)
 }
 
@@ -176,12 +190,22 @@ pub(super) fn status(ctx: &Ctx, args: &StatusArgs) -> Result<(), Error> {
     let storage = ctx.storage()?;
     let repository = storage.to_string();
     let mut c = catalog::connect(cfg)?;
-    let Some((mut v, backups)) = c.status_documents(&repository)? else {
+    let Some(catalog::StatusDocuments { status: mut v, backups, mut dumps }) = c.status_documents(&repository)? else {
         return Err(Error::Usage(format!(
             "catalog {} holds nothing for repository {repository}: run 'backupctl catalog sync' first",
             c.target()
         )));
     };
+    if args.backup_type == Some(super::status::dumps::StatusType::Dump) {
+        if let Some(n) = args.last {
+            dumps.drain(..dumps.len().saturating_sub(n));
+        }
+        if args.json_output {
+            return line(serde_json::json!({ "repository": repository, "dumps": dumps }));
+        }
+        line(format_args!("repository: {repository}"))?;
+        return super::status::dumps::print_json(&dumps);
+    }
     for u in v["unusable_backups"].as_array().into_iter().flatten() {
         note(format_args!(
             "backupctl: warning: backup {} is unusable: {}",
@@ -198,7 +222,12 @@ pub(super) fn status(ctx: &Ctx, args: &StatusArgs) -> Result<(), Error> {
         .map(|t| (now - t).whole_seconds());
     let mut backups: Vec<serde_json::Value> = backups
         .into_iter()
-        .filter(|b| args.backup_type.is_none_or(|t| b["type"].as_str() == Some(t.to_string().as_str())))
+        .filter(|b| {
+            args.backup_type.is_none_or(|t| match t {
+                super::status::dumps::StatusType::Backup(t) => b["type"].as_str() == Some(t.to_string().as_str()),
+                super::status::dumps::StatusType::Dump => false,
+            })
+        })
         .collect();
     if let Some(n) = args.last {
         backups.drain(..backups.len().saturating_sub(n));
@@ -206,6 +235,14 @@ pub(super) fn status(ctx: &Ctx, args: &StatusArgs) -> Result<(), Error> {
     if let Some(o) = v.as_object_mut() {
         o.insert("newest_backup_age_seconds".into(), serde_json::json!(newest));
         o.insert("backups".into(), serde_json::Value::Array(backups));
+        o.insert("dumps".into(), serde_json::Value::Array(dumps.clone()));
     }
-    if args.json_output { line(v) } else { super::status_text::print(&v) }
+    if args.json_output {
+        return line(v);
+    }
+    super::status_text::print(&v)?;
+    if args.backup_type.is_none() {
+        super::status::dumps::print_json(&dumps)?;
+    }
+    Ok(())
 }

@@ -6,15 +6,17 @@ use super::Ctx;
 use crate::Error;
 use crate::cli::human_bytes;
 use crate::cli::output::{line, note};
+use crate::dump::DumpId;
 use crate::repository::backup::BackupId;
 use crate::retention::gc;
 
 /// `backupctl delete` options.
 #[derive(Debug, Clone, Args)]
 pub struct DeleteArgs {
-    /// The backup to delete (as `backupctl status` lists it, e.g. 20261126-083000F).
-    #[arg(long = "backup-id", value_name = "ID")]
-    pub backup_id: BackupId,
+    /// The backup or logical dump to delete (as `backupctl status` lists it, e.g. 20261126-083000F, or
+    /// 20261201-083000D for a dump).
+    #[arg(long = "backup-id", value_name = "ID", value_parser = parse_delete_id)]
+    pub backup_id: DeleteId,
     /// Print what would be deleted and delete nothing.
     #[arg(long)]
     pub dry_run: bool,
@@ -24,6 +26,25 @@ pub struct DeleteArgs {
     /// Print the result as one JSON object.
     #[arg(long = "json-output", visible_alias = "json")]
     pub json_output: bool,
+}
+
+/// What `backupctl delete --backup-id` names: a base backup or a logical dump (by the id's last letter).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DeleteId {
+    /// A base backup (`...F`, `...I`).
+    Backup(BackupId),
+    /// A logical dump (`...D`).
+    Dump(DumpId),
+}
+
+fn parse_delete_id(s: &str) -> Result<DeleteId, String> {
+    match s.parse::<DumpId>() {
+        Ok(d) => Ok(DeleteId::Dump(d)),
+        Err(_) => s
+            .parse::<BackupId>()
+            .map(DeleteId::Backup)
+            .map_err(|_| format!("{s:?} is not a backup id like 20261126-083000F or a dump id like 20261201-083000D")),
+    }
 }
 
 /// `backupctl gc` options.
@@ -43,16 +64,19 @@ pub(super) fn delete(ctx: &Ctx, args: &DeleteArgs) -> Result<(), Error> {
         crate::cli::check_repository_writer(&ctx.config.repository.url)?;
     }
     let storage = ctx.existing_storage()?;
+    let id = match &args.backup_id {
+        DeleteId::Backup(id) => id,
+        DeleteId::Dump(id) => return delete_dump(ctx, storage.as_ref(), id, args),
+    };
     let now = time::OffsetDateTime::now_utc();
-    let plan = ctx.rt.block_on(gc::plan_delete(storage.as_ref(), &args.backup_id, now, args.force))?;
+    let plan = ctx.rt.block_on(gc::plan_delete(storage.as_ref(), id, now, args.force))?;
     let deleted = if args.dry_run {
         plan.keys.len() as u64
     } else {
-        let n = ctx.rt.block_on(gc::delete_backup(storage.as_ref(), &args.backup_id, now, args.force))?.objects_deleted;
+        let n = ctx.rt.block_on(gc::delete_backup(storage.as_ref(), id, now, args.force))?.objects_deleted;
         super::catalog::update_after(&ctx.config, &ctx.rt, "delete");
         n
     };
-    let id = &args.backup_id;
     if args.json_output {
         return line(serde_json::json!({
             "backup": id.to_string(),
@@ -80,6 +104,28 @@ pub(super) fn delete(ctx: &Ctx, args: &DeleteArgs) -> Result<(), Error> {
     }
     line(format_args!(
         "{verb} backup {id} ({deleted} objects under backups/{id}/, the manifest first){note}; run backupctl gc to reclaim its data"
+    ))
+}
+
+/// `backupctl delete` of a logical dump: its manifest (and anything else under `dumps/<id>/`).
+fn delete_dump(ctx: &Ctx, storage: &dyn crate::storage::Storage, id: &DumpId, args: &DeleteArgs) -> Result<(), Error> {
+    let keys = ctx.rt.block_on(crate::dump::delete(storage, id, args.dry_run))?;
+    if !args.dry_run {
+        super::catalog::update_after(&ctx.config, &ctx.rt, "delete");
+    }
+    if args.json_output {
+        return line(serde_json::json!({
+            "dump": id.to_string(),
+            "repository": storage.to_string(),
+            "dry_run": args.dry_run,
+            "objects_deleted": keys.len(),
+            "keys": keys.iter().map(ToString::to_string).collect::<Vec<_>>(),
+        }));
+    }
+    let verb = if args.dry_run { "would delete" } else { "deleted" };
+    line(format_args!(
+        "{verb} dump {id} ({} objects under dumps/{id}/, the manifest first); run backupctl gc to reclaim its data",
+        keys.len()
     ))
 }
 

@@ -61,16 +61,60 @@ pub(super) fn run(ctx: &Ctx, args: &PruneArgs) -> Result<(), Error> {
         super::super::check_repository_writer(&ctx.config.repository.url)?;
     }
     let storage = ctx.existing_storage()?;
+    // Dumps first, so that the gc at the end of expire reclaims what they held.
+    let dumps = prune_dumps(ctx, storage.as_ref(), &policy, args.dry_run)?;
     let options = expire::Options { dry_run: args.dry_run, gc_grace: ctx.config.retention.gc_grace.0 };
     let report = ctx.rt.block_on(expire::run(storage.as_ref(), &policy, jiff::Timestamp::now(), options))?;
     if !args.dry_run {
         super::catalog::update_after(&ctx.config, &ctx.rt, "prune");
     }
     if args.json_output {
-        let value = serde_json::to_value(&report).map_err(|e| Error::Task(e.to_string()))?;
+        let mut value = serde_json::to_value(&report).map_err(|e| Error::Task(e.to_string()))?;
+        if let Some(map) = value.as_object_mut() {
+            let kept: Vec<serde_json::Value> =
+                dumps.keep.iter().map(|(id, r)| serde_json::json!({ "id": id.to_string(), "reasons": r })).collect();
+            let deleted: Vec<String> = dumps.delete.iter().map(ToString::to_string).collect();
+            map.insert("kept_dumps".to_owned(), kept.into());
+            map.insert("deleted_dumps".to_owned(), deleted.into());
+        }
         return line(value);
     }
+    let verb = if args.dry_run { "would delete" } else { "deleted" };
+    for (id, reasons) in &dumps.keep {
+        let reasons: Vec<String> = reasons.iter().map(ToString::to_string).collect();
+        line(format_args!("keep   dump {id}  {}", reasons.join(", ")))?;
+    }
+    for id in &dumps.delete {
+        line(format_args!("{verb} dump {id}"))?;
+    }
     print_report(&report)
+}
+
+/// Apply the `dump-*-retain` keys of `[retention]` to the logical dumps (same calendar rules and time zone as
+/// the backups'). Dumps whose manifest is damaged are neither counted nor deleted.
+fn prune_dumps(
+    ctx: &Ctx,
+    storage: &dyn crate::storage::Storage,
+    policy: &Policy,
+    dry_run: bool,
+) -> Result<crate::retention::plan::dumps::DumpPlan, Error> {
+    use crate::retention::plan::dumps;
+    let (list, _) = ctx.rt.block_on(crate::repository::dump::manifests(storage))?;
+    let mut items = Vec::with_capacity(list.len());
+    for m in &list {
+        let t: jiff::Timestamp = m.started_at.parse().map_err(|_| {
+            Error::Task(format!("dump {}: start time {:?} is not an RFC 3339 time", m.id, m.started_at))
+        })?;
+        items.push((m.id.clone(), t));
+    }
+    let rules = dumps::rules_from_config(&ctx.config.retention);
+    let plan = dumps::plan(&items, &rules, &policy.time_zone, jiff::Timestamp::now());
+    if !dry_run {
+        for id in &plan.delete {
+            ctx.rt.block_on(crate::dump::delete(storage, id, false))?;
+        }
+    }
+    Ok(plan)
 }
 
 fn print_report(r: &expire::Report) -> Result<(), Error> {

@@ -6,9 +6,10 @@ use clap::Args;
 use super::Ctx;
 use crate::Error;
 use crate::cli::output::{line, note};
-use crate::repository::backup::BackupType;
 use crate::verify::coverage::TimelineCoverage;
 use crate::verify::status::{self, BackupStatus, Retention, Status, rfc3339};
+
+pub(super) mod dumps;
 
 /// `backupctl status` options.
 #[derive(Debug, Clone, Args)]
@@ -16,9 +17,9 @@ pub struct StatusArgs {
     /// Only the newest N backups.
     #[arg(long, value_name = "N")]
     pub last: Option<usize>,
-    /// Only backups of this type (full or incremental).
-    #[arg(long = "type", value_name = "TYPE", value_parser = crate::cli::base_backup::parse_type)]
-    pub backup_type: Option<BackupType>,
+    /// Only backups of this type: full, incremental, or dump (the logical dumps of `backupctl dump`).
+    #[arg(long = "type", value_name = "TYPE", value_parser = dumps::parse_status_type)]
+    pub backup_type: Option<dumps::StatusType>,
     /// Print it as one JSON object instead: repository, cluster, wal (segments, first, last, last_archived_at,
     /// other_files, bytes_stored, complete, gaps, timelines [{timeline, first, last, last_archived_at, segments,
     /// partials, backup_files, has_history, bytes_stored, gaps [{first, last, count, next, status, breaks,
@@ -39,6 +40,19 @@ pub(super) fn run(ctx: &Ctx, args: &StatusArgs) -> Result<(), Error> {
     }
     let storage = ctx.existing_storage()?;
     let storage = storage.as_ref();
+    let dump_list = dumps::load(ctx, storage)?;
+    if args.backup_type == Some(dumps::StatusType::Dump) {
+        let mut list = dump_list;
+        if let Some(n) = args.last {
+            list.drain(..list.len().saturating_sub(n));
+        }
+        if args.json_output {
+            let all: Vec<serde_json::Value> = list.iter().map(dumps::json).collect();
+            return line(serde_json::json!({ "repository": storage.to_string(), "dumps": all }));
+        }
+        line(format_args!("repository: {storage}"))?;
+        return dumps::print(&list);
+    }
     let clock = crate::verify::clock_from_config(&ctx.config, std::time::SystemTime::now());
     let policy = crate::retention::plan::Policy::resolve(&ctx.config.retention, None)?;
     let mut s = ctx.rt.block_on(status::collect(storage, &clock, &policy))?;
@@ -49,12 +63,22 @@ pub(super) fn run(ctx: &Ctx, args: &StatusArgs) -> Result<(), Error> {
     for (key, why) in &s.bad_histories {
         note(format_args!("backupctl: warning: timeline history {key} is unreadable ({why}); not followed"));
     }
-    s.backups.retain(|b| args.backup_type.is_none_or(|t| b.manifest.backup_type == t));
+    s.backups.retain(|b| args.backup_type.is_none_or(|t| t == dumps::StatusType::Backup(b.manifest.backup_type)));
     if let Some(n) = args.last {
         s.backups.drain(..s.backups.len().saturating_sub(n));
     }
-    let v = json(&s, &storage.to_string());
-    if args.json_output { line(v) } else { super::status_text::print(&v) }
+    let mut v = json(&s, &storage.to_string());
+    if let Some(map) = v.as_object_mut() {
+        map.insert("dumps".to_owned(), dump_list.iter().map(dumps::json).collect());
+    }
+    if args.json_output {
+        return line(v);
+    }
+    super::status_text::print(&v)?;
+    if args.backup_type.is_none() {
+        dumps::print(&dump_list)?;
+    }
+    Ok(())
 }
 
 /// The status as the catalog stores it: the JSON form without `backups` and `newest_backup_age_seconds`, and

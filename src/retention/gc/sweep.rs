@@ -143,7 +143,8 @@ async fn run(storage: &dyn Storage, options: &GcOptions, lease: Option<&Lease>) 
     }
 
     // Mark, then list the candidates.
-    let marked = mark(storage, &ids, lease).await?;
+    let mut marked = mark(storage, &ids, lease).await?;
+    super::mark_dumps(storage, &mut marked, lease).await?;
     let referenced = &marked.objects;
     report.backups = marked.read;
     report.objects_referenced = referenced.len() as u64;

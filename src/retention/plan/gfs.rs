@@ -15,6 +15,13 @@ use super::{Backup, Reason, Rules};
 
 /// The reasons each of `sorted` (oldest first) is kept by the rules (marks and "newest" are added by the caller).
 pub(super) fn reasons(sorted: &[&Backup], rules: &Rules, tz: &TimeZone, now: Timestamp) -> Vec<Vec<Reason>> {
+    let times: Vec<Timestamp> = sorted.iter().map(|b| b.start_time).collect();
+    reasons_at(&times, rules, tz, now)
+}
+
+/// [`reasons`] of items started at `times` (oldest first): the same rules for logical dumps.
+pub(super) fn reasons_at(times: &[Timestamp], rules: &Rules, tz: &TimeZone, now: Timestamp) -> Vec<Vec<Reason>> {
+    let sorted = times;
     let mut out: Vec<Vec<Reason>> = vec![Vec::new(); sorted.len()];
     if let Some(n) = rules.keep_last {
         let n = usize::try_from(n).unwrap_or(usize::MAX);
@@ -22,7 +29,7 @@ pub(super) fn reasons(sorted: &[&Backup], rules: &Rules, tz: &TimeZone, now: Tim
             r.push(Reason::KeepLast);
         }
     }
-    let dates: Vec<Date> = sorted.iter().map(|b| b.start_time.to_zoned_datetime(tz.clone()).date()).collect();
+    let dates: Vec<Date> = sorted.iter().map(|t| t.to_zoned_datetime(tz.clone()).date()).collect();
     bucket(
         &mut out,
         &dates,
@@ -53,8 +60,8 @@ pub(super) fn reasons(sorted: &[&Backup], rules: &Rules, tz: &TimeZone, now: Tim
     bucket(&mut out, &dates, rules.yearly_retain, |d| (i32::from(d.year()), 0), |d| Reason::Yearly(d.year()));
     if let Some(days) = rules.full_days {
         let since = now.checked_sub(SignedDuration::from_hours(i64::from(days) * 24)).unwrap_or(Timestamp::MIN);
-        for (b, r) in sorted.iter().zip(out.iter_mut()) {
-            if b.start_time >= since {
+        for (t, r) in sorted.iter().zip(out.iter_mut()) {
+            if *t >= since {
                 r.push(Reason::FullDays(days));
             }
         }

@@ -1,0 +1,396 @@
+//! `backupctl dump-restore`: fetch and verify everything first, then `psql` (globals) and `pg_restore`.
+//!
+//! Order (each step only if the previous succeeded): check the request against the manifest and the target
+//! (refuse a non-empty target without `--clean`, a missing one without `--create`/`--target-database`); fetch
+//! every stream into a temporary directory, each frame and each stream verified; restore the globals script
+//! (asked with `--globals`); create the target database if needed; run `pg_restore` (one transaction unless
+//! `--jobs` is above 1). A database this run created is dropped again when `pg_restore` fails.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+
+use serde::Serialize;
+
+use super::store::fetch;
+use super::tools::{self, StderrTail, Tools};
+use super::write::temp_dir;
+use super::{DumpFormat, DumpId, Error};
+use crate::config::{Config, PostgresConfig};
+use crate::pg;
+use crate::progress::Progress;
+use crate::repository::dump as layout;
+use crate::repository::lease::{self, LeaseKind};
+use crate::repository::packstore::FrameIndex;
+use crate::repository::store;
+
+/// What the operator asked for.
+#[derive(Debug, Clone, Default)]
+pub struct RestoreRequest {
+    /// The dump.
+    pub id: Option<DumpId>,
+    /// The database of the dump to restore (none: only `globals`).
+    pub database: Option<String>,
+    /// Restore into this database instead of one of the same name (created if missing).
+    pub target: Option<String>,
+    /// Create the target database if it does not exist.
+    pub create: bool,
+    /// `pg_restore --jobs` (above 1: not in one transaction).
+    pub jobs: usize,
+    /// Restore only these tables (`pg_restore --table`, each must be in the dump).
+    pub tables: Vec<String>,
+    /// Restore only the schema (`pg_restore --schema-only`).
+    pub schema_only: bool,
+    /// Drop the dumped objects before recreating them (`pg_restore --clean --if-exists`); needed for a non-empty
+    /// target.
+    pub clean: bool,
+    /// Restore the roles and tablespaces script first (through `psql`).
+    pub globals: bool,
+}
+
+/// What a restore did.
+#[derive(Debug, Clone, Serialize)]
+pub struct RestoreOutcome {
+    /// The dump.
+    pub dump: String,
+    /// The database of the dump restored, if any.
+    pub database: Option<String>,
+    /// The database restored into.
+    pub target: Option<String>,
+    /// True if this run created the target database.
+    pub created: bool,
+    /// True if the globals script was run.
+    pub globals: bool,
+    /// Statements of the globals script that failed because the role or tablespace exists already.
+    pub globals_existing: u64,
+    /// Raw bytes fetched and verified.
+    pub bytes_fetched: u64,
+    /// The `pg_restore` used.
+    pub pg_restore: String,
+}
+
+/// Restore from a dump as asked. Blocking (see [`super::run`]).
+#[tracing::instrument(skip_all, fields(dump_id = tracing::field::Empty))]
+pub fn restore(
+    rt: &tokio::runtime::Runtime,
+    config: &Config,
+    request: &RestoreRequest,
+    progress: &dyn Progress,
+) -> Result<RestoreOutcome, crate::Error> {
+    let pg_config = config.postgres.as_ref().ok_or_else(|| {
+        crate::Error::Usage(
+            concat!(
+                "dump-restore needs a [postgres] section in the configuration (see ",
+                doc!("configuration.md"),
+                ")"
+            )
+            .into(),
+        )
+    })?;
+    let Some(id) = request.id.clone() else { return Err(crate::Error::Usage("--backup-id is required".into())) };
+    if request.database.is_none() && !request.globals {
+        return Err(crate::Error::Usage("dump-restore needs --database DB, --globals, or both".into()));
+    }
+    if request.database.is_none() && (request.target.is_some() || !request.tables.is_empty() || request.create) {
+        return Err(crate::Error::Usage("--target-database, --table and --create need --database".into()));
+    }
+    tracing::Span::current().record("dump_id", tracing::field::display(&id));
+    let deadline = std::time::Duration::from_secs(config.archive.retry_deadline_seconds);
+    let storage = rt.block_on(crate::storage::open(&config.repository.url, &config.repository.s3, deadline))?;
+    rt.block_on(store::require_existing(storage.as_ref()))?;
+    let Some(manifest) = rt.block_on(layout::load_manifest(storage.as_ref(), &id))? else {
+        let ids = rt.block_on(layout::dump_ids(storage.as_ref()))?;
+        let known = if ids.is_empty() {
+            "none".to_owned()
+        } else {
+            ids.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ")
+        };
+        return Err(Error::UnknownDump { id, backend: storage.to_string(), known }.into());
+    };
+    let entry = match &request.database {
+        Some(name) => Some(manifest.database(name).ok_or_else(|| Error::NotInDump {
+            id: id.clone(),
+            what: format!("database {name:?}"),
+            known: manifest.databases.iter().map(|d| format!("{:?}", d.name)).collect::<Vec<_>>().join(", "),
+        })?),
+        None => None,
+    };
+    if request.globals && manifest.globals.is_none() {
+        return Err(Error::NotInDump { id, what: "globals script".into(), known: "databases only".into() }.into());
+    }
+
+    let mut session = pg::connect(pg_config)?;
+    let target_server = session.target().to_owned();
+    let server_major = session.major().major;
+    let dump_major = tools::parse_major(&manifest.pg_dump_version).unwrap_or(0);
+    let path_env = std::env::var_os("PATH");
+    let tools = tools::find(
+        "pg_restore",
+        server_major.max(dump_major),
+        config.dump.bin_dir.as_deref(),
+        None,
+        path_env.as_deref(),
+    )?;
+    let target = entry.map(|_| request.target.clone().or_else(|| request.database.clone()).unwrap_or_default());
+    let mut must_create = false;
+    if let Some(target) = &target {
+        if database_exists(&mut session, target)? {
+            if !request.clean {
+                let objects = user_objects(pg_config, target)?;
+                if objects > 0 {
+                    return Err(
+                        Error::TargetNotEmpty { database: target.clone(), target: target_server, objects }.into()
+                    );
+                }
+            }
+        } else if request.create || request.target.is_some() {
+            must_create = true;
+        } else {
+            return Err(Error::NoTarget { database: target.clone(), target: target_server }.into());
+        }
+    }
+
+    // Everything is fetched and verified before anything touches the server.
+    let temp = temp_dir(config.dump.temp_dir.as_deref(), "backupctl-dump-restore-")?;
+    progress.phase("fetching and verifying the dump");
+    let lease = rt.block_on(lease::Held::acquire(storage.clone(), LeaseKind::Restore, &id.to_string()))?;
+    let fetched = (|| -> Result<(Option<PathBuf>, Option<PathBuf>, u64), crate::Error> {
+        let index = rt.block_on(FrameIndex::load(storage.as_ref()))?;
+        let mut bytes = 0;
+        let globals = match (&manifest.globals, request.globals) {
+            (Some(g), true) => {
+                let p = temp.path().join("globals.sql");
+                rt.block_on(fetch(storage.as_ref(), &index, &id, "globals script", g, &p))?;
+                bytes += g.raw_bytes;
+                Some(p)
+            }
+            _ => None,
+        };
+        let archive = match entry {
+            Some(d) => {
+                let dir = temp.path().join("db");
+                std::fs::create_dir(&dir).map_err(|source| Error::Io { path: dir.clone(), source })?;
+                for f in &d.files {
+                    let p = if f.name.is_empty() { temp.path().join("db.dump") } else { dir.join(&f.name) };
+                    let stream = format!("database {:?} file {:?}", d.name, f.name);
+                    rt.block_on(fetch(storage.as_ref(), &index, &id, &stream, f, &p))?;
+                    bytes += f.raw_bytes;
+                }
+                Some(if d.format == DumpFormat::Custom { temp.path().join("db.dump") } else { dir })
+            }
+            None => None,
+        };
+        Ok((globals, archive, bytes))
+    })();
+    if let Err(e) = rt.block_on(lease.release()) {
+        tracing::warn!(dump = %id, error = %e, "could not remove the restore's lease; it expires by itself");
+    }
+    let (globals, archive, bytes_fetched) = fetched?;
+    if let (Some(archive), Some(name)) = (&archive, &request.database) {
+        check_tables(&tools, archive, &request.tables, &id, name)?;
+    }
+
+    let mut outcome = RestoreOutcome {
+        dump: id.to_string(),
+        database: request.database.clone(),
+        target: target.clone(),
+        created: false,
+        globals: globals.is_some(),
+        globals_existing: 0,
+        bytes_fetched,
+        pg_restore: tools.version.clone(),
+    };
+    if let Some(script) = &globals {
+        progress.phase("restoring roles and tablespaces");
+        outcome.globals_existing = restore_globals(&tools, pg_config, script)?;
+    }
+    if let (Some(archive), Some(target)) = (&archive, &target) {
+        if must_create {
+            create_database(&mut session, target)?;
+            outcome.created = true;
+        }
+        progress.phase(&format!("restoring into database {target}"));
+        if let Err(e) = run_pg_restore(&tools, pg_config, archive, target, request) {
+            if must_create && let Err(drop) = drop_database(&mut session, target) {
+                tracing::warn!(database = %target, error = %drop, "could not drop the database this restore created");
+            }
+            return Err(e);
+        }
+    }
+    progress.finish();
+    Ok(outcome)
+}
+
+/// `"name"` with `"` doubled (an SQL identifier, PostgreSQL docs "Identifiers and Key Words"). Pure.
+fn quote_ident(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
+}
+
+fn database_exists(session: &mut pg::Session, name: &str) -> Result<bool, crate::Error> {
+    let row = session
+        .client()
+        .query_opt("select 1 from pg_database where datname = $1", &[&name])
+        .map_err(|source| pg::Error::Query { what: "find the target database", source })?;
+    Ok(row.is_some())
+}
+
+fn create_database(session: &mut pg::Session, name: &str) -> Result<(), crate::Error> {
+    let sql = format!("create database {} template template0", quote_ident(name));
+    session
+        .client()
+        .batch_execute(&sql)
+        .map_err(|source| pg::Error::Query { what: "create the target database", source })?;
+    Ok(())
+}
+
+fn drop_database(session: &mut pg::Session, name: &str) -> Result<(), crate::Error> {
+    let sql = format!("drop database if exists {}", quote_ident(name));
+    session
+        .client()
+        .batch_execute(&sql)
+        .map_err(|source| pg::Error::Query { what: "drop the target database", source })?;
+    Ok(())
+}
+
+/// User objects in database `name`: relations, functions, types (not a table's own) and schemas outside the
+/// system ones, extensions other than plpgsql, large objects.
+fn user_objects(pg_config: &PostgresConfig, name: &str) -> Result<i64, crate::Error> {
+    let cfg = PostgresConfig { dbname: name.to_owned(), ..pg_config.clone() };
+    let mut s = pg::connect(&cfg)?;
+    const SYSTEM: &str = "('pg_catalog', 'information_schema')";
+    let sql = format!(
+        "select (select count(*) from pg_class c join pg_namespace n on n.oid = c.relnamespace \
+                  where n.nspname not in {SYSTEM} and n.nspname !~ '^pg_(toast|temp)') \
+              + (select count(*) from pg_proc p join pg_namespace n on n.oid = p.pronamespace \
+                  where n.nspname not in {SYSTEM}) \
+              + (select count(*) from pg_type t join pg_namespace n on n.oid = t.typnamespace \
+                  where n.nspname not in {SYSTEM} and n.nspname !~ '^pg_(toast|temp)' and t.typrelid = 0) \
+              + (select count(*) from pg_namespace where nspname not in {SYSTEM} and nspname <> 'public' \
+                  and nspname !~ '^pg_') \
+              + (select count(*) from pg_extension where extname <> 'plpgsql') \
+              + (select count(*) from pg_largeobject_metadata)"
+    );
+    let row = s
+        .client()
+        .query_one(&sql, &[])
+        .map_err(|source| pg::Error::Query { what: "count the target's objects", source })?;
+    row.try_get::<_, i64>(0).map_err(|source| pg::Error::Query { what: "count the target's objects", source }.into())
+}
+
+/// Refuse a `--table` that names no table of the archive (pg_restore itself would restore nothing, silently):
+/// its table of contents (`pg_restore -l`) must list `TABLE <schema> <table> <owner>` for it.
+fn check_tables(
+    tools: &Tools,
+    archive: &Path,
+    tables: &[String],
+    id: &DumpId,
+    database: &str,
+) -> Result<(), crate::Error> {
+    if tables.is_empty() {
+        return Ok(());
+    }
+    let path = tools.path("pg_restore");
+    let out = std::process::Command::new(&path)
+        .arg("-l")
+        .arg(archive)
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|source| Error::Spawn { path: path.clone(), source })?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    if !out.status.success() {
+        let last_line = tools::last_line(&String::from_utf8_lossy(&out.stderr));
+        return Err(Error::ToolFailed {
+            tool: "pg_restore",
+            what: "the dump's table of contents".into(),
+            status: out.status.to_string(),
+            last_line,
+        }
+        .into());
+    }
+    for t in tables {
+        // `<id>; <catalog oid> <oid> TABLE <schema> <name> <owner>` (and `TABLE DATA ...`).
+        let needle = format!(" {t} ");
+        let found = text
+            .lines()
+            .filter(|l| !l.starts_with(';'))
+            .filter_map(|l| l.split_once(" TABLE ").map(|(_, rest)| format!(" {rest} ")))
+            .any(|rest| rest.contains(&needle));
+        if !found {
+            return Err(Error::NoSuchTable { id: id.clone(), database: database.to_owned(), table: t.clone() }.into());
+        }
+    }
+    Ok(())
+}
+
+/// Run the globals script through psql in the maintenance database. Statements that fail because the role or
+/// tablespace exists already are counted (returned); any other failure fails the restore.
+fn restore_globals(tools: &Tools, pg_config: &PostgresConfig, script: &Path) -> Result<u64, crate::Error> {
+    let path = tools.path("psql");
+    let out = tools::command(tools, "psql", pg_config)
+        .args(["-X", "-w", "-q", "-v", "ON_ERROR_STOP=0", "-d"])
+        .arg(tools::dbname_conninfo(&pg_config.dbname))
+        .arg("-f")
+        .arg(script)
+        .output()
+        .map_err(|source| Error::Spawn { path: path.clone(), source })?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let errors: Vec<&str> = stderr.lines().filter(|l| l.contains("ERROR:")).collect();
+    let existing = errors.iter().filter(|l| l.contains("already exists")).count() as u64;
+    let other = errors.iter().find(|l| !l.contains("already exists"));
+    if !out.status.success() || other.is_some() {
+        let last_line = other.map_or_else(|| tools::last_line(&stderr), |l| l.trim().to_owned());
+        return Err(Error::ToolFailed {
+            tool: "psql",
+            what: "the globals script".into(),
+            status: out.status.to_string(),
+            last_line,
+        }
+        .into());
+    }
+    Ok(existing)
+}
+
+/// `pg_restore` of `archive` into database `target`, stopping at the first error (in one transaction unless
+/// `--jobs` is above 1).
+fn run_pg_restore(
+    tools: &Tools,
+    pg_config: &PostgresConfig,
+    archive: &Path,
+    target: &str,
+    request: &RestoreRequest,
+) -> Result<(), crate::Error> {
+    let path = tools.path("pg_restore");
+    let mut cmd = tools::command(tools, "pg_restore", pg_config);
+    cmd.args(["-w", "--exit-on-error", "-d"]).arg(tools::dbname_conninfo(target));
+    if request.jobs > 1 {
+        cmd.args(["-j", &request.jobs.to_string()]);
+    } else {
+        cmd.arg("--single-transaction");
+    }
+    if request.clean {
+        cmd.args(["--clean", "--if-exists"]);
+    }
+    if request.schema_only {
+        cmd.arg("--schema-only");
+    }
+    for t in &request.tables {
+        cmd.arg("-t").arg(t);
+    }
+    cmd.arg(archive).stdout(Stdio::null()).stderr(Stdio::piped());
+    let mut child = cmd.spawn().map_err(|source| Error::Spawn { path: path.clone(), source })?;
+    let stderr = StderrTail::start(child.stderr.take());
+    let status = child.wait().map_err(|source| Error::Spawn { path: path.clone(), source })?;
+    let text = stderr.text();
+    if !status.success() {
+        return Err(Error::ToolFailed {
+            tool: "pg_restore",
+            what: format!("database {target:?}"),
+            status: status.to_string(),
+            last_line: tools::last_line(&text),
+        }
+        .into());
+    }
+    for l in text.lines().filter(|l| !l.trim().is_empty()) {
+        tracing::warn!(tool = "pg_restore", "database {target:?}: {l}");
+    }
+    Ok(())
+}

@@ -1,0 +1,531 @@
+//! Issue 12: logical dumps (`backupctl dump`, `dump-restore`) on real clusters, into file:// and S3 (moto).
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::Duration;
+
+use serde_json::Value;
+
+use crate::issue8_gc::s3_settings;
+use crate::pitr::{FileRepo, s3_repo};
+use crate::support::cluster::{
+    Cluster, PgDir, as_postgres, assert_ok, bin, chown_postgres, output_text, require_pg, wait_for, write_config,
+};
+use crate::support::raw::Raw;
+
+/// The unusual table: quotes, spaces and non-ASCII letters in its name and a column's.
+const ODD_TABLE: &str = "we\"ird tä ble";
+
+/// A cluster (no archiving) and a repository with a configuration whose [postgres] section reaches the cluster.
+struct Env {
+    dir: PgDir,
+    cluster: Cluster,
+    config: PathBuf,
+    url: String,
+    extra: String,
+    repo: Option<FileRepo>,
+}
+
+impl Env {
+    fn new(label: &str, repo: Option<FileRepo>, url: &str, extra: &str, config_extra: &str) -> Self {
+        let dir = PgDir::new(label);
+        let mut cluster = Cluster::init(&dir, "src", "");
+        let cfg_dir = dir.sub("cfg");
+        let spool = cfg_dir.join("spool");
+        std::fs::create_dir_all(&spool).expect("spool");
+        let config = write_config(
+            &cfg_dir,
+            url,
+            &spool,
+            &format!(
+                "{extra}\n{config_extra}\n[postgres]\nhost = \"{}\"\nport = {}\nuser = \"postgres\"\n",
+                cluster.socket.display(),
+                cluster.port
+            ),
+        );
+        chown_postgres(dir.path());
+        cluster.start();
+        let env = Self { dir, cluster, config, url: url.to_owned(), extra: extra.to_owned(), repo };
+        assert_ok("init", &env.backupctl(&["init"]));
+        env
+    }
+
+    fn backupctl(&self, args: &[&str]) -> Output {
+        as_postgres(&bin("backupctl")).arg("--config").arg(&self.config).args(args).output().expect("backupctl")
+    }
+
+    /// psql in database `db`; unaligned, tuples only, trimmed; panics on error.
+    fn sql_in(&self, db: &str, sql: &str) -> String {
+        let out = self.try_sql_in(db, sql);
+        assert_ok(&format!("psql -d {db} {sql}"), &out);
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    }
+
+    fn try_sql_in(&self, db: &str, sql: &str) -> Output {
+        Command::new("psql")
+            .args(["-X", "-A", "-t", "-q", "-v", "ON_ERROR_STOP=1", "-U", "postgres", "-h"])
+            .arg(&self.cluster.socket)
+            .arg("-p")
+            .arg(self.cluster.port.to_string())
+            .arg("-d")
+            .arg(db)
+            .arg("-c")
+            .arg(sql)
+            .output()
+            .expect("psql")
+    }
+
+    fn db_exists(&self, db: &str) -> bool {
+        self.sql_in("postgres", &format!("select count(*) from pg_database where datname = '{db}'")) == "1"
+    }
+
+    /// What a database holds: its schema as `pg_dump --schema-only` prints it, then per table the row count and the
+    /// md5 of its rows in order, then the large objects' md5.
+    fn fingerprint(&self, db: &str) -> String {
+        let out = Command::new(self.cluster.bin.join("pg_dump"))
+            .args(["--schema-only", "-U", "postgres", "-h"])
+            .arg(&self.cluster.socket)
+            .arg("-p")
+            .arg(self.cluster.port.to_string())
+            .arg("-d")
+            .arg(db)
+            .output()
+            .expect("pg_dump");
+        assert_ok("pg_dump --schema-only", &out);
+        let schema: Vec<String> = String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter(|l| !l.starts_with("\\restrict ") && !l.starts_with("\\unrestrict ") && !l.starts_with("--"))
+            .map(str::to_owned)
+            .collect();
+        let tables = self.sql_in(
+            db,
+            "select format('%I.%I', schemaname, tablename) from pg_tables \
+             where schemaname not in ('pg_catalog', 'information_schema') order by 1",
+        );
+        let mut rows = Vec::new();
+        for t in tables.lines().filter(|l| !l.is_empty()) {
+            rows.push(self.sql_in(
+                db,
+                &format!(
+                    "select '{}', count(*), md5(coalesce(string_agg(x::text, '|' order by x::text), '')) from {t} x",
+                    t.replace('\'', "''")
+                ),
+            ));
+        }
+        let lo = self.sql_in(
+            db,
+            "select count(*), md5(coalesce(string_agg(encode(lo_get(oid), 'hex'), '|' order by oid), '')) \
+             from pg_largeobject_metadata",
+        );
+        format!("{}\n--rows--\n{}\n--lo--\n{lo}", schema.join("\n"), rows.join("\n"))
+    }
+
+    /// Two databases with several schemas, large objects, and the unusual table in `public`.
+    fn populate(&self) {
+        for db in ["app1", "app2"] {
+            self.sql_in("postgres", &format!("create database {db}"));
+            self.sql_in(
+                db,
+                &format!(
+                    "create schema sales; create schema \"Inventory Ü\";
+                     create table sales.orders (id int primary key, customer text, total numeric(10,2));
+                     insert into sales.orders select g, 'customer ' || g, g * 1.5 from generate_series(1, 20000) g;
+                     create table \"Inventory Ü\".items (sku text primary key, qty int, note text);
+                     insert into \"Inventory Ü\".items select 'sku-' || g, g % 17, repeat(md5(g::text), 3)
+                       from generate_series(1, 5000) g;
+                     create view sales.big as select * from sales.orders where total > 100;
+                     create function sales.twice(x int) returns int language sql as 'select 2 * x';
+                     create table public.{} (\"co l\"\"x\" text, n int);
+                     insert into public.{} values ('it''s', 1), ('ünï \"q\"', 2), (null, 3);
+                     select lo_from_bytea(0, convert_to(repeat('large object {db} ', 1000), 'UTF8'));
+                     select lo_from_bytea(0, '\\x00ff00ff'::bytea);",
+                    quote(ODD_TABLE),
+                    quote(ODD_TABLE)
+                ),
+            );
+        }
+    }
+}
+
+/// `"name"` with `"` doubled.
+fn quote(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
+}
+
+fn json(out: &Output) -> Value {
+    assert_ok("backupctl --json-output", out);
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stdout)))
+}
+
+fn failure(out: &Output) -> String {
+    let (code, stdout, stderr) = output_text(out);
+    assert_eq!(code, Some(1), "expected exit 1\nstdout: {stdout}\nstderr: {stderr}");
+    stderr
+}
+
+/// The dumps the repository lists, through the library.
+fn listed(env: &Env) -> Vec<String> {
+    let raw = Raw::open(&env.url, &s3_settings(&env.extra));
+    let dumps = raw.rt.block_on(backupctl::dump::list(raw.storage.as_ref())).expect("list dumps");
+    dumps.iter().map(|d| d.id.to_string()).collect()
+}
+
+/// The whole scenario of issue 12's logical dumps on one backend.
+fn dump_scenario(env: &Env) {
+    env.populate();
+    let (app1, app2) = (env.fingerprint("app1"), env.fingerprint("app2"));
+    let odd_rows = env.sql_in("app2", &format!("select count(*) from public.{}", quote(ODD_TABLE)));
+    assert_eq!(odd_rows, "3");
+
+    env.sql_in("postgres", "create role \"Rôle \"\"r\"\"\" login password 'secret'");
+    let summary = json(&env.backupctl(&["dump", "--label", "nightly", "--json-output"]));
+    let id = summary["dump"].as_str().expect("id").to_owned();
+    let names: Vec<&str> =
+        summary["databases"].as_array().expect("dbs").iter().filter_map(|d| d["name"].as_str()).collect();
+    assert_eq!(names, ["app1", "app2", "postgres"], "every non-template database, by name: {summary}");
+    assert!(summary["stored_bytes"].as_u64().expect("stored") > 0, "{summary}");
+    assert_eq!(listed(env), std::slice::from_ref(&id));
+    let status = json(&env.backupctl(&["status", "--type", "dump", "--json"]));
+    assert_eq!(status["dumps"][0]["id"], id.as_str(), "{status}");
+    assert_eq!(status["dumps"][0]["label"], "nightly", "{status}");
+    assert_eq!(status["dumps"][0]["databases"].as_array().map(Vec::len), Some(3), "{status}");
+    let all = json(&env.backupctl(&["status", "--json"]));
+    assert_eq!(all["dumps"].as_array().map(Vec::len), Some(1), "dumps under their own key: {all}");
+    assert_eq!(all["backups"].as_array().map(Vec::len), Some(0), "{all}");
+    let text = String::from_utf8_lossy(&env.backupctl(&["status", "--type", "dump"]).stdout).into_owned();
+    assert!(text.contains(&id) && text.contains("app1, app2, postgres"), "{text}");
+
+    // Drop one database and restore it: the same schema, rows and large objects.
+    env.sql_in("postgres", "drop database app1");
+    let restored =
+        json(&env.backupctl(&["dump-restore", "--backup-id", &id, "--database", "app1", "--create", "--json"]));
+    assert_eq!(restored["created"], true, "{restored}");
+    assert_eq!(env.fingerprint("app1"), app1, "app1 restored exactly");
+
+    // The roles: a dropped one comes back; existing ones (postgres) are left as they are and counted.
+    env.sql_in("postgres", "drop role \"Rôle \"\"r\"\"\"");
+    let globals = json(&env.backupctl(&["dump-restore", "--backup-id", &id, "--globals", "--json"]));
+    assert!(globals["globals_existing"].as_u64().expect("count") >= 1, "{globals}");
+    let role = env.sql_in(
+        "postgres",
+        "select rolname, rolcanlogin, rolpassword is null from pg_authid where rolname like 'Rôle%'",
+    );
+    assert_eq!(role, "Rôle \"r\"|t|t", "restored, without its password (--no-role-passwords)");
+
+    // One table of the other database into a new one: only that table, with its rows.
+    let out = env.backupctl(&[
+        "dump-restore",
+        "--backup-id",
+        &id,
+        "--database",
+        "app2",
+        "--target-database",
+        "only_odd",
+        "--table",
+        ODD_TABLE,
+    ]);
+    assert_ok("restore one table", &out);
+    let tables = env.sql_in("only_odd", "select string_agg(format('%I.%I', schemaname, tablename), ',') from pg_tables where schemaname not in ('pg_catalog', 'information_schema')");
+    assert_eq!(tables, format!("public.{}", quote(ODD_TABLE)));
+    let md5 = |db: &str| {
+        env.sql_in(
+            db,
+            &format!("select md5(string_agg(x::text, '|' order by x::text)) from public.{} x", quote(ODD_TABLE)),
+        )
+    };
+    assert_eq!(md5("only_odd"), md5("app2"));
+
+    // A table the dump does not hold is refused before anything is created.
+    let e = failure(&env.backupctl(&[
+        "dump-restore",
+        "--backup-id",
+        &id,
+        "--database",
+        "app2",
+        "--target-database",
+        "none_such",
+        "--table",
+        "nope",
+    ]));
+    assert!(e.contains("has no table \"nope\""), "{e}");
+    assert!(!env.db_exists("none_such"));
+
+    // Over a non-empty database: refused without --clean (nothing changed), done with it.
+    env.sql_in("app2", "delete from sales.orders where id > 10000");
+    let e = failure(&env.backupctl(&["dump-restore", "--backup-id", &id, "--database", "app2"]));
+    assert!(e.contains("database \"app2\"") && e.contains("is not empty") && e.contains("--clean"), "{e}");
+    assert_eq!(env.sql_in("app2", "select count(*) from sales.orders"), "10000", "refused: unchanged");
+    assert_ok(
+        "restore --clean",
+        &env.backupctl(&["dump-restore", "--backup-id", &id, "--database", "app2", "--clean"]),
+    );
+    assert_eq!(env.fingerprint("app2"), app2, "app2 restored over itself exactly");
+
+    // A missing database without --create is refused.
+    let e = failure(&env.backupctl(&["dump-restore", "--backup-id", &id, "--database", "app1x"]));
+    assert!(e.contains("holds no database \"app1x\""), "{e}");
+
+    // gc with no grace period keeps everything a dump names.
+    assert_ok("gc", &env.backupctl(&["gc"]));
+    env.sql_in("postgres", "drop database app1");
+    let e = failure(&env.backupctl(&["dump-restore", "--backup-id", &id, "--database", "app1"]));
+    assert!(e.contains("database \"app1\" does not exist") && e.contains("--create"), "{e}");
+    assert_ok(
+        "restore after gc",
+        &env.backupctl(&["dump-restore", "--backup-id", &id, "--database", "app1", "--create"]),
+    );
+    assert_eq!(env.fingerprint("app1"), app1, "gc swept nothing a dump names");
+
+    let verified = json(&env.backupctl(&["verify", "--json"]));
+    assert_eq!(verified["dumps"]["dumps"], 1, "{verified}");
+    assert!(verified["dumps"]["frames_checked"].as_u64().expect("frames") > 0, "{verified}");
+
+    // Damage: every pack corrupted. The restore fails before the target exists.
+    let raw = Raw::open(&env.url, &s3_settings(&env.extra));
+    let packs = raw.rt.block_on(raw.storage.list("packs/")).expect("list");
+    assert!(!packs.is_empty());
+    for p in &packs {
+        raw.corrupt(&p.key);
+    }
+    if let Some(repo) = &env.repo {
+        chown_postgres(repo.dir.path()); // the damage was written as root
+    }
+    let e = failure(&env.backupctl(&[
+        "dump-restore",
+        "--backup-id",
+        &id,
+        "--database",
+        "app1",
+        "--target-database",
+        "from_damage",
+    ]));
+    assert!(e.contains("corrupt") || e.contains("damaged"), "{e}");
+    assert!(!env.db_exists("from_damage"), "the target was never created");
+    let out = env.backupctl(&["verify"]);
+    let (code, stdout, _) = output_text(&out);
+    assert_eq!(code, Some(1), "{stdout}");
+    assert!(stdout.contains(&format!("dump {id}: frame ")) && stdout.contains("breaks backup"), "{stdout}");
+
+    // delete, then gc reclaims every pack of the dump.
+    let e = failure(&env.backupctl(&["delete", "--backup-id", "20200101-000000D"]));
+    assert!(e.contains("dump 20200101-000000D does not exist"), "{e}");
+    assert_ok("delete", &env.backupctl(&["delete", "--backup-id", &id]));
+    assert!(listed(env).is_empty());
+    assert_ok("gc", &env.backupctl(&["gc"]));
+    assert!(raw.rt.block_on(raw.storage.list("packs/")).expect("list").is_empty(), "gc reclaimed the deleted dump");
+}
+
+/// `[retention] gc_grace = 0s`: gc would sweep anything no manifest names at once.
+const NO_GRACE: &str = "[retention]\ngc_grace = \"0s\"\n";
+
+#[test]
+fn issue_12_dump_and_restore_file() {
+    if require_pg().is_none() {
+        return;
+    }
+    let repo = FileRepo::new("i12-dump");
+    let url = repo.url();
+    let env = Env::new("i12-dump-file", Some(repo), &url, "", NO_GRACE);
+    dump_scenario(&env);
+}
+
+#[test]
+fn issue_12_dump_and_restore_s3() {
+    if require_pg().is_none() {
+        return;
+    }
+    let Some((url, extra)) = s3_repo("i12-dump") else { return };
+    let env = Env::new("i12-dump-s3", None, &url, &extra, NO_GRACE);
+    dump_scenario(&env);
+}
+
+/// A fake pg_dump in a directory of its own: `--version` prints `version`, anything else fails as pg_dump would.
+fn fake_tools(dir: &Path, version: &str) -> PathBuf {
+    let bin_dir = dir.join("fake-bin");
+    std::fs::create_dir_all(&bin_dir).expect("mkdir");
+    for tool in ["pg_dump", "pg_dumpall"] {
+        let script = format!(
+            "#!/bin/sh\nif [ \"$1\" = --version ]; then echo '{tool} (PostgreSQL) {version}'; exit 0; fi\n\
+             echo 'pg_dump: error: query failed: ERROR:  permission denied for table secrets' >&2\nexit 1\n"
+        );
+        let p = bin_dir.join(tool);
+        std::fs::write(&p, script).expect("write");
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    }
+    chown_postgres(&bin_dir);
+    bin_dir
+}
+
+/// A pg_dump that fails fails the dump, naming the database and pg_dump's last line, and nothing is listed; an
+/// older pg_dump than the server is refused naming both versions; a dump killed with kill -9 is never listed.
+fn failures_scenario(env: &Env, label: &str) {
+    env.populate();
+    let failing = fake_tools(env.dir.path(), "15.99");
+    let older = fake_tools(&env.dir.sub("old"), "14.2");
+    let with_bin = |bin_dir: &Path| {
+        let cfg = env.dir.path().join(format!("{label}-{}.toml", bin_dir.display().to_string().len()));
+        let text = std::fs::read_to_string(&env.config).expect("config");
+        std::fs::write(&cfg, format!("{text}\n[dump]\nbin_dir = \"{}\"\n", bin_dir.display())).expect("write");
+        std::fs::set_permissions(&cfg, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+        cfg
+    };
+    let run = |cfg: &Path, args: &[&str]| {
+        as_postgres(&bin("backupctl")).arg("--config").arg(cfg).args(args).output().expect("backupctl")
+    };
+    let e = failure(&run(&with_bin(&failing), &["dump", "--database", "app1"]));
+    assert!(
+        e.contains("pg_dump of database \"app1\" failed") && e.contains("permission denied for table secrets"),
+        "{e}"
+    );
+    assert_eq!(e.lines().filter(|l| l.starts_with("backupctl: error:")).count(), 1, "one error line: {e}");
+    let e = failure(&run(&with_bin(&older), &["dump"]));
+    assert!(e.contains("PostgreSQL 14, older than PostgreSQL 15"), "{e}");
+    assert!(listed(env).is_empty(), "a failed dump is not listed");
+
+    // kill -9 while pg_dump waits for a lock: never listed; the next dump is.
+    let mut locker = Command::new("psql")
+        .args(["-X", "-q", "-U", "postgres", "-h"])
+        .arg(&env.cluster.socket)
+        .arg("-p")
+        .arg(env.cluster.port.to_string())
+        .args(["-d", "app2", "-c", "begin; lock table sales.orders in access exclusive mode; select pg_sleep(120);"])
+        .spawn()
+        .expect("locker");
+    wait_for("the lock", Duration::from_secs(30), || {
+        (env.sql_in(
+            "app2",
+            "select count(*) from pg_locks where mode = 'AccessExclusiveLock' and relation = 'sales.orders'::regclass",
+        ) == "1")
+            .then_some(())
+    });
+    let mut dump = as_postgres(&bin("backupctl")).arg("--config").arg(&env.config).arg("dump").spawn().expect("dump");
+    wait_for("pg_dump waiting for the lock", Duration::from_secs(60), || {
+        (env.sql_in(
+            "postgres",
+            "select count(*) from pg_stat_activity where application_name = 'backupctl' and wait_event_type = 'Lock'",
+        ) != "0")
+            .then_some(())
+    });
+    // runuser's child is backupctl: kill it (and its pg_dump) with SIGKILL.
+    let children = Command::new("pgrep").args(["-P", &dump.id().to_string()]).output().expect("pgrep");
+    for pid in String::from_utf8_lossy(&children.stdout).split_whitespace() {
+        let grand = Command::new("pgrep").args(["-P", pid]).output().expect("pgrep");
+        assert!(Command::new("kill").args(["-9", pid]).status().expect("kill").success());
+        for g in String::from_utf8_lossy(&grand.stdout).split_whitespace() {
+            let _ = Command::new("kill").args(["-9", g]).status();
+        }
+    }
+    let _ = dump.wait();
+    let _ = locker.kill();
+    let _ = locker.wait();
+    env.sql_in("postgres", "select pg_terminate_backend(pid) from pg_stat_activity where query like '%pg_sleep(120)%' and pid <> pg_backend_pid()");
+    assert!(listed(env).is_empty(), "a killed dump is never listed");
+    let summary = json(&env.backupctl(&["dump", "--database", "app2", "--jobs", "2", "--json"]));
+    assert_eq!(summary["databases"][0]["format"], "directory", "{summary}");
+    assert_eq!(listed(env), [summary["dump"].as_str().expect("id")]);
+    let fp = env.fingerprint("app2");
+    env.sql_in("postgres", "drop database app2");
+    let id = summary["dump"].as_str().expect("id");
+    assert_ok(
+        "restore -j 2",
+        &env.backupctl(&["dump-restore", "--backup-id", id, "--database", "app2", "--create", "--jobs", "2"]),
+    );
+    assert_eq!(env.fingerprint("app2"), fp, "directory format restores exactly");
+}
+
+#[test]
+fn issue_12_dump_failures_file() {
+    if require_pg().is_none() {
+        return;
+    }
+    let repo = FileRepo::new("i12-fail");
+    let url = repo.url();
+    let env = Env::new("i12-fail-file", Some(repo), &url, "", "");
+    failures_scenario(&env, "file");
+}
+
+#[test]
+fn issue_12_dump_failures_s3() {
+    if require_pg().is_none() {
+        return;
+    }
+    let Some((url, extra)) = s3_repo("i12-fail") else { return };
+    let env = Env::new("i12-fail-s3", None, &url, &extra, "");
+    failures_scenario(&env, "s3");
+}
+
+/// prune applies `dump_daily_retain` to dumps (the newest of the day is kept, the others go, a dry run deletes
+/// nothing), and the gc at its end reclaims what only the deleted dumps held.
+fn prune_scenario(env: &Env) {
+    env.sql_in("postgres", "create database small; ");
+    env.sql_in("small", "create table t as select g from generate_series(1, 1000) g");
+    let mut ids = Vec::new();
+    for i in 0..3 {
+        env.sql_in("small", &format!("insert into t values ({})", 100_000 + i));
+        let s = json(&env.backupctl(&["dump", "--database", "small", "--json"]));
+        ids.push(s["dump"].as_str().expect("id").to_owned());
+    }
+    assert_eq!(listed(env), ids);
+    let dry = json(&env.backupctl(&["prune", "--dry-run", "--json"]));
+    assert_eq!(dry["deleted_dumps"].as_array().map(Vec::len), Some(2), "{dry}");
+    assert_eq!(listed(env), ids, "a dry run deletes nothing");
+    let done = json(&env.backupctl(&["prune", "--json"]));
+    assert_eq!(done["kept_dumps"][0]["id"], ids[2].as_str(), "{done}");
+    assert_eq!(listed(env), std::slice::from_ref(&ids[2]));
+    env.sql_in("postgres", "drop database small");
+    assert_ok("restore", &env.backupctl(&["dump-restore", "--backup-id", &ids[2], "--database", "small", "--create"]));
+    assert_eq!(env.sql_in("small", "select count(*), max(g) from t"), "1003|100002");
+}
+
+const DUMP_RETENTION: &str = "[retention]\ngc_grace = \"0s\"\ndump_daily_retain = 1\n";
+
+#[test]
+fn issue_12_dump_prune_file() {
+    if require_pg().is_none() {
+        return;
+    }
+    let repo = FileRepo::new("i12-prune");
+    let url = repo.url();
+    let env = Env::new("i12-prune-file", Some(repo), &url, "", DUMP_RETENTION);
+    prune_scenario(&env);
+}
+
+#[test]
+fn issue_12_dump_prune_s3() {
+    if require_pg().is_none() {
+        return;
+    }
+    let Some((url, extra)) = s3_repo("i12-prune") else { return };
+    let env = Env::new("i12-prune-s3", None, &url, &extra, DUMP_RETENTION);
+    prune_scenario(&env);
+}
+
+/// A PostgreSQL 16 server (scripts/setup.sh's npm binaries, which ship no pg_dump) with only pg_dump 15 on the
+/// machine: the dump is refused, naming what was found and that the server's own binaries have none.
+#[test]
+fn issue_12_dump_refuses_without_a_new_enough_pg_dump() {
+    let Some(pg16) = crate::support::cluster::require_pg_major(16) else { return };
+    if require_pg().is_none() || pg16.join("pg_dump").exists() {
+        return;
+    }
+    let repo = FileRepo::new("i12-pg16");
+    let dir = PgDir::new("i12-pg16");
+    let mut cluster = Cluster::init_with(&pg16, &dir, "src", "");
+    let cfg_dir = dir.sub("cfg");
+    let config = write_config(
+        &cfg_dir,
+        &repo.url(),
+        &cfg_dir.join("spool"),
+        &format!("[postgres]\nhost = \"{}\"\nport = {}\nuser = \"postgres\"\n", cluster.socket.display(), cluster.port),
+    );
+    chown_postgres(dir.path());
+    cluster.start();
+    let run =
+        |args: &[&str]| as_postgres(&bin("backupctl")).arg("--config").arg(&config).args(args).output().expect("run");
+    assert_ok("init", &run(&["init"]));
+    let e = failure(&run(&["dump"]));
+    assert!(e.contains("no pg_dump of PostgreSQL 16 or newer found"), "{e}");
+    assert!(e.contains(&format!("the server's own binaries in {} have no pg_dump", pg16.display())), "{e}");
+    assert!(e.contains("pg_dump 15 in "), "what was found is named: {e}");
+}

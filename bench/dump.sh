@@ -4,7 +4,7 @@
 # `backupctl dump-restore` (fetch, verify, pg_restore --single-transaction) vs `gunzip | pg_restore`.
 # Wall time and stored bytes, median of RUNS runs, the two tools alternating. Run as root.
 #
-#   SCALE=20 RUNS=3 bash bench/dump.sh        BACKUPCTL=path/to/backupctl (default: target/release, else debug)
+#   SCALE=20 EVENTS=2000000 RUNS=3 bash bench/dump.sh        BACKUPCTL=path/to/backupctl (default: target/release, else debug)
 set -euo pipefail
 SCALE=${SCALE:-20}
 RUNS=${RUNS:-3}
@@ -33,6 +33,15 @@ as_pg "$PGBIN/pg_ctl" -D "$WORK/data" -l "$WORK/server.log" -w start >/dev/null
 PSQL=(psql -X -q -h "$WORK" -p "$PORT" -U postgres)
 "${PSQL[@]}" -c "create database bench" postgres
 as_pg "$PGBIN/pgbench" -q -i -s "$SCALE" -h "$WORK" -p "$PORT" -U postgres bench >/dev/null 2>&1
+# pgbench's tables are degenerate for compressors (blank filler, sequential keys); EVENTS rows of a table shaped
+# like an application's (timestamps, ids, hex tokens, short text, numbers) make the sizes say something.
+EVENTS=${EVENTS:-2000000}
+if [ "$EVENTS" -gt 0 ]; then
+    "${PSQL[@]}" -c "create table events as select g as id, timestamptz '2026-01-01' + g * interval '13 seconds' as at,
+        (random() * 100000)::int as user_id, md5(random()::text) as token,
+        (array['login','logout','view','purchase','error'])[1 + (g % 5)] || ' ' || repeat('x', (random() * 40)::int) as note,
+        round((random() * 1000)::numeric, 2) as amount from generate_series(1, $EVENTS) g" bench
+fi
 DBSIZE=$("${PSQL[@]}" -At -c "select pg_database_size('bench')" postgres)
 now_ms() { date +%s%3N; }
 median() { sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
@@ -71,7 +80,7 @@ for run in $(seq 1 "$RUNS"); do
     done
     rm -f "$WORK/bench-$run.dump.gz"
 done
-echo "pgbench scale $SCALE (database $((DBSIZE / 1048576)) MiB), median of $RUNS runs, $(basename "$BIN") from ${BIN#"$ROOT"/}"
+echo "pgbench scale $SCALE + $EVENTS events rows (database $((DBSIZE / 1048576)) MiB), median of $RUNS runs, $(basename "$BIN") from ${BIN#"$ROOT"/}"
 printf '| %-34s | %10s | %12s | %11s |\n' tool "dump (s)" "stored (MiB)" "restore (s)"
 printf '|%s|%s|%s|%s|\n' ------------------------------------ ------------ -------------- -------------
 row() {

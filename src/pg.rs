@@ -401,6 +401,23 @@ pub fn parse_label(label: &str) -> Option<(String, u32)> {
     Some((file?, timeline?))
 }
 
+/// Make a PostgreSQL program started with `command` (a server, pg_dump, pg_restore, psql) receive `signal` when
+/// the thread that starts it dies, for instance when backupctl is killed with `kill -9`: a restore or dump must
+/// not go on unwatched, with nobody to report its outcome or clean up after it (`PR_SET_PDEATHSIG`, prctl(2);
+/// Linux only). Errors: none here; `spawn` fails if the kernel refuses it.
+pub(crate) fn die_with_parent(command: &mut std::process::Command, signal: libc::c_int) {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: the closure only calls prctl, which is async-signal-safe, and allocates nothing.
+    unsafe {
+        command.pre_exec(move || {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, signal) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+}
+
 #[cfg(test)]
 mod tests {
     #[test]

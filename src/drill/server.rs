@@ -207,15 +207,7 @@ impl Server {
         let program = self.bin.join("postgres");
         let mut command = Command::new(&program);
         command.arg("-D").arg(&self.data).stdin(Stdio::null()).stdout(log).stderr(log2).process_group(0);
-        // SAFETY: the closure only calls prctl, which is async-signal-safe, and allocates nothing.
-        unsafe {
-            command.pre_exec(|| {
-                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGINT) != 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
-            });
-        }
+        crate::pg::die_with_parent(&mut command, libc::SIGINT);
         let child = command.spawn().map_err(|e| Error::Program { program, detail: e.to_string() })?;
         self.child = Some(child);
         Ok(())

@@ -152,6 +152,18 @@ pub enum Error {
         /// The table as given to `--table`.
         table: String,
     },
+    /// A `--table` without a schema names tables of more than one schema.
+    #[error("dump {id}: database {database:?} has a table {table:?} in schemas {schemas}; name one as SCHEMA.TABLE")]
+    AmbiguousTable {
+        /// The dump.
+        id: DumpId,
+        /// The database.
+        database: String,
+        /// The table as given to `--table`.
+        table: String,
+        /// The schemas holding a table of that name, comma-separated.
+        schemas: String,
+    },
     /// The restore target does not exist and was not asked to be created.
     #[error("database {database:?} does not exist on {target}; pass --create to create it")]
     NoTarget {
@@ -216,7 +228,9 @@ impl Error {
             Error::NoSuchDatabase { .. } | Error::UnknownDump { .. } | Error::NotInDump { .. } => {
                 "run 'backupctl status --type dump' to list the dumps and the databases each holds"
             }
-            Error::NoSuchTable { .. } => "name the table as pg_restore -l lists it (without the schema)",
+            Error::NoSuchTable { .. } | Error::AmbiguousTable { .. } => {
+                "name the table as TABLE or SCHEMA.TABLE, as pg_restore -l lists them"
+            }
             Error::NoTarget { .. } => "pass --create, or --target-database NAME for a new database",
             Error::TargetNotEmpty { .. } => {
                 "restore into a new database with --target-database NAME, or pass --clean to drop and recreate the dumped objects"

@@ -185,8 +185,15 @@ pub fn restore(
         tracing::warn!(dump = %id, error = %e, "could not remove the restore's lease; it expires by itself");
     }
     let (globals, archive, bytes_fetched) = fetched?;
-    if let (Some(archive), Some(name)) = (&archive, &request.database) {
-        check_tables(&tools, archive, &request.tables, &id, name)?;
+    let mut tables = Vec::new();
+    if let (Some(archive), Some(name)) = (&archive, &request.database)
+        && !request.tables.is_empty()
+    {
+        let toc = table_of_contents(&tools, archive)?;
+        tables = resolve_tables(&toc, &request.tables, &id, name)?;
+        let list = temp.path().join("use-list");
+        std::fs::write(&list, use_list(&toc, &tables, must_create))
+            .map_err(|source| Error::Io { path: list.clone(), source })?;
     }
 
     let mut outcome = RestoreOutcome {
@@ -209,7 +216,8 @@ pub fn restore(
             outcome.created = true;
         }
         progress.phase(&format!("restoring into database {target}"));
-        if let Err(e) = run_pg_restore(&tools, pg_config, archive, target, request) {
+        let list = (!tables.is_empty()).then(|| temp.path().join("use-list"));
+        if let Err(e) = run_pg_restore(&tools, pg_config, archive, target, request, list.as_deref()) {
             if must_create && let Err(drop) = drop_database(&mut session, target) {
                 tracing::warn!(database = %target, error = %drop, "could not drop the database this restore created");
             }
@@ -276,18 +284,8 @@ fn user_objects(pg_config: &PostgresConfig, name: &str) -> Result<i64, crate::Er
     row.try_get::<_, i64>(0).map_err(|source| pg::Error::Query { what: "count the target's objects", source }.into())
 }
 
-/// Refuse a `--table` that names no table of the archive (pg_restore itself would restore nothing, silently):
-/// its table of contents (`pg_restore -l`) must list `TABLE <schema> <table> <owner>` for it.
-fn check_tables(
-    tools: &Tools,
-    archive: &Path,
-    tables: &[String],
-    id: &DumpId,
-    database: &str,
-) -> Result<(), crate::Error> {
-    if tables.is_empty() {
-        return Ok(());
-    }
+/// The archive's table of contents (`pg_restore -l`), for choosing entries with `--use-list`.
+fn table_of_contents(tools: &Tools, archive: &Path) -> Result<String, crate::Error> {
     let path = tools.path("pg_restore");
     let out = std::process::Command::new(&path)
         .arg("-l")
@@ -295,7 +293,6 @@ fn check_tables(
         .stdin(Stdio::null())
         .output()
         .map_err(|source| Error::Spawn { path: path.clone(), source })?;
-    let text = String::from_utf8_lossy(&out.stdout);
     if !out.status.success() {
         let last_line = tools::last_line(&String::from_utf8_lossy(&out.stderr));
         return Err(Error::ToolFailed {
@@ -306,19 +303,83 @@ fn check_tables(
         }
         .into());
     }
-    for t in tables {
-        // `<id>; <catalog oid> <oid> TABLE <schema> <name> <owner>` (and `TABLE DATA ...`).
-        let needle = format!(" {t} ");
-        let found = text
-            .lines()
-            .filter(|l| !l.starts_with(';'))
-            .filter_map(|l| l.split_once(" TABLE ").map(|(_, rest)| format!(" {rest} ")))
-            .any(|rest| rest.contains(&needle));
-        if !found {
-            return Err(Error::NoSuchTable { id: id.clone(), database: database.to_owned(), table: t.clone() }.into());
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// One entry of a table of contents: `<id>; <catalog oid> <oid> <KIND> <schema> <name> <owner>` (pg_restore's
+/// `-l` format, src/bin/pg_dump/pg_backup_archiver.c `PrintTOCSummary`). Returns the kind and the rest
+/// (`<schema> <name> <owner>`), or `None` for comments.
+fn toc_entry(line: &str) -> Option<(&str, &str)> {
+    if line.starts_with(';') {
+        return None;
+    }
+    for kind in ["TABLE DATA", "TABLE", "SCHEMA"] {
+        if let Some((_, rest)) = line.split_once(&format!(" {kind} ")) {
+            return Some((kind, rest));
         }
     }
-    Ok(())
+    None
+}
+
+/// Resolve each `--table` (`TABLE` or `SCHEMA.TABLE`) to the one table of the dump it names, as (schema, table).
+/// Errors: a name the dump does not hold ([`Error::NoSuchTable`]; pg_restore itself would restore nothing,
+/// silently), or a bare name held by several schemas ([`Error::AmbiguousTable`]: `pg_restore -t` would restore
+/// all of them, over the target's own).
+fn resolve_tables(toc: &str, tables: &[String], id: &DumpId, database: &str) -> Result<Vec<(String, String)>, Error> {
+    let entries: Vec<&str> =
+        toc.lines().filter_map(toc_entry).filter(|(kind, _)| *kind == "TABLE").map(|(_, rest)| rest).collect();
+    let mut out = Vec::new();
+    for t in tables {
+        // Every reading of `t`: the bare name in any schema, or split at a dot.
+        let mut found: Vec<(String, String)> = Vec::new();
+        for rest in &entries {
+            if let Some(pos) = rest.find(&format!(" {t} ")) {
+                found.push((rest[..pos].to_owned(), t.clone()));
+            }
+            for (i, _) in t.match_indices('.') {
+                let (schema, table) = (&t[..i], &t[i + 1..]);
+                if rest.starts_with(&format!("{schema} {table} ")) {
+                    found.push((schema.to_owned(), table.to_owned()));
+                }
+            }
+        }
+        found.sort();
+        found.dedup();
+        match found.len() {
+            0 => return Err(Error::NoSuchTable { id: id.clone(), database: database.to_owned(), table: t.clone() }),
+            1 => out.extend(found),
+            _ => {
+                let schemas: Vec<&str> = found.iter().map(|(s, _)| s.as_str()).collect();
+                return Err(Error::AmbiguousTable {
+                    id: id.clone(),
+                    database: database.to_owned(),
+                    table: t.clone(),
+                    schemas: schemas.join(", "),
+                });
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// The entries of `toc` that restore exactly `tables` (their definition and data, as `pg_restore -t` would, but
+/// only in their own schema) and, into a database this restore created, the schemas that hold them. Pure.
+fn use_list(toc: &str, tables: &[(String, String)], with_schemas: bool) -> String {
+    let mut out = String::new();
+    for line in toc.lines() {
+        let keep = match toc_entry(line) {
+            Some(("SCHEMA", rest)) => {
+                with_schemas && tables.iter().any(|(s, _)| s != "public" && rest.starts_with(&format!("- {s} ")))
+            }
+            Some((_, rest)) => tables.iter().any(|(s, t)| rest.starts_with(&format!("{s} {t} "))),
+            None => false,
+        };
+        if keep {
+            out.push_str(line);
+            out.push('\n');
+        }
+    }
+    out
 }
 
 /// Run the globals script through psql in the maintenance database. Statements that fail because the role or
@@ -350,13 +411,14 @@ fn restore_globals(tools: &Tools, pg_config: &PostgresConfig, script: &Path) -> 
 }
 
 /// `pg_restore` of `archive` into database `target`, stopping at the first error (in one transaction unless
-/// `--jobs` is above 1).
+/// `--jobs` is above 1); only the entries of `use_list` when given (`--use-list`).
 fn run_pg_restore(
     tools: &Tools,
     pg_config: &PostgresConfig,
     archive: &Path,
     target: &str,
     request: &RestoreRequest,
+    use_list: Option<&Path>,
 ) -> Result<(), crate::Error> {
     let path = tools.path("pg_restore");
     let mut cmd = tools::command(tools, "pg_restore", pg_config);
@@ -372,8 +434,10 @@ fn run_pg_restore(
     if request.schema_only {
         cmd.arg("--schema-only");
     }
-    for t in &request.tables {
-        cmd.arg("-t").arg(t);
+    // The `--table`s, resolved to their schema: exactly those entries (`pg_restore -t` alone would take a table
+    // of that name in every schema).
+    if let Some(list) = use_list {
+        cmd.arg("-L").arg(list);
     }
     cmd.arg(archive).stdout(Stdio::null()).stderr(Stdio::piped());
     let mut child = cmd.spawn().map_err(|source| Error::Spawn { path: path.clone(), source })?;
@@ -393,4 +457,48 @@ fn run_pg_restore(
         tracing::warn!(tool = "pg_restore", "database {target:?}: {l}");
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod table_tests {
+    use super::*;
+
+    const TOC: &str = "; Archive created at 2026-12-01\n\
+        5; 2615 16385 SCHEMA - s1 postgres\n\
+        6; 2615 16386 SCHEMA - s2 postgres\n\
+        210; 1259 16387 TABLE s1 orders postgres\n\
+        211; 1259 16390 TABLE s2 orders postgres\n\
+        212; 1259 16393 TABLE public plain postgres\n\
+        213; 1259 16396 TABLE public we\"ird tä ble postgres\n\
+        3350; 0 16387 TABLE DATA s1 orders postgres\n\
+        3351; 0 16390 TABLE DATA s2 orders postgres\n\
+        3352; 0 16393 TABLE DATA public plain postgres\n";
+
+    fn id() -> DumpId {
+        "20261201-083000D".parse().expect("id")
+    }
+
+    /// Found by trying it: `--table orders` restored s1.orders and s2.orders (over the target's s2.orders with
+    /// --clean). A bare name held by two schemas is refused; SCHEMA.TABLE picks one; the use-list holds exactly
+    /// that table's entries, plus its schema when the target is new.
+    #[test]
+    fn issue_12_table_names_resolve_to_one_schema() {
+        let t = |names: &[&str]| {
+            resolve_tables(TOC, &names.iter().map(|n| (*n).to_owned()).collect::<Vec<_>>(), &id(), "shop")
+        };
+        assert!(matches!(t(&["orders"]), Err(Error::AmbiguousTable { ref schemas, .. }) if schemas == "s1, s2"));
+        assert_eq!(t(&["s2.orders"]).expect("qualified"), [("s2".to_owned(), "orders".to_owned())]);
+        assert_eq!(t(&["plain"]).expect("bare"), [("public".to_owned(), "plain".to_owned())]);
+        assert_eq!(t(&["we\"ird tä ble"]).expect("odd name"), [("public".to_owned(), "we\"ird tä ble".to_owned())]);
+        assert!(matches!(t(&["nosuch"]), Err(Error::NoSuchTable { .. })));
+        assert!(matches!(t(&["s3.orders"]), Err(Error::NoSuchTable { .. })));
+
+        let one = t(&["s2.orders"]).expect("qualified");
+        let list = use_list(TOC, &one, false);
+        assert_eq!(list, "211; 1259 16390 TABLE s2 orders postgres\n3351; 0 16390 TABLE DATA s2 orders postgres\n");
+        let new_db = use_list(TOC, &one, true);
+        assert!(new_db.starts_with("6; 2615 16386 SCHEMA - s2 postgres\n"), "{new_db}");
+        assert_eq!(new_db.lines().count(), 3);
+        assert!(!use_list(TOC, &t(&["plain"]).expect("bare"), true).contains("SCHEMA"), "public exists already");
+    }
 }

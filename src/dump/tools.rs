@@ -146,6 +146,8 @@ pub fn command(tools: &Tools, name: &str, pg: &PostgresConfig) -> Command {
         .env_remove("PGDATABASE")
         .env_remove("PGSERVICE")
         .stdin(Stdio::null());
+    // A killed backupctl takes its pg_dump or pg_restore with it (a restore in one transaction rolls back).
+    crate::pg::die_with_parent(&mut c, libc::SIGTERM);
     match &pg.password {
         Some(p) => c.env("PGPASSWORD", p),
         None => c.env_remove("PGPASSWORD"),
@@ -181,14 +183,30 @@ impl StderrTail {
     }
 }
 
-/// The last non-empty line of `text`, trimmed (`(no output)` if none).
+/// The line of a tool's stderr that says what failed: the last one naming an error (`error:`, `ERROR:`, `FATAL:`),
+/// else the last non-empty one, trimmed (`(no output)` if none).
 pub fn last_line(text: &str) -> String {
-    text.lines().rev().map(str::trim).find(|l| !l.is_empty()).unwrap_or("(no output)").to_owned()
+    let lines = || text.lines().rev().map(str::trim).filter(|l| !l.is_empty());
+    // pg_restore follows its error with the statement that failed ("Command was: CREATE TABLE ... );"): the line
+    // that says what went wrong is the last one naming an error, not the last one.
+    let says_error = |l: &&str| ["error:", "ERROR:", "FATAL:"].iter().any(|e| l.contains(e));
+    lines().find(says_error).or_else(|| lines().next()).unwrap_or("(no output)").to_owned()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn issue_12_last_line_is_the_error() {
+        let pg_restore = "pg_restore: error: could not execute query: ERROR:  schema \"s1\" does not exist\nCommand was: CREATE TABLE s1.orders (\n    id integer\n);\n\n";
+        assert_eq!(
+            last_line(pg_restore),
+            "pg_restore: error: could not execute query: ERROR:  schema \"s1\" does not exist"
+        );
+        assert_eq!(last_line("first\nsecond\n"), "second");
+        assert_eq!(last_line(""), "(no output)");
+    }
 
     #[test]
     fn issue_12_version_lines_and_conninfo() {

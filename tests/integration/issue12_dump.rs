@@ -134,6 +134,8 @@ impl Env {
                      create table \"Inventory Ü\".items (sku text primary key, qty int, note text);
                      insert into \"Inventory Ü\".items select 'sku-' || g, g % 17, repeat(md5(g::text), 3)
                        from generate_series(1, 5000) g;
+                     create table \"Inventory Ü\".orders (id int, note text);
+                     insert into \"Inventory Ü\".orders select g, 'inventory order' from generate_series(1, 7) g;
                      create view sales.big as select * from sales.orders where total > 100;
                      create function sales.twice(x int) returns int language sql as 'select 2 * x';
                      create table public.{} (\"co l\"\"x\" text, n int);
@@ -250,6 +252,31 @@ fn dump_scenario(env: &Env) {
     ]));
     assert!(e.contains("has no table \"nope\""), "{e}");
     assert!(!env.db_exists("none_such"));
+
+    // A bare name two schemas hold is refused (pg_restore -t alone restored both, over the target's own); a
+    // schema-qualified one restores that table only, its schema created in the new database.
+    let restore_table = |target: &str, table: &str| {
+        env.backupctl(&[
+            "dump-restore",
+            "--backup-id",
+            &id,
+            "--database",
+            "app2",
+            "--target-database",
+            target,
+            "--table",
+            table,
+        ])
+    };
+    let e = failure(&restore_table("two_orders", "orders"));
+    assert!(e.contains("in schemas Inventory Ü, sales") && e.contains("SCHEMA.TABLE"), "{e}");
+    assert!(!env.db_exists("two_orders"));
+    assert_ok("restore sales.orders", &restore_table("only_orders", "sales.orders"));
+    assert_eq!(
+        env.sql_in("only_orders", "select string_agg(format('%I.%I', schemaname, tablename), ',') from pg_tables where schemaname not in ('pg_catalog', 'information_schema')"),
+        "sales.orders"
+    );
+    assert_eq!(env.sql_in("only_orders", "select count(*) from sales.orders"), "20000");
 
     // Over a non-empty database: refused without --clean (nothing changed), done with it.
     env.sql_in("app2", "delete from sales.orders where id > 10000");

@@ -47,8 +47,9 @@ pub struct DumpRestoreArgs {
     /// Run pg_restore with this many parallel jobs; 1 (the default) restores in one transaction (all or nothing).
     #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=64))]
     pub jobs: u16,
-    /// Restore only this table (repeatable; its name as pg_restore --table takes it, without the schema). A name
-    /// the dump does not hold is refused.
+    /// Restore only this table (repeatable): TABLE or SCHEMA.TABLE, as pg_restore -l lists them; its definition
+    /// and data only (as pg_restore --table: not its indexes, constraints or column defaults), and into a new
+    /// database its schema too. A name the dump does not hold, or a bare name several schemas hold, is refused.
     #[arg(long = "table", value_name = "T")]
     pub tables: Vec<String>,
     /// Restore only the schema (definitions), no data.
@@ -71,7 +72,13 @@ pub struct DumpRestoreArgs {
 pub(super) fn run(ctx: &Ctx, args: &DumpArgs) -> Result<(), Error> {
     crate::cli::check_repository_writer(&ctx.config.repository.url)?;
     let request = DumpRequest {
-        databases: args.databases.clone(),
+        // A database named twice is dumped once (it would make an invalid manifest after the whole work).
+        databases: args.databases.iter().fold(Vec::new(), |mut v: Vec<String>, d| {
+            if !v.contains(d) {
+                v.push(d.clone());
+            }
+            v
+        }),
         label: args.label.clone(),
         jobs: usize::from(args.jobs),
         with_role_passwords: args.with_role_passwords,

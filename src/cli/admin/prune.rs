@@ -105,7 +105,7 @@ fn prune_dumps(
         let t: jiff::Timestamp = m.started_at.parse().map_err(|_| {
             Error::Task(format!("dump {}: start time {:?} is not an RFC 3339 time", m.id, m.started_at))
         })?;
-        items.push((m.id.clone(), t));
+        items.push((m.id.clone(), t, m.databases.iter().map(|d| d.name.clone()).collect()));
     }
     let rules = dumps::rules_from_config(&ctx.config.retention);
     let plan = dumps::plan(&items, &rules, &policy.time_zone, jiff::Timestamp::now());

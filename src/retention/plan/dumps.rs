@@ -1,8 +1,13 @@
 //! Retention of logical dumps (pure): which dumps the `dump-*-retain` keys of `[retention]` keep, by the same
 //! calendar rules as base backups ([`super::gfs`]; docs/operations.md, "Retention of dumps").
 //!
-//! Invariants: the newest dump is never deleted; with no dump rule set, no dump is deleted; dumps are ordered by
-//! their start time, then id.
+//! The rules apply **per database**: a dump of some databases is one point in the history of each database it
+//! holds, and it is kept if the rules keep it for any of them. So a dump of one database never makes the rules
+//! delete the only dump of another (counting dump runs instead would: `dump --database a` after a dump of
+//! everything would be "the newest of the day" and leave the other databases with none).
+//!
+//! Invariants: the newest dump of each database is never deleted; with no dump rule set, no dump is deleted;
+//! dumps are ordered by their start time, then id.
 
 use jiff::Timestamp;
 use jiff::tz::TimeZone;
@@ -31,19 +36,48 @@ pub struct DumpPlan {
     pub delete: Vec<DumpId>,
 }
 
-/// Decide which of `dumps` (id and start time, any order) `rules` keep at `now`, counting calendar days in `tz`.
-pub fn plan(dumps: &[(DumpId, Timestamp)], rules: &Rules, tz: &TimeZone, now: Timestamp) -> DumpPlan {
-    let mut sorted: Vec<&(DumpId, Timestamp)> = dumps.iter().collect();
+/// One dump as the plan sees it: its id, its start time and the databases it holds.
+pub type DumpItem = (DumpId, Timestamp, Vec<String>);
+
+/// Decide which of `dumps` (any order) `rules` keep at `now`, counting calendar days in `tz`: for each database,
+/// the rules run over the dumps that hold it, and the newest of them is always kept ([`Reason::Newest`]: the
+/// newest dump of a database it holds); a dump is kept with the union of its databases' reasons. A dump that
+/// holds no database (only roles and tablespaces) is one history of its own.
+pub fn plan(dumps: &[DumpItem], rules: &Rules, tz: &TimeZone, now: Timestamp) -> DumpPlan {
+    let mut sorted: Vec<&DumpItem> = dumps.iter().collect();
     sorted.sort_by(|a, b| a.1.cmp(&b.1).then_with(|| a.0.cmp(&b.0)));
-    let times: Vec<Timestamp> = sorted.iter().map(|d| d.1).collect();
-    let has_rule = rules.has_backup_rule();
-    let mut reasons =
-        if has_rule { super::gfs::reasons_at(&times, rules, tz, now) } else { vec![vec![Reason::NoRule]; times.len()] };
-    if let Some(last) = reasons.last_mut() {
-        last.insert(0, Reason::Newest);
+    let mut histories: std::collections::BTreeMap<Option<&str>, Vec<usize>> = std::collections::BTreeMap::new();
+    for (i, d) in sorted.iter().enumerate() {
+        if d.2.is_empty() {
+            histories.entry(None).or_default().push(i);
+        }
+        for db in &d.2 {
+            histories.entry(Some(db.as_str())).or_default().push(i);
+        }
+    }
+    let mut reasons: Vec<Vec<Reason>> = vec![Vec::new(); sorted.len()];
+    for members in histories.values() {
+        let times: Vec<Timestamp> = members.iter().map(|&i| sorted[i].1).collect();
+        let mut r = if rules.has_backup_rule() {
+            super::gfs::reasons_at(&times, rules, tz, now)
+        } else {
+            vec![vec![Reason::NoRule]; times.len()]
+        };
+        if let Some(last) = r.last_mut() {
+            last.insert(0, Reason::Newest);
+        }
+        for (&i, r) in members.iter().zip(r) {
+            for reason in r {
+                if !reasons[i].contains(&reason) {
+                    reasons[i].push(reason);
+                }
+            }
+        }
     }
     let mut out = DumpPlan::default();
-    for (d, r) in sorted.into_iter().zip(reasons) {
+    for (d, mut r) in sorted.into_iter().zip(reasons) {
+        // `newest` first, as for backups.
+        r.sort_by_key(|x| *x != Reason::Newest);
         if r.is_empty() { out.delete.push(d.0.clone()) } else { out.keep.push((d.0.clone(), r)) }
     }
     out
@@ -57,18 +91,21 @@ mod tests {
         s.parse().expect("timestamp")
     }
 
-    fn dump(s: &str) -> (DumpId, Timestamp) {
+    fn dump(s: &str) -> DumpItem {
+        dump_of(s, &["app"])
+    }
+
+    fn dump_of(s: &str, databases: &[&str]) -> DumpItem {
         let t = at(s);
         let odt = time::OffsetDateTime::from_unix_timestamp(t.as_second()).expect("time");
-        (DumpId::new(odt), t)
+        (DumpId::new(odt), t, databases.iter().map(|d| (*d).to_owned()).collect())
     }
 
     /// Daily dumps over 40 days plus two on the last day: daily 3 keeps the newest of the last 3 days, weekly 2 the
     /// newest of 2 ISO weeks, monthly 2 the newest of 2 months; the rest goes, and the newest is always kept.
     #[test]
     fn issue_12_dump_retention_plan() {
-        let mut dumps: Vec<(DumpId, Timestamp)> =
-            (1..=30).map(|d| dump(&format!("2026-11-{d:02}T03:00:00Z"))).collect();
+        let mut dumps: Vec<DumpItem> = (1..=30).map(|d| dump(&format!("2026-11-{d:02}T03:00:00Z"))).collect();
         dumps.extend((1..=10).map(|d| dump(&format!("2026-10-{d:02}T03:00:00Z"))));
         dumps.push(dump("2026-11-30T15:00:00Z"));
         let tz = TimeZone::UTC;
@@ -92,5 +129,30 @@ mod tests {
         let one = plan(&dumps, &Rules { yearly_retain: Some(1), ..Rules::default() }, &tz, now);
         assert_eq!(one.keep.len(), 1);
         assert_eq!(one.keep[0].1, vec![Reason::Newest, Reason::Yearly(2026)]);
+    }
+
+    /// Retention is per database: a later dump of one database does not make the rules delete the only dump of
+    /// another (found by trying it: `dump_daily_retain = 2` deleted every database's dump but the one dumped last).
+    #[test]
+    fn issue_12_dump_retention_is_per_database() {
+        let tz = TimeZone::UTC;
+        let now = at("2026-12-01T18:00:00Z");
+        let dumps = vec![
+            dump_of("2026-12-01T10:00:00Z", &["shop", "big", "postgres"]),
+            dump_of("2026-12-01T11:00:00Z", &["big", "shop"]),
+            dump_of("2026-12-01T12:00:00Z", &["my db"]),
+            dump_of("2026-11-20T12:00:00Z", &["shop"]),
+        ];
+        let p = plan(&dumps, &Rules { daily_retain: Some(2), ..Rules::default() }, &tz, now);
+        let kept: Vec<String> = p.keep.iter().map(|(id, _)| id.to_string()).collect();
+        // postgres is only in the first; shop and big's newest is the second; "my db" only in the third. The
+        // 20 November dump of shop is its second daily one: kept too.
+        assert_eq!(kept, ["20261120-120000D", "20261201-100000D", "20261201-110000D", "20261201-120000D"]);
+        assert!(p.delete.is_empty(), "{p:?}");
+        let first = &p.keep[1].1;
+        assert_eq!(first[0], Reason::Newest, "newest of postgres: {first:?}");
+        // With daily 1, shop's 20 November dump goes; nothing else does.
+        let p = plan(&dumps, &Rules { daily_retain: Some(1), ..Rules::default() }, &tz, now);
+        assert_eq!(p.delete.iter().map(ToString::to_string).collect::<Vec<_>>(), ["20261120-120000D"]);
     }
 }

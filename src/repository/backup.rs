@@ -171,16 +171,25 @@ impl fmt::Display for BackupId {
     }
 }
 
+/// True when `s` is a time-stamped id, `YYYYMMDD-HHMMSS` then one letter of `kinds` (a base backup's `F` or `I`,
+/// a logical dump's `D`). Pure.
+pub(crate) fn is_stamped_id(s: &str, kinds: &[u8]) -> bool {
+    let b = s.as_bytes();
+    b.len() == 16
+        && b[..8].iter().all(u8::is_ascii_digit)
+        && b[8] == b'-'
+        && b[9..15].iter().all(u8::is_ascii_digit)
+        && kinds.contains(&b[15])
+}
+
 impl FromStr for BackupId {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let b = s.as_bytes();
-        let ok = b.len() == 16
-            && b[..8].iter().all(u8::is_ascii_digit)
-            && b[8] == b'-'
-            && b[9..15].iter().all(u8::is_ascii_digit)
-            && matches!(b[15], b'F' | b'I');
-        if ok { Ok(Self(s.to_owned())) } else { Err(format!("{s:?} is not a backup id like 20261126-083000F")) }
+        if is_stamped_id(s, b"FI") {
+            Ok(Self(s.to_owned()))
+        } else {
+            Err(format!("{s:?} is not a backup id like 20261126-083000F"))
+        }
     }
 }
 

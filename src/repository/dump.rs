@@ -78,13 +78,11 @@ impl fmt::Display for DumpId {
 impl FromStr for DumpId {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let b = s.as_bytes();
-        let ok = b.len() == 16
-            && b[..8].iter().all(u8::is_ascii_digit)
-            && b[8] == b'-'
-            && b[9..15].iter().all(u8::is_ascii_digit)
-            && b[15] == b'D';
-        if ok { Ok(Self(s.to_owned())) } else { Err(format!("{s:?} is not a dump id like 20261201-083000D")) }
+        if super::backup::is_stamped_id(s, b"D") {
+            Ok(Self(s.to_owned()))
+        } else {
+            Err(format!("{s:?} is not a dump id like 20261201-083000D"))
+        }
     }
 }
 

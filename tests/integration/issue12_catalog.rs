@@ -234,6 +234,10 @@ fn issue_12_catalog_migrations() {
         err.contains("holds nothing for repository file://") && err.contains("run 'backupctl catalog sync' first"),
         "{err}"
     );
+    // A version this build does not know is refused, not "nothing to do".
+    let beyond = backupctl(&src, &["catalog", "migrate", "--to-version", "9"]);
+    assert_eq!(beyond.status.code(), Some(2), "{beyond:?}");
+    assert!(String::from_utf8_lossy(&beyond.stderr).contains("knows schema versions 1 to 2"), "{beyond:?}");
     let v1 = json_of("migrate to 1", &backupctl(&src, &["catalog", "migrate", "--to-version", "1", "--json-output"]));
     assert_eq!(v1["version"], 1, "{v1:#}");
     assert_eq!(v1["applied"], serde_json::json!([1]));

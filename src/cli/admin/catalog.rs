@@ -52,6 +52,12 @@ pub(super) fn run(ctx: &Ctx, args: &CatalogArgs) -> Result<(), Error> {
     let cfg = config_of(&ctx.config)?;
     match &args.command {
         CatalogCommand::Migrate { to_version, json_output } => {
+            let known = catalog::latest_version();
+            if let Some(v) = to_version.filter(|v| *v == 0 || i64::from(*v) > known) {
+                return Err(Error::Usage(format!(
+                    "--to-version {v}: this backupctl knows schema versions 1 to {known}"
+                )));
+            }
             let storage = ctx.existing_storage()?;
             let mut c = open(&ctx.config, &ctx.rt, storage.as_ref())?;
             let applied = c.migrate(*to_version)?;

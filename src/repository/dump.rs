@@ -156,6 +156,36 @@ pub struct DumpedDatabase {
     pub stored_bytes: u64,
     /// How long `pg_dump` and storing took, milliseconds.
     pub duration_ms: u64,
+    /// The database's own properties, which `pg_dump` without `--create` does not carry and `dump-restore` gives
+    /// a database it creates. Absent in manifests written before they were recorded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub properties: Option<DatabaseProperties>,
+}
+
+/// A database's properties from `pg_database` and `pg_db_role_setting` at dump time.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DatabaseProperties {
+    /// Its encoding's name, `pg_encoding_to_char(encoding)` (e.g. `UTF8`, `LATIN1`).
+    pub encoding: String,
+    /// `datcollate` (LC_COLLATE).
+    pub collate: String,
+    /// `datctype` (LC_CTYPE).
+    pub ctype: String,
+    /// The locale provider (PostgreSQL 15 and later): `libc`, `icu` or `builtin`; absent before 15.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub locale_provider: Option<String>,
+    /// The provider's locale when it is not libc: `daticulocale` (15, 16) or `datlocale` (17 and later).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub locale: Option<String>,
+    /// ICU tailoring rules, `daticurules` (16 and later), if set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub icu_rules: Option<String>,
+    /// The owner's role name.
+    pub owner: String,
+    /// Its own settings (`ALTER DATABASE ... SET`, `pg_db_role_setting` with `setrole = 0`), each `name=value`
+    /// as PostgreSQL stores them.
+    #[serde(default)]
+    pub settings: Vec<String>,
 }
 
 /// A complete dump (`dumps/<id>/manifest`): what was dumped, by which tools, and where every byte is.
@@ -224,7 +254,8 @@ impl DumpManifest {
 
     /// Check the manifest's own consistency: a known format, distinct non-empty database names, file names that
     /// are plain names (no `/`, not `.` or `..`) and distinct per database, a custom-format database with exactly
-    /// one stream named `""`, frames of 1 to 1 MiB bytes whose lengths add up to each stream's size.
+    /// one stream named `""`, frames of 1 to 1 MiB bytes whose lengths add up to each stream's size, database
+    /// properties (when recorded) with an encoding, an owner and `name=value` settings.
     pub fn validate(&self) -> Result<(), InvalidDumpManifest> {
         let bad = |what: String| Err(InvalidDumpManifest { what });
         if self.format == 0 || self.format > DUMP_MANIFEST_FORMAT {
@@ -253,6 +284,16 @@ impl DumpManifest {
             }
             if d.format == DumpFormat::Custom && d.files.len() != 1 {
                 return bad(format!("database {:?}: a custom-format dump has one stream", d.name));
+            }
+            if let Some(p) = &d.properties {
+                let bad_setting = p.settings.iter().find(|s| s.split_once('=').is_none_or(|(n, _)| n.is_empty()));
+                if p.encoding.is_empty() || p.owner.is_empty() || bad_setting.is_some() {
+                    return bad(format!(
+                        "database {:?}: properties without an encoding or owner, or setting {:?} not name=value",
+                        d.name,
+                        bad_setting.map_or("", String::as_str)
+                    ));
+                }
             }
             let sum: u64 = d.files.iter().map(|f| f.raw_bytes).sum();
             if sum != d.raw_bytes {
@@ -359,6 +400,16 @@ mod tests {
                     files: vec![a],
                     stored_bytes: 100,
                     duration_ms: 5,
+                    properties: Some(DatabaseProperties {
+                        encoding: "LATIN1".into(),
+                        collate: "C".into(),
+                        ctype: "C".into(),
+                        locale_provider: Some("libc".into()),
+                        locale: None,
+                        icu_rules: None,
+                        owner: "app owner".into(),
+                        settings: vec!["work_mem=7MB".into(), "search_path=\"$user\", public".into()],
+                    }),
                 },
                 DumpedDatabase {
                     name: "Ünïcode \"db\"".into(),
@@ -367,6 +418,7 @@ mod tests {
                     files: b,
                     stored_bytes: 0,
                     duration_ms: 9,
+                    properties: None,
                 },
             ],
             globals: Some(file("", &[12])),
@@ -404,7 +456,7 @@ mod tests {
     #[test]
     fn issue_12_manifest_refusals() {
         type Damage = fn(&mut DumpManifest);
-        let cases: [(Damage, &str); 8] = [
+        let cases: [(Damage, &str); 10] = [
             (|m| m.format = 9, "manifest format 9"),
             (|m| m.databases[1].name = "app".into(), "repeated"),
             (|m| m.databases[1].files[0].name = "../x".into(), "not valid"),
@@ -413,6 +465,8 @@ mod tests {
             (|m| m.databases[0].files[0].raw_bytes += 1, "frames hold"),
             (|m| m.databases[0].raw_bytes += 1, "files hold"),
             (|m| m.globals.as_mut().expect("g").frames[0].raw_length = 0, "globals"),
+            (|m| m.databases[0].properties.as_mut().expect("p").settings.push("=x".into()), "not name=value"),
+            (|m| m.databases[0].properties.as_mut().expect("p").encoding.clear(), "without an encoding"),
         ];
         for (damage, want) in cases {
             let mut m = example();
@@ -420,6 +474,23 @@ mod tests {
             let e = m.validate().expect_err(want);
             assert!(e.to_string().contains(want), "{e} (wanted {want})");
         }
+    }
+
+    /// A manifest written before database properties were recorded (no `properties` key) still loads, and one
+    /// with them round-trips; the key is left out when there is nothing to record.
+    #[test]
+    fn issue_12_manifest_without_properties_still_loads() {
+        let m = example();
+        let mut v = serde_json::to_value(&m).expect("json");
+        assert_eq!(v["databases"][0]["properties"]["encoding"], "LATIN1");
+        assert!(v["databases"][1].get("properties").is_none(), "left out when None: {v}");
+        if let Some(db) = v["databases"][0].as_object_mut() {
+            db.remove("properties");
+        }
+        let old: DumpManifest = serde_json::from_value(v).expect("an older manifest");
+        old.validate().expect("valid");
+        assert_eq!(old.databases[0].properties, None);
+        assert_eq!(old.databases[0].name, "app");
     }
 
     #[tokio::test]

@@ -57,7 +57,7 @@ for run in $(seq 1 "$RUNS"); do
     as_pg "$WORK/backupctl" --config "$cfg" init >/dev/null
     t=$(now_ms)
     id=$(as_pg "$WORK/backupctl" --config "$cfg" dump --database bench --json-output 2>/dev/null \
-        | python3 -c 'import json,sys; print(json.load(sys.stdin)["dump"])')
+        | python3 -c 'import json,sys; print(json.load(sys.stdin)["id"])')
     echo $(($(now_ms) - t)) >>"$WORK/bc_dump"
     du -sb "$repo" | cut -f1 >>"$WORK/bc_size"
     t=$(now_ms)

@@ -274,7 +274,7 @@ pub enum Error {
         total: usize,
     },
     /// `backupctl verify` found objects missing or corrupt, broken backups or lost WAL (the report lists them).
-    #[error("verify of {backend} failed: {problems} problem(s), {broken} broken backup(s)")]
+    #[error("verify of {backend} failed: {problems} problem(s), {broken} broken backup(s){}", broken_dumps_text(*broken_dumps))]
     VerifyFailed {
         /// Backend display.
         backend: String,
@@ -282,6 +282,8 @@ pub enum Error {
         problems: usize,
         /// Backups that cannot be restored.
         broken: usize,
+        /// Logical dumps that cannot be restored (named only when there are some).
+        broken_dumps: usize,
     },
     /// A retention policy that is not valid (`--policy`).
     #[error(transparent)]
@@ -509,6 +511,20 @@ impl Error {
                     ", \"Checking a setup\")"
                 )
             }
+            Error::VerifyFailed { broken: 0, broken_dumps: 1.., .. } => {
+                concat!(
+                    "take a new logical dump with 'backupctl dump' (or restore from another dump), then remove each broken one with 'backupctl delete --backup-id ID' (",
+                    doc!("operations.md"),
+                    ", Verify)"
+                )
+            }
+            Error::VerifyFailed { broken_dumps: 1.., .. } => {
+                concat!(
+                    "copy what is missing or corrupt back from a copy of the repository, then verify again; take a new full backup if a broken backup cannot be repaired, and a new 'backupctl dump' for each broken dump (then 'backupctl delete --backup-id ID' it) (",
+                    doc!("operations.md"),
+                    ", Verify)"
+                )
+            }
             Error::VerifyFailed { .. } => {
                 concat!(
                     "copy what is missing or corrupt back from a copy of the repository (or pg_wal of the source for WAL), then verify again; take a new full backup if a broken backup cannot be repaired (",
@@ -612,4 +628,9 @@ fn storage_hint(e: &crate::storage::Error) -> Option<&'static str> {
         }
         _ => return None,
     })
+}
+
+/// `, N broken dump(s)` when `n` is above 0, else nothing (the verify failure's message).
+fn broken_dumps_text(n: usize) -> String {
+    if n == 0 { String::new() } else { format!(", {n} broken dump(s)") }
 }

@@ -39,8 +39,9 @@ pub struct RestoreArgs {
     /// The data directory to restore into: new or empty (or an old copy with --delta), no server running in it.
     #[arg(long, value_name = "DIR")]
     pub destination: PathBuf,
-    /// Restore this backup (see `backupctl status`) instead of choosing one.
-    #[arg(long, value_name = "ID")]
+    /// Restore this backup (see `backupctl status`) instead of choosing one. A logical dump's id (ending in D) is
+    /// refused: those restore with `backupctl dump-restore`.
+    #[arg(long, value_name = "ID", value_parser = parse_backup_id)]
     pub backup_id: Option<BackupId>,
     /// Recover to this time: RFC 3339 (2025-10-20T12:30:00Z) or PostgreSQL's format with a zone
     /// (2025-10-20 12:30:00+02).
@@ -87,6 +88,17 @@ pub enum ArchiveMode {
     Preserve,
     /// Turn archiving off.
     Off,
+}
+
+/// A base backup's id; a logical dump's id is refused with the command that restores it.
+fn parse_backup_id(s: &str) -> Result<BackupId, String> {
+    if s.parse::<crate::dump::DumpId>().is_ok() {
+        return Err(format!(
+            "{s} is a logical dump (backupctl dump), not a base backup: restore it with \
+             'backupctl dump-restore --backup-id {s} --database DB'"
+        ));
+    }
+    s.parse()
 }
 
 fn parse_mapping(s: &str) -> Result<(PathBuf, PathBuf), String> {
@@ -259,5 +271,25 @@ mod tests {
             let a = Args::try_parse_from(["pitr-restore", "--destination", "/d", "--to-xid", xid]);
             assert_eq!(a.is_ok(), ok, "--to-xid {xid}: {a:?}");
         }
+    }
+
+    /// Found in a DBA trial: `pitr-restore --backup-id <dump id>` said only that it is not a backup id.
+    #[test]
+    fn issue_12_a_dump_id_points_at_dump_restore() {
+        for argv in [
+            vec!["pitr-restore", "--destination", "/d", "--backup-id", "20261201-083000D"],
+            vec!["backupctl", "restore", "--destination", "/d", "--backup-id", "20261201-083000D"],
+        ] {
+            let e = if argv[0] == "backupctl" {
+                crate::cli::admin::Args::try_parse_from(&argv).map(|_| ()).expect_err("refused")
+            } else {
+                Args::try_parse_from(&argv).map(|_| ()).expect_err("refused")
+            };
+            let text = e.to_string();
+            assert!(text.contains("20261201-083000D is a logical dump"), "{text}");
+            assert!(text.contains("backupctl dump-restore --backup-id 20261201-083000D --database DB"), "{text}");
+        }
+        let ok = Args::try_parse_from(["pitr-restore", "--destination", "/d", "--backup-id", "20261201-083000F"]);
+        assert!(ok.is_ok(), "{ok:?}");
     }
 }

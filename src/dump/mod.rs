@@ -11,8 +11,10 @@
 //!   stream's size and blake3) into a temporary directory before `pg_restore` or `psql` touches the target.
 //! - `pg_dump` is never older than the server ([`tools`]).
 
+mod create;
 mod restore;
 mod store;
+mod temp;
 #[cfg(test)]
 mod tests;
 pub mod tools;
@@ -22,10 +24,12 @@ mod write;
 use std::path::PathBuf;
 
 pub use restore::{RestoreOutcome, RestoreRequest, restore};
-pub use verify::{DumpProblem, DumpVerifyReport, verify};
+pub use verify::{DumpProblem, DumpResult, DumpVerifyReport, stream_name, verify};
 pub use write::{DumpRequest, run};
 
-pub use crate::repository::dump::{DumpFile, DumpFormat, DumpId, DumpManifest, DumpedDatabase, FrameRef};
+pub use crate::repository::dump::{
+    DatabaseProperties, DumpFile, DumpFormat, DumpId, DumpManifest, DumpedDatabase, FrameRef,
+};
 
 /// Every complete dump in the repository, oldest first. Errors: storage errors, and the first manifest that
 /// cannot be read or fails its checks (use [`crate::repository::dump::manifests`] to list around damage).
@@ -112,14 +116,16 @@ pub enum Error {
         /// The last line it wrote to stderr.
         last_line: String,
     },
-    /// A database asked for is not in the cluster.
-    #[error("database {database:?} does not exist on {target} (databases: {known})")]
+    /// A database asked for is not in the cluster, or cannot be dumped (a template, or connections not allowed).
+    #[error("database {database:?} {reason} on {target} (databases a dump takes: {known})")]
     NoSuchDatabase {
         /// The name asked for.
         database: String,
+        /// `does not exist`, or `is a template or does not allow connections`.
+        reason: &'static str,
         /// host:port.
         target: String,
-        /// The databases that exist.
+        /// The databases that can be dumped, comma-separated.
         known: String,
     },
     /// No dump has this id.
@@ -225,7 +231,10 @@ impl Error {
             Error::ToolFailed { .. } => {
                 "fix what the tool's last line names (permissions, connection, disk space) and run again"
             }
-            Error::NoSuchDatabase { .. } | Error::UnknownDump { .. } | Error::NotInDump { .. } => {
+            Error::NoSuchDatabase { .. } => {
+                "name one of the databases listed (as 'psql -l' spells them), or leave --database out to dump every one"
+            }
+            Error::UnknownDump { .. } | Error::NotInDump { .. } => {
                 "run 'backupctl status --type dump' to list the dumps and the databases each holds"
             }
             Error::NoSuchTable { .. } | Error::AmbiguousTable { .. } => {
@@ -236,7 +245,7 @@ impl Error {
                 "restore into a new database with --target-database NAME, or pass --clean to drop and recreate the dumped objects"
             }
             Error::Damaged { .. } | Error::MissingFrame { .. } => {
-                "the target was not touched; run 'backupctl verify', and restore from another dump"
+                "the target was not touched; run 'backupctl verify --backup-id ID' with this dump's id to list what is damaged, and restore from another dump ('backupctl status --type dump' lists them)"
             }
             Error::Spawn { .. } | Error::Io { .. } => return None,
         })

@@ -3,17 +3,18 @@
 //! Order (each step only if the previous succeeded): check the request against the manifest and the target
 //! (refuse a non-empty target without `--clean`, a missing one without `--create`/`--target-database`); fetch
 //! every stream into a temporary directory, each frame and each stream verified; restore the globals script
-//! (asked with `--globals`); create the target database if needed; run `pg_restore` (one transaction unless
-//! `--jobs` is above 1). A database this run created is dropped again when `pg_restore` fails.
+//! (asked with `--globals`); create the target database if needed, with the source's encoding, locale and owner
+//! ([`super::create`]); run `pg_restore` (one transaction unless `--jobs` is above 1); then give a database this
+//! run created the source's own settings. A database this run created is dropped again when `pg_restore` fails.
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 
 use serde::Serialize;
 
+use super::create::{apply_settings, create_database, database_exists, drop_database};
 use super::store::fetch;
 use super::tools::{self, StderrTail, Tools};
-use super::write::temp_dir;
 use super::{DumpFormat, DumpId, Error};
 use crate::config::{Config, PostgresConfig};
 use crate::pg;
@@ -66,6 +67,9 @@ pub struct RestoreOutcome {
     pub bytes_fetched: u64,
     /// The `pg_restore` used.
     pub pg_restore: String,
+    /// What of the source database's properties a database this run created did not take (a locale provider
+    /// the server lacks, an owner that is not a role here, a setting the server refused).
+    pub notes: Vec<String>,
 }
 
 /// Restore from a dump as asked. Blocking (see [`super::run`]).
@@ -150,7 +154,7 @@ pub fn restore(
     }
 
     // Everything is fetched and verified before anything touches the server.
-    let temp = temp_dir(config.dump.temp_dir.as_deref(), "backupctl-dump-restore-")?;
+    let temp = super::temp::create(config.dump.temp_dir.as_deref(), super::temp::Kind::Restore)?;
     progress.phase("fetching and verifying the dump");
     let lease = rt.block_on(lease::Held::acquire(storage.clone(), LeaseKind::Restore, &id.to_string()))?;
     let fetched = (|| -> Result<(Option<PathBuf>, Option<PathBuf>, u64), crate::Error> {
@@ -171,7 +175,7 @@ pub fn restore(
                 std::fs::create_dir(&dir).map_err(|source| Error::Io { path: dir.clone(), source })?;
                 for f in &d.files {
                     let p = if f.name.is_empty() { temp.path().join("db.dump") } else { dir.join(&f.name) };
-                    let stream = format!("database {:?} file {:?}", d.name, f.name);
+                    let stream = format!("database {:?} {}", d.name, super::stream_name(Some(&d.name), f));
                     rt.block_on(fetch(storage.as_ref(), &index, &id, &stream, f, &p))?;
                     bytes += f.raw_bytes;
                 }
@@ -205,14 +209,16 @@ pub fn restore(
         globals_existing: 0,
         bytes_fetched,
         pg_restore: tools.version.clone(),
+        notes: Vec::new(),
     };
     if let Some(script) = &globals {
         progress.phase("restoring roles and tablespaces");
         outcome.globals_existing = restore_globals(&tools, pg_config, script)?;
     }
+    let properties = entry.and_then(|d| d.properties.as_ref());
     if let (Some(archive), Some(target)) = (&archive, &target) {
         if must_create {
-            create_database(&mut session, target)?;
+            outcome.notes = create_database(&mut session, target, properties)?;
             outcome.created = true;
         }
         progress.phase(&format!("restoring into database {target}"));
@@ -223,40 +229,12 @@ pub fn restore(
             }
             return Err(e);
         }
+        if must_create && let Some(p) = properties {
+            outcome.notes.extend(apply_settings(&mut session, target, p));
+        }
     }
     progress.finish();
     Ok(outcome)
-}
-
-/// `"name"` with `"` doubled (an SQL identifier, PostgreSQL docs "Identifiers and Key Words"). Pure.
-fn quote_ident(name: &str) -> String {
-    format!("\"{}\"", name.replace('"', "\"\""))
-}
-
-fn database_exists(session: &mut pg::Session, name: &str) -> Result<bool, crate::Error> {
-    let row = session
-        .client()
-        .query_opt("select 1 from pg_database where datname = $1", &[&name])
-        .map_err(|source| pg::Error::Query { what: "find the target database", source })?;
-    Ok(row.is_some())
-}
-
-fn create_database(session: &mut pg::Session, name: &str) -> Result<(), crate::Error> {
-    let sql = format!("create database {} template template0", quote_ident(name));
-    session
-        .client()
-        .batch_execute(&sql)
-        .map_err(|source| pg::Error::Query { what: "create the target database", source })?;
-    Ok(())
-}
-
-fn drop_database(session: &mut pg::Session, name: &str) -> Result<(), crate::Error> {
-    let sql = format!("drop database if exists {}", quote_ident(name));
-    session
-        .client()
-        .batch_execute(&sql)
-        .map_err(|source| pg::Error::Query { what: "drop the target database", source })?;
-    Ok(())
 }
 
 /// User objects in database `name`: relations, functions, types (not a table's own) and schemas outside the

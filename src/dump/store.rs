@@ -13,6 +13,7 @@ use crate::backup::packer::Packer;
 use crate::repository::backup::ObjectId;
 use crate::repository::packs::FRAME_RAW_MAX;
 use crate::repository::packstore::{self, FrameIndex};
+use crate::repository::store;
 use crate::storage::Storage;
 
 /// Frames fetched at once by [`fetch`].
@@ -62,8 +63,9 @@ pub(super) async fn store_reader<R: Read + Send + 'static>(
 }
 
 /// Fetch stream `file` of dump `id` into `dest` (created; must not exist): every frame read by range and verified
-/// (size and blake3), then the whole stream's size and blake3 checked against the manifest. Errors:
-/// [`Error::MissingFrame`], [`Error::Damaged`], storage and corruption errors naming the pack.
+/// (size and blake3), then the whole stream's size and blake3 checked against the manifest. `stream_name` names
+/// the stream in errors (`database "app" custom-format archive`). Errors: [`Error::MissingFrame`],
+/// [`Error::Damaged`] (a corrupt frame or a pack that is gone, named), storage errors.
 pub(super) async fn fetch(
     storage: &dyn Storage,
     index: &FrameIndex,
@@ -103,7 +105,12 @@ pub(super) async fn fetch(
     let mut frames = stream::iter(locations.iter().map(|(pack, loc)| packstore::read_frame(storage, pack, loc)))
         .buffered(FETCH_PARALLEL);
     while let Some(raw) = frames.next().await {
-        let raw = raw?;
+        // A damaged or vanished pack is named with the dump and stream it breaks (dump-restore's error).
+        let raw = raw.map_err(|e| match e {
+            store::Error::Corrupt { .. } | store::Error::Malformed { .. } => damaged(id, stream_name, e.to_string()),
+            store::Error::Storage(s) if s.is_not_found() => damaged(id, stream_name, format!("{s}")),
+            e => e.into(),
+        })?;
         hasher.update(&raw);
         written += raw.len() as u64;
         let (out, path) = (out.clone(), dest.to_path_buf());

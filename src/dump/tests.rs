@@ -39,6 +39,7 @@ async fn issue_12_gc_never_sweeps_what_a_dump_names() {
             files: vec![file.clone()],
             stored_bytes: 0,
             duration_ms: 0,
+            properties: None,
         }],
         globals: None,
         has_role_passwords: false,

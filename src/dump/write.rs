@@ -51,17 +51,23 @@ pub fn run(
             concat!("dump needs a [postgres] section in the configuration (see ", doc!("configuration.md"), ")").into(),
         )
     })?;
+    // What a dump or dump-restore killed earlier left behind (also when this dump needs no directory of its own).
+    super::temp::remove_stale(&config.dump.temp_dir.clone().unwrap_or_else(std::env::temp_dir));
     let mut session = pg::connect(pg_config)?;
     let info = session.server_info(false)?;
     let target = session.target().to_owned();
     let server_major = info.version_num / 10000;
-    let all = databases(&mut session)?;
+    let listed = databases(&mut session)?;
+    let all: Vec<String> = listed.iter().filter(|(_, dumpable)| *dumpable).map(|(n, _)| n.clone()).collect();
     let names = if request.databases.is_empty() {
         all.clone()
     } else {
         for name in &request.databases {
             if !all.contains(name) {
-                return Err(Error::NoSuchDatabase { database: name.clone(), target, known: all.join(", ") }.into());
+                let exists = listed.iter().any(|(n, _)| n == name);
+                let reason = if exists { "is a template or does not allow connections" } else { "does not exist" };
+                let known = all.join(", ");
+                return Err(Error::NoSuchDatabase { database: name.clone(), reason, target, known }.into());
             }
         }
         request.databases.clone()
@@ -114,11 +120,20 @@ pub fn run(
             } else {
                 (DumpFormat::Custom, vec![rt.block_on(dump_custom(&tools, pg_config, name, &packer))?])
             };
+            let properties = Some(super::create::properties(&mut session, name, server_major)?);
             let stored_bytes = rt.block_on(seal(&packer))?;
             let raw_bytes = files.iter().map(|f| f.raw_bytes).sum();
             let duration_ms = started.elapsed().as_millis() as u64;
             tracing::info!(dump = %id, database = %name, bytes = raw_bytes, stored = stored_bytes, elapsed_ms = duration_ms, "database dumped");
-            dumped.push(DumpedDatabase { name: name.clone(), format, files, raw_bytes, stored_bytes, duration_ms });
+            dumped.push(DumpedDatabase {
+                name: name.clone(),
+                format,
+                files,
+                raw_bytes,
+                stored_bytes,
+                duration_ms,
+                properties,
+            });
         }
         progress.phase("dumping roles and tablespaces");
         let packer = Packer::new(storage.clone(), level, PACK_SIZE, parallel, index.clone());
@@ -160,13 +175,13 @@ pub fn run(
     result
 }
 
-/// The databases a dump takes by default: not templates, connections allowed, by name.
-fn databases(session: &mut pg::Session) -> Result<Vec<String>, crate::Error> {
+/// Every database by name, each with whether a dump takes it (not a template, connections allowed).
+fn databases(session: &mut pg::Session) -> Result<Vec<(String, bool)>, crate::Error> {
     let rows = session
         .client()
-        .query("select datname::text from pg_database where not datistemplate and datallowconn order by 1", &[])
+        .query("select datname::text, not datistemplate and datallowconn from pg_database order by 1", &[])
         .map_err(|source| pg::Error::Query { what: "list databases", source })?;
-    Ok(rows.iter().filter_map(|r| r.try_get::<_, String>(0).ok()).collect())
+    Ok(rows.iter().filter_map(|r| Some((r.try_get::<_, String>(0).ok()?, r.try_get::<_, bool>(1).ok()?))).collect())
 }
 
 /// Put the packer's last pack, wait for every put, and let it write the last pack index object (it writes them
@@ -247,7 +262,7 @@ async fn dump_directory(
     jobs: usize,
     packer: &Packer,
 ) -> Result<Vec<DumpFile>, crate::Error> {
-    let temp = temp_dir(config.dump.temp_dir.as_deref(), "backupctl-dump-")?;
+    let temp = super::temp::create(config.dump.temp_dir.as_deref(), super::temp::Kind::Dump)?;
     let dir = temp.path().join("dump");
     let path = tools.path("pg_dump");
     let mut cmd = tools::command(tools, "pg_dump", pg);
@@ -301,12 +316,6 @@ async fn dump_globals(
     let (file, _) = store_reader(packer, stdout, String::new(), "pg_dumpall --globals-only").await?;
     blocking_wait(guard, "pg_dumpall", "roles and tablespaces".into(), stderr, path).await?;
     Ok(file)
-}
-
-/// A new temporary directory (mode 0700) under `configured` or the system's temporary directory.
-pub(super) fn temp_dir(configured: Option<&Path>, prefix: &str) -> Result<tempfile::TempDir, crate::Error> {
-    let base = configured.map_or_else(std::env::temp_dir, Path::to_path_buf);
-    tempfile::Builder::new().prefix(prefix).tempdir_in(&base).map_err(|source| Error::Io { path: base, source }.into())
 }
 
 /// Fail, naming one, if a frame `manifest` names is in no pack of the repository (the indexes and a listing of

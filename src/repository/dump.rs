@@ -156,6 +156,36 @@ pub struct DumpedDatabase {
     pub stored_bytes: u64,
     /// How long `pg_dump` and storing took, milliseconds.
     pub duration_ms: u64,
+    /// The database's own properties, which `pg_dump` without `--create` does not carry and `dump-restore` gives
+    /// a database it creates. Absent in manifests written before they were recorded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub properties: Option<DatabaseProperties>,
+}
+
+/// A database's properties from `pg_database` and `pg_db_role_setting` at dump time.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DatabaseProperties {
+    /// Its encoding's name, `pg_encoding_to_char(encoding)` (e.g. `UTF8`, `LATIN1`).
+    pub encoding: String,
+    /// `datcollate` (LC_COLLATE).
+    pub collate: String,
+    /// `datctype` (LC_CTYPE).
+    pub ctype: String,
+    /// The locale provider (PostgreSQL 15 and later): `libc`, `icu` or `builtin`; absent before 15.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub locale_provider: Option<String>,
+    /// The provider's locale when it is not libc: `daticulocale` (15, 16) or `datlocale` (17 and later).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub locale: Option<String>,
+    /// ICU tailoring rules, `daticurules` (16 and later), if set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub icu_rules: Option<String>,
+    /// The owner's role name.
+    pub owner: String,
+    /// Its own settings (`ALTER DATABASE ... SET`, `pg_db_role_setting` with `setrole = 0`), each `name=value`
+    /// as PostgreSQL stores them.
+    #[serde(default)]
+    pub settings: Vec<String>,
 }
 
 /// A complete dump (`dumps/<id>/manifest`): what was dumped, by which tools, and where every byte is.
@@ -224,7 +254,8 @@ impl DumpManifest {
 
     /// Check the manifest's own consistency: a known format, distinct non-empty database names, file names that
     /// are plain names (no `/`, not `.` or `..`) and distinct per database, a custom-format database with exactly
-    /// one stream named `""`, frames of 1 to 1 MiB bytes whose lengths add up to each stream's size.
+    /// one stream named `""`, frames of 1 to 1 MiB bytes whose lengths add up to each stream's size, database
+    /// properties (when recorded) with an encoding, an owner and `name=value` settings.
     pub fn validate(&self) -> Result<(), InvalidDumpManifest> {
         let bad = |what: String| Err(InvalidDumpManifest { what });
         if self.format == 0 || self.format > DUMP_MANIFEST_FORMAT {
@@ -253,6 +284,16 @@ impl DumpManifest {
             }
             if d.format == DumpFormat::Custom && d.files.len() != 1 {
                 return bad(format!("database {:?}: a custom-format dump has one stream", d.name));
+            }
+            if let Some(p) = &d.properties {
+                let bad_setting = p.settings.iter().find(|s| s.split_once('=').is_none_or(|(n, _)| n.is_empty()));
+                if p.encoding.is_empty() || p.owner.is_empty() || bad_setting.is_some() {
+                    return bad(format!(
+                        "database {:?}: properties without an encoding or owner, or setting {:?} not name=value",
+                        d.name,
+                        bad_setting.map_or("", String::as_str)
+                    ));
+                }
             }
             let sum: u64 = d.files.iter().map(|f| f.raw_bytes).sum();
             if sum != d.raw_bytes {
@@ -323,121 +364,4 @@ pub async fn manifests(storage: &dyn Storage) -> Result<(Vec<DumpManifest>, Vec<
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn file(name: &str, lens: &[u32]) -> DumpFile {
-        DumpFile {
-            name: name.to_owned(),
-            frames: lens
-                .iter()
-                .enumerate()
-                .map(|(i, l)| FrameRef { id: ObjectId::of(&(i as u64).to_le_bytes()), raw_length: *l })
-                .collect(),
-            raw_bytes: lens.iter().map(|l| u64::from(*l)).sum(),
-            blake3: ObjectId::of(name.as_bytes()),
-        }
-    }
-
-    pub(crate) fn example() -> DumpManifest {
-        let a = file("", &[1 << 20, 5]);
-        let b = vec![file("toc.dat", &[7]), file("3001.dat", &[1 << 20, 1 << 20, 3])];
-        DumpManifest {
-            format: DUMP_MANIFEST_FORMAT,
-            id: "20261201-083000D".parse().expect("id"),
-            label: Some("nightly".into()),
-            started_at: "2026-12-01T08:30:00Z".into(),
-            finished_at: "2026-12-01T08:31:00Z".into(),
-            server_version_num: 150010,
-            system_identifier: "7311111111111111111".into(),
-            pg_dump_version: "pg_dump (PostgreSQL) 15.10".into(),
-            databases: vec![
-                DumpedDatabase {
-                    name: "app".into(),
-                    format: DumpFormat::Custom,
-                    raw_bytes: a.raw_bytes,
-                    files: vec![a],
-                    stored_bytes: 100,
-                    duration_ms: 5,
-                },
-                DumpedDatabase {
-                    name: "Ünïcode \"db\"".into(),
-                    format: DumpFormat::Directory,
-                    raw_bytes: b.iter().map(|f| f.raw_bytes).sum(),
-                    files: b,
-                    stored_bytes: 0,
-                    duration_ms: 9,
-                },
-            ],
-            globals: Some(file("", &[12])),
-            has_role_passwords: false,
-        }
-    }
-
-    #[test]
-    fn issue_12_dump_id_round_trips_and_keys() {
-        let t = time::macros::datetime!(2026-12-01 09:30:05 +01:00);
-        let id = DumpId::new(t);
-        assert_eq!(id.to_string(), "20261201-083005D");
-        assert_eq!(id.to_string().parse::<DumpId>(), Ok(id.clone()));
-        assert_eq!(id.manifest_key().as_str(), "dumps/20261201-083005D/manifest");
-        assert_eq!(DumpId::from_manifest_key("dumps/20261201-083005D/manifest"), Some(id));
-        for bad in ["20261201-083005F", "20261201-08300D", "x0261201-083005D", ""] {
-            assert!(bad.parse::<DumpId>().is_err(), "{bad}");
-        }
-        assert_eq!(DumpId::from_manifest_key("backups/20261201-083005D/manifest"), None);
-    }
-
-    #[test]
-    fn issue_12_manifest_json_round_trips_and_validates() {
-        let m = example();
-        m.validate().expect("valid");
-        let json = serde_json::to_string(&m).expect("json");
-        assert!(json.contains("\"format\":\"custom\"") && json.contains("\"format\":\"directory\""), "{json}");
-        let back: DumpManifest = serde_json::from_str(&json).expect("back");
-        assert_eq!(back, m);
-        assert_eq!(m.frames().len(), 3, "frames are named by content: repeated ids count once");
-        assert_eq!(m.raw_bytes(), (1 << 20) + 5 + 7 + (2 << 20) + 3 + 12);
-        assert_eq!(m.database("app").map(|d| d.format), Some(DumpFormat::Custom));
-    }
-
-    #[test]
-    fn issue_12_manifest_refusals() {
-        type Damage = fn(&mut DumpManifest);
-        let cases: [(Damage, &str); 8] = [
-            (|m| m.format = 9, "manifest format 9"),
-            (|m| m.databases[1].name = "app".into(), "repeated"),
-            (|m| m.databases[1].files[0].name = "../x".into(), "not valid"),
-            (|m| m.databases[0].files[0].name = "toc.dat".into(), "not valid"),
-            (|m| m.databases[1].files[1].name = "toc.dat".into(), "not valid"),
-            (|m| m.databases[0].files[0].raw_bytes += 1, "frames hold"),
-            (|m| m.databases[0].raw_bytes += 1, "files hold"),
-            (|m| m.globals.as_mut().expect("g").frames[0].raw_length = 0, "globals"),
-        ];
-        for (damage, want) in cases {
-            let mut m = example();
-            damage(&mut m);
-            let e = m.validate().expect_err(want);
-            assert!(e.to_string().contains(want), "{e} (wanted {want})");
-        }
-    }
-
-    #[tokio::test]
-    async fn issue_12_manifests_save_once_list_and_name_damage() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let s = crate::storage::fs::FsStorage::new(dir.path());
-        let m = example();
-        assert!(save_manifest(&s, &m).await.expect("save"));
-        assert!(!save_manifest(&s, &m).await.expect("again"), "create-only");
-        assert_eq!(load_manifest(&s, &m.id).await.expect("load"), Some(m.clone()));
-        let other: DumpId = "20261202-000000D".parse().expect("id");
-        // A manifest stored under another dump's name is refused.
-        let mut moved = m.clone();
-        moved.label = None;
-        store::create(&s, &other.manifest_key(), &moved).await.expect("create");
-        let (good, bad) = manifests(&s).await.expect("list");
-        assert_eq!(good, vec![m]);
-        assert_eq!(bad.len(), 1);
-        assert!(bad[0].1.to_string().contains("names dump 20261201-083000D"), "{}", bad[0].1);
-    }
-}
+mod tests;

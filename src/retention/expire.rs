@@ -281,5 +281,8 @@ async fn require_backup(storage: &dyn Storage, id: &BackupId) -> Result<(), crat
     }
 }
 
+mod dumps;
 #[cfg(test)]
 mod tests;
+
+pub use dumps::prune_dumps;

@@ -254,7 +254,7 @@ pub fn plan(
     // docs/operations.md, may need it).
     let wal = if policy.rules == Rules::default() {
         if !backups.is_empty() || !wal_objects.is_empty() {
-            notes.push("the policy has no rules: nothing is deleted".to_owned());
+            notes.push("the backup policy has no rules: no backup or WAL is deleted".to_owned());
         }
         WalPlan::default()
     } else {

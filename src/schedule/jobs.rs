@@ -98,14 +98,19 @@ fn prune(rt: &tokio::runtime::Runtime, config: &Config) -> Result<String, Error>
     crate::cli::check_repository_writer(&config.repository.url)?;
     let storage = existing_storage(rt, config)?;
     let options = expire::Options { dry_run: false, gc_grace: config.retention.gc_grace.0 };
+    // Dumps first, so that the gc at the end of expire reclaims what they held (as `backupctl prune`).
+    let dumps = rt.block_on(expire::prune_dumps(storage.as_ref(), &policy, jiff::Timestamp::now(), false))?;
     let r = rt.block_on(expire::run(storage.as_ref(), &policy, jiff::Timestamp::now(), options))?;
     let freed = r.gc.as_ref().map_or(0, |g| g.bytes_removed + g.temp_bytes_removed);
     Ok(format!(
-        "policy {}: kept {} backups, deleted {} backups and {} WAL files; gc freed {}",
+        "policy {}: kept {} backups, deleted {} backups and {} WAL files; dumps ({}): kept {}, deleted {}; gc freed {}",
         r.policy,
         r.kept_backups.len(),
         r.deleted_backups.len(),
         r.deleted_wal.files,
+        policy.dumps_text(),
+        dumps.keep.len(),
+        dumps.delete.len(),
         crate::cli::human_bytes(freed)
     ))
 }
@@ -119,17 +124,18 @@ fn verify(rt: &tokio::runtime::Runtime, config: &Config) -> Result<String, Error
         parallel: config.restore.parallel,
         clock: verify::clock_from_config(config, std::time::SystemTime::now()),
     };
-    let r = rt.block_on(verify::run(storage, &options))?;
-    if !r.is_ok() {
-        let (problems, broken) = (r.failures(), r.broken());
-        return Err(Error::VerifyFailed { backend: r.repository, problems, broken });
+    let mut r = rt.block_on(verify::run(storage.clone(), &options))?;
+    rt.block_on(verify::dumps::add(storage.as_ref(), None, &mut r))?;
+    if let Some(e) = r.failure() {
+        return Err(e);
     }
     Ok(format!(
-        "verified {} backups: {} data objects and {} WAL files, {} read",
+        "verified {} backups: {} data objects and {} WAL files, {} read; {} dumps",
         r.backups.len(),
         r.objects_checked,
         r.wal_objects_checked,
-        crate::cli::human_bytes(r.bytes_read)
+        crate::cli::human_bytes(r.bytes_read),
+        r.dumps.as_ref().map_or(0, |d| d.dumps)
     ))
 }
 

@@ -12,6 +12,7 @@
 //! break or cut that backup count). Verify only reads.
 
 pub mod coverage;
+pub mod dumps;
 pub mod format2;
 pub mod read;
 pub mod status;
@@ -61,6 +62,9 @@ pub struct Problem {
     /// Backups whose reach it cuts short (they restore only up to the WAL before it).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub cuts: Vec<String>,
+    /// For a problem of a logical dump: the dump, database and stream it breaks.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dump: Option<dumps::BrokenStream>,
 }
 
 impl Problem {
@@ -104,6 +108,9 @@ pub struct Report {
     pub backups: Vec<BackupResult>,
     /// Every problem found.
     pub problems: Vec<Problem>,
+    /// The logical dumps verified (`None`: dumps were not verified, as with a base backup's id).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dumps: Option<dumps::DumpsVerified>,
 }
 
 impl Report {
@@ -120,6 +127,21 @@ impl Report {
     /// Backups found broken.
     pub fn broken(&self) -> usize {
         self.backups.iter().filter(|b| b.status == "broken").count()
+    }
+
+    /// Logical dumps found broken.
+    pub fn broken_dumps(&self) -> usize {
+        self.dumps.as_ref().map_or(0, |d| d.broken)
+    }
+
+    /// The error of a verification that failed ([`Error::VerifyFailed`]); `None` if it passed.
+    pub fn failure(&self) -> Option<Error> {
+        (!self.ok).then(|| Error::VerifyFailed {
+            backend: self.repository.clone(),
+            problems: self.failures(),
+            broken: self.broken(),
+            broken_dumps: self.broken_dumps(),
+        })
     }
 }
 
@@ -151,6 +173,7 @@ pub async fn run(storage: DynStorage, options: &Options) -> Result<Report, Error
             status: None,
             breaks: vec![id.to_string()],
             cuts: Vec::new(),
+            dump: None,
         })
         .collect();
 
@@ -251,6 +274,7 @@ pub async fn run(storage: DynStorage, options: &Options) -> Result<Report, Error
             status: None,
             breaks: breaks.iter().map(ToString::to_string).collect(),
             cuts: Vec::new(),
+            dump: None,
         });
     }
     // Format 2: one problem per object, naming every backup that needs it.
@@ -274,6 +298,7 @@ pub async fn run(storage: DynStorage, options: &Options) -> Result<Report, Error
             status: None,
             breaks: breaks.iter().map(ToString::to_string).collect(),
             cuts: Vec::new(),
+            dump: None,
         });
     }
     damaged.sort_by(|a, b| a.what.cmp(&b.what));
@@ -321,6 +346,7 @@ pub async fn run(storage: DynStorage, options: &Options) -> Result<Report, Error
         all_wal: options.wal,
         backups,
         problems,
+        dumps: None,
     };
     report.ok = report.failures() == 0 && report.broken() == 0;
     Ok(report)
@@ -356,6 +382,7 @@ fn gap_problems(
                 status: Some(g.status),
                 breaks: g.breaks.iter().map(ToString::to_string).collect(),
                 cuts: g.cuts.iter().map(ToString::to_string).collect(),
+                dump: None,
             });
         }
     }
@@ -398,6 +425,7 @@ pub async fn load_histories(
                 status: None,
                 breaks: Vec::new(),
                 cuts: Vec::new(),
+                dump: None,
             }),
         }
     }

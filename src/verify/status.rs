@@ -78,8 +78,12 @@ pub enum Retention {
 pub struct PolicyStatus {
     /// The policy (`Policy`'s `Display`).
     pub policy: String,
-    /// False when no rule chooses backups or WAL: prune deletes nothing.
+    /// False when no rule chooses backups or WAL: prune deletes no backup and no WAL.
     pub has_rules: bool,
+    /// The logical dumps' policy ([`Policy::dumps_text`]).
+    pub dumps: String,
+    /// False when no `dump_*_retain` key is set: prune deletes no dump.
+    pub has_dump_rules: bool,
     /// The plan's notes (a policy that keeps nothing, WAL left alone and why).
     pub notes: Vec<String>,
     /// Why no plan could be made (a manifest the plan cannot read).
@@ -244,8 +248,14 @@ fn retention(
     policy: &Policy,
     now: SystemTime,
 ) -> (PolicyStatus, HashMap<BackupId, Retention>) {
-    let mut status =
-        PolicyStatus { policy: policy.to_string(), has_rules: policy.rules.has_rule(), notes: vec![], error: None };
+    let mut status = PolicyStatus {
+        policy: policy.to_string(),
+        has_rules: policy.rules.has_rule(),
+        dumps: policy.dumps_text(),
+        has_dump_rules: policy.dump_rules.has_backup_rule(),
+        notes: vec![],
+        error: None,
+    };
     let mut out = HashMap::new();
     if let Some((id, _)) = unusable.first() {
         status.error = Some(format!("backup {id} is unusable: prune refuses to plan until it is deleted"));

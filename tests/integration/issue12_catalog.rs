@@ -162,7 +162,7 @@ fn catalog_scenario(url: &str, extra: &str, label: &str) {
 
     // A logical dump updates the catalog too; deleting it marks its row removed.
     let dump = json_of("dump", &backupctl(&src, &["dump", "--database", "postgres", "--json-output"]));
-    let dump_id = dump["dump"].as_str().expect("dump id").to_owned();
+    let dump_id = dump["id"].as_str().expect("dump id").to_owned();
     assert_eq!(cat.sql("select string_agg(id, ',') from backupctl.dumps where removed_at is null"), dump_id);
     assert_eq!(cat.sql("select databases[1] from backupctl.dumps"), "postgres");
     assert_status_agrees(&src, &[]);

@@ -18,17 +18,17 @@ use crate::support::raw::Raw;
 const ODD_TABLE: &str = "we\"ird tä ble";
 
 /// A cluster (no archiving) and a repository with a configuration whose [postgres] section reaches the cluster.
-struct Env {
-    dir: PgDir,
-    cluster: Cluster,
-    config: PathBuf,
-    url: String,
-    extra: String,
-    repo: Option<FileRepo>,
+pub(crate) struct Env {
+    pub(crate) dir: PgDir,
+    pub(crate) cluster: Cluster,
+    pub(crate) config: PathBuf,
+    pub(crate) url: String,
+    pub(crate) extra: String,
+    pub(crate) repo: Option<FileRepo>,
 }
 
 impl Env {
-    fn new(label: &str, repo: Option<FileRepo>, url: &str, extra: &str, config_extra: &str) -> Self {
+    pub(crate) fn new(label: &str, repo: Option<FileRepo>, url: &str, extra: &str, config_extra: &str) -> Self {
         let dir = PgDir::new(label);
         let mut cluster = Cluster::init(&dir, "src", "");
         let cfg_dir = dir.sub("cfg");
@@ -51,18 +51,18 @@ impl Env {
         env
     }
 
-    fn backupctl(&self, args: &[&str]) -> Output {
+    pub(crate) fn backupctl(&self, args: &[&str]) -> Output {
         as_postgres(&bin("backupctl")).arg("--config").arg(&self.config).args(args).output().expect("backupctl")
     }
 
     /// psql in database `db`; unaligned, tuples only, trimmed; panics on error.
-    fn sql_in(&self, db: &str, sql: &str) -> String {
+    pub(crate) fn sql_in(&self, db: &str, sql: &str) -> String {
         let out = self.try_sql_in(db, sql);
         assert_ok(&format!("psql -d {db} {sql}"), &out);
         String::from_utf8_lossy(&out.stdout).trim().to_owned()
     }
 
-    fn try_sql_in(&self, db: &str, sql: &str) -> Output {
+    pub(crate) fn try_sql_in(&self, db: &str, sql: &str) -> Output {
         Command::new("psql")
             .args(["-X", "-A", "-t", "-q", "-v", "ON_ERROR_STOP=1", "-U", "postgres", "-h"])
             .arg(&self.cluster.socket)
@@ -76,13 +76,13 @@ impl Env {
             .expect("psql")
     }
 
-    fn db_exists(&self, db: &str) -> bool {
+    pub(crate) fn db_exists(&self, db: &str) -> bool {
         self.sql_in("postgres", &format!("select count(*) from pg_database where datname = '{db}'")) == "1"
     }
 
     /// What a database holds: its schema as `pg_dump --schema-only` prints it, then per table the row count and the
     /// md5 of its rows in order, then the large objects' md5.
-    fn fingerprint(&self, db: &str) -> String {
+    pub(crate) fn fingerprint(&self, db: &str) -> String {
         let out = Command::new(self.cluster.bin.join("pg_dump"))
             .args(["--schema-only", "-U", "postgres", "-h"])
             .arg(&self.cluster.socket)
@@ -151,23 +151,23 @@ impl Env {
 }
 
 /// `"name"` with `"` doubled.
-fn quote(name: &str) -> String {
+pub(crate) fn quote(name: &str) -> String {
     format!("\"{}\"", name.replace('"', "\"\""))
 }
 
-fn json(out: &Output) -> Value {
+pub(crate) fn json(out: &Output) -> Value {
     assert_ok("backupctl --json-output", out);
     serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stdout)))
 }
 
-fn failure(out: &Output) -> String {
+pub(crate) fn failure(out: &Output) -> String {
     let (code, stdout, stderr) = output_text(out);
     assert_eq!(code, Some(1), "expected exit 1\nstdout: {stdout}\nstderr: {stderr}");
     stderr
 }
 
 /// The dumps the repository lists, through the library.
-fn listed(env: &Env) -> Vec<String> {
+pub(crate) fn listed(env: &Env) -> Vec<String> {
     let raw = Raw::open(&env.url, &s3_settings(&env.extra));
     let dumps = raw.rt.block_on(backupctl::dump::list(raw.storage.as_ref())).expect("list dumps");
     dumps.iter().map(|d| d.id.to_string()).collect()
@@ -182,7 +182,7 @@ fn dump_scenario(env: &Env) {
 
     env.sql_in("postgres", "create role \"Rôle \"\"r\"\"\" login password 'secret'");
     let summary = json(&env.backupctl(&["dump", "--label", "nightly", "--json-output"]));
-    let id = summary["dump"].as_str().expect("id").to_owned();
+    let id = summary["id"].as_str().expect("id").to_owned();
     let names: Vec<&str> =
         summary["databases"].as_array().expect("dbs").iter().filter_map(|d| d["name"].as_str()).collect();
     assert_eq!(names, ["app1", "app2", "postgres"], "every non-template database, by name: {summary}");
@@ -190,6 +190,8 @@ fn dump_scenario(env: &Env) {
     assert_eq!(listed(env), std::slice::from_ref(&id));
     let status = json(&env.backupctl(&["status", "--type", "dump", "--json"]));
     assert_eq!(status["dumps"][0]["id"], id.as_str(), "{status}");
+    // One JSON form: what dump printed is what status lists (the dump's id was under "dump" there).
+    assert_eq!(status["dumps"][0], summary, "dump --json-output and status agree");
     assert_eq!(status["dumps"][0]["label"], "nightly", "{status}");
     assert_eq!(status["dumps"][0]["databases"].as_array().map(Vec::len), Some(3), "{status}");
     let all = json(&env.backupctl(&["status", "--json"]));
@@ -332,7 +334,8 @@ fn dump_scenario(env: &Env) {
     let out = env.backupctl(&["verify"]);
     let (code, stdout, _) = output_text(&out);
     assert_eq!(code, Some(1), "{stdout}");
-    assert!(stdout.contains(&format!("dump {id}: frame ")) && stdout.contains("breaks backup"), "{stdout}");
+    assert!(stdout.contains(&format!("; breaks dump {id} (database \"app1\", custom-format archive)")), "{stdout}");
+    assert!(stdout.contains(&format!("dump {id}: broken (databases app1, app2, postgres")), "{stdout}");
 
     // delete, then gc reclaims every pack of the dump.
     let e = failure(&env.backupctl(&["delete", "--backup-id", "20200101-000000D"]));
@@ -344,7 +347,7 @@ fn dump_scenario(env: &Env) {
 }
 
 /// `[retention] gc_grace = 0s`: gc would sweep anything no manifest names at once.
-const NO_GRACE: &str = "[retention]\ngc_grace = \"0s\"\n";
+pub(crate) const NO_GRACE: &str = "[retention]\ngc_grace = \"0s\"\n";
 
 #[test]
 fn issue_12_dump_and_restore_file() {
@@ -450,10 +453,10 @@ fn failures_scenario(env: &Env, label: &str) {
     assert!(listed(env).is_empty(), "a killed dump is never listed");
     let summary = json(&env.backupctl(&["dump", "--database", "app2", "--jobs", "2", "--json"]));
     assert_eq!(summary["databases"][0]["format"], "directory", "{summary}");
-    assert_eq!(listed(env), [summary["dump"].as_str().expect("id")]);
+    assert_eq!(listed(env), [summary["id"].as_str().expect("id")]);
     let fp = env.fingerprint("app2");
     env.sql_in("postgres", "drop database app2");
-    let id = summary["dump"].as_str().expect("id");
+    let id = summary["id"].as_str().expect("id");
     assert_ok(
         "restore -j 2",
         &env.backupctl(&["dump-restore", "--backup-id", id, "--database", "app2", "--create", "--jobs", "2"]),
@@ -491,10 +494,25 @@ fn prune_scenario(env: &Env) {
     for i in 0..3 {
         env.sql_in("small", &format!("insert into t values ({})", 100_000 + i));
         let s = json(&env.backupctl(&["dump", "--database", "small", "--json"]));
-        ids.push(s["dump"].as_str().expect("id").to_owned());
+        ids.push(s["id"].as_str().expect("id").to_owned());
     }
     assert_eq!(listed(env), ids);
+    // Only dump keys in [retention]: status and prune say what each policy is (they said "no policy in
+    // [retention]: prune deletes nothing" while prune deleted dumps).
+    let status = env.backupctl(&["status"]);
+    assert_ok("status", &status);
+    let text = String::from_utf8_lossy(&status.stdout);
+    assert!(text.contains("retention (dumps): dump-daily-retain=1 (time zone UTC), per database"), "{text}");
+    assert!(text.contains("retention (backups): no backup policy key") && !text.contains("deletes nothing"), "{text}");
+    let v = json(&env.backupctl(&["status", "--json"]));
+    assert_eq!(v["retention"]["dumps"]["has_rules"], true, "{v}");
+    let out = env.backupctl(&["prune", "--dry-run"]);
+    assert_ok("prune --dry-run", &out);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("policy (dumps): dump-daily-retain=1 (time zone UTC)"), "{text}");
+    assert!(text.contains("policy (backups and WAL): no rules") && !text.contains("nothing is deleted"), "{text}");
     let dry = json(&env.backupctl(&["prune", "--dry-run", "--json"]));
+    assert_eq!(dry["dump_policy"], "dump-daily-retain=1 (time zone UTC)", "{dry}");
     assert_eq!(dry["deleted_dumps"].as_array().map(Vec::len), Some(2), "{dry}");
     assert_eq!(listed(env), ids, "a dry run deletes nothing");
     let done = json(&env.backupctl(&["prune", "--json"]));

@@ -49,7 +49,7 @@ fn issue_8_status_says_what_the_policy_keeps_and_why() {
     let text = String::from_utf8_lossy(&text.stdout);
     assert!(text.contains("the next prune deletes it"), "{text}");
     assert!(text.contains("kept: kept forever"), "{text}");
-    assert!(text.contains("retention: keep-last=2"), "{text}");
+    assert!(text.contains("retention (backups): keep-last=2"), "{text}");
 
     let pruned = backupctl(&["prune", "--json-output"]);
     assert_ok("prune", &pruned);

@@ -12,6 +12,7 @@ mod issue11_iam;
 mod issue11_versions;
 mod issue12_catalog;
 mod issue12_dump;
+mod issue12_dump_trial;
 mod issue7_backup;
 mod issue7_first_use;
 mod issue7_holes;

@@ -24,7 +24,9 @@ pub struct DumpArgs {
     /// Keep the roles' password hashes in the globals script (pg_dumpall without --no-role-passwords).
     #[arg(long)]
     pub with_role_passwords: bool,
-    /// Print the dump's manifest summary as one JSON object.
+    /// Print the dump's summary as one JSON object, the same as each dump of `backupctl status --json-output`:
+    /// id, label, started_at, finished_at, server_version_num, pg_dump_version, databases [{name, format, files,
+    /// bytes, stored_bytes, duration_ms}], has_globals, globals_bytes, has_role_passwords, bytes, stored_bytes.
     #[arg(long = "json-output", visible_alias = "json")]
     pub json_output: bool,
 }
@@ -38,10 +40,13 @@ pub struct DumpRestoreArgs {
     /// The database of the dump to restore. Needed unless only --globals is asked.
     #[arg(long, value_name = "DB")]
     pub database: Option<String>,
-    /// Restore into this database instead of one of the same name; it is created if it does not exist.
+    /// Restore into this database instead of one of the same name; it is created (as with --create) if it does
+    /// not exist.
     #[arg(long = "target-database", value_name = "NAME")]
     pub target_database: Option<String>,
-    /// Create the target database (from template0) if it does not exist.
+    /// Create the target database (from template0) if it does not exist. A database dump-restore creates takes
+    /// the source's encoding, LC_COLLATE, LC_CTYPE, locale provider and owner (when that role exists), and after
+    /// the restore its ALTER DATABASE ... SET settings.
     #[arg(long)]
     pub create: bool,
     /// Run pg_restore with this many parallel jobs; 1 (the default) restores in one transaction (all or nothing).
@@ -87,25 +92,7 @@ pub(super) fn run(ctx: &Ctx, args: &DumpArgs) -> Result<(), Error> {
     let m = dump::run(&ctx.rt, &ctx.config, &request, progress.as_ref())?;
     super::catalog::update_after(&ctx.config, &ctx.rt, "dump");
     if args.json_output {
-        return line(serde_json::json!({
-            "dump": m.id.to_string(),
-            "label": m.label,
-            "started_at": m.started_at,
-            "finished_at": m.finished_at,
-            "server_version_num": m.server_version_num,
-            "pg_dump_version": m.pg_dump_version,
-            "databases": m.databases.iter().map(|d| serde_json::json!({
-                "name": d.name,
-                "format": d.format.to_string(),
-                "files": d.files.len(),
-                "bytes": d.raw_bytes,
-                "stored_bytes": d.stored_bytes,
-                "duration_ms": d.duration_ms,
-            })).collect::<Vec<_>>(),
-            "globals_bytes": m.globals.as_ref().map_or(0, |g| g.raw_bytes),
-            "bytes": m.raw_bytes(),
-            "stored_bytes": m.stored_bytes(),
-        }));
+        return line(super::status::dumps::json(&m));
     }
     let names: Vec<String> = m.databases.iter().map(|d| d.name.clone()).collect();
     line(format_args!(
@@ -149,5 +136,9 @@ pub(super) fn restore(ctx: &Ctx, args: &DumpRestoreArgs) -> Result<(), Error> {
         outcome.dump,
         done.join(", "),
         human_bytes(outcome.bytes_fetched)
-    ))
+    ))?;
+    for n in &outcome.notes {
+        line(format_args!("note: {n}"))?;
+    }
+    Ok(())
 }

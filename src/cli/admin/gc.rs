@@ -15,8 +15,8 @@ use crate::retention::gc;
 pub struct DeleteArgs {
     /// The backup or logical dump to delete (as `backupctl status` lists it, e.g. 20261126-083000F, or
     /// 20261201-083000D for a dump).
-    #[arg(long = "backup-id", value_name = "ID", value_parser = parse_delete_id)]
-    pub backup_id: DeleteId,
+    #[arg(long = "backup-id", value_name = "ID", value_parser = parse_backup_or_dump_id)]
+    pub backup_id: BackupOrDumpId,
     /// Print what would be deleted and delete nothing.
     #[arg(long)]
     pub dry_run: bool,
@@ -28,21 +28,22 @@ pub struct DeleteArgs {
     pub json_output: bool,
 }
 
-/// What `backupctl delete --backup-id` names: a base backup or a logical dump (by the id's last letter).
+/// What `backupctl delete --backup-id` (and `verify --backup-id`) names: a base backup or a logical dump (by the
+/// id's last letter).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum DeleteId {
+pub enum BackupOrDumpId {
     /// A base backup (`...F`, `...I`).
     Backup(BackupId),
     /// A logical dump (`...D`).
     Dump(DumpId),
 }
 
-fn parse_delete_id(s: &str) -> Result<DeleteId, String> {
+pub(super) fn parse_backup_or_dump_id(s: &str) -> Result<BackupOrDumpId, String> {
     match s.parse::<DumpId>() {
-        Ok(d) => Ok(DeleteId::Dump(d)),
+        Ok(d) => Ok(BackupOrDumpId::Dump(d)),
         Err(_) => s
             .parse::<BackupId>()
-            .map(DeleteId::Backup)
+            .map(BackupOrDumpId::Backup)
             .map_err(|_| format!("{s:?} is not a backup id like 20261126-083000F or a dump id like 20261201-083000D")),
     }
 }
@@ -65,8 +66,8 @@ pub(super) fn delete(ctx: &Ctx, args: &DeleteArgs) -> Result<(), Error> {
     }
     let storage = ctx.existing_storage()?;
     let id = match &args.backup_id {
-        DeleteId::Backup(id) => id,
-        DeleteId::Dump(id) => return delete_dump(ctx, storage.as_ref(), id, args),
+        BackupOrDumpId::Backup(id) => id,
+        BackupOrDumpId::Dump(id) => return delete_dump(ctx, storage.as_ref(), id, args),
     };
     let now = time::OffsetDateTime::now_utc();
     let plan = ctx.rt.block_on(gc::plan_delete(storage.as_ref(), id, now, args.force))?;

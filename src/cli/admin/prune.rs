@@ -54,7 +54,8 @@ pub struct UnkeepArgs {
     pub json_output: bool,
 }
 
-/// Run `backupctl prune`.
+/// Run `backupctl prune`: the dumps' policy (the `dump_*_retain` keys) on the logical dumps, then the backups'
+/// policy on the base backups and WAL, then gc.
 pub(super) fn run(ctx: &Ctx, args: &PruneArgs) -> Result<(), Error> {
     let policy = Policy::resolve(&ctx.config.retention, args.policy.as_deref())?;
     if !args.dry_run {
@@ -62,7 +63,8 @@ pub(super) fn run(ctx: &Ctx, args: &PruneArgs) -> Result<(), Error> {
     }
     let storage = ctx.existing_storage()?;
     // Dumps first, so that the gc at the end of expire reclaims what they held.
-    let dumps = prune_dumps(ctx, storage.as_ref(), &policy, args.dry_run)?;
+    let now = jiff::Timestamp::now();
+    let dumps = ctx.rt.block_on(expire::prune_dumps(storage.as_ref(), &policy, now, args.dry_run))?;
     let options = expire::Options { dry_run: args.dry_run, gc_grace: ctx.config.retention.gc_grace.0 };
     let report = ctx.rt.block_on(expire::run(storage.as_ref(), &policy, jiff::Timestamp::now(), options))?;
     if !args.dry_run {
@@ -74,12 +76,15 @@ pub(super) fn run(ctx: &Ctx, args: &PruneArgs) -> Result<(), Error> {
             let kept: Vec<serde_json::Value> =
                 dumps.keep.iter().map(|(id, r)| serde_json::json!({ "id": id.to_string(), "reasons": r })).collect();
             let deleted: Vec<String> = dumps.delete.iter().map(ToString::to_string).collect();
+            map.insert("dump_policy".to_owned(), policy.dumps_text().into());
             map.insert("kept_dumps".to_owned(), kept.into());
             map.insert("deleted_dumps".to_owned(), deleted.into());
         }
         return line(value);
     }
     let verb = if args.dry_run { "would delete" } else { "deleted" };
+    line(format_args!("policy (backups and WAL): {}", report.policy))?;
+    line(format_args!("policy (dumps): {}", policy.dumps_text()))?;
     for (id, reasons) in &dumps.keep {
         let reasons: Vec<String> = reasons.iter().map(ToString::to_string).collect();
         line(format_args!("keep   dump {id}  {}", reasons.join(", ")))?;
@@ -87,39 +92,11 @@ pub(super) fn run(ctx: &Ctx, args: &PruneArgs) -> Result<(), Error> {
     for id in &dumps.delete {
         line(format_args!("{verb} dump {id}"))?;
     }
-    print_report(&report)
+    print_report(&report, dumps.delete.len())
 }
 
-/// Apply the `dump-*-retain` keys of `[retention]` to the logical dumps (same calendar rules and time zone as
-/// the backups'). Dumps whose manifest is damaged are neither counted nor deleted.
-fn prune_dumps(
-    ctx: &Ctx,
-    storage: &dyn crate::storage::Storage,
-    policy: &Policy,
-    dry_run: bool,
-) -> Result<crate::retention::plan::dumps::DumpPlan, Error> {
-    use crate::retention::plan::dumps;
-    let (list, _) = ctx.rt.block_on(crate::repository::dump::manifests(storage))?;
-    let mut items = Vec::with_capacity(list.len());
-    for m in &list {
-        let t: jiff::Timestamp = m.started_at.parse().map_err(|_| {
-            Error::Task(format!("dump {}: start time {:?} is not an RFC 3339 time", m.id, m.started_at))
-        })?;
-        items.push((m.id.clone(), t, m.databases.iter().map(|d| d.name.clone()).collect()));
-    }
-    let rules = dumps::rules_from_config(&ctx.config.retention);
-    let plan = dumps::plan(&items, &rules, &policy.time_zone, jiff::Timestamp::now());
-    if !dry_run {
-        for id in &plan.delete {
-            ctx.rt.block_on(crate::dump::delete(storage, id, false))?;
-        }
-    }
-    Ok(plan)
-}
-
-fn print_report(r: &expire::Report) -> Result<(), Error> {
+fn print_report(r: &expire::Report, dumps_deleted: usize) -> Result<(), Error> {
     let verb = if r.dry_run { "would delete" } else { "deleted" };
-    line(format_args!("policy: {}", r.policy))?;
     for k in &r.kept_backups {
         let reasons: Vec<String> = k.reasons.iter().map(ToString::to_string).collect();
         let reach = match k.reach {
@@ -164,7 +141,7 @@ fn print_report(r: &expire::Report) -> Result<(), Error> {
                 gc.deferred.as_deref().map(|d| format!("; deferred: {d}")).unwrap_or_default()
             ))?;
             line(format_args!(
-                "deleted {} backups and {} WAL files ({})",
+                "deleted {} backups, {dumps_deleted} dumps and {} WAL files ({})",
                 r.deleted_backups.len(),
                 w.files,
                 human_bytes(w.bytes)

@@ -23,7 +23,8 @@ pub struct StatusArgs {
     /// Print it as one JSON object instead: repository, cluster, wal (segments, first, last, last_archived_at,
     /// other_files, bytes_stored, complete, gaps, timelines [{timeline, first, last, last_archived_at, segments,
     /// partials, backup_files, has_history, bytes_stored, gaps [{first, last, count, next, status, breaks,
-    /// cuts}]}]), restorable_window, newest_backup_age_seconds, retention (policy, has_rules, notes, error), backups
+    /// cuts}]}]), restorable_window, newest_backup_age_seconds, retention (policy, has_rules, notes, error: the base backups' and WAL's;
+    /// dumps {policy, has_rules}: the logical dumps'), backups
     /// (each with restorable, missing_wal, reaches, keep, sizes), unusable_backups.
     #[arg(long = "json-output", visible_alias = "json")]
     pub json_output: bool,
@@ -146,6 +147,7 @@ pub(super) fn json(s: &Status, repository: &str) -> serde_json::Value {
             "has_rules": s.policy.has_rules,
             "notes": s.policy.notes,
             "error": s.policy.error,
+            "dumps": { "policy": s.policy.dumps, "has_rules": s.policy.has_dump_rules },
         },
         "newest_backup_age_seconds": s.newest_backup_age_seconds,
         "backups": backups,

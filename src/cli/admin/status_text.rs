@@ -41,18 +41,35 @@ pub(super) fn print(v: &Value) -> Result<(), Error> {
     if let Some(age) = v["newest_backup_age_seconds"].as_i64() {
         line(format_args!("newest backup: finished {} ago", human_age(age)))?;
     }
-    let r = &v["retention"];
+    print_retention(&v["retention"])?;
+    print_backups(v["backups"].as_array().map(Vec::as_slice).unwrap_or_default(), v["wal"]["last"].as_str())
+}
+
+/// The retention lines: the base backups' policy (and its notes), then the dumps' (absent from documents an
+/// older version stored in the catalog).
+fn print_retention(r: &Value) -> Result<(), Error> {
     match (r["error"].as_str(), r["has_rules"].as_bool().unwrap_or(false)) {
-        (Some(e), _) => line(format_args!("retention: {}; no plan: {e}", s(&r["policy"])))?,
-        (None, true) => {
-            line(format_args!("retention: {} (what prune would do now is shown per backup)", s(&r["policy"])))?
+        (Some(e), _) => line(format_args!("retention (backups): {}; no plan: {e}", s(&r["policy"])))?,
+        (None, true) => line(format_args!(
+            "retention (backups): {} (what prune would do now is shown per backup)",
+            s(&r["policy"])
+        ))?,
+        (None, false) => {
+            line("retention (backups): no backup policy key in [retention]: prune deletes no backup and no WAL")?
         }
-        (None, false) => line("retention: no policy in [retention]: prune deletes nothing")?,
     }
     for note in r["notes"].as_array().into_iter().flatten() {
-        line(format_args!("retention: note: {}", s(note)))?;
+        line(format_args!("retention (backups): note: {}", s(note)))?;
     }
-    print_backups(v["backups"].as_array().map(Vec::as_slice).unwrap_or_default(), v["wal"]["last"].as_str())
+    let d = &r["dumps"];
+    match d["has_rules"].as_bool() {
+        Some(true) => line(format_args!(
+            "retention (dumps): {}, per database; the newest dump of each database is kept",
+            s(&d["policy"])
+        )),
+        Some(false) => line("retention (dumps): no dump_*_retain key in [retention]: prune deletes no dump"),
+        None => Ok(()),
+    }
 }
 
 fn print_wal(w: &Value) -> Result<(), Error> {

@@ -3,9 +3,9 @@
 use clap::Args;
 
 use super::Ctx;
+use super::gc::{BackupOrDumpId, parse_backup_or_dump_id};
 use crate::Error;
 use crate::cli::output::line;
-use crate::repository::backup::BackupId;
 use crate::verify::{self, Options, Report};
 
 /// `backupctl verify` options.
@@ -13,9 +13,10 @@ use crate::verify::{self, Options, Report};
 #[command(after_long_help = "Exit status: 0 if nothing is missing or corrupt, no backup is broken and no WAL gap is \
 lost; 1 otherwise (the report names each problem and the backups it breaks); 2 for a usage error.")]
 pub struct VerifyArgs {
-    /// Verify only this backup (default: every backup).
-    #[arg(long = "backup-id", value_name = "ID")]
-    pub backup_id: Option<BackupId>,
+    /// Verify only this backup, or only this logical dump (an id ending in D, as `backupctl status --type dump`
+    /// lists it; as `backupctl delete --backup-id` takes it). Default: every backup and every dump.
+    #[arg(long = "backup-id", value_name = "ID", value_parser = parse_backup_or_dump_id)]
+    pub backup_id: Option<BackupOrDumpId>,
     /// Re-read every archived WAL file (segments, .partial, .backup and .history). Without it, only the WAL
     /// segments from each verified backup's start to its stop (and its timeline's history file) are read; WAL
     /// continuity is checked from the listing either way.
@@ -26,7 +27,8 @@ pub struct VerifyArgs {
     pub parallel: Option<u16>,
     /// Print the result as one JSON object: repository, ok, objects_checked, wal_objects_checked, bytes_read,
     /// all_wal, backups [{id, status, objects, wal_segments, reaches}], problems [{kind, what, reason, status,
-    /// breaks, cuts}].
+    /// breaks, cuts, dump {id, database, stream}}], dumps {dumps, frames_checked, bytes_read, broken, results
+    /// [{id, status, databases, frames}]} (absent when one base backup is verified).
     #[arg(long = "json-output", visible_alias = "json")]
     pub json_output: bool,
 }
@@ -38,6 +40,7 @@ pub(super) fn run(ctx: &Ctx, args: &VerifyArgs) -> Result<(), Error> {
     let result = verify(ctx, args);
     let condition = match &result {
         Err(Error::Usage(_) | Error::Config(_)) => None,
+        Err(Error::Dump(d)) if matches!(**d, crate::dump::Error::UnknownDump { .. }) => None,
         Err(e) => Some(crate::alert::Condition {
             key: crate::alert::VERIFY.to_owned(),
             firing: true,
@@ -63,75 +66,64 @@ pub(super) fn run(ctx: &Ctx, args: &VerifyArgs) -> Result<(), Error> {
 /// A short summary of a verify failure for a subject line.
 fn verify_summary(e: &Error) -> String {
     match e {
-        Error::VerifyFailed { problems, broken, .. } => format!("{problems} problem(s), {broken} broken backup(s)"),
+        Error::VerifyFailed { problems, broken, broken_dumps: 0, .. } => {
+            format!("{problems} problem(s), {broken} broken backup(s)")
+        }
+        Error::VerifyFailed { problems, broken, broken_dumps, .. } => {
+            format!("{problems} problem(s), {broken} broken backup(s), {broken_dumps} broken dump(s)")
+        }
         other => crate::alert::message::one_line(&other.to_string()),
     }
 }
 
 fn verify(ctx: &Ctx, args: &VerifyArgs) -> Result<(), Error> {
     let storage = ctx.existing_storage()?;
-    let options = Options {
-        backup_id: args.backup_id.clone(),
-        wal: args.wal,
-        parallel: args.parallel.map_or(ctx.config.restore.parallel, usize::from),
-        clock: verify::clock_from_config(&ctx.config, std::time::SystemTime::now()),
+    let (backup_id, dump_id) = match &args.backup_id {
+        None => (None, None),
+        Some(BackupOrDumpId::Backup(id)) => (Some(id.clone()), None),
+        Some(BackupOrDumpId::Dump(id)) => (None, Some(id)),
     };
-    let mut report = ctx.rt.block_on(verify::run(storage.clone(), &options))?;
-    // Logical dumps (issue 12): every frame read back, unless one backup was asked for.
-    let dumps = match args.backup_id {
-        Some(_) => None,
-        None => Some(ctx.rt.block_on(crate::dump::verify(storage.as_ref()))?),
-    };
-    if let Some(d) = &dumps {
-        for p in &d.problems {
-            report.problems.push(verify::Problem {
-                kind: p.kind,
-                what: format!("dump {}: {}", p.dump, p.what),
-                reason: p.reason.clone(),
-                status: None,
-                breaks: vec![p.dump.to_string()],
-                cuts: vec![],
-            });
+    let mut report = match dump_id {
+        // One logical dump: only its frames.
+        Some(_) => Report::empty(storage.to_string()),
+        None => {
+            let options = Options {
+                backup_id: backup_id.clone(),
+                wal: args.wal,
+                parallel: args.parallel.map_or(ctx.config.restore.parallel, usize::from),
+                clock: verify::clock_from_config(&ctx.config, std::time::SystemTime::now()),
+            };
+            ctx.rt.block_on(verify::run(storage.clone(), &options))?
         }
-        report.ok &= d.problems.is_empty();
+    };
+    // Logical dumps (issue 12): every frame read back, unless one base backup was asked for.
+    if backup_id.is_none() {
+        ctx.rt.block_on(verify::dumps::add(storage.as_ref(), dump_id, &mut report))?;
     }
     if args.json_output {
-        let mut value = serde_json::to_value(&report).map_err(|e| Error::Task(e.to_string()))?;
-        if let (Some(d), Some(map)) = (&dumps, value.as_object_mut()) {
-            map.insert(
-                "dumps".to_owned(),
-                serde_json::json!({ "dumps": d.dumps, "frames_checked": d.frames_checked, "bytes_read": d.bytes_read }),
-            );
-        }
-        line(value)?;
+        line(serde_json::to_value(&report).map_err(|e| Error::Task(e.to_string()))?)?;
     } else {
-        if let Some(d) = dumps.as_ref().filter(|d| d.dumps > 0) {
-            line(format_args!(
-                "verified {} dumps: {} frames, {} read",
-                d.dumps,
-                d.frames_checked,
-                crate::cli::human_bytes(d.bytes_read)
-            ))?;
-        }
-        print_text(&report)?;
+        print_text(&report, dump_id.is_none())?;
     }
-    if report.is_ok() {
-        Ok(())
-    } else {
-        let (problems, broken) = (report.failures(), report.broken());
-        Err(Error::VerifyFailed { backend: report.repository, problems, broken })
+    match report.failure() {
+        None => Ok(()),
+        Some(e) => Err(e),
     }
 }
 
-fn print_text(r: &Report) -> Result<(), Error> {
-    let wal = if r.all_wal { "every archived WAL file" } else { "the WAL each backup needs from start to stop" };
-    line(format_args!(
-        "verified {}: {} data objects and {} WAL files ({wal}), {} read",
-        r.repository,
-        r.objects_checked,
-        r.wal_objects_checked,
-        crate::cli::human_bytes(r.bytes_read)
-    ))?;
+/// The report as text: the backups' part unless only a dump was verified (`with_backups` false), then the dumps,
+/// then every problem.
+fn print_text(r: &Report, with_backups: bool) -> Result<(), Error> {
+    if with_backups {
+        let wal = if r.all_wal { "every archived WAL file" } else { "the WAL each backup needs from start to stop" };
+        line(format_args!(
+            "verified {}: {} data objects and {} WAL files ({wal}), {} read",
+            r.repository,
+            r.objects_checked,
+            r.wal_objects_checked,
+            crate::cli::human_bytes(r.bytes_read)
+        ))?;
+    }
     for b in &r.backups {
         let reach = b.reaches.as_deref().map(|s| format!(", reaches WAL up to {s}")).unwrap_or_default();
         line(format_args!(
@@ -139,12 +131,37 @@ fn print_text(r: &Report) -> Result<(), Error> {
             b.id, b.status, b.objects, b.wal_segments
         ))?;
     }
+    if let Some(d) = r.dumps.as_ref().filter(|d| d.dumps > 0 || !d.results.is_empty()) {
+        line(format_args!(
+            "verified {} dump(s) in {}: {} frames, {} read",
+            d.dumps,
+            r.repository,
+            d.frames_checked,
+            crate::cli::human_bytes(d.bytes_read)
+        ))?;
+        for x in &d.results {
+            line(format_args!(
+                "dump {}: {} (databases {}, {} frames)",
+                x.id,
+                x.status,
+                x.databases.join(", "),
+                x.frames
+            ))?;
+        }
+    }
     for p in &r.problems {
         let status = p.status.map(|s| format!(" ({s})")).unwrap_or_default();
         let breaks =
             if p.breaks.is_empty() { String::new() } else { format!("; breaks backup {}", p.breaks.join(", ")) };
         let cuts = if p.cuts.is_empty() { String::new() } else { format!("; cuts short backup {}", p.cuts.join(", ")) };
-        line(format_args!("{} {}{status}: {}{breaks}{cuts}", p.kind, p.what, p.reason))?;
+        let dump = match &p.dump {
+            Some(d) => match &d.database {
+                Some(db) => format!("; breaks dump {} (database {db:?}, {})", d.id, d.stream),
+                None => format!("; breaks dump {} ({})", d.id, d.stream),
+            },
+            None => String::new(),
+        };
+        line(format_args!("{} {}{status}: {}{breaks}{cuts}{dump}", p.kind, p.what, p.reason))?;
     }
     if r.ok {
         let pending = r.problems.iter().filter(|p| p.status.is_some() && !p.is_failure()).count();

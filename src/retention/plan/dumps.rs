@@ -27,6 +27,18 @@ pub fn rules_from_config(c: &RetentionConfig) -> Rules {
     }
 }
 
+/// `rules` (from [`rules_from_config`]) spelled as the `[retention]` keys, kebab-case as `--policy` spells the
+/// others: `dump-daily-retain=2,dump-monthly-retain=12`; empty when no calendar rule is set. Pure.
+pub fn describe(rules: &Rules) -> String {
+    let keys = [
+        ("dump-daily-retain", rules.daily_retain),
+        ("dump-weekly-retain", rules.weekly_retain),
+        ("dump-monthly-retain", rules.monthly_retain),
+        ("dump-yearly-retain", rules.yearly_retain),
+    ];
+    keys.iter().filter_map(|(k, v)| v.map(|n| format!("{k}={n}"))).collect::<Vec<_>>().join(",")
+}
+
 /// What the dump rules keep and delete.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct DumpPlan {
@@ -129,6 +141,21 @@ mod tests {
         let one = plan(&dumps, &Rules { yearly_retain: Some(1), ..Rules::default() }, &tz, now);
         assert_eq!(one.keep.len(), 1);
         assert_eq!(one.keep[0].1, vec![Reason::Newest, Reason::Yearly(2026)]);
+    }
+
+    #[test]
+    fn issue_12_dump_rules_are_described_with_their_keys() {
+        let c = RetentionConfig { dump_daily_retain: Some(2), dump_yearly_retain: Some(3), ..Default::default() };
+        assert_eq!(describe(&rules_from_config(&c)), "dump-daily-retain=2,dump-yearly-retain=3");
+        assert_eq!(describe(&rules_from_config(&RetentionConfig::default())), "");
+        // Only dump keys: the backup policy has no rules, the dump policy has.
+        let p =
+            super::super::Policy::resolve(&RetentionConfig { dump_daily_retain: Some(2), ..Default::default() }, None)
+                .expect("policy");
+        assert_eq!(p.to_string(), "no rules (time zone UTC)");
+        assert_eq!(p.dumps_text(), "dump-daily-retain=2 (time zone UTC)");
+        let p = super::super::Policy::resolve(&RetentionConfig::default(), Some("keep-last=1")).expect("policy");
+        assert_eq!(p.dumps_text(), "no rules");
     }
 
     /// Retention is per database: a later dump of one database does not make the rules delete the only dump of

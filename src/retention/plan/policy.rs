@@ -182,8 +182,11 @@ impl fmt::Display for Rules {
 /// A policy: its rules and the time zone whose days, weeks, months and years the rules count in.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Policy {
-    /// The rules.
+    /// The rules for base backups and WAL.
     pub rules: Rules,
+    /// The rules for logical dumps (the `dump_*_retain` keys of `[retention]`; only the calendar rules are used,
+    /// see [`super::dumps`]). `--policy` does not change them.
+    pub dump_rules: Rules,
     /// The time zone, by IANA name.
     pub time_zone_name: String,
     /// The time zone itself.
@@ -195,7 +198,7 @@ impl Policy {
     pub fn new(rules: Rules, time_zone: &str) -> Result<Self, PolicyError> {
         let tz =
             jiff::tz::TimeZone::get(time_zone).map_err(|_| PolicyError::BadTimeZone { name: time_zone.to_owned() })?;
-        Ok(Self { rules, time_zone_name: time_zone.to_owned(), time_zone: tz })
+        Ok(Self { rules, dump_rules: Rules::default(), time_zone_name: time_zone.to_owned(), time_zone: tz })
     }
 
     /// The policy of `[retention]`, or, with `policy` (the `--policy` text), those rules instead of the
@@ -206,12 +209,27 @@ impl Policy {
             Some(text) => text.parse()?,
             None => Rules::from_config(config),
         };
-        Self::new(rules, &config.time_zone)
+        let mut policy = Self::new(rules, &config.time_zone)?;
+        policy.dump_rules = super::dumps::rules_from_config(config);
+        Ok(policy)
+    }
+}
+
+impl Policy {
+    /// The dump rules as `[retention]` spells them, `dump-daily-retain=2,dump-weekly-retain=4 (time zone UTC)`,
+    /// or `no rules` when no `dump_*_retain` key is set (prune then keeps every dump).
+    pub fn dumps_text(&self) -> String {
+        if self.dump_rules.has_backup_rule() {
+            format!("{} (time zone {})", super::dumps::describe(&self.dump_rules), self.time_zone_name)
+        } else {
+            "no rules".to_owned()
+        }
     }
 }
 
 impl fmt::Display for Policy {
-    /// `daily-retain=7,pitr-days=14 (time zone Europe/Berlin)`, or `no rules` for an empty policy.
+    /// The base backups' policy: `daily-retain=7,pitr-days=14 (time zone Europe/Berlin)`, or `no rules` for an
+    /// empty one (the dumps' is [`Policy::dumps_text`]).
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         if self.rules == Rules::default() {
             write!(f, "no rules (time zone {})", self.time_zone_name)

@@ -231,7 +231,7 @@ fn marks_newest_and_empty_policies() {
     let (b2, objects) = two_timelines();
     let p = plan(&b2, &objects, Some(MB16), &policy("", "UTC"), now);
     assert!(p.is_empty() && p.keep.len() == b2.len(), "{:?}", p.wal.delete);
-    assert_eq!(p.notes, ["the policy has no rules: nothing is deleted"]);
+    assert_eq!(p.notes, ["the backup policy has no rules: no backup or WAL is deleted"]);
     // keep-last as large as the history keeps every backup, and the WAL before the oldest goes.
     let p = plan(&b2, &objects, Some(MB16), &policy("keep-last=10", "UTC"), now);
     assert!(p.delete.is_empty() && p.wal.files == 9, "segments 1..=9 and nothing else: {:?}", p.wal.delete);

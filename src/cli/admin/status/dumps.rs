@@ -34,7 +34,11 @@ pub fn load(ctx: &super::super::Ctx, storage: &dyn Storage) -> Result<Vec<DumpMa
     Ok(good)
 }
 
-/// One dump as JSON.
+/// One dump as JSON: what `backupctl dump --json-output` prints, each dump of `status --json-output`, and the
+/// document the catalog stores. Keys: id, label, started_at, finished_at, server_version_num, pg_dump_version,
+/// databases [{name, format, files, bytes, stored_bytes, duration_ms}], has_globals, globals_bytes,
+/// has_role_passwords, bytes, stored_bytes (bytes: raw, as pg_dump wrote them; stored_bytes: what the dump added
+/// to the repository).
 pub fn json(m: &DumpManifest) -> serde_json::Value {
     serde_json::json!({
         "id": m.id.to_string(),
@@ -46,10 +50,13 @@ pub fn json(m: &DumpManifest) -> serde_json::Value {
         "databases": m.databases.iter().map(|d| serde_json::json!({
             "name": d.name,
             "format": d.format.to_string(),
+            "files": d.files.len(),
             "bytes": d.raw_bytes,
             "stored_bytes": d.stored_bytes,
+            "duration_ms": d.duration_ms,
         })).collect::<Vec<_>>(),
         "has_globals": m.globals.is_some(),
+        "globals_bytes": m.globals.as_ref().map_or(0, |g| g.raw_bytes),
         "has_role_passwords": m.has_role_passwords,
         "bytes": m.raw_bytes(),
         "stored_bytes": m.stored_bytes(),

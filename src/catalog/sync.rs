@@ -161,9 +161,10 @@ fn time_text(t: Option<SystemTime>) -> String {
 }
 
 /// Mirror `input` into the catalog in one transaction, writing only rows that differ from what it holds; rows of
-/// backups, dumps and WAL ranges no longer in the repository are marked removed. Migrates the schema first.
+/// backups, dumps and WAL ranges no longer in the repository are marked removed. The schema must be at this
+/// build's version ([`Catalog::prepare_schema`] first; else [`Error::OlderSchema`] or [`Error::NewerSchema`]).
 pub fn sync(catalog: &mut Catalog, input: &SyncInput<'_>) -> Result<SyncReport, Error> {
-    catalog.ensure_schema()?;
+    catalog.require_current()?;
     let target = catalog.target.clone();
     let q = |what: &'static str| {
         let target = target.clone();

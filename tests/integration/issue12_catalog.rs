@@ -184,7 +184,7 @@ fn catalog_scenario(url: &str, extra: &str, label: &str) {
         summary: None,
         error: Some("backup X: 1 object missing".into()),
     };
-    backupctl::cli::admin::catalog::record_job_run(&config, &rt, &run);
+    backupctl::cli::admin::catalog::record_job_run(&config, &rt, &run, false);
     assert_eq!(cat.sql("select count(*) from backupctl.checks where not passed and kind = 'verify'"), "1");
 
     // The documented queries run and answer.
@@ -226,14 +226,8 @@ fn issue_12_catalog_migrations() {
     let cat = CatalogCluster::start("catalog-mig");
     let src = Source::start("catalog-mig", &repo.url(), &cat.section());
     src.cluster.switch_and_wait_archived(Duration::from_secs(120));
-    // Nothing synced yet: status from the catalog says so and what to run.
-    let out = backupctl(&src, &["status", "--from-catalog"]);
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(2), "{err}");
-    assert!(
-        err.contains("holds nothing for repository file://") && err.contains("run 'backupctl catalog sync' first"),
-        "{err}"
-    );
+    // Nothing synced yet (no schema at all): status from the catalog says so and what to run.
+    assert_not_synced(&src, &repo.url());
     // A version this build does not know is refused, not "nothing to do".
     let beyond = backupctl(&src, &["catalog", "migrate", "--to-version", "9"]);
     assert_eq!(beyond.status.code(), Some(2), "{beyond:?}");
@@ -241,6 +235,36 @@ fn issue_12_catalog_migrations() {
     let v1 = json_of("migrate to 1", &backupctl(&src, &["catalog", "migrate", "--to-version", "1", "--json-output"]));
     assert_eq!(v1["version"], 1, "{v1:#}");
     assert_eq!(v1["applied"], serde_json::json!([1]));
+    assert_eq!(cat.sql("select to_regclass('backupctl.job_runs') is null"), "t");
+    // A schema, but no row for this repository: not synced either.
+    assert_not_synced(&src, &repo.url());
+    // Issue 12: the implicit updates create a schema but never migrate one staged at an older version: base-backup
+    // succeeds, warns once, and leaves the schema (and its tables) as they were; so does a scheduled job's record.
+    let out = src.base_backup(&["--fast", "--type", "full"]);
+    assert_ok("base-backup with the schema staged at version 1", &out);
+    let err = String::from_utf8_lossy(&out.stderr);
+    let warnings: Vec<&str> = err.lines().filter(|l| l.contains("catalog")).collect();
+    assert_eq!(warnings.len(), 1, "one warning: {err}");
+    assert!(
+        warnings[0].starts_with(
+            "base-backup: warning: catalog not updated: catalog schema is at version 1, this \
+             backupctl needs 2: run `backupctl catalog migrate`"
+        ),
+        "{err}"
+    );
+    let config = backupctl::config::Config::load(&src.config).expect("config");
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().expect("runtime");
+    let now = jiff::Timestamp::now().to_string();
+    let run = backupctl::catalog::JobRun {
+        job: "verify".into(),
+        started_at: now.clone(),
+        finished_at: now,
+        summary: Some("ok".into()),
+        error: None,
+    };
+    backupctl::cli::admin::catalog::record_job_run(&config, &rt, &run, false);
+    assert_eq!(cat.sql("select string_agg(version::text, ',') from backupctl.schema_history"), "1");
+    assert_eq!(cat.sql("select count(*) from backupctl.backups"), "0");
     assert_eq!(cat.sql("select to_regclass('backupctl.job_runs') is null"), "t");
     // A version-1 row, as an earlier backupctl would have written it.
     cat.sql(
@@ -251,8 +275,11 @@ fn issue_12_catalog_migrations() {
          '0/2000028', '0/2000100', 1, 1, 1, 1, 'x', true, false, \
          '{\"reaches\": {\"archived_at\": \"2026-01-01T00:05:00Z\"}}' from backupctl.repositories",
     );
+    // The explicit sync migrates, and says so; it then mirrors the backup the implicit update skipped.
     let synced = json_of("sync from version 1", &backupctl(&src, &["catalog", "sync", "--json-output"]));
     assert_eq!(synced["rows_written"]["repositories"], 1, "{synced:#}");
+    assert_eq!(synced["rows_written"]["backups"], 1, "{synced:#}");
+    assert_eq!(synced["migrated"], serde_json::json!({ "from": 1, "to": 2, "applied": [2] }), "{synced:#}");
     assert_eq!(cat.sql("select string_agg(version::text, ',' order by version) from backupctl.schema_history"), "1,2");
     assert_eq!(
         cat.sql(
@@ -273,6 +300,19 @@ fn issue_12_catalog_migrations() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{err}");
     assert!(err.contains("schema backupctl is at version 99, newer than this build's 2"), "{err}");
+}
+
+/// Issue 12: `status --from-catalog` before any sync of this repository is a failure (exit 1, not a usage error)
+/// in one line saying so, with the command to run in the hint.
+fn assert_not_synced(src: &Source, url: &str) {
+    let out = backupctl(src, &["status", "--from-catalog"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    let errors: Vec<&str> = err.lines().filter(|l| l.starts_with("backupctl: error: ")).collect();
+    assert_eq!(errors.len(), 1, "{err}");
+    assert!(errors[0].contains("has not been synced for repository ") && errors[0].ends_with(url), "{err}");
+    assert!(err.lines().any(|l| l.starts_with("backupctl: hint: ") && l.contains("`backupctl catalog sync`")), "{err}");
+    assert!(out.stdout.is_empty(), "{out:?}");
 }
 
 /// A catalog inside the archived cluster is refused in one line by the catalog commands; base-backup still

@@ -22,7 +22,10 @@ pub struct CatalogArgs {
 /// `backupctl catalog` subcommands.
 #[derive(Debug, Clone, Subcommand)]
 pub enum CatalogCommand {
-    /// Create schema backupctl in the [catalog] database and apply the migrations it lacks (sync does this too).
+    /// Create schema backupctl in the [catalog] database, or migrate it: apply the migrations it lacks, up to the
+    /// newest (or --to-version). Writes the schema only (its tables and indexes, and the versions applied in
+    /// backupctl.schema_history), no data rows. `catalog sync` migrates too; base-backup, dump, prune, delete and
+    /// the scheduler only create a missing schema, never migrate an older one.
     Migrate {
         /// Stop at this schema version instead of the newest (for a staged upgrade).
         #[arg(long, value_name = "N")]
@@ -31,11 +34,16 @@ pub enum CatalogCommand {
         #[arg(long = "json-output", visible_alias = "json")]
         json_output: bool,
     },
-    /// Mirror the repository into the catalog: backups, archived WAL ranges, which WAL each backup needs, and the
-    /// status as `backupctl status` computes it. Writes only what changed; rows of deleted backups are marked
-    /// removed.
+    /// Mirror the repository into the catalog, in one transaction: its backups (table backups), logical dumps
+    /// (dumps), archived WAL as ranges per timeline and UTC day (wal_ranges), the WAL each backup needs and reaches
+    /// (backup_wal), and the status `backupctl status` computes (repositories). Writes only rows that changed;
+    /// rows of backups, dumps and WAL ranges no longer in the repository are marked removed (removed_at), never
+    /// deleted. Creates or migrates the schema first, as `catalog migrate` does, and says so. Writes no job runs,
+    /// checks or drills: the scheduler records those (job_runs, checks, drills) after each job.
     Sync {
-        /// Print the rows written per table as one JSON object.
+        /// Print the rows written per table as one JSON object: {"catalog", "migrated": null or {"from", "to",
+        /// "applied"}, "rows_written": {"repositories", "backups", "backups_removed", "backup_wal", "wal_ranges",
+        /// "wal_ranges_removed", "dumps", "dumps_removed"}, "total"}.
         #[arg(long = "json-output", visible_alias = "json")]
         json_output: bool,
     },
@@ -273,4 +281,31 @@ pub(super) fn status(ctx: &Ctx, args: &StatusArgs) -> Result<(), Error> {
         super::status::dumps::print_json(&dumps)?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    /// The long help of `catalog SUBCOMMAND`.
+    fn help(subcommand: &str) -> String {
+        let mut cmd = crate::cli::admin::Args::command();
+        let catalog = cmd.find_subcommand_mut("catalog").expect("catalog");
+        catalog.find_subcommand_mut(subcommand).expect("subcommand").render_long_help().to_string()
+    }
+
+    /// Issue 12: each catalog subcommand's help says what it mirrors and which tables it writes, dumps and job
+    /// runs included.
+    #[test]
+    fn issue_12_catalog_help_says_what_is_written() {
+        let sync = help("sync");
+        for what in ["backups", "dumps", "wal_ranges", "backup_wal", "repositories", "removed_at", "job_runs"] {
+            assert!(sync.contains(what), "sync --help lacks {what}: {sync}");
+        }
+        assert!(sync.contains("Writes no job runs"), "{sync}");
+        let migrate = help("migrate");
+        for what in ["schema_history", "no data rows", "never migrate an older one"] {
+            assert!(migrate.contains(what), "migrate --help lacks {what}: {migrate}");
+        }
+    }
 }

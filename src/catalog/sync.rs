@@ -245,7 +245,7 @@ pub fn sync(catalog: &mut Catalog, input: &SyncInput<'_>) -> Result<SyncReport, 
         let id = m.id.to_string();
         let restorable = doc.get("restorable").and_then(serde_json::Value::as_bool).unwrap_or(false);
         let status = doc.get("status").and_then(serde_json::Value::as_str).unwrap_or("ok");
-        let checksum = serde_json::to_vec_pretty(m).map(|j| blake3::hash(&j).to_hex().to_string()).unwrap_or_default();
+        let checksum = b.manifest_digest.to_string();
         let (from, until) = if restorable {
             (m.stop_time.clone(), time_text(b.coverage.reach_written))
         } else {

@@ -8,7 +8,7 @@ use serde_json::Value;
 
 use crate::issue8_gc::backupctl;
 use crate::issue8_prune::json_of;
-use crate::issue12_catalog_queries::{run_documented_queries, straddle_midnight};
+use crate::issue12_catalog_queries::{assert_manifest_checksums, run_documented_queries, straddle_midnight};
 use crate::pitr::{FileRepo, Source, s3_repo};
 use crate::support::cluster::{Cluster, PgDir, assert_ok, require_pg};
 
@@ -112,10 +112,14 @@ fn catalog_scenario(url: &str, extra: &str, label: &str) {
     c.sql("insert into t select g, 'after' from generate_series(1, 100) g");
     c.switch_and_wait_archived(Duration::from_secs(120));
 
+    // A checksum an older sync wrote (blake3 of the manifest re-serialized): the next sync corrects it.
+    cat.sql("update backupctl.backups set manifest_checksum = 'blake3 of the manifest re-serialized'");
     // Archive times on both sides of a UTC midnight (file:// only: S3 sets the times itself).
     let straddled = url.strip_prefix("file://").map(|dir| straddle_midnight(std::path::Path::new(dir))).is_some();
     let first = json_of("catalog sync", &backupctl(&src, &["catalog", "sync", "--json-output"]));
     assert!(first["rows_written"]["wal_ranges"].as_u64().unwrap_or(0) >= 1, "{first:#}");
+    assert_eq!(first["rows_written"]["backups"], 3, "{first:#}");
+    assert_manifest_checksums(&src, &cat.cluster);
     let before = row_versions(&cat);
     let second = json_of("catalog sync again", &backupctl(&src, &["catalog", "sync", "--json-output"]));
     assert_eq!(second["total"], 0, "an unchanged repository: the second sync writes nothing: {second:#}");

@@ -6,6 +6,8 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::{Duration, SystemTime};
 
+use crate::issue8_gc::backupctl;
+use crate::issue8_prune::json_of;
 use crate::pitr::Source;
 use crate::support::cluster::{Cluster, assert_ok};
 use crate::support::raw::Raw;
@@ -114,4 +116,27 @@ pub fn run_documented_queries(src: &Source, catalog: &Cluster, straddled: bool) 
     let fields: Vec<&str> = dumps.split('|').collect();
     assert_eq!((fields.len(), fields[0]), (3, "postgres"), "{dumps}");
     assert!(fields[2].starts_with("00:"), "the dump is minutes old: {dumps}");
+}
+
+/// Issue 12: each backup's `manifest_checksum` in the catalog is its manifest object's header digest (bytes 24..56
+/// of the stored object: the blake3 of the manifest's JSON as stored, which every read checks), the same as
+/// `status --json-output` shows.
+pub fn assert_manifest_checksums(src: &Source, catalog: &Cluster) {
+    let config = backupctl::config::Config::load(&src.config).expect("config");
+    let raw = Raw::open(&config.repository.url, &config.repository.s3);
+    let status = json_of("status", &backupctl(src, &["status", "--json-output"]));
+    let backups = status["backups"].as_array().expect("backups");
+    assert!(!backups.is_empty(), "{status:#}");
+    for b in backups {
+        let id = b["id"].as_str().expect("id");
+        let parsed: backupctl::repository::backup::BackupId = id.parse().expect("id");
+        let object = raw.get(&parsed.manifest_key());
+        let (header, json) = backupctl::codec::decode_vec(&object).expect("decode manifest");
+        let want = format!("blake3:{}", blake3::hash(&json).to_hex());
+        assert_eq!(header.digest.to_string(), want);
+        assert_eq!(want, format!("blake3:{}", hex::encode(&object[24..56])), "the header's bytes 24..56");
+        assert_eq!(b["manifest_checksum"].as_str(), Some(want.as_str()), "status of {id}");
+        let stored = catalog.sql(&format!("select manifest_checksum from backupctl.backups where id = '{id}'"));
+        assert_eq!(stored, want, "catalog row of {id}");
+    }
 }

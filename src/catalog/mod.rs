@@ -17,6 +17,7 @@
 
 use crate::config::{CatalogConfig, CatalogSslMode};
 
+mod ranges;
 mod sync;
 
 pub use sync::{Dump, SyncInput, SyncReport, sync};

@@ -44,7 +44,11 @@ pub fn straddle_midnight(repository: &Path) {
     let today = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).expect("clock").as_secs() / 86_400;
     let midnight = SystemTime::UNIX_EPOCH + Duration::from_secs((today - 1) * 86_400);
     for (i, path) in segments[..4].iter().enumerate() {
-        let at = if i < 2 { midnight - Duration::from_secs(600 - i as u64) } else { midnight + Duration::from_secs(600 + i as u64) };
+        let at = if i < 2 {
+            midnight - Duration::from_secs(600 - i as u64)
+        } else {
+            midnight + Duration::from_secs(600 + i as u64)
+        };
         let file = std::fs::File::options().write(true).open(path).expect("open segment");
         file.set_modified(at).expect("set mtime");
     }

@@ -426,6 +426,9 @@ impl Error {
                 doc!("design/catalog.md"),
                 ")"
             ),
+            Error::Catalog(crate::catalog::Error::NotSynced { .. }) => {
+                "run `backupctl catalog sync` to mirror this repository into the catalog (base-backup, dump and prune keep it up to date afterwards)"
+            }
             Error::Catalog(crate::catalog::Error::NewerSchema { .. }) => {
                 "a newer backupctl migrated this catalog: run that version (the repository itself is unaffected)"
             }

@@ -17,6 +17,7 @@
 
 use crate::config::{CatalogConfig, CatalogSslMode};
 
+mod ranges;
 mod sync;
 
 pub use sync::{Dump, SyncInput, SyncReport, sync};
@@ -68,6 +69,28 @@ pub enum Error {
     /// The catalog's schema is newer than this build knows.
     #[error("catalog at {target}: schema backupctl is at version {found}, newer than this build's {known}")]
     NewerSchema {
+        /// host:port/dbname.
+        target: String,
+        /// The version recorded.
+        found: i64,
+        /// The newest version this build has.
+        known: i64,
+    },
+    /// Nothing was synced into the catalog for this repository yet (no schema, or no row for it).
+    #[error("catalog at {target} has not been synced for repository {repository}")]
+    NotSynced {
+        /// host:port/dbname.
+        target: String,
+        /// The repository as backupctl prints it.
+        repository: String,
+    },
+    /// The catalog's schema is older than this build's, and the writer may not migrate it (an implicit update
+    /// after base-backup, dump, prune, delete or a scheduled job: a DBA may have staged it at that version).
+    #[error(
+        "catalog schema is at version {found}, this backupctl needs {known}: run `backupctl catalog migrate` \
+         (catalog at {target})"
+    )]
+    OlderSchema {
         /// host:port/dbname.
         target: String,
         /// The version recorded.
@@ -211,12 +234,38 @@ impl Catalog {
         Ok(report.applied_migrations().iter().map(|m| i64::from(m.version())).collect())
     }
 
-    /// Migrate to the newest version if the schema is older: what every writer does first.
-    pub fn ensure_schema(&mut self) -> Result<(), Error> {
-        if self.schema_version()? != latest_version() {
-            self.migrate(None)?;
+    /// Make the schema ready for writing, what every writer does first: create it (at the newest version) when
+    /// there is none; migrate an older one only when `may_migrate` (the explicit `catalog sync`), else
+    /// [`Error::OlderSchema`] (the implicit updates: a DBA may have staged it at that version on purpose). A
+    /// newer one is [`Error::NewerSchema`]. Decided under the catalog lock. Returns what was done, if anything.
+    pub fn prepare_schema(&mut self, may_migrate: bool) -> Result<Option<SchemaChange>, Error> {
+        self.lock()?;
+        let result = self.prepare_schema_locked(may_migrate);
+        self.unlock();
+        result
+    }
+
+    fn prepare_schema_locked(&mut self, may_migrate: bool) -> Result<Option<SchemaChange>, Error> {
+        let known = latest_version();
+        let found = self.schema_version()?;
+        if found == known {
+            return Ok(None);
         }
-        Ok(())
+        if found > 0 && found < known && !may_migrate {
+            return Err(Error::OlderSchema { target: self.target.clone(), found, known });
+        }
+        let applied = self.migrate_locked(None)?;
+        Ok(Some(SchemaChange { from: found, to: self.schema_version()?, applied }))
+    }
+
+    /// Fail unless the schema is at this build's version ([`Error::OlderSchema`], [`Error::NewerSchema`]).
+    fn require_current(&mut self) -> Result<(), Error> {
+        let (known, found) = (latest_version(), self.schema_version()?);
+        match found.cmp(&known) {
+            std::cmp::Ordering::Equal => Ok(()),
+            std::cmp::Ordering::Less => Err(Error::OlderSchema { target: self.target.clone(), found, known }),
+            std::cmp::Ordering::Greater => Err(Error::NewerSchema { target: self.target.clone(), found, known }),
+        }
     }
 
     fn lock(&mut self) -> Result<(), Error> {
@@ -234,10 +283,14 @@ impl Catalog {
     }
 
     /// The repository-level status document and the backups' and dumps' documents (oldest first, removed ones
-    /// left out) stored for `repository` by the last sync; `None` if it was never synced.
-    pub fn status_documents(&mut self, repository: &str) -> Result<Option<StatusDocuments>, Error> {
-        if self.schema_version()? == 0 {
-            return Ok(None);
+    /// left out) stored for `repository` by the last sync. [`Error::NotSynced`] if no sync wrote it (no schema, or
+    /// no row for `repository`).
+    pub fn status_documents(&mut self, repository: &str) -> Result<StatusDocuments, Error> {
+        let target = self.target.clone();
+        let not_synced = || Error::NotSynced { target: target.clone(), repository: repository.to_owned() };
+        let version = self.schema_version()?;
+        if version == 0 {
+            return Err(not_synced());
         }
         let target = self.target.clone();
         let q = |source| Error::Query { target: target.clone(), what: "reading status", source };
@@ -246,8 +299,9 @@ impl Catalog {
             .query_opt("select id, status from backupctl.repositories where url = $1", &[&repository])
             .map_err(q)?
         else {
-            return Ok(None);
+            return Err(not_synced());
         };
+        self.require_current()?;
         let (id, status): (i64, serde_json::Value) = (row.get(0), row.get(1));
         let backups = self
             .client
@@ -269,14 +323,15 @@ impl Catalog {
             .iter()
             .map(|r| r.get::<_, serde_json::Value>(0))
             .collect();
-        Ok(Some(StatusDocuments { status, backups, dumps }))
+        Ok(StatusDocuments { status, backups, dumps })
     }
 
     /// Record one run of a scheduled job (`job` as in `[schedule]`, e.g. `full_backup`) for `repository`
     /// (`None`: not synced yet); a `check`/`verify` run also gets a row in `checks`, a `drill` run one in
-    /// `drills`. Returns the run's id.
+    /// `drills`. Returns the run's id. Creates the schema if there is none, never migrates an older one
+    /// ([`Error::OlderSchema`]; see [`Catalog::prepare_schema`]).
     pub fn record_job_run(&mut self, repository: &str, run: &JobRun) -> Result<i64, Error> {
-        self.ensure_schema()?;
+        self.prepare_schema(false)?;
         let target = self.target.clone();
         let q = |source| Error::Query { target: target.clone(), what: "recording a job run", source };
         let mut tx = self.client.transaction().map_err(q)?;
@@ -320,6 +375,17 @@ impl Catalog {
         tx.commit().map_err(q)?;
         Ok(id)
     }
+}
+
+/// What [`Catalog::prepare_schema`] did to the schema.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct SchemaChange {
+    /// The version before (0: there was no schema).
+    pub from: i64,
+    /// The version now.
+    pub to: i64,
+    /// The migrations applied, in order.
+    pub applied: Vec<i64>,
 }
 
 /// What the last sync stored for one repository, as `backupctl status --json-output` shows it.

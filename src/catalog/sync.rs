@@ -2,10 +2,9 @@
 
 use std::time::SystemTime;
 
+use super::ranges::wal_ranges;
 use super::{Catalog, Error};
-use crate::repository::wal_index::WalIndex;
 use crate::verify::status::{Status, rfc3339};
-use crate::wal::{SegmentName, TimelineId};
 
 /// What a sync mirrors: the status of one repository as `backupctl status` computed it, with its JSON documents.
 #[derive(Debug)]
@@ -80,78 +79,6 @@ impl SyncReport {
     }
 }
 
-/// One run of archived segments: consecutive segments of one timeline archived on the same UTC day.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct WalRange {
-    /// The timeline.
-    pub timeline: TimelineId,
-    /// Its first segment.
-    pub first: SegmentName,
-    /// Its last segment.
-    pub last: SegmentName,
-    /// Segments in it.
-    pub segments: u64,
-    /// Stored bytes.
-    pub bytes: u64,
-    /// Oldest and newest archive time (the repository's clock).
-    pub first_archived: Option<SystemTime>,
-    /// Newest archive time.
-    pub last_archived: Option<SystemTime>,
-}
-
-/// The UTC day (days since 1970-01-01) `t` falls on.
-fn day(t: Option<SystemTime>) -> Option<u64> {
-    t.and_then(|t| t.duration_since(SystemTime::UNIX_EPOCH).ok()).map(|d| d.as_secs() / 86_400)
-}
-
-/// The archived segments of `index` cut into [`WalRange`]s (pure): a range ends at a missing segment, a
-/// timeline's end, or where the archive day (UTC) changes, so that "WAL per day" is a sum over rows.
-pub fn wal_ranges(index: &WalIndex) -> Vec<WalRange> {
-    let size = index.size;
-    let mut out: Vec<WalRange> = Vec::new();
-    for (timeline, t) in &index.timelines {
-        let mut current: Option<(u64, u64, WalRange)> = None; // (first segno, last segno, range)
-        for (&segno, o) in &t.segments {
-            if let Some((_, last, r)) = current.as_mut()
-                && segno == *last + 1
-                && day(o.modified) == day(r.last_archived)
-            {
-                *last = segno;
-                r.last = SegmentName::from_segno(*timeline, segno, size);
-                r.segments += 1;
-                r.bytes += o.size;
-                r.first_archived = match (r.first_archived, o.modified) {
-                    (Some(a), Some(b)) => Some(a.min(b)),
-                    (a, b) => a.or(b),
-                };
-                r.last_archived = r.last_archived.max(o.modified);
-                continue;
-            }
-            if let Some((_, _, r)) = current.take() {
-                out.push(r);
-            }
-            let name = SegmentName::from_segno(*timeline, segno, size);
-            current = Some((
-                segno,
-                segno,
-                WalRange {
-                    timeline: *timeline,
-                    first: name,
-                    last: name,
-                    segments: 1,
-                    bytes: o.size,
-                    first_archived: o.modified,
-                    last_archived: o.modified,
-                },
-            ));
-        }
-        if let Some((_, _, r)) = current {
-            out.push(r);
-        }
-    }
-    out
-}
-
 fn big(n: u64) -> i64 {
     i64::try_from(n).unwrap_or(i64::MAX)
 }
@@ -160,10 +87,154 @@ fn time_text(t: Option<SystemTime>) -> String {
     t.and_then(rfc3339).unwrap_or_default()
 }
 
+/// The `backups` and `backup_wal` rows of a sync, column by column (each vector one entry per backup): written
+/// with one statement per table, `insert ... select ... from unnest($2, $3, ...)`.
+#[derive(Debug, Default)]
+struct BackupColumns {
+    ids: Vec<String>,
+    labels: Vec<String>,
+    descriptions: Vec<Option<String>>,
+    types: Vec<String>,
+    statuses: Vec<String>,
+    started: Vec<String>,
+    finished: Vec<String>,
+    start_lsns: Vec<String>,
+    stop_lsns: Vec<String>,
+    timelines: Vec<i32>,
+    logical: Vec<i64>,
+    stored: Vec<i64>,
+    new: Vec<i64>,
+    checksums: Vec<String>,
+    restorable: Vec<bool>,
+    restorable_from: Vec<String>,
+    restorable_until: Vec<String>,
+    kept: Vec<bool>,
+    documents: Vec<serde_json::Value>,
+    start_segments: Vec<String>,
+    stop_segments: Vec<String>,
+    reach_segments: Vec<Option<String>>,
+    reach_archived: Vec<String>,
+}
+
+fn backup_columns(input: &SyncInput<'_>) -> BackupColumns {
+    let mut c = BackupColumns::default();
+    for (b, doc) in input.status.backups.iter().zip(input.backups) {
+        let m = &b.manifest;
+        let restorable = doc.get("restorable").and_then(serde_json::Value::as_bool).unwrap_or(false);
+        let (from, until) = if restorable {
+            (m.stop_time.clone(), time_text(b.coverage.reach_written))
+        } else {
+            (String::new(), String::new())
+        };
+        c.ids.push(m.id.to_string());
+        c.labels.push(m.label.clone());
+        c.descriptions.push(m.description.clone());
+        c.types.push(m.backup_type.to_string());
+        c.statuses.push(doc.get("status").and_then(serde_json::Value::as_str).unwrap_or("ok").to_owned());
+        c.started.push(m.start_time.clone());
+        c.finished.push(m.stop_time.clone());
+        c.start_lsns.push(m.start_lsn.to_string());
+        c.stop_lsns.push(m.stop_lsn.to_string());
+        c.timelines.push(i32::try_from(m.timeline).unwrap_or(i32::MAX));
+        c.logical.push(big(b.sizes.logical));
+        c.stored.push(big(b.sizes.stored));
+        c.new.push(big(m.stats.bytes_new));
+        c.checksums.push(b.manifest_digest.to_string());
+        c.restorable.push(restorable);
+        c.restorable_from.push(from);
+        c.restorable_until.push(until);
+        c.kept.push(b.is_kept);
+        c.documents.push(doc.clone());
+        c.start_segments.push(m.start_wal.clone());
+        c.stop_segments.push(m.stop_wal.clone());
+        c.reach_segments.push(b.coverage.wal.reach.map(|r| r.to_string()));
+        c.reach_archived.push(time_text(b.coverage.reach_written));
+    }
+    c
+}
+
+/// Upsert every backup: one statement; unchanged rows are not rewritten.
+const BACKUPS_SQL: &str = "insert into backupctl.backups as b (repository_id, id, label, description, type, status, \
+    started_at, finished_at, start_lsn, stop_lsn, timeline, bytes_logical, bytes_stored, bytes_new, \
+    manifest_checksum, restorable, restorable_from, restorable_until, kept, removed_at, document) \
+    select $1, u.id, u.label, u.description, u.type, u.status, nullif(u.started_at, '')::timestamptz, \
+    nullif(u.finished_at, '')::timestamptz, u.start_lsn::pg_lsn, u.stop_lsn::pg_lsn, u.timeline, u.bytes_logical, \
+    u.bytes_stored, u.bytes_new, u.manifest_checksum, u.restorable, nullif(u.restorable_from, '')::timestamptz, \
+    nullif(u.restorable_until, '')::timestamptz, u.kept, null, u.document \
+    from unnest($2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[], $8::text[], $9::text[], \
+    $10::text[], $11::int4[], $12::int8[], $13::int8[], $14::int8[], $15::text[], $16::bool[], $17::text[], \
+    $18::text[], $19::bool[], $20::jsonb[]) as u(id, label, description, type, status, started_at, finished_at, \
+    start_lsn, stop_lsn, timeline, bytes_logical, bytes_stored, bytes_new, manifest_checksum, restorable, \
+    restorable_from, restorable_until, kept, document) \
+    on conflict (repository_id, id) do update set label = excluded.label, description = excluded.description, \
+    type = excluded.type, status = excluded.status, started_at = excluded.started_at, \
+    finished_at = excluded.finished_at, start_lsn = excluded.start_lsn, stop_lsn = excluded.stop_lsn, \
+    timeline = excluded.timeline, bytes_logical = excluded.bytes_logical, bytes_stored = excluded.bytes_stored, \
+    bytes_new = excluded.bytes_new, manifest_checksum = excluded.manifest_checksum, \
+    restorable = excluded.restorable, restorable_from = excluded.restorable_from, \
+    restorable_until = excluded.restorable_until, kept = excluded.kept, removed_at = null, \
+    document = excluded.document \
+    where (b.label, b.description, b.type, b.status, b.started_at, b.finished_at, b.start_lsn, b.stop_lsn, \
+    b.timeline, b.bytes_logical, b.bytes_stored, b.bytes_new, b.manifest_checksum, b.restorable, \
+    b.restorable_from, b.restorable_until, b.kept, b.removed_at, b.document) is distinct from \
+    (excluded.label, excluded.description, excluded.type, excluded.status, excluded.started_at, \
+    excluded.finished_at, excluded.start_lsn, excluded.stop_lsn, excluded.timeline, excluded.bytes_logical, \
+    excluded.bytes_stored, excluded.bytes_new, excluded.manifest_checksum, excluded.restorable, \
+    excluded.restorable_from, excluded.restorable_until, excluded.kept, excluded.removed_at, excluded.document)";
+
+/// Upsert the WAL each backup needs: one statement.
+const BACKUP_WAL_SQL: &str = "insert into backupctl.backup_wal as w (repository_id, backup_id, timeline, \
+    start_segment, stop_segment, reach_segment, reach_archived_at) \
+    select $1, u.id, u.timeline, u.start_segment, u.stop_segment, u.reach_segment, \
+    nullif(u.reach_archived_at, '')::timestamptz \
+    from unnest($2::text[], $3::int4[], $4::text[], $5::text[], $6::text[], $7::text[]) \
+    as u(id, timeline, start_segment, stop_segment, reach_segment, reach_archived_at) \
+    on conflict (repository_id, backup_id) do update set timeline = excluded.timeline, \
+    start_segment = excluded.start_segment, stop_segment = excluded.stop_segment, \
+    reach_segment = excluded.reach_segment, reach_archived_at = excluded.reach_archived_at \
+    where (w.timeline, w.start_segment, w.stop_segment, w.reach_segment, w.reach_archived_at) is distinct from \
+    (excluded.timeline, excluded.start_segment, excluded.stop_segment, excluded.reach_segment, \
+    excluded.reach_archived_at)";
+
+/// Upsert every WAL range: one statement.
+const WAL_RANGES_SQL: &str = "insert into backupctl.wal_ranges as r (repository_id, timeline, first_segment, \
+    last_segment, segments, bytes, first_archived_at, last_archived_at, removed_at) \
+    select $1, u.timeline, u.first_segment, u.last_segment, u.segments, u.bytes, \
+    nullif(u.first_archived_at, '')::timestamptz, nullif(u.last_archived_at, '')::timestamptz, null \
+    from unnest($2::int4[], $3::text[], $4::text[], $5::int8[], $6::int8[], $7::text[], $8::text[]) \
+    as u(timeline, first_segment, last_segment, segments, bytes, first_archived_at, last_archived_at) \
+    on conflict (repository_id, timeline, first_segment) do update set last_segment = excluded.last_segment, \
+    segments = excluded.segments, bytes = excluded.bytes, first_archived_at = excluded.first_archived_at, \
+    last_archived_at = excluded.last_archived_at, removed_at = null \
+    where (r.last_segment, r.segments, r.bytes, r.first_archived_at, r.last_archived_at, r.removed_at) \
+    is distinct from (excluded.last_segment, excluded.segments, excluded.bytes, excluded.first_archived_at, \
+    excluded.last_archived_at, excluded.removed_at)";
+
+/// Upsert every dump: one statement. Each dump's databases arrive as a JSON array (`unnest` would flatten a
+/// two-dimensional `text[]`).
+const DUMPS_SQL: &str = "insert into backupctl.dumps as d (repository_id, id, label, started_at, finished_at, \
+    databases, bytes_logical, bytes_stored, removed_at, document) \
+    select $1, u.id, u.label, nullif(u.started_at, '')::timestamptz, nullif(u.finished_at, '')::timestamptz, \
+    array(select e from jsonb_array_elements_text(u.databases) with ordinality as a(e, n) order by n), \
+    u.bytes_logical, u.bytes_stored, null, u.document \
+    from unnest($2::text[], $3::text[], $4::text[], $5::text[], $6::jsonb[], $7::int8[], $8::int8[], $9::jsonb[]) \
+    as u(id, label, started_at, finished_at, databases, bytes_logical, bytes_stored, document) \
+    on conflict (repository_id, id) do update set label = excluded.label, started_at = excluded.started_at, \
+    finished_at = excluded.finished_at, databases = excluded.databases, bytes_logical = excluded.bytes_logical, \
+    bytes_stored = excluded.bytes_stored, removed_at = null, document = excluded.document \
+    where (d.label, d.started_at, d.finished_at, d.databases, d.bytes_logical, d.bytes_stored, d.removed_at, \
+    d.document) is distinct from (excluded.label, excluded.started_at, excluded.finished_at, \
+    excluded.databases, excluded.bytes_logical, excluded.bytes_stored, excluded.removed_at, excluded.document)";
+
 /// Mirror `input` into the catalog in one transaction, writing only rows that differ from what it holds; rows of
-/// backups, dumps and WAL ranges no longer in the repository are marked removed. Migrates the schema first.
+/// backups, dumps and WAL ranges no longer in the repository are marked removed. The schema must be at this
+/// build's version ([`Catalog::prepare_schema`] first; else [`Error::OlderSchema`] or [`Error::NewerSchema`]).
+///
+/// A fixed number of statements whatever the size of the repository: per table one `insert ... select ... from
+/// unnest(...) on conflict ... do update ... where ... is distinct from ...` carrying every row as arrays, and one
+/// `update` marking the removed ones.
 pub fn sync(catalog: &mut Catalog, input: &SyncInput<'_>) -> Result<SyncReport, Error> {
-    catalog.ensure_schema()?;
+    catalog.require_current()?;
     let target = catalog.target.clone();
     let q = |what: &'static str| {
         let target = target.clone();
@@ -209,220 +280,99 @@ pub fn sync(catalog: &mut Catalog, input: &SyncInput<'_>) -> Result<SyncReport, 
     };
 
     // Backups, and the WAL each needs.
-    let backup_sql = "insert into backupctl.backups as b (repository_id, id, label, description, type, status, \
-        started_at, finished_at, start_lsn, stop_lsn, timeline, bytes_logical, bytes_stored, bytes_new, \
-        manifest_checksum, restorable, restorable_from, restorable_until, kept, removed_at, document) values \
-        ($1, $2, $3, $4, $5, $6, nullif($7::text, '')::timestamptz, nullif($8::text, '')::timestamptz, \
-        ($9::text)::pg_lsn, ($10::text)::pg_lsn, $11, $12, $13, $14, $15, $16, nullif($17::text, '')::timestamptz, \
-        nullif($18::text, '')::timestamptz, $19, null, $20) \
-        on conflict (repository_id, id) do update set label = excluded.label, description = excluded.description, \
-        type = excluded.type, status = excluded.status, started_at = excluded.started_at, \
-        finished_at = excluded.finished_at, start_lsn = excluded.start_lsn, stop_lsn = excluded.stop_lsn, \
-        timeline = excluded.timeline, bytes_logical = excluded.bytes_logical, bytes_stored = excluded.bytes_stored, \
-        bytes_new = excluded.bytes_new, manifest_checksum = excluded.manifest_checksum, \
-        restorable = excluded.restorable, restorable_from = excluded.restorable_from, \
-        restorable_until = excluded.restorable_until, kept = excluded.kept, removed_at = null, \
-        document = excluded.document \
-        where (b.label, b.description, b.type, b.status, b.started_at, b.finished_at, b.start_lsn, b.stop_lsn, \
-        b.timeline, b.bytes_logical, b.bytes_stored, b.bytes_new, b.manifest_checksum, b.restorable, \
-        b.restorable_from, b.restorable_until, b.kept, b.removed_at, b.document) is distinct from \
-        (excluded.label, excluded.description, excluded.type, excluded.status, excluded.started_at, \
-        excluded.finished_at, excluded.start_lsn, excluded.stop_lsn, excluded.timeline, excluded.bytes_logical, \
-        excluded.bytes_stored, excluded.bytes_new, excluded.manifest_checksum, excluded.restorable, \
-        excluded.restorable_from, excluded.restorable_until, excluded.kept, excluded.removed_at, excluded.document)";
-    let wal_sql = "insert into backupctl.backup_wal as w (repository_id, backup_id, timeline, start_segment, \
-        stop_segment, reach_segment, reach_archived_at) values ($1, $2, $3, $4, $5, $6, \
-        nullif($7::text, '')::timestamptz) on conflict (repository_id, backup_id) do update set \
-        timeline = excluded.timeline, start_segment = excluded.start_segment, stop_segment = excluded.stop_segment, \
-        reach_segment = excluded.reach_segment, reach_archived_at = excluded.reach_archived_at \
-        where (w.timeline, w.start_segment, w.stop_segment, w.reach_segment, w.reach_archived_at) is distinct from \
-        (excluded.timeline, excluded.start_segment, excluded.stop_segment, excluded.reach_segment, \
-        excluded.reach_archived_at)";
-    let mut ids: Vec<String> = Vec::with_capacity(s.backups.len());
-    for (b, doc) in s.backups.iter().zip(input.backups) {
-        let m = &b.manifest;
-        let id = m.id.to_string();
-        let restorable = doc.get("restorable").and_then(serde_json::Value::as_bool).unwrap_or(false);
-        let status = doc.get("status").and_then(serde_json::Value::as_str).unwrap_or("ok");
-        let checksum = serde_json::to_vec_pretty(m).map(|j| blake3::hash(&j).to_hex().to_string()).unwrap_or_default();
-        let (from, until) = if restorable {
-            (m.stop_time.clone(), time_text(b.coverage.reach_written))
-        } else {
-            (String::new(), String::new())
-        };
-        let timeline = i32::try_from(m.timeline).unwrap_or(i32::MAX);
-        report.backups += tx
-            .execute(
-                backup_sql,
-                &[
-                    &repository_id,
-                    &id,
-                    &m.label,
-                    &m.description,
-                    &m.backup_type.to_string(),
-                    &status,
-                    &m.start_time,
-                    &m.stop_time,
-                    &m.start_lsn.to_string(),
-                    &m.stop_lsn.to_string(),
-                    &timeline,
-                    &big(b.sizes.logical),
-                    &big(b.sizes.stored),
-                    &big(m.stats.bytes_new),
-                    &checksum,
-                    &restorable,
-                    &from,
-                    &until,
-                    &b.is_kept,
-                    doc,
-                ],
-            )
-            .map_err(q("writing backups"))?;
-        let reach = b.coverage.wal.reach.map(|r| r.to_string());
-        report.backup_wal += tx
-            .execute(
-                wal_sql,
-                &[
-                    &repository_id,
-                    &id,
-                    &timeline,
-                    &m.start_wal,
-                    &m.stop_wal,
-                    &reach,
-                    &time_text(b.coverage.reach_written),
-                ],
-            )
-            .map_err(q("writing backup_wal"))?;
-        ids.push(id);
-    }
+    let c = backup_columns(input);
+    report.backups = tx
+        .execute(
+            BACKUPS_SQL,
+            &[
+                &repository_id,
+                &c.ids,
+                &c.labels,
+                &c.descriptions,
+                &c.types,
+                &c.statuses,
+                &c.started,
+                &c.finished,
+                &c.start_lsns,
+                &c.stop_lsns,
+                &c.timelines,
+                &c.logical,
+                &c.stored,
+                &c.new,
+                &c.checksums,
+                &c.restorable,
+                &c.restorable_from,
+                &c.restorable_until,
+                &c.kept,
+                &c.documents,
+            ],
+        )
+        .map_err(q("writing backups"))?;
+    report.backup_wal = tx
+        .execute(
+            BACKUP_WAL_SQL,
+            &[
+                &repository_id,
+                &c.ids,
+                &c.timelines,
+                &c.start_segments,
+                &c.stop_segments,
+                &c.reach_segments,
+                &c.reach_archived,
+            ],
+        )
+        .map_err(q("writing backup_wal"))?;
     report.backups_removed = tx
         .execute(
             "update backupctl.backups set removed_at = now() where repository_id = $1 and removed_at is null \
-             and id <> all($2::text[])",
-            &[&repository_id, &ids],
+             and id not in (select unnest($2::text[]))",
+            &[&repository_id, &c.ids],
         )
         .map_err(q("marking removed backups"))?;
 
     // Archived WAL, as ranges.
-    let range_sql = "insert into backupctl.wal_ranges as r (repository_id, timeline, first_segment, last_segment, \
-        segments, bytes, first_archived_at, last_archived_at, removed_at) values ($1, $2, $3, $4, $5, $6, \
-        nullif($7::text, '')::timestamptz, nullif($8::text, '')::timestamptz, null) \
-        on conflict (repository_id, timeline, first_segment) do update set last_segment = excluded.last_segment, \
-        segments = excluded.segments, bytes = excluded.bytes, first_archived_at = excluded.first_archived_at, \
-        last_archived_at = excluded.last_archived_at, removed_at = null \
-        where (r.last_segment, r.segments, r.bytes, r.first_archived_at, r.last_archived_at, r.removed_at) \
-        is distinct from (excluded.last_segment, excluded.segments, excluded.bytes, excluded.first_archived_at, \
-        excluded.last_archived_at, excluded.removed_at)";
-    let mut firsts: Vec<String> = Vec::new();
-    for r in wal_ranges(&s.index) {
-        let first = r.first.to_string();
-        report.wal_ranges += tx
-            .execute(
-                range_sql,
-                &[
-                    &repository_id,
-                    &i32::try_from(r.timeline.0).unwrap_or(i32::MAX),
-                    &first,
-                    &r.last.to_string(),
-                    &big(r.segments),
-                    &big(r.bytes),
-                    &time_text(r.first_archived),
-                    &time_text(r.last_archived),
-                ],
-            )
-            .map_err(q("writing wal_ranges"))?;
-        firsts.push(first);
-    }
+    let ranges = wal_ranges(&s.index);
+    let timelines: Vec<i32> = ranges.iter().map(|r| i32::try_from(r.timeline.0).unwrap_or(i32::MAX)).collect();
+    let firsts: Vec<String> = ranges.iter().map(|r| r.first.to_string()).collect();
+    let lasts: Vec<String> = ranges.iter().map(|r| r.last.to_string()).collect();
+    let segments: Vec<i64> = ranges.iter().map(|r| big(r.segments)).collect();
+    let bytes: Vec<i64> = ranges.iter().map(|r| big(r.bytes)).collect();
+    let first_at: Vec<String> = ranges.iter().map(|r| time_text(r.first_archived)).collect();
+    let last_at: Vec<String> = ranges.iter().map(|r| time_text(r.last_archived)).collect();
+    report.wal_ranges = tx
+        .execute(WAL_RANGES_SQL, &[&repository_id, &timelines, &firsts, &lasts, &segments, &bytes, &first_at, &last_at])
+        .map_err(q("writing wal_ranges"))?;
     report.wal_ranges_removed = tx
         .execute(
             "update backupctl.wal_ranges set removed_at = now() where repository_id = $1 and removed_at is null \
-             and first_segment <> all($2::text[])",
+             and first_segment not in (select unnest($2::text[]))",
             &[&repository_id, &firsts],
         )
         .map_err(q("marking removed WAL ranges"))?;
 
     // Dumps.
-    let dump_sql = "insert into backupctl.dumps as d (repository_id, id, label, started_at, finished_at, databases, \
-        bytes_logical, bytes_stored, removed_at, document) values ($1, $2, $3, nullif($4::text, '')::timestamptz, \
-        nullif($5::text, '')::timestamptz, $6, $7, $8, null, $9) on conflict (repository_id, id) do update set \
-        label = excluded.label, started_at = excluded.started_at, finished_at = excluded.finished_at, \
-        databases = excluded.databases, bytes_logical = excluded.bytes_logical, \
-        bytes_stored = excluded.bytes_stored, removed_at = null, document = excluded.document \
-        where (d.label, d.started_at, d.finished_at, d.databases, d.bytes_logical, d.bytes_stored, d.removed_at, \
-        d.document) is distinct from (excluded.label, excluded.started_at, excluded.finished_at, \
-        excluded.databases, excluded.bytes_logical, excluded.bytes_stored, excluded.removed_at, excluded.document)";
-    let mut dump_ids: Vec<String> = Vec::new();
-    for d in input.dumps {
-        report.dumps += tx
-            .execute(
-                dump_sql,
-                &[
-                    &repository_id,
-                    &d.id,
-                    &d.label,
-                    &d.started_at,
-                    &d.finished_at,
-                    &d.databases,
-                    &big(d.bytes_logical),
-                    &big(d.bytes_stored),
-                    &d.document,
-                ],
-            )
-            .map_err(q("writing dumps"))?;
-        dump_ids.push(d.id.clone());
-    }
+    let d = input.dumps;
+    let dump_ids: Vec<String> = d.iter().map(|d| d.id.clone()).collect();
+    let labels: Vec<&str> = d.iter().map(|d| d.label.as_str()).collect();
+    let started: Vec<&str> = d.iter().map(|d| d.started_at.as_str()).collect();
+    let finished: Vec<&str> = d.iter().map(|d| d.finished_at.as_str()).collect();
+    let databases: Vec<serde_json::Value> = d.iter().map(|d| serde_json::json!(d.databases)).collect();
+    let logical: Vec<i64> = d.iter().map(|d| big(d.bytes_logical)).collect();
+    let stored: Vec<i64> = d.iter().map(|d| big(d.bytes_stored)).collect();
+    let documents: Vec<&serde_json::Value> = d.iter().map(|d| &d.document).collect();
+    report.dumps = tx
+        .execute(
+            DUMPS_SQL,
+            &[&repository_id, &dump_ids, &labels, &started, &finished, &databases, &logical, &stored, &documents],
+        )
+        .map_err(q("writing dumps"))?;
     report.dumps_removed = tx
         .execute(
             "update backupctl.dumps set removed_at = now() where repository_id = $1 and removed_at is null \
-             and id <> all($2::text[])",
+             and id not in (select unnest($2::text[]))",
             &[&repository_id, &dump_ids],
         )
         .map_err(q("marking removed dumps"))?;
     tx.commit().map_err(q("committing the sync"))?;
     Ok(report)
-}
-
-#[cfg(test)]
-mod tests {
-    use std::time::Duration;
-
-    use super::*;
-    use crate::storage::{Key, ObjectMeta};
-    use crate::wal::SegmentSize;
-
-    /// Issue 12: ranges break at a missing segment, at a new timeline and where the archive day (UTC) changes;
-    /// counts, bytes and times add up.
-    #[test]
-    fn issue_12_wal_ranges_per_timeline_and_day() {
-        let day = |d: u64, s: u64| Some(SystemTime::UNIX_EPOCH + Duration::from_secs(d * 86_400 + s));
-        let meta = |name: &str, at: Option<SystemTime>| ObjectMeta {
-            key: Key::new(format!("wal/{}/{name}", &name[..16])).expect("key"),
-            size: 10,
-            modified: at,
-        };
-        let listing = vec![
-            meta("000000010000000000000001", day(100, 10)),
-            meta("000000010000000000000002", day(100, 20)),
-            meta("000000010000000000000003", day(101, 5)), // next day
-            meta("000000010000000000000005", day(101, 6)), // after a gap
-            meta("000000020000000000000005", day(101, 7)), // another timeline
-            meta("000000020000000000000006", None),        // no time: a day of its own
-        ];
-        let size = SegmentSize::new(16 * 1024 * 1024).expect("size");
-        let index = WalIndex::build(&listing, size);
-        let got: Vec<(String, String, u64, u64)> =
-            wal_ranges(&index).iter().map(|r| (r.first.to_string(), r.last.to_string(), r.segments, r.bytes)).collect();
-        let want = [
-            ("000000010000000000000001", "000000010000000000000002", 2, 20),
-            ("000000010000000000000003", "000000010000000000000003", 1, 10),
-            ("000000010000000000000005", "000000010000000000000005", 1, 10),
-            ("000000020000000000000005", "000000020000000000000005", 1, 10),
-            ("000000020000000000000006", "000000020000000000000006", 1, 10),
-        ];
-        let want: Vec<(String, String, u64, u64)> =
-            want.iter().map(|(a, b, n, s)| (a.to_string(), b.to_string(), *n, *s)).collect();
-        assert_eq!(got, want);
-        let first = &wal_ranges(&index)[0];
-        assert_eq!((first.first_archived, first.last_archived), (day(100, 10), day(100, 20)));
-    }
 }

@@ -97,7 +97,7 @@ pub enum Command {
     /// Alerts by email and webhook ([alerts]): `alert test` sends a test message through each channel.
     Alert(alert::AlertArgs),
     /// The PostgreSQL catalog ([catalog]): `catalog migrate` creates or migrates schema backupctl, `catalog sync`
-    /// mirrors the repository into it for SQL queries (docs/design/catalog.md).
+    /// mirrors the repository (backups, dumps, WAL ranges, status) into it for SQL queries (docs/design/catalog.md).
     Catalog(catalog::CatalogArgs),
     /// Print the metrics in the Prometheus text format (the daemon serves the same at /metrics).
     Metrics(metrics::MetricsArgs),

@@ -97,14 +97,24 @@ pub enum Error {
 
 /// Read a checksummed JSON record, or `None` if absent.
 pub async fn load<T: DeserializeOwned>(storage: &dyn Storage, key: &Key) -> Result<Option<T>, Error> {
+    Ok(load_with_digest(storage, key).await?.map(|(value, _)| value))
+}
+
+/// Read a checksummed JSON record with its object header's content digest (the blake3 of the JSON as stored,
+/// checked against it while decoding), or `None` if absent.
+pub async fn load_with_digest<T: DeserializeOwned>(
+    storage: &dyn Storage,
+    key: &Key,
+) -> Result<Option<(T, codec::Digest)>, Error> {
     let bytes = match storage.get(key).await {
         Ok(b) => b,
         Err(e) if e.is_not_found() => return Ok(None),
         Err(e) => return Err(e.into()),
     };
     let mut json = Vec::new();
-    codec::decode(&bytes, &mut json).map_err(|source| Error::Corrupt { key: key.clone(), source })?;
-    serde_json::from_slice(&json).map(Some).map_err(|source| Error::BadJson { key: key.clone(), source })
+    let header = codec::decode(&bytes, &mut json).map_err(|source| Error::Corrupt { key: key.clone(), source })?;
+    let value = serde_json::from_slice(&json).map_err(|source| Error::BadJson { key: key.clone(), source })?;
+    Ok(Some((value, header.digest)))
 }
 
 /// Write a checksummed JSON record create-only. Returns false if the key already existed (nothing written).
@@ -247,10 +257,19 @@ pub async fn save_manifest(storage: &dyn Storage, manifest: &Manifest) -> Result
 
 /// Load and validate one backup's manifest, or `None` if the backup does not exist.
 pub async fn load_manifest(storage: &dyn Storage, id: &BackupId) -> Result<Option<Manifest>, Error> {
+    Ok(load_manifest_with_digest(storage, id).await?.map(|(m, _)| m))
+}
+
+/// [`load_manifest`], with the manifest object's content digest (its header's: the blake3 of the manifest's JSON
+/// as stored, what `backupctl status --json-output` shows as `manifest_checksum`).
+pub async fn load_manifest_with_digest(
+    storage: &dyn Storage,
+    id: &BackupId,
+) -> Result<Option<(Manifest, codec::Digest)>, Error> {
     let key = id.manifest_key();
-    let Some(manifest) = load::<Manifest>(storage, &key).await? else { return Ok(None) };
+    let Some((manifest, digest)) = load_with_digest::<Manifest>(storage, &key).await? else { return Ok(None) };
     manifest.validate().map_err(|source| Error::InvalidManifest { key, source })?;
-    Ok(Some(manifest))
+    Ok(Some((manifest, digest)))
 }
 
 /// The ids of every backup (every manifest), oldest first.
@@ -268,9 +287,18 @@ pub async fn backup_ids(storage: &dyn Storage) -> Result<Vec<BackupId>, Error> {
 /// Every backup's manifest, oldest first, and the backups whose manifest is damaged or invalid (left out, so one
 /// bad manifest does not hide the others). Storage failures are errors.
 pub async fn manifests(storage: &dyn Storage) -> Result<(Vec<Manifest>, Vec<(BackupId, Error)>), Error> {
+    let (good, bad) = manifests_with_digests(storage).await?;
+    Ok((good.into_iter().map(|(m, _)| m).collect(), bad))
+}
+
+/// [`manifests`], each with its object's content digest (see [`load_manifest_with_digest`]).
+#[allow(clippy::type_complexity)]
+pub async fn manifests_with_digests(
+    storage: &dyn Storage,
+) -> Result<(Vec<(Manifest, codec::Digest)>, Vec<(BackupId, Error)>), Error> {
     let (mut good, mut bad) = (Vec::new(), Vec::new());
     for id in backup_ids(storage).await? {
-        match load_manifest(storage, &id).await {
+        match load_manifest_with_digest(storage, &id).await {
             Ok(Some(m)) => good.push(m),
             Ok(None) => {}
             Err(e @ Error::Storage(_)) => return Err(e),

@@ -50,9 +50,11 @@ fn catalog_after(
     if config.catalog.is_none() || matches!(result, Err(Error::BackupLocked { .. })) {
         return;
     }
-    if result.is_ok() && matches!(job, Job::FullBackup | Job::IncrementalBackup | Job::Prune) {
-        crate::cli::admin::catalog::update_after(config, rt, job.name());
-    }
+    // The update warns when the catalog is unusable (unreachable, a schema staged at an older version): the record
+    // of the run then says nothing more about it.
+    let is_warned = result.is_ok()
+        && matches!(job, Job::FullBackup | Job::IncrementalBackup | Job::Prune)
+        && !crate::cli::admin::catalog::update_after(config, rt, job.name());
     let run = crate::catalog::JobRun {
         job: job.name().to_owned(),
         started_at: started_at.to_string(),
@@ -60,7 +62,7 @@ fn catalog_after(
         summary: result.as_ref().ok().cloned(),
         error: result.as_ref().err().map(ToString::to_string),
     };
-    crate::cli::admin::catalog::record_job_run(config, rt, &run);
+    crate::cli::admin::catalog::record_job_run(config, rt, &run, is_warned);
 }
 
 fn backup(rt: &tokio::runtime::Runtime, config: &Config, backup_type: BackupType) -> Result<String, Error> {

@@ -45,6 +45,8 @@ pub struct Sizes {
 pub struct BackupStatus {
     /// The manifest.
     pub manifest: Manifest,
+    /// The manifest object's content digest: its header's blake3 of the manifest's JSON as stored.
+    pub manifest_digest: crate::codec::Digest,
     /// Its WAL.
     pub coverage: BackupCoverage,
     /// Its keep mark, if any.
@@ -167,7 +169,8 @@ impl Status {
 
 /// Collect the status of the repository in `storage` at `clock.now`, with what `policy` decides about each backup.
 pub async fn collect(storage: &dyn Storage, clock: &Clock, policy: &Policy) -> Result<Status, Error> {
-    let (manifests, unusable) = store::manifests(storage).await?;
+    let (loaded, unusable) = store::manifests_with_digests(storage).await?;
+    let (manifests, digests): (Vec<Manifest>, Vec<crate::codec::Digest>) = loaded.into_iter().unzip();
     let cluster = store::cluster_info(storage).await?;
     let size = super::segment_size(storage, &manifests).await?;
     let wal_listing = storage.list("wal/").await?;
@@ -209,11 +212,12 @@ pub async fn collect(storage: &dyn Storage, clock: &Clock, policy: &Policy) -> R
         .into_iter()
         .zip(coverage.backups.iter().cloned())
         .zip(sizes)
-        .map(|((manifest, coverage), sizes)| {
+        .zip(digests)
+        .map(|(((manifest, coverage), sizes), manifest_digest)| {
             let keep = marks.get(&manifest.id).cloned();
             let is_kept = keep.as_ref().is_some_and(|k| k.is_kept_at(now));
             let retention = decisions.remove(&manifest.id);
-            BackupStatus { manifest, coverage, keep, is_kept, sizes, retention }
+            BackupStatus { manifest, manifest_digest, coverage, keep, is_kept, sizes, retention }
         })
         .collect();
     let window = window(&backups);

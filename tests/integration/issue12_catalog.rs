@@ -8,17 +8,18 @@ use serde_json::Value;
 
 use crate::issue8_gc::backupctl;
 use crate::issue8_prune::json_of;
+use crate::issue12_catalog_queries::{assert_manifest_checksums, run_documented_queries, straddle_midnight};
 use crate::pitr::{FileRepo, Source, s3_repo};
 use crate::support::cluster::{Cluster, PgDir, assert_ok, require_pg};
 
 /// A separate cluster holding the catalog.
-struct CatalogCluster {
+pub struct CatalogCluster {
     _dir: PgDir,
     cluster: Cluster,
 }
 
 impl CatalogCluster {
-    fn start(label: &str) -> Self {
+    pub fn start(label: &str) -> Self {
         let dir = PgDir::new(&format!("{label}-catalog"));
         let mut cluster = Cluster::init(&dir, "catalog", "");
         crate::support::cluster::chown_postgres(dir.path());
@@ -27,11 +28,11 @@ impl CatalogCluster {
     }
 
     /// The `[catalog]` section pointing at it.
-    fn section(&self) -> String {
+    pub fn section(&self) -> String {
         catalog_section(&self.cluster)
     }
 
-    fn sql(&self, sql: &str) -> String {
+    pub fn sql(&self, sql: &str) -> String {
         self.cluster.sql(sql)
     }
 }
@@ -85,15 +86,6 @@ fn assert_status_agrees(src: &Source, filters: &[&str]) {
     assert!(direct.contains(listed), "{direct}");
 }
 
-/// The SQL blocks of docs/operations.md's catalog section.
-fn documented_queries() -> Vec<String> {
-    let doc = include_str!("../../docs/operations.md");
-    let start = doc.find("## The catalog: backups, WAL and jobs in SQL").expect("catalog section");
-    let section = &doc[start..];
-    let section = &section[..section[3..].find("\n## ").map_or(section.len(), |i| i + 3)];
-    section.split("```sql\n").skip(1).filter_map(|b| b.split("```").next()).map(str::to_owned).collect()
-}
-
 /// Backups on a repository with a catalog: each base backup updates it (the first creates the schema); sync writes
 /// only differences (a second sync writes no row, row versions unchanged); `status --from-catalog` equals
 /// `status`; prune marks the deleted backups' rows removed; the documented queries run; a job run is recorded.
@@ -120,8 +112,12 @@ fn catalog_scenario(url: &str, extra: &str, label: &str) {
     c.sql("insert into t select g, 'after' from generate_series(1, 100) g");
     c.switch_and_wait_archived(Duration::from_secs(120));
 
+    // A checksum an older sync wrote (blake3 of the manifest re-serialized): the next sync corrects it.
+    cat.sql("update backupctl.backups set manifest_checksum = 'blake3 of the manifest re-serialized'");
     let first = json_of("catalog sync", &backupctl(&src, &["catalog", "sync", "--json-output"]));
     assert!(first["rows_written"]["wal_ranges"].as_u64().unwrap_or(0) >= 1, "{first:#}");
+    assert_eq!(first["rows_written"]["backups"], 3, "{first:#}");
+    assert_manifest_checksums(&src, &cat.cluster);
     let before = row_versions(&cat);
     let second = json_of("catalog sync again", &backupctl(&src, &["catalog", "sync", "--json-output"]));
     assert_eq!(second["total"], 0, "an unchanged repository: the second sync writes nothing: {second:#}");
@@ -160,7 +156,14 @@ fn catalog_scenario(url: &str, extra: &str, label: &str) {
     let again = json_of("catalog sync after prune", &backupctl(&src, &["catalog", "sync", "--json-output"]));
     assert_eq!(again["total"], 0, "prune already synced: {again:#}");
 
-    // A logical dump updates the catalog too; deleting it marks its row removed.
+    // Archive times on both sides of a UTC midnight (file:// only: S3 sets the times itself), synced by the dump.
+    for _ in 0..3 {
+        c.sql("insert into t values (0, 'one more segment')");
+        c.switch_and_wait_archived(Duration::from_secs(120));
+    }
+    let straddled = url.strip_prefix("file://").map(|dir| straddle_midnight(std::path::Path::new(dir))).is_some();
+
+    // A logical dump updates the catalog too.
     let dump = json_of("dump", &backupctl(&src, &["dump", "--database", "postgres", "--json-output"]));
     let dump_id = dump["id"].as_str().expect("dump id").to_owned();
     assert_eq!(cat.sql("select string_agg(id, ',') from backupctl.dumps where removed_at is null"), dump_id);
@@ -169,9 +172,6 @@ fn catalog_scenario(url: &str, extra: &str, label: &str) {
     assert_status_agrees(&src, &["--type", "dump"]);
     let after_dump = json_of("catalog sync after dump", &backupctl(&src, &["catalog", "sync", "--json-output"]));
     assert_eq!(after_dump["total"], 0, "dump already synced: {after_dump:#}");
-    assert_ok("delete dump", &backupctl(&src, &["delete", "--backup-id", &dump_id]));
-    assert_eq!(cat.sql("select count(*) from backupctl.dumps where removed_at is not null"), "1");
-    assert_status_agrees(&src, &[]);
 
     // The scheduler's record of a job run (what the daemon calls after each job).
     let config = backupctl::config::Config::load(&src.config).expect("config");
@@ -184,17 +184,16 @@ fn catalog_scenario(url: &str, extra: &str, label: &str) {
         summary: None,
         error: Some("backup X: 1 object missing".into()),
     };
-    backupctl::cli::admin::catalog::record_job_run(&config, &rt, &run);
+    backupctl::cli::admin::catalog::record_job_run(&config, &rt, &run, false);
     assert_eq!(cat.sql("select count(*) from backupctl.checks where not passed and kind = 'verify'"), "1");
 
-    // The documented queries run and answer.
-    let queries = documented_queries();
-    assert!(queries.len() >= 3, "{queries:?}");
-    for q in &queries {
-        let out = cat.cluster.try_sql(q);
-        assert_ok(&format!("documented query {q}"), &out);
-        assert!(!String::from_utf8_lossy(&out.stdout).trim().is_empty(), "no rows from {q}");
-    }
+    // The documented queries run and answer, whatever the session's time zone.
+    run_documented_queries(&src, &cat.cluster, straddled);
+
+    // Deleting the dump marks its row removed.
+    assert_ok("delete dump", &backupctl(&src, &["delete", "--backup-id", &dump_id]));
+    assert_eq!(cat.sql("select count(*) from backupctl.dumps where removed_at is not null"), "1");
+    assert_status_agrees(&src, &[]);
 }
 
 #[test]
@@ -226,14 +225,8 @@ fn issue_12_catalog_migrations() {
     let cat = CatalogCluster::start("catalog-mig");
     let src = Source::start("catalog-mig", &repo.url(), &cat.section());
     src.cluster.switch_and_wait_archived(Duration::from_secs(120));
-    // Nothing synced yet: status from the catalog says so and what to run.
-    let out = backupctl(&src, &["status", "--from-catalog"]);
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(2), "{err}");
-    assert!(
-        err.contains("holds nothing for repository file://") && err.contains("run 'backupctl catalog sync' first"),
-        "{err}"
-    );
+    // Nothing synced yet (no schema at all): status from the catalog says so and what to run.
+    assert_not_synced(&src, &repo.url());
     // A version this build does not know is refused, not "nothing to do".
     let beyond = backupctl(&src, &["catalog", "migrate", "--to-version", "9"]);
     assert_eq!(beyond.status.code(), Some(2), "{beyond:?}");
@@ -241,6 +234,36 @@ fn issue_12_catalog_migrations() {
     let v1 = json_of("migrate to 1", &backupctl(&src, &["catalog", "migrate", "--to-version", "1", "--json-output"]));
     assert_eq!(v1["version"], 1, "{v1:#}");
     assert_eq!(v1["applied"], serde_json::json!([1]));
+    assert_eq!(cat.sql("select to_regclass('backupctl.job_runs') is null"), "t");
+    // A schema, but no row for this repository: not synced either.
+    assert_not_synced(&src, &repo.url());
+    // Issue 12: the implicit updates create a schema but never migrate one staged at an older version: base-backup
+    // succeeds, warns once, and leaves the schema (and its tables) as they were; so does a scheduled job's record.
+    let out = src.base_backup(&["--fast", "--type", "full"]);
+    assert_ok("base-backup with the schema staged at version 1", &out);
+    let err = String::from_utf8_lossy(&out.stderr);
+    let warnings: Vec<&str> = err.lines().filter(|l| l.contains("catalog")).collect();
+    assert_eq!(warnings.len(), 1, "one warning: {err}");
+    assert!(
+        warnings[0].starts_with(
+            "base-backup: warning: catalog not updated: catalog schema is at version 1, this \
+             backupctl needs 2: run `backupctl catalog migrate`"
+        ),
+        "{err}"
+    );
+    let config = backupctl::config::Config::load(&src.config).expect("config");
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().expect("runtime");
+    let now = jiff::Timestamp::now().to_string();
+    let run = backupctl::catalog::JobRun {
+        job: "verify".into(),
+        started_at: now.clone(),
+        finished_at: now,
+        summary: Some("ok".into()),
+        error: None,
+    };
+    backupctl::cli::admin::catalog::record_job_run(&config, &rt, &run, false);
+    assert_eq!(cat.sql("select string_agg(version::text, ',') from backupctl.schema_history"), "1");
+    assert_eq!(cat.sql("select count(*) from backupctl.backups"), "0");
     assert_eq!(cat.sql("select to_regclass('backupctl.job_runs') is null"), "t");
     // A version-1 row, as an earlier backupctl would have written it.
     cat.sql(
@@ -251,8 +274,11 @@ fn issue_12_catalog_migrations() {
          '0/2000028', '0/2000100', 1, 1, 1, 1, 'x', true, false, \
          '{\"reaches\": {\"archived_at\": \"2026-01-01T00:05:00Z\"}}' from backupctl.repositories",
     );
+    // The explicit sync migrates, and says so; it then mirrors the backup the implicit update skipped.
     let synced = json_of("sync from version 1", &backupctl(&src, &["catalog", "sync", "--json-output"]));
     assert_eq!(synced["rows_written"]["repositories"], 1, "{synced:#}");
+    assert_eq!(synced["rows_written"]["backups"], 1, "{synced:#}");
+    assert_eq!(synced["migrated"], serde_json::json!({ "from": 1, "to": 2, "applied": [2] }), "{synced:#}");
     assert_eq!(cat.sql("select string_agg(version::text, ',' order by version) from backupctl.schema_history"), "1,2");
     assert_eq!(
         cat.sql(
@@ -273,6 +299,19 @@ fn issue_12_catalog_migrations() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{err}");
     assert!(err.contains("schema backupctl is at version 99, newer than this build's 2"), "{err}");
+}
+
+/// Issue 12: `status --from-catalog` before any sync of this repository is a failure (exit 1, not a usage error)
+/// in one line saying so, with the command to run in the hint.
+fn assert_not_synced(src: &Source, url: &str) {
+    let out = backupctl(src, &["status", "--from-catalog"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    let errors: Vec<&str> = err.lines().filter(|l| l.starts_with("backupctl: error: ")).collect();
+    assert_eq!(errors.len(), 1, "{err}");
+    assert!(errors[0].contains("has not been synced for repository ") && errors[0].ends_with(url), "{err}");
+    assert!(err.lines().any(|l| l.starts_with("backupctl: hint: ") && l.contains("`backupctl catalog sync`")), "{err}");
+    assert!(out.stdout.is_empty(), "{out:?}");
 }
 
 /// A catalog inside the archived cluster is refused in one line by the catalog commands; base-backup still

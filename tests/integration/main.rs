@@ -11,6 +11,8 @@ mod issue10_rerun;
 mod issue11_iam;
 mod issue11_versions;
 mod issue12_catalog;
+mod issue12_catalog_batch;
+mod issue12_catalog_queries;
 mod issue12_dump;
 mod issue12_dump_trial;
 mod issue7_backup;

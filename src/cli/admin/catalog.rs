@@ -22,7 +22,10 @@ pub struct CatalogArgs {
 /// `backupctl catalog` subcommands.
 #[derive(Debug, Clone, Subcommand)]
 pub enum CatalogCommand {
-    /// Create schema backupctl in the [catalog] database and apply the migrations it lacks (sync does this too).
+    /// Create schema backupctl in the [catalog] database, or migrate it: apply the migrations it lacks, up to the
+    /// newest (or --to-version). Writes the schema only (its tables and indexes, and the versions applied in
+    /// backupctl.schema_history), no data rows. `catalog sync` migrates too; base-backup, dump, prune, delete and
+    /// the scheduler only create a missing schema, never migrate an older one.
     Migrate {
         /// Stop at this schema version instead of the newest (for a staged upgrade).
         #[arg(long, value_name = "N")]
@@ -31,11 +34,16 @@ pub enum CatalogCommand {
         #[arg(long = "json-output", visible_alias = "json")]
         json_output: bool,
     },
-    /// Mirror the repository into the catalog: backups, archived WAL ranges, which WAL each backup needs, and the
-    /// status as `backupctl status` computes it. Writes only what changed; rows of deleted backups are marked
-    /// removed.
+    /// Mirror the repository into the catalog, in one transaction: its backups (table backups), logical dumps
+    /// (dumps), archived WAL as ranges per timeline and UTC day (wal_ranges), the WAL each backup needs and reaches
+    /// (backup_wal), and the status `backupctl status` computes (repositories). Writes only rows that changed;
+    /// rows of backups, dumps and WAL ranges no longer in the repository are marked removed (removed_at), never
+    /// deleted. Creates or migrates the schema first, as `catalog migrate` does, and says so. Writes no job runs,
+    /// checks or drills: the scheduler records those (job_runs, checks, drills) after each job.
     Sync {
-        /// Print the rows written per table as one JSON object.
+        /// Print the rows written per table as one JSON object: {"catalog", "migrated": null or {"from", "to",
+        /// "applied"}, "rows_written": {"repositories", "backups", "backups_removed", "backup_wal", "wal_ranges",
+        /// "wal_ranges_removed", "dumps", "dumps_removed"}, "total"}.
         #[arg(long = "json-output", visible_alias = "json")]
         json_output: bool,
     },
@@ -77,15 +85,23 @@ pub(super) fn run(ctx: &Ctx, args: &CatalogArgs) -> Result<(), Error> {
             }
         }
         CatalogCommand::Sync { json_output } => {
-            let report = sync(&ctx.config, &ctx.rt)?;
+            let (report, change) = sync(&ctx.config, &ctx.rt, true)?;
             if *json_output {
                 let rows = serde_json::to_value(report).map_err(|e| Error::Task(e.to_string()))?;
-                return line(
-                    serde_json::json!({ "catalog": target(cfg), "rows_written": rows, "total": report.total() }),
-                );
+                return line(serde_json::json!({
+                    "catalog": target(cfg),
+                    "migrated": change,
+                    "rows_written": rows,
+                    "total": report.total(),
+                }));
             }
+            let migrated = match &change {
+                None => String::new(),
+                Some(c) if c.from == 0 => format!("schema backupctl created at version {}; ", c.to),
+                Some(c) => format!("schema backupctl migrated from version {} to {}; ", c.from, c.to),
+            };
             line(format_args!(
-                "catalog {}: synced; {} rows written ({} backups, {} marked removed; {} WAL ranges, {} marked removed)",
+                "catalog {}: {migrated}synced; {} rows written ({} backups, {} marked removed; {} WAL ranges, {} marked removed)",
                 target(cfg),
                 report.total(),
                 report.backups,
@@ -123,21 +139,27 @@ fn archived_system_identifier(config: &Config, recorded: Option<String>) -> Opti
 }
 
 /// Mirror the repository of `config` into its catalog: `backupctl status`'s picture
-/// ([`crate::verify::status::collect`]) and its JSON documents, written with [`catalog::sync`].
-pub fn sync(config: &Config, rt: &tokio::runtime::Runtime) -> Result<SyncReport, Error> {
-    let cfg = config_of(config)?;
+/// ([`crate::verify::status::collect`]) and its JSON documents, written with [`catalog::sync`]. The schema is
+/// created if there is none; an older one is migrated only when `may_migrate` (the explicit `catalog sync`), else
+/// it is [`catalog::Error::OlderSchema`] and nothing is written. Returns the rows written and what was done to the
+/// schema.
+pub fn sync(
+    config: &Config,
+    rt: &tokio::runtime::Runtime,
+    may_migrate: bool,
+) -> Result<(SyncReport, Option<catalog::SchemaChange>), Error> {
     let deadline = std::time::Duration::from_secs(config.archive.retry_deadline_seconds);
     let storage = rt.block_on(crate::storage::open(&config.repository.url, &config.repository.s3, deadline))?;
     rt.block_on(crate::repository::store::require_existing(storage.as_ref()))?;
+    // The schema first: an implicit update that may not migrate it reads nothing more.
+    let mut c = open(config, rt, storage.as_ref())?;
+    let change = c.prepare_schema(may_migrate)?;
     let clock = crate::verify::clock_from_config(config, std::time::SystemTime::now());
     let policy = crate::retention::plan::Policy::resolve(&config.retention, None)?;
     let mut status = rt.block_on(crate::verify::status::collect(storage.as_ref(), &clock, &policy))?;
     // What `backupctl status` shows, so that `status --from-catalog` gives the same answer.
     rt.block_on(crate::verify::status::unique_format2(storage.as_ref(), &mut status.backups))?;
     let repository = storage.to_string();
-    let archived = archived_system_identifier(config, status.cluster.as_ref().map(|c| c.system_identifier.clone()));
-    let mut c = catalog::connect(cfg)?;
-    c.refuse_archived_cluster(archived.as_deref())?;
     let (document, backups) = super::status::documents(&status, &repository);
     let (dump_list, _unreadable) = rt.block_on(crate::repository::dump::manifests(storage.as_ref()))?;
     let dumps: Vec<catalog::Dump> = dump_list
@@ -154,27 +176,38 @@ pub fn sync(config: &Config, rt: &tokio::runtime::Runtime) -> Result<SyncReport,
         })
         .collect();
     let input = SyncInput { repository: &repository, status: &status, document, backups: &backups, dumps: &dumps };
-    Ok(catalog::sync(&mut c, &input)?)
+    Ok((catalog::sync(&mut c, &input)?, change))
 }
 
-/// After `command`'s repository work: sync the catalog when one is configured. A failure is a warning on stderr
-/// (and in the log), never the command's failure: the repository is the source of truth.
-pub fn update_after(config: &Config, rt: &tokio::runtime::Runtime, command: &str) {
+/// After `command`'s repository work: sync the catalog when one is configured. It creates the schema if there
+/// is none but never migrates an older one (a DBA may have staged it): that, and any failure, is one warning on
+/// stderr (and in the log), never the command's failure: the repository is the source of truth. Returns whether
+/// the catalog was updated.
+pub fn update_after(config: &Config, rt: &tokio::runtime::Runtime, command: &str) -> bool {
     if config.catalog.is_none() {
-        return;
+        return false;
     }
-    match sync(config, rt) {
-        Ok(r) => tracing::info!(rows = r.total(), "{command}: catalog updated"),
+    match sync(config, rt, false) {
+        Ok((r, change)) => {
+            if let Some(c) = change {
+                tracing::info!(version = c.to, "{command}: catalog schema backupctl created");
+            }
+            tracing::info!(rows = r.total(), "{command}: catalog updated");
+            true
+        }
         Err(e) => {
             // One line on stderr; the record goes to the log file and the journal only.
             tracing::warn!(target: crate::cli::logging::OUTCOME_TARGET, error = %e, "{command}: catalog not updated");
             note(format_args!("{command}: warning: catalog not updated: {e}"));
+            false
         }
     }
 }
 
-/// Record one run of a scheduled job in the catalog, when one is configured. A failure is logged, never fatal.
-pub fn record_job_run(config: &Config, rt: &tokio::runtime::Runtime, run: &catalog::JobRun) {
+/// Record one run of a scheduled job in the catalog, when one is configured (creating the schema if there is
+/// none, never migrating an older one). A failure is logged, never fatal: as a warning, or at debug level when
+/// `is_warned` (the job's catalog update already warned, so the log says it once).
+pub fn record_job_run(config: &Config, rt: &tokio::runtime::Runtime, run: &catalog::JobRun, is_warned: bool) {
     if config.catalog.is_none() {
         return;
     }
@@ -184,8 +217,10 @@ pub fn record_job_run(config: &Config, rt: &tokio::runtime::Runtime, run: &catal
         let mut c = open(config, rt, storage.as_ref())?;
         Ok(c.record_job_run(&storage.to_string(), run)?)
     })();
-    if let Err(e) = result {
-        tracing::warn!(job = %run.job, error = %e, "job run not recorded in the catalog");
+    match result {
+        Err(e) if is_warned => tracing::debug!(job = %run.job, error = %e, "job run not recorded in the catalog"),
+        Err(e) => tracing::warn!(job = %run.job, error = %e, "job run not recorded in the catalog"),
+        Ok(_) => {}
     }
 }
 
@@ -196,12 +231,7 @@ pub(super) fn status(ctx: &Ctx, args: &StatusArgs) -> Result<(), Error> {
     let storage = ctx.storage()?;
     let repository = storage.to_string();
     let mut c = catalog::connect(cfg)?;
-    let Some(catalog::StatusDocuments { status: mut v, backups, mut dumps }) = c.status_documents(&repository)? else {
-        return Err(Error::Usage(format!(
-            "catalog {} holds nothing for repository {repository}: run 'backupctl catalog sync' first",
-            c.target()
-        )));
-    };
+    let catalog::StatusDocuments { status: mut v, backups, mut dumps } = c.status_documents(&repository)?;
     if args.backup_type == Some(super::status::dumps::StatusType::Dump) {
         if let Some(n) = args.last {
             dumps.drain(..dumps.len().saturating_sub(n));
@@ -251,4 +281,31 @@ pub(super) fn status(ctx: &Ctx, args: &StatusArgs) -> Result<(), Error> {
         super::status::dumps::print_json(&dumps)?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    /// The long help of `catalog SUBCOMMAND`.
+    fn help(subcommand: &str) -> String {
+        let mut cmd = crate::cli::admin::Args::command();
+        let catalog = cmd.find_subcommand_mut("catalog").expect("catalog");
+        catalog.find_subcommand_mut(subcommand).expect("subcommand").render_long_help().to_string()
+    }
+
+    /// Issue 12: each catalog subcommand's help says what it mirrors and which tables it writes, dumps and job
+    /// runs included.
+    #[test]
+    fn issue_12_catalog_help_says_what_is_written() {
+        let sync = help("sync");
+        for what in ["backups", "dumps", "wal_ranges", "backup_wal", "repositories", "removed_at", "job_runs"] {
+            assert!(sync.contains(what), "sync --help lacks {what}: {sync}");
+        }
+        assert!(sync.contains("Writes no job runs"), "{sync}");
+        let migrate = help("migrate");
+        for what in ["schema_history", "no data rows", "never migrate an older one"] {
+            assert!(migrate.contains(what), "migrate --help lacks {what}: {migrate}");
+        }
+    }
 }

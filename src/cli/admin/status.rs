@@ -25,7 +25,7 @@ pub struct StatusArgs {
     /// partials, backup_files, has_history, bytes_stored, gaps [{first, last, count, next, status, breaks,
     /// cuts}]}]), restorable_window, newest_backup_age_seconds, retention (policy, has_rules, notes, error: the base backups' and WAL's;
     /// dumps {policy, has_rules}: the logical dumps'), backups
-    /// (each with restorable, missing_wal, reaches, keep, sizes), unusable_backups.
+    /// (each with manifest_checksum, restorable, missing_wal, reaches, keep, sizes), unusable_backups.
     #[arg(long = "json-output", visible_alias = "json")]
     pub json_output: bool,
     /// Answer from the catalog ([catalog]) as of its last sync instead of reading the repository: the same text
@@ -191,6 +191,8 @@ fn backup_json(b: &BackupStatus) -> serde_json::Value {
     let c = &b.coverage;
     let restorable = c.is_restorable() && b.sizes.objects_missing == 0;
     let extra = serde_json::json!({
+        // The manifest object's header digest: blake3 of the manifest's JSON as stored ("blake3:<hex>").
+        "manifest_checksum": b.manifest_digest.to_string(),
         "restorable": restorable,
         "missing_wal": c.wal.missing.iter().map(ToString::to_string).collect::<Vec<_>>(),
         "reaches": c.wal.reach.map(|r| serde_json::json!({

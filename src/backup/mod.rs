@@ -172,7 +172,7 @@ pub fn run(
                 &pages,
                 progress,
             ))?;
-            (copied.files, copied.stats, Some((block_size, copied.pack_indexes, copied.frames)))
+            (copied.files, copied.stats, Some((block_size, copied.pack_indexes, copied.file_maps, copied.frames)))
         } else {
             let (present, reusable) = if is_full {
                 // Listed only to tell rewritten objects from new ones; a full writes every object again.
@@ -242,22 +242,24 @@ pub fn run(
             repository_format: 1,
             block_size: None,
             pack_indexes: vec![],
+            file_maps: vec![],
             page_checksums,
         };
-        if let Some((block_size, pack_indexes, _)) = &format2 {
+        if let Some((block_size, pack_indexes, file_maps, _)) = &format2 {
             manifest.repository_format = 2;
             manifest.block_size = Some(*block_size);
             manifest.pack_indexes = pack_indexes.clone();
+            manifest.file_maps = file_maps.clone();
         }
         manifest.format = manifest.required_format();
         manifest.validate().map_err(|source| store::Error::InvalidManifest { key: id.manifest_key(), source })?;
         // Second line of defence behind the lease: every object the manifest references exists now.
         lease.check()?;
         match &format2 {
-            Some((_, _, frames)) => rt.block_on(check_present_format2(storage.as_ref(), &manifest, frames))?,
+            Some((_, _, _, frames)) => rt.block_on(check_present_format2(storage.as_ref(), &manifest, frames))?,
             None => rt.block_on(check_present(storage.as_ref(), &manifest))?,
         }
-        if !rt.block_on(store::save_manifest(storage.as_ref(), &manifest))? {
+        if !rt.block_on(store::save_manifest(storage.as_ref(), &mut manifest))? {
             return Err(
                 crate::storage::Error::AlreadyExists { backend: storage.to_string(), key: id.manifest_key() }.into()
             );
@@ -281,6 +283,8 @@ struct Format2Copy {
     stats: BackupStats,
     /// The pack index objects this backup wrote (several for a large backup: written as it goes), in order.
     pack_indexes: Vec<ObjectId>,
+    /// The file maps holding the entries of `files` (manifest format 4), saved.
+    file_maps: Vec<crate::repository::filemap::FileMapRef>,
     /// Every frame its files name.
     frames: std::collections::HashSet<ObjectId>,
 }
@@ -315,13 +319,16 @@ async fn copy_format2(
         blocks::BlockContext::new(storage.clone(), packer.clone(), index, pages.clone(), block_size, is_full, level);
     let copied = format2::copy_files(files, &ctx, previous, settings, progress).await?;
     let pack_indexes = packer.finish().await?;
+    // The entries, in file maps shared with every backup whose entries of the same run are equal.
+    let (file_maps, maps_written, map_bytes_new) =
+        crate::repository::packstore::save_file_maps(storage.as_ref(), &copied.files, level).await?;
     let p = &packer.stats;
     let b = &ctx.stats;
     let load = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
     let unchanged_bytes = load(&b.unchanged) * u64::from(block_size);
-    let bytes_new = load(&p.bytes_new) + load(&b.node_bytes_new) + load(&p.index_bytes_new);
+    let bytes_new = load(&p.bytes_new) + load(&b.node_bytes_new) + load(&p.index_bytes_new) + map_bytes_new;
     let stats = BackupStats {
-        objects_written: load(&p.packs_written) + load(&b.nodes_written) + load(&p.index_written),
+        objects_written: load(&p.packs_written) + load(&b.nodes_written) + load(&p.index_written) + maps_written,
         bytes_written: load(&p.raw_written),
         bytes_stored: bytes_new,
         bytes_new,
@@ -335,7 +342,7 @@ async fn copy_format2(
         packs = load(&p.packs_written),
         "format 2 copy done"
     );
-    Ok(Format2Copy { files: copied.files, stats, pack_indexes, frames: copied.frames })
+    Ok(Format2Copy { files: copied.files, stats, pack_indexes, file_maps, frames: copied.frames })
 }
 
 /// Format 2: fail, naming one, if a frame or node `manifest` references is not in the repository (listings of
@@ -363,6 +370,7 @@ async fn check_present_format2(
             .files
             .iter()
             .flat_map(|f| &f.nodes)
+            .chain(manifest.file_maps.iter().map(|r| &r.id))
             .filter(|n| !node_set.contains(n))
             .map(|n| blockmap::node_key(n).to_string()),
     );

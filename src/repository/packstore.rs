@@ -9,7 +9,9 @@ use bytes::Bytes;
 use futures_util::stream::{self, StreamExt, TryStreamExt};
 
 use super::backup::ObjectId;
+use super::backup::FileEntry;
 use super::blockmap::{Node, node_key};
+use super::filemap::{self, FileMapRef, file_map_key};
 use super::packs::{FrameLocation, INDEX_PREFIX, PackEntry, PackIndex, index_from_key, index_key, pack_key};
 use super::store::Error;
 use crate::codec;
@@ -117,6 +119,43 @@ pub async fn load_node(storage: &dyn Storage, id: &ObjectId) -> Result<Node, Err
     let key = node_key(id);
     let raw = load_raw(storage, &key, id).await?;
     Node::decode(&raw).map_err(|source| Error::Malformed { key, source })
+}
+
+/// Load and check one file map (manifest format 4): its entries, which must agree with the manifest's reference
+/// `r`. Errors: storage errors (a map that is gone is `NotFound`), [`Error::Corrupt`] (damaged object),
+/// [`Error::Malformed`] (not a file map, or one that disagrees with `r`).
+pub async fn load_file_map(storage: &dyn Storage, r: &FileMapRef) -> Result<Vec<FileEntry>, Error> {
+    let key = file_map_key(&r.id);
+    let raw = load_raw(storage, &key, &r.id).await?;
+    filemap::decode(&raw, r).map_err(|source| Error::Malformed { key, source })
+}
+
+/// Save the file maps of `files` (in listing order; see [`filemap::runs`]), `LOAD_CONCURRENCY` at a time.
+/// Returns their references in order, the number of map objects this call created and their stored bytes (maps
+/// that existed, shared with another backup, count 0).
+pub async fn save_file_maps(
+    storage: &dyn Storage,
+    files: &[FileEntry],
+    level: i32,
+) -> Result<(Vec<FileMapRef>, u64, u64), Error> {
+    let saved: Vec<(FileMapRef, u64)> = stream::iter(filemap::runs(files).into_iter().map(|run| async move {
+        let run = &files[run];
+        let raw = filemap::encode(run)
+            .map_err(|source| Error::BadJson { key: file_map_key(&ObjectId([0; 32])), source })?;
+        let (id, stored) = save_raw(storage, &raw, file_map_key, level).await?;
+        // invariant: runs are never empty.
+        let r = filemap::reference(id, run).ok_or_else(|| Error::Malformed {
+            key: file_map_key(&id),
+            source: super::wire::WireError { what: "an empty run of files".into() },
+        })?;
+        Ok::<_, Error>((r, stored))
+    }))
+    .buffered(LOAD_CONCURRENCY)
+    .try_collect()
+    .await?;
+    let created = saved.iter().filter(|(_, s)| *s > 0).count() as u64;
+    let bytes = saved.iter().map(|(_, s)| s).sum();
+    Ok((saved.into_iter().map(|(r, _)| r).collect(), created, bytes))
 }
 
 /// Get a codec object and decode it, checking that its content is `id`.

@@ -16,8 +16,8 @@ use serde::{Deserialize, Serialize};
 
 use super::backup::{FileEntry, ManifestPath, ObjectId};
 use super::blockmap::MAPS_PREFIX;
-use super::wire::WireError;
 use super::content_key;
+use super::wire::WireError;
 use crate::storage::Key;
 
 /// A run ends after an entry whose path's blake3, read as a little-endian `u64`, is a multiple of this: runs are
@@ -49,7 +49,7 @@ pub fn file_map_key(id: &ObjectId) -> Key {
 }
 
 /// Whether a run ends after an entry with this path.
-fn is_cut(path: &ManifestPath) -> bool {
+pub fn is_cut(path: &ManifestPath) -> bool {
     let h = blake3::hash(path.as_bytes());
     let mut b = [0u8; 8];
     b.copy_from_slice(&h.as_bytes()[..8]);
@@ -83,7 +83,9 @@ pub fn encode(files: &[FileEntry]) -> Result<Vec<u8>, serde_json::Error> {
 /// The entries of a map's content, checked against the manifest's reference `r` (count, first path, bytes).
 pub fn decode(raw: &[u8], r: &FileMapRef) -> Result<Vec<FileEntry>, WireError> {
     let bad = |what: String| WireError { what };
-    let json = raw.strip_prefix(MAGIC.as_slice()).ok_or_else(|| bad("not a file map (its first bytes are not BKFMAP01)".into()))?;
+    let json = raw
+        .strip_prefix(MAGIC.as_slice())
+        .ok_or_else(|| bad("not a file map (its first bytes are not BKFMAP01)".into()))?;
     let files: Vec<FileEntry> = serde_json::from_slice(json).map_err(|e| bad(e.to_string()))?;
     let bytes: u64 = files.iter().map(|f| f.size).sum();
     match files.first() {
@@ -114,7 +116,14 @@ mod tests {
     use super::*;
 
     fn entry(path: String) -> FileEntry {
-        FileEntry { path: ManifestPath::from(path.as_str()), size: 8192, mode: 0o600, mtime: 1, pieces: vec![], nodes: vec![] }
+        FileEntry {
+            path: ManifestPath::from(path.as_str()),
+            size: 8192,
+            mode: 0o600,
+            mtime: 1,
+            pieces: vec![],
+            nodes: vec![],
+        }
     }
 
     fn maps(files: &[FileEntry]) -> Vec<ObjectId> {

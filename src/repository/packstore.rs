@@ -8,8 +8,8 @@
 use bytes::Bytes;
 use futures_util::stream::{self, StreamExt, TryStreamExt};
 
-use super::backup::ObjectId;
 use super::backup::FileEntry;
+use super::backup::ObjectId;
 use super::blockmap::{Node, node_key};
 use super::filemap::{self, FileMapRef, file_map_key};
 use super::packs::{FrameLocation, INDEX_PREFIX, PackEntry, PackIndex, index_from_key, index_key, pack_key};
@@ -138,24 +138,25 @@ pub async fn save_file_maps(
     files: &[FileEntry],
     level: i32,
 ) -> Result<(Vec<FileMapRef>, u64, u64), Error> {
-    let saved: Vec<(FileMapRef, u64)> = stream::iter(filemap::runs(files).into_iter().map(|run| async move {
-        let run = &files[run];
-        let raw = filemap::encode(run)
-            .map_err(|source| Error::BadJson { key: file_map_key(&ObjectId([0; 32])), source })?;
-        let (id, stored) = save_raw(storage, &raw, file_map_key, level).await?;
-        // invariant: runs are never empty.
-        let r = filemap::reference(id, run).ok_or_else(|| Error::Malformed {
-            key: file_map_key(&id),
-            source: super::wire::WireError { what: "an empty run of files".into() },
-        })?;
-        Ok::<_, Error>((r, stored))
-    }))
-    .buffered(LOAD_CONCURRENCY)
-    .try_collect()
-    .await?;
+    let saved: Vec<(FileMapRef, u64)> =
+        stream::iter(filemap::runs(files).into_iter().map(|run| save_file_map(storage, &files[run], level)))
+            .buffered(LOAD_CONCURRENCY)
+            .try_collect()
+            .await?;
     let created = saved.iter().filter(|(_, s)| *s > 0).count() as u64;
     let bytes = saved.iter().map(|(_, s)| s).sum();
     Ok((saved.into_iter().map(|(r, _)| r).collect(), created, bytes))
+}
+
+/// Save one run of entries (not empty) as a file map, create-only. Returns its reference and the stored bytes if
+/// this call created it (0 if it existed).
+pub async fn save_file_map(storage: &dyn Storage, run: &[FileEntry], level: i32) -> Result<(FileMapRef, u64), Error> {
+    let malformed = |key, what: &str| Error::Malformed { key, source: super::wire::WireError { what: what.into() } };
+    // Serialising these types cannot fail; the error is passed on rather than assumed away (no id exists yet).
+    let raw = filemap::encode(run).map_err(|e| malformed(file_map_key(&ObjectId([0; 32])), &e.to_string()))?;
+    let (id, stored) = save_raw(storage, &raw, file_map_key, level).await?;
+    let r = filemap::reference(id, run).ok_or_else(|| malformed(file_map_key(&id), "an empty run of files"))?;
+    Ok((r, stored))
 }
 
 /// Get a codec object and decode it, checking that its content is `id`.

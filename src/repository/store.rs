@@ -308,8 +308,7 @@ pub async fn read_file_maps(
     if manifest.file_maps.is_empty() || !manifest.files.is_empty() {
         return Ok(());
     }
-    let missing: Vec<FileMapRef> =
-        manifest.file_maps.iter().filter(|r| !cache.contains_key(&r.id)).cloned().collect();
+    let missing: Vec<FileMapRef> = manifest.file_maps.iter().filter(|r| !cache.contains_key(&r.id)).cloned().collect();
     let loaded = load_maps(storage, &manifest.id, &missing).await?;
     cache.extend(missing.iter().map(|r| r.id).zip(loaded.into_iter().map(std::sync::Arc::new)));
     let mut files = Vec::with_capacity(manifest.file_maps.iter().map(|r| r.files as usize).sum());
@@ -345,20 +344,25 @@ pub async fn manifest_headers(storage: &dyn Storage) -> Result<(Vec<Manifest>, V
 /// The entries of the file maps `maps` of backup `id`, one vector per map in order, [`MAP_CONCURRENCY`] maps read at
 /// a time, each checked against its reference. The caller validates the entries
 /// ([`Manifest::validate_files`]). Errors as [`read_file_maps`].
-pub async fn load_maps(storage: &dyn Storage, id: &BackupId, maps: &[FileMapRef]) -> Result<Vec<Vec<FileEntry>>, Error> {
-    let key = &id.manifest_key();
-    stream::iter(maps.iter().map(|r| async move {
-        match super::packstore::load_file_map(storage, r).await {
-            Ok(files) => Ok(files),
-            Err(Error::Storage(e)) if e.is_not_found() => {
-                Err(Error::MissingFileMap { manifest: key.clone(), map: file_map_key(&r.id) })
-            }
-            Err(e) => Err(e),
+pub async fn load_maps(
+    storage: &dyn Storage,
+    id: &BackupId,
+    maps: &[FileMapRef],
+) -> Result<Vec<Vec<FileEntry>>, Error> {
+    let key = id.manifest_key();
+    let loads: Vec<_> = maps.iter().map(|r| load_map(storage, &key, r)).collect();
+    stream::iter(loads).buffered(MAP_CONCURRENCY).try_collect().await
+}
+
+/// One map of [`load_maps`]; a missing one is [`Error::MissingFileMap`] naming the manifest `key`.
+async fn load_map(storage: &dyn Storage, key: &Key, r: &FileMapRef) -> Result<Vec<FileEntry>, Error> {
+    match super::packstore::load_file_map(storage, r).await {
+        Ok(files) => Ok(files),
+        Err(Error::Storage(e)) if e.is_not_found() => {
+            Err(Error::MissingFileMap { manifest: key.clone(), map: file_map_key(&r.id) })
         }
-    }))
-    .buffered(MAP_CONCURRENCY)
-    .try_collect()
-    .await
+        Err(e) => Err(e),
+    }
 }
 
 /// File maps loaded at a time.

@@ -199,7 +199,8 @@ pub async fn run(
     write::write_small(&layout, "postgresql.auto.conf", &merged)?;
     write::write_small(&layout, "recovery.signal", b"")?;
     let control: Vec<&FileEntry> = control.iter().collect();
-    let c = write::write_files(storage, &manifest, &control, &layout, request.delta, 1, index.as_ref(), &in_batch).await?;
+    let c =
+        write::write_files(storage, &manifest, &control, &layout, request.delta, 1, index.as_ref(), &in_batch).await?;
     write::sync_files(&control, &layout, 1).await?;
     progress.finish();
 

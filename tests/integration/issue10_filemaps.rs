@@ -40,7 +40,11 @@ fn scenario(url: &str, extra: &str, label: &str) {
     let full = take_json(&src, "full", 0);
     let (bytes1, objects1) = maps(&src);
     let full_maps = full.1["objects_written"].as_u64().unwrap_or(0);
-    eprintln!("{label}: full wrote {} bytes of maps/ ({objects1} objects; manifest {} bytes)", bytes1 - bytes0, manifest_size(&src, &full.0.id));
+    eprintln!(
+        "{label}: full wrote {} bytes of maps/ ({objects1} objects; manifest {} bytes)",
+        bytes1 - bytes0,
+        manifest_size(&src, &full.0.id)
+    );
     assert!(manifest_size(&src, &full.0.id) < 8192, "the manifest names maps, not {files} files");
 
     // One row of one table changes: the incremental writes the maps of the runs that changed, not all of them.

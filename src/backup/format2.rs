@@ -156,7 +156,14 @@ pub async fn copy_files(
             continue;
         }
         let hash = ObjectId::of(&data);
-        if let Some(p) = reusable.get(&hash).filter(|p| p.length == data.len() as u64) {
+        // The same file's previous piece when its content is unchanged, else any piece with this content: many
+        // small files are equal (PG_VERSION, empty maps), and naming another file's copy would change the entry
+        // and so the file map, which an unchanged run should share with the previous backup.
+        let same_path = prev_files.get(f.rel.as_bytes()).and_then(|e| match &e.pieces[..] {
+            [p] if p.blake3 == hash && !ctx.is_full && ctx.packer.is_known(&p.object) => Some(p),
+            _ => None,
+        });
+        if let Some(p) = same_path.or_else(|| reusable.get(&hash).copied()).filter(|p| p.length == data.len() as u64) {
             ctx.packer.note_reused(p.length);
             frames.insert(p.object);
             entries[i] = Some(entry(vec![(*p).clone()]));

@@ -24,3 +24,20 @@ impl Progress for NoProgress {
     fn phase(&self, _message: &str) {}
     fn finish(&self) {}
 }
+
+/// Passes on everything but [`Progress::start`]: for work done in parts (a restore's batches of files) whose
+/// caller announced the whole once.
+pub struct Started<'a>(pub &'a dyn Progress);
+
+impl Progress for Started<'_> {
+    fn start(&self, _bytes: u64, _files: u64) {}
+    fn advance(&self, bytes: u64) {
+        self.0.advance(bytes);
+    }
+    fn phase(&self, message: &str) {
+        self.0.phase(message);
+    }
+    fn finish(&self) {
+        self.0.finish();
+    }
+}

@@ -96,7 +96,7 @@ pub async fn current(config: &Config) -> Result<Vec<Condition>, crate::Error> {
     });
     let deadline = std::time::Duration::from_secs(config.archive.retry_deadline_seconds);
     let storage = crate::storage::open(&config.repository.url, &config.repository.s3, deadline).await?;
-    let (manifests, _) = crate::repository::store::manifests(storage.as_ref()).await?;
+    let (manifests, _) = crate::repository::store::manifest_headers(storage.as_ref()).await?;
     let newest = manifests.iter().filter_map(|m| m.stop_time.parse::<jiff::Timestamp>().ok()).max();
     Ok(health_conditions(config, &archive, newest, jiff::Timestamp::now()))
 }

@@ -19,7 +19,7 @@ use super::walk::SourceFile;
 use crate::Error;
 use crate::archive::blocking;
 use crate::progress::Progress;
-use crate::repository::backup::{FileEntry, Manifest, ObjectId, Piece};
+use crate::repository::backup::{FileEntry, ObjectId, Piece};
 use crate::repository::packs::FRAME_RAW_MAX;
 
 /// Files at least this large (bytes) are block-mapped; smaller ones are packed whole.
@@ -38,17 +38,18 @@ pub struct Copied {
     pub frames: HashSet<ObjectId>,
 }
 
-/// Copy `files`. `prev` is the previous backup (format 2) for an incremental, `None` for a full.
+/// Copy `files` (a window of the listing; see [`super::stream`]). `prev` holds the previous backup's (format 2)
+/// entries for these paths for an incremental, `None` for a full; `pacer` spaces the reads (`--max-rate`).
 pub async fn copy_files(
     files: &[SourceFile],
     ctx: &BlockContext,
-    prev: Option<&Manifest>,
+    prev: Option<&[FileEntry]>,
     settings: CopySettings,
+    pacer: &tokio::sync::Mutex<Pacer>,
     progress: &dyn Progress,
 ) -> Result<Copied, Error> {
     let prev_files: HashMap<&[u8], &FileEntry> =
-        prev.map(|m| m.files.iter().map(|f| (f.path.as_bytes(), f)).collect()).unwrap_or_default();
-    let pacer = tokio::sync::Mutex::new(Pacer::new(settings.max_rate));
+        prev.map(|p| p.iter().map(|f| (f.path.as_bytes(), f)).collect()).unwrap_or_default();
     let advance = |n: u64| progress.advance(n);
     let mut entries: Vec<Option<FileEntry>> = vec![None; files.len()];
     let mut frames = HashSet::new();
@@ -81,7 +82,7 @@ pub async fn copy_files(
     }))
     .buffered(NODE_PREFETCH)
     .map(|loaded| {
-        let (pacer, advance) = (&pacer, &advance);
+        let advance = &advance;
         async move {
             let (i, k, is_one, prev_node) = loaded?;
             let done = blocks::copy_nodes(ctx, &files[i], prev_nodes_of(i), prev_node, k, is_one, pacer, advance);
@@ -155,7 +156,14 @@ pub async fn copy_files(
             continue;
         }
         let hash = ObjectId::of(&data);
-        if let Some(p) = reusable.get(&hash).filter(|p| p.length == data.len() as u64) {
+        // The same file's previous piece when its content is unchanged, else any piece with this content: many
+        // small files are equal (PG_VERSION, empty maps), and naming another file's copy would change the entry
+        // and so the file map, which an unchanged run should share with the previous backup.
+        let same_path = prev_files.get(f.rel.as_bytes()).and_then(|e| match &e.pieces[..] {
+            [p] if p.blake3 == hash && !ctx.is_full && ctx.packer.is_known(&p.object) => Some(p),
+            _ => None,
+        });
+        if let Some(p) = same_path.or_else(|| reusable.get(&hash).copied()).filter(|p| p.length == data.len() as u64) {
             ctx.packer.note_reused(p.length);
             frames.insert(p.object);
             entries[i] = Some(entry(vec![(*p).clone()]));

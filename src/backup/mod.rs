@@ -16,7 +16,8 @@ pub mod copy;
 pub mod format2;
 pub mod packer;
 pub mod pages;
-pub mod upload;
+pub mod stream;
+mod upload;
 pub mod walk;
 
 use std::collections::HashMap;
@@ -146,10 +147,26 @@ pub fn run(
         let start_lsn = session.backup_start(&label, request.fast)?;
         tracing::debug!(backup = %id, start_lsn = %start_lsn, "backup started");
 
-        // Every link is resolved and every directory read here, before any data is copied.
-        let listing = walk::list(&data_dir)?;
-        let total: u64 = listing.files.iter().map(|f| f.size).sum();
-        progress.start(total, listing.files.len() as u64);
+        // Every link is resolved and every directory read here, before any data is copied. Format 2 keeps only
+        // the totals (for the progress bar): its copy walks again as a stream (`backup::stream`), so that memory
+        // does not grow with the number of files.
+        let (listing, total, count) = if descriptor.format >= 2 {
+            let (mut bytes, mut files) = (0u64, 0u64);
+            walk::visit(&data_dir, &mut |item| {
+                if let walk::Item::File(f) = item {
+                    bytes += f.size;
+                    files += 1;
+                }
+                Ok(())
+            })?;
+            (walk::Listing::default(), bytes, files)
+        } else {
+            let listing = walk::list(&data_dir)?;
+            let total: u64 = listing.files.iter().map(|f| f.size).sum();
+            let count = listing.files.len() as u64;
+            (listing, total, count)
+        };
+        progress.start(total, count);
         let is_full = request.backup_type == BackupType::Full;
         let settings = copy::CopySettings {
             chunk_size: config.backup.chunk_size_kib * 1024,
@@ -158,21 +175,36 @@ pub fn run(
         };
         let level = config.repository.compression_level;
         let pages = Arc::new(pages::PageVerifier::new(page_layout, start_lsn));
-        let (files, written, format2) = if descriptor.format >= 2 {
+        let (files, written, format2, page_checksums, listing) = if descriptor.format >= 2 {
             let block_size = page_layout.block_size;
-            let previous = if is_full { None } else { rt.block_on(previous_format2(storage.as_ref()))? };
+            let previous = if is_full {
+                stream::Previous::Inline(Vec::new())
+            } else {
+                rt.block_on(previous_format2(storage.as_ref()))?
+            };
             let copied = rt.block_on(copy_format2(
                 &storage,
+                &id,
+                data_dir.clone(),
                 block_size,
                 level,
                 is_full,
-                previous.as_ref(),
+                previous,
                 settings,
-                &listing.files,
                 &pages,
                 progress,
             ))?;
-            (copied.files, copied.stats, Some((block_size, copied.pack_indexes, copied.frames)))
+            let s = copied.streamed;
+            let page_checksums = pages.outcome_of(&|p| s.corrupt.contains(p));
+            let listing = walk::Listing { directories: s.directories, files: Vec::new(), tablespaces: s.tablespaces };
+            let stats = BackupStats { files: s.files, bytes: s.bytes, ..copied.stats };
+            (
+                Vec::new(),
+                stats,
+                Some((block_size, copied.pack_indexes, s.file_maps, s.frames, s.nodes)),
+                page_checksums,
+                listing,
+            )
         } else {
             let (present, reusable) = if is_full {
                 // Listed only to tell rewritten objects from new ones; a full writes every object again.
@@ -184,6 +216,8 @@ pub fn run(
             let files =
                 rt.block_on(copy::copy_files(&listing.files, writer.clone(), &reusable, settings, &pages, progress))?;
             let stats = BackupStats {
+                files: files.len() as u64,
+                bytes: files.iter().map(|f| f.size).sum(),
                 objects_written: writer.objects_written.load(Ordering::Relaxed),
                 bytes_written: writer.bytes_written.load(Ordering::Relaxed),
                 bytes_stored: writer.bytes_stored.load(Ordering::Relaxed),
@@ -192,9 +226,9 @@ pub fn run(
                 bytes_rewritten: writer.bytes_rewritten.load(Ordering::Relaxed),
                 ..BackupStats::default()
             };
-            (files, stats, None)
+            let page_checksums = pages.outcome(&files);
+            (files, stats, None, page_checksums, listing)
         };
-        let page_checksums = pages.outcome(&files);
         pages::report(page_checksums.as_ref(), &data_dir, config.backup.fail_on_checksum_error)?;
 
         progress.phase("stopping backup");
@@ -210,12 +244,7 @@ pub fn run(
         let timeout = Duration::from_secs(config.backup.archive_timeout_seconds);
         rt.block_on(wait_for_archive(storage.as_ref(), &id, &start_wal, &stop_wal, seg_size, timeout))?;
 
-        let stats = BackupStats {
-            files: files.len() as u64,
-            bytes: files.iter().map(|f| f.size).sum(),
-            duration_ms: started.elapsed().as_millis() as u64,
-            ..written
-        };
+        let stats = BackupStats { duration_ms: started.elapsed().as_millis() as u64, ..written };
         let mut manifest = Manifest {
             format: MANIFEST_FORMAT,
             id: id.clone(),
@@ -242,22 +271,26 @@ pub fn run(
             repository_format: 1,
             block_size: None,
             pack_indexes: vec![],
+            file_maps: vec![],
             page_checksums,
         };
-        if let Some((block_size, pack_indexes, _)) = &format2 {
+        if let Some((block_size, pack_indexes, file_maps, _, _)) = &format2 {
             manifest.repository_format = 2;
             manifest.block_size = Some(*block_size);
             manifest.pack_indexes = pack_indexes.clone();
+            manifest.file_maps = file_maps.clone();
         }
         manifest.format = manifest.required_format();
         manifest.validate().map_err(|source| store::Error::InvalidManifest { key: id.manifest_key(), source })?;
         // Second line of defence behind the lease: every object the manifest references exists now.
         lease.check()?;
         match &format2 {
-            Some((_, _, frames)) => rt.block_on(check_present_format2(storage.as_ref(), &manifest, frames))?,
+            Some((_, _, _, frames, nodes)) => {
+                rt.block_on(check_present_format2(storage.as_ref(), &manifest, frames, nodes))?
+            }
             None => rt.block_on(check_present(storage.as_ref(), &manifest))?,
         }
-        if !rt.block_on(store::save_manifest(storage.as_ref(), &manifest))? {
+        if !rt.block_on(store::save_manifest(storage.as_ref(), &mut manifest))? {
             return Err(
                 crate::storage::Error::AlreadyExists { backend: storage.to_string(), key: id.manifest_key() }.into()
             );
@@ -277,34 +310,41 @@ const PACK_SIZE: usize = 16 << 20;
 
 /// What a format-2 copy produced.
 struct Format2Copy {
-    files: Vec<crate::repository::backup::FileEntry>,
+    /// The stream's result: directories, tablespaces, file maps, counts, the frames and nodes named.
+    streamed: stream::Streamed,
+    /// Counts and bytes written, new and reused (files and bytes are in `streamed`).
     stats: BackupStats,
     /// The pack index objects this backup wrote (several for a large backup: written as it goes), in order.
     pack_indexes: Vec<ObjectId>,
-    /// Every frame its files name.
-    frames: std::collections::HashSet<ObjectId>,
 }
 
-/// The newest backup if it is a format-2 one (an incremental reuses its blocks).
-async fn previous_format2(storage: &dyn Storage) -> Result<Option<Manifest>, Error> {
+/// The newest backup, whose blocks an incremental reuses: its entries from its file maps as the walk reaches them
+/// (format 4), or all of them (an older manifest); none if it is a format-1 backup or there is none.
+async fn previous_format2(storage: &dyn Storage) -> Result<stream::Previous, Error> {
     let last = match store::backup_ids(storage).await?.last() {
-        Some(id) => store::load_manifest(storage, id).await?,
+        Some(id) => store::load_header(storage, id).await?,
         None => None,
     };
-    Ok(last.filter(|m| m.repository_format >= 2))
+    Ok(match last.filter(|m| m.repository_format >= 2) {
+        Some(m) if !m.file_maps.is_empty() => stream::Previous::Maps { header: Box::new(m), loaded: Vec::new() },
+        Some(m) => stream::Previous::Inline(m.files),
+        None => stream::Previous::Inline(Vec::new()),
+    })
 }
 
-/// Format 2: load the repository's frame index, copy the files into packs, and name every pack written in pack
-/// index objects (written as the copy goes: [`packer::packs_per_index`]).
+/// Format 2: load the repository's frame index, copy the data directory into packs as a stream (its entries into
+/// file maps), and name every pack written in pack index objects (written as the copy goes:
+/// [`packer::packs_per_index`]).
 #[allow(clippy::too_many_arguments)]
 async fn copy_format2(
     storage: &crate::storage::DynStorage,
+    id: &BackupId,
+    data_dir: std::path::PathBuf,
     block_size: u32,
     level: i32,
     is_full: bool,
-    previous: Option<&Manifest>,
+    previous: stream::Previous,
     settings: copy::CopySettings,
-    files: &[walk::SourceFile],
     pages: &Arc<pages::PageVerifier>,
     progress: &dyn Progress,
 ) -> Result<Format2Copy, Error> {
@@ -313,15 +353,18 @@ async fn copy_format2(
     let packer = Arc::new(packer::Packer::new(storage.clone(), level, PACK_SIZE, settings.parallel, index.clone()));
     let ctx =
         blocks::BlockContext::new(storage.clone(), packer.clone(), index, pages.clone(), block_size, is_full, level);
-    let copied = format2::copy_files(files, &ctx, previous, settings, progress).await?;
+    let streamed = stream::copy(id, data_dir, &ctx, previous, settings, level, progress).await?;
     let pack_indexes = packer.finish().await?;
     let p = &packer.stats;
     let b = &ctx.stats;
     let load = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
     let unchanged_bytes = load(&b.unchanged) * u64::from(block_size);
-    let bytes_new = load(&p.bytes_new) + load(&b.node_bytes_new) + load(&p.index_bytes_new);
+    let bytes_new = load(&p.bytes_new) + load(&b.node_bytes_new) + load(&p.index_bytes_new) + streamed.map_bytes_new;
     let stats = BackupStats {
-        objects_written: load(&p.packs_written) + load(&b.nodes_written) + load(&p.index_written),
+        objects_written: load(&p.packs_written)
+            + load(&b.nodes_written)
+            + load(&p.index_written)
+            + streamed.maps_written,
         bytes_written: load(&p.raw_written),
         bytes_stored: bytes_new,
         bytes_new,
@@ -333,9 +376,10 @@ async fn copy_format2(
         whole = load(&b.whole),
         delta = load(&b.delta),
         packs = load(&p.packs_written),
+        maps = streamed.file_maps.len(),
         "format 2 copy done"
     );
-    Ok(Format2Copy { files: copied.files, stats, pack_indexes, frames: copied.frames })
+    Ok(Format2Copy { streamed, stats, pack_indexes })
 }
 
 /// Format 2: fail, naming one, if a frame or node `manifest` references is not in the repository (listings of
@@ -344,6 +388,7 @@ async fn check_present_format2(
     storage: &dyn Storage,
     manifest: &Manifest,
     frames: &std::collections::HashSet<ObjectId>,
+    nodes: &std::collections::HashSet<ObjectId>,
 ) -> Result<(), Error> {
     use crate::repository::{blockmap, packs, packstore::FrameIndex};
     let index = FrameIndex::load(storage).await?;
@@ -359,10 +404,9 @@ async fn check_present_format2(
         .map(|f| format!("frame {f}"))
         .collect();
     missing.extend(
-        manifest
-            .files
+        nodes
             .iter()
-            .flat_map(|f| &f.nodes)
+            .chain(manifest.file_maps.iter().map(|r| &r.id))
             .filter(|n| !node_set.contains(n))
             .map(|n| blockmap::node_key(n).to_string()),
     );

@@ -203,12 +203,22 @@ impl PageVerifier {
     /// What was found in the files the backup kept (`files`: a file that vanished while it was read is left out
     /// of the backup, and so of this), for the manifest: `None` when disabled.
     pub fn outcome(&self, files: &[FileEntry]) -> Option<PageChecksums> {
-        self.rules?;
         let kept: HashSet<&ManifestPath> = files.iter().map(|f| &f.path).collect();
+        self.outcome_of(&|p| kept.contains(p))
+    }
+
+    /// Whether pages of `path` failed verification (also when read again).
+    pub fn is_corrupt(&self, path: &ManifestPath) -> bool {
+        self.corrupt.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).contains_key(path)
+    }
+
+    /// [`Self::outcome`] for the files `kept` says the backup kept.
+    pub fn outcome_of(&self, kept: &dyn Fn(&ManifestPath) -> bool) -> Option<PageChecksums> {
+        self.rules?;
         let found = self.corrupt.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         let corrupt = found
             .iter()
-            .filter(|(path, _)| kept.contains(path))
+            .filter(|(path, _)| kept(path))
             .map(|(path, blocks)| CorruptPages { path: path.clone(), blocks: blocks.iter().copied().collect() })
             .collect();
         Some(PageChecksums { pages_verified: self.pages_verified.load(Ordering::Relaxed), corrupt })

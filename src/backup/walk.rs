@@ -79,6 +79,33 @@ pub struct Listing {
 /// List `data_dir`. Errors: [`Error::ReadSource`] naming the entry that could not be read, [`Error::SourceLink`]
 /// naming a link that cannot be backed up.
 pub fn list(data_dir: &Path) -> Result<Listing, Error> {
+    let mut files = Vec::new();
+    let mut out = visit(data_dir, &mut |item| {
+        if let Item::File(f) = item {
+            files.push(f);
+        }
+        Ok(())
+    })?;
+    out.files = files;
+    Ok(out)
+}
+
+/// One thing the walk found.
+#[derive(Debug, Clone)]
+pub enum Item {
+    /// A regular file to copy.
+    File(SourceFile),
+    /// A directory (before anything in it).
+    Dir(DirEntry),
+    /// A tablespace under `pg_tblspc` (before anything in it).
+    Tablespace(Tablespace),
+}
+
+/// Walk `data_dir` as [`list`] does, passing each item to `found` as it is found instead of keeping it, in walk
+/// order: each directory's names in byte order, depth first, so files come in [`walk_order`]. Returns the
+/// directories and tablespaces (`files` is left empty). Errors: as [`list`], and whatever `found` returns (which
+/// stops the walk).
+pub fn visit(data_dir: &Path, found: &mut dyn FnMut(Item) -> Result<(), Error>) -> Result<Listing, Error> {
     // The data directory and every directory above it: a link leading to any of them is a cycle, named at once.
     let canonical = std::fs::canonicalize(data_dir).map_err(|e| read_error(data_dir, e))?;
     let mut ancestors = Vec::new();
@@ -86,22 +113,30 @@ pub fn list(data_dir: &Path) -> Result<Listing, Error> {
         let meta = std::fs::metadata(dir).map_err(|e| read_error(dir, e))?;
         ancestors.insert(0, (meta.dev(), meta.ino()));
     }
-    let mut walker = Walker { out: Listing::default(), ancestors };
+    let mut walker = Walker { out: Listing::default(), ancestors, found };
     walker.walk_dir(data_dir, &ManifestPath::default(), true)?;
     Ok(walker.out)
+}
+
+/// The order in which the walk yields files: manifest paths compared component by component, each component by
+/// its bytes (`base/1/2` before `base/1-x`, although `/` sorts after `-` as a byte).
+pub fn walk_order(a: &ManifestPath, b: &ManifestPath) -> std::cmp::Ordering {
+    a.components().cmp(b.components())
 }
 
 fn read_error(path: &Path, source: std::io::Error) -> Error {
     Error::ReadSource { path: path.to_path_buf(), source }
 }
 
-struct Walker {
+struct Walker<'a> {
     out: Listing,
+    /// Receives each item as it is found.
+    found: &'a mut dyn FnMut(Item) -> Result<(), Error>,
     /// (device, inode) of the directories from the data directory down to the one being read, links resolved.
     ancestors: Vec<(u64, u64)>,
 }
 
-impl Walker {
+impl Walker<'_> {
     /// List `dir` (manifest path `rel`); `is_mount_root` where a file system may be mounted (see the module doc).
     fn walk_dir(&mut self, dir: &Path, rel: &ManifestPath, is_mount_root: bool) -> Result<(), Error> {
         let entries = match std::fs::read_dir(dir) {
@@ -153,9 +188,16 @@ impl Walker {
                     Some(oid) if is_link => {
                         let location = std::fs::canonicalize(&path).map_err(|e| read_error(&path, e))?;
                         let location = ManifestPath::from_os_str(location.as_os_str());
-                        self.out.tablespaces.push(Tablespace { oid, location });
+                        let t = Tablespace { oid, location };
+                        self.out.tablespaces.push(t.clone());
+                        (self.found)(Item::Tablespace(t))?;
                     }
-                    _ => push_dir(&mut self.out, &child_rel, &target, is_pg_wal),
+                    _ => {
+                        for d in dirs_of(&child_rel, &target, is_pg_wal) {
+                            self.out.directories.push(d.clone());
+                            (self.found)(Item::Dir(d))?;
+                        }
+                    }
                 }
                 if is_pg_wal || is_content_skipped {
                     continue;
@@ -167,7 +209,7 @@ impl Walker {
                 self.walk_dir(&path, &child_rel, is_link || tablespace_oid.is_some())?;
                 self.ancestors.pop();
             } else if target.is_file() {
-                push_file(&mut self.out, child_rel, path, &target);
+                (self.found)(Item::File(source_file(child_rel, path, &target)))?;
             } else if is_link {
                 let resolved = std::fs::canonicalize(&path).unwrap_or_else(|_| path.clone());
                 return Err(link_error(
@@ -192,22 +234,18 @@ impl Walker {
     }
 }
 
-fn push_dir(out: &mut Listing, rel: &ManifestPath, meta: &std::fs::Metadata, is_pg_wal: bool) {
+/// The directory `rel` (and `pg_wal/archive_status` after `pg_wal`, whose contents are not walked).
+fn dirs_of(rel: &ManifestPath, meta: &std::fs::Metadata, is_pg_wal: bool) -> Vec<DirEntry> {
     let mode = meta.permissions().mode() & 0o7777;
-    out.directories.push(DirEntry { path: rel.clone(), mode });
+    let mut out = vec![DirEntry { path: rel.clone(), mode }];
     if is_pg_wal {
-        out.directories.push(DirEntry { path: rel.join(b"archive_status"), mode });
+        out.push(DirEntry { path: rel.join(b"archive_status"), mode });
     }
+    out
 }
 
-fn push_file(out: &mut Listing, rel: ManifestPath, abs: PathBuf, meta: &std::fs::Metadata) {
-    out.files.push(SourceFile {
-        rel,
-        abs,
-        size: meta.len(),
-        mode: meta.permissions().mode() & 0o7777,
-        mtime: meta.mtime(),
-    });
+fn source_file(rel: ManifestPath, abs: PathBuf, meta: &std::fs::Metadata) -> SourceFile {
+    SourceFile { rel, abs, size: meta.len(), mode: meta.permissions().mode() & 0o7777, mtime: meta.mtime() }
 }
 
 /// True for what a backup leaves out; `name` is bytes (names that are not UTF-8 are never PostgreSQL's own, but
@@ -311,5 +349,38 @@ mod tests {
         assert!(!dirs.contains(&"pg_replslot/slot"), "{dirs:?}");
         assert_eq!(l.tablespaces.len(), 1);
         assert_eq!(l.tablespaces[0].oid, 16399);
+    }
+
+    /// Files come in walk order, which is not the byte order of the whole paths (`a/b` before `a-c`), and a
+    /// directory's entry comes before anything in it.
+    #[test]
+    fn issue_10_files_come_in_walk_order() {
+        let d = tempfile::tempdir().expect("tempdir");
+        let root = d.path();
+        for dir in ["base/1", "base/1-x", "base/10", "global"] {
+            std::fs::create_dir_all(root.join(dir)).expect("mkdir");
+        }
+        for f in ["base/1/2", "base/1/10", "base/1-x/1", "base/10/1", "base/1.5", "global/a", "PG_VERSION"] {
+            std::fs::write(root.join(f), b"x").expect("write");
+        }
+        let mut seen = Vec::new();
+        let out = visit(root, &mut |item| {
+            seen.push(match item {
+                Item::File(f) => format!("f {}", f.rel),
+                Item::Dir(d) => format!("d {}", d.path),
+                Item::Tablespace(t) => format!("t {}", t.oid),
+            });
+            Ok(())
+        })
+        .expect("visit");
+        assert!(out.files.is_empty());
+        let files: Vec<&str> = seen.iter().filter_map(|s| s.strip_prefix("f ")).collect();
+        assert_eq!(files, ["PG_VERSION", "base/1/10", "base/1/2", "base/1-x/1", "base/1.5", "base/10/1", "global/a"]);
+        let l = list(root).expect("list");
+        assert!(l.files.windows(2).all(|w| walk_order(&w[0].rel, &w[1].rel).is_lt()), "sorted by walk_order");
+        let byte_order = |a: &str, b: &str| a.as_bytes() < b.as_bytes();
+        assert!(!byte_order("base/1/2", "base/1-x/1"), "walk order is not the paths' byte order");
+        let at = |p: &str| seen.iter().position(|s| s == p).unwrap_or(usize::MAX);
+        assert!(at("d base/1") < at("f base/1/10"), "{seen:?}");
     }
 }

@@ -266,7 +266,7 @@ pub fn run(rt: &tokio::runtime::Runtime, inputs: Inputs<'_>) -> Report {
         }
         Some(st) => {
             let name = st.to_string();
-            let backups = rt.block_on(within(limit, &name, async { Ok(store::manifests(st.as_ref()).await?) }));
+            let backups = rt.block_on(within(limit, &name, async { Ok(store::manifest_headers(st.as_ref()).await?) }));
             out.push(match backups {
                 Ok((manifests, _)) => {
                     let newest = manifests

@@ -26,7 +26,8 @@ use crate::wal::{Lsn, TimelineId};
 /// - 2: a path may be `{"b64": ...}` (a name that is not UTF-8, see [`ManifestPath`]).
 /// - 3: a backup of a format-2 repository (docs/design/format2.md): pieces name frames in packs, large files
 ///   name block-map nodes, `repository_format`, `block_size` and `pack_indexes` are set.
-pub const MANIFEST_FORMAT: u32 = 3;
+/// - 4: as 3, with the file entries in file maps (`file_maps`; see [`super::filemap`]) rather than in `files`.
+pub const MANIFEST_FORMAT: u32 = 4;
 
 /// Prefix of the data objects.
 pub const DATA_PREFIX: &str = "data/";
@@ -330,7 +331,9 @@ pub struct Manifest {
     pub tablespaces: Vec<Tablespace>,
     /// Directories, parents before children.
     pub directories: Vec<DirEntry>,
-    /// Regular files.
+    /// Regular files, in listing order. In a format-4 manifest they are stored in `file_maps` (the object's
+    /// `files` is empty) and put back here when the manifest is loaded.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub files: Vec<FileEntry>,
     /// Sizes and counts.
     pub stats: BackupStats,
@@ -341,6 +344,10 @@ pub struct Manifest {
     /// Format 2: the block size of block-mapped files, in bytes (PostgreSQL's `block_size`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub block_size: Option<u32>,
+    /// Manifest format 4: the file maps holding the entries of `files`, in order. Loading the manifest
+    /// (`repository::store::load_manifest`) reads them into `files`; saving it writes `files` empty.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub file_maps: Vec<super::filemap::FileMapRef>,
     /// Format 2: the pack index objects this backup wrote (where its new frames lie), in the order written: several
     /// for a large backup, which writes them as it goes (`backup::packer::packs_per_index`). Informational: readers
     /// use the union of every index object of the repository.
@@ -419,7 +426,9 @@ impl Manifest {
     pub fn required_format(&self) -> u32 {
         let paths = self.files.iter().map(|f| &f.path).chain(self.directories.iter().map(|d| &d.path));
         let is_text = paths.chain(self.tablespaces.iter().map(|t| &t.location)).all(|p| p.to_str().is_some());
-        if self.repository_format >= 2 {
+        if !self.file_maps.is_empty() {
+            4
+        } else if self.repository_format >= 2 {
             3
         } else if is_text {
             1
@@ -439,32 +448,9 @@ impl Manifest {
                 return bad(format!("directory {:?}: {e}", d.path));
             }
         }
-        for f in &self.files {
-            if let Err(e) = self.check_path(&f.path) {
-                return bad(format!("file {:?}: {e}", f.path));
-            }
-            if !f.nodes.is_empty() {
-                let Some(block) = self.block_size.filter(|b| *b > 0 && self.repository_format >= 2) else {
-                    return bad(format!("file {:?}: has block-map nodes in a backup without a block size", f.path));
-                };
-                let blocks = f.size.div_ceil(u64::from(block));
-                let nodes = blocks.div_ceil(super::blockmap::NODE_BLOCKS);
-                if !f.pieces.is_empty() || f.nodes.len() as u64 != nodes {
-                    return bad(format!(
-                        "file {:?}: {} block-map nodes for {} bytes (expected {nodes}, and no pieces)",
-                        f.path,
-                        f.nodes.len(),
-                        f.size
-                    ));
-                }
-                continue;
-            }
-            let sum: u64 = f.pieces.iter().map(|p| p.length).sum();
-            if sum != f.size {
-                return bad(format!("file {:?}: pieces add up to {sum} bytes, not {}", f.path, f.size));
-            }
-        }
-        if !self.corrupt_pages().is_empty() {
+        self.validate_files(&self.files)?;
+        // A format-4 manifest as stored (its entries in file maps, not read yet) has no files to check against.
+        if !self.corrupt_pages().is_empty() && (!self.files.is_empty() || self.file_maps.is_empty()) {
             let files: std::collections::HashSet<&ManifestPath> = self.files.iter().map(|f| &f.path).collect();
             if let Some(c) = self.corrupt_pages().iter().find(|c| !files.contains(&c.path)) {
                 return bad(format!("corrupt pages of {:?}: not a file of this backup", c.path));
@@ -478,22 +464,72 @@ impl Manifest {
         Ok(())
     }
 
-    fn check_path(&self, path: &ManifestPath) -> Result<(), String> {
-        check_relative_path(path)?;
-        let parts: Vec<&[u8]> = path.components().collect();
-        if parts.len() >= 3 && parts[0] == b"pg_tblspc" {
-            let oid: Option<u32> = std::str::from_utf8(parts[1]).ok().and_then(|p| p.parse().ok());
-            let linked = oid.is_some_and(|oid| self.tablespaces.iter().any(|t| t.oid == oid));
-            // An in-place tablespace (allow_in_place_tablespaces), or a directory link followed by the backup, is a
-            // plain directory of the data directory.
-            let dir = ManifestPath::from("pg_tblspc").join(parts[1]);
-            let in_place = self.directories.iter().any(|d| d.path == dir);
-            if !linked && !in_place {
-                return Err("is under pg_tblspc but names no tablespace of this backup".to_owned());
-            }
-        }
-        Ok(())
+    /// The checks of [`Self::validate`] on file entries `files` of this manifest (all of them, or those of some of
+    /// its file maps): see [`check_entries`].
+    pub fn validate_files(&self, files: &[FileEntry]) -> Result<(), InvalidManifest> {
+        check_entries(files, &self.tablespaces, &self.directories, self.block_size, self.repository_format)
     }
+
+    fn check_path(&self, path: &ManifestPath) -> Result<(), String> {
+        check_path(path, &self.tablespaces, &self.directories)
+    }
+}
+
+/// The checks a manifest's file entries pass (before a restore touches the disk, and before a backup saves them):
+/// each path is relative and plain, under `pg_tblspc/<oid>/` only for a tablespace of `tablespaces` (or an
+/// in-place one of `directories`); a block-mapped file (format 2) has the nodes its size needs and no pieces;
+/// other files' pieces add up to their size. The error names the entry.
+pub fn check_entries(
+    files: &[FileEntry],
+    tablespaces: &[Tablespace],
+    directories: &[DirEntry],
+    block_size: Option<u32>,
+    repository_format: u32,
+) -> Result<(), InvalidManifest> {
+    let bad = |what: String| Err(InvalidManifest { what });
+    for f in files {
+        if let Err(e) = check_path(&f.path, tablespaces, directories) {
+            return bad(format!("file {:?}: {e}", f.path));
+        }
+        if !f.nodes.is_empty() {
+            let Some(block) = block_size.filter(|b| *b > 0 && repository_format >= 2) else {
+                return bad(format!("file {:?}: has block-map nodes in a backup without a block size", f.path));
+            };
+            let blocks = f.size.div_ceil(u64::from(block));
+            let nodes = blocks.div_ceil(super::blockmap::NODE_BLOCKS);
+            if !f.pieces.is_empty() || f.nodes.len() as u64 != nodes {
+                return bad(format!(
+                    "file {:?}: {} block-map nodes for {} bytes (expected {nodes}, and no pieces)",
+                    f.path,
+                    f.nodes.len(),
+                    f.size
+                ));
+            }
+            continue;
+        }
+        let sum: u64 = f.pieces.iter().map(|p| p.length).sum();
+        if sum != f.size {
+            return bad(format!("file {:?}: pieces add up to {sum} bytes, not {}", f.path, f.size));
+        }
+    }
+    Ok(())
+}
+
+fn check_path(path: &ManifestPath, tablespaces: &[Tablespace], directories: &[DirEntry]) -> Result<(), String> {
+    check_relative_path(path)?;
+    let parts: Vec<&[u8]> = path.components().collect();
+    if parts.len() >= 3 && parts[0] == b"pg_tblspc" {
+        let oid: Option<u32> = std::str::from_utf8(parts[1]).ok().and_then(|p| p.parse().ok());
+        let linked = oid.is_some_and(|oid| tablespaces.iter().any(|t| t.oid == oid));
+        // An in-place tablespace (allow_in_place_tablespaces), or a directory link followed by the backup, is a
+        // plain directory of the data directory.
+        let dir = ManifestPath::from("pg_tblspc").join(parts[1]);
+        let in_place = directories.iter().any(|d| d.path == dir);
+        if !linked && !in_place {
+            return Err("is under pg_tblspc but names no tablespace of this backup".to_owned());
+        }
+    }
+    Ok(())
 }
 
 /// A relative path of plain components: not empty, not absolute, no `.` or `..`, no empty component, no NUL.
@@ -545,6 +581,7 @@ impl Manifest {
             repository_format: 1,
             block_size: None,
             pack_indexes: vec![],
+            file_maps: vec![],
             page_checksums: None,
         }
     }

@@ -8,8 +8,10 @@
 use bytes::Bytes;
 use futures_util::stream::{self, StreamExt, TryStreamExt};
 
+use super::backup::FileEntry;
 use super::backup::ObjectId;
 use super::blockmap::{Node, node_key};
+use super::filemap::{self, FileMapRef, file_map_key};
 use super::packs::{FrameLocation, INDEX_PREFIX, PackEntry, PackIndex, index_from_key, index_key, pack_key};
 use super::store::Error;
 use crate::codec;
@@ -117,6 +119,44 @@ pub async fn load_node(storage: &dyn Storage, id: &ObjectId) -> Result<Node, Err
     let key = node_key(id);
     let raw = load_raw(storage, &key, id).await?;
     Node::decode(&raw).map_err(|source| Error::Malformed { key, source })
+}
+
+/// Load and check one file map (manifest format 4): its entries, which must agree with the manifest's reference
+/// `r`. Errors: storage errors (a map that is gone is `NotFound`), [`Error::Corrupt`] (damaged object),
+/// [`Error::Malformed`] (not a file map, or one that disagrees with `r`).
+pub async fn load_file_map(storage: &dyn Storage, r: &FileMapRef) -> Result<Vec<FileEntry>, Error> {
+    let key = file_map_key(&r.id);
+    let raw = load_raw(storage, &key, &r.id).await?;
+    filemap::decode(&raw, r).map_err(|source| Error::Malformed { key, source })
+}
+
+/// Save the file maps of `files` (in listing order; see [`filemap::runs`]), `LOAD_CONCURRENCY` at a time.
+/// Returns their references in order, the number of map objects this call created and their stored bytes (maps
+/// that existed, shared with another backup, count 0).
+pub async fn save_file_maps(
+    storage: &dyn Storage,
+    files: &[FileEntry],
+    level: i32,
+) -> Result<(Vec<FileMapRef>, u64, u64), Error> {
+    let saved: Vec<(FileMapRef, u64)> =
+        stream::iter(filemap::runs(files).into_iter().map(|run| save_file_map(storage, &files[run], level)))
+            .buffered(LOAD_CONCURRENCY)
+            .try_collect()
+            .await?;
+    let created = saved.iter().filter(|(_, s)| *s > 0).count() as u64;
+    let bytes = saved.iter().map(|(_, s)| s).sum();
+    Ok((saved.into_iter().map(|(r, _)| r).collect(), created, bytes))
+}
+
+/// Save one run of entries (not empty) as a file map, create-only. Returns its reference and the stored bytes if
+/// this call created it (0 if it existed).
+pub async fn save_file_map(storage: &dyn Storage, run: &[FileEntry], level: i32) -> Result<(FileMapRef, u64), Error> {
+    let malformed = |key, what: &str| Error::Malformed { key, source: super::wire::WireError { what: what.into() } };
+    // Serialising these types cannot fail; the error is passed on rather than assumed away (no id exists yet).
+    let raw = filemap::encode(run).map_err(|e| malformed(file_map_key(&ObjectId([0; 32])), &e.to_string()))?;
+    let (id, stored) = save_raw(storage, &raw, file_map_key, level).await?;
+    let r = filemap::reference(id, run).ok_or_else(|| malformed(file_map_key(&id), "an empty run of files"))?;
+    Ok((r, stored))
 }
 
 /// Get a codec object and decode it, checking that its content is `id`.

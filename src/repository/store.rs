@@ -6,7 +6,10 @@ use bytes::Bytes;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use super::backup::{BackupId, InvalidManifest, Manifest};
+use futures_util::stream::{self, StreamExt, TryStreamExt};
+
+use super::backup::{BackupId, FileEntry, InvalidManifest, Manifest, ObjectId};
+use super::filemap::{FileMapRef, file_map_key};
 use super::{ClusterInfo, Descriptor, FORMAT_VERSION, cluster_key, descriptor_key};
 use crate::codec;
 use crate::storage::{self, Key, PutMode, Storage};
@@ -62,6 +65,14 @@ pub enum Error {
         /// What is wrong.
         #[source]
         source: super::wire::WireError,
+    },
+    /// A format-4 manifest names a file map that is not in the repository (the backup cannot be restored).
+    #[error("backup manifest {manifest} names file map {map}, which is missing")]
+    MissingFileMap {
+        /// The manifest's key.
+        manifest: Key,
+        /// The map's key.
+        map: Key,
     },
     /// Nothing at the URL is a repository (no descriptor, no WAL, no backup): most often a typo in the URL.
     #[error("no repository at {backend}")]
@@ -248,14 +259,24 @@ pub fn check_cluster(storage: &dyn Storage, on_record: &ClusterInfo, offered: &C
     Ok(())
 }
 
-/// Write a backup's manifest, create-only (compact JSON: manifests list every file). False if it existed.
-pub async fn save_manifest(storage: &dyn Storage, manifest: &Manifest) -> Result<bool, Error> {
+/// Write a backup's manifest, create-only (compact JSON). With file maps (manifest format 4), the file entries are
+/// in the maps, which the caller saved first ([`super::packstore::save_file_maps`]), and `files` is left out of
+/// the object. False if it existed.
+pub async fn save_manifest(storage: &dyn Storage, manifest: &mut Manifest) -> Result<bool, Error> {
     let key = manifest.id.manifest_key();
-    let json = serde_json::to_vec(manifest).map_err(|source| Error::BadJson { key: key.clone(), source })?;
-    create_json(storage, &key, json).await
+    let files = if manifest.file_maps.is_empty() { Vec::new() } else { std::mem::take(&mut manifest.files) };
+    let json = serde_json::to_vec(manifest).map_err(|source| Error::BadJson { key: key.clone(), source });
+    if !files.is_empty() {
+        manifest.files = files;
+    }
+    create_json(storage, &key, json?).await
 }
 
-/// Load and validate one backup's manifest, or `None` if the backup does not exist.
+/// File maps already loaded, by id (maps are shared by backups: [`manifests`] reads each once).
+pub type FileMapCache = std::collections::HashMap<ObjectId, std::sync::Arc<Vec<FileEntry>>>;
+
+/// Load and validate one backup's manifest, or `None` if the backup does not exist. The entries of a format-4
+/// manifest are read from its file maps (each checked against its reference) into `files`.
 pub async fn load_manifest(storage: &dyn Storage, id: &BackupId) -> Result<Option<Manifest>, Error> {
     Ok(load_manifest_with_digest(storage, id).await?.map(|(m, _)| m))
 }
@@ -266,11 +287,113 @@ pub async fn load_manifest_with_digest(
     storage: &dyn Storage,
     id: &BackupId,
 ) -> Result<Option<(Manifest, codec::Digest)>, Error> {
+    load_manifest_cached(storage, id, &mut FileMapCache::new()).await
+}
+
+/// [`load_manifest_with_digest`], taking file maps from `cache` when they are there and adding the ones it reads.
+pub async fn load_manifest_cached(
+    storage: &dyn Storage,
+    id: &BackupId,
+    cache: &mut FileMapCache,
+) -> Result<Option<(Manifest, codec::Digest)>, Error> {
+    let Some((mut manifest, digest)) = load_header_with_digest(storage, id).await? else { return Ok(None) };
+    read_file_maps(storage, &mut manifest, cache).await?;
+    manifest.validate().map_err(|source| Error::InvalidManifest { key: id.manifest_key(), source })?;
+    Ok(Some((manifest, digest)))
+}
+
+/// One backup's manifest as stored, validated as far as it goes: the entries of a format-4 manifest are not read
+/// (`files` is empty; [`read_file_maps`] reads them), those of an older one are. `None` if the backup does not
+/// exist.
+pub async fn load_header(storage: &dyn Storage, id: &BackupId) -> Result<Option<Manifest>, Error> {
+    Ok(load_header_with_digest(storage, id).await?.map(|(m, _)| m))
+}
+
+/// [`load_header`] with the manifest object's content digest.
+async fn load_header_with_digest(
+    storage: &dyn Storage,
+    id: &BackupId,
+) -> Result<Option<(Manifest, codec::Digest)>, Error> {
     let key = id.manifest_key();
     let Some((manifest, digest)) = load_with_digest::<Manifest>(storage, &key).await? else { return Ok(None) };
+    if !manifest.file_maps.is_empty() && !manifest.files.is_empty() {
+        let source = InvalidManifest { what: "lists files and file maps both".into() };
+        return Err(Error::InvalidManifest { key, source });
+    }
     manifest.validate().map_err(|source| Error::InvalidManifest { key, source })?;
     Ok(Some((manifest, digest)))
 }
+
+/// Read the entries of `manifest`'s file maps (format 4) into its `files`, in order, each map checked against its
+/// reference; nothing to do for an older manifest or one already read. Errors: [`Error::MissingFileMap`], a
+/// damaged map ([`Error::Corrupt`], [`Error::Malformed`]), storage errors.
+pub async fn read_file_maps(
+    storage: &dyn Storage,
+    manifest: &mut Manifest,
+    cache: &mut FileMapCache,
+) -> Result<(), Error> {
+    if manifest.file_maps.is_empty() || !manifest.files.is_empty() {
+        return Ok(());
+    }
+    let missing: Vec<FileMapRef> = manifest.file_maps.iter().filter(|r| !cache.contains_key(&r.id)).cloned().collect();
+    let loaded = load_maps(storage, &manifest.id, &missing).await?;
+    cache.extend(missing.iter().map(|r| r.id).zip(loaded.into_iter().map(std::sync::Arc::new)));
+    let mut files = Vec::with_capacity(manifest.file_maps.iter().map(|r| r.files as usize).sum());
+    for r in &manifest.file_maps {
+        // invariant: every map of this manifest was either cached or just loaded into the cache.
+        if let Some(entries) = cache.get(&r.id) {
+            files.extend(entries.iter().cloned());
+        }
+    }
+    manifest.files = files;
+    Ok(())
+}
+
+/// Every backup's manifest without the entries of format-4 manifests ([`load_header`]; those of older ones are
+/// dropped once validated, so memory is per backup, not per file), oldest first, and the backups whose manifest
+/// is damaged or invalid. For choosing among backups; read the chosen one whole with [`load_manifest`].
+pub async fn manifest_headers(storage: &dyn Storage) -> Result<(Vec<Manifest>, Vec<(BackupId, Error)>), Error> {
+    let (mut good, mut bad) = (Vec::new(), Vec::new());
+    for id in backup_ids(storage).await? {
+        match load_header(storage, &id).await {
+            Ok(Some(mut m)) => {
+                m.files = Vec::new();
+                good.push(m);
+            }
+            Ok(None) => {}
+            Err(e @ Error::Storage(_)) => return Err(e),
+            Err(e) => bad.push((id, e)),
+        }
+    }
+    Ok((good, bad))
+}
+
+/// The entries of the file maps `maps` of backup `id`, one vector per map in order, [`MAP_CONCURRENCY`] maps read at
+/// a time, each checked against its reference. The caller validates the entries
+/// ([`Manifest::validate_files`]). Errors as [`read_file_maps`].
+pub async fn load_maps(
+    storage: &dyn Storage,
+    id: &BackupId,
+    maps: &[FileMapRef],
+) -> Result<Vec<Vec<FileEntry>>, Error> {
+    let key = id.manifest_key();
+    let loads: Vec<_> = maps.iter().map(|r| load_map(storage, &key, r)).collect();
+    stream::iter(loads).buffered(MAP_CONCURRENCY).try_collect().await
+}
+
+/// One map of [`load_maps`]; a missing one is [`Error::MissingFileMap`] naming the manifest `key`.
+async fn load_map(storage: &dyn Storage, key: &Key, r: &FileMapRef) -> Result<Vec<FileEntry>, Error> {
+    match super::packstore::load_file_map(storage, r).await {
+        Ok(files) => Ok(files),
+        Err(Error::Storage(e)) if e.is_not_found() => {
+            Err(Error::MissingFileMap { manifest: key.clone(), map: file_map_key(&r.id) })
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// File maps loaded at a time.
+const MAP_CONCURRENCY: usize = 16;
 
 /// The ids of every backup (every manifest), oldest first.
 pub async fn backup_ids(storage: &dyn Storage) -> Result<Vec<BackupId>, Error> {
@@ -297,8 +420,9 @@ pub async fn manifests_with_digests(
     storage: &dyn Storage,
 ) -> Result<(Vec<(Manifest, codec::Digest)>, Vec<(BackupId, Error)>), Error> {
     let (mut good, mut bad) = (Vec::new(), Vec::new());
+    let mut cache = FileMapCache::new();
     for id in backup_ids(storage).await? {
-        match load_manifest_with_digest(storage, &id).await {
+        match load_manifest_cached(storage, &id, &mut cache).await {
             Ok(Some(m)) => good.push(m),
             Ok(None) => {}
             Err(e @ Error::Storage(_)) => return Err(e),
@@ -312,6 +436,49 @@ pub async fn manifests_with_digests(
 mod tests {
     use super::*;
     use crate::storage::fs::FsStorage;
+
+    /// Manifest format 4: the entries go to file maps and come back on load; the header has none; a missing map
+    /// is named; a second backup with the same entries writes no new map.
+    #[tokio::test]
+    async fn issue_10_file_maps_round_trip() {
+        use crate::repository::backup::{FileEntry, ManifestPath};
+        let dir = tempfile::tempdir().expect("tempdir");
+        let s = FsStorage::new(dir.path().to_path_buf());
+        let files: Vec<FileEntry> = (0..3000)
+            .map(|i| FileEntry {
+                path: ManifestPath::from(format!("base/5/{i}").as_str()),
+                size: 0,
+                mode: 0o600,
+                mtime: i,
+                pieces: vec![],
+                nodes: vec![],
+            })
+            .collect();
+        let (maps, created, bytes) = super::super::packstore::save_file_maps(&s, &files, 3).await.expect("maps");
+        assert!(maps.len() > 1 && created == maps.len() as u64 && bytes > 0, "{} maps", maps.len());
+        let mut m = Manifest { files: files.clone(), file_maps: maps.clone(), ..Manifest::example() };
+        m.repository_format = 2;
+        m.block_size = Some(8192);
+        m.format = m.required_format();
+        assert_eq!(m.format, 4);
+        assert!(save_manifest(&s, &mut m).await.expect("save"));
+        assert_eq!(m.files.len(), 3000, "the caller's manifest keeps its entries");
+        let raw = s.get(&m.id.manifest_key()).await.expect("get");
+        let (_, json) = codec::decode_vec(&raw).expect("decode");
+        assert!(!String::from_utf8_lossy(&json).contains("base/5/17"), "entries are not in the manifest object");
+        let back = load_manifest(&s, &m.id).await.expect("load").expect("exists");
+        assert_eq!(back, m);
+        let header = load_header(&s, &m.id).await.expect("header").expect("exists");
+        assert!(header.files.is_empty() && header.file_maps == maps);
+
+        let again = super::super::packstore::save_file_maps(&s, &files, 3).await.expect("maps");
+        assert_eq!((again.0, again.1, again.2), (maps.clone(), 0, 0), "equal runs are shared, nothing new");
+
+        s.delete(&file_map_key(&maps[1].id)).await.expect("delete a map");
+        let e = load_manifest(&s, &m.id).await.expect_err("a map is missing");
+        assert!(matches!(e, Error::MissingFileMap { .. }), "{e:?}");
+        assert!(e.to_string().contains(file_map_key(&maps[1].id).as_str()), "{e}");
+    }
 
     /// What marks a repository: the descriptor, or for an earlier version's repository without one, the cluster
     /// record or a backup manifest. Nothing at all (or an empty directory) is "no repository", and checking

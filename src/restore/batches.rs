@@ -14,6 +14,31 @@
 
 use std::ops::Range;
 
+use crate::repository::filemap::FileMapRef;
+
+/// File entries read and written at a time by a restore of a manifest with file maps (format 4): about 100 bytes
+/// each decoded, a few MiB per batch.
+pub const ENTRIES_PER_BATCH: u64 = 32_768;
+
+/// Group file maps, in order, into batches of at most `max` entries (a map with more is a batch of its own).
+pub fn map_batches(maps: &[FileMapRef], max: u64) -> Vec<Vec<FileMapRef>> {
+    let mut out: Vec<Vec<FileMapRef>> = Vec::new();
+    let mut in_last = 0;
+    for m in maps {
+        match out.last_mut() {
+            Some(last) if in_last + m.files <= max => {
+                last.push(m.clone());
+                in_last += m.files;
+            }
+            _ => {
+                out.push(vec![m.clone()]);
+                in_last = m.files;
+            }
+        }
+    }
+    out
+}
+
 /// Nodes loaded and planned at a time by a restore: 32 nodes of 128 MiB are 4 GiB of files.
 pub const NODES_PER_BATCH: usize = 32;
 

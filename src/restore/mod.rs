@@ -16,12 +16,14 @@ pub mod write;
 pub mod write2;
 
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Instant;
 
 use crate::Error;
 use crate::codec;
-use crate::progress::Progress;
-use crate::repository::backup::{BackupId, Manifest};
+use crate::progress::{self, Progress};
+use crate::repository::backup::{BackupId, FileEntry, Manifest};
+use crate::repository::packstore::FrameIndex;
 use crate::repository::{self, store};
 use crate::storage::{DynStorage, Storage};
 use crate::wal::{TimelineHistory, TimelineId, WalFileName};
@@ -115,6 +117,19 @@ pub async fn run(
         write::create_root(root)?;
     }
     let mut stats = write::WriteStats::default();
+    // The entries: an older manifest holds them all; a format-4 one names file maps, read a batch at a time so
+    // that memory does not grow with the number of files. Every map is read and checked once before anything is
+    // written (a damaged or missing one fails here, not halfway through).
+    let mut manifest = manifest;
+    let inline = std::mem::take(&mut manifest.files);
+    let batches = batches::map_batches(&manifest.file_maps, batches::ENTRIES_PER_BATCH);
+    let mut paths: Vec<crate::repository::backup::ManifestPath> = Vec::new();
+    for batch in &batches {
+        let files = load_entries(storage.as_ref(), &manifest, batch).await?;
+        if request.delta {
+            paths.extend(files.into_iter().map(|f| f.path));
+        }
+    }
     if request.delta {
         // Until the restore completes, the old copy must not be startable: its pg_control goes first.
         let control = layout.destination.join("global/pg_control");
@@ -124,18 +139,50 @@ pub async fn run(
             }
             _ => {}
         }
+        paths.extend(inline.iter().map(|f| f.path.clone()));
         let (m, l) = (manifest.clone(), layout.clone());
-        stats.removed = crate::archive::blocking(move || write::remove_extraneous(&m, &l)).await?;
+        stats.removed = crate::archive::blocking(move || write::remove_extraneous(&m, &paths, &l)).await?;
     }
-    let (control, rest): (Vec<_>, Vec<_>) = manifest.files.iter().partition(|f| f.path == "global/pg_control");
+    progress.start(manifest.stats.bytes, manifest.stats.files);
+    // Format 2: where every frame lies, read once for all the batches.
+    let index = match manifest.repository_format {
+        1 => None,
+        _ => Some(Arc::new(FrameIndex::load(storage.as_ref()).await?)),
+    };
+    let in_batch = progress::Started(progress);
     let phase = Instant::now();
-    let s = write::write_files(storage.clone(), &manifest, &rest, &layout, request.delta, request.parallel, progress)
+    let mut control: Vec<FileEntry> = Vec::new();
+    let mut s = write::WriteStats::default();
+    let mut pending = if inline.is_empty() { None } else { Some(inline) };
+    let mut next_batch = 0;
+    loop {
+        let files = match pending.take() {
+            Some(files) => files,
+            None if next_batch < batches.len() => {
+                next_batch += 1;
+                load_entries(storage.as_ref(), &manifest, &batches[next_batch - 1]).await?
+            }
+            None => break,
+        };
+        let (c, rest): (Vec<_>, Vec<_>) = files.iter().partition(|f| f.path == "global/pg_control");
+        control.extend(c.into_iter().cloned());
+        let b = write::write_files(
+            storage.clone(),
+            &manifest,
+            &rest,
+            &layout,
+            request.delta,
+            request.parallel,
+            index.as_ref(),
+            &in_batch,
+        )
         .await?;
-    tracing::debug!(seconds = phase.elapsed().as_secs_f64(), bytes = s.bytes_written, "files written");
+        s.add(&b);
+        write::sync_files(&rest, &layout, request.parallel).await?;
+    }
+    tracing::debug!(seconds = phase.elapsed().as_secs_f64(), bytes = s.bytes_written, "files written and flushed");
     write::link_tablespaces(&layout)?;
-    let phase = Instant::now();
-    write::sync_files(&manifest, &rest, &layout, request.parallel).await?;
-    tracing::debug!(seconds = phase.elapsed().as_secs_f64(), "files flushed to disk");
+    write::sync_dirs(&manifest, &layout).await?;
 
     // The files that make the directory startable come last.
     write::write_small(&layout, "backup_label", manifest.backup_label.as_bytes())?;
@@ -151,19 +198,23 @@ pub async fn run(
     let merged = recovery_block.merge_into(&existing);
     write::write_small(&layout, "postgresql.auto.conf", &merged)?;
     write::write_small(&layout, "recovery.signal", b"")?;
-    let c = write::write_files(storage, &manifest, &control, &layout, request.delta, 1, progress).await?;
-    write::sync_files(&manifest, &control, &layout, 1).await?;
+    let control: Vec<&FileEntry> = control.iter().collect();
+    let c =
+        write::write_files(storage, &manifest, &control, &layout, request.delta, 1, index.as_ref(), &in_batch).await?;
+    write::sync_files(&control, &layout, 1).await?;
     progress.finish();
 
-    stats.files_written = s.files_written + c.files_written;
-    stats.files_unchanged = s.files_unchanged + c.files_unchanged;
-    stats.bytes_written = s.bytes_written + c.bytes_written;
-    stats.objects = s.objects + c.objects;
+    s.add(&c);
+    stats.files_written = s.files_written;
+    stats.files_unchanged = s.files_unchanged;
+    stats.bytes_written = s.bytes_written;
+    stats.objects = s.objects;
     Ok(RestoreReport { backup: manifest, stats, duration_ms: started.elapsed().as_millis() as u64 })
 }
 
 /// The backup `request` restores (the one asked for, or the newest that reaches the target along the timeline
-/// recovery follows), with that timeline's history (`None` for `TargetTimeline::Current`). Reads manifests and
+/// recovery follows) as [`store::load_header`] reads it (a format-4 manifest without its entries), with that
+/// timeline's history (`None` for `TargetTimeline::Current`). Reads manifests and
 /// history files only; writes nothing.
 ///
 /// Errors: [`Error::NoBackup`] naming the ids that exist when the one asked for does not, or why no backup
@@ -174,7 +225,7 @@ pub async fn choose(
 ) -> Result<(Manifest, Option<TimelineHistory>), Error> {
     let manifests = match &request.backup_id {
         // The one asked for: a damaged or hostile manifest is an error here.
-        Some(id) => match store::load_manifest(storage, id).await? {
+        Some(id) => match store::load_header(storage, id).await? {
             Some(m) => vec![m],
             None => {
                 let ids = store::backup_ids(storage).await?;
@@ -186,7 +237,9 @@ pub async fn choose(
             }
         },
         None => {
-            let (good, bad) = store::manifests(storage).await?;
+            // Headers only: a repository of many backups of a cluster of many files would otherwise hold every
+            // backup's entries at once. The chosen one is read whole below.
+            let (good, bad) = store::manifest_headers(storage).await?;
             for (id, e) in bad {
                 tracing::warn!(backup = %id, error = %e, "skipping a backup whose manifest is unusable");
             }
@@ -201,11 +254,33 @@ pub async fn choose(
     let manifest = target::choose_backup(&manifests, &request.target, history.as_ref(), request.backup_id.as_ref())
         .map_err(|reason| Error::NoBackup { backend: storage.to_string(), target: request.target.to_string(), reason })?
         .clone();
+    let manifest = match request.backup_id {
+        Some(_) => manifest,
+        None => store::load_header(storage, &manifest.id).await?.ok_or_else(|| Error::NoBackup {
+            backend: storage.to_string(),
+            target: request.target.to_string(),
+            reason: format!("backup {} was deleted while the restore chose it", manifest.id),
+        })?,
+    };
     // A backup of a major this build does not know (written by a newer backupctl) is refused, not restored with
     // another major's recovery settings.
     crate::wal::version::Major::of_version_num(manifest.pg_version_num)
         .map_err(|source| Error::UnsupportedBackup { backup: manifest.id.to_string(), source })?;
     Ok((manifest, history))
+}
+
+/// The entries of the file maps `batch` of `manifest`, checked against the manifest
+/// ([`Manifest::validate_files`]).
+async fn load_entries(
+    storage: &dyn Storage,
+    manifest: &Manifest,
+    batch: &[repository::filemap::FileMapRef],
+) -> Result<Vec<FileEntry>, Error> {
+    let files: Vec<FileEntry> = store::load_maps(storage, &manifest.id, batch).await?.into_iter().flatten().collect();
+    manifest
+        .validate_files(&files)
+        .map_err(|source| store::Error::InvalidManifest { key: manifest.id.manifest_key(), source })?;
+    Ok(files)
 }
 
 fn absolute(p: &std::path::Path) -> Result<PathBuf, Error> {

@@ -26,6 +26,7 @@ use crate::archive::blocking;
 use crate::codec;
 use crate::progress::Progress;
 use crate::repository::backup::{FileEntry, Manifest, ManifestPath, ObjectId};
+use crate::repository::packstore::FrameIndex;
 use crate::repository::path::{Escaped, is_file_system_artefact};
 use crate::storage::DynStorage;
 
@@ -233,7 +234,19 @@ pub struct WriteStats {
     pub objects: u64,
 }
 
-/// Create directories, then write `files` from their objects (`delta`: only the pieces that differ).
+impl WriteStats {
+    /// Add another batch's counts (files, bytes, objects; `removed` is counted once, apart).
+    pub fn add(&mut self, other: &WriteStats) {
+        self.files_written += other.files_written;
+        self.bytes_written += other.bytes_written;
+        self.files_unchanged += other.files_unchanged;
+        self.objects += other.objects;
+    }
+}
+
+/// Create directories, then write `files` from their objects (`delta`: only the pieces that differ). Format 2
+/// finds frames in `index`, loaded here when `None` (pass it when writing in several calls).
+#[allow(clippy::too_many_arguments)]
 pub async fn write_files(
     storage: DynStorage,
     manifest: &Manifest,
@@ -241,10 +254,15 @@ pub async fn write_files(
     layout: &Layout,
     delta: bool,
     parallel: usize,
+    index: Option<&Arc<FrameIndex>>,
     progress: &dyn Progress,
 ) -> Result<WriteStats, Error> {
     if manifest.repository_format >= 2 {
-        return super::write2::write_files(storage, manifest, files, layout, delta, parallel, progress).await;
+        let index = match index {
+            Some(index) => index.clone(),
+            None => Arc::new(FrameIndex::load(storage.as_ref()).await?),
+        };
+        return super::write2::write_files(storage, manifest, files, layout, delta, parallel, index, progress).await;
     }
     let (ops, mut stats, new_files) = plan(manifest, files, layout, delta).await?;
     let creating = new_files.spawn();
@@ -468,9 +486,10 @@ fn plan_writes(
 /// `--delta`: remove what the backup does not have (files, links, directories), without following links, except
 /// the contents of a linked `pg_wal` (stale WAL there could be replayed). `lost+found` at the root of the
 /// destination or of a tablespace directory is a file-system artefact, never PostgreSQL's: it is left alone.
-pub fn remove_extraneous(manifest: &Manifest, layout: &Layout) -> Result<u64, Error> {
+/// `files` are the paths of the backup's files (they may be held apart from the manifest: those of its file maps).
+pub fn remove_extraneous(manifest: &Manifest, files: &[ManifestPath], layout: &Layout) -> Result<u64, Error> {
     let mut keep: HashSet<PathBuf> = HashSet::new();
-    for path in manifest.files.iter().map(|f| &f.path).chain(manifest.directories.iter().map(|d| &d.path)) {
+    for path in files.iter().chain(manifest.directories.iter().map(|d| &d.path)) {
         let (root, rel) = layout.resolve(path);
         let mut p = root.clone();
         for c in rel.components() {
@@ -547,26 +566,36 @@ pub fn write_small(layout: &Layout, rel: &str, content: &[u8]) -> Result<(), Err
     Ok(())
 }
 
-/// Flush `files` (manifest paths) and every directory of the backup to disk, `parallel` at a time. Only what the
-/// restore wrote is flushed (a `syncfs` would also flush a production cluster sharing the filesystem).
-pub async fn sync_files(
-    manifest: &Manifest,
-    files: &[&FileEntry],
-    layout: &Layout,
-    parallel: usize,
-) -> Result<(), Error> {
-    let mut paths: Vec<(PathBuf, bool)> = files
+/// Flush `files` (manifest paths) to disk, `parallel` at a time. Only what the restore wrote is flushed (a
+/// `syncfs` would also flush a production cluster sharing the filesystem); the directories are flushed by
+/// [`sync_dirs`].
+pub async fn sync_files(files: &[&FileEntry], layout: &Layout, parallel: usize) -> Result<(), Error> {
+    let paths: Vec<(PathBuf, bool)> = files
         .iter()
         .map(|f| {
             let (root, rel) = layout.resolve(&f.path);
             (root.join(rel), false)
         })
         .collect();
-    paths.extend(manifest.directories.iter().map(|d| {
-        let (root, rel) = layout.resolve(&d.path);
-        (root.join(rel), true)
-    }));
+    sync_paths(paths, parallel).await
+}
+
+/// Flush every directory of the backup and the roots (the destination and the tablespace directories).
+pub async fn sync_dirs(manifest: &Manifest, layout: &Layout) -> Result<(), Error> {
+    let mut paths: Vec<(PathBuf, bool)> = manifest
+        .directories
+        .iter()
+        .map(|d| {
+            let (root, rel) = layout.resolve(&d.path);
+            (root.join(rel), true)
+        })
+        .collect();
     paths.extend(layout.roots().into_iter().map(|r| (r, true)));
+    sync_paths(paths, 2).await
+}
+
+/// fsync each path (`true`: a directory), `parallel` at a time.
+async fn sync_paths(paths: Vec<(PathBuf, bool)>, parallel: usize) -> Result<(), Error> {
     let per_task = paths.len().div_ceil(parallel.max(1)).max(1);
     let mut tasks = JoinSet::new();
     for batch in paths.chunks(per_task).map(<[(PathBuf, bool)]>::to_vec) {

@@ -66,7 +66,9 @@ impl Op {
 
 type Needs = BTreeMap<ObjectId, Vec<Op>>;
 
-/// Create directories and files, then write `files` of a format-2 `manifest` (`delta`: only what differs).
+/// Create directories and files, then write `files` of a format-2 `manifest` (`delta`: only what differs), finding
+/// frames in `index` (the repository's pack indexes, loaded once per restore).
+#[allow(clippy::too_many_arguments)]
 pub async fn write_files(
     storage: DynStorage,
     manifest: &Manifest,
@@ -74,6 +76,7 @@ pub async fn write_files(
     layout: &Layout,
     delta: bool,
     parallel: usize,
+    index: Arc<FrameIndex>,
     progress: &dyn Progress,
 ) -> Result<WriteStats, Error> {
     let clock = std::time::Instant::now();
@@ -88,10 +91,8 @@ pub async fn write_files(
     // counted as done when its batch is planned. Deltas' second pass is not counted (its blocks already were).
     let pieces_total: u64 = pieces.values().flatten().map(Op::length).sum();
     progress.start(pieces_total + mapped.iter().map(|f| f.size).sum::<u64>(), stats.files_written);
-    let index = Arc::new(FrameIndex::load(storage.as_ref()).await?);
     let mut total = pieces_total;
     stats.objects = pieces.len() as u64;
-    tracing::debug!(seconds = clock.elapsed().as_secs_f64(), "pack indexes read");
     // Without --delta every file is new: an all-zero block need not be written.
     let mode = Mode { holes: !delta, block_size };
 

@@ -66,7 +66,8 @@ pub struct Inputs {
 /// Load the plan's inputs. A manifest that cannot be read or used stops it ([`Error::UnusableBackups`]): deleting
 /// WAL without knowing what that backup needs could break it.
 pub async fn load_inputs(storage: &dyn Storage) -> Result<Inputs, crate::Error> {
-    let (manifests, bad) = store::manifests(storage).await?;
+    // Headers: retention needs each backup's times, LSNs and WAL, not its file entries.
+    let (manifests, bad) = store::manifest_headers(storage).await?;
     if let Some((_, first)) = bad.first() {
         let ids: Vec<String> = bad.iter().map(|(id, _)| id.to_string()).collect();
         return Err(Error::UnusableBackups {

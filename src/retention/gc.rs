@@ -227,6 +227,8 @@ pub(crate) struct Marked {
     /// Format 2: the frames their small files' pieces name (frames named by nodes are added by
     /// [`packs::mark_nodes`]).
     pub frames: HashSet<ObjectId>,
+    /// Manifest format 4: the file maps the manifests name (swept under `maps/` with the nodes when unnamed).
+    pub file_maps: HashSet<ObjectId>,
     /// Format 2: per node, one backup that names it (for messages).
     pub node_users: HashMap<ObjectId, BackupId>,
     /// Manifests read.
@@ -237,15 +239,17 @@ pub(crate) struct Marked {
 /// is an error; one that vanished meanwhile (deleted) is skipped. Renews `lease` between manifests.
 pub(crate) async fn mark(storage: &dyn Storage, ids: &[BackupId], lease: Option<&Lease>) -> Result<Marked, Error> {
     let mut marked = Marked::default();
+    let mut maps = store::FileMapCache::new();
     for id in ids {
         if let Some(l) = lease {
             l.renew_if_due(storage).await?;
         }
-        match store::load_manifest(storage, id).await {
+        match store::load_manifest_cached(storage, id, &mut maps).await.map(|m| m.map(|(m, _)| m)) {
             Ok(Some(m)) => {
                 marked.read += 1;
                 let pieces = m.files.iter().flat_map(|f| f.pieces.iter().map(|p| p.object));
                 if m.repository_format >= 2 {
+                    marked.file_maps.extend(m.file_maps.iter().map(|r| r.id));
                     marked.frames.extend(pieces);
                     for n in m.files.iter().flat_map(|f| &f.nodes) {
                         marked.nodes.insert(*n);

@@ -353,7 +353,7 @@ pub struct UniqueCost {
 
 /// Fill in `sizes.unique` of every format-2 backup of `backups` (all of the repository's: a backup's unique size
 /// depends on every other one): the stored bytes of the frames it names (directly, or through its nodes: whole,
-/// base and delta frames) that no other backup names, plus those of its nodes no other backup names.
+/// base and delta frames) that no other backup names, plus those of its nodes and file maps no other backup names.
 ///
 /// That is what `delete` of the backup then `gc` frees, approximately: gc deletes a pack when none of its frames
 /// is live and compacts it when less than half of its bytes are (frames are stored back to back, so a pack's
@@ -406,7 +406,9 @@ pub async fn unique_format2(storage: &dyn Storage, backups: &mut [BackupStatus])
     let mut node_users: HashMap<ObjectId, (u32, usize)> = HashMap::new();
     for &i in &format2 {
         let files = &backups[i].manifest.files;
-        let nodes: HashSet<ObjectId> = files.iter().flat_map(|f| f.nodes.iter().copied()).collect();
+        // Its nodes and its file maps (both under `maps/`; a file map names no frame itself).
+        let maps = backups[i].manifest.file_maps.iter().map(|r| r.id);
+        let nodes: HashSet<ObjectId> = files.iter().flat_map(|f| f.nodes.iter().copied()).chain(maps).collect();
         let frames: HashSet<ObjectId> = files
             .iter()
             .flat_map(|f| f.pieces.iter().map(|p| p.object))

@@ -220,7 +220,7 @@ fn restore_refused_as(src: &Source, repo: &FileRepo, id: &str, version_num: u32,
     let mut manifest = raw.manifest(id);
     manifest.pg_version_num = version_num;
     raw.delete(&manifest.id.manifest_key());
-    let saved = raw.rt.block_on(backupctl::repository::store::save_manifest(raw.storage.as_ref(), &manifest));
+    let saved = raw.rt.block_on(backupctl::repository::store::save_manifest(raw.storage.as_ref(), &mut manifest));
     assert!(saved.expect("save manifest"), "rewritten");
     chown_postgres(repo.dir.path());
     let dest = src.dir.path().join(format!("refused-{version_num}"));

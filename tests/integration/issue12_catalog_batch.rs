@@ -31,7 +31,7 @@ fn issue_12_catalog_sync_of_many_rows() {
     for i in 0..COPIES {
         let mut copy = manifest.clone();
         copy.id = format!("20250101-{:02}{:02}00F", i / 60, i % 60).parse().expect("id");
-        let saved = raw.rt.block_on(backupctl::repository::store::save_manifest(raw.storage.as_ref(), &copy));
+        let saved = raw.rt.block_on(backupctl::repository::store::save_manifest(raw.storage.as_ref(), &mut copy));
         assert!(saved.expect("save manifest"), "{}", copy.id);
     }
     let base: u64 = 0x10 * 0x100; // log 0x10 of timeline 1, far after the real segments

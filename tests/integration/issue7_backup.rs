@@ -19,12 +19,11 @@ fn move_and_link(from: &Path, to: &Path, link_target: &Path) {
     symlink(link_target, from).expect("symlink");
 }
 
-/// The manifest of backup `id`, decoded.
+/// The manifest of backup `id` with its file entries (read from its file maps), as JSON.
 fn manifest_json(repo: &FileRepo, id: &str) -> serde_json::Value {
-    let object = std::fs::read(repo.dir.path().join("backups").join(id).join("manifest")).expect("manifest");
-    let mut json = Vec::new();
-    backupctl::codec::decode(&object, &mut json).expect("decode manifest");
-    serde_json::from_slice(&json).expect("manifest json")
+    let m = crate::support::raw::Raw::open(&repo.url(), &Default::default()).manifest(id);
+    assert!(m.files.len() > 100, "the manifest's entries are read: {}", m.files.len());
+    serde_json::to_value(&m).expect("manifest json")
 }
 
 fn has_no_backup(repo: &FileRepo) -> bool {

@@ -4,6 +4,7 @@ mod archive;
 mod backup;
 mod issue10_archive;
 mod issue10_checksums;
+mod issue10_filemaps;
 mod issue10_format2;
 mod issue10_gc;
 mod issue10_range;

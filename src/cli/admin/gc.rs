@@ -161,7 +161,7 @@ pub(super) fn run(ctx: &Ctx, args: &GcArgs) -> Result<(), Error> {
                 gc::RemovedKind::Record => "record of a deleted backup",
                 gc::RemovedKind::Pack => "pack",
                 gc::RemovedKind::Index => "pack index",
-                gc::RemovedKind::Node => "unreferenced block-map node",
+                gc::RemovedKind::Node => "unreferenced map (block-map node or file map)",
             };
             line(format_args!("{verb} {what} {} ({})", item.name, human_bytes(item.bytes)))?;
         }

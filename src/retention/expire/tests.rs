@@ -93,7 +93,7 @@ async fn repository(dir: &std::path::Path) -> crate::storage::fs::FsStorage {
         s.put(&key, bytes::Bytes::from(vec![n as u8; 100]), crate::storage::PutMode::Create).await.expect("wal");
     }
     for i in 0..5u32 {
-        store::save_manifest(&s, &manifest(i + 1, 10 + 10 * u64::from(i))).await.expect("manifest");
+        store::save_manifest(&s, &mut manifest(i + 1, 10 + 10 * u64::from(i))).await.expect("manifest");
     }
     let now: Timestamp = "2026-11-06T00:00:00Z".parse().expect("now");
     let id = manifest(2, 20).id;

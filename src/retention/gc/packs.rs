@@ -240,7 +240,11 @@ pub(super) async fn sweep(
     let index_size: HashMap<ObjectId, u64> = index_list.iter().map(|(id, m)| (*id, m.size)).collect();
     let dead_nodes: Vec<&ObjectMeta> = node_list
         .iter()
-        .filter(|(id, m)| !marked.nodes.contains(id) && is_older_than(m.modified, options.grace, options.now))
+        .filter(|(id, m)| {
+            !marked.nodes.contains(id)
+                && !marked.file_maps.contains(id)
+                && is_older_than(m.modified, options.grace, options.now)
+        })
         .map(|(_, m)| m)
         .collect();
 

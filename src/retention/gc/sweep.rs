@@ -247,7 +247,7 @@ mod tests {
         for id in &ids {
             s.put(&id.key(), Bytes::from_static(b"xx"), PutMode::Create).await.expect("put");
         }
-        assert!(store::save_manifest(&s, &manifest("20261130-010000F", &ids[..2])).await.expect("manifest"));
+        assert!(store::save_manifest(&s, &mut manifest("20261130-010000F", &ids[..2])).await.expect("manifest"));
         let orphan: BackupId = "20261129-010000F".parse().expect("id");
         let mark = crate::retention::keep::KeepMark { kept: true, until: None, set_at: String::new() };
         crate::retention::keep::set(&s, &orphan, &mark, OffsetDateTime::now_utc()).await.expect("keep");

@@ -90,7 +90,7 @@ async fn manifest(s: &dyn Storage, id: &str, node: Option<&Node>, small: Option<
     m.repository_format = 2;
     m.block_size = Some(BLOCK as u32);
     m.format = m.required_format();
-    assert!(store::save_manifest(s, &m).await.expect("manifest"));
+    assert!(store::save_manifest(s, &mut m).await.expect("manifest"));
 }
 
 type Frame = (ObjectId, Vec<u8>, Vec<u8>);

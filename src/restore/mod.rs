@@ -238,7 +238,7 @@ pub async fn choose(
         },
         None => {
             // Headers only: a repository of many backups of a cluster of many files would otherwise hold every
-            // backup's entries at once. The chosen one is read whole below.
+            // backup's entries at once. The chosen one is read again below (a format-4 one's entries later, by batch).
             let (good, bad) = store::manifest_headers(storage).await?;
             for (id, e) in bad {
                 tracing::warn!(backup = %id, error = %e, "skipping a backup whose manifest is unusable");

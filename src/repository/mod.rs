@@ -10,8 +10,7 @@
 //! data/<2 hex>/<blake3>                         format 1: base backup content, once per distinct content
 //! packs/<2 hex>/<blake3>                        format 2: frames of base backup content (see [`packs`])
 //! index/<2 hex>/<blake3>                        format 2: where each frame lies (see [`packs`])
-//! maps/<2 hex>/<blake3>                         format 2: block-map nodes of large files (see [`blockmap`]) and
-//!                                              file maps, runs of a backup's file entries (see [`filemap`])
+//! maps/<2 hex>/<blake3>                         format 2: block-map nodes (see [`blockmap`]), file maps (see [`filemap`])
 //! backups/<id>/manifest                        one per base backup, written last (see [`backup`])
 //! dumps/<id>/manifest                          one per logical dump, written last (see [`dump`])
 //! backups/<id>/keep/<time>                     keep marks (see `retention::keep`)

@@ -3,7 +3,7 @@
 //! Invariants:
 //! - The repository is the source of truth. The catalog is written only from what the repository holds
 //!   ([`sync()`], from `backupctl status`'s own picture, [`crate::verify::status::collect`]) and from the scheduler's
-//!   job runs ([`record_job_run`]). Rows of backups and WAL that left the repository are marked removed
+//!   job runs ([`Catalog::record_job_run`]), by hand or by the scheduler. Rows of backups and WAL that left the repository are marked removed
 //!   (`removed_at`), never deleted.
 //! - A sync writes only differences: a second sync of an unchanged repository writes no row.
 //! - The catalog never lives in the cluster the repository archives: every write there would make WAL for
@@ -18,8 +18,10 @@
 use crate::config::{CatalogConfig, CatalogSslMode};
 
 mod ranges;
+mod runs;
 mod sync;
 
+pub use runs::{DrillFacts, JobRun, StartedBy};
 pub use sync::{Dump, SyncInput, SyncReport, sync};
 
 mod embedded {
@@ -325,56 +327,6 @@ impl Catalog {
             .collect();
         Ok(StatusDocuments { status, backups, dumps })
     }
-
-    /// Record one run of a scheduled job (`job` as in `[schedule]`, e.g. `full_backup`) for `repository`
-    /// (`None`: not synced yet); a `check`/`verify` run also gets a row in `checks`, a `drill` run one in
-    /// `drills`. Returns the run's id. Creates the schema if there is none, never migrates an older one
-    /// ([`Error::OlderSchema`]; see [`Catalog::prepare_schema`]).
-    pub fn record_job_run(&mut self, repository: &str, run: &JobRun) -> Result<i64, Error> {
-        self.prepare_schema(false)?;
-        let target = self.target.clone();
-        let q = |source| Error::Query { target: target.clone(), what: "recording a job run", source };
-        let mut tx = self.client.transaction().map_err(q)?;
-        let repository_id: Option<i64> = tx
-            .query_opt("select id from backupctl.repositories where url = $1", &[&repository])
-            .map_err(q)?
-            .map(|r| r.get(0));
-        let (outcome, error) = match &run.error {
-            None => ("succeeded", None),
-            Some(e) => ("failed", Some(e.as_str())),
-        };
-        let id: i64 = tx
-            .query_one(
-                "insert into backupctl.job_runs (repository_id, job, started_at, finished_at, outcome, summary, error) \
-                 values ($1, $2, ($3::text)::timestamptz, ($4::text)::timestamptz, $5, $6, $7) returning id",
-                &[&repository_id, &run.job, &run.started_at, &run.finished_at, &outcome, &run.summary, &error],
-            )
-            .map_err(q)?
-            .get(0);
-        let detail = run.error.as_deref().or(run.summary.as_deref());
-        let passed = run.error.is_none();
-        match run.job.as_str() {
-            "check" | "verify" => {
-                tx.execute(
-                    "insert into backupctl.checks (job_run_id, kind, passed, finished_at, detail) \
-                     values ($1, $2, $3, ($4::text)::timestamptz, $5)",
-                    &[&id, &run.job, &passed, &run.finished_at, &detail],
-                )
-                .map_err(q)?;
-            }
-            "drill" => {
-                tx.execute(
-                    "insert into backupctl.drills (job_run_id, passed, finished_at, detail) \
-                     values ($1, $2, ($3::text)::timestamptz, $4)",
-                    &[&id, &passed, &run.finished_at, &detail],
-                )
-                .map_err(q)?;
-            }
-            _ => {}
-        }
-        tx.commit().map_err(q)?;
-        Ok(id)
-    }
 }
 
 /// What [`Catalog::prepare_schema`] did to the schema.
@@ -397,19 +349,4 @@ pub struct StatusDocuments {
     pub backups: Vec<serde_json::Value>,
     /// Each dump's JSON, oldest first.
     pub dumps: Vec<serde_json::Value>,
-}
-
-/// One finished run of a scheduled job.
-#[derive(Debug, Clone)]
-pub struct JobRun {
-    /// The job's `[schedule]` name: `full_backup`, `incremental_backup`, `prune`, `verify`, `check`, `drill`.
-    pub job: String,
-    /// When it started (RFC 3339).
-    pub started_at: String,
-    /// When it finished (RFC 3339).
-    pub finished_at: String,
-    /// Its one-line summary on success.
-    pub summary: Option<String>,
-    /// Its error on failure.
-    pub error: Option<String>,
 }

@@ -135,7 +135,11 @@ fn start_prefetcher(config_path: &std::path::Path, lock_path: &std::path::Path) 
     };
     let mut cmd = std::process::Command::new(exe);
     cmd.arg("--config").arg(config_path).arg("--prefetch-worker");
-    cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::inherit());
+    // No standard stream of the caller's: a detached worker that held restore_command's stderr would keep a
+    // caller that reads it to the end (a wrapper script, a test) waiting for the worker's exit. The worker's
+    // messages go to the log file and the journal ([log]); a failed prefetch costs only speed, and wal-fetch
+    // reports what it cannot fetch itself.
+    cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null());
     // Detach into its own session so that signals to PostgreSQL's restore_command process group do not hit it.
     use std::os::unix::process::CommandExt;
     // SAFETY: setsid is async-signal-safe and touches no Rust state in the child.

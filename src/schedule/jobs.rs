@@ -26,15 +26,16 @@ pub fn run(job: Job, config: &Config, config_path: &Path, abandon: &AtomicBool) 
         .build()
         .map_err(|e| Error::Task(format!("cannot start runtime: {e}")))?;
     let started_at = jiff::Timestamp::now();
+    let mut drill_facts = None;
     let result = match job {
         Job::FullBackup => backup(&rt, config, BackupType::Full),
         Job::IncrementalBackup => backup(&rt, config, BackupType::Incremental),
         Job::Prune => prune(&rt, config),
         Job::Verify => verify(&rt, config),
         Job::Check => check(&rt, config, config_path),
-        Job::Drill => drill(&rt, config, config_path, abandon),
+        Job::Drill => drill(&rt, config, config_path, abandon, &mut drill_facts),
     };
-    catalog_after(&rt, config, job, started_at, &result);
+    catalog_after(&rt, config, job, started_at, &result, drill_facts);
     result
 }
 
@@ -46,6 +47,7 @@ fn catalog_after(
     job: Job,
     started_at: jiff::Timestamp,
     result: &Result<String, Error>,
+    drill: Option<crate::catalog::DrillFacts>,
 ) {
     if config.catalog.is_none() || matches!(result, Err(Error::BackupLocked { .. })) {
         return;
@@ -57,10 +59,12 @@ fn catalog_after(
         && !crate::cli::admin::catalog::update_after(config, rt, job.name());
     let run = crate::catalog::JobRun {
         job: job.name().to_owned(),
+        started_by: crate::catalog::StartedBy::Scheduler,
         started_at: started_at.to_string(),
         finished_at: jiff::Timestamp::now().to_string(),
         summary: result.as_ref().ok().cloned(),
         error: result.as_ref().err().map(ToString::to_string),
+        drill,
     };
     crate::cli::admin::catalog::record_job_run(config, rt, &run, is_warned);
 }
@@ -160,6 +164,7 @@ fn drill(
     config: &Config,
     config_path: &Path,
     abandon: &AtomicBool,
+    facts: &mut Option<crate::catalog::DrillFacts>,
 ) -> Result<String, Error> {
     // restore_command runs in the restored data directory: the configuration's path must be absolute.
     let absolute =
@@ -169,7 +174,9 @@ fn drill(
         to: None,
         restore_command: crate::cli::pitr_restore::restore_command(&absolute),
     };
-    let r = crate::drill::run(rt, config, &opts, abandon)?;
+    let result = crate::drill::run(rt, config, &opts, abandon);
+    *facts = crate::catalog::DrillFacts::of_result(&result);
+    let r = result?;
     Ok(format!(
         "restore drill of backup {} passed: recovered WAL {} to {} in {:.1} s (RTO)",
         r.backup_id.as_deref().unwrap_or("?"),

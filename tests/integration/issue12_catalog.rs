@@ -107,7 +107,8 @@ fn catalog_scenario(url: &str, extra: &str, label: &str) {
             "after backup {i}"
         );
     }
-    assert_eq!(cat.sql("select max(version) from backupctl.schema_history"), "2");
+    let latest = backupctl::catalog::latest_version().to_string();
+    assert_eq!(cat.sql("select max(version) from backupctl.schema_history"), latest);
     // WAL after the last backup: the next sync has a range to extend.
     c.sql("insert into t select g, 'after' from generate_series(1, 100) g");
     c.switch_and_wait_archived(Duration::from_secs(120));
@@ -173,22 +174,68 @@ fn catalog_scenario(url: &str, extra: &str, label: &str) {
     let after_dump = json_of("catalog sync after dump", &backupctl(&src, &["catalog", "sync", "--json-output"]));
     assert_eq!(after_dump["total"], 0, "dump already synced: {after_dump:#}");
 
-    // The scheduler's record of a job run (what the daemon calls after each job).
+    // The scheduler's record of job runs (what the daemon calls after each job): a failed verify, and a drill
+    // with what it measured.
     let config = backupctl::config::Config::load(&src.config).expect("config");
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().expect("runtime");
     let now = jiff::Timestamp::now().to_string();
     let run = backupctl::catalog::JobRun {
         job: "verify".into(),
+        started_by: backupctl::catalog::StartedBy::Scheduler,
         started_at: now.clone(),
-        finished_at: now,
+        finished_at: now.clone(),
         summary: None,
         error: Some("backup X: 1 object missing".into()),
+        drill: None,
     };
     backupctl::cli::admin::catalog::record_job_run(&config, &rt, &run, false);
     assert_eq!(cat.sql("select count(*) from backupctl.checks where not passed and kind = 'verify'"), "1");
-
+    let backup_id = cat.sql("select min(id) from backupctl.backups where removed_at is null");
+    let run = backupctl::catalog::JobRun {
+        job: "drill".into(),
+        started_by: backupctl::catalog::StartedBy::Scheduler,
+        started_at: now.clone(),
+        finished_at: now,
+        summary: Some("restore drill passed".into()),
+        error: None,
+        drill: Some(backupctl::catalog::DrillFacts {
+            backup_id: Some(backup_id.clone()),
+            rto_seconds: Some(4.25),
+            restore_seconds: Some(1.5),
+            bytes_restored: 123_456,
+            recovery_target: None,
+        }),
+    };
+    backupctl::cli::admin::catalog::record_job_run(&config, &rt, &run, false);
+    assert_eq!(
+        cat.sql(
+            "select d.backup_id || ' ' || d.rto_seconds || ' ' || d.restore_seconds || ' ' || d.bytes_restored \
+             || ' ' || r.started_by from backupctl.drills d join backupctl.job_runs r on r.id = d.job_run_id"
+        ),
+        format!("{backup_id} 4.25 1.5 123456 scheduler")
+    );
     // The documented queries run and answer, whatever the session's time zone.
     run_documented_queries(&src, &cat.cluster, straddled);
+
+    // Issue 12: check and verify run by hand are recorded too, passed or not (after the queries: check switches
+    // WAL, which the WAL-per-day comparison would then miss until the next sync).
+    assert_ok("verify", &backupctl(&src, &["verify"]));
+    backupctl(&src, &["check"]);
+    assert_eq!(
+        cat.sql(
+            "select string_agg(r.job || ' ' || c.kind, ',' order by r.id) from backupctl.job_runs r \
+             join backupctl.checks c on c.job_run_id = r.id where r.started_by = 'manual'"
+        ),
+        "verify verify,check check"
+    );
+    assert_eq!(
+        cat.sql(
+            "select count(*) from backupctl.job_runs where started_by = 'manual' and outcome = 'succeeded' \
+             and job = 'verify' and summary like 'verified % backups and 1 dumps: %'"
+        ),
+        "1"
+    );
+    assert_eq!(cat.sql("select count(*) from backupctl.checks where detail is null"), "0");
 
     // Deleting the dump marks its row removed.
     assert_ok("delete dump", &backupctl(&src, &["delete", "--backup-id", &dump_id]));
@@ -214,8 +261,9 @@ fn issue_12_catalog_s3_repository() {
     catalog_scenario(&url, &extra, "catalog-s3");
 }
 
-/// Migrations from an empty database (version 1 only), then from version 1 with a row in it: sync applies
-/// version 2, which fills the new columns from the old row; a schema newer than this build is refused.
+/// Migrations from an empty database (version 1 only), then from version 1 with a row in it (version 2 fills the
+/// new columns from the old row), then from version 2 with a drill in it (sync applies version 3, which takes the
+/// drill's backup and RTO from its summary); a schema newer than this build is refused.
 #[test]
 fn issue_12_catalog_migrations() {
     if require_pg().is_none() {
@@ -230,7 +278,7 @@ fn issue_12_catalog_migrations() {
     // A version this build does not know is refused, not "nothing to do".
     let beyond = backupctl(&src, &["catalog", "migrate", "--to-version", "9"]);
     assert_eq!(beyond.status.code(), Some(2), "{beyond:?}");
-    assert!(String::from_utf8_lossy(&beyond.stderr).contains("knows schema versions 1 to 2"), "{beyond:?}");
+    assert!(String::from_utf8_lossy(&beyond.stderr).contains("knows schema versions 1 to 3"), "{beyond:?}");
     let v1 = json_of("migrate to 1", &backupctl(&src, &["catalog", "migrate", "--to-version", "1", "--json-output"]));
     assert_eq!(v1["version"], 1, "{v1:#}");
     assert_eq!(v1["applied"], serde_json::json!([1]));
@@ -247,7 +295,7 @@ fn issue_12_catalog_migrations() {
     assert!(
         warnings[0].starts_with(
             "base-backup: warning: catalog not updated: catalog schema is at version 1, this \
-             backupctl needs 2: run `backupctl catalog migrate`"
+             backupctl needs 3: run `backupctl catalog migrate`"
         ),
         "{err}"
     );
@@ -256,10 +304,12 @@ fn issue_12_catalog_migrations() {
     let now = jiff::Timestamp::now().to_string();
     let run = backupctl::catalog::JobRun {
         job: "verify".into(),
+        started_by: backupctl::catalog::StartedBy::Scheduler,
         started_at: now.clone(),
         finished_at: now,
         summary: Some("ok".into()),
         error: None,
+        drill: None,
     };
     backupctl::cli::admin::catalog::record_job_run(&config, &rt, &run, false);
     assert_eq!(cat.sql("select string_agg(version::text, ',') from backupctl.schema_history"), "1");
@@ -274,12 +324,9 @@ fn issue_12_catalog_migrations() {
          '0/2000028', '0/2000100', 1, 1, 1, 1, 'x', true, false, \
          '{\"reaches\": {\"archived_at\": \"2026-01-01T00:05:00Z\"}}' from backupctl.repositories",
     );
-    // The explicit sync migrates, and says so; it then mirrors the backup the implicit update skipped.
-    let synced = json_of("sync from version 1", &backupctl(&src, &["catalog", "sync", "--json-output"]));
-    assert_eq!(synced["rows_written"]["repositories"], 1, "{synced:#}");
-    assert_eq!(synced["rows_written"]["backups"], 1, "{synced:#}");
-    assert_eq!(synced["migrated"], serde_json::json!({ "from": 1, "to": 2, "applied": [2] }), "{synced:#}");
-    assert_eq!(cat.sql("select string_agg(version::text, ',' order by version) from backupctl.schema_history"), "1,2");
+    // Version 2 fills the new columns from the version-1 row.
+    let v2 = json_of("migrate to 2", &backupctl(&src, &["catalog", "migrate", "--to-version", "2", "--json-output"]));
+    assert_eq!(v2["applied"], serde_json::json!([2]), "{v2:#}");
     assert_eq!(
         cat.sql(
             "select restorable_from = finished_at and restorable_until = '2026-01-01T00:05:00Z' \
@@ -288,17 +335,42 @@ fn issue_12_catalog_migrations() {
         "t",
         "version 2 filled the window of the existing row"
     );
+    // A scheduled drill as version 2 recorded it: its facts only in the summary.
+    cat.sql(
+        "insert into backupctl.job_runs (job, started_at, finished_at, outcome, summary) values ('drill', \
+         '2026-01-02T00:00:00Z', '2026-01-02T00:01:00Z', 'succeeded', 'x'); \
+         insert into backupctl.drills (job_run_id, passed, finished_at, detail) select id, true, finished_at, \
+         'restore drill of backup 20260101-000000F passed: recovered WAL A to B in 12.5 s (RTO)' \
+         from backupctl.job_runs",
+    );
+    // The explicit sync migrates, and says so; it then mirrors the backup the implicit update skipped.
+    let synced = json_of("sync from version 2", &backupctl(&src, &["catalog", "sync", "--json-output"]));
+    assert_eq!(synced["rows_written"]["repositories"], 1, "{synced:#}");
+    assert_eq!(synced["rows_written"]["backups"], 1, "{synced:#}");
+    assert_eq!(synced["migrated"], serde_json::json!({ "from": 2, "to": 3, "applied": [3] }), "{synced:#}");
+    assert_eq!(
+        cat.sql("select string_agg(version::text, ',' order by version) from backupctl.schema_history"),
+        "1,2,3"
+    );
+    // Version 3: the drill's backup and RTO come out of its summary; the old run was the scheduler's.
+    assert_eq!(
+        cat.sql(
+            "select d.backup_id || ' ' || d.rto_seconds || ' ' || r.started_by \
+             from backupctl.drills d join backupctl.job_runs r on r.id = d.job_run_id"
+        ),
+        "20260101-000000F 12.5 scheduler"
+    );
     let again = json_of("migrate again", &backupctl(&src, &["catalog", "migrate", "--json-output"]));
-    assert_eq!((again["version"].clone(), again["applied"].clone()), (serde_json::json!(2), serde_json::json!([])));
+    assert_eq!((again["version"].clone(), again["applied"].clone()), (serde_json::json!(3), serde_json::json!([])));
     // A schema a newer backupctl migrated: refused, naming both versions.
     cat.sql(
         "insert into backupctl.schema_history (version, name, applied_on, checksum) \
-         select 99, 'future', applied_on, '0' from backupctl.schema_history where version = 2",
+         select 99, 'future', applied_on, '0' from backupctl.schema_history where version = 3",
     );
     let out = backupctl(&src, &["catalog", "sync"]);
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{err}");
-    assert!(err.contains("schema backupctl is at version 99, newer than this build's 2"), "{err}");
+    assert!(err.contains("schema backupctl is at version 99, newer than this build's 3"), "{err}");
 }
 
 /// Issue 12: `status --from-catalog` before any sync of this repository is a failure (exit 1, not a usage error)

@@ -80,7 +80,7 @@ fn repository_wal_per_day(src: &Source) -> BTreeMap<String, (u64, f64)> {
 }
 
 /// Run every documented query in a Kiritimati session: each answers; the WAL per day equals the repository's
-/// per UTC day; the newest dump of database postgres is minutes old at most.
+/// per UTC day; the newest dump of database postgres is minutes old at most; the scheduler's drill is listed.
 pub fn run_documented_queries(src: &Source, catalog: &Cluster, straddled: bool) {
     assert_eq!(catalog.sql(&format!("{ZONE} select current_setting('TimeZone')")), "Pacific/Kiritimati");
     let queries = documented_queries();
@@ -115,6 +115,10 @@ pub fn run_documented_queries(src: &Source, catalog: &Cluster, straddled: bool) 
     for (day, (_, mib)) in &per_day {
         assert!((mib - want[day].1).abs() <= 0.051, "{day}: {mib} MiB against {}", want[day].1);
     }
+
+    // The scheduler's drill the scenario recorded: its backup, passed, RTO 4.25 s and 123,456 bytes, rounded.
+    let drills = answer("from backupctl.drills d");
+    assert!(drills.lines().any(|l| l.contains("|scheduler|") && l.ends_with("|t|4.3|0.1")), "{drills}");
 
     let dumps = answer("from backupctl.dumps d");
     let fields: Vec<&str> = dumps.split('|').collect();

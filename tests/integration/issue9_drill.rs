@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
+use crate::issue12_catalog::CatalogCluster;
 use crate::pitr::{FileRepo, Source, s3_repo};
 use crate::support::cluster::{PgDir, as_postgres, assert_ok, bin, chown_postgres, require_pg, wait_for};
 use crate::support::raw::Raw;
@@ -111,8 +112,16 @@ fn start_slow_drill(cfg: &Path, work: &Path) -> (std::process::Child, String) {
     (child, pids[0].clone())
 }
 
-/// The scenario on one repository.
-fn scenario(label: &str, url: &str, extra: &str, s3: &backupctl::config::S3Config, is_file: bool) {
+/// The scenario on one repository; with a catalog, each drill that ran (passed or failed, not abandoned nor
+/// refused) is recorded there, started by hand, with its backup and RTO.
+fn scenario(
+    label: &str,
+    url: &str,
+    extra: &str,
+    s3: &backupctl::config::S3Config,
+    is_file: bool,
+    catalog: Option<&CatalogCluster>,
+) {
     let work_owner = PgDir::new(&format!("{label}-work"));
     let work = work_owner.sub("drills");
     let drill_conf = format!(
@@ -266,6 +275,41 @@ fn scenario(label: &str, url: &str, extra: &str, s3: &backupctl::config::S3Confi
     assert!(state["last"]["error"].as_str().is_some_and(|e| e.contains("corrupt")), "{state}");
     assert_eq!(state["passed_total"], 3, "{state}");
     assert_eq!(state["failed_total"], if is_file { 4 } else { 2 }, "{state}");
+
+    if let Some(cat) = catalog {
+        // Issue 12: the catalog has the same drills as drill.json, as runs by hand.
+        assert_eq!(
+            cat.sql(
+                "select string_agg(d.passed::text || ':' || r.outcome || ':' || r.started_by, ',' order by d.id) \
+                 from backupctl.drills d join backupctl.job_runs r on r.id = d.job_run_id"
+            ),
+            "true:succeeded:manual,true:succeeded:manual,true:succeeded:manual,false:failed:manual,\
+             false:failed:manual,false:failed:manual,false:failed:manual"
+        );
+        assert_eq!(
+            cat.sql(&format!(
+                "select count(*) from backupctl.drills where passed and backup_id = '{backup_id}' \
+                 and rto_seconds >= restore_seconds and restore_seconds > 0 and bytes_restored > 0"
+            )),
+            "3"
+        );
+        assert_eq!(cat.sql("select count(*) from backupctl.drills where recovery_target like '%+00'"), "1");
+        // The failed ones name their step; only the failed smoke query got as far as an RTO.
+        let drills = cat.sql("select passed, backup_id, rto_seconds, detail from backupctl.drills");
+        assert_eq!(
+            cat.sql("select count(*) from backupctl.drills where not passed and detail like '%failed at step %'"),
+            "4",
+            "{drills}"
+        );
+        assert_eq!(
+            cat.sql(
+                "select string_agg(substring(detail from 'failed at step (\\w+)'), ',' order by id) \
+                 from backupctl.drills where not passed and rto_seconds is not null"
+            ),
+            "smoke_query",
+            "{drills}"
+        );
+    }
 }
 
 #[test]
@@ -274,7 +318,9 @@ fn issue_9_drill_file_repository() {
         return;
     }
     let repo = FileRepo::new("i9-drill");
-    scenario("i9-drill-file", &repo.url(), "", &backupctl::config::S3Config::default(), true);
+    let cat = CatalogCluster::start("i9-drill");
+    let s3 = backupctl::config::S3Config::default();
+    scenario("i9-drill-file", &repo.url(), &cat.section(), &s3, true, Some(&cat));
 }
 
 #[test]
@@ -284,7 +330,7 @@ fn issue_9_drill_s3_repository() {
     }
     let Some((url, extra)) = s3_repo("i9-drill") else { return };
     let s3 = crate::support::s3::server().expect("moto").s3_config();
-    scenario("i9-drill-s3", &url, &extra, &s3, false);
+    scenario("i9-drill-s3", &url, &extra, &s3, false, None);
 }
 
 /// A tmpfs of 64 MiB mounted on a new directory, unmounted on drop; None (with a notice) where mounting is not

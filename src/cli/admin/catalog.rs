@@ -204,9 +204,9 @@ pub fn update_after(config: &Config, rt: &tokio::runtime::Runtime, command: &str
     }
 }
 
-/// Record one run of a scheduled job in the catalog, when one is configured (creating the schema if there is
-/// none, never migrating an older one). A failure is logged, never fatal: as a warning, or at debug level when
-/// `is_warned` (the job's catalog update already warned, so the log says it once).
+/// Record one run of a job in the catalog, when one is configured (creating the schema if there is none, never
+/// migrating an older one). A failure is logged, never fatal: as a warning (for a run by hand, also one line on
+/// stderr), or at debug level when `is_warned` (the job's catalog update already warned, so the log says it once).
 pub fn record_job_run(config: &Config, rt: &tokio::runtime::Runtime, run: &catalog::JobRun, is_warned: bool) {
     if config.catalog.is_none() {
         return;
@@ -219,9 +219,39 @@ pub fn record_job_run(config: &Config, rt: &tokio::runtime::Runtime, run: &catal
     })();
     match result {
         Err(e) if is_warned => tracing::debug!(job = %run.job, error = %e, "job run not recorded in the catalog"),
+        Err(e) if run.started_by == catalog::StartedBy::Manual => {
+            tracing::warn!(target: crate::cli::logging::OUTCOME_TARGET, job = %run.job, error = %e,
+                "run not recorded in the catalog");
+            note(format_args!("backupctl {}: warning: run not recorded in the catalog: {e}", run.job));
+        }
         Err(e) => tracing::warn!(job = %run.job, error = %e, "job run not recorded in the catalog"),
         Ok(_) => {}
     }
+}
+
+/// Record a `check`, `verify` or `drill` run by hand (`started_by` manual), when a catalog is configured:
+/// `outcome` is the command's one-line summary or its error. Runs that never started (a usage or configuration
+/// error) are not recorded. Warns on failure (see [`record_job_run`]).
+pub(super) fn record_manual_run(
+    ctx: &Ctx,
+    job: &str,
+    started_at: jiff::Timestamp,
+    outcome: Result<&str, &Error>,
+    drill: Option<catalog::DrillFacts>,
+) {
+    if ctx.config.catalog.is_none() || matches!(outcome, Err(Error::Usage(_) | Error::Config(_))) {
+        return;
+    }
+    let run = catalog::JobRun {
+        job: job.to_owned(),
+        started_by: catalog::StartedBy::Manual,
+        started_at: started_at.to_string(),
+        finished_at: jiff::Timestamp::now().to_string(),
+        summary: outcome.ok().map(str::to_owned),
+        error: outcome.err().map(ToString::to_string),
+        drill,
+    };
+    record_job_run(&ctx.config, &ctx.rt, &run, false);
 }
 
 /// `backupctl status --from-catalog`: the status document as the last sync stored it, filtered as `status`

@@ -18,8 +18,17 @@ pub struct CheckArgs {
 }
 
 /// Run `backupctl check`: every check, then exit 0 only if none failed ([`Error::ChecksFailed`] otherwise).
-/// Running as a user who may not write into the spool or a `file://` repository stops it first (exit 2).
+/// Running as a user who may not write into the spool or a `file://` repository stops it first (exit 2). With a
+/// `[catalog]`, the run is recorded there (`job_runs` and `checks`, started by hand).
 pub(super) fn run(ctx: &Ctx, args: &CheckArgs) -> Result<(), Error> {
+    let started_at = jiff::Timestamp::now();
+    let result = check(ctx, args);
+    super::catalog::record_manual_run(ctx, "check", started_at, result.as_ref().map(String::as_str), None);
+    result.map(drop)
+}
+
+/// The checks and their output; returns the one-line summary.
+fn check(ctx: &Ctx, args: &CheckArgs) -> Result<String, Error> {
     let (path, config) = (&ctx.path, &ctx.config);
     // Run as the wrong user, a probe would leave files PostgreSQL's wal-push cannot use: refuse before anything.
     use crate::storage::fs::owner;
@@ -49,15 +58,16 @@ pub(super) fn run(ctx: &Ctx, args: &CheckArgs) -> Result<(), Error> {
     if !failed.is_empty() {
         return Err(Error::ChecksFailed { failed, total: report.checks.len() });
     }
+    let skipped = report.checks.iter().filter(|c| c.status == Status::Skipped).count();
+    let passed = report.checks.len() - skipped;
+    let summary = match skipped {
+        0 => format!("all {passed} checks passed"),
+        n => format!("all {passed} checks that ran passed; {n} skipped"),
+    };
     if !args.json_output {
-        let skipped = report.checks.iter().filter(|c| c.status == Status::Skipped).count();
-        let passed = report.checks.len() - skipped;
-        match skipped {
-            0 => line(format_args!("all {passed} checks passed"))?,
-            n => line(format_args!("all {passed} checks that ran passed; {n} skipped"))?,
-        }
+        line(&summary)?;
     }
-    Ok(())
+    Ok(summary)
 }
 
 /// The `check` alert condition: firing when any check failed, with each failure on its own line.

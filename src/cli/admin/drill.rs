@@ -46,9 +46,16 @@ pub(super) fn run(ctx: &Ctx, args: &DrillArgs) -> Result<(), Error> {
     };
     let abandon = Arc::new(AtomicBool::new(false));
     let watcher = ctx.rt.spawn(abandon_on_signal(abandon.clone()));
+    let started_at = jiff::Timestamp::now();
     let result = crate::drill::run(&ctx.rt, &ctx.config, &opts, &abandon);
     watcher.abort();
     if let Some(condition) = drill_condition(&result) {
+        // The alert condition and the catalog's record come from the same outcome: a drill abandoned or refused
+        // before it started proves nothing, and is neither.
+        let facts = crate::catalog::DrillFacts::of_result(&result);
+        let summary = format!("{}: {}", condition.summary, condition.detail);
+        let outcome = result.as_ref().map(|_| summary.as_str());
+        super::catalog::record_manual_run(ctx, "drill", started_at, outcome, facts);
         super::alert_condition(ctx, condition, false);
     }
     match result {

@@ -36,8 +36,13 @@ pub struct VerifyArgs {
 /// Run `backupctl verify`, and report the `verify` alert condition when alerts are configured: firing on any
 /// failure but a mistyped command (an unknown --backup-id), missing credentials and a wrong user included, since
 /// a verify that cannot run proves nothing; resolved only by a verify of every backup (not one with --backup-id).
+///
+/// With a `[catalog]`, the run is recorded there (`job_runs` and `checks`, started by hand).
 pub(super) fn run(ctx: &Ctx, args: &VerifyArgs) -> Result<(), Error> {
+    let started_at = jiff::Timestamp::now();
     let result = verify(ctx, args);
+    super::catalog::record_manual_run(ctx, "verify", started_at, result.as_ref().map(String::as_str), None);
+    let result = result.map(drop);
     let condition = match &result {
         Err(Error::Usage(_) | Error::Config(_)) => None,
         Err(Error::Dump(d)) if matches!(**d, crate::dump::Error::UnknownDump { .. }) => None,
@@ -76,7 +81,8 @@ fn verify_summary(e: &Error) -> String {
     }
 }
 
-fn verify(ctx: &Ctx, args: &VerifyArgs) -> Result<(), Error> {
+/// Verify and print; returns the one-line summary.
+fn verify(ctx: &Ctx, args: &VerifyArgs) -> Result<String, Error> {
     let storage = ctx.existing_storage()?;
     let (backup_id, dump_id) = match &args.backup_id {
         None => (None, None),
@@ -105,10 +111,22 @@ fn verify(ctx: &Ctx, args: &VerifyArgs) -> Result<(), Error> {
     } else {
         print_text(&report, dump_id.is_none())?;
     }
-    match report.failure() {
-        None => Ok(()),
-        Some(e) => Err(e),
+    if let Some(e) = report.failure() {
+        return Err(e);
     }
+    let what = match (&args.backup_id, &report.dumps) {
+        (Some(BackupOrDumpId::Backup(id)), _) => format!("verified backup {id}"),
+        (Some(BackupOrDumpId::Dump(id)), _) => format!("verified dump {id}"),
+        (None, d) => {
+            format!("verified {} backups and {} dumps", report.backups.len(), d.as_ref().map_or(0, |d| d.dumps))
+        }
+    };
+    Ok(format!(
+        "{what}: {} data objects and {} WAL files, {} read",
+        report.objects_checked,
+        report.wal_objects_checked,
+        crate::cli::human_bytes(report.bytes_read)
+    ))
 }
 
 /// The report as text: the backups' part unless only a dump was verified (`with_backups` false), then the dumps,

@@ -422,3 +422,51 @@ fn concurrent_invocations_do_not_race() {
         assert_eq!(got.expect("got"), std::fs::read(env.pg_wal.join(n)).expect("src"), "{n}");
     }
 }
+
+/// wal-fetch's detached prefetcher holds none of the caller's standard streams: a caller that reads
+/// restore_command's output to the end (a wrapper script, `Command::output`) gets it when wal-fetch exits, not
+/// when the prefetcher does. Before the fix its stderr was the caller's pipe, and every such call waited for the
+/// prefetcher's idle exit.
+#[test]
+fn wal_fetch_prefetcher_holds_no_caller_stream() {
+    let env = Env::new("[archive]\npush_ahead = 0\nfetch_prefetch = 4");
+    for n in 1..=12u64 {
+        let path = env.segment(n, MB, n);
+        assert_eq!(status(&push(&env.config, &path)).0, Some(0), "push {n}");
+    }
+    let config = env.config.display().to_string();
+    let dest = env.dir.path().join("restored");
+    // The prefetcher idles 2 seconds before it exits: look for it right after each call (a few tries, in case a
+    // loaded machine let it go already).
+    let mut checked = 0;
+    for n in 1..=6u64 {
+        let name = segment_name(1, n, MB);
+        let out = fetch(&env.config, &name, &dest);
+        assert_eq!(status(&out).0, Some(0), "fetch {name}: {}", status(&out).1);
+        for pid in processes_with(&["--prefetch-worker", &config]) {
+            for fd in 0..3 {
+                let Ok(target) = std::fs::read_link(format!("/proc/{pid}/fd/{fd}")) else { continue };
+                assert_eq!(target, Path::new("/dev/null"), "the prefetcher's fd {fd}");
+                checked += 1;
+            }
+        }
+    }
+    assert!(checked > 0, "no prefetcher was seen running after six fetches");
+}
+
+/// Pids of the processes whose command line contains every one of `words`.
+fn processes_with(words: &[&str]) -> Vec<String> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let pid = entry.file_name().to_string_lossy().into_owned();
+        if !pid.bytes().all(|b| b.is_ascii_digit()) {
+            continue;
+        }
+        let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else { continue };
+        let text = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+        if words.iter().all(|w| text.contains(w)) {
+            found.push(pid);
+        }
+    }
+    found
+}

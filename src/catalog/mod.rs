@@ -286,7 +286,8 @@ impl Catalog {
 
     /// The repository-level status document and the backups' and dumps' documents (oldest first, removed ones
     /// left out) stored for `repository` by the last sync. [`Error::NotSynced`] if no sync wrote it (no schema, or
-    /// no row for `repository`).
+    /// no row for `repository`); [`Error::OlderSchema`] or [`Error::NewerSchema`] for a schema at another version
+    /// than this build's.
     pub fn status_documents(&mut self, repository: &str) -> Result<StatusDocuments, Error> {
         let target = self.target.clone();
         let not_synced = || Error::NotSynced { target: target.clone(), repository: repository.to_owned() };
@@ -294,6 +295,8 @@ impl Catalog {
         if version == 0 {
             return Err(not_synced());
         }
+        // A schema at another version first: a repository synced by another build may have no row in it yet.
+        self.require_current()?;
         let target = self.target.clone();
         let q = |source| Error::Query { target: target.clone(), what: "reading status", source };
         let Some(row) = self
@@ -303,7 +306,6 @@ impl Catalog {
         else {
             return Err(not_synced());
         };
-        self.require_current()?;
         let (id, status): (i64, serde_json::Value) = (row.get(0), row.get(1));
         let backups = self
             .client

@@ -1,14 +1,15 @@
-//! A database's own properties: read at dump time (encoding, locale, owner, `ALTER DATABASE ... SET` settings),
-//! and given to the database `dump-restore` creates. `pg_dump` without `--create` carries none of them, so a
+//! A database's own properties: read at dump time (encoding, locale, owner, `ALTER DATABASE ... SET` settings,
+//! comment, privileges, `ALTER ROLE ... IN DATABASE ... SET` settings), and given to the database `dump-restore`
+//! creates. `pg_dump` without `--create` carries none of them, so a
 //! database created with the server's defaults would sort and compare text differently from the source, or refuse
 //! its data (an encoding it cannot hold).
 //!
 //! The statements are built as `pg_dump`/`pg_dumpall` build theirs (src/bin/pg_dump/pg_dump.c `dumpDatabase`,
-//! src/bin/pg_dump/dumputils.c `makeAlterConfigCommand`): identifiers in double quotes (`"` doubled), literals in
+//! src/bin/pg_dump/dumputils.c `makeAlterConfigCommand`, `buildACLCommands`): identifiers in double quotes (`"` doubled), literals in
 //! single quotes (`'` doubled, and `E'...'` with `\` doubled when the value holds a backslash), and the settings
 //! whose value is a list (`search_path`, ...) split and each element quoted.
 
-use super::DatabaseProperties;
+use super::{DatabaseGrant, DatabaseProperties, RoleSettings};
 use crate::pg;
 
 /// `"name"` with `"` doubled: an SQL identifier, taken exactly as written (PostgreSQL docs, "Identifiers and Key
@@ -93,6 +94,17 @@ fn split_list(value: &str) -> Option<Vec<String>> {
 /// `ALTER DATABASE "db" SET "name" TO value` for one stored `name=value` setting; `None` if it is not `name=value`.
 /// Pure.
 pub(super) fn setting_sql(database: &str, setting: &str) -> Option<String> {
+    set_sql(&format!("alter database {}", quote_ident(database)), setting)
+}
+
+/// `ALTER ROLE "role" IN DATABASE "db" SET "name" TO value` for one stored setting; `None` as [`setting_sql`].
+/// Pure.
+pub(super) fn role_setting_sql(role: &str, database: &str, setting: &str) -> Option<String> {
+    set_sql(&format!("alter role {} in database {}", quote_ident(role), quote_ident(database)), setting)
+}
+
+/// `<scope> SET "name" TO value` for one stored `name=value` setting. Pure.
+fn set_sql(scope: &str, setting: &str) -> Option<String> {
     let (name, value) = setting.split_once('=')?;
     if name.is_empty() {
         return None;
@@ -109,7 +121,7 @@ pub(super) fn setting_sql(database: &str, setting: &str) -> Option<String> {
     } else {
         quote_literal(value)
     };
-    Some(format!("alter database {} set {} to {value}", quote_ident(database), quote_ident(name)))
+    Some(format!("{scope} set {} to {value}", quote_ident(name)))
 }
 
 /// `CREATE DATABASE` of `name` from `template0` with `properties` (the source's encoding, LC_COLLATE, LC_CTYPE,
@@ -174,7 +186,8 @@ pub(super) fn properties(
         "select pg_encoding_to_char(d.encoding)::text, d.datcollate::text, d.datctype::text, {provider}, {locale}, \
          {rules}, pg_get_userbyid(d.datdba)::text, \
          coalesce((select s.setconfig from pg_db_role_setting s where s.setdatabase = d.oid and s.setrole = 0), \
-         '{{}}'::text[]) from pg_database d where d.datname = $1"
+         '{{}}'::text[]), shobj_description(d.oid, 'pg_database'), d.datacl is null \
+         from pg_database d where d.datname = $1"
     );
     let what = "read the database's properties";
     let row = session.client().query_one(&sql, &[&name]).map_err(|source| pg::Error::Query { what, source })?;
@@ -187,6 +200,36 @@ pub(super) fn properties(
     });
     // A libc database has no provider locale of its own (17+ leaves datlocale null; 15-16 daticulocale too).
     let locale = text(4)?.filter(|_| provider.as_deref() != Some("libc"));
+    let default_privileges: bool = row.try_get(9).map_err(|source| pg::Error::Query { what, source })?;
+    let privileges = if default_privileges {
+        None
+    } else {
+        let rows = session
+            .client()
+            .query(
+                "select case when a.grantee = 0 then null else pg_get_userbyid(a.grantee)::text end, \
+                 a.privilege_type, a.is_grantable from pg_database d, aclexplode(d.datacl) a \
+                 where d.datname = $1 order by 1 nulls first, 2",
+                &[&name],
+            )
+            .map_err(|source| pg::Error::Query { what: "read the database's privileges", source })?;
+        Some(
+            rows.iter()
+                .map(|r| DatabaseGrant { grantee: r.get(0), privilege: r.get(1), grantable: r.get(2) })
+                .collect(),
+        )
+    };
+    let role_settings = session
+        .client()
+        .query(
+            "select pg_get_userbyid(s.setrole)::text, s.setconfig from pg_db_role_setting s \
+             join pg_database d on d.oid = s.setdatabase where d.datname = $1 and s.setrole <> 0 order by 1",
+            &[&name],
+        )
+        .map_err(|source| pg::Error::Query { what: "read the roles' settings in the database", source })?
+        .iter()
+        .map(|r| RoleSettings { role: r.get(0), settings: r.get(1) })
+        .collect();
     Ok(DatabaseProperties {
         encoding: text(0)?.unwrap_or_default(),
         collate: text(1)?.unwrap_or_default(),
@@ -196,6 +239,9 @@ pub(super) fn properties(
         icu_rules: text(5)?,
         owner: text(6)?.unwrap_or_default(),
         settings: row.try_get::<_, Vec<String>>(7).map_err(|source| pg::Error::Query { what, source })?,
+        comment: text(8)?,
+        privileges,
+        role_settings,
     })
 }
 
@@ -238,23 +284,66 @@ pub(super) fn create_database(
     Ok(notes)
 }
 
-/// Apply the database's own settings to `name` (after `pg_restore`, so that none of them, such as
-/// `default_transaction_read_only`, changes how the restore runs). A setting the server refuses is a note (and a
-/// warning), not a failure: the data is restored by then.
-pub(super) fn apply_settings(session: &mut pg::Session, name: &str, properties: &DatabaseProperties) -> Vec<String> {
-    let mut notes = Vec::new();
+/// Apply the database's own settings, comment, privileges and its roles' settings to `name` (after
+/// `pg_restore`, so that none of them, such as `default_transaction_read_only` or a revoked CONNECT, changes how
+/// the restore runs). What the server refuses, or a role that does not exist here, is a note (and a warning), not
+/// a failure: the data is restored by then.
+pub(super) fn apply_properties(session: &mut pg::Session, name: &str, properties: &DatabaseProperties) -> Vec<String> {
+    // (what, the statement or why there is none)
+    let mut statements: Vec<(String, Result<String, String>)> = Vec::new();
+    let not_a_setting = || "not name=value".to_owned();
     for setting in &properties.settings {
-        let result = match setting_sql(name, setting) {
-            Some(sql) => session.client().batch_execute(&sql).map_err(|e| one_line(&e)),
-            None => Err("not name=value".to_owned()),
-        };
-        if let Err(why) = result {
-            let note = format!("setting {setting:?} not applied: {why}");
+        statements.push((format!("setting {setting:?}"), setting_sql(name, setting).ok_or_else(not_a_setting)));
+    }
+    if let Some(comment) = &properties.comment {
+        let sql = format!("comment on database {} is {}", quote_ident(name), quote_literal(comment));
+        statements.push(("the comment".to_owned(), Ok(sql)));
+    }
+    if let Some(grants) = &properties.privileges {
+        // The owner here may be the user restoring (when the source's owner is not a role here).
+        let owner = session
+            .client()
+            .query_one("select pg_get_userbyid(datdba)::text from pg_database where datname = $1", &[&name])
+            .map(|r| r.get::<_, String>(0))
+            .map_err(|e| one_line(&e));
+        statements.push(("the default privileges' removal".to_owned(), owner.map(|o| revoke_all_sql(name, &o))));
+        for g in grants {
+            let grantee = g.grantee.as_deref().map_or("PUBLIC".to_owned(), |r| format!("role {r:?}"));
+            let sql = grant_sql(name, g).ok_or_else(|| "not a privilege of databases".to_owned());
+            statements.push((format!("privilege {} to {grantee}", g.privilege), sql));
+        }
+    }
+    for r in &properties.role_settings {
+        for setting in &r.settings {
+            let sql = role_setting_sql(&r.role, name, setting).ok_or_else(not_a_setting);
+            statements.push((format!("role {:?}'s setting {setting:?}", r.role), sql));
+        }
+    }
+    let mut notes = Vec::new();
+    for (what, sql) in statements {
+        if let Err(why) = sql.and_then(|sql| session.client().batch_execute(&sql).map_err(|e| one_line(&e))) {
+            let note = format!("{what} not applied: {why}");
             tracing::warn!(database = %name, "{note}");
             notes.push(note);
         }
     }
     notes
+}
+
+/// `REVOKE ALL` on database `name` from PUBLIC and from its owner `owner`: what the `GRANT`s of the recorded
+/// privileges start from, as pg_dump's `buildACLCommands` does. Pure.
+fn revoke_all_sql(name: &str, owner: &str) -> String {
+    let db = quote_ident(name);
+    format!("revoke all on database {db} from public; revoke all on database {db} from {}", quote_ident(owner))
+}
+
+/// `GRANT <privilege> ON DATABASE "name" TO "role"|PUBLIC [WITH GRANT OPTION]`; `None` for a privilege that
+/// databases do not have (only `CREATE`, `TEMPORARY` and `CONNECT`: PostgreSQL docs, "Privileges"). Pure.
+pub(super) fn grant_sql(name: &str, g: &DatabaseGrant) -> Option<String> {
+    let privilege = ["CREATE", "TEMPORARY", "CONNECT"].into_iter().find(|p| *p == g.privilege)?;
+    let grantee = g.grantee.as_deref().map_or("public".to_owned(), quote_ident);
+    let option = if g.grantable { " with grant option" } else { "" };
+    Some(format!("grant {privilege} on database {} to {grantee}{option}", quote_ident(name)))
 }
 
 pub(super) fn drop_database(session: &mut pg::Session, name: &str) -> Result<(), crate::Error> {
@@ -286,6 +375,9 @@ mod tests {
             icu_rules: None,
             owner: "app".into(),
             settings: vec![],
+            comment: None,
+            privileges: None,
+            role_settings: vec![],
         }
     }
 
@@ -323,6 +415,23 @@ mod tests {
     }
 
     #[test]
+    fn issue_12_grants_are_quoted_as_postgresql_parses_them() {
+        let g = DatabaseGrant { grantee: Some("Ünï \"q\"".into()), privilege: "CONNECT".into(), grantable: true };
+        assert_eq!(
+            grant_sql("d b", &g).as_deref(),
+            Some("grant CONNECT on database \"d b\" to \"Ünï \"\"q\"\"\" with grant option")
+        );
+        let public = DatabaseGrant { grantee: None, privilege: "TEMPORARY".into(), grantable: false };
+        assert_eq!(grant_sql("d", &public).as_deref(), Some("grant TEMPORARY on database \"d\" to public"));
+        let hostile = DatabaseGrant { grantee: None, privilege: "CONNECT; drop table x".into(), grantable: false };
+        assert_eq!(grant_sql("d", &hostile), None);
+        assert_eq!(
+            revoke_all_sql("it's", "O\"k"),
+            "revoke all on database \"it's\" from public; revoke all on database \"it's\" from \"O\"\"k\""
+        );
+    }
+
+    #[test]
     fn issue_12_settings_are_quoted_as_postgresql_parses_them() {
         assert_eq!(setting_sql("d", "work_mem=7MB").as_deref(), Some("alter database \"d\" set \"work_mem\" to '7MB'"));
         assert_eq!(
@@ -335,6 +444,10 @@ mod tests {
         );
         assert_eq!(setting_sql("d", "search_path=").as_deref(), Some("alter database \"d\" set \"search_path\" to ''"));
         assert_eq!(setting_sql("d", "nothing"), None);
+        assert_eq!(
+            role_setting_sql("app \"x\"", "d", "work_mem=1MB").as_deref(),
+            Some("alter role \"app \"\"x\"\"\" in database \"d\" set \"work_mem\" to '1MB'")
+        );
         assert_eq!(split_list("a, \"b c\" ,d"), Some(vec!["a".into(), "b c".into(), "d".into()]));
         assert_eq!(split_list("\"open"), None);
         assert_eq!(split_list("a,,b"), None);

@@ -28,7 +28,8 @@ pub use verify::{DumpProblem, DumpResult, DumpVerifyReport, stream_name, verify}
 pub use write::{DumpRequest, run};
 
 pub use crate::repository::dump::{
-    DatabaseProperties, DumpFile, DumpFormat, DumpId, DumpManifest, DumpedDatabase, FrameRef,
+    DatabaseGrant, DatabaseProperties, DumpFile, DumpFormat, DumpId, DumpManifest, DumpedDatabase, FrameRef,
+    RoleSettings,
 };
 
 /// Every complete dump in the repository, oldest first. Errors: storage errors, and the first manifest that

@@ -12,7 +12,7 @@ use std::process::Stdio;
 
 use serde::Serialize;
 
-use super::create::{apply_settings, create_database, database_exists, drop_database};
+use super::create::{apply_properties, create_database, database_exists, drop_database};
 use super::store::fetch;
 use super::tools::{self, StderrTail, Tools};
 use super::{DumpFormat, DumpId, Error};
@@ -230,7 +230,10 @@ pub fn restore(
             return Err(e);
         }
         if must_create && let Some(p) = properties {
-            outcome.notes.extend(apply_settings(&mut session, target, p));
+            outcome.notes.extend(apply_properties(&mut session, target, p));
+        }
+        if !tables.is_empty() {
+            outcome.notes.push(TABLES_NOTE.to_owned());
         }
     }
     progress.finish();
@@ -284,6 +287,11 @@ fn table_of_contents(tools: &Tools, archive: &Path) -> Result<String, crate::Err
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
+/// What `--table` leaves out, said after every restore of chosen tables.
+const TABLES_NOTE: &str = "--table restored each table's definition, data and its primary key, unique, check and \
+    exclusion constraints; not its other indexes, foreign keys, triggers, column defaults or sequences \
+    (with --clean, an existing table was dropped with them): restore the whole database to get those";
+
 /// One entry of a table of contents: `<id>; <catalog oid> <oid> <KIND> <schema> <name> <owner>` (pg_restore's
 /// `-l` format, src/bin/pg_dump/pg_backup_archiver.c `PrintTOCSummary`). Returns the kind and the rest
 /// (`<schema> <name> <owner>`), or `None` for comments.
@@ -291,7 +299,8 @@ fn toc_entry(line: &str) -> Option<(&str, &str)> {
     if line.starts_with(';') {
         return None;
     }
-    for kind in ["TABLE DATA", "TABLE", "SCHEMA"] {
+    // Longer kinds first: " TABLE DATA " also holds " TABLE ", " FK CONSTRAINT " also " CONSTRAINT ".
+    for kind in ["TABLE DATA", "FK CONSTRAINT", "CONSTRAINT", "TABLE", "SCHEMA"] {
         if let Some((_, rest)) = line.split_once(&format!(" {kind} ")) {
             return Some((kind, rest));
         }
@@ -349,7 +358,13 @@ fn use_list(toc: &str, tables: &[(String, String)], with_schemas: bool) -> Strin
             Some(("SCHEMA", rest)) => {
                 with_schemas && tables.iter().any(|(s, _)| s != "public" && rest.starts_with(&format!("- {s} ")))
             }
-            Some((_, rest)) => tables.iter().any(|(s, t)| rest.starts_with(&format!("{s} {t} "))),
+            // The table, its data, and the constraints it holds by itself (primary key, unique, check, exclusion:
+            // a constraint's entry is named `<table> <constraint>`). Not a foreign key: it names another table,
+            // which a restore of one table may not have.
+            Some(("TABLE" | "TABLE DATA" | "CONSTRAINT", rest)) => {
+                tables.iter().any(|(s, t)| rest.starts_with(&format!("{s} {t} ")))
+            }
+            Some(_) => false,
             None => false,
         };
         if keep {
@@ -450,7 +465,11 @@ mod table_tests {
         213; 1259 16396 TABLE public we\"ird tä ble postgres\n\
         3350; 0 16387 TABLE DATA s1 orders postgres\n\
         3351; 0 16390 TABLE DATA s2 orders postgres\n\
-        3352; 0 16393 TABLE DATA public plain postgres\n";
+        3352; 0 16393 TABLE DATA public plain postgres\n\
+        3400; 2606 16398 CONSTRAINT s2 orders orders_pkey postgres\n\
+        3401; 2606 16399 CONSTRAINT s1 orders orders_pkey postgres\n\
+        3402; 2606 16400 FK CONSTRAINT s2 orders orders_plain_fkey postgres\n\
+        3403; 1259 16401 INDEX s2 orders_note_idx postgres\n";
 
     fn id() -> DumpId {
         "20261201-083000D".parse().expect("id")
@@ -473,10 +492,15 @@ mod table_tests {
 
         let one = t(&["s2.orders"]).expect("qualified");
         let list = use_list(TOC, &one, false);
-        assert_eq!(list, "211; 1259 16390 TABLE s2 orders postgres\n3351; 0 16390 TABLE DATA s2 orders postgres\n");
+        // Issue 12: the table's own constraints too (its primary key was lost with --clean); not a foreign key.
+        assert_eq!(
+            list,
+            "211; 1259 16390 TABLE s2 orders postgres\n3351; 0 16390 TABLE DATA s2 orders postgres\n\
+             3400; 2606 16398 CONSTRAINT s2 orders orders_pkey postgres\n"
+        );
         let new_db = use_list(TOC, &one, true);
         assert!(new_db.starts_with("6; 2615 16386 SCHEMA - s2 postgres\n"), "{new_db}");
-        assert_eq!(new_db.lines().count(), 3);
+        assert_eq!(new_db.lines().count(), 4);
         assert!(!use_list(TOC, &t(&["plain"]).expect("bare"), true).contains("SCHEMA"), "public exists already");
     }
 }

@@ -1,6 +1,6 @@
 //! Local temporary directories of `dump --jobs N` and `dump-restore`, in `[dump] temp_dir` (or the system's).
 //!
-//! Each is named `backupctl-<kind>-<pid>-<random>` (`tempfile`'s builder, mode 0700) and removed when its owner
+//! Each is named `backupctl-<kind>-<pid>-<random>` (`tempfile`'s builder) and has mode 0700 whatever the umask and removed when its owner
 //! is done. A process killed with `kill -9` cannot remove its own: so before creating one, a dump or dump-restore
 //! removes every `backupctl-dump-*` or `backupctl-dump-restore-*` directory whose pid is not a running process
 //! (logging each). A directory whose pid was reused by another process is left until that one ends too: never a
@@ -75,8 +75,12 @@ pub(super) fn remove_stale(base: &Path) -> Vec<PathBuf> {
 pub(super) fn create(configured: Option<&Path>, kind: Kind) -> Result<tempfile::TempDir, crate::Error> {
     let base = configured.map_or_else(std::env::temp_dir, Path::to_path_buf);
     remove_stale(&base);
+    // tempfile creates directories with the default mode (0777 less the umask, 0755 usually): the streams in it
+    // are a whole database, uncompressed, so only the user running backupctl may enter it.
+    use std::os::unix::fs::PermissionsExt;
     tempfile::Builder::new()
         .prefix(&format!("{}{}-", kind.prefix(), std::process::id()))
+        .permissions(std::fs::Permissions::from_mode(0o700))
         .tempdir_in(&base)
         .map_err(|source| Error::Io { path: base, source }.into())
 }
@@ -84,6 +88,18 @@ pub(super) fn create(configured: Option<&Path>, kind: Kind) -> Result<tempfile::
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A dump-restore's directory holds a whole database: nobody else may enter it (it was 0755 before).
+    #[test]
+    fn issue_12_temp_dirs_are_private() {
+        use std::os::unix::fs::PermissionsExt;
+        let base = tempfile::tempdir().expect("base");
+        for kind in [Kind::Dump, Kind::Restore] {
+            let dir = create(Some(base.path()), kind).expect("create");
+            let mode = std::fs::metadata(dir.path()).expect("stat").permissions().mode();
+            assert_eq!(mode & 0o777, 0o700, "{kind:?}: {mode:o}");
+        }
+    }
 
     #[test]
     fn issue_12_temp_dir_names_carry_the_pid() {

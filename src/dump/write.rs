@@ -114,11 +114,24 @@ pub fn run(
             progress.phase(&format!("dumping database {name}"));
             let packer = Packer::new(storage.clone(), level, PACK_SIZE, parallel, index.clone());
             let started = Instant::now();
-            let (format, files) = if request.jobs > 1 {
-                let files = rt.block_on(dump_directory(&tools, pg_config, config, name, request.jobs, &packer))?;
-                (DumpFormat::Directory, files)
+            let result = if request.jobs > 1 {
+                rt.block_on(dump_directory(&tools, pg_config, config, name, request.jobs, &packer))
+                    .map(|files| (DumpFormat::Directory, files))
             } else {
-                (DumpFormat::Custom, vec![rt.block_on(dump_custom(&tools, pg_config, name, &packer))?])
+                rt.block_on(dump_custom(&tools, pg_config, name, &packer)).map(|f| (DumpFormat::Custom, vec![f]))
+            };
+            let (format, files) = match result {
+                Ok(dumped) => dumped,
+                // A database dropped since the list was taken is not one to keep: without --database, the dump
+                // goes on without it (its frames are garbage for gc). Asked for by name, it is a failure.
+                Err(e) if request.databases.is_empty() && !super::create::database_exists(&mut session, name)? => {
+                    tracing::warn!(
+                        dump = %id, database = %name, error = %e,
+                        "database {name:?} was dropped while the dump ran: not in this dump"
+                    );
+                    continue;
+                }
+                Err(e) => return Err(e),
             };
             let properties = Some(super::create::properties(&mut session, name, server_major)?);
             let stored_bytes = rt.block_on(seal(&packer))?;

@@ -162,7 +162,7 @@ pub struct DumpedDatabase {
     pub properties: Option<DatabaseProperties>,
 }
 
-/// A database's properties from `pg_database` and `pg_db_role_setting` at dump time.
+/// A database's properties from `pg_database`, `pg_shdescription` and `pg_db_role_setting` at dump time.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DatabaseProperties {
     /// Its encoding's name, `pg_encoding_to_char(encoding)` (e.g. `UTF8`, `LATIN1`).
@@ -185,6 +185,39 @@ pub struct DatabaseProperties {
     /// Its own settings (`ALTER DATABASE ... SET`, `pg_db_role_setting` with `setrole = 0`), each `name=value`
     /// as PostgreSQL stores them.
     #[serde(default)]
+    pub settings: Vec<String>,
+    /// Its comment (`COMMENT ON DATABASE`, `shobj_description(oid, 'pg_database')`), if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub comment: Option<String>,
+    /// Its privileges when they are not the defaults (`datacl` not null), one entry per grant as `aclexplode`
+    /// lists them; `None`: the defaults (or a manifest written before privileges were recorded).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub privileges: Option<Vec<DatabaseGrant>>,
+    /// Settings of roles in this database (`ALTER ROLE ... IN DATABASE ... SET`, `pg_db_role_setting` with
+    /// `setrole <> 0`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub role_settings: Vec<RoleSettings>,
+}
+
+/// One privilege on a database granted to a role or to PUBLIC (PostgreSQL docs, "Privileges"; `aclexplode`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DatabaseGrant {
+    /// The role's name; `None`: PUBLIC.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub grantee: Option<String>,
+    /// `CREATE`, `TEMPORARY` or `CONNECT`.
+    pub privilege: String,
+    /// Granted `WITH GRANT OPTION`.
+    #[serde(default)]
+    pub grantable: bool,
+}
+
+/// One role's settings in a database (`ALTER ROLE role IN DATABASE db SET ...`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RoleSettings {
+    /// The role's name.
+    pub role: String,
+    /// Each `name=value` as PostgreSQL stores it.
     pub settings: Vec<String>,
 }
 

@@ -283,8 +283,18 @@ fn issue_12_catalog_migrations() {
     assert_eq!(v1["version"], 1, "{v1:#}");
     assert_eq!(v1["applied"], serde_json::json!([1]));
     assert_eq!(cat.sql("select to_regclass('backupctl.job_runs') is null"), "t");
-    // A schema, but no row for this repository: not synced either.
-    assert_not_synced(&src, &repo.url());
+    // A schema at an older version (and no row for this repository): status from the catalog names the version
+    // and what to run, not "not synced" (a sync would migrate, so the hint would do, but it would not say why).
+    let out = backupctl(&src, &["status", "--from-catalog"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains(&format!(
+            "catalog schema is at version 1, this backupctl needs {}: run `backupctl catalog migrate`",
+            backupctl::catalog::latest_version()
+        )),
+        "{err}"
+    );
     // Issue 12: the implicit updates create a schema but never migrate one staged at an older version: base-backup
     // succeeds, warns once, and leaves the schema (and its tables) as they were; so does a scheduled job's record.
     let out = src.base_backup(&["--fast", "--type", "full"]);
@@ -399,7 +409,7 @@ fn issue_12_catalog_in_the_archived_cluster_is_refused() {
     // Point [catalog] at the archived cluster itself.
     let text = std::fs::read_to_string(&src.config).expect("config");
     std::fs::write(&src.config, format!("{text}\n{}", catalog_section(&src.cluster))).expect("config");
-    for args in [&["catalog", "sync"][..], &["catalog", "migrate"]] {
+    for args in [&["catalog", "sync"][..], &["catalog", "migrate"], &["status", "--from-catalog"]] {
         let out = backupctl(&src, args);
         let err = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(1), "{args:?}: {err}");

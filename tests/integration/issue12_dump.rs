@@ -279,6 +279,30 @@ fn dump_scenario(env: &Env) {
         "sales.orders"
     );
     assert_eq!(env.sql_in("only_orders", "select count(*) from sales.orders"), "20000");
+    // Issue 12: with its primary key (pg_restore -t alone left it out, and --clean over a live table dropped it),
+    // and a note of what --table leaves out.
+    let pkey = |db: &str| {
+        env.sql_in(db, "select string_agg(conname || ' ' || contype::text, ',') from pg_constraint where conrelid = 'sales.orders'::regclass")
+    };
+    assert_eq!(pkey("only_orders"), "orders_pkey p");
+    let out = env.backupctl(&[
+        "dump-restore",
+        "--backup-id",
+        &id,
+        "--database",
+        "app2",
+        "--target-database",
+        "only_orders",
+        "--table",
+        "sales.orders",
+        "--clean",
+    ]);
+    assert_ok("restore sales.orders --clean over itself", &out);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("note: --table restored each table's definition"), "{out:?}");
+    assert_eq!(
+        (pkey("only_orders"), env.sql_in("only_orders", "select count(*) from sales.orders")),
+        (pkey("app2"), "20000".into())
+    );
 
     // Over a non-empty database: refused without --clean (nothing changed), done with it.
     env.sql_in("app2", "delete from sales.orders where id > 10000");

@@ -107,8 +107,9 @@ fn issue_12_trial_damaged_dump_named_by_verify_and_restore() {
     assert!(!env.db_exists("copy"));
 }
 
-/// A database created by dump-restore gets the source's encoding, LC_COLLATE, LC_CTYPE, owner and
-/// `ALTER DATABASE ... SET` settings (it got the server's defaults and none of them). Also: `dump --database` of a
+/// A database created by dump-restore gets the source's encoding, LC_COLLATE, LC_CTYPE, owner,
+/// `ALTER DATABASE ... SET` settings, comment, privileges and `ALTER ROLE ... IN DATABASE ... SET` settings (it got
+/// the server's defaults and none of them). Also: `dump --database` of a
 /// name that is not there, or of a template, says so and lists what can be dumped.
 #[test]
 fn issue_12_trial_restored_database_keeps_its_properties() {
@@ -127,6 +128,13 @@ fn issue_12_trial_restored_database_keeps_its_properties() {
     env.sql_in("postgres", "alter database latin set work_mem = '7MB'");
     env.sql_in("postgres", "alter database latin set search_path = \"$user\", public, \"Odd S\"");
     env.sql_in("postgres", "alter database latin set application_name = 'it''s \\ here'");
+    // Its comment, privileges (CONNECT taken from PUBLIC, given to a reader with the grant option) and a role's
+    // settings in it.
+    env.sql_in("postgres", "comment on database latin is 'it''s \"the\" latin one'");
+    env.sql_in("postgres", "create role \"Rëader\" login");
+    env.sql_in("postgres", "revoke connect, temporary on database latin from public");
+    env.sql_in("postgres", "grant connect on database latin to \"Rëader\" with grant option");
+    env.sql_in("postgres", "alter role \"Rëader\" in database latin set work_mem = '3MB'");
     env.sql_in("latin", "create table t (s text); insert into t values ('café'), ('Ünïcode')");
     let props = |db: &str| {
         env.sql_in(
@@ -134,12 +142,25 @@ fn issue_12_trial_restored_database_keeps_its_properties() {
             &format!(
                 "select pg_encoding_to_char(d.encoding), d.datcollate, d.datctype, pg_get_userbyid(d.datdba), \
                  (select array_to_string(setconfig, ' | ') from pg_db_role_setting s where s.setdatabase = d.oid \
-                 and s.setrole = 0) from pg_database d where d.datname = '{db}'"
+                 and s.setrole = 0), shobj_description(d.oid, 'pg_database'), \
+                 (select string_agg(g, ', ' order by g) from (select coalesce(pg_get_userbyid(nullif(a.grantee, \
+                 0)), 'PUBLIC') || ' ' || a.privilege_type || ' ' || a.is_grantable || ' by ' || \
+                 pg_get_userbyid(a.grantor) as g from aclexplode(d.datacl) a) acl), \
+                 (select string_agg(pg_get_userbyid(s.setrole) || ' ' || array_to_string(s.setconfig, ' | '), ', ') \
+                 from pg_db_role_setting s where s.setdatabase = d.oid and s.setrole <> 0) \
+                 from pg_database d where d.datname = '{db}'"
             ),
         )
     };
     let source = props("latin");
     assert!(source.starts_with("LATIN1|C|C|Owner Ü|") && source.contains("work_mem=7MB"), "{source}");
+    assert!(
+        source.ends_with(
+            "|it's \"the\" latin one|Owner Ü CONNECT false by Owner Ü, Owner Ü CREATE false by Owner Ü, \
+             Owner Ü TEMPORARY false by Owner Ü, Rëader CONNECT true by Owner Ü|Rëader work_mem=3MB"
+        ),
+        "{source}"
+    );
 
     let id = json(&env.backupctl(&["dump", "--database", "latin", "--json"]))["id"].as_str().expect("id").to_owned();
     let raw = Raw::open(&env.url, &backupctl::config::S3Config::default());
@@ -150,7 +171,11 @@ fn issue_12_trial_restored_database_keeps_its_properties() {
     let out =
         env.backupctl(&["dump-restore", "--backup-id", &id, "--database", "latin", "--target-database", "latin_copy"]);
     assert_ok("dump-restore into a new database", &out);
-    assert_eq!(props("latin_copy"), source, "encoding, locale, owner and settings as the source's");
+    assert_eq!(
+        props("latin_copy"),
+        source,
+        "encoding, locale, owner, settings, comment, privileges and role settings as the source's"
+    );
     assert_eq!(env.sql_in("latin_copy", "show work_mem"), "7MB");
     assert_eq!(env.sql_in("latin_copy", "select string_agg(s, ',' order by s) from t"), "café,Ünïcode");
     // --create over a dropped database: the same.
@@ -262,4 +287,53 @@ fn issue_12_trial_killed_dump_leaves_no_temp_dir_for_long() {
         &env.backupctl(&["dump-restore", "--backup-id", &id, "--database", "app", "--target-database", "app2"]),
     );
     assert!(temp_dirs(&temp).is_empty(), "dump-restore removed its own directory");
+
+    // Issue 12: a database dropped while a dump of every database runs is left out with a warning; the dump of
+    // the others is complete and listed (it failed whole before). pg_dump of "app" waits on a lock while
+    // "zzz_gone" (dumped after it) is dropped.
+    env.sql_in("postgres", "create database zzz_gone");
+    let mut locker = Command::new("psql")
+        .args(["-X", "-q", "-U", "postgres", "-h"])
+        .arg(&env.cluster.socket)
+        .arg("-p")
+        .arg(env.cluster.port.to_string())
+        .args(["-d", "app", "-c", "begin; lock table t in access exclusive mode; select pg_sleep(120);"])
+        .spawn()
+        .expect("locker");
+    wait_for("the lock", Duration::from_secs(30), || {
+        (env.sql_in(
+            "app",
+            "select count(*) from pg_locks where mode = 'AccessExclusiveLock' and relation = 't'::regclass",
+        ) == "1")
+            .then_some(())
+    });
+    let dump = as_postgres(&bin("backupctl"))
+        .arg("--config")
+        .arg(&env.config)
+        .args(["dump", "--json"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("dump");
+    wait_for("pg_dump waiting for the lock", Duration::from_secs(60), || {
+        (env.sql_in("postgres", "select count(*) from pg_stat_activity where wait_event_type = 'Lock'") != "0")
+            .then_some(())
+    });
+    env.sql_in("postgres", "drop database zzz_gone");
+    env.sql_in(
+        "postgres",
+        "select pg_terminate_backend(pid) from pg_stat_activity where query like '%pg_sleep(120)%' and pid <> pg_backend_pid()",
+    );
+    let _ = locker.wait();
+    let out = dump.wait_with_output().expect("dump");
+    assert_ok("a dump of every database while one is dropped", &out);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("database \"zzz_gone\" was dropped while the dump ran: not in this dump"), "{stderr}");
+    let dumped: Vec<String> = json(&out)["databases"]
+        .as_array()
+        .expect("databases")
+        .iter()
+        .map(|d| d["name"].as_str().or(d.as_str()).expect("name").to_owned())
+        .collect();
+    assert_eq!(dumped, ["app", "app2", "postgres"]);
 }

@@ -257,10 +257,11 @@ pub(super) fn record_manual_run(
 /// `backupctl status --from-catalog`: the status document as the last sync stored it, filtered as `status`
 /// filters, with the newest backup's age computed now; printed by the same code as `status`.
 pub(super) fn status(ctx: &Ctx, args: &StatusArgs) -> Result<(), Error> {
-    let cfg = config_of(&ctx.config)?;
     let storage = ctx.storage()?;
     let repository = storage.to_string();
-    let mut c = catalog::connect(cfg)?;
+    // The same refusal as every other catalog command: a catalog in the archived cluster was never synced, and
+    // saying so would send the user to a sync that is refused too.
+    let mut c = open(&ctx.config, &ctx.rt, storage.as_ref())?;
     let catalog::StatusDocuments { status: mut v, backups, mut dumps } = c.status_documents(&repository)?;
     if args.backup_type == Some(super::status::dumps::StatusType::Dump) {
         if let Some(n) = args.last {

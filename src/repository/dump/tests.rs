@@ -44,6 +44,13 @@ pub(crate) fn example() -> DumpManifest {
                     icu_rules: None,
                     owner: "app owner".into(),
                     settings: vec!["work_mem=7MB".into(), "search_path=\"$user\", public".into()],
+                    comment: Some("it's \"the\" app".into()),
+                    privileges: Some(vec![DatabaseGrant {
+                        grantee: None,
+                        privilege: "CONNECT".into(),
+                        grantable: false,
+                    }]),
+                    role_settings: vec![RoleSettings { role: "app".into(), settings: vec!["work_mem=1MB".into()] }],
                 }),
             },
             DumpedDatabase {

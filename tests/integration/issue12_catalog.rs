@@ -372,6 +372,10 @@ fn issue_12_catalog_migrations() {
     );
     let again = json_of("migrate again", &backupctl(&src, &["catalog", "migrate", "--json-output"]));
     assert_eq!((again["version"].clone(), again["applied"].clone()), (serde_json::json!(3), serde_json::json!([])));
+    // Down is refused (it said "nothing to do"): migrations only go forward.
+    let down = backupctl(&src, &["catalog", "migrate", "--to-version", "1"]);
+    assert_eq!(down.status.code(), Some(2), "{down:?}");
+    assert!(String::from_utf8_lossy(&down.stderr).contains("at version 3 already; migrations only go forward"));
     // A schema a newer backupctl migrated: refused, naming both versions.
     cat.sql(
         "insert into backupctl.schema_history (version, name, applied_on, checksum) \

@@ -68,6 +68,12 @@ pub(super) fn run(ctx: &Ctx, args: &CatalogArgs) -> Result<(), Error> {
             }
             let storage = ctx.existing_storage()?;
             let mut c = open(&ctx.config, &ctx.rt, storage.as_ref())?;
+            let found = c.schema_version()?;
+            if let Some(v) = to_version.filter(|v| i64::from(*v) < found) {
+                return Err(Error::Usage(format!(
+                    "--to-version {v}: schema backupctl is at version {found} already; migrations only go forward"
+                )));
+            }
             let applied = c.migrate(*to_version)?;
             let version = c.schema_version()?;
             if *json_output {
@@ -101,13 +107,16 @@ pub(super) fn run(ctx: &Ctx, args: &CatalogArgs) -> Result<(), Error> {
                 Some(c) => format!("schema backupctl migrated from version {} to {}; ", c.from, c.to),
             };
             line(format_args!(
-                "catalog {}: {migrated}synced; {} rows written ({} backups, {} marked removed; {} WAL ranges, {} marked removed)",
+                "catalog {}: {migrated}synced; {} rows written ({} backups, {} marked removed; {} WAL ranges, {} marked \
+                 removed; {} dumps, {} marked removed)",
                 target(cfg),
                 report.total(),
                 report.backups,
                 report.backups_removed,
                 report.wal_ranges,
-                report.wal_ranges_removed
+                report.wal_ranges_removed,
+                report.dumps,
+                report.dumps_removed
             ))
         }
     }

@@ -55,6 +55,53 @@ impl Env {
         as_postgres(&bin("backupctl")).arg("--config").arg(&self.config).args(args).output().expect("backupctl")
     }
 
+    /// Hold an ACCESS EXCLUSIVE lock on `table` in `db` (a psql session in a transaction that sleeps), so that a
+    /// pg_dump of it waits; returns once the lock is held. Release with [`Env::release_locks`].
+    pub(crate) fn lock_table(&self, db: &str, table: &str) -> std::process::Child {
+        let locker = Command::new("psql")
+            .args(["-X", "-q", "-U", "postgres", "-h"])
+            .arg(&self.cluster.socket)
+            .arg("-p")
+            .arg(self.cluster.port.to_string())
+            .args([
+                "-d",
+                db,
+                "-c",
+                &format!("begin; lock table {table} in access exclusive mode; select pg_sleep(120);"),
+            ])
+            .spawn()
+            .expect("locker");
+        wait_for("the lock", Duration::from_secs(30), || {
+            let sql = format!(
+                "select count(*) from pg_locks where mode = 'AccessExclusiveLock' and relation = '{table}'::regclass"
+            );
+            (self.sql_in(db, &sql) == "1").then_some(())
+        });
+        locker
+    }
+
+    /// Wait until a session of application `application` (`%` for any) waits on a lock.
+    pub(crate) fn wait_for_lock_wait(&self, application: &str) {
+        wait_for("pg_dump waiting for the lock", Duration::from_secs(60), || {
+            let sql = format!(
+                "select count(*) from pg_stat_activity where application_name like '{application}' \
+                 and wait_event_type = 'Lock'"
+            );
+            (self.sql_in("postgres", &sql) != "0").then_some(())
+        });
+    }
+
+    /// End the sessions of [`Env::lock_table`] (their transactions roll back, the locks go) and reap `locker`.
+    pub(crate) fn release_locks(&self, mut locker: std::process::Child) {
+        self.sql_in(
+            "postgres",
+            "select pg_terminate_backend(pid) from pg_stat_activity where query like '%pg_sleep(120)%' \
+             and pid <> pg_backend_pid()",
+        );
+        let _ = locker.kill();
+        let _ = locker.wait();
+    }
+
     /// psql in database `db`; unaligned, tuples only, trimmed; panics on error.
     pub(crate) fn sql_in(&self, db: &str, sql: &str) -> String {
         let out = self.try_sql_in(db, sql);
@@ -438,29 +485,9 @@ fn failures_scenario(env: &Env, label: &str) {
     assert!(listed(env).is_empty(), "a failed dump is not listed");
 
     // kill -9 while pg_dump waits for a lock: never listed; the next dump is.
-    let mut locker = Command::new("psql")
-        .args(["-X", "-q", "-U", "postgres", "-h"])
-        .arg(&env.cluster.socket)
-        .arg("-p")
-        .arg(env.cluster.port.to_string())
-        .args(["-d", "app2", "-c", "begin; lock table sales.orders in access exclusive mode; select pg_sleep(120);"])
-        .spawn()
-        .expect("locker");
-    wait_for("the lock", Duration::from_secs(30), || {
-        (env.sql_in(
-            "app2",
-            "select count(*) from pg_locks where mode = 'AccessExclusiveLock' and relation = 'sales.orders'::regclass",
-        ) == "1")
-            .then_some(())
-    });
+    let locker = env.lock_table("app2", "sales.orders");
     let mut dump = as_postgres(&bin("backupctl")).arg("--config").arg(&env.config).arg("dump").spawn().expect("dump");
-    wait_for("pg_dump waiting for the lock", Duration::from_secs(60), || {
-        (env.sql_in(
-            "postgres",
-            "select count(*) from pg_stat_activity where application_name = 'backupctl' and wait_event_type = 'Lock'",
-        ) != "0")
-            .then_some(())
-    });
+    env.wait_for_lock_wait("backupctl");
     // runuser's child is backupctl: kill it (and its pg_dump) with SIGKILL.
     let children = Command::new("pgrep").args(["-P", &dump.id().to_string()]).output().expect("pgrep");
     for pid in String::from_utf8_lossy(&children.stdout).split_whitespace() {
@@ -471,9 +498,7 @@ fn failures_scenario(env: &Env, label: &str) {
         }
     }
     let _ = dump.wait();
-    let _ = locker.kill();
-    let _ = locker.wait();
-    env.sql_in("postgres", "select pg_terminate_backend(pid) from pg_stat_activity where query like '%pg_sleep(120)%' and pid <> pg_backend_pid()");
+    env.release_locks(locker);
     assert!(listed(env).is_empty(), "a killed dump is never listed");
     let summary = json(&env.backupctl(&["dump", "--database", "app2", "--jobs", "2", "--json"]));
     assert_eq!(summary["databases"][0]["format"], "directory", "{summary}");

@@ -5,13 +5,12 @@
 
 use std::path::Path;
 use std::process::Command;
-use std::time::Duration;
 
 use serde_json::Value;
 
 use crate::issue12_dump::{Env, NO_GRACE, failure, json};
 use crate::pitr::FileRepo;
-use crate::support::cluster::{as_postgres, assert_ok, bin, chown_postgres, output_text, require_pg, wait_for};
+use crate::support::cluster::{as_postgres, assert_ok, bin, chown_postgres, output_text, require_pg};
 use crate::support::raw::Raw;
 
 fn env(label: &str, config_extra: &str) -> Env {
@@ -233,43 +232,21 @@ fn issue_12_trial_killed_dump_leaves_no_temp_dir_for_long() {
     let env = env("i12-trial-kill", &format!("{NO_GRACE}\n[dump]\ntemp_dir = \"{}\"\n", temp.display()));
     env.sql_in("postgres", "create database app");
     env.sql_in("app", "create table t as select g from generate_series(1, 1000) g");
-    let mut locker = Command::new("psql")
-        .args(["-X", "-q", "-U", "postgres", "-h"])
-        .arg(&env.cluster.socket)
-        .arg("-p")
-        .arg(env.cluster.port.to_string())
-        .args(["-d", "app", "-c", "begin; lock table t in access exclusive mode; select pg_sleep(120);"])
-        .spawn()
-        .expect("locker");
-    wait_for("the lock", Duration::from_secs(30), || {
-        (env.sql_in(
-            "app",
-            "select count(*) from pg_locks where mode = 'AccessExclusiveLock' and relation = 't'::regclass",
-        ) == "1")
-            .then_some(())
-    });
+    let locker = env.lock_table("app", "t");
     let mut dump = as_postgres(&bin("backupctl"))
         .arg("--config")
         .arg(&env.config)
         .args(["dump", "--database", "app", "--jobs", "2"])
         .spawn()
         .expect("dump");
-    wait_for("pg_dump waiting for the lock", Duration::from_secs(60), || {
-        (env.sql_in("postgres", "select count(*) from pg_stat_activity where wait_event_type = 'Lock'") != "0")
-            .then_some(())
-    });
+    env.wait_for_lock_wait("%");
     let left = temp_dirs(&temp);
     assert_eq!(left.len(), 1, "{left:?}");
     for pid in descendants(dump.id()) {
         let _ = Command::new("kill").args(["-9", &pid]).status();
     }
     let _ = dump.wait();
-    let _ = locker.kill();
-    let _ = locker.wait();
-    env.sql_in(
-        "postgres",
-        "select pg_terminate_backend(pid) from pg_stat_activity where query like '%pg_sleep(120)%' and pid <> pg_backend_pid()",
-    );
+    env.release_locks(locker);
     assert_eq!(temp_dirs(&temp), left, "kill -9 left the directory");
     assert!(left[0].starts_with("backupctl-dump-"), "{left:?}");
 
@@ -292,21 +269,7 @@ fn issue_12_trial_killed_dump_leaves_no_temp_dir_for_long() {
     // the others is complete and listed (it failed whole before). pg_dump of "app" waits on a lock while
     // "zzz_gone" (dumped after it) is dropped.
     env.sql_in("postgres", "create database zzz_gone");
-    let mut locker = Command::new("psql")
-        .args(["-X", "-q", "-U", "postgres", "-h"])
-        .arg(&env.cluster.socket)
-        .arg("-p")
-        .arg(env.cluster.port.to_string())
-        .args(["-d", "app", "-c", "begin; lock table t in access exclusive mode; select pg_sleep(120);"])
-        .spawn()
-        .expect("locker");
-    wait_for("the lock", Duration::from_secs(30), || {
-        (env.sql_in(
-            "app",
-            "select count(*) from pg_locks where mode = 'AccessExclusiveLock' and relation = 't'::regclass",
-        ) == "1")
-            .then_some(())
-    });
+    let locker = env.lock_table("app", "t");
     let dump = as_postgres(&bin("backupctl"))
         .arg("--config")
         .arg(&env.config)
@@ -315,16 +278,9 @@ fn issue_12_trial_killed_dump_leaves_no_temp_dir_for_long() {
         .stderr(std::process::Stdio::piped())
         .spawn()
         .expect("dump");
-    wait_for("pg_dump waiting for the lock", Duration::from_secs(60), || {
-        (env.sql_in("postgres", "select count(*) from pg_stat_activity where wait_event_type = 'Lock'") != "0")
-            .then_some(())
-    });
+    env.wait_for_lock_wait("%");
     env.sql_in("postgres", "drop database zzz_gone");
-    env.sql_in(
-        "postgres",
-        "select pg_terminate_backend(pid) from pg_stat_activity where query like '%pg_sleep(120)%' and pid <> pg_backend_pid()",
-    );
-    let _ = locker.wait();
+    env.release_locks(locker);
     let out = dump.wait_with_output().expect("dump");
     assert_ok("a dump of every database while one is dropped", &out);
     let stderr = String::from_utf8_lossy(&out.stderr);

@@ -132,10 +132,13 @@ pub struct LeaseRecord {
 }
 
 impl LeaseRecord {
-    /// `base-backup 20261130-010203F (pid 123 on db1)`, for messages.
+    /// `base-backup 20261130-010203F (pid 123 on db1)`, for messages; a logical dump (which holds a backup lease)
+    /// is `backupctl dump 20261130-010203D (...)`.
     pub fn describe(&self) -> String {
         let what = if self.what.is_empty() { String::new() } else { format!(" {}", self.what) };
-        format!("{}{what} (pid {} on {})", self.kind, self.holder.pid, self.holder.host)
+        let is_dump = self.kind == LeaseKind::Backup && self.what.parse::<super::dump::DumpId>().is_ok();
+        let kind = if is_dump { "backupctl dump".to_owned() } else { self.kind.to_string() };
+        format!("{kind}{what} (pid {} on {})", self.holder.pid, self.holder.host)
     }
 }
 
@@ -295,6 +298,9 @@ mod tests {
         let found = live_leases(s.as_ref(), &[LeaseKind::Backup], None, None, now, false).await.expect("list");
         assert_eq!(found.len(), 1);
         assert!(found[0].describe().starts_with("base-backup 20261130-010203F (pid "), "{}", found[0].describe());
+        // A logical dump holds a backup lease too; it is named as what it is (it said "base-backup").
+        let dump = LeaseRecord { what: "20261130-010203D".into(), ..found[0].clone() };
+        assert!(dump.describe().starts_with("backupctl dump 20261130-010203D (pid "), "{}", dump.describe());
         let own =
             live_leases(s.as_ref(), &[LeaseKind::Backup], Some(held.key()), None, now, false).await.expect("list");
         assert!(own.is_empty());

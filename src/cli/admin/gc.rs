@@ -169,7 +169,8 @@ pub(super) fn run(ctx: &Ctx, args: &GcArgs) -> Result<(), Error> {
     let sweep = match &report.deferred {
         Some(_) => "data sweep deferred".to_owned(),
         None => format!(
-            "{} backups reference {} objects; {} unreferenced objects younger than {} left",
+            "{} manifests read (backups and dumps); they reference {} format-1 data objects; {} unreferenced data \
+             objects younger than {} left",
             report.backups, report.objects_referenced, report.objects_in_grace, ctx.config.retention.gc_grace
         ),
     };

@@ -70,7 +70,7 @@ pub struct GcReport {
     pub deferred: Option<String>,
     /// Records of backups without a manifest removed.
     pub records_removed: u64,
-    /// Backups (manifests) whose objects were marked.
+    /// Manifests (of backups and of logical dumps) whose objects were marked.
     pub backups: u64,
     /// Distinct data objects they reference.
     pub objects_referenced: u64,

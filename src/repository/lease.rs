@@ -299,7 +299,8 @@ mod tests {
         assert_eq!(found.len(), 1);
         assert!(found[0].describe().starts_with("base-backup 20261130-010203F (pid "), "{}", found[0].describe());
         // A logical dump holds a backup lease too; it is named as what it is (it said "base-backup").
-        let dump = LeaseRecord { what: "20261130-010203D".into(), ..found[0].clone() };
+        let record = found[0].record.clone().expect("readable");
+        let dump = LeaseRecord { what: "20261130-010203D".into(), ..record };
         assert!(dump.describe().starts_with("backupctl dump 20261130-010203D (pid "), "{}", dump.describe());
         let own =
             live_leases(s.as_ref(), &[LeaseKind::Backup], Some(held.key()), None, now, false).await.expect("list");

@@ -12,10 +12,11 @@ use crate::issue12_catalog_queries::{assert_manifest_checksums, run_documented_q
 use crate::pitr::{FileRepo, Source, s3_repo};
 use crate::support::cluster::{Cluster, PgDir, assert_ok, require_pg};
 
-/// A separate cluster holding the catalog.
+/// A separate cluster holding the catalog. Fields drop in order: the cluster stops before its directory goes (the
+/// other way round, `pg_ctl stop` found no data directory and the server ran on).
 pub struct CatalogCluster {
-    _dir: PgDir,
     cluster: Cluster,
+    _dir: PgDir,
 }
 
 impl CatalogCluster {
@@ -24,7 +25,7 @@ impl CatalogCluster {
         let mut cluster = Cluster::init(&dir, "catalog", "");
         crate::support::cluster::chown_postgres(dir.path());
         cluster.start();
-        Self { _dir: dir, cluster }
+        Self { cluster, _dir: dir }
     }
 
     /// The `[catalog]` section pointing at it.

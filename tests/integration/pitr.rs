@@ -10,10 +10,12 @@ use crate::support::cluster::{
 };
 
 /// A source cluster archiving into a repository, with a configuration base-backup and pitr-restore can use.
+/// Fields drop in order: the cluster stops before its directory goes (the other way round, `pg_ctl stop` found no
+/// data directory and the server ran on after the test).
 pub struct Source {
-    pub dir: PgDir,
     pub cluster: Cluster,
     pub config: PathBuf,
+    pub dir: PgDir,
 }
 
 impl Source {

@@ -264,18 +264,14 @@ fn dump_scenario(env: &Env) {
     );
     assert_eq!(role, "Rôle \"r\"|t|t", "restored, without its password (--no-role-passwords)");
 
+    // `dump-restore` of one table of database app2 into database `target`, with `extra` arguments.
+    let restore_table = |target: &str, table: &str, extra: &[&str]| {
+        let args =
+            ["dump-restore", "--backup-id", &id, "--database", "app2", "--target-database", target, "--table", table];
+        env.backupctl(&[&args[..], extra].concat())
+    };
     // One table of the other database into a new one: only that table, with its rows.
-    let out = env.backupctl(&[
-        "dump-restore",
-        "--backup-id",
-        &id,
-        "--database",
-        "app2",
-        "--target-database",
-        "only_odd",
-        "--table",
-        ODD_TABLE,
-    ]);
+    let out = restore_table("only_odd", ODD_TABLE, &[]);
     assert_ok("restore one table", &out);
     let tables = env.sql_in("only_odd", "select string_agg(format('%I.%I', schemaname, tablename), ',') from pg_tables where schemaname not in ('pg_catalog', 'information_schema')");
     assert_eq!(tables, format!("public.{}", quote(ODD_TABLE)));
@@ -288,39 +284,16 @@ fn dump_scenario(env: &Env) {
     assert_eq!(md5("only_odd"), md5("app2"));
 
     // A table the dump does not hold is refused before anything is created.
-    let e = failure(&env.backupctl(&[
-        "dump-restore",
-        "--backup-id",
-        &id,
-        "--database",
-        "app2",
-        "--target-database",
-        "none_such",
-        "--table",
-        "nope",
-    ]));
+    let e = failure(&restore_table("none_such", "nope", &[]));
     assert!(e.contains("has no table \"nope\""), "{e}");
     assert!(!env.db_exists("none_such"));
 
     // A bare name two schemas hold is refused (pg_restore -t alone restored both, over the target's own); a
     // schema-qualified one restores that table only, its schema created in the new database.
-    let restore_table = |target: &str, table: &str| {
-        env.backupctl(&[
-            "dump-restore",
-            "--backup-id",
-            &id,
-            "--database",
-            "app2",
-            "--target-database",
-            target,
-            "--table",
-            table,
-        ])
-    };
-    let e = failure(&restore_table("two_orders", "orders"));
+    let e = failure(&restore_table("two_orders", "orders", &[]));
     assert!(e.contains("in schemas Inventory Ü, sales") && e.contains("SCHEMA.TABLE"), "{e}");
     assert!(!env.db_exists("two_orders"));
-    assert_ok("restore sales.orders", &restore_table("only_orders", "sales.orders"));
+    assert_ok("restore sales.orders", &restore_table("only_orders", "sales.orders", &[]));
     assert_eq!(
         env.sql_in("only_orders", "select string_agg(format('%I.%I', schemaname, tablename), ',') from pg_tables where schemaname not in ('pg_catalog', 'information_schema')"),
         "sales.orders"
@@ -332,18 +305,7 @@ fn dump_scenario(env: &Env) {
         env.sql_in(db, "select string_agg(conname || ' ' || contype::text, ',') from pg_constraint where conrelid = 'sales.orders'::regclass")
     };
     assert_eq!(pkey("only_orders"), "orders_pkey p");
-    let out = env.backupctl(&[
-        "dump-restore",
-        "--backup-id",
-        &id,
-        "--database",
-        "app2",
-        "--target-database",
-        "only_orders",
-        "--table",
-        "sales.orders",
-        "--clean",
-    ]);
+    let out = restore_table("only_orders", "sales.orders", &["--clean"]);
     assert_ok("restore sales.orders --clean over itself", &out);
     assert!(String::from_utf8_lossy(&out.stdout).contains("note: --table restored each table's definition"), "{out:?}");
     assert_eq!(

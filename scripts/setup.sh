@@ -12,6 +12,8 @@ python3 -m pip --version >/dev/null 2>&1 || need_apt+=(python3-pip)
 # promtool checks the metrics format and packaging/prometheus-alerts.yml; systemd-analyze verifies the unit files.
 command -v promtool >/dev/null 2>&1 || need_apt+=(prometheus)
 command -v systemd-analyze >/dev/null 2>&1 || need_apt+=(systemd)
+# The TLS tests (issue12_tls) make their CA and certificates with the openssl command.
+command -v openssl >/dev/null 2>&1 || need_apt+=(openssl)
 # The Debian package test (scripts/package-test.sh): lintian checks the package, file(1) that binaries are
 # stripped, man-db reads the pages.
 command -v lintian >/dev/null 2>&1 || need_apt+=(lintian)

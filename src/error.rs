@@ -433,7 +433,7 @@ impl Error {
                 "a newer backupctl migrated this catalog: run that version (the repository itself is unaffected)"
             }
             Error::Catalog(_) => concat!(
-                "check [catalog] (host, port, user, password, dbname) and that the user may create schema backupctl; the repository is unaffected (see ",
+                "check [catalog] (host, port, user, password, dbname, sslmode and its certificate files) and that the user may create schema backupctl; the repository is unaffected (see ",
                 doc!("configuration.md"),
                 ")"
             ),
@@ -485,7 +485,7 @@ impl Error {
                 )
             }
             Error::Pg(_) => {
-                "check the [postgres] section (host, port, user, password) and that the user may run pg_backup_start"
+                "check the [postgres] section (host, port, user, password, sslmode and its certificate files) and that the user may run pg_backup_start"
             }
             Error::CannotBackup { .. } => "back up a primary with archive_mode on and archive_command running wal-push",
             Error::PageChecksums(_) => {

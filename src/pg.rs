@@ -8,6 +8,8 @@
 use std::path::PathBuf;
 
 use crate::config::PostgresConfig;
+
+pub mod tls;
 use crate::wal::Lsn;
 use crate::wal::version::{self, Major};
 
@@ -23,6 +25,15 @@ pub enum Error {
         /// Cause.
         #[source]
         source: postgres::Error,
+    },
+    /// The TLS client could not be set up (a configured certificate or key file is missing or unusable).
+    #[error("cannot connect to PostgreSQL at {target}: {source}")]
+    Tls {
+        /// host:port and user.
+        target: String,
+        /// Cause.
+        #[source]
+        source: tls::SetupError,
     },
     /// A query failed.
     #[error("PostgreSQL {what} failed: {}", server_says(source))]
@@ -69,6 +80,9 @@ pub(crate) fn server_says(e: &postgres::Error) -> String {
             while let Some(cause) = source {
                 s.push_str(&format!(": {cause}"));
                 source = cause.source();
+            }
+            if let Some(meaning) = tls::explain(e) {
+                s.push_str(&format!(" ({meaning})"));
             }
             s
         }
@@ -169,7 +183,10 @@ fn connect_with(cfg: &PostgresConfig, mut c: postgres::Config) -> Result<Session
         c.password(p);
     }
     let target = format!("{}:{} as {}", cfg.host, cfg.port, cfg.user);
-    let mut client = c.connect(postgres::NoTls).map_err(|source| Error::Connect { target: target.clone(), source })?;
+    let mut client = tls::connect(&mut c, &cfg.host, &cfg.tls()).map_err(|e| match e {
+        tls::ConnectError::Setup(source) => Error::Tls { target: target.clone(), source },
+        tls::ConnectError::Connect(source) => Error::Connect { target: target.clone(), source },
+    })?;
     let version_num = query_one_text(&mut client, "server_version_num", "show server_version_num")?;
     let version_num: u32 =
         version_num.parse().map_err(|_| Error::Unexpected { what: "server_version_num", answer: version_num })?;

@@ -15,7 +15,7 @@
 //!
 //! The schema and the reasons behind it: docs/design/catalog.md.
 
-use crate::config::{CatalogConfig, CatalogSslMode};
+use crate::config::CatalogConfig;
 
 mod ranges;
 mod runs;
@@ -47,6 +47,15 @@ pub enum Error {
         /// Cause.
         #[source]
         source: postgres::Error,
+    },
+    /// The TLS client could not be set up (a configured certificate or key file is missing or unusable).
+    #[error("cannot connect to the catalog at {target}: {source}")]
+    Tls {
+        /// host:port/dbname as user.
+        target: String,
+        /// Cause.
+        #[source]
+        source: crate::pg::tls::SetupError,
     },
     /// A statement failed.
     #[error("catalog at {target}: {what} failed: {}", crate::pg::server_says(source))]
@@ -125,9 +134,10 @@ impl std::fmt::Debug for Catalog {
     }
 }
 
-/// Connect as configured (a `host` starting with `/` is a Unix-socket directory, as with libpq). `sslmode`
-/// `prefer` connects in plain text: this build has no TLS client for PostgreSQL (`require` is refused by the
-/// configuration's validation).
+/// Connect as configured (a `host` starting with `/` is a Unix-socket directory, as with libpq), with TLS as
+/// `sslmode` and the certificate settings say ([`crate::pg::tls`]).
+///
+/// Errors: [`Error::Tls`] when a configured certificate or key file is unusable; [`Error::Connect`] otherwise.
 pub fn connect(cfg: &CatalogConfig) -> Result<Catalog, Error> {
     let target = format!("{}:{}/{}", cfg.host, cfg.port, cfg.dbname);
     let mut c = postgres::Config::new();
@@ -135,12 +145,8 @@ pub fn connect(cfg: &CatalogConfig) -> Result<Catalog, Error> {
         .port(cfg.port)
         .user(&cfg.user)
         .dbname(&cfg.dbname)
-        .application_name("backupctl catalog")
-        .ssl_mode(match cfg.sslmode {
-            CatalogSslMode::Disable => postgres::config::SslMode::Disable,
-            CatalogSslMode::Prefer | CatalogSslMode::Require => postgres::config::SslMode::Prefer,
-        });
-    if cfg.host.starts_with('/') {
+        .application_name("backupctl catalog");
+    if crate::pg::tls::is_unix_socket(&cfg.host) {
         c.host_path(&cfg.host);
     } else {
         c.host(&cfg.host);
@@ -148,9 +154,11 @@ pub fn connect(cfg: &CatalogConfig) -> Result<Catalog, Error> {
     if let Some(p) = &cfg.password {
         c.password(p);
     }
-    let client = c
-        .connect(postgres::NoTls)
-        .map_err(|source| Error::Connect { target: format!("{target} as {}", cfg.user), source })?;
+    let who = format!("{target} as {}", cfg.user);
+    let client = crate::pg::tls::connect(&mut c, &cfg.host, &cfg.tls()).map_err(|e| match e {
+        crate::pg::tls::ConnectError::Setup(source) => Error::Tls { target: who.clone(), source },
+        crate::pg::tls::ConnectError::Connect(source) => Error::Connect { target: who.clone(), source },
+    })?;
     Ok(Catalog { client, target })
 }
 

@@ -5,6 +5,8 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
+use super::tls::{SslMode, TlsSettings};
+
 /// `[postgres]`: the connection base-backup uses to run the backup API (on the database host).
 #[derive(Clone, Serialize, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
@@ -21,6 +23,31 @@ pub struct PostgresConfig {
     pub dbname: String,
     /// Data directory; empty asks the server (`SHOW data_directory`).
     pub data_directory: Option<PathBuf>,
+    /// TLS over TCP, as libpq's `sslmode`: `disable`, `prefer` (TLS if the server offers it), `require` (TLS or
+    /// fail), `verify-ca` (and the server's certificate chains to `sslrootcert`), `verify-full` (and it names
+    /// `host`). `prefer` and `require` check the certificate only when `sslrootcert` is set. A Unix socket never
+    /// uses TLS. `backupctl dump` and `dump-restore` pass these to pg_dump and pg_restore (`PGSSLMODE` and the
+    /// others).
+    pub sslmode: SslMode,
+    /// PEM file of the CA certificates to trust (absolute path), or `system` for the operating system's (with
+    /// `verify-full` only).
+    pub sslrootcert: Option<PathBuf>,
+    /// PEM file of a client certificate to present (absolute path; with `sslkey`), for `cert` authentication.
+    pub sslcert: Option<PathBuf>,
+    /// PEM file of `sslcert`'s private key (absolute path; mode 0600, or 0640 if owned by root, as libpq requires).
+    pub sslkey: Option<PathBuf>,
+}
+
+impl PostgresConfig {
+    /// This connection's TLS settings.
+    pub fn tls(&self) -> TlsSettings<'_> {
+        TlsSettings {
+            sslmode: self.sslmode,
+            sslrootcert: self.sslrootcert.as_deref(),
+            sslcert: self.sslcert.as_deref(),
+            sslkey: self.sslkey.as_deref(),
+        }
+    }
 }
 
 impl Default for PostgresConfig {
@@ -32,6 +59,10 @@ impl Default for PostgresConfig {
             password: None,
             dbname: "postgres".to_owned(),
             data_directory: None,
+            sslmode: SslMode::Prefer,
+            sslrootcert: None,
+            sslcert: None,
+            sslkey: None,
         }
     }
 }
@@ -45,6 +76,7 @@ impl fmt::Debug for PostgresConfig {
             .field("password", &self.password.as_ref().map(|_| "<redacted>"))
             .field("dbname", &self.dbname)
             .field("data_directory", &self.data_directory)
+            .field("tls", &self.tls())
             .finish()
     }
 }
@@ -103,6 +135,7 @@ pub(super) fn validate(
         if let Some(d) = pg.data_directory.as_ref().filter(|d| !d.is_absolute()) {
             problems.push(format!("postgres.data_directory = {d:?}: must be an absolute path"));
         }
+        problems.extend(super::tls::validate("postgres", &pg.tls()));
     }
     if backup.parallel == 0 || backup.parallel > 64 {
         problems.push(format!("backup.parallel = {}: must be between 1 and 64", backup.parallel));

@@ -1,23 +1,11 @@
 //! `[catalog]`: the PostgreSQL database the repository is mirrored into for SQL queries (docs/design/catalog.md).
 
 use std::fmt;
+use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
-/// How the catalog connection uses TLS (libpq's `sslmode`, "SSL Support" in PostgreSQL's libpq documentation).
-/// This build has no TLS client for PostgreSQL: `prefer` connects in plain text, and `require` is refused by
-/// `validate` with a message saying so.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
-#[serde(rename_all = "lowercase")]
-pub enum CatalogSslMode {
-    /// Plain text only.
-    Disable,
-    /// TLS if both sides can; this build cannot, so plain text.
-    #[default]
-    Prefer,
-    /// TLS or fail: refused (this build has no TLS client for PostgreSQL).
-    Require,
-}
+use super::tls::{self, SslMode, TlsSettings};
 
 /// `[catalog]`: where `backupctl catalog sync`, base-backup, prune and the scheduler write the catalog. Optional:
 /// without the section no program touches a catalog. wal-push and wal-fetch never read it.
@@ -35,8 +23,30 @@ pub struct CatalogConfig {
     pub password: Option<String>,
     /// Database holding the `backupctl` schema.
     pub dbname: String,
-    /// `disable` or `prefer` (TLS is not available in this build; `require` is refused).
-    pub sslmode: CatalogSslMode,
+    /// TLS over TCP, as libpq's `sslmode`: `disable`, `prefer` (TLS if the server offers it), `require` (TLS or
+    /// fail), `verify-ca` (and the server's certificate chains to `sslrootcert`), `verify-full` (and it names
+    /// `host`). `prefer` and `require` check the certificate only when `sslrootcert` is set. A Unix socket never
+    /// uses TLS.
+    pub sslmode: SslMode,
+    /// PEM file of the CA certificates to trust (absolute path), or `system` for the operating system's (with
+    /// `verify-full` only).
+    pub sslrootcert: Option<PathBuf>,
+    /// PEM file of a client certificate to present (absolute path; with `sslkey`), for `cert` authentication.
+    pub sslcert: Option<PathBuf>,
+    /// PEM file of `sslcert`'s private key (absolute path; mode 0600, or 0640 if owned by root, as libpq requires).
+    pub sslkey: Option<PathBuf>,
+}
+
+impl CatalogConfig {
+    /// This connection's TLS settings.
+    pub fn tls(&self) -> TlsSettings<'_> {
+        TlsSettings {
+            sslmode: self.sslmode,
+            sslrootcert: self.sslrootcert.as_deref(),
+            sslcert: self.sslcert.as_deref(),
+            sslkey: self.sslkey.as_deref(),
+        }
+    }
 }
 
 impl Default for CatalogConfig {
@@ -47,7 +57,10 @@ impl Default for CatalogConfig {
             user: "postgres".to_owned(),
             password: None,
             dbname: "postgres".to_owned(),
-            sslmode: CatalogSslMode::Prefer,
+            sslmode: SslMode::Prefer,
+            sslrootcert: None,
+            sslcert: None,
+            sslkey: None,
         }
     }
 }
@@ -60,7 +73,7 @@ impl fmt::Debug for CatalogConfig {
             .field("user", &self.user)
             .field("password", &self.password.as_ref().map(|_| "<redacted>"))
             .field("dbname", &self.dbname)
-            .field("sslmode", &self.sslmode)
+            .field("tls", &self.tls())
             .finish()
     }
 }
@@ -78,13 +91,7 @@ pub(super) fn validate(catalog: Option<&CatalogConfig>) -> Vec<String> {
     if c.dbname.is_empty() {
         problems.push("catalog.dbname = \"\": must not be empty".to_owned());
     }
-    if c.sslmode == CatalogSslMode::Require {
-        problems.push(
-            "catalog.sslmode = \"require\": this build has no TLS client for PostgreSQL; use \"disable\" or \"prefer\" \
-             over a trusted network or a Unix socket (docs/configuration.md, [catalog])"
-                .to_owned(),
-        );
-    }
+    problems.extend(tls::validate("catalog", &c.tls()));
     problems
 }
 
@@ -92,17 +99,22 @@ pub(super) fn validate(catalog: Option<&CatalogConfig>) -> Vec<String> {
 mod tests {
     use super::*;
 
-    /// Issue 12: `require` is refused with the reason; the other modes and an empty section are accepted.
+    /// Issue 12: every mode parses; a verifying mode without a CA is refused with its key; the password is
+    /// redacted.
     #[test]
-    fn issue_12_catalog_sslmode_require_is_refused() {
-        let mut c = CatalogConfig { sslmode: CatalogSslMode::Require, ..CatalogConfig::default() };
+    fn issue_12_catalog_tls_settings() {
+        let c: CatalogConfig = toml::from_str(
+            "sslmode = \"verify-full\"\nsslrootcert = \"/etc/ssl/catalog-ca.pem\"\nsslcert = \"/c.pem\"\nsslkey = \"/k.pem\"\n",
+        )
+        .expect("parse");
+        assert_eq!(c.sslmode, SslMode::VerifyFull);
+        assert!(validate(Some(&c)).is_empty());
+        let c = CatalogConfig { sslmode: SslMode::VerifyCa, ..CatalogConfig::default() };
         let p = validate(Some(&c));
-        assert_eq!(p.len(), 1, "{p:?}");
-        assert!(p[0].starts_with("catalog.sslmode = \"require\": this build has no TLS client"), "{p:?}");
-        for mode in [CatalogSslMode::Disable, CatalogSslMode::Prefer] {
-            c.sslmode = mode;
-            assert!(validate(Some(&c)).is_empty());
-        }
+        assert!(
+            p.len() == 1 && p[0].starts_with("catalog.sslmode = \"verify-ca\": needs catalog.sslrootcert"),
+            "{p:?}"
+        );
         assert!(validate(None).is_empty());
         let debug = format!("{:?}", CatalogConfig { password: Some("secret".into()), ..CatalogConfig::default() });
         assert!(!debug.contains("secret"), "{debug}");

@@ -24,12 +24,13 @@ mod messages;
 mod metrics;
 mod retention;
 mod schedule;
+mod tls;
 
 pub use alerts::{
     AlertsConfig, EmailConfig, SmtpTls, WebhookConfig, WebhookFormat, is_loopback_host, redact_webhook_url,
 };
 pub use backup::{BackupConfig, PostgresConfig, RestoreConfig};
-pub use catalog::{CatalogConfig, CatalogSslMode};
+pub use catalog::CatalogConfig;
 pub use drill::DrillConfig;
 pub use dump::DumpConfig;
 pub use log::LogConfig;
@@ -37,6 +38,7 @@ pub use messages::redact_url;
 pub use metrics::MetricsConfig;
 pub use retention::{CheckConfig, Duration, RetentionConfig};
 pub use schedule::ScheduleConfig;
+pub use tls::{SYSTEM_ROOT_CERTS, SslMode, TlsSettings};
 
 /// Where the configuration is looked for when neither `--config` nor `$BACKUPCTL_CONFIG` is given.
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/backupctl/backupctl.toml";

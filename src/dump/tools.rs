@@ -136,16 +136,26 @@ pub fn dbname_conninfo(name: &str) -> String {
 }
 
 /// A command for tool `name` of `tools` with the connection of `pg` in its environment (`PGHOST`, `PGPORT`,
-/// `PGUSER`, `PGPASSWORD`; never prompting: `-w` is added by callers) and stdin closed.
+/// `PGUSER`, `PGPASSWORD`, and the TLS settings as `PGSSLMODE`, `PGSSLROOTCERT`, `PGSSLCERT`, `PGSSLKEY`: libpq's
+/// "Environment Variables"; never prompting: `-w` is added by callers) and stdin closed. A setting the
+/// configuration leaves unset is removed from the inherited environment, so the tool connects as our own
+/// connections do.
 pub fn command(tools: &Tools, name: &str, pg: &PostgresConfig) -> Command {
     let mut c = Command::new(tools.path(name));
     c.env("PGHOST", &pg.host)
         .env("PGPORT", pg.port.to_string())
         .env("PGUSER", &pg.user)
         .env("PGAPPNAME", "backupctl")
+        .env("PGSSLMODE", pg.sslmode.as_str())
         .env_remove("PGDATABASE")
         .env_remove("PGSERVICE")
         .stdin(Stdio::null());
+    for (var, value) in [("PGSSLROOTCERT", &pg.sslrootcert), ("PGSSLCERT", &pg.sslcert), ("PGSSLKEY", &pg.sslkey)] {
+        match value {
+            Some(path) => c.env(var, path),
+            None => c.env_remove(var),
+        };
+    }
     // A killed backupctl takes its pg_dump or pg_restore with it (a restore in one transaction rolls back).
     crate::pg::die_with_parent(&mut c, libc::SIGTERM);
     match &pg.password {

@@ -16,6 +16,7 @@ mod issue12_catalog_batch;
 mod issue12_catalog_queries;
 mod issue12_dump;
 mod issue12_dump_trial;
+mod issue12_tls;
 mod issue7_backup;
 mod issue7_first_use;
 mod issue7_holes;

@@ -522,12 +522,17 @@ fn prune_scenario(env: &Env) {
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("policy (dumps): dump-daily-retain=1 (time zone UTC)"), "{text}");
     assert!(text.contains("policy (backups and WAL): no rules") && !text.contains("nothing is deleted"), "{text}");
+    // Each reason says which database it keeps the dump for.
+    let day = &json(&env.backupctl(&["status", "--type", "dump", "--json"]))["dumps"][2]["started_at"];
+    let day = day.as_str().and_then(|t| t.get(..10)).expect("started_at").to_owned();
+    assert!(text.contains(&format!("keep   dump {}  newest (small), daily {day} (small)", ids[2])), "{text}");
     let dry = json(&env.backupctl(&["prune", "--dry-run", "--json"]));
     assert_eq!(dry["dump_policy"], "dump-daily-retain=1 (time zone UTC)", "{dry}");
     assert_eq!(dry["deleted_dumps"].as_array().map(Vec::len), Some(2), "{dry}");
     assert_eq!(listed(env), ids, "a dry run deletes nothing");
     let done = json(&env.backupctl(&["prune", "--json"]));
     assert_eq!(done["kept_dumps"][0]["id"], ids[2].as_str(), "{done}");
+    assert_eq!(done["kept_dumps"][0]["reasons_by_database"]["small"][0], "newest", "{done}");
     assert_eq!(listed(env), std::slice::from_ref(&ids[2]));
     env.sql_in("postgres", "drop database small");
     assert_ok("restore", &env.backupctl(&["dump-restore", "--backup-id", &ids[2], "--database", "small", "--create"]));

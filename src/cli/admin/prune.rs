@@ -73,8 +73,20 @@ pub(super) fn run(ctx: &Ctx, args: &PruneArgs) -> Result<(), Error> {
     if args.json_output {
         let mut value = serde_json::to_value(&report).map_err(|e| Error::Task(e.to_string()))?;
         if let Some(map) = value.as_object_mut() {
-            let kept: Vec<serde_json::Value> =
-                dumps.keep.iter().map(|(id, r)| serde_json::json!({ "id": id.to_string(), "reasons": r })).collect();
+            let kept: Vec<serde_json::Value> = dumps
+                .keep
+                .iter()
+                .map(|(id, r)| {
+                    let reasons: Vec<String> = r.iter().map(|k| k.reason.to_string()).collect();
+                    let mut by_database: std::collections::BTreeMap<&str, Vec<String>> = Default::default();
+                    for k in r {
+                        for db in &k.databases {
+                            by_database.entry(db.as_str()).or_default().push(k.reason.to_string());
+                        }
+                    }
+                    serde_json::json!({ "id": id.to_string(), "reasons": reasons, "reasons_by_database": by_database })
+                })
+                .collect();
             let deleted: Vec<String> = dumps.delete.iter().map(ToString::to_string).collect();
             map.insert("dump_policy".to_owned(), policy.dumps_text().into());
             map.insert("kept_dumps".to_owned(), kept.into());

@@ -39,11 +39,31 @@ pub fn describe(rules: &Rules) -> String {
     keys.iter().filter_map(|(k, v)| v.map(|n| format!("{k}={n}"))).collect::<Vec<_>>().join(",")
 }
 
+/// Why a dump is kept: one rule's reason, and the databases of the dump it holds for (empty for a dump that holds
+/// no database: only roles and tablespaces). Shown as `daily 2026-12-01 (app, shop)`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DumpReason {
+    /// The rule.
+    pub reason: Reason,
+    /// The databases whose history the rule keeps this dump in, sorted.
+    pub databases: Vec<String>,
+}
+
+impl std::fmt::Display for DumpReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.databases.is_empty() {
+            write!(f, "{}", self.reason)
+        } else {
+            write!(f, "{} ({})", self.reason, self.databases.join(", "))
+        }
+    }
+}
+
 /// What the dump rules keep and delete.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct DumpPlan {
-    /// Kept dumps, oldest first, each with its reasons.
-    pub keep: Vec<(DumpId, Vec<Reason>)>,
+    /// Kept dumps, oldest first, each with its reasons (`newest` first) and the databases each holds for.
+    pub keep: Vec<(DumpId, Vec<DumpReason>)>,
     /// Dumps to delete, oldest first.
     pub delete: Vec<DumpId>,
 }
@@ -53,8 +73,8 @@ pub type DumpItem = (DumpId, Timestamp, Vec<String>);
 
 /// Decide which of `dumps` (any order) `rules` keep at `now`, counting calendar days in `tz`: for each database,
 /// the rules run over the dumps that hold it, and the newest of them is always kept ([`Reason::Newest`]: the
-/// newest dump of a database it holds); a dump is kept with the union of its databases' reasons. A dump that
-/// holds no database (only roles and tablespaces) is one history of its own.
+/// newest dump of a database it holds); a dump is kept with the union of its databases' reasons, each naming the
+/// databases it holds for. A dump that holds no database (only roles and tablespaces) is one history of its own.
 pub fn plan(dumps: &[DumpItem], rules: &Rules, tz: &TimeZone, now: Timestamp) -> DumpPlan {
     let mut sorted: Vec<&DumpItem> = dumps.iter().collect();
     sorted.sort_by(|a, b| a.1.cmp(&b.1).then_with(|| a.0.cmp(&b.0)));
@@ -67,8 +87,8 @@ pub fn plan(dumps: &[DumpItem], rules: &Rules, tz: &TimeZone, now: Timestamp) ->
             histories.entry(Some(db.as_str())).or_default().push(i);
         }
     }
-    let mut reasons: Vec<Vec<Reason>> = vec![Vec::new(); sorted.len()];
-    for members in histories.values() {
+    let mut reasons: Vec<Vec<DumpReason>> = vec![Vec::new(); sorted.len()];
+    for (database, members) in &histories {
         let times: Vec<Timestamp> = members.iter().map(|&i| sorted[i].1).collect();
         let mut r = if rules.has_backup_rule() {
             super::gfs::reasons_at(&times, rules, tz, now)
@@ -80,16 +100,23 @@ pub fn plan(dumps: &[DumpItem], rules: &Rules, tz: &TimeZone, now: Timestamp) ->
         }
         for (&i, r) in members.iter().zip(r) {
             for reason in r {
-                if !reasons[i].contains(&reason) {
-                    reasons[i].push(reason);
-                }
+                let kept = &mut reasons[i];
+                let entry = match kept.iter().position(|k| k.reason == reason) {
+                    Some(at) => &mut kept[at],
+                    None => {
+                        kept.push(DumpReason { reason, databases: Vec::new() });
+                        kept.last_mut().expect("just pushed")
+                    }
+                };
+                // Histories are visited in database order, so each list stays sorted.
+                entry.databases.extend(database.map(str::to_owned));
             }
         }
     }
     let mut out = DumpPlan::default();
     for (d, mut r) in sorted.into_iter().zip(reasons) {
         // `newest` first, as for backups.
-        r.sort_by_key(|x| *x != Reason::Newest);
+        r.sort_by_key(|x| x.reason != Reason::Newest);
         if r.is_empty() { out.delete.push(d.0.clone()) } else { out.keep.push((d.0.clone(), r)) }
     }
     out
@@ -129,8 +156,8 @@ mod tests {
         // 2026-11-30 is a Monday (ISO week 49); 29 Nov closes week 48; 10 Oct is October's newest.
         assert_eq!(kept, ["20261010-030000D", "20261128-030000D", "20261129-030000D", "20261130-150000D"]);
         let newest = &p.keep.last().expect("kept").1;
-        assert_eq!(newest[0], Reason::Newest);
-        assert!(newest.iter().any(|r| matches!(r, Reason::Monthly(2026, 11))), "{newest:?}");
+        assert_eq!(newest[0].reason, Reason::Newest);
+        assert!(newest.iter().any(|r| matches!(r.reason, Reason::Monthly(2026, 11))), "{newest:?}");
         assert_eq!(p.keep.len() + p.delete.len(), dumps.len());
         assert!(p.delete.iter().any(|d| d.to_string() == "20261130-030000D"), "not the newest of its day");
 
@@ -140,7 +167,8 @@ mod tests {
         // A rule keeping nothing old still keeps the newest.
         let one = plan(&dumps, &Rules { yearly_retain: Some(1), ..Rules::default() }, &tz, now);
         assert_eq!(one.keep.len(), 1);
-        assert_eq!(one.keep[0].1, vec![Reason::Newest, Reason::Yearly(2026)]);
+        let reasons: Vec<String> = one.keep[0].1.iter().map(ToString::to_string).collect();
+        assert_eq!(reasons, ["newest (app)", "yearly 2026 (app)"]);
     }
 
     #[test]
@@ -176,8 +204,18 @@ mod tests {
         // 20 November dump of shop is its second daily one: kept too.
         assert_eq!(kept, ["20261120-120000D", "20261201-100000D", "20261201-110000D", "20261201-120000D"]);
         assert!(p.delete.is_empty(), "{p:?}");
-        let first = &p.keep[1].1;
-        assert_eq!(first[0], Reason::Newest, "newest of postgres: {first:?}");
+        // Each reason names the databases it holds for (found by trying it: "newest" did not say of which).
+        let text = |i: usize| p.keep[i].1.iter().map(ToString::to_string).collect::<Vec<_>>();
+        assert_eq!(text(0), ["daily 2026-11-20 (shop)"]);
+        assert_eq!(text(1), ["newest (postgres)", "daily 2026-12-01 (postgres)"]);
+        assert_eq!(text(2), ["newest (big, shop)", "daily 2026-12-01 (big, shop)"]);
+        assert_eq!(text(3), ["newest (my db)", "daily 2026-12-01 (my db)"]);
+        // A dump of the globals only is a history of its own, with no database to name.
+        let globals = plan(&[dump_of("2026-12-01T09:00:00Z", &[])], &Rules::default(), &tz, now);
+        assert_eq!(
+            globals.keep[0].1.iter().map(ToString::to_string).collect::<Vec<_>>(),
+            ["newest", "no backup rule in the policy"]
+        );
         // With daily 1, shop's 20 November dump goes; nothing else does.
         let p = plan(&dumps, &Rules { daily_retain: Some(1), ..Rules::default() }, &tz, now);
         assert_eq!(p.delete.iter().map(ToString::to_string).collect::<Vec<_>>(), ["20261120-120000D"]);

@@ -8,7 +8,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 fail() { echo "package-test: FAILED: $*" >&2; exit 1; }
-step() { echo "== package-test: $*"; }
+# Each step says how long the one before it took (a cold CI run spends most of its time in the dist build).
+last=$SECONDS
+step() { echo "== package-test: $* (previous step $((SECONDS - last)) s)"; last=$SECONDS; }
 
 step "build (packaging/deb/build.sh)"
 deb=$(bash packaging/deb/build.sh | tail -1)

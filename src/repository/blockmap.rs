@@ -51,8 +51,8 @@ fn hash_digest(block: &[u8]) -> u64 {
     u64::from_le_bytes(b)
 }
 
-/// Whether every byte of `bytes` is zero, 16 bytes at a time.
-fn is_zero(bytes: &[u8]) -> bool {
+/// Whether every byte of `bytes` is zero, 16 bytes at a time; stops at the first non-zero 16 bytes.
+pub(crate) fn is_zero(bytes: &[u8]) -> bool {
     let chunks = bytes.chunks_exact(16);
     let rest = chunks.remainder();
     chunks.map(|c| u128::from_ne_bytes(c.try_into().unwrap_or([1; 16]))).all(|w| w == 0) && rest.iter().all(|b| *b == 0)

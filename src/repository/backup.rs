@@ -54,17 +54,18 @@ impl ObjectId {
         /// Lengths remembered at most (frames have a few distinct lengths: whole frames and files' tails).
         const MAX_REMEMBERED: usize = 16;
         static ZERO_IDS: std::sync::Mutex<Vec<(usize, ObjectId)>> = std::sync::Mutex::new(Vec::new());
-        if bytes.len() >= MIN_ZERO_LEN && super::blockmap::is_zero(bytes) {
-            if let Ok(mut known) = ZERO_IDS.lock() {
-                if let Some((_, id)) = known.iter().find(|(len, _)| *len == bytes.len()) {
-                    return *id;
-                }
-                let id = Self(*blake3::hash(bytes).as_bytes());
-                if known.len() < MAX_REMEMBERED {
-                    known.push((bytes.len(), id));
-                }
-                return id;
+        if bytes.len() >= MIN_ZERO_LEN
+            && super::blockmap::is_zero(bytes)
+            && let Ok(mut known) = ZERO_IDS.lock()
+        {
+            if let Some((_, id)) = known.iter().find(|(len, _)| *len == bytes.len()) {
+                return *id;
             }
+            let id = Self(*blake3::hash(bytes).as_bytes());
+            if known.len() < MAX_REMEMBERED {
+                known.push((bytes.len(), id));
+            }
+            return id;
         }
         Self(*blake3::hash(bytes).as_bytes())
     }

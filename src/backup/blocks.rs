@@ -104,6 +104,9 @@ pub struct BlockContext {
     pub level: i32,
     bases: Mutex<LruCache<ObjectId, Decoding>>,
     nodes: Mutex<LruCache<ObjectId, Arc<Node>>>,
+    /// Nodes being saved right now: identical files (a database copied from a template) give identical nodes in
+    /// concurrent workers, and the second must neither save nor count what the first is saving.
+    saving: Mutex<std::collections::HashSet<ObjectId>>,
     /// Counters.
     pub stats: BlockStats,
 }
@@ -151,8 +154,31 @@ impl BlockContext {
             level,
             bases: Mutex::new(LruCache::new(cap(BASE_CACHE_FRAMES))),
             nodes: Mutex::new(LruCache::new(cap(16))),
+            saving: Mutex::new(std::collections::HashSet::new()),
             stats: BlockStats::default(),
         }
+    }
+
+    /// Save an encoded node unless it exists or another worker of this backup is saving it: its id, and the
+    /// bytes this call added to the repository (0 when it existed or was being saved). Counting only what this call
+    /// created keeps a backup's `bytes_stored` equal to the repository's growth even against a server that lets two
+    /// concurrent create-only puts of one key both succeed. A node left to another worker is confirmed by the final
+    /// presence check, and a failed save fails the backup.
+    ///
+    /// # Errors
+    /// The storage's, from [`packstore::save_raw`].
+    async fn save_node(&self, raw: &[u8]) -> Result<(ObjectId, u64), Error> {
+        let id = ObjectId::of(raw);
+        let claimed = self.saving.lock().map_or(true, |mut s| s.insert(id));
+        if !claimed {
+            return Ok((id, 0));
+        }
+        let saved =
+            packstore::save_raw(self.storage.as_ref(), raw, crate::repository::blockmap::node_key, self.level).await;
+        if let Ok(mut s) = self.saving.lock() {
+            s.remove(&id);
+        }
+        Ok(saved?)
     }
 
     /// A node of the previous backup (cached).
@@ -558,11 +584,8 @@ pub async fn copy_nodes(
         // another in each worker) saves a round trip per unchanged node on S3.
         let raw = node.encode();
         let id = ObjectId::of(&raw);
-        let (id, stored) = if prev.get(node_no as usize) == Some(&id) && !ctx.is_full {
-            (id, 0)
-        } else {
-            packstore::save_raw(ctx.storage.as_ref(), &raw, crate::repository::blockmap::node_key, ctx.level).await?
-        };
+        let (id, stored) =
+            if prev.get(node_no as usize) == Some(&id) && !ctx.is_full { (id, 0) } else { ctx.save_node(&raw).await? };
         ctx.stats.node_bytes_new.fetch_add(stored, std::sync::atomic::Ordering::Relaxed);
         ctx.stats.nodes_written.fetch_add(u64::from(stored > 0), std::sync::atomic::Ordering::Relaxed);
         nodes.push(id);
@@ -579,6 +602,29 @@ mod tests {
 
     const BS: u32 = 8192;
     const B: usize = BS as usize;
+
+    /// Two workers saving the same node at once (identical files, such as a database copied from its template):
+    /// one saves it and counts its bytes, the other neither asks the repository nor counts. Before, both asked and
+    /// both could count it, on a server that lets two concurrent create-only puts of one key succeed (moto).
+    #[tokio::test]
+    async fn a_node_saved_by_two_workers_at_once_is_saved_and_counted_once() {
+        use crate::storage::{fs::FsStorage, testing::Faulty};
+        let dir = tempfile::tempdir().expect("tempdir");
+        let faulty =
+            Arc::new(Faulty::new(Arc::new(FsStorage::new(dir.path())), 0, std::time::Duration::from_millis(50)));
+        let storage: DynStorage = faulty.clone();
+        let index = Arc::new(FrameIndex::default());
+        let packer = Arc::new(Packer::new(storage.clone(), 1, 1 << 20, 2, index.clone()));
+        let ctx = BlockContext::new(storage, packer, index, Arc::new(PageVerifier::disabled()), BS, true, 1);
+        let raw = vec![7u8; 700];
+        let (a, b) = tokio::join!(ctx.save_node(&raw), ctx.save_node(&raw));
+        let (a, b) = (a.expect("first"), b.expect("second"));
+        assert_eq!(a.0, b.0);
+        assert!((a.1 == 0) != (b.1 == 0), "exactly one of them counts the node: {a:?} {b:?}");
+        assert_eq!(faulty.calls(), 2, "one existence check and one put");
+        let (_, again) = ctx.save_node(&raw).await.expect("third");
+        assert_eq!(again, 0, "saved before: nothing new");
+    }
 
     #[test]
     fn base_blocks_are_checked_before_use() {

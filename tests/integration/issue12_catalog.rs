@@ -58,7 +58,7 @@ fn row_versions(cat: &CatalogCluster) -> String {
 
 /// `status` and `status --from-catalog` agree, in JSON and in text, with and without filters (the age of the
 /// newest backup is computed at each call, so it is compared within a few seconds).
-fn assert_status_agrees(src: &Source, filters: &[&str]) {
+pub(crate) fn assert_status_agrees(src: &Source, filters: &[&str]) {
     let mut direct = json_of("status", &backupctl(src, &[&["status", "--json-output"], filters].concat()));
     let mut cataloged = json_of(
         "status --from-catalog",

@@ -159,18 +159,29 @@ pub fn sync(
 ) -> Result<(SyncReport, Option<catalog::SchemaChange>), Error> {
     let deadline = std::time::Duration::from_secs(config.archive.retry_deadline_seconds);
     let storage = rt.block_on(crate::storage::open(&config.repository.url, &config.repository.s3, deadline))?;
-    rt.block_on(crate::repository::store::require_existing(storage.as_ref()))?;
+    sync_storage(config, rt, storage.as_ref(), may_migrate)
+}
+
+/// [`sync`] of the repository in `storage` (opened from `config`'s `[repository]`, or that wrapped: tests count
+/// its requests), into `config`'s catalog. Errors as [`sync`].
+pub fn sync_storage(
+    config: &Config,
+    rt: &tokio::runtime::Runtime,
+    storage: &dyn Storage,
+    may_migrate: bool,
+) -> Result<(SyncReport, Option<catalog::SchemaChange>), Error> {
+    rt.block_on(crate::repository::store::require_existing(storage))?;
     // The schema first: an implicit update that may not migrate it reads nothing more.
-    let mut c = open(config, rt, storage.as_ref())?;
+    let mut c = open(config, rt, storage)?;
     let change = c.prepare_schema(may_migrate)?;
     let clock = crate::verify::clock_from_config(config, std::time::SystemTime::now());
     let policy = crate::retention::plan::Policy::resolve(&config.retention, None)?;
-    let mut status = rt.block_on(crate::verify::status::collect(storage.as_ref(), &clock, &policy))?;
+    let mut status = rt.block_on(crate::verify::status::collect(storage, &clock, &policy))?;
     // What `backupctl status` shows, so that `status --from-catalog` gives the same answer.
-    rt.block_on(crate::verify::status::unique_format2(storage.as_ref(), &mut status.backups))?;
+    rt.block_on(crate::verify::status::unique_format2(storage, &mut status.backups))?;
     let repository = storage.to_string();
     let (document, backups) = super::status::documents(&status, &repository);
-    let (dump_list, _unreadable) = rt.block_on(crate::repository::dump::manifests(storage.as_ref()))?;
+    let (dump_list, _unreadable) = rt.block_on(crate::repository::dump::manifests(storage))?;
     let dumps: Vec<catalog::Dump> = dump_list
         .iter()
         .map(|m| catalog::Dump {

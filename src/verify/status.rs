@@ -6,6 +6,11 @@
 //! Needs only read access: `list` of `wal/`, `data/`, `packs/`, `maps/`, `index/` and `backups/`, and `get` of the
 //! descriptor, the cluster record, the manifests, the keep marks and the history files (and, for
 //! [`unique_format2`], of the nodes and index objects).
+//!
+//! [`collect_with`] computes the same picture from backups already known ([`Backups::Known`]: each manifest
+//! without its file entries, its digest and its sizes, as an earlier run computed them for the same
+//! [`Listings::backup_inputs`]); then it reads no manifest, file map, node or index object. The catalog's sync
+//! does that when nothing the backups' sizes depend on changed (docs/design/catalog.md).
 
 use std::collections::{BTreeMap, HashMap};
 use std::time::SystemTime;
@@ -23,8 +28,8 @@ use crate::retention::keep::{self, KeepMark};
 use crate::retention::plan::{self, Policy, Reach};
 use crate::storage::{ObjectMeta, Storage};
 
-/// A backup's sizes.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+/// A backup's sizes. Serialized as `status --json-output` shows them (`sizes` of each backup).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Sizes {
     /// Bytes of its files (what a restore writes).
     pub logical: u64,
@@ -167,47 +172,170 @@ impl Status {
     }
 }
 
-/// Collect the status of the repository in `storage` at `clock.now`, with what `policy` decides about each backup.
+/// One listing of each prefix [`collect`] reads, `backups/` first: a manifest listed there was complete before
+/// the other prefixes were listed, so every object it references is in their listings.
+#[derive(Debug, Clone, Default)]
+pub struct Listings {
+    /// `backups/`: manifests and keep marks.
+    pub backups: Vec<ObjectMeta>,
+    /// `wal/`.
+    pub wal: Vec<ObjectMeta>,
+    /// `data/` (format 1).
+    pub data: Vec<ObjectMeta>,
+    /// `packs/` (format 2).
+    pub packs: Vec<ObjectMeta>,
+    /// `maps/`: block-map nodes and file maps (format 2).
+    pub maps: Vec<ObjectMeta>,
+    /// `index/`: pack indexes (format 2).
+    pub index: Vec<ObjectMeta>,
+}
+
+impl Listings {
+    /// List the six prefixes (six listings; more requests on S3 for more than 1000 objects each). Errors: storage.
+    pub async fn read(storage: &dyn Storage) -> Result<Self, Error> {
+        use crate::repository::{backup::BACKUPS_PREFIX, blockmap::MAPS_PREFIX, packs};
+        Ok(Self {
+            backups: storage.list(BACKUPS_PREFIX).await?,
+            wal: storage.list("wal/").await?,
+            data: storage.list(DATA_PREFIX).await?,
+            packs: storage.list(packs::PACKS_PREFIX).await?,
+            maps: storage.list(MAPS_PREFIX).await?,
+            index: storage.list(packs::INDEX_PREFIX).await?,
+        })
+    }
+
+    /// The backups whose manifest is listed, oldest first.
+    pub fn backup_ids(&self) -> Vec<BackupId> {
+        let mut ids: Vec<BackupId> =
+            self.backups.iter().filter_map(|m| BackupId::from_manifest_key(m.key.as_str())).collect();
+        ids.sort();
+        ids
+    }
+
+    /// The digest (`blake3:<hex>`) of everything the backups' manifests, manifest digests and sizes depend on: each
+    /// manifest object (key, stored size, modification time) and each object under `data/`, `maps/` and
+    /// `index/` (key and stored size: those keys are digests of the content). Equal digests mean the same manifests
+    /// (written create-only: another one under the same key would have another size or time) over the same
+    /// objects, so every backup's [`Sizes`] (unique sizes and missing objects included) is the same. WAL, keep
+    /// marks, the cluster record and the clock are not in it: what depends on them is computed on every call.
+    pub fn backup_inputs(&self) -> String {
+        let mut h = blake3::Hasher::new();
+        h.update(b"backup inputs 1\n");
+        for m in self.backups.iter().filter(|m| BackupId::from_manifest_key(m.key.as_str()).is_some()) {
+            let nanos = m.modified.and_then(|t| t.duration_since(SystemTime::UNIX_EPOCH).ok()).map(|d| d.as_nanos());
+            h.update(format!("manifest {} {} {nanos:?}\n", m.key, m.size).as_bytes());
+        }
+        for (kind, list) in [("data", &self.data), ("maps", &self.maps), ("index", &self.index)] {
+            for m in list {
+                h.update(format!("{kind} {} {}\n", m.key, m.size).as_bytes());
+            }
+        }
+        crate::codec::Digest::Blake3(*h.finalize().as_bytes()).to_string()
+    }
+}
+
+/// The backups [`collect_with`] starts from.
+#[derive(Debug)]
+pub enum Backups {
+    /// Read from the repository now: each manifest (with its file entries) and its digest, oldest first, and the
+    /// backups whose manifest is unusable. Their sizes are computed ([`unique_format2`] completes them).
+    Read {
+        /// The manifests and their digests.
+        loaded: Vec<(Manifest, crate::codec::Digest)>,
+        /// Unusable manifests, with why.
+        unusable: Vec<(BackupId, StoreError)>,
+    },
+    /// Known from an earlier run over the same [`Listings::backup_inputs`] (the caller checked): each manifest
+    /// without its file entries, its digest and its complete sizes, oldest first. Nothing is read for them.
+    Known(Vec<KnownBackup>),
+}
+
+/// One backup as [`Backups::Known`] gives it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KnownBackup {
+    /// The manifest; its file entries may be left out (only the sizes need them).
+    pub manifest: Manifest,
+    /// The manifest object's content digest.
+    pub manifest_digest: crate::codec::Digest,
+    /// Its sizes, `unique` included.
+    pub sizes: Sizes,
+}
+
+/// Collect the status of the repository in `storage` at `clock.now`, with what `policy` decides about each backup:
+/// the listings, then every listed manifest, then [`collect_with`].
 pub async fn collect(storage: &dyn Storage, clock: &Clock, policy: &Policy) -> Result<Status, Error> {
-    let (loaded, unusable) = store::manifests_with_digests(storage).await?;
-    let (manifests, digests): (Vec<Manifest>, Vec<crate::codec::Digest>) = loaded.into_iter().unzip();
+    let listings = Listings::read(storage).await?;
+    let (loaded, unusable) = store::manifests_with_digests_of(storage, listings.backup_ids()).await?;
+    collect_with(storage, clock, policy, &listings, Backups::Read { loaded, unusable }).await
+}
+
+/// [`collect`] from `listings` (read by [`Listings::read`]) and `backups`: reads the cluster record, the history
+/// files and the keep marks (nothing else). With [`Backups::Known`], every backup's sizes are the given ones and
+/// its `unique` is set; with [`Backups::Read`] a format-2 backup's `unique` is left to [`unique_format2`].
+/// Errors: storage errors, a keep mark that cannot be read.
+pub async fn collect_with(
+    storage: &dyn Storage,
+    clock: &Clock,
+    policy: &Policy,
+    listings: &Listings,
+    backups: Backups,
+) -> Result<Status, Error> {
+    let (manifests, digests, known_sizes, unusable) = match backups {
+        Backups::Read { loaded, unusable } => {
+            let (manifests, digests): (Vec<Manifest>, Vec<crate::codec::Digest>) = loaded.into_iter().unzip();
+            (manifests, digests, None, unusable)
+        }
+        Backups::Known(known) => {
+            let mut out = (Vec::new(), Vec::new(), Vec::new());
+            for k in known {
+                out.0.push(k.manifest);
+                out.1.push(k.manifest_digest);
+                out.2.push(k.sizes);
+            }
+            (out.0, out.1, Some(out.2), Vec::new())
+        }
+    };
     let cluster = store::cluster_info(storage).await?;
-    let size = super::segment_size(storage, &manifests).await?;
-    let wal_listing = storage.list("wal/").await?;
-    let index = WalIndex::build(&wal_listing, size);
+    let size = crate::wal::SegmentSize::new(match &cluster {
+        Some(c) => c.wal_segment_size,
+        None => manifests.first().map_or(crate::wal::SegmentSize::DEFAULT.bytes(), |m| m.wal_segment_size),
+    })?;
+    let wal_listing = &listings.wal;
+    let index = WalIndex::build(wal_listing, size);
     let (histories, bad) = super::load_histories(storage, &index).await?;
     let coverage = coverage::coverage(&index, &manifests, &histories, clock);
-    let marks = keep::load_all(storage).await?;
-    let stored: HashMap<ObjectId, u64> = storage
-        .list(DATA_PREFIX)
-        .await?
-        .iter()
-        .filter_map(|m| ObjectId::from_key(m.key.as_str()).map(|id| (id, m.size)))
-        .collect();
+    let marks = keep::load_listed(storage, &listings.backups).await?;
+    let stored: HashMap<ObjectId, u64> =
+        listings.data.iter().filter_map(|m| ObjectId::from_key(m.key.as_str()).map(|id| (id, m.size))).collect();
     let now = OffsetDateTime::from(clock.now);
     let data_bytes_stored = stored.values().sum();
     let total = |list: &[ObjectMeta]| list.iter().map(|m| m.size).sum::<u64>();
-    let nodes: HashMap<ObjectId, u64> = storage
-        .list(crate::repository::blockmap::MAPS_PREFIX)
-        .await?
+    let nodes: HashMap<ObjectId, u64> = listings
+        .maps
         .iter()
         .filter_map(|m| crate::repository::blockmap::node_from_key(m.key.as_str()).map(|id| (id, m.size)))
         .collect();
     let repository_bytes = RepositoryBytes {
         data: data_bytes_stored,
-        packs: total(&storage.list(crate::repository::packs::PACKS_PREFIX).await?),
+        packs: total(&listings.packs),
         maps: nodes.values().sum(),
-        index: total(&storage.list(crate::repository::packs::INDEX_PREFIX).await?),
-        wal: total(&wal_listing),
-        backups: total(&storage.list(crate::repository::backup::BACKUPS_PREFIX).await?),
+        index: total(&listings.index),
+        wal: total(wal_listing),
+        backups: total(&listings.backups),
     };
-    let mut sizes = sizes(&manifests, &stored);
-    for (m, s) in manifests.iter().zip(sizes.iter_mut()) {
-        if m.repository_format >= 2 {
-            *s = sizes_format2(m, &nodes);
+    let sizes = match known_sizes {
+        Some(known) => known,
+        None => {
+            let mut sizes = sizes(&manifests, &stored);
+            for (m, s) in manifests.iter().zip(sizes.iter_mut()) {
+                if m.repository_format >= 2 {
+                    *s = sizes_format2(m, &nodes);
+                }
+            }
+            sizes
         }
-    }
-    let (policy, mut decisions) = retention(&manifests, &unusable, &marks, &wal_listing, size, policy, clock.now);
+    };
+    let (policy, mut decisions) = retention(&manifests, &unusable, &marks, wal_listing, size, policy, clock.now);
     let backups: Vec<BackupStatus> = manifests
         .into_iter()
         .zip(coverage.backups.iter().cloned())

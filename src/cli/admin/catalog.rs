@@ -6,10 +6,14 @@ use clap::{Args, Subcommand};
 use super::Ctx;
 use super::status::StatusArgs;
 use crate::Error;
-use crate::catalog::{self, Catalog, SyncInput, SyncReport};
+use crate::catalog::{self, Catalog};
 use crate::cli::output::{line, note};
 use crate::config::{CatalogConfig, Config};
 use crate::storage::Storage;
+
+mod sync;
+
+pub use sync::{sync, sync_storage};
 
 /// `backupctl catalog` options.
 #[derive(Debug, Clone, Args)]
@@ -145,58 +149,6 @@ fn archived_system_identifier(config: &Config, recorded: Option<String>) -> Opti
         let mut session = crate::pg::connect_within(pg, std::time::Duration::from_secs(10)).ok()?;
         session.server_info(false).ok().map(|i| i.system_identifier)
     })
-}
-
-/// Mirror the repository of `config` into its catalog: `backupctl status`'s picture
-/// ([`crate::verify::status::collect`]) and its JSON documents, written with [`catalog::sync`]. The schema is
-/// created if there is none; an older one is migrated only when `may_migrate` (the explicit `catalog sync`), else
-/// it is [`catalog::Error::OlderSchema`] and nothing is written. Returns the rows written and what was done to the
-/// schema.
-pub fn sync(
-    config: &Config,
-    rt: &tokio::runtime::Runtime,
-    may_migrate: bool,
-) -> Result<(SyncReport, Option<catalog::SchemaChange>), Error> {
-    let deadline = std::time::Duration::from_secs(config.archive.retry_deadline_seconds);
-    let storage = rt.block_on(crate::storage::open(&config.repository.url, &config.repository.s3, deadline))?;
-    sync_storage(config, rt, storage.as_ref(), may_migrate)
-}
-
-/// [`sync`] of the repository in `storage` (opened from `config`'s `[repository]`, or that wrapped: tests count
-/// its requests), into `config`'s catalog. Errors as [`sync`].
-pub fn sync_storage(
-    config: &Config,
-    rt: &tokio::runtime::Runtime,
-    storage: &dyn Storage,
-    may_migrate: bool,
-) -> Result<(SyncReport, Option<catalog::SchemaChange>), Error> {
-    rt.block_on(crate::repository::store::require_existing(storage))?;
-    // The schema first: an implicit update that may not migrate it reads nothing more.
-    let mut c = open(config, rt, storage)?;
-    let change = c.prepare_schema(may_migrate)?;
-    let clock = crate::verify::clock_from_config(config, std::time::SystemTime::now());
-    let policy = crate::retention::plan::Policy::resolve(&config.retention, None)?;
-    let mut status = rt.block_on(crate::verify::status::collect(storage, &clock, &policy))?;
-    // What `backupctl status` shows, so that `status --from-catalog` gives the same answer.
-    rt.block_on(crate::verify::status::unique_format2(storage, &mut status.backups))?;
-    let repository = storage.to_string();
-    let (document, backups) = super::status::documents(&status, &repository);
-    let (dump_list, _unreadable) = rt.block_on(crate::repository::dump::manifests(storage))?;
-    let dumps: Vec<catalog::Dump> = dump_list
-        .iter()
-        .map(|m| catalog::Dump {
-            id: m.id.to_string(),
-            label: m.label.clone().unwrap_or_default(),
-            started_at: m.started_at.clone(),
-            finished_at: m.finished_at.clone(),
-            databases: m.databases.iter().map(|d| d.name.clone()).collect(),
-            bytes_logical: m.raw_bytes(),
-            bytes_stored: m.stored_bytes(),
-            document: super::status::dumps::json(m),
-        })
-        .collect();
-    let input = SyncInput { repository: &repository, status: &status, document, backups: &backups, dumps: &dumps };
-    Ok((catalog::sync(&mut c, &input)?, change))
 }
 
 /// After `command`'s repository work: sync the catalog when one is configured. It creates the schema if there

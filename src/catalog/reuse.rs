@@ -5,9 +5,10 @@
 //! Invariants:
 //! - Backups are taken over all together or not at all. A backup's unique size depends on every other backup
 //!   (a frame or node named by two backups is unique to neither), and its missing objects on the listings of
-//!   `data/` and `maps/`; so they are taken over only when [`crate::verify::status::Listings::backup_inputs`]
-//!   (every manifest object and every object under `data/`, `maps/` and `index/`) equals the one recorded, and
-//!   every listed backup has a row.
+//!   `data/` and `maps/`; so they are taken over only when the manifest objects are the ones recorded, no object
+//!   under `data/`, `maps/` or `index/` recorded is gone (objects added since, such as a dump's packs and pack
+//!   indexes, are allowed when every object the backups referenced was found:
+//!   [`crate::verify::status::Listings::is_unchanged_since`]), and every listed backup has a row.
 //! - What depends on WAL, keep marks, the cluster record or the clock (coverage, restorability, the window,
 //!   retention decisions, keep status) is never taken over: the caller computes it on every sync.
 //! - A stored value is used only if the digest the writing sync recorded of it still matches: a row edited by
@@ -17,9 +18,9 @@ use std::collections::{BTreeMap, HashMap};
 
 use super::{Catalog, Error};
 use crate::codec::Digest;
-use crate::repository::backup::{BackupId, Manifest};
+use crate::repository::backup::Manifest;
 use crate::storage::ObjectMeta;
-use crate::verify::status::{KnownBackup, Sizes};
+use crate::verify::status::{BackupInputs, KnownBackup, Listings, Sizes};
 
 /// The layout and meaning of [`SyncState`] (and of the values it vouches for) this build writes. A sync that finds
 /// another version reads the repository in full. Change it when what a backup's stored sizes or manifest mean
@@ -31,8 +32,11 @@ pub const SYNC_STATE_VERSION: u32 = 1;
 pub struct SyncState {
     /// [`SYNC_STATE_VERSION`] of the sync that wrote it.
     pub version: u32,
-    /// [`crate::verify::status::Listings::backup_inputs`] of the listings the backups' rows were computed from.
-    pub backup_inputs: String,
+    /// What the backups' rows were computed from ([`Listings::backup_inputs`] when they were read).
+    pub backup_inputs: BackupInputs,
+    /// Whether, then, every object the backups referenced was found (no missing object, node, or frame): objects
+    /// added since cannot change their sizes.
+    pub is_complete: bool,
     /// [`backup_rows_digest`] of the values written into the backups' rows.
     pub backup_rows: String,
     /// Per dump id: its manifest object and its document as written.
@@ -140,12 +144,12 @@ pub fn backup_rows_digest<'a>(backups: impl IntoIterator<Item = (&'a Manifest, &
     Digest::Blake3(*h.finalize().as_bytes()).to_string()
 }
 
-/// The backups as the last sync stored them, oldest first, if they stand for the backups `listed` now (see the
-/// module's invariants): `inputs` is [`crate::verify::status::Listings::backup_inputs`] of the listings made now.
-/// `None`: they must be read.
-pub fn known_backups(stored: &Stored, inputs: &str, listed: &[BackupId]) -> Option<Vec<KnownBackup>> {
+/// The backups as the last sync stored them, oldest first, if they stand for the repository whose `listings`
+/// were just made (see the module's invariants). `None`: they must be read.
+pub fn known_backups(stored: &Stored, listings: &Listings) -> Option<Vec<KnownBackup>> {
     let state = stored.state.as_ref()?;
-    if state.backup_inputs != inputs || stored.backups.len() != listed.len() {
+    let listed = listings.backup_ids();
+    if stored.backups.len() != listed.len() || !listings.is_unchanged_since(&state.backup_inputs, state.is_complete) {
         return None;
     }
     let rows: HashMap<&str, &StoredBackup> = stored.backups.iter().map(|b| (b.id.as_str(), b)).collect();
@@ -153,7 +157,7 @@ pub fn known_backups(stored: &Stored, inputs: &str, listed: &[BackupId]) -> Opti
     for id in listed {
         let row = rows.get(id.to_string().as_str())?;
         let manifest: Manifest = serde_json::from_value(row.manifest.clone()?).ok()?;
-        if manifest.id != *id {
+        if manifest.id != id {
             return None;
         }
         let manifest_digest: Digest = row.manifest_checksum.parse().ok()?;
@@ -233,10 +237,24 @@ mod tests {
         (m, Digest::of(id.as_bytes()), sizes)
     }
 
-    fn stored(backups: &[(Manifest, Digest, Sizes)], inputs: &str) -> Stored {
+    fn meta(key: &str, secs: u64) -> ObjectMeta {
+        let modified = Some(std::time::SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(secs));
+        ObjectMeta { key: key.parse().expect("key"), size: 1, modified }
+    }
+
+    fn listings(backups: &[(Manifest, Digest, Sizes)]) -> Listings {
+        Listings {
+            backups: backups.iter().map(|(m, ..)| meta(m.id.manifest_key().as_str(), 10)).collect(),
+            maps: vec![meta("maps/aa", 20)],
+            ..Listings::default()
+        }
+    }
+
+    fn stored(backups: &[(Manifest, Digest, Sizes)], listings: &Listings, is_complete: bool) -> Stored {
         let state = SyncState {
             version: SYNC_STATE_VERSION,
-            backup_inputs: inputs.into(),
+            backup_inputs: listings.backup_inputs(),
+            is_complete,
             backup_rows: backup_rows_digest(backups.iter().map(|(m, d, s)| (m, d, s))),
             dumps: BTreeMap::new(),
         };
@@ -252,24 +270,31 @@ mod tests {
         Stored { state: Some(state), backups: rows, dumps: Vec::new() }
     }
 
-    /// Issue 12: the stored backups are taken over only when the listings' digest is the recorded one, every
-    /// listed backup has a row (and no other), and the rows are as written; anything else means reading them.
+    /// Issue 12: the stored backups are taken over only when the listings still hold what they were computed
+    /// from, every listed backup has a row (and no other), and the rows are as written; anything else means
+    /// reading them.
     #[test]
     fn issue_12_known_backups_table() {
         let all = vec![backup("20261130-000000F"), backup("20261130-010000I")];
-        let ids: Vec<BackupId> = all.iter().map(|(m, ..)| m.id.clone()).collect();
-        let s = stored(&all, "blake3:inputs");
-        let known = known_backups(&s, "blake3:inputs", &ids).expect("unchanged");
+        let now = listings(&all);
+        let s = stored(&all, &now, true);
+        let known = known_backups(&s, &now).expect("unchanged");
         assert_eq!(known.len(), 2);
         assert_eq!((&known[1].manifest, &known[1].manifest_digest, &known[1].sizes), (&all[1].0, &all[1].1, &all[1].2));
 
+        let mut dumped = now.clone();
+        dumped.index.push(meta("index/dd", 30));
+        assert!(known_backups(&s, &dumped).is_some(), "a dump's pack index added");
+        assert!(known_backups(&stored(&all, &now, false), &dumped).is_none(), "added while something was missing");
+        let mut collected = now.clone();
+        collected.maps.clear();
+        assert!(known_backups(&s, &collected).is_none(), "a node removed");
+        assert!(known_backups(&s, &listings(&all[..1])).is_none(), "a backup deleted");
         let edited = |f: &dyn Fn(&mut Stored)| {
             let mut s = s.clone();
             f(&mut s);
-            known_backups(&s, "blake3:inputs", &ids)
+            known_backups(&s, &now)
         };
-        assert!(known_backups(&s, "blake3:other", &ids).is_none(), "listings changed");
-        assert!(known_backups(&s, "blake3:inputs", &ids[..1]).is_none(), "a backup deleted");
         assert!(edited(&|s| s.state = None).is_none(), "no state (never synced, or another version)");
         assert!(edited(&|s| s.backups[0].manifest = None).is_none(), "a row from before version 4");
         assert!(edited(&|s| s.backups[0].manifest_checksum = "x".into()).is_none(), "checksum unreadable");
@@ -284,9 +309,9 @@ mod tests {
             .is_none(),
             "a size edited by hand"
         );
-        assert!(edited(&|s| s.backups[1].id = "20261130-020000I".into()).is_none(), "another id");
-        let none = stored(&[], "blake3:empty");
-        assert_eq!(known_backups(&none, "blake3:empty", &[]), Some(Vec::new()), "no backups, unchanged");
+        assert!(edited(&|s| s.backups.truncate(1)).is_none(), "a row missing");
+        let none = Listings::default();
+        assert_eq!(known_backups(&stored(&[], &none, true), &none), Some(Vec::new()), "no backups, unchanged");
     }
 
     /// A dump's stored document is taken over while its manifest object and its row are as the sync recorded.

@@ -20,13 +20,19 @@ use time::format_description::well_known::Rfc3339;
 
 use super::coverage::{self, BackupCoverage, Clock, Coverage, GapStatus};
 use crate::Error;
-use crate::repository::backup::{BackupId, DATA_PREFIX, Manifest, ObjectId};
+use crate::repository::backup::{BackupId, Manifest, ObjectId};
 use crate::repository::store;
 use crate::repository::wal_index::WalIndex;
 use crate::repository::{ClusterInfo, store::Error as StoreError};
 use crate::retention::keep::{self, KeepMark};
 use crate::retention::plan::{self, Policy, Reach};
 use crate::storage::{ObjectMeta, Storage};
+
+mod listings;
+mod unique;
+
+pub use listings::{BackupInputs, Backups, KnownBackup, Listings};
+pub use unique::{UniqueCost, unique_format2, unique_format2_listed};
 
 /// A backup's sizes. Serialized as `status --json-output` shows them (`sizes` of each backup).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -170,95 +176,6 @@ impl Status {
     pub fn is_wal_complete(&self) -> bool {
         self.coverage.timelines.iter().flat_map(|t| &t.gaps).all(|g| g.status == GapStatus::Expired)
     }
-}
-
-/// One listing of each prefix [`collect`] reads, `backups/` first: a manifest listed there was complete before
-/// the other prefixes were listed, so every object it references is in their listings.
-#[derive(Debug, Clone, Default)]
-pub struct Listings {
-    /// `backups/`: manifests and keep marks.
-    pub backups: Vec<ObjectMeta>,
-    /// `wal/`.
-    pub wal: Vec<ObjectMeta>,
-    /// `data/` (format 1).
-    pub data: Vec<ObjectMeta>,
-    /// `packs/` (format 2).
-    pub packs: Vec<ObjectMeta>,
-    /// `maps/`: block-map nodes and file maps (format 2).
-    pub maps: Vec<ObjectMeta>,
-    /// `index/`: pack indexes (format 2).
-    pub index: Vec<ObjectMeta>,
-}
-
-impl Listings {
-    /// List the six prefixes (six listings; more requests on S3 for more than 1000 objects each). Errors: storage.
-    pub async fn read(storage: &dyn Storage) -> Result<Self, Error> {
-        use crate::repository::{backup::BACKUPS_PREFIX, blockmap::MAPS_PREFIX, packs};
-        Ok(Self {
-            backups: storage.list(BACKUPS_PREFIX).await?,
-            wal: storage.list("wal/").await?,
-            data: storage.list(DATA_PREFIX).await?,
-            packs: storage.list(packs::PACKS_PREFIX).await?,
-            maps: storage.list(MAPS_PREFIX).await?,
-            index: storage.list(packs::INDEX_PREFIX).await?,
-        })
-    }
-
-    /// The backups whose manifest is listed, oldest first.
-    pub fn backup_ids(&self) -> Vec<BackupId> {
-        let mut ids: Vec<BackupId> =
-            self.backups.iter().filter_map(|m| BackupId::from_manifest_key(m.key.as_str())).collect();
-        ids.sort();
-        ids
-    }
-
-    /// The digest (`blake3:<hex>`) of everything the backups' manifests, manifest digests and sizes depend on: each
-    /// manifest object (key, stored size, modification time) and each object under `data/`, `maps/` and
-    /// `index/` (key and stored size: those keys are digests of the content). Equal digests mean the same manifests
-    /// (written create-only: another one under the same key would have another size or time) over the same
-    /// objects, so every backup's [`Sizes`] (unique sizes and missing objects included) is the same. WAL, keep
-    /// marks, the cluster record and the clock are not in it: what depends on them is computed on every call.
-    pub fn backup_inputs(&self) -> String {
-        let mut h = blake3::Hasher::new();
-        h.update(b"backup inputs 1\n");
-        for m in self.backups.iter().filter(|m| BackupId::from_manifest_key(m.key.as_str()).is_some()) {
-            let nanos = m.modified.and_then(|t| t.duration_since(SystemTime::UNIX_EPOCH).ok()).map(|d| d.as_nanos());
-            h.update(format!("manifest {} {} {nanos:?}\n", m.key, m.size).as_bytes());
-        }
-        for (kind, list) in [("data", &self.data), ("maps", &self.maps), ("index", &self.index)] {
-            for m in list {
-                h.update(format!("{kind} {} {}\n", m.key, m.size).as_bytes());
-            }
-        }
-        crate::codec::Digest::Blake3(*h.finalize().as_bytes()).to_string()
-    }
-}
-
-/// The backups [`collect_with`] starts from.
-#[derive(Debug)]
-pub enum Backups {
-    /// Read from the repository now: each manifest (with its file entries) and its digest, oldest first, and the
-    /// backups whose manifest is unusable. Their sizes are computed ([`unique_format2`] completes them).
-    Read {
-        /// The manifests and their digests.
-        loaded: Vec<(Manifest, crate::codec::Digest)>,
-        /// Unusable manifests, with why.
-        unusable: Vec<(BackupId, StoreError)>,
-    },
-    /// Known from an earlier run over the same [`Listings::backup_inputs`] (the caller checked): each manifest
-    /// without its file entries, its digest and its complete sizes, oldest first. Nothing is read for them.
-    Known(Vec<KnownBackup>),
-}
-
-/// One backup as [`Backups::Known`] gives it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct KnownBackup {
-    /// The manifest; its file entries may be left out (only the sizes need them).
-    pub manifest: Manifest,
-    /// The manifest object's content digest.
-    pub manifest_digest: crate::codec::Digest,
-    /// Its sizes, `unique` included.
-    pub sizes: Sizes,
 }
 
 /// Collect the status of the repository in `storage` at `clock.now`, with what `policy` decides about each backup:
@@ -465,110 +382,6 @@ fn sizes_format2(m: &Manifest, nodes: &HashMap<ObjectId, u64>) -> Sizes {
         objects: named.len() as u64,
         objects_missing: own_nodes.iter().filter(|n| !nodes.contains_key(**n)).count() as u64,
     }
-}
-
-/// Nodes read at a time by [`unique_format2`].
-const NODE_LOADS: usize = 16;
-
-/// What [`unique_format2`] read.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct UniqueCost {
-    /// Distinct block-map nodes read (GETs).
-    pub nodes_read: u64,
-    /// Nodes named by a manifest but not in the repository (not read; `verify` reports them).
-    pub nodes_missing: u64,
-}
-
-/// Fill in `sizes.unique` of every format-2 backup of `backups` (all of the repository's: a backup's unique size
-/// depends on every other one): the stored bytes of the frames it names (directly, or through its nodes: whole,
-/// base and delta frames) that no other backup names, plus those of its nodes and file maps no other backup names.
-///
-/// That is what `delete` of the backup then `gc` frees, approximately: gc deletes a pack when none of its frames
-/// is live and compacts it when less than half of its bytes are (frames are stored back to back, so a pack's
-/// bytes are its frames' stored lengths); a dead frame in a pack that stays more than half live is freed only by a
-/// later gc, once more of that pack has died. So the repository shrinks by at most this much at once (plus the
-/// index objects gc rewrites, a few KiB), and by this much once those packs are compacted. Frames no backup names
-/// at all (garbage gc has not swept yet) count for no backup.
-///
-/// Cost: one listing of `maps/` and `index/`, every index object, and each distinct node of every backup once
-/// (16 at a time; nodes are shared between backups, so a repository of daily backups of a cluster that barely
-/// changes reads little more than one backup's nodes). Memory: the frame index and, per distinct node, its frame
-/// table. Errors: storage errors, a damaged node or index object.
-pub async fn unique_format2(storage: &dyn Storage, backups: &mut [BackupStatus]) -> Result<UniqueCost, Error> {
-    use crate::repository::{blockmap, packstore};
-    use futures_util::stream::{self, StreamExt, TryStreamExt};
-    use std::collections::HashSet;
-
-    let format2: Vec<usize> = (0..backups.len()).filter(|&i| backups[i].manifest.repository_format >= 2).collect();
-    let mut cost = UniqueCost::default();
-    if format2.is_empty() {
-        return Ok(cost);
-    }
-    let node_sizes: HashMap<ObjectId, u64> = storage
-        .list(blockmap::MAPS_PREFIX)
-        .await?
-        .iter()
-        .filter_map(|m| blockmap::node_from_key(m.key.as_str()).map(|id| (id, m.size)))
-        .collect();
-    let wanted: HashSet<ObjectId> =
-        format2.iter().flat_map(|&i| backups[i].manifest.files.iter().flat_map(|f| f.nodes.iter().copied())).collect();
-    cost.nodes_missing = wanted.iter().filter(|n| !node_sizes.contains_key(*n)).count() as u64;
-    // Each distinct node once; only its frame table is kept.
-    let frames_of: HashMap<ObjectId, Vec<ObjectId>> =
-        stream::iter(wanted.iter().filter(|n| node_sizes.contains_key(*n)).map(|id| async move {
-            match packstore::load_node(storage, id).await {
-                Ok(node) => Ok(Some((*id, node.frames))),
-                Err(StoreError::Storage(e)) if e.is_not_found() => Ok(None),
-                Err(e) => Err(e),
-            }
-        }))
-        .buffer_unordered(NODE_LOADS)
-        .try_filter_map(|n| async move { Ok(n) })
-        .try_collect()
-        .await?;
-    cost.nodes_read = frames_of.len() as u64;
-    let index = packstore::FrameIndex::load(storage).await?;
-
-    // Per frame and per node: how many backups name it, and the last one that did.
-    let mut frame_users: HashMap<ObjectId, (u32, usize)> = HashMap::new();
-    let mut node_users: HashMap<ObjectId, (u32, usize)> = HashMap::new();
-    for &i in &format2 {
-        let files = &backups[i].manifest.files;
-        // Its nodes and its file maps (both under `maps/`; a file map names no frame itself).
-        let maps = backups[i].manifest.file_maps.iter().map(|r| r.id);
-        let nodes: HashSet<ObjectId> = files.iter().flat_map(|f| f.nodes.iter().copied()).chain(maps).collect();
-        let frames: HashSet<ObjectId> = files
-            .iter()
-            .flat_map(|f| f.pieces.iter().map(|p| p.object))
-            .chain(nodes.iter().filter_map(|n| frames_of.get(n)).flatten().copied())
-            .collect();
-        for (set, users) in [(&frames, &mut frame_users), (&nodes, &mut node_users)] {
-            for id in set {
-                let e = users.entry(*id).or_insert((0, i));
-                e.0 += 1;
-                e.1 = i;
-            }
-        }
-    }
-    let mut unique: HashMap<usize, u64> = format2.iter().map(|&i| (i, 0)).collect();
-    for (id, (count, owner)) in &frame_users {
-        if *count == 1
-            && let (Some(u), Some((_, loc))) = (unique.get_mut(owner), index.get(id))
-        {
-            *u += u64::from(loc.stored_length);
-        }
-    }
-    for (id, (count, owner)) in &node_users {
-        if *count == 1
-            && let (Some(u), Some(size)) = (unique.get_mut(owner), node_sizes.get(id))
-        {
-            *u += size;
-        }
-    }
-    for (i, u) in unique {
-        backups[i].sizes.unique = Some(u);
-    }
-    Ok(cost)
 }
 
 /// From the oldest restorable backup's stop to the furthest WAL a restorable backup reaches.

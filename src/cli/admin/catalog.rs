@@ -42,8 +42,11 @@ pub enum CatalogCommand {
     /// (dumps), archived WAL as ranges per timeline and UTC day (wal_ranges), the WAL each backup needs and reaches
     /// (backup_wal), and the status `backupctl status` computes (repositories). Writes only rows that changed;
     /// rows of backups, dumps and WAL ranges no longer in the repository are marked removed (removed_at), never
-    /// deleted. Creates or migrates the schema first, as `catalog migrate` does, and says so. Writes no job runs,
-    /// checks or drills: the scheduler records those (job_runs, checks, drills) after each job.
+    /// deleted. Reads only what changed since the last sync: with no backup added or deleted, the listings and the
+    /// repository's small records (cluster record, keep marks, history files), no manifest; after a new or deleted
+    /// backup, every manifest (unique sizes depend on all backups); a dump's manifest only when it is new. Creates
+    /// or migrates the schema first, as `catalog migrate` does, and says so. Writes no job runs, checks or drills:
+    /// the scheduler records those (job_runs, checks, drills) after each job.
     Sync {
         /// Print the rows written per table as one JSON object: {"catalog", "migrated": null or {"from", "to",
         /// "applied"}, "rows_written": {"repositories", "backups", "backups_removed", "backup_wal", "wal_ranges",
@@ -302,7 +305,9 @@ mod tests {
     #[test]
     fn issue_12_catalog_help_says_what_is_written() {
         let sync = help("sync");
-        for what in ["backups", "dumps", "wal_ranges", "backup_wal", "repositories", "removed_at", "job_runs"] {
+        for what in
+            ["backups", "dumps", "wal_ranges", "backup_wal", "repositories", "removed_at", "job_runs", "no manifest"]
+        {
             assert!(sync.contains(what), "sync --help lacks {what}: {sync}");
         }
         assert!(sync.contains("Writes no job runs"), "{sync}");

@@ -15,7 +15,7 @@ use crate::repository::{dump, store};
 use crate::retention::plan::Policy;
 use crate::storage::Storage;
 use crate::verify::coverage::Clock;
-use crate::verify::status::{self, Backups, Listings, Status};
+use crate::verify::status::{self, BackupInputs, Backups, Listings, Status};
 
 /// Mirror the repository of `config` into its catalog: `backupctl status`'s picture
 /// ([`crate::verify::status::collect`]) and its JSON documents, written with [`catalog::sync`]. The schema is
@@ -56,14 +56,14 @@ pub fn sync_storage(
     let repository = storage.to_string();
     let stored = c.stored(&repository)?;
     let listings = rt.block_on(Listings::read(storage))?;
-    let backup_inputs = listings.backup_inputs();
-    let status = rt.block_on(backups_status(storage, &clock, &policy, &listings, &backup_inputs, &stored))?;
+    let Mirrored { status, backup_inputs, is_complete } =
+        rt.block_on(backups_status(storage, &clock, &policy, &listings, &stored))?;
     let backup_rows =
         reuse::backup_rows_digest(status.backups.iter().map(|b| (&b.manifest, &b.manifest_digest, &b.sizes)));
     // What `backupctl status` shows, so that `status --from-catalog` gives the same answer.
     let (document, backups) = super::super::status::documents(&status, &repository);
     let (dumps, dump_states) = rt.block_on(dumps(storage, &stored))?;
-    let state = SyncState { version: SYNC_STATE_VERSION, backup_inputs, backup_rows, dumps: dump_states };
+    let state = SyncState { version: SYNC_STATE_VERSION, backup_inputs, is_complete, backup_rows, dumps: dump_states };
     let input = SyncInput {
         repository: &repository,
         status: &status,
@@ -75,31 +75,45 @@ pub fn sync_storage(
     Ok((catalog::sync(&mut c, &input)?, change))
 }
 
-/// The status of the repository whose `listings` were just made (`inputs`: their
-/// [`Listings::backup_inputs`]): with the backups the last sync stored when they still stand
-/// ([`reuse::known_backups`]), else with every listed manifest read and the format-2 unique sizes computed. Either
-/// way the manifests are left without their file entries (nothing after this needs them).
+/// The status a sync mirrors, and what it records about the backups' inputs.
+struct Mirrored {
+    /// The status, its manifests without their file entries.
+    status: Status,
+    /// What the backups' manifests and sizes were computed from.
+    backup_inputs: BackupInputs,
+    /// Whether every object the backups reference was found then.
+    is_complete: bool,
+}
+
+/// The status of the repository whose `listings` were just made: with the backups the last sync stored when they
+/// still stand ([`reuse::known_backups`]; what it recorded about them is kept), else with every listed manifest
+/// read and the format-2 unique sizes computed. Either way the manifests are left without their file entries
+/// (nothing after this needs them).
 async fn backups_status(
     storage: &dyn Storage,
     clock: &Clock,
     policy: &Policy,
     listings: &Listings,
-    inputs: &str,
     stored: &Stored,
-) -> Result<Status, Error> {
-    let listed = listings.backup_ids();
-    if let Some(known) = reuse::known_backups(stored, inputs, &listed) {
-        tracing::debug!(backups = known.len(), "catalog sync: no manifest or object changed; manifests not read");
-        return status::collect_with(storage, clock, policy, listings, Backups::Known(known)).await;
+) -> Result<Mirrored, Error> {
+    if let (Some(known), Some(state)) = (reuse::known_backups(stored, listings), stored.state.as_ref()) {
+        tracing::debug!(backups = known.len(), "catalog sync: no backup changed; manifests not read");
+        let status = status::collect_with(storage, clock, policy, listings, Backups::Known(known)).await?;
+        return Ok(Mirrored { status, backup_inputs: state.backup_inputs.clone(), is_complete: state.is_complete });
     }
+    let listed = listings.backup_ids();
     tracing::debug!(backups = listed.len(), "catalog sync: reading every manifest");
     let (loaded, unusable) = store::manifests_with_digests_of(storage, listed).await?;
     let mut s = status::collect_with(storage, clock, policy, listings, Backups::Read { loaded, unusable }).await?;
-    status::unique_format2(storage, &mut s.backups).await?;
+    let cost = status::unique_format2_listed(storage, &mut s.backups, &listings.maps, &listings.index).await?;
+    let is_complete = s.unusable.is_empty()
+        && cost.nodes_missing == 0
+        && cost.frames_unlocated == 0
+        && s.backups.iter().all(|b| b.sizes.objects_missing == 0);
     for b in &mut s.backups {
         b.manifest.files = Vec::new();
     }
-    Ok(s)
+    Ok(Mirrored { status: s, backup_inputs: listings.backup_inputs(), is_complete })
 }
 
 /// The repository's readable dumps, oldest first, with what the sync records of each: the document the last sync

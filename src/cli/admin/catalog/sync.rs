@@ -51,6 +51,8 @@ pub fn sync_storage(
     // The schema first: an implicit update that may not migrate it reads nothing more.
     let mut c = super::open(config, rt, storage)?;
     let change = c.prepare_schema(may_migrate)?;
+    let started = std::time::Instant::now();
+    let ms = |since: std::time::Instant| u64::try_from(since.elapsed().as_millis()).unwrap_or(u64::MAX);
     let clock = crate::verify::clock_from_config(config, std::time::SystemTime::now());
     let policy = Policy::resolve(&config.retention, None)?;
     let repository = storage.to_string();
@@ -72,7 +74,11 @@ pub fn sync_storage(
         dumps: &dumps,
         state: &state,
     };
-    Ok((catalog::sync(&mut c, &input)?, change))
+    tracing::debug!(elapsed_ms = ms(started), "catalog sync: repository read");
+    let writing = std::time::Instant::now();
+    let report = catalog::sync(&mut c, &input)?;
+    tracing::debug!(elapsed_ms = ms(writing), rows = report.total(), "catalog sync: catalog written");
+    Ok((report, change))
 }
 
 /// The status a sync mirrors, and what it records about the backups' inputs.

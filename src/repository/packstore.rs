@@ -44,6 +44,7 @@ impl FrameIndex {
     }
 
     /// [`FrameIndex::load`] of the index objects `ids` (listed by the caller); one that is gone by now is skipped.
+    /// Errors as [`FrameIndex::load`].
     pub async fn load_listed(storage: &dyn Storage, ids: &[ObjectId]) -> Result<Self, Error> {
         let indexes: Vec<Option<PackIndex>> = stream::iter(ids.iter().map(|id| async move {
             match load_index(storage, id).await {

@@ -423,7 +423,7 @@ pub async fn manifests_with_digests(
 }
 
 /// [`manifests_with_digests`] of the backups `ids` (listed by the caller, oldest first); one that is gone by now is
-/// left out.
+/// left out. Errors: storage failures (a damaged manifest is one of the unusable ones, not an error).
 #[allow(clippy::type_complexity)]
 pub async fn manifests_with_digests_of(
     storage: &dyn Storage,

@@ -91,7 +91,8 @@ pub async fn load_all(storage: &dyn Storage) -> Result<HashMap<BackupId, KeepMar
     load_listed(storage, &storage.list(BACKUPS_PREFIX).await?).await
 }
 
-/// [`load_all`] from a listing of `backups/` already made (`listing`): reads only the current marks.
+/// [`load_all`] from a listing of `backups/` already made (`listing`): reads only the current marks. Errors as
+/// [`load_all`] (storage errors, a mark that cannot be read, or one listed but gone).
 pub async fn load_listed(
     storage: &dyn Storage,
     listing: &[crate::storage::ObjectMeta],

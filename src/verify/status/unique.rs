@@ -48,7 +48,7 @@ pub async fn unique_format2(storage: &dyn Storage, backups: &mut [BackupStatus])
 }
 
 /// [`unique_format2`] with the listings of `maps/` and `index/` already made: only the index objects of `index`
-/// are read (one gone by now is skipped), and a node `maps` does not list is not.
+/// are read (one gone by now is skipped), and a node `maps` does not list is not. Errors as [`unique_format2`].
 pub async fn unique_format2_listed(
     storage: &dyn Storage,
     backups: &mut [BackupStatus],

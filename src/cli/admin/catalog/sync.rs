@@ -38,8 +38,9 @@ pub fn sync(
 ///
 /// Reads: the listings of `backups/`, `wal/`, `data/`, `packs/`, `maps/`, `index/` and `dumps/`, the cluster
 /// record, the keep marks and the history files; every manifest (with its file maps) and, for format 2, the
-/// block-map nodes and pack indexes only when a manifest or an object under `data/`, `maps/` or `index/` was added
-/// or removed since the last sync (or the catalog's rows do not match what that sync recorded); a dump's manifest
+/// block-map nodes and pack indexes only when, since the last full read, a manifest was added, removed or written
+/// again, an object under `data/`, `maps/` or `index/` was removed (or added while an object the backups
+/// reference was missing), or the catalog's rows no longer match what the last sync recorded; a dump's manifest
 /// only when the dump is new or its object changed. Errors as [`sync`].
 pub fn sync_storage(
     config: &Config,

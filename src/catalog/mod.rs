@@ -5,7 +5,9 @@
 //!   ([`sync()`], from `backupctl status`'s own picture, [`crate::verify::status::collect`]) and from the scheduler's
 //!   job runs ([`Catalog::record_job_run`]), by hand or by the scheduler. Rows of backups and WAL that left the repository are marked removed
 //!   (`removed_at`), never deleted.
-//! - A sync writes only differences: a second sync of an unchanged repository writes no row.
+//! - A sync writes only differences: a second sync of an unchanged repository writes no row. It reads only what
+//!   changed since the last one, as far as that is safe ([`reuse`]): an unchanged repository costs listings and
+//!   its small records, no manifest.
 //! - The catalog never lives in the cluster the repository archives: every write there would make WAL for
 //!   wal-push to archive. [`Catalog::refuse_archived_cluster`] compares `system_identifier`s; wal-push and
 //!   wal-fetch never connect to a catalog at all.
@@ -18,9 +20,11 @@
 use crate::config::CatalogConfig;
 
 mod ranges;
+pub mod reuse;
 mod runs;
 mod sync;
 
+pub use reuse::{Stored, SyncState};
 pub use runs::{DrillFacts, JobRun, StartedBy};
 pub use sync::{Dump, SyncInput, SyncReport, sync};
 

@@ -3,6 +3,7 @@
 use std::time::SystemTime;
 
 use super::ranges::wal_ranges;
+use super::reuse::{SyncState, manifest_header};
 use super::{Catalog, Error};
 use crate::verify::status::{Status, rfc3339};
 
@@ -20,6 +21,8 @@ pub struct SyncInput<'a> {
     pub backups: &'a [serde_json::Value],
     /// The repository's complete dumps (logical backups).
     pub dumps: &'a [Dump],
+    /// What this sync records for the next one (`repositories.sync_state`; see [`super::reuse`]).
+    pub state: &'a SyncState,
 }
 
 /// One logical dump as the catalog records it.
@@ -41,6 +44,31 @@ pub struct Dump {
     pub bytes_stored: u64,
     /// The dump as `status` shows it.
     pub document: serde_json::Value,
+}
+
+impl Dump {
+    /// The row of the dump whose `status` document is `document` (what
+    /// `crate::cli::admin::status::dumps::json` makes of its manifest): every column comes from it, so a document
+    /// stored by an earlier sync gives the same row as the manifest it was made from.
+    pub fn from_document(document: serde_json::Value) -> Self {
+        let text = |k: &str| document[k].as_str().unwrap_or_default().to_owned();
+        let databases = document["databases"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|d| d["name"].as_str().unwrap_or_default().to_owned())
+            .collect();
+        Self {
+            id: text("id"),
+            label: text("label"),
+            started_at: text("started_at"),
+            finished_at: text("finished_at"),
+            databases,
+            bytes_logical: document["bytes"].as_u64().unwrap_or_default(),
+            bytes_stored: document["stored_bytes"].as_u64().unwrap_or_default(),
+            document,
+        }
+    }
 }
 
 /// Rows a sync wrote, per table (inserted or changed; `*_removed`: newly marked removed). All zero when nothing
@@ -110,6 +138,7 @@ struct BackupColumns {
     restorable_until: Vec<String>,
     kept: Vec<bool>,
     documents: Vec<serde_json::Value>,
+    manifests: Vec<serde_json::Value>,
     start_segments: Vec<String>,
     stop_segments: Vec<String>,
     reach_segments: Vec<Option<String>>,
@@ -145,6 +174,7 @@ fn backup_columns(input: &SyncInput<'_>) -> BackupColumns {
         c.restorable_until.push(until);
         c.kept.push(b.is_kept);
         c.documents.push(doc.clone());
+        c.manifests.push(manifest_header(m));
         c.start_segments.push(m.start_wal.clone());
         c.stop_segments.push(m.stop_wal.clone());
         c.reach_segments.push(b.coverage.wal.reach.map(|r| r.to_string()));
@@ -156,16 +186,16 @@ fn backup_columns(input: &SyncInput<'_>) -> BackupColumns {
 /// Upsert every backup: one statement; unchanged rows are not rewritten.
 const BACKUPS_SQL: &str = "insert into backupctl.backups as b (repository_id, id, label, description, type, status, \
     started_at, finished_at, start_lsn, stop_lsn, timeline, bytes_logical, bytes_stored, bytes_new, \
-    manifest_checksum, restorable, restorable_from, restorable_until, kept, removed_at, document) \
+    manifest_checksum, restorable, restorable_from, restorable_until, kept, removed_at, document, manifest) \
     select $1, u.id, u.label, u.description, u.type, u.status, nullif(u.started_at, '')::timestamptz, \
     nullif(u.finished_at, '')::timestamptz, u.start_lsn::pg_lsn, u.stop_lsn::pg_lsn, u.timeline, u.bytes_logical, \
     u.bytes_stored, u.bytes_new, u.manifest_checksum, u.restorable, nullif(u.restorable_from, '')::timestamptz, \
-    nullif(u.restorable_until, '')::timestamptz, u.kept, null, u.document \
+    nullif(u.restorable_until, '')::timestamptz, u.kept, null, u.document, u.manifest \
     from unnest($2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[], $8::text[], $9::text[], \
     $10::text[], $11::int4[], $12::int8[], $13::int8[], $14::int8[], $15::text[], $16::bool[], $17::text[], \
-    $18::text[], $19::bool[], $20::jsonb[]) as u(id, label, description, type, status, started_at, finished_at, \
-    start_lsn, stop_lsn, timeline, bytes_logical, bytes_stored, bytes_new, manifest_checksum, restorable, \
-    restorable_from, restorable_until, kept, document) \
+    $18::text[], $19::bool[], $20::jsonb[], $21::jsonb[]) as u(id, label, description, type, status, started_at, \
+    finished_at, start_lsn, stop_lsn, timeline, bytes_logical, bytes_stored, bytes_new, manifest_checksum, \
+    restorable, restorable_from, restorable_until, kept, document, manifest) \
     on conflict (repository_id, id) do update set label = excluded.label, description = excluded.description, \
     type = excluded.type, status = excluded.status, started_at = excluded.started_at, \
     finished_at = excluded.finished_at, start_lsn = excluded.start_lsn, stop_lsn = excluded.stop_lsn, \
@@ -173,14 +203,15 @@ const BACKUPS_SQL: &str = "insert into backupctl.backups as b (repository_id, id
     bytes_new = excluded.bytes_new, manifest_checksum = excluded.manifest_checksum, \
     restorable = excluded.restorable, restorable_from = excluded.restorable_from, \
     restorable_until = excluded.restorable_until, kept = excluded.kept, removed_at = null, \
-    document = excluded.document \
+    document = excluded.document, manifest = excluded.manifest \
     where (b.label, b.description, b.type, b.status, b.started_at, b.finished_at, b.start_lsn, b.stop_lsn, \
     b.timeline, b.bytes_logical, b.bytes_stored, b.bytes_new, b.manifest_checksum, b.restorable, \
-    b.restorable_from, b.restorable_until, b.kept, b.removed_at, b.document) is distinct from \
+    b.restorable_from, b.restorable_until, b.kept, b.removed_at, b.document, b.manifest) is distinct from \
     (excluded.label, excluded.description, excluded.type, excluded.status, excluded.started_at, \
     excluded.finished_at, excluded.start_lsn, excluded.stop_lsn, excluded.timeline, excluded.bytes_logical, \
     excluded.bytes_stored, excluded.bytes_new, excluded.manifest_checksum, excluded.restorable, \
-    excluded.restorable_from, excluded.restorable_until, excluded.kept, excluded.removed_at, excluded.document)";
+    excluded.restorable_from, excluded.restorable_until, excluded.kept, excluded.removed_at, excluded.document, \
+    excluded.manifest)";
 
 /// Upsert the WAL each backup needs: one statement.
 const BACKUP_WAL_SQL: &str = "insert into backupctl.backup_wal as w (repository_id, backup_id, timeline, \
@@ -250,6 +281,9 @@ pub fn sync(catalog: &mut Catalog, input: &SyncInput<'_>) -> Result<SyncReport, 
     let sysid = cluster.map(|c| c.system_identifier.clone());
     let version = cluster.map(|c| i32::try_from(c.pg_version).unwrap_or(i32::MAX));
     let seg = cluster.map(|c| big(c.wal_segment_size));
+    // Strings and maps with string keys: serializing cannot fail (and a null state only makes the next sync read
+    // everything).
+    let state = serde_json::to_value(input.state).unwrap_or_default();
     let existing: Option<i64> = tx
         .query_opt("select id from backupctl.repositories where url = $1", &[&input.repository])
         .map_err(q("reading repositories"))?
@@ -259,10 +293,10 @@ pub fn sync(catalog: &mut Catalog, input: &SyncInput<'_>) -> Result<SyncReport, 
             report.repositories += tx
                 .execute(
                     "update backupctl.repositories set system_identifier = $2, pg_version = $3, \
-                     wal_segment_size = $4, status = $5, changed_at = now() where id = $1 and \
-                     (system_identifier, pg_version, wal_segment_size, status) is distinct from \
-                     ($2::text, $3::int4, $4::int8, $5::jsonb)",
-                    &[&id, &sysid, &version, &seg, &input.document],
+                     wal_segment_size = $4, status = $5, sync_state = $6, changed_at = now() where id = $1 and \
+                     (system_identifier, pg_version, wal_segment_size, status, sync_state) is distinct from \
+                     ($2::text, $3::int4, $4::int8, $5::jsonb, $6::jsonb)",
+                    &[&id, &sysid, &version, &seg, &input.document, &state],
                 )
                 .map_err(q("updating repositories"))?;
             id
@@ -270,9 +304,9 @@ pub fn sync(catalog: &mut Catalog, input: &SyncInput<'_>) -> Result<SyncReport, 
         None => {
             report.repositories += 1;
             tx.query_one(
-                "insert into backupctl.repositories (url, system_identifier, pg_version, wal_segment_size, status) \
-                 values ($1, $2, $3, $4, $5) returning id",
-                &[&input.repository, &sysid, &version, &seg, &input.document],
+                "insert into backupctl.repositories (url, system_identifier, pg_version, wal_segment_size, status, \
+                 sync_state) values ($1, $2, $3, $4, $5, $6) returning id",
+                &[&input.repository, &sysid, &version, &seg, &input.document, &state],
             )
             .map_err(q("inserting into repositories"))?
             .get(0)
@@ -305,6 +339,7 @@ pub fn sync(catalog: &mut Catalog, input: &SyncInput<'_>) -> Result<SyncReport, 
                 &c.restorable_until,
                 &c.kept,
                 &c.documents,
+                &c.manifests,
             ],
         )
         .map_err(q("writing backups"))?;

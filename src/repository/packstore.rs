@@ -40,6 +40,12 @@ impl FrameIndex {
     pub async fn load(storage: &dyn Storage) -> Result<Self, Error> {
         let ids: Vec<ObjectId> =
             storage.list(INDEX_PREFIX).await?.iter().filter_map(|m| index_from_key(m.key.as_str())).collect();
+        Self::load_listed(storage, &ids).await
+    }
+
+    /// [`FrameIndex::load`] of the index objects `ids` (listed by the caller); one that is gone by now is skipped.
+    /// Errors as [`FrameIndex::load`].
+    pub async fn load_listed(storage: &dyn Storage, ids: &[ObjectId]) -> Result<Self, Error> {
         let indexes: Vec<Option<PackIndex>> = stream::iter(ids.iter().map(|id| async move {
             match load_index(storage, id).await {
                 Err(Error::Storage(e)) if e.is_not_found() => Ok(None),

@@ -419,9 +419,19 @@ pub async fn manifests(storage: &dyn Storage) -> Result<(Vec<Manifest>, Vec<(Bac
 pub async fn manifests_with_digests(
     storage: &dyn Storage,
 ) -> Result<(Vec<(Manifest, codec::Digest)>, Vec<(BackupId, Error)>), Error> {
+    manifests_with_digests_of(storage, backup_ids(storage).await?).await
+}
+
+/// [`manifests_with_digests`] of the backups `ids` (listed by the caller, oldest first); one that is gone by now is
+/// left out. Errors: storage failures (a damaged manifest is one of the unusable ones, not an error).
+#[allow(clippy::type_complexity)]
+pub async fn manifests_with_digests_of(
+    storage: &dyn Storage,
+    ids: Vec<BackupId>,
+) -> Result<(Vec<(Manifest, codec::Digest)>, Vec<(BackupId, Error)>), Error> {
     let (mut good, mut bad) = (Vec::new(), Vec::new());
     let mut cache = FileMapCache::new();
-    for id in backup_ids(storage).await? {
+    for id in ids {
         match load_manifest_cached(storage, &id, &mut cache).await {
             Ok(Some(m)) => good.push(m),
             Ok(None) => {}

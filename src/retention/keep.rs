@@ -88,8 +88,17 @@ pub async fn set(storage: &dyn Storage, id: &BackupId, mark: &KeepMark, now: Off
 /// The current mark of every backup that has one (whether or not its manifest still exists), by one listing of
 /// `backups/`. A record that cannot be read is an error: guessing "not kept" could delete a kept backup.
 pub async fn load_all(storage: &dyn Storage) -> Result<HashMap<BackupId, KeepMark>, Error> {
+    load_listed(storage, &storage.list(BACKUPS_PREFIX).await?).await
+}
+
+/// [`load_all`] from a listing of `backups/` already made (`listing`): reads only the current marks. Errors as
+/// [`load_all`] (storage errors, a mark that cannot be read, or one listed but gone).
+pub async fn load_listed(
+    storage: &dyn Storage,
+    listing: &[crate::storage::ObjectMeta],
+) -> Result<HashMap<BackupId, KeepMark>, Error> {
     let mut newest: HashMap<BackupId, Key> = HashMap::new();
-    for meta in storage.list(BACKUPS_PREFIX).await? {
+    for meta in listing {
         if let Some(id) = backup_of_record(meta.key.as_str()) {
             let slot = newest.entry(id).or_insert_with(|| meta.key.clone());
             if meta.key > *slot {

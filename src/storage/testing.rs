@@ -1,6 +1,7 @@
-//! Test helpers: [`Faulty`], a real wrapper backend that injects failures and latency into a real backend.
+//! Test helpers: [`Faulty`], a real wrapper backend that injects failures and latency into a real backend, and
+//! [`Counting`], one that records every request made through it.
 //!
-//! It is not a mock: every call that is not failed goes to the wrapped backend.
+//! Neither is a mock: every call that is not failed goes to the wrapped backend.
 
 use std::fmt;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -127,6 +128,102 @@ impl Storage for Faulty {
     }
 }
 
+/// One request made through [`Counting`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Request {
+    /// `put`, `get` (whole or ranged), `head`, `list` (also `list_after` and `list_incomplete`), `delete` or
+    /// `remove`.
+    pub op: &'static str,
+    /// The key, or the prefix of a listing.
+    pub key: String,
+}
+
+/// Records every request (operation and key) before passing it to the wrapped backend unchanged: what a command
+/// reads and writes, counted per key prefix by tests. `delete_many` and the other provided methods are counted as
+/// the requests they make.
+#[derive(Debug)]
+pub struct Counting {
+    inner: DynStorage,
+    requests: std::sync::Mutex<Vec<Request>>,
+}
+
+impl Counting {
+    /// Wrap `inner`.
+    pub fn new(inner: DynStorage) -> Self {
+        Self { inner, requests: std::sync::Mutex::new(Vec::new()) }
+    }
+
+    fn record(&self, op: &'static str, key: &str) {
+        if let Ok(mut r) = self.requests.lock() {
+            r.push(Request { op, key: key.to_owned() });
+        }
+    }
+
+    /// Every request since the last [`Counting::take`], in the order made.
+    pub fn requests(&self) -> Vec<Request> {
+        self.requests.lock().map(|r| r.clone()).unwrap_or_default()
+    }
+
+    /// Every request since the last call, and forget them.
+    pub fn take(&self) -> Vec<Request> {
+        self.requests.lock().map(|mut r| std::mem::take(&mut *r)).unwrap_or_default()
+    }
+
+    /// Requests of `op` whose key (or listed prefix) starts with `prefix`.
+    pub fn count(&self, op: &str, prefix: &str) -> usize {
+        self.requests().iter().filter(|r| r.op == op && r.key.starts_with(prefix)).count()
+    }
+}
+
+impl fmt::Display for Counting {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(&self.inner, f)
+    }
+}
+
+#[async_trait]
+impl Storage for Counting {
+    async fn put(&self, key: &Key, body: Bytes, mode: PutMode) -> Result<()> {
+        self.record("put", key.as_str());
+        self.inner.put(key, body, mode).await
+    }
+    async fn get(&self, key: &Key) -> Result<Bytes> {
+        self.record("get", key.as_str());
+        self.inner.get(key).await
+    }
+    async fn get_range(&self, key: &Key, offset: u64, len: u64) -> Result<Bytes> {
+        self.record("get", key.as_str());
+        self.inner.get_range(key, offset, len).await
+    }
+    async fn head(&self, key: &Key) -> Result<ObjectMeta> {
+        self.record("head", key.as_str());
+        self.inner.head(key).await
+    }
+    async fn list(&self, prefix: &str) -> Result<Vec<ObjectMeta>> {
+        self.record("list", prefix);
+        self.inner.list(prefix).await
+    }
+    async fn list_after(&self, prefix: &str, start_after: &str, limit: usize) -> Result<Vec<ObjectMeta>> {
+        self.record("list", prefix);
+        self.inner.list_after(prefix, start_after, limit).await
+    }
+    async fn delete(&self, key: &Key) -> Result<()> {
+        self.record("delete", key.as_str());
+        self.inner.delete(key).await
+    }
+    async fn list_incomplete(&self, prefix: &str) -> Result<Vec<Incomplete>> {
+        self.record("list", prefix);
+        self.inner.list_incomplete(prefix).await
+    }
+    async fn remove_incomplete(&self, item: &Incomplete) -> Result<()> {
+        self.record("remove", &item.name);
+        self.inner.remove_incomplete(item).await
+    }
+    fn capabilities(&self) -> Capabilities {
+        self.inner.capabilities()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::sync::Arc;
@@ -176,5 +273,21 @@ mod tests {
         let err = store.put(&key("k"), Bytes::from_static(b"2"), PutMode::Create).await.expect_err("exists");
         assert!(matches!(err, Error::AlreadyExists { .. }), "{err}");
         assert_eq!(faulty.calls(), 3);
+    }
+
+    /// Counting records each request with its operation and key, and passes it on unchanged.
+    #[tokio::test]
+    async fn counting_records_requests_per_prefix() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let counting = Counting::new(Arc::new(FsStorage::new(dir.path())));
+        counting.put(&key("a/b"), Bytes::from_static(b"x"), PutMode::Create).await.expect("put");
+        assert_eq!(counting.get(&key("a/b")).await.expect("get"), Bytes::from_static(b"x"));
+        assert!(counting.get(&key("c")).await.expect_err("absent").is_not_found());
+        assert_eq!(counting.list("a/").await.expect("list").len(), 1);
+        assert_eq!((counting.count("get", "a/"), counting.count("get", ""), counting.count("list", "a")), (1, 2, 1));
+        let all = counting.take();
+        assert_eq!(all.len(), 4);
+        assert_eq!(all[0], Request { op: "put", key: "a/b".into() });
+        assert!(counting.requests().is_empty());
     }
 }

@@ -6,6 +6,11 @@
 //! Needs only read access: `list` of `wal/`, `data/`, `packs/`, `maps/`, `index/` and `backups/`, and `get` of the
 //! descriptor, the cluster record, the manifests, the keep marks and the history files (and, for
 //! [`unique_format2`], of the nodes and index objects).
+//!
+//! [`collect_with`] computes the same picture from backups already known ([`Backups::Known`]: each manifest
+//! without its file entries, its digest and its sizes, as an earlier run computed them for the same
+//! [`Listings::backup_inputs`]); then it reads no manifest, file map, node or index object. The catalog's sync
+//! does that when nothing the backups' sizes depend on changed (docs/design/catalog.md).
 
 use std::collections::{BTreeMap, HashMap};
 use std::time::SystemTime;
@@ -15,7 +20,7 @@ use time::format_description::well_known::Rfc3339;
 
 use super::coverage::{self, BackupCoverage, Clock, Coverage, GapStatus};
 use crate::Error;
-use crate::repository::backup::{BackupId, DATA_PREFIX, Manifest, ObjectId};
+use crate::repository::backup::{BackupId, Manifest, ObjectId};
 use crate::repository::store;
 use crate::repository::wal_index::WalIndex;
 use crate::repository::{ClusterInfo, store::Error as StoreError};
@@ -23,8 +28,14 @@ use crate::retention::keep::{self, KeepMark};
 use crate::retention::plan::{self, Policy, Reach};
 use crate::storage::{ObjectMeta, Storage};
 
-/// A backup's sizes.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+mod listings;
+mod unique;
+
+pub use listings::{BackupInputs, Backups, KnownBackup, Listings};
+pub use unique::{UniqueCost, unique_format2, unique_format2_listed};
+
+/// A backup's sizes. Serialized as `status --json-output` shows them (`sizes` of each backup).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Sizes {
     /// Bytes of its files (what a restore writes).
     pub logical: u64,
@@ -167,47 +178,81 @@ impl Status {
     }
 }
 
-/// Collect the status of the repository in `storage` at `clock.now`, with what `policy` decides about each backup.
+/// Collect the status of the repository in `storage` at `clock.now`, with what `policy` decides about each backup:
+/// the listings, then every listed manifest, then [`collect_with`].
 pub async fn collect(storage: &dyn Storage, clock: &Clock, policy: &Policy) -> Result<Status, Error> {
-    let (loaded, unusable) = store::manifests_with_digests(storage).await?;
-    let (manifests, digests): (Vec<Manifest>, Vec<crate::codec::Digest>) = loaded.into_iter().unzip();
+    let listings = Listings::read(storage).await?;
+    let (loaded, unusable) = store::manifests_with_digests_of(storage, listings.backup_ids()).await?;
+    collect_with(storage, clock, policy, &listings, Backups::Read { loaded, unusable }).await
+}
+
+/// [`collect`] from `listings` (read by [`Listings::read`]) and `backups`: reads the cluster record, the history
+/// files and the keep marks (nothing else). With [`Backups::Known`], every backup's sizes are the given ones and
+/// its `unique` is set; with [`Backups::Read`] a format-2 backup's `unique` is left to [`unique_format2`].
+/// Errors: storage errors, a keep mark that cannot be read.
+pub async fn collect_with(
+    storage: &dyn Storage,
+    clock: &Clock,
+    policy: &Policy,
+    listings: &Listings,
+    backups: Backups,
+) -> Result<Status, Error> {
+    let (manifests, digests, known_sizes, unusable) = match backups {
+        Backups::Read { loaded, unusable } => {
+            let (manifests, digests): (Vec<Manifest>, Vec<crate::codec::Digest>) = loaded.into_iter().unzip();
+            (manifests, digests, None, unusable)
+        }
+        Backups::Known(known) => {
+            let mut out = (Vec::new(), Vec::new(), Vec::new());
+            for k in known {
+                out.0.push(k.manifest);
+                out.1.push(k.manifest_digest);
+                out.2.push(k.sizes);
+            }
+            (out.0, out.1, Some(out.2), Vec::new())
+        }
+    };
     let cluster = store::cluster_info(storage).await?;
-    let size = super::segment_size(storage, &manifests).await?;
-    let wal_listing = storage.list("wal/").await?;
-    let index = WalIndex::build(&wal_listing, size);
+    let size = crate::wal::SegmentSize::new(match &cluster {
+        Some(c) => c.wal_segment_size,
+        None => manifests.first().map_or(crate::wal::SegmentSize::DEFAULT.bytes(), |m| m.wal_segment_size),
+    })?;
+    let wal_listing = &listings.wal;
+    let index = WalIndex::build(wal_listing, size);
     let (histories, bad) = super::load_histories(storage, &index).await?;
     let coverage = coverage::coverage(&index, &manifests, &histories, clock);
-    let marks = keep::load_all(storage).await?;
-    let stored: HashMap<ObjectId, u64> = storage
-        .list(DATA_PREFIX)
-        .await?
-        .iter()
-        .filter_map(|m| ObjectId::from_key(m.key.as_str()).map(|id| (id, m.size)))
-        .collect();
+    let marks = keep::load_listed(storage, &listings.backups).await?;
+    let stored: HashMap<ObjectId, u64> =
+        listings.data.iter().filter_map(|m| ObjectId::from_key(m.key.as_str()).map(|id| (id, m.size))).collect();
     let now = OffsetDateTime::from(clock.now);
     let data_bytes_stored = stored.values().sum();
     let total = |list: &[ObjectMeta]| list.iter().map(|m| m.size).sum::<u64>();
-    let nodes: HashMap<ObjectId, u64> = storage
-        .list(crate::repository::blockmap::MAPS_PREFIX)
-        .await?
+    let nodes: HashMap<ObjectId, u64> = listings
+        .maps
         .iter()
         .filter_map(|m| crate::repository::blockmap::node_from_key(m.key.as_str()).map(|id| (id, m.size)))
         .collect();
     let repository_bytes = RepositoryBytes {
         data: data_bytes_stored,
-        packs: total(&storage.list(crate::repository::packs::PACKS_PREFIX).await?),
+        packs: total(&listings.packs),
         maps: nodes.values().sum(),
-        index: total(&storage.list(crate::repository::packs::INDEX_PREFIX).await?),
-        wal: total(&wal_listing),
-        backups: total(&storage.list(crate::repository::backup::BACKUPS_PREFIX).await?),
+        index: total(&listings.index),
+        wal: total(wal_listing),
+        backups: total(&listings.backups),
     };
-    let mut sizes = sizes(&manifests, &stored);
-    for (m, s) in manifests.iter().zip(sizes.iter_mut()) {
-        if m.repository_format >= 2 {
-            *s = sizes_format2(m, &nodes);
+    let sizes = match known_sizes {
+        Some(known) => known,
+        None => {
+            let mut sizes = sizes(&manifests, &stored);
+            for (m, s) in manifests.iter().zip(sizes.iter_mut()) {
+                if m.repository_format >= 2 {
+                    *s = sizes_format2(m, &nodes);
+                }
+            }
+            sizes
         }
-    }
-    let (policy, mut decisions) = retention(&manifests, &unusable, &marks, &wal_listing, size, policy, clock.now);
+    };
+    let (policy, mut decisions) = retention(&manifests, &unusable, &marks, wal_listing, size, policy, clock.now);
     let backups: Vec<BackupStatus> = manifests
         .into_iter()
         .zip(coverage.backups.iter().cloned())
@@ -337,110 +382,6 @@ fn sizes_format2(m: &Manifest, nodes: &HashMap<ObjectId, u64>) -> Sizes {
         objects: named.len() as u64,
         objects_missing: own_nodes.iter().filter(|n| !nodes.contains_key(**n)).count() as u64,
     }
-}
-
-/// Nodes read at a time by [`unique_format2`].
-const NODE_LOADS: usize = 16;
-
-/// What [`unique_format2`] read.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct UniqueCost {
-    /// Distinct block-map nodes read (GETs).
-    pub nodes_read: u64,
-    /// Nodes named by a manifest but not in the repository (not read; `verify` reports them).
-    pub nodes_missing: u64,
-}
-
-/// Fill in `sizes.unique` of every format-2 backup of `backups` (all of the repository's: a backup's unique size
-/// depends on every other one): the stored bytes of the frames it names (directly, or through its nodes: whole,
-/// base and delta frames) that no other backup names, plus those of its nodes and file maps no other backup names.
-///
-/// That is what `delete` of the backup then `gc` frees, approximately: gc deletes a pack when none of its frames
-/// is live and compacts it when less than half of its bytes are (frames are stored back to back, so a pack's
-/// bytes are its frames' stored lengths); a dead frame in a pack that stays more than half live is freed only by a
-/// later gc, once more of that pack has died. So the repository shrinks by at most this much at once (plus the
-/// index objects gc rewrites, a few KiB), and by this much once those packs are compacted. Frames no backup names
-/// at all (garbage gc has not swept yet) count for no backup.
-///
-/// Cost: one listing of `maps/` and `index/`, every index object, and each distinct node of every backup once
-/// (16 at a time; nodes are shared between backups, so a repository of daily backups of a cluster that barely
-/// changes reads little more than one backup's nodes). Memory: the frame index and, per distinct node, its frame
-/// table. Errors: storage errors, a damaged node or index object.
-pub async fn unique_format2(storage: &dyn Storage, backups: &mut [BackupStatus]) -> Result<UniqueCost, Error> {
-    use crate::repository::{blockmap, packstore};
-    use futures_util::stream::{self, StreamExt, TryStreamExt};
-    use std::collections::HashSet;
-
-    let format2: Vec<usize> = (0..backups.len()).filter(|&i| backups[i].manifest.repository_format >= 2).collect();
-    let mut cost = UniqueCost::default();
-    if format2.is_empty() {
-        return Ok(cost);
-    }
-    let node_sizes: HashMap<ObjectId, u64> = storage
-        .list(blockmap::MAPS_PREFIX)
-        .await?
-        .iter()
-        .filter_map(|m| blockmap::node_from_key(m.key.as_str()).map(|id| (id, m.size)))
-        .collect();
-    let wanted: HashSet<ObjectId> =
-        format2.iter().flat_map(|&i| backups[i].manifest.files.iter().flat_map(|f| f.nodes.iter().copied())).collect();
-    cost.nodes_missing = wanted.iter().filter(|n| !node_sizes.contains_key(*n)).count() as u64;
-    // Each distinct node once; only its frame table is kept.
-    let frames_of: HashMap<ObjectId, Vec<ObjectId>> =
-        stream::iter(wanted.iter().filter(|n| node_sizes.contains_key(*n)).map(|id| async move {
-            match packstore::load_node(storage, id).await {
-                Ok(node) => Ok(Some((*id, node.frames))),
-                Err(StoreError::Storage(e)) if e.is_not_found() => Ok(None),
-                Err(e) => Err(e),
-            }
-        }))
-        .buffer_unordered(NODE_LOADS)
-        .try_filter_map(|n| async move { Ok(n) })
-        .try_collect()
-        .await?;
-    cost.nodes_read = frames_of.len() as u64;
-    let index = packstore::FrameIndex::load(storage).await?;
-
-    // Per frame and per node: how many backups name it, and the last one that did.
-    let mut frame_users: HashMap<ObjectId, (u32, usize)> = HashMap::new();
-    let mut node_users: HashMap<ObjectId, (u32, usize)> = HashMap::new();
-    for &i in &format2 {
-        let files = &backups[i].manifest.files;
-        // Its nodes and its file maps (both under `maps/`; a file map names no frame itself).
-        let maps = backups[i].manifest.file_maps.iter().map(|r| r.id);
-        let nodes: HashSet<ObjectId> = files.iter().flat_map(|f| f.nodes.iter().copied()).chain(maps).collect();
-        let frames: HashSet<ObjectId> = files
-            .iter()
-            .flat_map(|f| f.pieces.iter().map(|p| p.object))
-            .chain(nodes.iter().filter_map(|n| frames_of.get(n)).flatten().copied())
-            .collect();
-        for (set, users) in [(&frames, &mut frame_users), (&nodes, &mut node_users)] {
-            for id in set {
-                let e = users.entry(*id).or_insert((0, i));
-                e.0 += 1;
-                e.1 = i;
-            }
-        }
-    }
-    let mut unique: HashMap<usize, u64> = format2.iter().map(|&i| (i, 0)).collect();
-    for (id, (count, owner)) in &frame_users {
-        if *count == 1
-            && let (Some(u), Some((_, loc))) = (unique.get_mut(owner), index.get(id))
-        {
-            *u += u64::from(loc.stored_length);
-        }
-    }
-    for (id, (count, owner)) in &node_users {
-        if *count == 1
-            && let (Some(u), Some(size)) = (unique.get_mut(owner), node_sizes.get(id))
-        {
-            *u += size;
-        }
-    }
-    for (i, u) in unique {
-        backups[i].sizes.unique = Some(u);
-    }
-    Ok(cost)
 }
 
 /// From the oldest restorable backup's stop to the furthest WAL a restorable backup reaches.

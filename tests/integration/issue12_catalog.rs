@@ -58,7 +58,7 @@ fn row_versions(cat: &CatalogCluster) -> String {
 
 /// `status` and `status --from-catalog` agree, in JSON and in text, with and without filters (the age of the
 /// newest backup is computed at each call, so it is compared within a few seconds).
-fn assert_status_agrees(src: &Source, filters: &[&str]) {
+pub(crate) fn assert_status_agrees(src: &Source, filters: &[&str]) {
     let mut direct = json_of("status", &backupctl(src, &[&["status", "--json-output"], filters].concat()));
     let mut cataloged = json_of(
         "status --from-catalog",
@@ -264,7 +264,8 @@ fn issue_12_catalog_s3_repository() {
 
 /// Migrations from an empty database (version 1 only), then from version 1 with a row in it (version 2 fills the
 /// new columns from the old row), then from version 2 with a drill in it (sync applies version 3, which takes the
-/// drill's backup and RTO from its summary); a schema newer than this build is refused.
+/// drill's backup and RTO from its summary, and version 4, which adds the sync's bookkeeping); a schema newer than
+/// this build is refused.
 #[test]
 fn issue_12_catalog_migrations() {
     if require_pg().is_none() {
@@ -279,7 +280,7 @@ fn issue_12_catalog_migrations() {
     // A version this build does not know is refused, not "nothing to do".
     let beyond = backupctl(&src, &["catalog", "migrate", "--to-version", "9"]);
     assert_eq!(beyond.status.code(), Some(2), "{beyond:?}");
-    assert!(String::from_utf8_lossy(&beyond.stderr).contains("knows schema versions 1 to 3"), "{beyond:?}");
+    assert!(String::from_utf8_lossy(&beyond.stderr).contains("knows schema versions 1 to 4"), "{beyond:?}");
     let v1 = json_of("migrate to 1", &backupctl(&src, &["catalog", "migrate", "--to-version", "1", "--json-output"]));
     assert_eq!(v1["version"], 1, "{v1:#}");
     assert_eq!(v1["applied"], serde_json::json!([1]));
@@ -306,7 +307,7 @@ fn issue_12_catalog_migrations() {
     assert!(
         warnings[0].starts_with(
             "base-backup: warning: catalog not updated: catalog schema is at version 1, this \
-             backupctl needs 3: run `backupctl catalog migrate`"
+             backupctl needs 4: run `backupctl catalog migrate`"
         ),
         "{err}"
     );
@@ -358,10 +359,10 @@ fn issue_12_catalog_migrations() {
     let synced = json_of("sync from version 2", &backupctl(&src, &["catalog", "sync", "--json-output"]));
     assert_eq!(synced["rows_written"]["repositories"], 1, "{synced:#}");
     assert_eq!(synced["rows_written"]["backups"], 1, "{synced:#}");
-    assert_eq!(synced["migrated"], serde_json::json!({ "from": 2, "to": 3, "applied": [3] }), "{synced:#}");
+    assert_eq!(synced["migrated"], serde_json::json!({ "from": 2, "to": 4, "applied": [3, 4] }), "{synced:#}");
     assert_eq!(
         cat.sql("select string_agg(version::text, ',' order by version) from backupctl.schema_history"),
-        "1,2,3"
+        "1,2,3,4"
     );
     // Version 3: the drill's backup and RTO come out of its summary; the old run was the scheduler's.
     assert_eq!(
@@ -372,11 +373,11 @@ fn issue_12_catalog_migrations() {
         "20260101-000000F 12.5 scheduler"
     );
     let again = json_of("migrate again", &backupctl(&src, &["catalog", "migrate", "--json-output"]));
-    assert_eq!((again["version"].clone(), again["applied"].clone()), (serde_json::json!(3), serde_json::json!([])));
+    assert_eq!((again["version"].clone(), again["applied"].clone()), (serde_json::json!(4), serde_json::json!([])));
     // Down is refused (it said "nothing to do"): migrations only go forward.
     let down = backupctl(&src, &["catalog", "migrate", "--to-version", "1"]);
     assert_eq!(down.status.code(), Some(2), "{down:?}");
-    assert!(String::from_utf8_lossy(&down.stderr).contains("at version 3 already; migrations only go forward"));
+    assert!(String::from_utf8_lossy(&down.stderr).contains("at version 4 already; migrations only go forward"));
     // A schema a newer backupctl migrated: refused, naming both versions.
     cat.sql(
         "insert into backupctl.schema_history (version, name, applied_on, checksum) \
@@ -385,7 +386,7 @@ fn issue_12_catalog_migrations() {
     let out = backupctl(&src, &["catalog", "sync"]);
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{err}");
-    assert!(err.contains("schema backupctl is at version 99, newer than this build's 3"), "{err}");
+    assert!(err.contains("schema backupctl is at version 99, newer than this build's 4"), "{err}");
 }
 
 /// Issue 12: `status --from-catalog` before any sync of this repository is a failure (exit 1, not a usage error)

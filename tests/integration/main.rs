@@ -14,6 +14,7 @@ mod issue11_versions;
 mod issue12_catalog;
 mod issue12_catalog_batch;
 mod issue12_catalog_queries;
+mod issue12_catalog_sync;
 mod issue12_dump;
 mod issue12_dump_trial;
 mod issue12_tls;

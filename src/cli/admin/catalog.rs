@@ -6,10 +6,14 @@ use clap::{Args, Subcommand};
 use super::Ctx;
 use super::status::StatusArgs;
 use crate::Error;
-use crate::catalog::{self, Catalog, SyncInput, SyncReport};
+use crate::catalog::{self, Catalog};
 use crate::cli::output::{line, note};
 use crate::config::{CatalogConfig, Config};
 use crate::storage::Storage;
+
+mod sync;
+
+pub use sync::{sync, sync_storage};
 
 /// `backupctl catalog` options.
 #[derive(Debug, Clone, Args)]
@@ -38,8 +42,11 @@ pub enum CatalogCommand {
     /// (dumps), archived WAL as ranges per timeline and UTC day (wal_ranges), the WAL each backup needs and reaches
     /// (backup_wal), and the status `backupctl status` computes (repositories). Writes only rows that changed;
     /// rows of backups, dumps and WAL ranges no longer in the repository are marked removed (removed_at), never
-    /// deleted. Creates or migrates the schema first, as `catalog migrate` does, and says so. Writes no job runs,
-    /// checks or drills: the scheduler records those (job_runs, checks, drills) after each job.
+    /// deleted. Reads only what changed since the last sync: with no backup added or deleted, the listings and the
+    /// repository's small records (cluster record, keep marks, history files), no manifest; after a new or deleted
+    /// backup, every manifest (unique sizes depend on all backups); a dump's manifest only when it is new. Creates
+    /// or migrates the schema first, as `catalog migrate` does, and says so. Writes no job runs, checks or drills:
+    /// the scheduler records those (job_runs, checks, drills) after each job.
     Sync {
         /// Print the rows written per table as one JSON object: {"catalog", "migrated": null or {"from", "to",
         /// "applied"}, "rows_written": {"repositories", "backups", "backups_removed", "backup_wal", "wal_ranges",
@@ -145,47 +152,6 @@ fn archived_system_identifier(config: &Config, recorded: Option<String>) -> Opti
         let mut session = crate::pg::connect_within(pg, std::time::Duration::from_secs(10)).ok()?;
         session.server_info(false).ok().map(|i| i.system_identifier)
     })
-}
-
-/// Mirror the repository of `config` into its catalog: `backupctl status`'s picture
-/// ([`crate::verify::status::collect`]) and its JSON documents, written with [`catalog::sync`]. The schema is
-/// created if there is none; an older one is migrated only when `may_migrate` (the explicit `catalog sync`), else
-/// it is [`catalog::Error::OlderSchema`] and nothing is written. Returns the rows written and what was done to the
-/// schema.
-pub fn sync(
-    config: &Config,
-    rt: &tokio::runtime::Runtime,
-    may_migrate: bool,
-) -> Result<(SyncReport, Option<catalog::SchemaChange>), Error> {
-    let deadline = std::time::Duration::from_secs(config.archive.retry_deadline_seconds);
-    let storage = rt.block_on(crate::storage::open(&config.repository.url, &config.repository.s3, deadline))?;
-    rt.block_on(crate::repository::store::require_existing(storage.as_ref()))?;
-    // The schema first: an implicit update that may not migrate it reads nothing more.
-    let mut c = open(config, rt, storage.as_ref())?;
-    let change = c.prepare_schema(may_migrate)?;
-    let clock = crate::verify::clock_from_config(config, std::time::SystemTime::now());
-    let policy = crate::retention::plan::Policy::resolve(&config.retention, None)?;
-    let mut status = rt.block_on(crate::verify::status::collect(storage.as_ref(), &clock, &policy))?;
-    // What `backupctl status` shows, so that `status --from-catalog` gives the same answer.
-    rt.block_on(crate::verify::status::unique_format2(storage.as_ref(), &mut status.backups))?;
-    let repository = storage.to_string();
-    let (document, backups) = super::status::documents(&status, &repository);
-    let (dump_list, _unreadable) = rt.block_on(crate::repository::dump::manifests(storage.as_ref()))?;
-    let dumps: Vec<catalog::Dump> = dump_list
-        .iter()
-        .map(|m| catalog::Dump {
-            id: m.id.to_string(),
-            label: m.label.clone().unwrap_or_default(),
-            started_at: m.started_at.clone(),
-            finished_at: m.finished_at.clone(),
-            databases: m.databases.iter().map(|d| d.name.clone()).collect(),
-            bytes_logical: m.raw_bytes(),
-            bytes_stored: m.stored_bytes(),
-            document: super::status::dumps::json(m),
-        })
-        .collect();
-    let input = SyncInput { repository: &repository, status: &status, document, backups: &backups, dumps: &dumps };
-    Ok((catalog::sync(&mut c, &input)?, change))
 }
 
 /// After `command`'s repository work: sync the catalog when one is configured. It creates the schema if there
@@ -339,7 +305,9 @@ mod tests {
     #[test]
     fn issue_12_catalog_help_says_what_is_written() {
         let sync = help("sync");
-        for what in ["backups", "dumps", "wal_ranges", "backup_wal", "repositories", "removed_at", "job_runs"] {
+        for what in
+            ["backups", "dumps", "wal_ranges", "backup_wal", "repositories", "removed_at", "job_runs", "no manifest"]
+        {
             assert!(sync.contains(what), "sync --help lacks {what}: {sync}");
         }
         assert!(sync.contains("Writes no job runs"), "{sync}");

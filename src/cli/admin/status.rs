@@ -212,13 +212,8 @@ fn backup_json(b: &BackupStatus) -> serde_json::Value {
                 None => serde_json::Value::Null,
             },
         },
-        "sizes": {
-            "logical": b.sizes.logical,
-            "stored": b.sizes.stored,
-            "unique": b.sizes.unique,
-            "objects": b.sizes.objects,
-            "objects_missing": b.sizes.objects_missing,
-        },
+        // logical, stored, unique, objects, objects_missing (the catalog's sync reads them back: Sizes's serde).
+        "sizes": b.sizes,
     });
     if let (Some(obj), serde_json::Value::Object(more)) = (v.as_object_mut(), extra) {
         obj.extend(more);

@@ -8,10 +8,10 @@
 use std::path::PathBuf;
 
 use crate::config::PostgresConfig;
-
-pub mod tls;
 use crate::wal::Lsn;
 use crate::wal::version::{self, Major};
+
+pub mod tls;
 
 /// Errors talking to PostgreSQL.
 #[derive(Debug, thiserror::Error)]

@@ -56,10 +56,6 @@ pub struct TlsSettings<'a> {
 }
 
 impl TlsSettings<'_> {
-    /// Plain text, no files: what a connection over a Unix socket or to a local drill server uses.
-    pub const PLAIN: TlsSettings<'static> =
-        TlsSettings { sslmode: SslMode::Disable, sslrootcert: None, sslcert: None, sslkey: None };
-
     /// `sslrootcert = "system"`.
     pub fn is_system_roots(&self) -> bool {
         self.sslrootcert.is_some_and(|p| p == Path::new(SYSTEM_ROOT_CERTS))

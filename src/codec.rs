@@ -8,13 +8,17 @@
 //!
 //! Header layout (little-endian): `0..8` magic `BKCTLOB1`, `8` codec (0 none, 1 zstd), `9` digest algorithm
 //! (1 blake3), `10..16` zero, `16..24` raw size, `24..56` digest, `56..64` first 8 bytes of blake3 of bytes `0..56`.
+//! A zstd body is one frame or several concatenated (WAL files since [`encode_framed`]); every decoder here reads
+//! both, and the header's size and digest cover the whole content, so a body cut at a frame boundary is refused.
 
 mod digest;
+mod framed;
 
 use std::fmt;
 use std::io::{self, Read, Write};
 
 pub use digest::digest_file;
+pub use framed::{FRAME, encode_framed};
 
 /// Length of the object header.
 pub const HEADER_LEN: usize = 64;
@@ -99,7 +103,7 @@ impl std::str::FromStr for Digest {
 pub enum Codec {
     /// Stored as is.
     None,
-    /// One zstd frame.
+    /// zstd: one frame, or independent frames one after another (decoded as one stream).
     Zstd,
 }
 
@@ -199,20 +203,29 @@ thread_local! {
 pub fn encode_hashed(raw: &[u8], digest: Digest, level: i32) -> Result<(Vec<u8>, ObjectHeader), Error> {
     let mut out = Vec::with_capacity(HEADER_LEN + zstd::zstd_safe::compress_bound(raw.len()));
     out.extend_from_slice(&[0u8; HEADER_LEN]);
-    let mut cursor = io::Cursor::new(out);
-    cursor.set_position(HEADER_LEN as u64);
-    CCTX.with(|cell| -> io::Result<usize> {
+    compress_frame(raw, level, &mut out)?;
+    let header = ObjectHeader { codec: Codec::Zstd, raw_size: raw.len() as u64, digest };
+    out[0..HEADER_LEN].copy_from_slice(&header.to_bytes());
+    Ok((out, header))
+}
+
+/// Append `raw` to `out` as one zstd frame (with its content size), compressed in one call with this thread's
+/// reused context. Reserves zstd's worst-case bound first, so the frame is written in place, never copied.
+fn compress_frame(raw: &[u8], level: i32, out: &mut Vec<u8>) -> io::Result<usize> {
+    out.reserve(zstd::zstd_safe::compress_bound(raw.len()));
+    let start = out.len() as u64;
+    let mut cursor = io::Cursor::new(std::mem::take(out));
+    cursor.set_position(start);
+    let written = CCTX.with(|cell| -> io::Result<usize> {
         let mut cell = cell.borrow_mut();
         let ctx = match cell.as_mut() {
             Some((l, c)) if *l == level => c,
             _ => &mut cell.insert((level, zstd::bulk::Compressor::new(level)?)).1,
         };
         ctx.compress_to_buffer(raw, &mut cursor)
-    })?;
-    let mut out = cursor.into_inner();
-    let header = ObjectHeader { codec: Codec::Zstd, raw_size: raw.len() as u64, digest };
-    out[0..HEADER_LEN].copy_from_slice(&header.to_bytes());
-    Ok((out, header))
+    });
+    *out = cursor.into_inner();
+    written
 }
 
 fn start_object(

@@ -119,12 +119,19 @@ fn read_up_to(file: &mut File, buf: &mut [u8]) -> std::io::Result<usize> {
     Ok(total)
 }
 
-/// Read the whole file through zstd and blake3 in one pass, checking it did not change size.
+/// Read the whole file through zstd and blake3 in one pass, checking it did not change size. On one thread, as
+/// independent 1 MiB frames ([`codec::encode_framed`]: less CPU per segment); on several, as one frame that
+/// zstd's own worker threads compress.
 fn encode_file(path: &Path, expected: u64, level: i32, workers: u32) -> Result<(Vec<u8>, ObjectHeader), Error> {
     let read_err = |source| Error::ReadWal { path: path.to_path_buf(), source };
     let mut file = File::open(path).map_err(read_err)?;
     file.seek(SeekFrom::Start(0)).map_err(read_err)?;
-    let (object, header) = codec::encode(&mut file, level, expected, workers).map_err(|e| match e {
+    let encoded = if workers > 1 {
+        codec::encode(&mut file, level, expected, workers)
+    } else {
+        codec::encode_framed(&mut file, level, expected)
+    };
+    let (object, header) = encoded.map_err(|e| match e {
         codec::Error::Io(source) => Error::ReadWal { path: path.to_path_buf(), source },
         other => Error::Corrupt { what: path.display().to_string(), source: other },
     })?;

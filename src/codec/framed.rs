@@ -14,12 +14,13 @@
 //! wraps every 512 KiB at level 1, after which zstd takes its slower external-dictionary match finder, and it
 //! copies its output once more. A frame compressed in one call reads its input in place and writes straight into
 //! the object. On pgbench WAL (bench/README.md, "Independent 1 MiB frames for WAL") this cost about a fifth less
-//! CPU per segment for +0.1% of compressed size (matches cannot reach back across a frame boundary).
+//! CPU per segment for +0.1% of compressed size (matches cannot reach back across a frame boundary). At level 1
+//! the frames are compressed with parameters tuned for WAL ([`super::Tuning::Wal`]).
 
 use std::cell::RefCell;
 use std::io::{self, Read};
 
-use super::{Codec, Digest, Error, HEADER_LEN, ObjectHeader, compress_frame};
+use super::{Codec, Digest, Error, HEADER_LEN, ObjectHeader, Tuning, compress_frame};
 
 /// Raw bytes per frame of [`encode_framed`]: the size of base backups' frames, and of the buffer kept per
 /// thread.
@@ -55,7 +56,7 @@ pub fn encode_framed(mut input: impl Read, level: i32, size_hint: u64) -> Result
                 break;
             }
             hasher.update(&buf[..n]);
-            compress_frame(&buf[..n], level, &mut out)?;
+            compress_frame(&buf[..n], level, Tuning::Wal, &mut out)?;
             raw_size += n as u64;
             if n < FRAME {
                 break;
@@ -197,6 +198,26 @@ mod tests {
         // The thread's buffers are fine afterwards.
         let data = content(FRAME + 3);
         assert_eq!(decode_vec(&encode_framed(&data[..], 1, 0).expect("encode").0).expect("decode").1, data);
+    }
+
+    #[test]
+    fn the_wal_tuning_applies_to_wal_frames_only() {
+        use super::super::encode_hashed;
+        // Short repeats, as in WAL: the tuned parameters find matches that zstd's level 1 does not.
+        let data: Vec<u8> =
+            (0..FRAME as u32 / 8).flat_map(|i| [i.to_le_bytes(), (i % 5).to_le_bytes()]).flatten().collect();
+        let hashed = || encode_hashed(&data, Digest::of(&data), 1).expect("encode_hashed").0;
+        let before = hashed();
+        let (framed, _) = encode_framed(&data[..], 1, data.len() as u64).expect("encode_framed");
+        assert_eq!(frame_starts(&framed).len(), 1);
+        assert_ne!(framed[HEADER_LEN..], before[HEADER_LEN..], "level 1 WAL frames use their own parameters");
+        // The thread's context is not left tuned for the next caller, and neither is the other way round.
+        assert_eq!(hashed(), before);
+        assert_eq!(encode_framed(&data[..], 1, 0).expect("again").0, framed);
+        // Other levels are zstd's own: one frame compresses the same either way.
+        let (framed3, _) = encode_framed(&data[..], 3, 0).expect("level 3");
+        assert_eq!(framed3[HEADER_LEN..], encode_hashed(&data, Digest::of(&data), 3).expect("level 3").0[HEADER_LEN..]);
+        assert_eq!(decode_vec(&framed).expect("decode").1, data);
     }
 
     proptest! {

@@ -10,6 +10,8 @@
 #        (also available: walpush-file-noahead walpush-s3-noahead pgbr-posix-sync pgbr-s3-sync, and for the
 #        compression-bound ceiling zstd-2 (zstd at WALPUSH_LEVEL, 2 streams) and pg-true (archive_command /bin/true))
 #        PUSH_CONCURRENCY=2 PUSH_AHEAD=16  S3_SERVER=moto|s3s|s3s-fs  PGBR_COMPRESS_LEVEL  TIMEOUT=900 (s per drain)
+#        WAL_PUSH_BEFORE=/path/to/wal-push: another build (say, of the commit before a change), drained as the tool
+#        walpush-before-file, to compare two builds on the same WAL in one run
 set -euo pipefail
 source "$(dirname "$0")/lib.sh"
 
@@ -21,6 +23,12 @@ PUSH_AHEAD=${PUSH_AHEAD:-16}
 TIMEOUT=${TIMEOUT:-900}
 
 bench_start throughput
+if [[ " $TOOLS " == *" walpush-before-file "* ]]; then
+    [ -x "${WAL_PUSH_BEFORE:-}" ] || die "walpush-before-file needs WAL_PUSH_BEFORE=<a wal-push binary>"
+    # Named wal-push in a directory of its own: a call starts the background pusher from beside itself.
+    mkdir -p "$WORK/bin-before"
+    cp "$WAL_PUSH_BEFORE" "$WORK/bin-before/wal-push"
+fi
 
 PORT=$(free_port)
 DATA=$WORK/data
@@ -112,6 +120,7 @@ drain() {
             walpush_conf "$d/wp.toml" "$url" "$d/spool" "push_concurrency = $PUSH_CONCURRENCY" \
                 "push_ahead = $ahead" "fetch_prefetch = 0"
             cmd="$WAL_PUSH --config $d/wp.toml %p"
+            [[ $tool == walpush-before-* ]] && cmd="$WORK/bin-before/wal-push --config $d/wp.toml %p"
             ;;
         pgbr-*)
             local kind=posix async=n

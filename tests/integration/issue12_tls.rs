@@ -198,7 +198,10 @@ fn issue_12_tls_to_postgresql() {
     ] {
         assert_ok(&format!("catalog migrate with {name}"), &migrate(name, host, "postgres", &tls));
     }
-    assert_eq!(server.cluster.sql("select max(version) from backupctl.schema_history"), "3");
+    assert_eq!(
+        server.cluster.sql("select max(version) from backupctl.schema_history"),
+        backupctl::catalog::latest_version().to_string()
+    );
 
     // The server's certificate names localhost, not 127.0.0.1: verify-full refuses it, verify-ca (above) not.
     let err = failure(

@@ -285,8 +285,13 @@ struct NodeBuilder {
     block_size: u32,
     first_block: u64,
     frames: Vec<ObjectId>,
+    /// Each of `frames`' position, so that naming a frame costs the same however many the node has.
+    frame_positions: std::collections::HashMap<ObjectId, u32>,
     digests: Vec<u64>,
     sources: Vec<Pending>,
+    /// Per frame being filled or in flight (`seq`), the positions in `sources` of the blocks waiting for it: a
+    /// frame's completion touches only its own blocks, not every block of the node.
+    waiting: std::collections::HashMap<u32, Vec<u32>>,
     whole: Vec<u8>,
     whole_seq: u32,
     delta: Vec<u8>,
@@ -303,8 +308,10 @@ impl NodeBuilder {
             block_size,
             first_block,
             frames: Vec::new(),
+            frame_positions: std::collections::HashMap::new(),
             digests: Vec::new(),
             sources: Vec::new(),
+            waiting: std::collections::HashMap::new(),
             whole: Vec::new(),
             whole_seq: 0,
             delta: Vec::new(),
@@ -315,13 +322,19 @@ impl NodeBuilder {
     }
 
     fn frame_index(&mut self, id: ObjectId) -> u32 {
-        match self.frames.iter().position(|f| *f == id) {
-            Some(i) => i as u32,
-            None => {
-                self.frames.push(id);
-                (self.frames.len() - 1) as u32
-            }
+        let next = self.frames.len() as u32;
+        let at = *self.frame_positions.entry(id).or_insert(next);
+        if at == next {
+            self.frames.push(id);
         }
+        at
+    }
+
+    /// Add a block waiting for frame `seq`.
+    fn push_pending(&mut self, digest: u64, pending: Pending, seq: u32) {
+        self.waiting.entry(seq).or_default().push(self.sources.len() as u32);
+        self.digests.push(digest);
+        self.sources.push(pending);
     }
 
     /// Keep a block of the previous node as it was.
@@ -342,8 +355,7 @@ impl NodeBuilder {
         // A short (last) block is padded to the block size inside the frame; its length comes from the file size.
         self.whole.extend_from_slice(block);
         self.whole.resize(self.whole.len().next_multiple_of(self.block_size as usize), 0);
-        self.digests.push(digest);
-        self.sources.push(Pending::Whole { seq: self.whole_seq, slot });
+        self.push_pending(digest, Pending::Whole { seq: self.whole_seq, slot }, self.whole_seq);
     }
 
     fn add_delta(&mut self, digest: u64, base: ObjectId, base_slot: u32, xor: &[u8]) {
@@ -351,8 +363,7 @@ impl NodeBuilder {
         let slot = (self.delta.len() / self.block_size as usize) as u32;
         self.delta.extend_from_slice(xor);
         self.delta.resize(self.delta.len().next_multiple_of(self.block_size as usize), 0);
-        self.digests.push(digest);
-        self.sources.push(Pending::Delta { base_frame, base_slot, seq: self.delta_seq, slot });
+        self.push_pending(digest, Pending::Delta { base_frame, base_slot, seq: self.delta_seq, slot }, self.delta_seq);
     }
 
     /// Hand `raw` (frame `seq`) to the packer; wait for the oldest frames beyond [`FRAMES_IN_FLIGHT`].
@@ -369,7 +380,8 @@ impl NodeBuilder {
         let Some((seq, task)) = self.in_flight.pop_front() else { return Ok(()) };
         let id = task.await.map_err(|e| Error::Task(e.to_string()))??;
         let frame = self.frame_index(id);
-        for s in &mut self.sources {
+        for at in self.waiting.remove(&seq).unwrap_or_default() {
+            let Some(s) = self.sources.get_mut(at as usize) else { continue };
             match *s {
                 Pending::Whole { seq: q, slot } if q == seq => *s = Pending::Done(Source::Whole { frame, slot }),
                 Pending::Delta { base_frame, base_slot, seq: q, slot } if q == seq => {

@@ -282,6 +282,18 @@ impl Catalog {
         }
     }
 
+    /// Run `f` holding the catalog lock (the advisory lock that serializes migrations and syncs). A sync reads
+    /// what the catalog holds and the repository under it, then writes: another sync committing in between would
+    /// otherwise be overwritten by an older picture (a backup marked removed that exists, pruned WAL brought
+    /// back). The lock is re-entrant within the session, so `f` may migrate or sync. Errors: taking the lock
+    /// ([`Error::Query`]), or `f`'s.
+    pub fn locked<T, E: From<Error>>(&mut self, f: impl FnOnce(&mut Self) -> Result<T, E>) -> Result<T, E> {
+        self.lock()?;
+        let result = f(self);
+        self.unlock();
+        result
+    }
+
     fn lock(&mut self) -> Result<(), Error> {
         self.client.execute("select pg_advisory_lock($1)", &[&LOCK_KEY]).map_err(|source| Error::Query {
             target: self.target.clone(),

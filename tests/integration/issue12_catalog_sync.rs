@@ -294,3 +294,67 @@ fn issue_12_catalog_sync_unchanged_s3_repository() {
     let Some((url, extra)) = s3_repo("catalog-unchanged") else { return };
     scenario(&url, &extra, "catalog-unchanged-s3");
 }
+
+/// Two syncs at once: sync A reads the catalog and the repository's listings, then (paused by a hook before its
+/// first read under `backups/`) a new backup is taken and `backupctl catalog sync` B starts. B must not commit
+/// while A holds its older picture: before the fix B committed at once, A committed after it, and the new
+/// backup's row was marked removed while the backup existed. Now B waits for A's lock and mirrors the newer state.
+#[test]
+fn issue_12_catalog_concurrent_syncs_keep_the_newest_picture() {
+    if require_pg().is_none() {
+        return;
+    }
+    let repo = FileRepo::new("catalog-concurrent");
+    let env = Env::start(&repo.url(), "", "catalog-concurrent-file");
+    env.src.cluster.sql("create table t (id int, pad text)");
+    env.write(0);
+    env.backup("full");
+    env.sync("first sync");
+    env.write(1);
+    env.backup("incremental");
+
+    let newest: Arc<std::sync::Mutex<Option<(String, std::process::Child)>>> = Arc::default();
+    let action = {
+        let (newest, bare, config) = (newest.clone(), env.bare.clone(), env.src.config.clone());
+        move || {
+            let out = as_postgres(&bin("base-backup"))
+                .arg("--config")
+                .arg(&bare)
+                .args(["--fast", "--json", "--type", "incremental"])
+                .output()
+                .expect("base-backup");
+            assert_ok("base-backup during the sync", &out);
+            let v: Value = serde_json::from_slice(&out.stdout).expect("JSON");
+            let id = v["id"].as_str().expect("id").to_owned();
+            let b = as_postgres(&bin("backupctl"))
+                .arg("--config")
+                .arg(&config)
+                .args(["catalog", "sync", "--json-output"])
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .expect("catalog sync B");
+            // Time for B to read and commit, had it not to wait for A.
+            std::thread::sleep(Duration::from_secs(3));
+            *newest.lock().expect("lock") = Some((id, b));
+        }
+    };
+    let deadline = Duration::from_secs(env.config.archive.retry_deadline_seconds);
+    let inner = env
+        .rt
+        .block_on(backupctl::storage::open(&env.config.repository.url, &env.config.repository.s3, deadline))
+        .expect("open");
+    let paused = Arc::new(
+        backupctl::storage::testing::Faulty::new(inner, 0, Duration::ZERO).before_first_get("backups/", action),
+    );
+    backupctl::cli::admin::catalog::sync_storage(&env.config, &env.rt, paused.as_ref(), true).expect("sync A");
+    let (id, b) = newest.lock().expect("lock").take().expect("the hook ran");
+    let b = b.wait_with_output().expect("sync B");
+    assert_ok("catalog sync B", &b);
+    assert_eq!(
+        env.cat.sql(&format!("select count(*) from backupctl.backups where id = '{id}' and removed_at is null")),
+        "1",
+        "the backup taken during sync A is in the catalog, not marked removed"
+    );
+    assert_status_agrees(&env.src, &[]);
+}

@@ -52,34 +52,42 @@ pub fn sync_storage(
     // The schema first: an implicit update that may not migrate it reads nothing more.
     let mut c = super::open(config, rt, storage)?;
     let change = c.prepare_schema(may_migrate)?;
+    let policy = Policy::resolve(&config.retention, None)?;
+    // From reading the catalog's rows and the listings to the commit, under the catalog lock: a sync that read
+    // earlier must not commit its older picture over a newer one (it waits for the other sync instead).
+    let report = c.locked(|c| mirror(c, config, rt, storage, &policy))?;
+    Ok((report, change))
+}
+
+/// Read what the catalog holds for `storage`'s repository and what changed in it since, then write the
+/// difference. Call it holding the catalog lock ([`catalog::Catalog::locked`]).
+fn mirror(
+    c: &mut catalog::Catalog,
+    config: &Config,
+    rt: &tokio::runtime::Runtime,
+    storage: &dyn Storage,
+    policy: &Policy,
+) -> Result<SyncReport, Error> {
     let started = std::time::Instant::now();
     let ms = |since: std::time::Instant| u64::try_from(since.elapsed().as_millis()).unwrap_or(u64::MAX);
     let clock = crate::verify::clock_from_config(config, std::time::SystemTime::now());
-    let policy = Policy::resolve(&config.retention, None)?;
-    let repository = storage.to_string();
-    let stored = c.stored(&repository)?;
+    let repository = &storage.to_string();
+    let stored = c.stored(repository)?;
     let listings = rt.block_on(Listings::read(storage))?;
     let Mirrored { status, backup_inputs, is_complete } =
-        rt.block_on(backups_status(storage, &clock, &policy, &listings, &stored))?;
+        rt.block_on(backups_status(storage, &clock, policy, &listings, &stored))?;
     let backup_rows =
         reuse::backup_rows_digest(status.backups.iter().map(|b| (&b.manifest, &b.manifest_digest, &b.sizes)));
     // What `backupctl status` shows, so that `status --from-catalog` gives the same answer.
-    let (document, backups) = super::super::status::documents(&status, &repository);
+    let (document, backups) = super::super::status::documents(&status, repository);
     let (dumps, dump_states) = rt.block_on(dumps(storage, &stored))?;
     let state = SyncState { version: SYNC_STATE_VERSION, backup_inputs, is_complete, backup_rows, dumps: dump_states };
-    let input = SyncInput {
-        repository: &repository,
-        status: &status,
-        document,
-        backups: &backups,
-        dumps: &dumps,
-        state: &state,
-    };
+    let input = SyncInput { repository, status: &status, document, backups: &backups, dumps: &dumps, state: &state };
     tracing::debug!(elapsed_ms = ms(started), "catalog sync: repository read");
     let writing = std::time::Instant::now();
-    let report = catalog::sync(&mut c, &input)?;
+    let report = catalog::sync(c, &input)?;
     tracing::debug!(elapsed_ms = ms(writing), rows = report.total(), "catalog sync: catalog written");
-    Ok((report, change))
+    Ok(report)
 }
 
 /// The status a sync mirrors, and what it records about the backups' inputs.

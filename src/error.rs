@@ -426,6 +426,9 @@ impl Error {
                 doc!("design/catalog.md"),
                 ")"
             ),
+            Error::Catalog(crate::catalog::Error::OtherRepository { .. }) => {
+                "if this repository was re-created for a new cluster, retire the old row first (in the catalog: update backupctl.repositories set url = url || ' (retired)' where url = 'URL'); if two repositories share the URL on different S3 endpoints or hosts, give each its own catalog database"
+            }
             Error::Catalog(crate::catalog::Error::NotSynced { .. }) => {
                 "run `backupctl catalog sync` to mirror this repository into the catalog (base-backup, dump and prune keep it up to date afterwards)"
             }

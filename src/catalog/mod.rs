@@ -113,6 +113,23 @@ pub enum Error {
         /// The newest version this build has.
         known: i64,
     },
+    /// The catalog's row for this repository URL was synced from a repository of another cluster: two
+    /// repositories with the same URL (on different S3 endpoints, or the same `file://` path on different hosts)
+    /// would otherwise overwrite each other's rows at every sync.
+    #[error(
+        "catalog at {target} holds repository {url} of cluster {recorded}, but the repository at that URL now \
+         belongs to cluster {found} (system identifiers): the catalog names a repository by its URL"
+    )]
+    OtherRepository {
+        /// host:port/dbname.
+        target: String,
+        /// The repository URL.
+        url: String,
+        /// The `system_identifier` the catalog row holds.
+        recorded: String,
+        /// The repository's `system_identifier` (its `cluster.json`).
+        found: String,
+    },
     /// The catalog is inside the cluster the repository archives.
     #[error(
         "catalog at {target} is in the cluster this repository archives (system identifier {system_identifier}): \
@@ -311,8 +328,13 @@ impl Catalog {
     /// The repository-level status document and the backups' and dumps' documents (oldest first, removed ones
     /// left out) stored for `repository` by the last sync. [`Error::NotSynced`] if no sync wrote it (no schema, or
     /// no row for `repository`); [`Error::OlderSchema`] or [`Error::NewerSchema`] for a schema at another version
-    /// than this build's.
-    pub fn status_documents(&mut self, repository: &str) -> Result<StatusDocuments, Error> {
+    /// than this build's; [`Error::OtherRepository`] when the row was synced from a repository of another cluster
+    /// than `system_identifier` (the repository's `cluster.json`; `None`: nothing archived yet, not compared).
+    pub fn status_documents(
+        &mut self,
+        repository: &str,
+        system_identifier: Option<&str>,
+    ) -> Result<StatusDocuments, Error> {
         let target = self.target.clone();
         let not_synced = || Error::NotSynced { target: target.clone(), repository: repository.to_owned() };
         let version = self.schema_version()?;
@@ -325,12 +347,25 @@ impl Catalog {
         let q = |source| Error::Query { target: target.clone(), what: "reading status", source };
         let Some(row) = self
             .client
-            .query_opt("select id, status from backupctl.repositories where url = $1", &[&repository])
+            .query_opt(
+                "select id, status, system_identifier from backupctl.repositories where url = $1",
+                &[&repository],
+            )
             .map_err(q)?
         else {
             return Err(not_synced());
         };
-        let (id, status): (i64, serde_json::Value) = (row.get(0), row.get(1));
+        let (id, status, recorded): (i64, serde_json::Value, Option<String>) = (row.get(0), row.get(1), row.get(2));
+        if let (Some(recorded), Some(found)) = (recorded, system_identifier)
+            && recorded != found
+        {
+            return Err(Error::OtherRepository {
+                target: self.target.clone(),
+                url: repository.to_owned(),
+                recorded,
+                found: found.to_owned(),
+            });
+        }
         let backups = self
             .client
             .query(

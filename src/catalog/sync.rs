@@ -284,11 +284,21 @@ pub fn sync(catalog: &mut Catalog, input: &SyncInput<'_>) -> Result<SyncReport, 
     // Strings and maps with string keys: serializing cannot fail (and a null state only makes the next sync read
     // everything).
     let state = serde_json::to_value(input.state).unwrap_or_default();
-    let existing: Option<i64> = tx
-        .query_opt("select id from backupctl.repositories where url = $1", &[&input.repository])
+    let existing: Option<(i64, Option<String>)> = tx
+        .query_opt("select id, system_identifier from backupctl.repositories where url = $1", &[&input.repository])
         .map_err(q("reading repositories"))?
-        .map(|r| r.get(0));
-    let repository_id: i64 = match existing {
+        .map(|r| (r.get(0), r.get(1)));
+    if let (Some((_, Some(recorded))), Some(found)) = (&existing, &sysid)
+        && recorded != found
+    {
+        return Err(Error::OtherRepository {
+            target,
+            url: input.repository.to_owned(),
+            recorded: recorded.clone(),
+            found: found.clone(),
+        });
+    }
+    let repository_id: i64 = match existing.map(|(id, _)| id) {
         Some(id) => {
             report.repositories += tx
                 .execute(

@@ -361,7 +361,9 @@ pub async fn open(url: &str, s3: &crate::config::S3Config, retry_deadline: std::
         if !path.starts_with('/') {
             return Err(invalid("a file:// URL needs an absolute path, e.g. file:///srv/archive"));
         }
-        Arc::new(fs::FsStorage::new(path))
+        // Written as the same path however it was spelled (`/repo/`, `//repo`, `/./repo`): the URL names the
+        // repository in the catalog and in messages. `..` is left alone (it depends on links).
+        Arc::new(fs::FsStorage::new(std::path::Path::new(path).components().collect::<std::path::PathBuf>()))
     } else if let Some(rest) = url.strip_prefix("s3://") {
         let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
         if bucket.is_empty() {
@@ -377,6 +379,18 @@ pub async fn open(url: &str, s3: &crate::config::S3Config, retry_deadline: std::
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// One repository, one name: `file://` paths spelled differently open as the same URL.
+    #[tokio::test]
+    async fn file_urls_are_named_by_their_normal_path() {
+        let s3 = crate::config::S3Config::default();
+        for url in ["file:///srv/repo", "file:///srv/repo/", "file:////srv//repo", "file:///srv/./repo/."] {
+            let opened = open(url, &s3, std::time::Duration::ZERO).await.expect("open");
+            assert_eq!(opened.to_string(), "file:///srv/repo", "{url}");
+        }
+        let dotdot = open("file:///srv/x/../repo", &s3, std::time::Duration::ZERO).await.expect("open");
+        assert_eq!(dotdot.to_string(), "file:///srv/x/../repo");
+    }
 
     #[test]
     fn key_validation_table() {

@@ -358,3 +358,50 @@ fn issue_12_catalog_concurrent_syncs_keep_the_newest_picture() {
     );
     assert_status_agrees(&env.src, &[]);
 }
+
+/// The catalog names a repository by its URL. A repository re-created at the same path for another cluster (or
+/// two repositories of one URL on different hosts or S3 endpoints) must not silently take over the first one's
+/// rows: the sync and `status --from-catalog` refuse, naming both clusters, and the hint's statement (retire
+/// the old row) lets the new repository be mirrored. Before, the sync overwrote the row and marked the first
+/// repository's backups removed, and `status --from-catalog` showed one repository's backups for the other.
+#[test]
+fn issue_12_catalog_refuses_another_cluster_at_the_same_url() {
+    if require_pg().is_none() {
+        return;
+    }
+    let cat = CatalogCluster::start("catalog-other");
+    let repo = FileRepo::new("catalog-other");
+    // Spelled with a trailing slash: the catalog row is named by the normal path all the same.
+    let url = format!("{}/", repo.url());
+    let mut first = Source::start("catalog-other-a", &url, &cat.section());
+    assert_ok("first cluster's backup", &first.base_backup(&["--fast"]));
+    assert_ok("first cluster's sync", &backupctl(&first, &["catalog", "sync"]));
+    let recorded = cat.sql("select system_identifier from backupctl.repositories");
+    assert_eq!(cat.sql("select url from backupctl.repositories"), repo.url());
+    first.cluster.stop();
+
+    // The repository is re-created for a new cluster at the same path.
+    for entry in std::fs::read_dir(repo.dir.path()).expect("repo") {
+        let path = entry.expect("entry").path();
+        if path.is_dir() { std::fs::remove_dir_all(&path) } else { std::fs::remove_file(&path) }.expect("remove");
+    }
+    let second = Source::start("catalog-other-b", &repo.url(), &cat.section());
+    let backup = second.base_backup(&["--fast"]);
+    assert_ok("second cluster's backup (the catalog update is only a warning)", &backup);
+    let warned = String::from_utf8_lossy(&backup.stderr);
+    assert!(warned.contains("catalog not updated") && warned.contains(&recorded), "{warned}");
+    for args in [&["catalog", "sync"][..], &["status", "--from-catalog"]] {
+        let out = backupctl(&second, args);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {err}");
+        assert!(err.contains(&format!("holds repository {} of cluster {recorded}", repo.url())), "{args:?}: {err}");
+        assert!(err.contains("retire the old row"), "{args:?}: {err}");
+    }
+    assert_eq!(cat.sql("select count(*) from backupctl.backups where removed_at is null"), "1", "untouched");
+
+    // What the hint says, then the new repository is mirrored beside the retired one.
+    cat.sql(&format!("update backupctl.repositories set url = url || ' (retired)' where url = '{}'", repo.url()));
+    assert_ok("sync after retiring", &backupctl(&second, &["catalog", "sync"]));
+    assert_eq!(cat.sql("select count(*) from backupctl.repositories"), "2");
+    assert_status_agrees(&second, &[]);
+}

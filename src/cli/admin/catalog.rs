@@ -237,7 +237,9 @@ pub(super) fn status(ctx: &Ctx, args: &StatusArgs) -> Result<(), Error> {
     // The same refusal as every other catalog command: a catalog in the archived cluster was never synced, and
     // saying so would send the user to a sync that is refused too.
     let mut c = open(&ctx.config, &ctx.rt, storage.as_ref())?;
-    let catalog::StatusDocuments { status: mut v, backups, mut dumps } = c.status_documents(&repository)?;
+    let cluster = ctx.rt.block_on(crate::repository::store::cluster_info(storage.as_ref()))?;
+    let sysid = cluster.as_ref().map(|c| c.system_identifier.as_str());
+    let catalog::StatusDocuments { status: mut v, backups, mut dumps } = c.status_documents(&repository, sysid)?;
     if args.backup_type == Some(super::status::dumps::StatusType::Dump) {
         if let Some(n) = args.last {
             dumps.drain(..dumps.len().saturating_sub(n));

@@ -132,7 +132,10 @@ pub fn explain(e: &postgres::Error) -> Option<&'static str> {
             c.downcast_ref::<io::Error>().and_then(|io| io.get_ref()).map(|i| i as &(dyn std::error::Error + 'static));
         if let Some(rustls::Error::InvalidCertificate(cert)) = inner.and_then(|i| i.downcast_ref::<rustls::Error>()) {
             return match cert {
-                C::UnknownIssuer => Some("the server's certificate is not signed by a CA in sslrootcert"),
+                C::UnknownIssuer => Some(
+                    "the server's certificate is not signed by a CA in sslrootcert (with \"system\": by none of the \
+                     operating system's CAs)",
+                ),
                 C::Expired | C::ExpiredContext { .. } => Some("the server's certificate has expired"),
                 C::NotValidYet | C::NotValidYetContext { .. } => Some("the server's certificate is not valid yet"),
                 C::NotValidForName | C::NotValidForNameContext { .. } => {

@@ -18,7 +18,7 @@ use std::fmt;
 use std::io::{self, Read, Write};
 
 pub use digest::digest_file;
-pub use framed::{FRAME, encode_framed};
+pub use framed::{FRAME, encode_framed, read_full};
 
 /// Length of the object header.
 pub const HEADER_LEN: usize = 64;

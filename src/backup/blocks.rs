@@ -159,16 +159,15 @@ impl BlockContext {
         }
     }
 
-    /// Save an encoded node unless it exists or another worker of this backup is saving it: its id, and the
-    /// bytes this call added to the repository (0 when it existed or was being saved). Counting only what this call
-    /// created keeps a backup's `bytes_stored` equal to the repository's growth even against a server that lets two
-    /// concurrent create-only puts of one key both succeed. A node left to another worker is confirmed by the final
-    /// presence check, and a failed save fails the backup.
+    /// Save an encoded node (`id`: [`ObjectId::of`] `raw`) unless it exists or another worker of this backup is
+    /// saving it: its id, and the bytes this call added to the repository (0 when it existed or was being saved).
+    /// Counting only what this call created keeps a backup's `bytes_stored` equal to the repository's growth even
+    /// against a server that lets two concurrent create-only puts of one key both succeed. A node left to another
+    /// worker is confirmed by the final presence check, and a failed save fails the backup.
     ///
     /// # Errors
     /// The storage's, from [`packstore::save_raw`].
-    async fn save_node(&self, raw: &[u8]) -> Result<(ObjectId, u64), Error> {
-        let id = ObjectId::of(raw);
+    async fn save_node(&self, id: ObjectId, raw: &[u8]) -> Result<(ObjectId, u64), Error> {
         let claimed = self.saving.lock().map_or(true, |mut s| s.insert(id));
         if !claimed {
             return Ok((id, 0));
@@ -596,8 +595,11 @@ pub async fn copy_nodes(
         // another in each worker) saves a round trip per unchanged node on S3.
         let raw = node.encode();
         let id = ObjectId::of(&raw);
-        let (id, stored) =
-            if prev.get(node_no as usize) == Some(&id) && !ctx.is_full { (id, 0) } else { ctx.save_node(&raw).await? };
+        let (id, stored) = if prev.get(node_no as usize) == Some(&id) && !ctx.is_full {
+            (id, 0)
+        } else {
+            ctx.save_node(id, &raw).await?
+        };
         ctx.stats.node_bytes_new.fetch_add(stored, std::sync::atomic::Ordering::Relaxed);
         ctx.stats.nodes_written.fetch_add(u64::from(stored > 0), std::sync::atomic::Ordering::Relaxed);
         nodes.push(id);
@@ -629,12 +631,13 @@ mod tests {
         let packer = Arc::new(Packer::new(storage.clone(), 1, 1 << 20, 2, index.clone()));
         let ctx = BlockContext::new(storage, packer, index, Arc::new(PageVerifier::disabled()), BS, true, 1);
         let raw = vec![7u8; 700];
-        let (a, b) = tokio::join!(ctx.save_node(&raw), ctx.save_node(&raw));
+        let id = ObjectId::of(&raw);
+        let (a, b) = tokio::join!(ctx.save_node(id, &raw), ctx.save_node(id, &raw));
         let (a, b) = (a.expect("first"), b.expect("second"));
         assert_eq!(a.0, b.0);
         assert!((a.1 == 0) != (b.1 == 0), "exactly one of them counts the node: {a:?} {b:?}");
         assert_eq!(faulty.calls(), 2, "one existence check and one put");
-        let (_, again) = ctx.save_node(&raw).await.expect("third");
+        let (_, again) = ctx.save_node(id, &raw).await.expect("third");
         assert_eq!(again, 0, "saved before: nothing new");
     }
 

@@ -143,6 +143,21 @@ pub enum Error {
     },
 }
 
+/// [`Error::OtherRepository`] when the row of the catalog at `target` for repository `url` holds another cluster
+/// (`recorded`, its `system_identifier`) than the repository's (`found`, its `cluster.json`); either unknown
+/// (`None`) is not compared.
+fn same_cluster(target: &str, url: &str, recorded: Option<&str>, found: Option<&str>) -> Result<(), Error> {
+    match (recorded, found) {
+        (Some(recorded), Some(found)) if recorded != found => Err(Error::OtherRepository {
+            target: target.to_owned(),
+            url: url.to_owned(),
+            recorded: recorded.to_owned(),
+            found: found.to_owned(),
+        }),
+        _ => Ok(()),
+    }
+}
+
 /// One session with the catalog database.
 pub struct Catalog {
     client: postgres::Client,
@@ -356,16 +371,7 @@ impl Catalog {
             return Err(not_synced());
         };
         let (id, status, recorded): (i64, serde_json::Value, Option<String>) = (row.get(0), row.get(1), row.get(2));
-        if let (Some(recorded), Some(found)) = (recorded, system_identifier)
-            && recorded != found
-        {
-            return Err(Error::OtherRepository {
-                target: self.target.clone(),
-                url: repository.to_owned(),
-                recorded,
-                found: found.to_owned(),
-            });
-        }
+        same_cluster(&self.target, repository, recorded.as_deref(), system_identifier)?;
         let backups = self
             .client
             .query(

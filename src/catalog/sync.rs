@@ -288,16 +288,7 @@ pub fn sync(catalog: &mut Catalog, input: &SyncInput<'_>) -> Result<SyncReport, 
         .query_opt("select id, system_identifier from backupctl.repositories where url = $1", &[&input.repository])
         .map_err(q("reading repositories"))?
         .map(|r| (r.get(0), r.get(1)));
-    if let (Some((_, Some(recorded))), Some(found)) = (&existing, &sysid)
-        && recorded != found
-    {
-        return Err(Error::OtherRepository {
-            target,
-            url: input.repository.to_owned(),
-            recorded: recorded.clone(),
-            found: found.clone(),
-        });
-    }
+    super::same_cluster(&target, input.repository, existing.as_ref().and_then(|e| e.1.as_deref()), sysid.as_deref())?;
     let repository_id: i64 = match existing.map(|(id, _)| id) {
         Some(id) => {
             report.repositories += tx

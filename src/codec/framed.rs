@@ -69,8 +69,9 @@ pub fn encode_framed(mut input: impl Read, level: i32, size_hint: u64) -> Result
     })
 }
 
-/// Fill `buf` from `input`; fewer bytes only at the end of the input.
-fn read_full(input: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
+/// Fill `buf` from `input`, retrying interrupted reads: the bytes read, fewer than `buf.len()` only at the end of
+/// the input. Errors: `input`'s.
+pub fn read_full(input: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
     let mut total = 0;
     while total < buf.len() {
         match input.read(&mut buf[total..]) {

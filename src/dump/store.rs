@@ -35,15 +35,8 @@ pub(super) async fn store_reader<R: Read + Send + 'static>(
         let what = label.to_owned();
         let (r, h, buf) = blocking(move || {
             let mut buf = vec![0u8; FRAME_RAW_MAX];
-            let mut n = 0;
-            while n < buf.len() {
-                match reader.read(&mut buf[n..]) {
-                    Ok(0) => break,
-                    Ok(k) => n += k,
-                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                    Err(source) => return Err(Error::Io { path: what.into(), source }.into()),
-                }
-            }
+            let n = crate::codec::read_full(&mut reader, &mut buf)
+                .map_err(|source| Error::Io { path: what.into(), source })?;
             buf.truncate(n);
             hasher.update(&buf);
             Ok((reader, hasher, buf))

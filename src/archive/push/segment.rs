@@ -72,7 +72,7 @@ pub fn inspect(name: &WalFileName, path: &Path) -> Result<Inspected, Error> {
     match name {
         WalFileName::Segment(seg) | WalFileName::Partial(seg) => {
             let mut first = vec![0u8; LONG_HEADER_LEN];
-            let n = read_up_to(&mut file, &mut first).map_err(read_err)?;
+            let n = codec::read_full(&mut file, &mut first).map_err(read_err)?;
             let bad = |source| Error::BadSegment { path: path.to_path_buf(), source };
             let header = LongPageHeader::parse(&name.to_string(), &first[..n]).map_err(bad)?;
             let seg_size = header.validate(seg, &name.to_string(), size).map_err(bad)?;
@@ -104,19 +104,6 @@ pub fn inspect(name: &WalFileName, path: &Path) -> Result<Inspected, Error> {
             Ok(Inspected { size, identity, cluster: None })
         }
     }
-}
-
-fn read_up_to(file: &mut File, buf: &mut [u8]) -> std::io::Result<usize> {
-    let mut total = 0;
-    while total < buf.len() {
-        match file.read(&mut buf[total..]) {
-            Ok(0) => break,
-            Ok(n) => total += n,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(total)
 }
 
 /// Read the whole file through zstd and blake3 in one pass, checking it did not change size. On one thread, as

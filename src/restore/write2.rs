@@ -19,7 +19,9 @@ use std::sync::Arc;
 use futures_util::stream::{self, StreamExt, TryStreamExt};
 
 use super::batches::{NODES_PER_BATCH, plan_batches};
-use super::write::{Layout, WriteOp, WriteStats, apply_ranges, created, open_for_write, plan, start_writeback};
+use super::write::{
+    FileLocks, Layout, WriteOp, WriteStats, apply_ranges, created, open_for_write, plan, start_writeback,
+};
 use crate::Error;
 use crate::archive::blocking;
 use crate::progress::{NoProgress, Progress};
@@ -358,8 +360,14 @@ async fn fetch_and_apply(
                     let is_last = next.is_none();
                     // Write what can be written now; wait for a file only at the end or with the queue full.
                     while let Some((loc, ops, raw)) = decoded.front() {
-                        let must = is_last || decoded.len() >= DECODE_AHEAD;
-                        let Some(_file) = locks.take(ops, must) else { break };
+                        let _file = match block_target(ops) {
+                            None => None,
+                            Some(path) if is_last || decoded.len() >= DECODE_AHEAD => Some(locks.take(path)),
+                            Some(path) => match locks.try_take(path) {
+                                Some(g) => Some(g),
+                                None => break,
+                            },
+                        };
                         written += apply(&format!("frame {} of {key}", loc.id), raw, ops, mode)?;
                         decoded.pop_front();
                     }
@@ -383,43 +391,13 @@ async fn fetch_and_apply(
 /// keeps while the file they go to is being written by another writer.
 const DECODE_AHEAD: usize = 4;
 
-/// Which writer is writing which large file: striped locks, keyed by the destination path.
-///
-/// The kernel lets one buffered `pwrite` into a file run at a time (ext4 holds the inode's lock for it), and a
-/// second writer of the same file spins on that lock while the first copies. Two writers on 2 cores then do the
-/// work of one (on the scale-100 bench, 16% of a restore's CPU was that spinning). A writer that finds its frame's
-/// file taken decodes its next frames instead ([`DECODE_AHEAD`]), and waits only with those decoded too. The locks
-/// order nothing: they only keep writers apart, so a collision of two files on one stripe costs time, not
-/// correctness.
-struct FileLocks([std::sync::Mutex<()>; 64]);
-
-impl Default for FileLocks {
-    fn default() -> Self {
-        Self(std::array::from_fn(|_| std::sync::Mutex::new(())))
-    }
-}
-
-impl FileLocks {
-    /// The lock of the file the first block write of `ops` goes to (`None` for small files' pieces, which go to
-    /// many files): taken at once, or, when `wait`, after the writer holding it is done; `Some(None)` when there is
-    /// nothing to lock, `None` when it is taken and `wait` is false.
-    fn take(&self, ops: &[Op], wait: bool) -> Option<Option<std::sync::MutexGuard<'_, ()>>> {
-        let path = ops.iter().find_map(|o| match o {
-            Op::Blocks { path, .. } | Op::Xor { path, .. } => Some(path),
-            Op::Piece(_) => None,
-        });
-        let Some(path) = path else { return Some(None) };
-        let stripe = &self.0[(Arc::as_ptr(path) as usize / std::mem::size_of::<PathBuf>()) % self.0.len()];
-        // A poisoned stripe only means another writer panicked while holding it: the lock still keeps writers apart.
-        match stripe.try_lock() {
-            Ok(g) => Some(Some(g)),
-            Err(std::sync::TryLockError::Poisoned(p)) => Some(Some(p.into_inner())),
-            Err(std::sync::TryLockError::WouldBlock) if wait => {
-                Some(Some(stripe.lock().unwrap_or_else(std::sync::PoisonError::into_inner)))
-            }
-            Err(std::sync::TryLockError::WouldBlock) => None,
-        }
-    }
+/// The file the first block write of `ops` goes to: the one a writer of this frame keeps to itself ([`FileLocks`]);
+/// `None` for small files' pieces, which go to many small files.
+fn block_target(ops: &[Op]) -> Option<&Arc<PathBuf>> {
+    ops.iter().find_map(|o| match o {
+        Op::Blocks { path, .. } | Op::Xor { path, .. } => Some(path),
+        Op::Piece(_) => None,
+    })
 }
 
 /// The destination file `path`, opened for reading and writing once per frame (without following a link).
@@ -526,38 +504,20 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_file_taken_by_one_writer_is_skipped_or_waited_for_by_another() {
-        let locks = Arc::new(FileLocks::default());
+    fn a_frame_keeps_the_file_of_its_first_block_write() {
         let (a, b) = (Arc::new(PathBuf::from("/r/a")), Arc::new(PathBuf::from("/r/b")));
-        let to =
-            |path: &Arc<PathBuf>| vec![Op::Blocks { path: path.clone(), file_offset: 0, frame_offset: 0, length: 1 }];
-        let (to_a, to_b) = (to(&a), to(&b));
-        let pieces = vec![Op::Piece(WriteOp {
+        let piece = Op::Piece(WriteOp {
             path: Arc::new(PathBuf::from("/r/small")),
             file_offset: 0,
             object_offset: 0,
             length: 1,
             blake3: ObjectId::of(b"x"),
-        })];
-        let held = locks.take(&to_a, false).expect("free").expect("a lock");
-        assert!(locks.take(&to_a, false).is_none(), "a file being written is not taken again");
-        assert!(locks.take(&pieces, false).expect("pieces need no lock").is_none());
-        let same_stripe = |x: &Arc<PathBuf>, y: &Arc<PathBuf>| {
-            let stripe = |p: &Arc<PathBuf>| (Arc::as_ptr(p) as usize / std::mem::size_of::<PathBuf>()) % 64;
-            stripe(x) == stripe(y)
-        };
-        if !same_stripe(&a, &b) {
-            assert!(locks.take(&to_b, false).is_some(), "another file is free");
-        }
-        // A writer that must write waits until the holder is done.
-        let waiter = {
-            let (locks, to_a) = (locks.clone(), to_a.clone());
-            std::thread::spawn(move || locks.take(&to_a, true).map(|g| g.is_some()))
-        };
-        std::thread::sleep(std::time::Duration::from_millis(50));
-        assert!(!waiter.is_finished(), "the waiter waits for the holder");
-        drop(held);
-        assert_eq!(waiter.join().ok().flatten(), Some(true));
+        });
+        let blocks =
+            |path: &Arc<PathBuf>| Op::Blocks { path: path.clone(), file_offset: 0, frame_offset: 0, length: 1 };
+        assert!(block_target(std::slice::from_ref(&piece)).is_none());
+        let ops = [piece, blocks(&a), blocks(&b)];
+        assert!(block_target(&ops).is_some_and(|p| Arc::ptr_eq(p, &a)));
     }
 
     #[test]

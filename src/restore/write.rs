@@ -727,8 +727,6 @@ pub fn remap_tablespace_map(map: &str, layout: &Layout) -> Vec<u8> {
 mod tests {
     use super::*;
 
-    /// Locations are written escaped as PostgreSQL reads them, whatever bytes they hold; escaped newlines in the
-    /// source's map do not split a record.
     #[test]
     fn a_file_taken_by_one_writer_is_skipped_or_waited_for_by_another() {
         let locks = Arc::new(FileLocks::default());
@@ -746,6 +744,8 @@ mod tests {
         assert!(locks.try_take(&a).is_some(), "free again");
     }
 
+    /// Locations are written escaped as PostgreSQL reads them, whatever bytes they hold; escaped newlines in the
+    /// source's map do not split a record.
     #[test]
     fn tablespace_map_is_escaped_like_postgres() {
         let layout = Layout {

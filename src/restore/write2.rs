@@ -7,7 +7,8 @@
 //!   into it; the result must have the digest the block map records, or the restore fails naming the block.
 //! - Frames are fetched by pack and offset, neighbours less than [`MERGE_GAP`] apart merged into one ranged read
 //!   of at most [`MAX_READ`] bytes; `parallel` reads are decoded and written while as many more download, so
-//!   memory is about `2 × parallel × MAX_READ`.
+//!   memory is about `2 × parallel × MAX_READ` (plus [`DECODE_AHEAD`] decoded frames per writer).
+//! - Two writers never write into one file at once ([`FileLocks`]).
 //! - Block-mapped files are planned and written a batch of at most
 //!   [`NODES_PER_BATCH`](super::batches::NODES_PER_BATCH) nodes at a time: memory does not grow with the cluster.
 

@@ -25,6 +25,8 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
+use backon::BackoffBuilder;
+
 use crate::Error;
 use crate::config::Config;
 use crate::pg;
@@ -477,7 +479,13 @@ async fn reuse_sets(
     Ok((present, reusable))
 }
 
-/// Wait until every segment from `start_wal` to `stop_wal` is in the archive.
+/// Shortest and longest pause (milliseconds) between two looks for a segment the archiver has still to store.
+/// PostgreSQL's archiver runs `archive_command` for the stop segment as soon as `pg_backup_stop` switches WAL, and
+/// wal-push stores a segment in milliseconds: the first looks come quickly, and a slow archive is polled less.
+const ARCHIVE_POLL_MS: (u64, u64) = (5, 200);
+
+/// Wait until every segment from `start_wal` to `stop_wal` is in the archive, looking for each one after
+/// pauses that grow from [`ARCHIVE_POLL_MS`]'s shortest to its longest.
 async fn wait_for_archive(
     storage: &dyn Storage,
     id: &BackupId,
@@ -492,6 +500,12 @@ async fn wait_for_archive(
     let mut seg = start;
     loop {
         let key = repository::wal_key(&WalFileName::Segment(seg));
+        let mut pauses = backon::ExponentialBuilder::default()
+            .with_min_delay(Duration::from_millis(ARCHIVE_POLL_MS.0))
+            .with_max_delay(Duration::from_millis(ARCHIVE_POLL_MS.1))
+            .with_factor(2.0)
+            .without_max_times()
+            .build();
         while !storage.exists(&key).await? {
             if Instant::now() >= deadline {
                 return Err(Error::ArchiveTimeout {
@@ -501,7 +515,8 @@ async fn wait_for_archive(
                     seconds: timeout.as_secs(),
                 });
             }
-            tokio::time::sleep(Duration::from_millis(200)).await;
+            let pause = pauses.next().unwrap_or(Duration::from_millis(ARCHIVE_POLL_MS.1));
+            tokio::time::sleep(pause.min(deadline.saturating_duration_since(Instant::now()))).await;
         }
         if seg >= stop || seg.timeline != stop.timeline {
             return Ok(());

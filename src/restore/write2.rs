@@ -3,11 +3,15 @@
 //! Invariants:
 //! - Every byte written comes from a frame whose size and blake3 were verified, and every small-file piece is
 //!   checked against its own blake3 (as in format 1).
-//! - A delta block is written in two passes: its base first (with the whole blocks), then the delta is XORed
-//!   into it; the result must have the digest the block map records, or the restore fails naming the block.
+//! - A delta block is rebuilt in memory: the delta frames of a batch are fetched first and their blocks' non-zero
+//!   16-byte pieces kept (up to [`DELTA_BUDGET`]); each is XORed into its base as the base is written, and every
+//!   one kept must have been by the end of the batch. Deltas past the budget are written in two passes: the base
+//!   first, then the delta XORed into it on disk. Either way the result must have the digest the block map
+//!   records, or the restore fails naming the block.
 //! - Frames are fetched by pack and offset, neighbours less than [`MERGE_GAP`] apart merged into one ranged read
 //!   of at most [`MAX_READ`] bytes; `parallel` reads are decoded and written while as many more download, so
-//!   memory is about `2 × parallel × MAX_READ` (plus [`DECODE_AHEAD`] decoded frames per writer).
+//!   memory is about `2 × parallel × MAX_READ` (plus [`DECODE_AHEAD`] decoded frames per writer, and at most
+//!   [`DELTA_BUDGET`] of deltas).
 //! - Two writers never write into one file at once ([`FileLocks`]).
 //! - Block-mapped files are planned and written a batch of at most
 //!   [`NODES_PER_BATCH`](super::batches::NODES_PER_BATCH) nodes at a time: memory does not grow with the cluster.
@@ -153,8 +157,15 @@ pub async fn write_files(
         progress.advance(covered.saturating_sub(planned));
         total += planned + second.values().flatten().map(Op::length).sum::<u64>();
         stats.objects += (first.len() + second.len()) as u64;
-        fetch_and_apply(&storage, &index, first, parallel, mode, progress).await?;
-        fetch_and_apply(&storage, &index, second, parallel, mode, &NoProgress).await?;
+        // Deltas first, kept in memory, so that each is XORed into its base as the base is written; what does not
+        // fit in DELTA_BUDGET is applied as before, in a second pass over the written blocks.
+        let (deltas, second) = collect_deltas(&storage, &index, second, parallel).await?;
+        fetch_and_apply(&storage, &index, first, parallel, Sink::Write { mode, deltas: deltas.clone() }, progress)
+            .await?;
+        if let Some(d) = &deltas {
+            d.check_applied()?;
+        }
+        fetch_and_apply(&storage, &index, second, parallel, Sink::Write { mode, deltas: None }, &NoProgress).await?;
     }
     if delta {
         let unchanged = changed.iter().filter(|c| !**c).count() as u64;
@@ -163,7 +174,7 @@ pub async fn write_files(
     }
     tracing::debug!(seconds = clock.elapsed().as_secs_f64(), "block-mapped files written");
     // Small files last: without --delta they are being created (largest first) while the large ones are written.
-    fetch_and_apply(&storage, &index, pieces, parallel, mode, progress).await?;
+    fetch_and_apply(&storage, &index, pieces, parallel, Sink::Write { mode, deltas: None }, progress).await?;
     created(creating).await?;
     tracing::debug!(seconds = clock.elapsed().as_secs_f64(), "small files written");
     stats.bytes_written = total;
@@ -280,13 +291,204 @@ struct Mode {
     block_size: u64,
 }
 
-/// Fetch every frame of `needs` in merged ranged reads, `parallel` at a time, and apply its writes.
+/// What [`fetch_and_apply`] does with each verified frame.
+#[derive(Clone)]
+enum Sink {
+    /// Apply its writes; XOR the `deltas` kept in memory into the blocks written.
+    Write { mode: Mode, deltas: Option<Arc<Deltas>> },
+    /// Keep the non-zero bytes of its delta blocks (only [`Op::Xor`]s) in memory, up to [`DELTA_BUDGET`] bytes;
+    /// the ops of a frame that does not fit go back to `left` (for the second pass).
+    Collect { deltas: Arc<std::sync::Mutex<Deltas>>, left: Arc<std::sync::Mutex<Needs>> },
+}
+
+/// Most bytes of delta blocks (their non-zero runs) kept in memory per batch of nodes. A delta is stored only
+/// when fewer than a quarter of its bytes are non-zero, and a changed page typically differs in a few dozen
+/// bytes: 27,000 deltas of the bench's incrementals take about 4 MiB.
+const DELTA_BUDGET: usize = 64 << 20;
+
+/// Delta blocks kept in memory: per destination file, by offset in it.
+#[derive(Default)]
+struct Deltas {
+    files: HashMap<Arc<PathBuf>, BTreeMap<u64, SparseDelta>>,
+    /// Bytes held (runs and their offsets).
+    bytes: usize,
+    /// Deltas XORed into their blocks so far: after the first pass, every one kept must have been.
+    applied: std::sync::atomic::AtomicUsize,
+}
+
+impl Deltas {
+    /// Check that every delta kept was applied. Errors: [`Error::Task`] when some were not (their base blocks were
+    /// never written: the plan and the deltas disagree, and the files would be left with the bases).
+    fn check_applied(&self) -> Result<(), Error> {
+        let kept: usize = self.files.values().map(BTreeMap::len).sum();
+        let applied = self.applied.load(std::sync::atomic::Ordering::Relaxed);
+        if applied == kept {
+            return Ok(());
+        }
+        Err(Error::Task(format!(
+            "{applied} of {kept} delta blocks kept in memory were written: the restore is incomplete"
+        )))
+    }
+}
+
+/// One delta block kept in memory: the 16-byte pieces of its XOR that are not zero, and what its result must hash
+/// to.
+struct SparseDelta {
+    rel: Arc<str>,
+    block: u64,
+    length: u64,
+    digest: u64,
+    /// Runs of non-zero 16-byte pieces, one after another: offset in the block (u32 LE), length (u32 LE), bytes.
+    runs: Box<[u8]>,
+    /// The frame it came from, for a mismatch's message.
+    frame: Arc<str>,
+}
+
+impl SparseDelta {
+    /// Granularity (bytes) at which zeros are left out.
+    const PIECE: usize = 16;
+
+    /// The non-zero runs of `delta`, encoded as [`SparseDelta::runs`] says. Scans 16 bytes at a time (one
+    /// comparison each), so that a page's XOR costs a fraction of hashing it.
+    fn encode(delta: &[u8]) -> Box<[u8]> {
+        let mut out = Vec::new();
+        let mut run: Option<usize> = None;
+        let push = |out: &mut Vec<u8>, from: usize, to: usize| {
+            out.extend_from_slice(&(from as u32).to_le_bytes());
+            out.extend_from_slice(&((to - from) as u32).to_le_bytes());
+            out.extend_from_slice(&delta[from..to]);
+        };
+        for (i, piece) in delta.chunks(Self::PIECE).enumerate() {
+            let is_zero = piece.iter().fold(0u8, |a, b| a | b) == 0;
+            match (is_zero, run) {
+                (false, None) => run = Some(i * Self::PIECE),
+                (true, Some(from)) => {
+                    push(&mut out, from, i * Self::PIECE);
+                    run = None;
+                }
+                _ => {}
+            }
+        }
+        if let Some(from) = run {
+            push(&mut out, from, delta.len());
+        }
+        out.into_boxed_slice()
+    }
+
+    /// Bytes this delta holds in memory, roughly (its runs, and its map entry).
+    fn size(&self) -> usize {
+        self.runs.len() + 96
+    }
+
+    /// XOR this delta into `base` (the block's bytes) and check the result's digest. Errors:
+    /// [`Error::BlockMismatch`].
+    fn apply(&self, base: &mut [u8]) -> Result<(), Error> {
+        let mut rest = &self.runs[..];
+        while let [a0, a1, a2, a3, l0, l1, l2, l3, tail @ ..] = rest {
+            let at = u32::from_le_bytes([*a0, *a1, *a2, *a3]) as usize;
+            let len = (u32::from_le_bytes([*l0, *l1, *l2, *l3]) as usize).min(tail.len());
+            for (b, d) in base.iter_mut().skip(at).zip(&tail[..len]) {
+                *b ^= d;
+            }
+            rest = &tail[len..];
+        }
+        if block_digest(base) != self.digest {
+            return Err(self.mismatch());
+        }
+        Ok(())
+    }
+
+    fn mismatch(&self) -> Error {
+        Error::BlockMismatch { path: self.rel.to_string(), block: self.block, frames: self.frame.to_string() }
+    }
+}
+
+/// Fetch and decode the delta frames of `second` and keep their blocks' non-zero bytes in memory, up to
+/// [`DELTA_BUDGET`]: the deltas kept (`None` if none), and the ops left for a second pass.
+async fn collect_deltas(
+    storage: &DynStorage,
+    index: &Arc<FrameIndex>,
+    second: Needs,
+    parallel: usize,
+) -> Result<(Option<Arc<Deltas>>, Needs), Error> {
+    if second.is_empty() {
+        return Ok((None, second));
+    }
+    let deltas = Arc::new(std::sync::Mutex::new(Deltas::default()));
+    let left = Arc::new(std::sync::Mutex::new(Needs::new()));
+    let sink = Sink::Collect { deltas: deltas.clone(), left: left.clone() };
+    fetch_and_apply(storage, index, second, parallel, sink, &NoProgress).await?;
+    let (deltas, left): (Deltas, Needs) = (unshare(deltas)?, unshare(left)?);
+    tracing::debug!(
+        blocks = deltas.files.values().map(BTreeMap::len).sum::<usize>(),
+        bytes = deltas.bytes,
+        left = left.values().map(Vec::len).sum::<usize>(),
+        "deltas kept in memory"
+    );
+    Ok(((!deltas.files.is_empty()).then(|| Arc::new(deltas)), left))
+}
+
+/// The value of a mutex no one else holds any more (the tasks that filled it have ended).
+fn unshare<T>(m: Arc<std::sync::Mutex<T>>) -> Result<T, Error> {
+    let m = Arc::try_unwrap(m).map_err(|_| Error::Task("a collection is still shared".into()))?;
+    m.into_inner().map_err(|e| Error::Task(e.to_string()))
+}
+
+/// Keep the delta blocks of one decoded frame (`raw`, ops `ops` of frame `id`) in `deltas`, or put the ops back in
+/// `left` when they would take `deltas` past `budget` bytes ([`DELTA_BUDGET`]).
+fn keep_deltas(
+    what: &str,
+    id: ObjectId,
+    raw: &[u8],
+    ops: &[Op],
+    deltas: &std::sync::Mutex<Deltas>,
+    left: &std::sync::Mutex<Needs>,
+    budget: usize,
+) -> Result<(), Error> {
+    let mut kept = Vec::with_capacity(ops.len());
+    let frame: Arc<str> = Arc::from(what);
+    for op in ops {
+        let Op::Xor { path, rel, file_offset, frame_offset, length, block, digest } = op else {
+            return Err(Error::Task(format!("{what}: only delta blocks are collected")));
+        };
+        let end = frame_offset + length;
+        let Some(delta) = raw.get(*frame_offset as usize..end as usize) else {
+            return Err(Error::Corrupt {
+                what: format!("{what} (part of {rel})"),
+                source: crate::codec::Error::SizeMismatch { expected: end, actual: raw.len() as u64 },
+            });
+        };
+        let sparse = SparseDelta {
+            rel: rel.clone(),
+            block: *block,
+            length: *length,
+            digest: *digest,
+            runs: SparseDelta::encode(delta),
+            frame: frame.clone(),
+        };
+        kept.push((path.clone(), *file_offset, sparse));
+    }
+    let size: usize = kept.iter().map(|(_, _, d)| d.size()).sum();
+    let mut d = deltas.lock().map_err(|e| Error::Task(e.to_string()))?;
+    if d.bytes + size > budget {
+        drop(d);
+        left.lock().map_err(|e| Error::Task(e.to_string()))?.entry(id).or_default().extend(ops.iter().cloned());
+        return Ok(());
+    }
+    d.bytes += size;
+    for (path, offset, sparse) in kept {
+        d.files.entry(path).or_default().insert(offset, sparse);
+    }
+    Ok(())
+}
+
+/// Fetch every frame of `needs` in merged ranged reads, `parallel` at a time, and hand each to `sink`.
 async fn fetch_and_apply(
     storage: &DynStorage,
     index: &Arc<FrameIndex>,
     needs: Needs,
     parallel: usize,
-    mode: Mode,
+    sink: Sink,
     progress: &dyn Progress,
 ) -> Result<(), Error> {
     let mut by_pack: BTreeMap<ObjectId, Vec<(FrameLocation, Vec<Op>)>> = BTreeMap::new();
@@ -331,7 +533,7 @@ async fn fetch_and_apply(
     let writers = Arc::new(tokio::sync::Semaphore::new(parallel.max(1)));
     let locks = Arc::new(FileLocks::default());
     let mut done = stream::iter(reads.into_iter().map(|r| {
-        let (storage, writers, locks) = (storage.clone(), writers.clone(), locks.clone());
+        let (storage, writers, locks, sink) = (storage.clone(), writers.clone(), locks.clone(), sink.clone());
         async move {
             let key = pack_key(&r.pack);
             let bytes = storage.get_range(&key, r.start, r.end - r.start).await?;
@@ -361,6 +563,15 @@ async fn fetch_and_apply(
                     let is_last = next.is_none();
                     // Write what can be written now; wait for a file only at the end or with the queue full.
                     while let Some((loc, ops, raw)) = decoded.front() {
+                        let what = format!("frame {} of {key}", loc.id);
+                        let deltas = match &sink {
+                            Sink::Collect { deltas, left } => {
+                                keep_deltas(&what, loc.id, raw, ops, deltas, left, DELTA_BUDGET)?;
+                                decoded.pop_front();
+                                continue;
+                            }
+                            Sink::Write { mode, deltas } => (*mode, deltas.as_deref()),
+                        };
                         let _file = match block_target(ops) {
                             None => None,
                             Some(path) if is_last || decoded.len() >= DECODE_AHEAD => Some(locks.take(path)),
@@ -369,7 +580,7 @@ async fn fetch_and_apply(
                                 None => break,
                             },
                         };
-                        written += apply(&format!("frame {} of {key}", loc.id), raw, ops, mode)?;
+                        written += apply(&what, raw, ops, deltas.0, deltas.1)?;
                         decoded.pop_front();
                     }
                     if is_last {
@@ -423,8 +634,9 @@ fn op_path(op: &Op) -> String {
     }
 }
 
-/// Apply one verified frame's writes; returns the bytes they cover (holes included).
-fn apply(what: &str, raw: &[u8], ops: &[Op], mode: Mode) -> Result<u64, Error> {
+/// Apply one verified frame's writes, with the `deltas` kept in memory XORed into the blocks they change; returns
+/// the bytes they cover (holes included).
+fn apply(what: &str, raw: &[u8], ops: &[Op], mode: Mode, deltas: Option<&Deltas>) -> Result<u64, Error> {
     let pieces: Vec<WriteOp> =
         ops.iter().filter_map(|o| if let Op::Piece(w) = o { Some(w.clone()) } else { None }).collect();
     let mut written = apply_ranges(what, raw, &pieces)?;
@@ -441,6 +653,8 @@ fn apply(what: &str, raw: &[u8], ops: &[Op], mode: Mode) -> Result<u64, Error> {
             Op::Blocks { path, file_offset, frame_offset, length } => {
                 let end = frame_offset + length;
                 let slice = raw.get(*frame_offset as usize..end as usize).ok_or_else(|| short(path, end))?;
+                let patched = patch(slice, path, *file_offset, deltas)?;
+                let slice = patched.as_deref().unwrap_or(slice);
                 let file = open_in(&mut opened, path)?;
                 for (at, run) in runs(slice, mode) {
                     file.write_all_at(run, file_offset + at).map_err(|e| werr(path, e))?;
@@ -466,6 +680,24 @@ fn apply(what: &str, raw: &[u8], ops: &[Op], mode: Mode) -> Result<u64, Error> {
         }
     }
     Ok(written)
+}
+
+/// `slice` (the whole blocks to write at `file_offset` of `path`) with the `deltas` that fall in it applied (and
+/// counted), or `None` if none does. Errors: [`Error::BlockMismatch`] when a result does not have its recorded digest.
+fn patch(slice: &[u8], path: &PathBuf, file_offset: u64, deltas: Option<&Deltas>) -> Result<Option<Vec<u8>>, Error> {
+    let Some((deltas, file)) = deltas.and_then(|d| Some((d, d.files.get(path)?))) else { return Ok(None) };
+    let mut hits = file.range(file_offset..file_offset + slice.len() as u64).peekable();
+    if hits.peek().is_none() {
+        return Ok(None);
+    }
+    let mut out = slice.to_vec();
+    for (offset, delta) in hits {
+        let at = (offset - file_offset) as usize;
+        let block = out.get_mut(at..at + delta.length as usize).ok_or_else(|| delta.mismatch())?;
+        delta.apply(block)?;
+        deltas.applied.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+    Ok(Some(out))
 }
 
 /// The parts of `slice` to write, with their offsets in it: all of it, or with [`Mode::holes`] its runs of blocks
@@ -519,6 +751,81 @@ mod tests {
         assert!(block_target(std::slice::from_ref(&piece)).is_none());
         let ops = [piece, blocks(&a), blocks(&b)];
         assert!(block_target(&ops).is_some_and(|p| Arc::ptr_eq(p, &a)));
+    }
+
+    fn xor_op(path: &Arc<PathBuf>, file_offset: u64, frame_offset: u64, digest: u64) -> Op {
+        Op::Xor {
+            path: path.clone(),
+            rel: Arc::from("base/5/16384"),
+            file_offset,
+            frame_offset,
+            length: 8192,
+            block: file_offset / 8192,
+            digest,
+        }
+    }
+
+    #[test]
+    fn a_delta_kept_in_memory_rebuilds_its_block_or_names_it() {
+        let base: Vec<u8> = (0..8192u32).map(|i| (i * 7 % 251) as u8).collect();
+        let mut changed = base.clone();
+        changed[0..8].copy_from_slice(&[9; 8]); // pd_lsn
+        changed[40] ^= 1; // one bit, alone in its 16 bytes
+        changed[4000..4030].fill(0x55); // a tuple
+        changed[8191] ^= 0xFF; // the last byte
+        let xor: Vec<u8> = base.iter().zip(&changed).map(|(a, b)| a ^ b).collect();
+        let runs = SparseDelta::encode(&xor);
+        assert!(runs.len() < 200, "only the non-zero pieces are kept: {} bytes", runs.len());
+        let delta = SparseDelta {
+            rel: Arc::from("base/5/16384"),
+            block: 3,
+            length: 8192,
+            digest: block_digest(&changed),
+            runs,
+            frame: Arc::from("frame x"),
+        };
+        let mut block = base.clone();
+        delta.apply(&mut block).expect("the result has the recorded digest");
+        assert_eq!(block, changed);
+        let mut wrong = base.clone();
+        wrong[100] ^= 1;
+        let err = delta.apply(&mut wrong).expect_err("a wrong base is caught");
+        assert!(err.to_string().contains("block 3 of base/5/16384"), "{err}");
+        assert!(SparseDelta::encode(&[0u8; 8192]).is_empty());
+    }
+
+    #[test]
+    fn deltas_are_patched_into_the_blocks_they_fall_in_and_the_rest_wait_for_the_second_pass() {
+        let path = Arc::new(PathBuf::from("/r/base/5/16384"));
+        let (b0, b1): (Vec<u8>, Vec<u8>) = (vec![1; 8192], vec![2; 8192]);
+        let (mut n0, mut n1) = (b0.clone(), b1.clone());
+        n0[10] = 7;
+        n1[8000] = 9;
+        let mut frame = Vec::new();
+        for (a, b) in [(&b0, &n0), (&b1, &n1)] {
+            frame.extend(a.iter().zip(b.iter()).map(|(x, y)| x ^ y));
+        }
+        let ops = [xor_op(&path, 8192, 0, block_digest(&n0)), xor_op(&path, 3 * 8192, 8192, block_digest(&n1))];
+        let (deltas, left) = (std::sync::Mutex::new(Deltas::default()), std::sync::Mutex::new(Needs::new()));
+        let id = ObjectId::of(&frame);
+        keep_deltas("frame d", id, &frame, &ops, &deltas, &left, 1 << 20).expect("kept");
+        let kept = deltas.into_inner().expect("lock");
+        assert_eq!(kept.files[&path].len(), 2);
+        // Blocks 0-3 written in one run: blocks 1 and 3 come out changed, 0 and 2 as they were.
+        let run: Vec<u8> = [vec![0; 8192], b0.clone(), vec![5; 8192], b1.clone()].concat();
+        assert!(kept.check_applied().is_err(), "none applied yet");
+        let patched = patch(&run, &path, 0, Some(&kept)).expect("patched").expect("two deltas fall in it");
+        assert_eq!(patched, [vec![0; 8192], n0, vec![5; 8192], n1].concat());
+        kept.check_applied().expect("both applied");
+        assert!(patch(&run[..8192], &path, 0, Some(&kept)).expect("no delta").is_none());
+        assert!(patch(&run, &PathBuf::from("/r/other"), 0, Some(&kept)).expect("other file").is_none());
+        assert!(patch(&run, &path, 0, None).expect("no deltas").is_none());
+        // Past the budget, a frame's deltas go back to the second pass whole.
+        let (none, left2) = (std::sync::Mutex::new(Deltas::default()), std::sync::Mutex::new(Needs::new()));
+        keep_deltas("frame d", id, &frame, &ops, &none, &left2, 10).expect("left");
+        assert!(none.into_inner().expect("lock").files.is_empty());
+        assert_eq!(left2.into_inner().expect("lock")[&id].len(), 2);
+        assert!(left.into_inner().expect("lock").is_empty());
     }
 
     #[test]

@@ -178,7 +178,7 @@ pub async fn run(
         )
         .await?;
         s.add(&b);
-        write::sync_files(&rest, &layout, request.parallel).await?;
+        write::sync_files(&rest, &layout).await?;
     }
     tracing::debug!(seconds = phase.elapsed().as_secs_f64(), bytes = s.bytes_written, "files written and flushed");
     write::link_tablespaces(&layout)?;
@@ -201,7 +201,7 @@ pub async fn run(
     let control: Vec<&FileEntry> = control.iter().collect();
     let c =
         write::write_files(storage, &manifest, &control, &layout, request.delta, 1, index.as_ref(), &in_batch).await?;
-    write::sync_files(&control, &layout, 1).await?;
+    write::sync_files(&control, &layout).await?;
     progress.finish();
 
     s.add(&c);

@@ -606,10 +606,17 @@ pub fn write_small(layout: &Layout, rel: &str, content: &[u8]) -> Result<(), Err
     Ok(())
 }
 
-/// Flush `files` (manifest paths) to disk, `parallel` at a time. Only what the restore wrote is flushed (a
-/// `syncfs` would also flush a production cluster sharing the filesystem); the directories are flushed by
+/// fsyncs in flight at once when a restore flushes what it wrote. An fsync mostly waits (for the device, and on
+/// ext4 or XFS for a journal commit), and the file system commits the fsyncs that arrive together at once. With
+/// `[restore] parallel` (2) in flight, the flush of the scale-100 bench's files took 0.046-0.054 s on this
+/// project's VM, and with 32 0.015-0.020 s; on a disk whose cache flush takes 1 ms, two at a time would cost half
+/// a second per 1,000 files.
+const SYNC_IN_FLIGHT: usize = 32;
+
+/// Flush `files` (manifest paths) to disk, 32 at a time (`SYNC_IN_FLIGHT`). Only what the restore wrote is flushed
+/// (a `syncfs` would also flush a production cluster sharing the filesystem); the directories are flushed by
 /// [`sync_dirs`].
-pub async fn sync_files(files: &[&FileEntry], layout: &Layout, parallel: usize) -> Result<(), Error> {
+pub async fn sync_files(files: &[&FileEntry], layout: &Layout) -> Result<(), Error> {
     let paths: Vec<(PathBuf, bool)> = files
         .iter()
         .map(|f| {
@@ -617,7 +624,7 @@ pub async fn sync_files(files: &[&FileEntry], layout: &Layout, parallel: usize) 
             (root.join(rel), false)
         })
         .collect();
-    sync_paths(paths, parallel).await
+    sync_paths(paths, SYNC_IN_FLIGHT).await
 }
 
 /// Flush every directory of the backup and the roots (the destination and the tablespace directories).

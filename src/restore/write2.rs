@@ -155,11 +155,11 @@ pub async fn write_files(
         drop(nodes);
         let planned: u64 = first.values().flatten().map(Op::length).sum();
         progress.advance(covered.saturating_sub(planned));
-        total += planned + second.values().flatten().map(Op::length).sum::<u64>();
         stats.objects += (first.len() + second.len()) as u64;
         // Deltas first, kept in memory, so that each is XORed into its base as the base is written; what does not
-        // fit in DELTA_BUDGET is applied as before, in a second pass over the written blocks.
+        // fit in DELTA_BUDGET is applied as before, in a second pass over the written blocks (and written twice).
         let (deltas, second) = collect_deltas(&storage, &index, second, parallel).await?;
+        total += planned + second.values().flatten().map(Op::length).sum::<u64>();
         fetch_and_apply(&storage, &index, first, parallel, Sink::Write { mode, deltas: deltas.clone() }, progress)
             .await?;
         if let Some(d) = &deltas {
@@ -326,7 +326,7 @@ impl Deltas {
             return Ok(());
         }
         Err(Error::Task(format!(
-            "{applied} of {kept} delta blocks kept in memory were written: the restore is incomplete"
+            "{kept} delta blocks were kept in memory but {applied} applied: the restore does not match its plan"
         )))
     }
 }
@@ -477,7 +477,10 @@ fn keep_deltas(
     }
     d.bytes += size;
     for (path, offset, sparse) in kept {
-        d.files.entry(path).or_default().insert(offset, sparse);
+        if let Some(twice) = d.files.entry(path).or_default().insert(offset, sparse) {
+            // One block with two deltas: the block map is malformed; applying either would be a guess.
+            return Err(twice.mismatch());
+        }
     }
     Ok(())
 }
@@ -809,6 +812,8 @@ mod tests {
         let (deltas, left) = (std::sync::Mutex::new(Deltas::default()), std::sync::Mutex::new(Needs::new()));
         let id = ObjectId::of(&frame);
         keep_deltas("frame d", id, &frame, &ops, &deltas, &left, 1 << 20).expect("kept");
+        let twice = keep_deltas("frame d", id, &frame, &ops, &deltas, &left, 1 << 20).expect_err("a block's 2nd delta");
+        assert!(twice.to_string().contains("block 1 of base/5/16384"), "{twice}");
         let kept = deltas.into_inner().expect("lock");
         assert_eq!(kept.files[&path].len(), 2);
         // Blocks 0-3 written in one run: blocks 1 and 3 come out changed, 0 and 2 as they were.

@@ -12,6 +12,9 @@
 #   restore   the newest incremental into an empty directory: pitr-restore ([restore] parallel 4 and 2)  vs
 #             pgbackrest restore --process-max=2; then the restored cluster is started (untimed) and
 #             count(*), sum(abalance) of pgbench_accounts must equal the source's
+#   floor     (FLOOR=1) what any restore must at least do, with nothing to fetch, decode or verify: write the restored
+#             data directory's bytes (same files, same sizes) from memory and fsync them, 2 writers, through the page
+#             cache (floor-buffered) and with O_DIRECT (floor-direct: the disk's own rate); bench/write_floor.py
 #   S3 (S3=1) full backup + restore the same way into / from S3 on loopback (moto; pgBackRest through stunnel)
 # The source cluster archives with the tool under test only (archive_command is switched, and the backlog drained,
 # before each leg, untimed): each backup waits for its own stop segment, pushed by its own archiver.
@@ -22,6 +25,7 @@
 #        RESTORE_PARALLEL="4 2"  BB_LEVEL=1 (repository compression_level)  PGBR_COMPRESS_LEVEL (default 3)
 #        S3_SERVER=moto|s3s|s3s-fs  TIMEOUT=900 (s per recovery check)  KEEP=1
 #        PRIME=1 (before each timed restore, write and remove as many bytes as it writes: see prime_memory)
+#        FLOOR=1 (the floor cases; 0 skips them)
 #        PGBB=1 (the pg_basebackup case; 0 skips it)  PGBB_COMPRESS=client-zstd (pg_basebackup --compress)
 set -euo pipefail
 source "$(dirname "$0")/lib.sh"
@@ -39,10 +43,12 @@ RESTORE_PARALLEL=${RESTORE_PARALLEL:-"4 2"}
 BB_LEVEL=${BB_LEVEL:-1}
 TIMEOUT=${TIMEOUT:-900}
 PGBB=${PGBB:-1}
+FLOOR=${FLOOR:-1}
 PGBB_COMPRESS=${PGBB_COMPRESS:-client-zstd}
 
 bench_start base_backup
 [ -x "$BASE_BACKUP" ] && [ -x "$PITR_RESTORE" ] || die "base-backup / pitr-restore were not built"
+cp "$BENCH_DIR/write_floor.py" "$WORK/bin/"
 
 PORT=$(free_port)
 RPORT=   # chosen for each restored cluster, just before it starts (verify_restore)
@@ -219,10 +225,27 @@ restore() {
         return 0
     fi
     bytes=$(du -sb "$DEST" | cut -f1)
+    # the floor cases write the same files (regular files only: the restored directory, before it is started)
+    [ -s "$WORK/floor-sizes" ] || (cd "$DEST" && find . -type f -printf '%s %P\n') > "$WORK/floor-sizes"
     verify_restore "$case-$run"
     record "$case" "$run" "$T_SECS" "$T_CPU" "$T_RSS" "$bytes" - "$V_OK" "$V_SECS" "$(srv_of "$kind")"
     log "  $T_SECS s, CPU $T_CPU s, RSS $T_RSS MiB, $((bytes / 1048576)) MiB written, S3 server CPU $(srv_of "$kind") s;" \
         "restored cluster promoted after $V_SECS s, data matches: $V_OK"
+}
+# floor MODE(buffered|direct) RUN: one timed write of the restored files' bytes from memory (bench/write_floor.py)
+floor() {
+    local mode=$1 run=$2 case=floor-$1-p2
+    [ -s "$WORK/floor-sizes" ] || return 0
+    new_dest
+    [ "${PRIME:-1}" = 1 ] && prime_memory
+    log "run $run: $case"
+    if timed "$case-$run" /usr/bin/python3 "$WORK/bin/write_floor.py" "$WORK/floor-sizes" "$DEST" 2 "$mode"; then
+        record "$case" "$run" "$T_SECS" "$T_CPU" "$T_RSS" "$(du -sb "$DEST" | cut -f1)" - - - -
+        log "  $T_SECS s, CPU $T_CPU s: $(cat "$WORK/out/$case-$run.out")"
+    else
+        record "$case" "$run" failed "$T_CPU" "$T_RSS" - - - - -
+    fi
+    rm -rf "$DEST"
 }
 srv_of() { if [ "$1" = s3 ]; then echo "$T_SRV"; else echo -; fi; }
 # pgbb_full RUN: pg_basebackup -Ft --compress=$PGBB_COMPRESS -X none -c fast into an empty directory (a tar of the
@@ -283,6 +306,9 @@ for run in $(seq 1 "$RUNS"); do
             restore pgbr posix "$PGBR_PROCESS_MAX" "$run"
         fi
     done
+    if [ "$FLOOR" = 1 ]; then
+        for m in $(in_order "$run" buffered direct); do floor "$m" "$run"; done
+    fi
     if [ "$S3" = 1 ]; then
         for t in $(in_order "$run" bb pgbr); do
             if [ "$t" = bb ]; then backup bb s3 full "$run"; else backup pgbr s3 full "$run"; fi
@@ -309,6 +335,7 @@ CASES="full-bb-file full-pgbr-posix"
 CASES="$CASES full2-bb-file full2-pgbr-posix incr-bb-file incr-pgbr-posix rand-bb-file rand-pgbr-posix"
 for p in $RESTORE_PARALLEL; do CASES="$CASES restore-bb-file-p$p"; done
 CASES="$CASES restore-pgbr-posix-p$PGBR_PROCESS_MAX"
+[ "$FLOOR" = 1 ] && CASES="$CASES floor-buffered-p2 floor-direct-p2"
 if [ "$S3" = 1 ]; then
     CASES="$CASES full-bb-s3 full-pgbr-s3"
     for p in $RESTORE_PARALLEL; do CASES="$CASES restore-bb-s3-p$p"; done
@@ -320,10 +347,12 @@ name_of() {
     case "$c" in
         *-bb-*) [ "$what" = restore ] && tool="pitr-restore" || tool="base-backup" ;;
         *-pgbb-*) tool="pg_basebackup" ;;
+        floor-*) tool="write only" ;;
         *) tool="pgbackrest" ;;
     esac
     case "$c" in
         *-pgbb-*) where="-Ft" ;;
+        floor-*) where=$(cut -d- -f2 <<<"$c") ;;
         *-file*) where="file://" ;;
         *-posix*) where="posix" ;;
         *) where="S3" ;;

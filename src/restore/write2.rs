@@ -9,9 +9,10 @@
 //!   first, then the delta XORed into it on disk. Either way the result must have the digest the block map
 //!   records, or the restore fails naming the block.
 //! - Frames are fetched by pack and offset, neighbours less than [`MERGE_GAP`] apart merged into one ranged read
-//!   of at most [`MAX_READ`] bytes; `parallel` reads are decoded and written while as many more download, so
-//!   memory is about `2 × parallel × MAX_READ` (plus [`DECODE_AHEAD`] decoded frames per writer, and at most
-//!   [`DELTA_BUDGET`] of deltas).
+//!   of at most [`MAX_READ`] bytes. A read's frames are shared out to the `parallel` writers in units of at most
+//!   [`MAX_READ_RAW`] decoded bytes, while as many more reads download, so memory is about
+//!   `2 × parallel × MAX_READ` (plus [`DECODE_AHEAD`] decoded frames per writer, and at most [`DELTA_BUDGET`] of
+//!   deltas).
 //! - Two writers never write into one file at once ([`FileLocks`]).
 //! - Block-mapped files are planned and written a batch of at most
 //!   [`NODES_PER_BATCH`](super::batches::NODES_PER_BATCH) nodes at a time: memory does not grow with the cluster.
@@ -44,8 +45,8 @@ pub const MERGE_GAP: u64 = 1 << 20;
 /// Most bytes one ranged read asks for.
 pub const MAX_READ: u64 = 16 << 20;
 
-/// Most raw (decoded) bytes one read supplies: data that compresses 20x would otherwise put 300 MiB of decoding
-/// and writing behind one request, and leave the other workers idle.
+/// Most raw (decoded) bytes one writer takes from a read at a time: a read of data that compresses 20x holds 300
+/// MiB of decoding and writing, which would otherwise fall to one writer and leave the others idle.
 pub const MAX_READ_RAW: u64 = 32 << 20;
 
 /// Node objects loaded at a time.
@@ -277,7 +278,6 @@ struct Read {
     pack: ObjectId,
     start: u64,
     end: u64,
-    raw: u64,
     frames: Vec<(FrameLocation, Vec<Op>)>,
 }
 
@@ -485,7 +485,7 @@ fn keep_deltas(
     Ok(())
 }
 
-/// Fetch every frame of `needs` in merged ranged reads, `parallel` at a time, and hand each to `sink`.
+/// Fetch every frame of `needs` in merged ranged reads, `parallel` writers at a time, and hand each to `sink`.
 async fn fetch_and_apply(
     storage: &DynStorage,
     index: &Arc<FrameIndex>,
@@ -512,27 +512,18 @@ async fn fetch_and_apply(
             let end = loc.offset + u64::from(loc.stored_length);
             match reads.last_mut() {
                 Some(r)
-                    if r.pack == pack
-                        && loc.offset.saturating_sub(r.end) < MERGE_GAP
-                        && end - r.start <= MAX_READ
-                        && r.raw + u64::from(loc.raw_length) <= MAX_READ_RAW =>
+                    if r.pack == pack && loc.offset.saturating_sub(r.end) < MERGE_GAP && end - r.start <= MAX_READ =>
                 {
                     r.end = r.end.max(end);
-                    r.raw += u64::from(loc.raw_length);
                     r.frames.push((loc, ops));
                 }
-                _ => reads.push(Read {
-                    pack,
-                    start: loc.offset,
-                    end,
-                    raw: u64::from(loc.raw_length),
-                    frames: vec![(loc, ops)],
-                }),
+                _ => reads.push(Read { pack, start: loc.offset, end, frames: vec![(loc, ops)] }),
             }
         }
     }
-    // Reads run ahead of the writers: `parallel` ranges are decoded and written while as many more download, so a
-    // writer never waits for a request (memory: about 2 x parallel x MAX_READ).
+    // Reads run ahead of the writers: while `parallel` writers decode and write, as many more reads download, so a
+    // writer never waits for a request (memory: about 2 x parallel x MAX_READ). A read's frames are shared out to
+    // the writers in units of at most MAX_READ_RAW decoded bytes: one request can keep every writer busy.
     let writers = Arc::new(tokio::sync::Semaphore::new(parallel.max(1)));
     let locks = Arc::new(FileLocks::default());
     let mut done = stream::iter(reads.into_iter().map(|r| {
@@ -540,59 +531,20 @@ async fn fetch_and_apply(
         async move {
             let key = pack_key(&r.pack);
             let bytes = storage.get_range(&key, r.start, r.end - r.start).await?;
-            let writer = writers.acquire_owned().await.map_err(|e| Error::Task(e.to_string()))?;
-            blocking(move || {
-                let _writer = writer;
-                let mut written = 0;
-                // Decoded frames not yet written, oldest first: a frame whose file another writer holds waits here
-                // while the next ones are decoded.
-                let mut decoded: std::collections::VecDeque<(&FrameLocation, &[Op], Vec<u8>)> = Default::default();
-                let mut frames = r.frames.iter();
-                loop {
-                    let next = frames.next();
-                    if let Some((loc, ops)) = next {
-                        let at = (loc.offset - r.start) as usize;
-                        let slice = bytes.get(at..at + loc.stored_length as usize).unwrap_or_default();
-                        let raw = packstore::decode_frame(&key, slice, loc).map_err(|e| match e {
-                            // Name a file the damaged frame belongs to, as format 1 does for a damaged object.
-                            StoreError::Corrupt { key, source } => Error::Corrupt {
-                                what: format!("{key} (part of {})", ops.first().map_or_else(|| "?".into(), op_path)),
-                                source,
-                            },
-                            e => e.into(),
-                        })?;
-                        decoded.push_back((loc, ops.as_slice(), raw));
-                    }
-                    let is_last = next.is_none();
-                    // Write what can be written now; wait for a file only at the end or with the queue full.
-                    while let Some((loc, ops, raw)) = decoded.front() {
-                        let what = format!("frame {} of {key}", loc.id);
-                        let deltas = match &sink {
-                            Sink::Collect { deltas, left } => {
-                                keep_deltas(&what, loc.id, raw, ops, deltas, left, DELTA_BUDGET)?;
-                                decoded.pop_front();
-                                continue;
-                            }
-                            Sink::Write { mode, deltas } => (*mode, deltas.as_deref()),
-                        };
-                        let _file = match block_target(ops) {
-                            None => None,
-                            Some(path) if is_last || decoded.len() >= DECODE_AHEAD => Some(locks.take(path)),
-                            Some(path) => match locks.try_take(path) {
-                                Some(g) => Some(g),
-                                None => break,
-                            },
-                        };
-                        written += apply(&what, raw, ops, deltas.0, deltas.1)?;
-                        decoded.pop_front();
-                    }
-                    if is_last {
-                        break;
-                    }
+            let units = stream::iter(units(r.frames, MAX_READ_RAW).into_iter().map(|frames| {
+                let (writers, locks, sink, bytes, key) =
+                    (writers.clone(), locks.clone(), sink.clone(), bytes.clone(), key.clone());
+                async move {
+                    let writer = writers.acquire_owned().await.map_err(|e| Error::Task(e.to_string()))?;
+                    blocking(move || {
+                        let _writer = writer;
+                        write_unit(&key, &bytes, r.start, &frames, &sink, &locks)
+                    })
+                    .await
                 }
-                Ok(written)
-            })
-            .await
+            }))
+            .buffer_unordered(parallel.max(1));
+            units.try_fold(0u64, |sum, written| async move { Ok(sum + written) }).await
         }
     }))
     .buffer_unordered(2 * parallel.max(1));
@@ -600,6 +552,85 @@ async fn fetch_and_apply(
         progress.advance(written?);
     }
     Ok(())
+}
+
+/// `frames` (in pack order) cut into runs of at most `raw_max` decoded bytes each (a larger frame alone).
+fn units(frames: Vec<(FrameLocation, Vec<Op>)>, raw_max: u64) -> Vec<Vec<(FrameLocation, Vec<Op>)>> {
+    let mut out: Vec<Vec<(FrameLocation, Vec<Op>)>> = Vec::new();
+    let mut raw = 0u64;
+    for frame in frames {
+        let size = u64::from(frame.0.raw_length);
+        match out.last_mut() {
+            Some(unit) if raw + size <= raw_max => {
+                raw += size;
+                unit.push(frame);
+            }
+            _ => {
+                raw = size;
+                out.push(vec![frame]);
+            }
+        }
+    }
+    out
+}
+
+/// Decode, verify and hand to `sink` the `frames` of one unit of a ranged read (`bytes`, read from `start` of pack
+/// `key`), in order; returns the bytes written. A frame whose file another writer holds waits, decoded, while the
+/// next ones are decoded (up to [`DECODE_AHEAD`]).
+fn write_unit(
+    key: &crate::storage::Key,
+    bytes: &[u8],
+    start: u64,
+    frames: &[(FrameLocation, Vec<Op>)],
+    sink: &Sink,
+    locks: &FileLocks,
+) -> Result<u64, Error> {
+    let mut written = 0;
+    // Decoded frames not yet written, oldest first.
+    let mut decoded: std::collections::VecDeque<(&FrameLocation, &[Op], Vec<u8>)> = Default::default();
+    let mut frames = frames.iter();
+    loop {
+        let next = frames.next();
+        if let Some((loc, ops)) = next {
+            let at = (loc.offset - start) as usize;
+            let slice = bytes.get(at..at + loc.stored_length as usize).unwrap_or_default();
+            let raw = packstore::decode_frame(key, slice, loc).map_err(|e| match e {
+                // Name a file the damaged frame belongs to, as format 1 does for a damaged object.
+                StoreError::Corrupt { key, source } => Error::Corrupt {
+                    what: format!("{key} (part of {})", ops.first().map_or_else(|| "?".into(), op_path)),
+                    source,
+                },
+                e => e.into(),
+            })?;
+            decoded.push_back((loc, ops.as_slice(), raw));
+        }
+        let is_last = next.is_none();
+        // Write what can be written now; wait for a file only at the end or with the queue full.
+        while let Some((loc, ops, raw)) = decoded.front() {
+            let what = format!("frame {} of {key}", loc.id);
+            let deltas = match sink {
+                Sink::Collect { deltas, left } => {
+                    keep_deltas(&what, loc.id, raw, ops, deltas, left, DELTA_BUDGET)?;
+                    decoded.pop_front();
+                    continue;
+                }
+                Sink::Write { mode, deltas } => (*mode, deltas.as_deref()),
+            };
+            let _file = match block_target(ops) {
+                None => None,
+                Some(path) if is_last || decoded.len() >= DECODE_AHEAD => Some(locks.take(path)),
+                Some(path) => match locks.try_take(path) {
+                    Some(g) => Some(g),
+                    None => break,
+                },
+            };
+            written += apply(&what, raw, ops, deltas.0, deltas.1)?;
+            decoded.pop_front();
+        }
+        if is_last {
+            return Ok(written);
+        }
+    }
 }
 
 /// Decoded frames (of at most [`FRAME_RAW_MAX`](crate::repository::packs::FRAME_RAW_MAX) bytes each) a writer
@@ -831,6 +862,25 @@ mod tests {
         assert!(none.into_inner().expect("lock").files.is_empty());
         assert_eq!(left2.into_inner().expect("lock")[&id].len(), 2);
         assert!(left.into_inner().expect("lock").is_empty());
+    }
+
+    #[test]
+    fn a_read_is_shared_out_in_units_of_bounded_raw_size_in_pack_order() {
+        let frame = |i: u8, raw: u32| {
+            let loc = FrameLocation {
+                id: ObjectId::of(&[i]),
+                offset: u64::from(i) * 100,
+                stored_length: 100,
+                raw_length: raw,
+            };
+            (loc, Vec::new())
+        };
+        let frames = vec![frame(0, 10), frame(1, 20), frame(2, 5), frame(3, 40), frame(4, 30), frame(5, 30)];
+        let got: Vec<Vec<u64>> =
+            units(frames, 35).iter().map(|u| u.iter().map(|(loc, _)| loc.offset / 100).collect()).collect();
+        // 10 + 20 + 5 fit; 40 is over the bound and goes alone; 30 + 30 would not fit.
+        assert_eq!(got, vec![vec![0, 1, 2], vec![3], vec![4], vec![5]]);
+        assert!(units(Vec::new(), 35).is_empty());
     }
 
     #[test]

@@ -10,9 +10,8 @@
 //!   records, or the restore fails naming the block.
 //! - Frames are fetched by pack and offset, neighbours less than [`MERGE_GAP`] apart merged into one ranged read
 //!   of at most [`MAX_READ`] bytes. A read's frames are shared out to the `parallel` writers in units of at most
-//!   [`MAX_READ_RAW`] decoded bytes, while as many more reads download, so memory is about
-//!   `2 × parallel × MAX_READ` (plus [`DECODE_AHEAD`] decoded frames per writer, and at most [`DELTA_BUDGET`] of
-//!   deltas).
+//!   [`MAX_READ_RAW`] decoded bytes, while more reads download, up to [`READ_AHEAD`] bytes held in all (plus
+//!   [`DECODE_AHEAD`] decoded frames per writer, and at most [`DELTA_BUDGET`] of deltas).
 //! - Two writers never write into one file at once ([`FileLocks`]).
 //! - Block-mapped files are planned and written a batch of at most
 //!   [`NODES_PER_BATCH`](super::batches::NODES_PER_BATCH) nodes at a time: memory does not grow with the cluster.
@@ -44,6 +43,13 @@ pub const MERGE_GAP: u64 = 1 << 20;
 
 /// Most bytes one ranged read asks for.
 pub const MAX_READ: u64 = 16 << 20;
+
+/// Most stored bytes of ranged reads held at once, downloading or being decoded and written (four reads of
+/// [`MAX_READ`]): what a restore's read-ahead costs in memory, whatever `parallel` is.
+pub const READ_AHEAD: u64 = 4 * MAX_READ;
+
+/// Granularity (bytes) in which [`READ_AHEAD`] is counted.
+const READ_AHEAD_UNIT: u64 = 64 << 10;
 
 /// Most raw (decoded) bytes one writer takes from a read at a time: a read of data that compresses 20x holds 300
 /// MiB of decoding and writing, which would otherwise fall to one writer and leave the others idle.
@@ -521,16 +527,22 @@ async fn fetch_and_apply(
             }
         }
     }
-    // Reads run ahead of the writers: while `parallel` writers decode and write, as many more reads download, so a
-    // writer never waits for a request (memory: about 2 x parallel x MAX_READ). A read's frames are shared out to
-    // the writers in units of at most MAX_READ_RAW decoded bytes: one request can keep every writer busy.
+    // Reads run ahead of the writers: while `parallel` writers decode and write, more reads download, so a writer
+    // never waits for a request; a read holds its share of READ_AHEAD until its last frame is written. A read's
+    // frames are shared out to the writers in units of at most MAX_READ_RAW decoded bytes: one request can keep
+    // every writer busy.
     let writers = Arc::new(tokio::sync::Semaphore::new(parallel.max(1)));
+    let held = Arc::new(tokio::sync::Semaphore::new((READ_AHEAD / READ_AHEAD_UNIT) as usize));
     let locks = Arc::new(FileLocks::default());
     let mut done = stream::iter(reads.into_iter().map(|r| {
-        let (storage, writers, locks, sink) = (storage.clone(), writers.clone(), locks.clone(), sink.clone());
+        let (storage, writers, locks, sink, held) =
+            (storage.clone(), writers.clone(), locks.clone(), sink.clone(), held.clone());
         async move {
             let key = pack_key(&r.pack);
-            let bytes = storage.get_range(&key, r.start, r.end - r.start).await?;
+            let len = r.end - r.start;
+            let share = len.div_ceil(READ_AHEAD_UNIT).min(READ_AHEAD / READ_AHEAD_UNIT) as u32;
+            let _held = held.acquire_many_owned(share).await.map_err(|e| Error::Task(e.to_string()))?;
+            let bytes = storage.get_range(&key, r.start, len).await?;
             let units = stream::iter(units(r.frames, MAX_READ_RAW).into_iter().map(|frames| {
                 let (writers, locks, sink, bytes, key) =
                     (writers.clone(), locks.clone(), sink.clone(), bytes.clone(), key.clone());

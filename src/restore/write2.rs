@@ -556,12 +556,18 @@ async fn fetch_and_apply(
                 }
             }))
             .buffer_unordered(parallel.max(1));
-            units.try_fold(0u64, |sum, written| async move { Ok(sum + written) }).await
+            // Progress moves per unit written, not per read (a read may hold 300 MiB of decoded data).
+            units
+                .try_for_each(|written| {
+                    progress.advance(written);
+                    std::future::ready(Ok(()))
+                })
+                .await
         }
     }))
     .buffer_unordered(2 * parallel.max(1));
-    while let Some(written) = done.next().await {
-        progress.advance(written?);
+    while let Some(read) = done.next().await {
+        read?;
     }
     Ok(())
 }

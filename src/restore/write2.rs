@@ -10,7 +10,7 @@
 //!   records, or the restore fails naming the block.
 //! - Frames are fetched by pack and offset, neighbours less than [`MERGE_GAP`] apart merged into one ranged read
 //!   of at most [`MAX_READ`] bytes. A read's frames are shared out to the `parallel` writers in units of at most
-//!   [`MAX_READ_RAW`] decoded bytes, while more reads download, up to [`READ_AHEAD`] bytes held in all (plus
+//!   [`MAX_READ_RAW`] decoded bytes, while more reads download, up to [`read_ahead`] bytes held in all (plus
 //!   [`DECODE_AHEAD`] decoded frames per writer, and at most [`DELTA_BUDGET`] of deltas).
 //! - Two writers never write into one file at once ([`FileLocks`]).
 //! - Block-mapped files are planned and written a batch of at most
@@ -44,11 +44,14 @@ pub const MERGE_GAP: u64 = 1 << 20;
 /// Most bytes one ranged read asks for.
 pub const MAX_READ: u64 = 16 << 20;
 
-/// Most stored bytes of ranged reads held at once, downloading or being decoded and written (four reads of
-/// [`MAX_READ`]): what a restore's read-ahead costs in memory, whatever `parallel` is.
-pub const READ_AHEAD: u64 = 4 * MAX_READ;
+/// Most stored bytes (bytes) of ranged reads held at once, downloading or being decoded and written, with
+/// `parallel` writers: a read of [`MAX_READ`] per writer and two more downloading, so that writers of data that
+/// hardly compresses (one unit per read) do not wait for requests. 64 MiB for 2 writers, 96 MiB for 4.
+pub fn read_ahead(parallel: usize) -> u64 {
+    (parallel.max(1) as u64 + 2) * MAX_READ
+}
 
-/// Granularity (bytes) in which [`READ_AHEAD`] is counted.
+/// Granularity (bytes) in which [`read_ahead`] is counted.
 const READ_AHEAD_UNIT: u64 = 64 << 10;
 
 /// Most raw (decoded) bytes one writer takes from a read at a time: a read of data that compresses 20x holds 300
@@ -528,11 +531,12 @@ async fn fetch_and_apply(
         }
     }
     // Reads run ahead of the writers: while `parallel` writers decode and write, more reads download, so a writer
-    // never waits for a request; a read holds its share of READ_AHEAD until its last frame is written. A read's
+    // never waits for a request; a read holds its share of read_ahead until its last frame is written. A read's
     // frames are shared out to the writers in units of at most MAX_READ_RAW decoded bytes: one request can keep
     // every writer busy.
     let writers = Arc::new(tokio::sync::Semaphore::new(parallel.max(1)));
-    let held = Arc::new(tokio::sync::Semaphore::new((READ_AHEAD / READ_AHEAD_UNIT) as usize));
+    let budget = read_ahead(parallel) / READ_AHEAD_UNIT;
+    let held = Arc::new(tokio::sync::Semaphore::new(budget as usize));
     let locks = Arc::new(FileLocks::default());
     let mut done = stream::iter(reads.into_iter().map(|r| {
         let (storage, writers, locks, sink, held) =
@@ -540,7 +544,7 @@ async fn fetch_and_apply(
         async move {
             let key = pack_key(&r.pack);
             let len = r.end - r.start;
-            let share = len.div_ceil(READ_AHEAD_UNIT).min(READ_AHEAD / READ_AHEAD_UNIT) as u32;
+            let share = u32::try_from(len.div_ceil(READ_AHEAD_UNIT).min(budget)).unwrap_or(u32::MAX);
             let _held = held.acquire_many_owned(share).await.map_err(|e| Error::Task(e.to_string()))?;
             let bytes = storage.get_range(&key, r.start, len).await?;
             let units = stream::iter(units(r.frames, MAX_READ_RAW).into_iter().map(|frames| {

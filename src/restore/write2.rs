@@ -44,7 +44,7 @@ pub const MERGE_GAP: u64 = 1 << 20;
 /// Most bytes one ranged read asks for.
 pub const MAX_READ: u64 = 16 << 20;
 
-/// Most stored bytes (bytes) of ranged reads held at once, downloading or being decoded and written, with
+/// Most stored bytes of ranged reads held at once, downloading or being decoded and written, with
 /// `parallel` writers: a read of [`MAX_READ`] per writer and two more downloading, so that writers of data that
 /// hardly compresses (one unit per read) do not wait for requests. 64 MiB for 2 writers, 96 MiB for 4.
 pub fn read_ahead(parallel: usize) -> u64 {

@@ -18,6 +18,8 @@ step() {
 step setup bash scripts/setup.sh
 step fmt cargo fmt --all -- --check
 step clippy cargo clippy --locked --all-targets -- -D warnings
+# The API docs build without a broken or private link (docs.rs-style: public items only).
+step "cargo doc" env RUSTDOCFLAGS="-D warnings" cargo doc --locked --no-deps
 step "cargo test" cargo test --locked -- --test-threads=2
 # The Debian package: built, checked with lintian, installed, exercised, purged.
 step "package test" bash scripts/package-test.sh

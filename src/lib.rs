@@ -21,6 +21,9 @@ pub mod archive;
 pub mod backup;
 pub mod catalog;
 pub mod check;
+// The binaries' clap doc comments are --help text: their `[log]`, `[restore] parallel` are configuration
+// sections and `<id>` a placeholder, not rustdoc links or HTML.
+#[allow(rustdoc::broken_intra_doc_links, rustdoc::private_intra_doc_links, rustdoc::invalid_html_tags)]
 pub mod cli;
 pub mod codec;
 pub mod config;

@@ -4,7 +4,7 @@
 //! - `%p` is written through a temp file in its directory and renamed only after size and blake3 match the
 //!   object header; nothing partial or unverified is ever visible at `%p`.
 //! - "Not in the archive" is returned only on a definitive answer from storage, and for a segment only when the
-//!   archive holds nothing after it ([`hole`]); every other failure, a hole included, is an error that must stop
+//!   archive holds nothing after it (the `hole` module); every other failure, a hole included, is an error that must stop
 //!   recovery.
 //! - A `.partial` is served only when asked for by its own name.
 //! - Prefetched objects are verified again when served; one prefetcher at a time (lock).

@@ -7,7 +7,7 @@
 //! - The previous backup's entries for a window come from its file maps whose path ranges meet the window's (a
 //!   merge join on the path, in [`walk::walk_order`]): at most the maps of one window and the next are held.
 //! - Entries leave in walk order and are cut into runs exactly as [`filemap::runs`] cuts a whole list; each run is
-//!   saved as a file map as soon as it is complete, [`MAP_SAVES`] at a time. The references are kept, in order.
+//!   saved as a file map as soon as it is complete, `MAP_SAVES` at a time. The references are kept, in order.
 //! - Every entry is checked as a manifest's would be ([`check_entries`]) before its map is saved.
 
 use std::collections::HashSet;

@@ -2,7 +2,7 @@
 //!
 //! Rust ignores SIGPIPE, so writing to a pipe whose reader has gone (`backupctl status | head -1`) fails with
 //! EPIPE, and `println!` turns that into a panic (exit 101 and a stack trace). Every result goes through
-//! [`line`] instead: a closed pipe becomes [`Error::Stdout`] with [`Error::is_output_closed`] true, which the
+//! [`line()`] instead: a closed pipe becomes [`Error::Stdout`] with [`Error::is_output_closed`] true, which the
 //! binaries turn into a quiet exit 0 (the reader has taken all it wanted); any other write failure (a full disk
 //! under `> file`) is an error like any other. Notes and errors go through [`note`], which ignores write failures:
 //! for wal-push and wal-fetch stderr is PostgreSQL's server log, and losing it must never stop an archive or a

@@ -368,7 +368,7 @@ pub async fn manifest_headers(storage: &dyn Storage) -> Result<(Vec<Manifest>, V
     Ok((good, bad))
 }
 
-/// The entries of the file maps `maps` of backup `id`, one vector per map in order, [`MAP_CONCURRENCY`] maps read at
+/// The entries of the file maps `maps` of backup `id`, one vector per map in order, `MAP_CONCURRENCY` maps read at
 /// a time, each checked against its reference. The caller validates the entries
 /// ([`Manifest::validate_files`]). Errors as [`read_file_maps`].
 pub async fn load_maps(

@@ -4,17 +4,17 @@
 //! - Every byte written comes from a frame whose size and blake3 were verified, and every small-file piece is
 //!   checked against its own blake3 (as in format 1).
 //! - A delta block is rebuilt in memory: the delta frames of a batch are fetched first and their blocks' non-zero
-//!   16-byte pieces kept (up to [`DELTA_BUDGET`]); each is XORed into its base as the base is written, and every
+//!   16-byte pieces kept (up to `DELTA_BUDGET`); each is XORed into its base as the base is written, and every
 //!   one kept must have been by the end of the batch. Deltas past the budget are written in two passes: the base
 //!   first, then the delta XORed into it on disk. Either way the result must have the digest the block map
 //!   records, or the restore fails naming the block.
 //! - Frames are fetched by pack and offset, neighbours less than [`MERGE_GAP`] apart merged into one ranged read
 //!   of at most [`MAX_READ`] bytes. A read's frames are shared out to the `parallel` writers in units of at most
 //!   [`MAX_READ_RAW`] decoded bytes, while more reads download, up to [`read_ahead`] bytes held in all (plus
-//!   [`DECODE_AHEAD`] decoded frames per writer, and at most [`DELTA_BUDGET`] of deltas).
-//! - Two writers never write into one file at once ([`FileLocks`]).
+//!   `DECODE_AHEAD` decoded frames per writer, and at most `DELTA_BUDGET` of deltas).
+//! - Two writers never write into one file at once (`FileLocks`).
 //! - Block-mapped files are planned and written a batch of at most
-//!   [`NODES_PER_BATCH`](super::batches::NODES_PER_BATCH) nodes at a time: memory does not grow with the cluster.
+//!   [`NODES_PER_BATCH`] nodes at a time: memory does not grow with the cluster.
 
 use std::collections::{BTreeMap, HashMap};
 use std::os::unix::fs::{FileExt, OpenOptionsExt};

@@ -225,7 +225,7 @@ pub(crate) struct Marked {
     /// Format 2: the block-map nodes their block-mapped files name.
     pub nodes: HashSet<ObjectId>,
     /// Format 2: the frames their small files' pieces name (frames named by nodes are added by
-    /// [`packs::mark_nodes`]).
+    /// `packs::mark_nodes`).
     pub frames: HashSet<ObjectId>,
     /// Manifest format 4: the file maps the manifests name (swept under `maps/` with the nodes when unnamed).
     pub file_maps: HashSet<ObjectId>,

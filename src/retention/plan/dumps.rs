@@ -1,5 +1,5 @@
 //! Retention of logical dumps (pure): which dumps the `dump-*-retain` keys of `[retention]` keep, by the same
-//! calendar rules as base backups ([`super::gfs`]; docs/operations.md, "Retention of dumps").
+//! calendar rules as base backups (the `gfs` module; docs/operations.md, "Retention of dumps").
 //!
 //! The rules apply **per database**: a dump of some databases is one point in the history of each database it
 //! holds, and it is kept if the rules keep it for any of them. So a dump of one database never makes the rules

@@ -104,7 +104,7 @@ where
 
 /// Whether a credential provider answered with a refusal that retrying cannot change:
 /// - the instance metadata service: an HTTP 4xx to the credentials request, or any answer to the IMDSv2 token
-///   request that aws-config turns into a [`TokenError`] (400, 403 "IMDS is disabled or the caller has
+///   request that aws-config turns into a `TokenError` (400, 403 "IMDS is disabled or the caller has
 ///   insufficient permissions", or a malformed token); aws-config `src/imds/client/token.rs`,
 ///   `src/imds/credentials.rs`;
 /// - the ECS/container provider: an HTTP 4xx, which aws-config reports only as text, `Non-success status from

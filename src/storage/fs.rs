@@ -58,8 +58,20 @@ impl FsStorage {
         let path = self.path(key);
         let dir = path.parent().unwrap_or(&self.root).to_path_buf();
         let io = |e| self.map_err("put", key, e);
-        create_dir_all_durable(&dir).map_err(io)?;
-        let mut tmp = tempfile::Builder::new().prefix(TEMP_PREFIX).tempfile_in(&dir).map_err(io)?;
+        // A delete removes a directory it emptied (`remove_empty_dirs`): one can vanish between being made and
+        // the temp file's creation in it, so that is tried again. A directory holding the temp file is never
+        // empty, so nothing after this can race with it.
+        let mut attempt = 0;
+        let mut tmp = loop {
+            attempt += 1;
+            let made = create_dir_all_durable(&dir)
+                .and_then(|()| tempfile::Builder::new().prefix(TEMP_PREFIX).tempfile_in(&dir));
+            match made {
+                Ok(tmp) => break tmp,
+                Err(e) if e.kind() == ErrorKind::NotFound && attempt < PUT_DIR_ATTEMPTS => {}
+                Err(e) => return Err(io(e)),
+            }
+        };
         tmp.write_all(body).map_err(io)?;
         tmp.as_file().sync_all().map_err(io)?;
         match mode {
@@ -266,6 +278,24 @@ impl FsStorage {
     }
 }
 
+/// How many times a put makes its directory and temp file when a concurrent delete removed the directory
+/// in between (each time takes a delete emptying that directory at that moment).
+const PUT_DIR_ATTEMPTS: u32 = 16;
+
+/// Remove `dir` if it is empty, then its parents while they are, below the repository's top-level directories
+/// (`root`'s own children, such as `wal` and `packs`, stay). A file:// repository thus does not keep one empty
+/// directory per expired WAL range or deleted backup. Best effort: a directory that is not empty (or anything
+/// else that stops `rmdir(2)`) ends it, and a put that finds its directory gone makes it again.
+fn remove_empty_dirs(root: &Path, dir: &Path) {
+    let mut dir = dir;
+    while let Some(parent) = dir.parent() {
+        if !parent.starts_with(root) || parent == root || std::fs::remove_dir(dir).is_err() {
+            return;
+        }
+        dir = parent;
+    }
+}
+
 /// Create a directory and its parents, fsyncing each parent whose entry was added.
 fn create_dir_all_durable(dir: &Path) -> std::io::Result<()> {
     if dir.is_dir() {
@@ -347,7 +377,18 @@ impl Storage for FsStorage {
         let dir = path.parent().unwrap_or(&self.root).to_path_buf();
         let key = key.clone();
         let this = self.clone();
-        blocking(move || sync_dir(&dir).map_err(|e| this.map_err("delete", &key, e))).await
+        blocking(move || {
+            // Another delete that emptied the directory may have removed it already: nothing is left to sync
+            // (an object that came back after a crash would be garbage again, never data lost).
+            match sync_dir(&dir) {
+                Ok(()) => {}
+                Err(e) if e.kind() == ErrorKind::NotFound => return Ok(()),
+                Err(e) => return Err(this.map_err("delete", &key, e)),
+            }
+            remove_empty_dirs(&this.root, &dir);
+            Ok(())
+        })
+        .await
     }
 
     async fn list_incomplete(&self, prefix: &str) -> Result<Vec<Incomplete>> {
@@ -362,5 +403,55 @@ impl Storage for FsStorage {
 
     fn capabilities(&self) -> Capabilities {
         Capabilities { is_create_atomic: true, has_fsync_dir: true }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(s: &str) -> Key {
+        Key::new(s.to_owned()).expect("key")
+    }
+
+    #[tokio::test]
+    async fn a_delete_removes_the_directories_it_empties_below_the_top_level() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let s = FsStorage::new(dir.path());
+        for k in ["wal/a/b/one", "wal/a/two"] {
+            s.put(&key(k), Bytes::from_static(b"x"), PutMode::Create).await.expect("put");
+        }
+        s.delete(&key("wal/a/b/one")).await.expect("delete");
+        assert!(!dir.path().join("wal/a/b").exists(), "the emptied directory is removed");
+        assert!(dir.path().join("wal/a").is_dir(), "a directory that still holds an object stays");
+        s.delete(&key("wal/a/two")).await.expect("delete");
+        assert!(!dir.path().join("wal/a").exists(), "emptied in turn, it goes too");
+        assert!(dir.path().join("wal").is_dir(), "a top-level directory stays");
+        s.put(&key("wal/a/b/one"), Bytes::from_static(b"y"), PutMode::Create).await.expect("put again");
+        assert_eq!(&s.get(&key("wal/a/b/one")).await.expect("get")[..], b"y");
+    }
+
+    /// Writers putting and deleting objects of one directory at once: every put lands, although each delete of
+    /// the directory's last object removes the directory that another writer may just have made.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn puts_racing_deletes_that_empty_their_directory_all_land() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let s = FsStorage::new(dir.path());
+        let tasks: Vec<_> = (0..4)
+            .map(|w| {
+                let s = s.clone();
+                tokio::spawn(async move {
+                    for i in 0..300 {
+                        let k = key(&format!("packs/ab/cd/{w}-{i}"));
+                        s.put(&k, Bytes::from_static(b"x"), PutMode::Create).await.expect("every put lands");
+                        s.delete(&k).await.expect("delete");
+                    }
+                })
+            })
+            .collect();
+        for t in tasks {
+            t.await.expect("task");
+        }
+        assert!(!dir.path().join("packs/ab").exists(), "the last delete left no empty directory");
     }
 }

@@ -39,7 +39,10 @@ fi
 WORK=$(mktemp -d /tmp/backupctl-demo.XXXXXX)
 chmod 755 "$WORK"
 mkdir -p "$WORK/bin" "$WORK/repo" "$WORK/spool" "$WORK/spool-pitr" "$WORK/spool-latest"
-[ -n "$DEMO_BIN" ] || for b in wal-push wal-fetch base-backup pitr-restore backupctl; do cp "target/release/$b" "$WORK/bin/"; done
+# cargo's target directory: ./target unless CARGO_TARGET_DIR moves it
+[ -n "$DEMO_BIN" ] || for b in wal-push wal-fetch base-backup pitr-restore backupctl; do
+    cp "${CARGO_TARGET_DIR:-target}/release/$b" "$WORK/bin/" || { rm -rf "$WORK"; exit 1; }
+done
 chown -R postgres:postgres "$WORK"
 if [ -n "$DEMO_BIN" ]; then
     # The installed programs themselves (made after the chown, which must not reach them).
@@ -132,8 +135,8 @@ echo "== pgbench -i -s 10, then a full base backup (base-backup --type full --fa
 pgbench -i -s 10 -q
 base_backup --type full
 
-echo "== 1000 pgbench transactions, then an incremental base backup (stores only chunks the repository lacks;"
-echo "   pgbench's updates are spread over the table, so they touch most 1 MiB chunks)"
+echo "== 1000 pgbench transactions, then an incremental base backup (stores only the pages that changed, most"
+echo "   as deltas against their previous copy)"
 pgbench -n -t 500 -c 2
 base_backup --type incremental
 

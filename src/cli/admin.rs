@@ -35,8 +35,8 @@ pub struct Args {
     /// Configuration file (default: $BACKUPCTL_CONFIG, then /etc/backupctl/backupctl.toml).
     #[arg(long, value_name = "PATH", global = true)]
     pub config: Option<PathBuf>,
-    /// Print the results as JSON (as the subcommand's own --json-output; for init, config-show, check, status,
-    /// backup and restore).
+    /// Print the results as JSON: the same as the subcommand's own --json-output, for every subcommand that has
+    /// one (see its --help).
     #[arg(long = "json-output", visible_alias = "json")]
     pub json_output: bool,
     /// What to do.

@@ -14,7 +14,7 @@ use crate::repository::backup::{BackupType, Manifest};
 /// the PostgreSQL OS user).
 ///
 /// Connects with the [postgres] section of the configuration, runs pg_backup_start/pg_backup_stop on one session,
-/// copies the data directory and tablespaces as content-addressed chunks, waits until the WAL up to the stop point
+/// copies the data directory and tablespaces as content-addressed objects, waits until the WAL up to the stop point
 /// is archived, then writes the manifest: a backup is listed by `backupctl status` only once it is restorable.
 #[derive(Debug, Clone, Parser)]
 #[command(name = "base-backup", version, after_long_help = exit::OTHER_HELP)]
@@ -25,8 +25,9 @@ pub struct Args {
     /// What to back up and how.
     #[command(flatten)]
     pub backup: BackupArgs,
-    /// incremental: store only chunks the repository lacks; full: write every chunk again, so the backup depends
-    /// on no object written before it.
+    /// incremental: store only what changed since the last backup (pages in a format-2 repository, 1 MiB chunks
+    /// in format 1); full: read and verify everything and trust no earlier backup's digests (format 2 still
+    /// stores only frames the repository lacks; format 1 writes every chunk again). Either restores on its own.
     #[arg(long = "type", value_name = "TYPE", default_value = "incremental", value_parser = parse_type)]
     pub backup_type: BackupType,
 }

@@ -274,7 +274,15 @@ impl FsStorage {
             Err(e) if e.kind() == ErrorKind::NotFound => return Ok(()),
             Err(e) => return Err(self.map_err("remove", &item.name, e)),
         }
-        sync_dir(path.parent().unwrap_or(&self.root)).map_err(|e| self.map_err("remove", &item.name, e))
+        let dir = path.parent().unwrap_or(&self.root);
+        match sync_dir(dir) {
+            Ok(()) => {}
+            Err(e) if e.kind() == ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(self.map_err("remove", &item.name, e)),
+        }
+        // A killed writer's temp file may have been all its new directory held.
+        remove_empty_dirs(&self.root, dir);
+        Ok(())
     }
 }
 
@@ -453,5 +461,19 @@ mod tests {
             t.await.expect("task");
         }
         assert!(!dir.path().join("packs/ab").exists(), "the last delete left no empty directory");
+    }
+
+    /// A killed writer's temp file, alone in the directory it made: removing it removes the directory too.
+    #[tokio::test]
+    async fn removing_a_lone_temp_file_removes_its_directory() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let s = FsStorage::new(dir.path());
+        std::fs::create_dir_all(dir.path().join("packs/zz")).expect("mkdir");
+        std::fs::write(dir.path().join(format!("packs/zz/{TEMP_PREFIX}killed")), b"x").expect("temp file");
+        let found = s.list_incomplete("packs/").await.expect("list");
+        assert_eq!(found.len(), 1, "{found:?}");
+        s.remove_incomplete(&found[0]).await.expect("remove");
+        assert!(!dir.path().join("packs/zz").exists(), "the emptied directory is removed");
+        assert!(dir.path().join("packs").is_dir(), "a top-level directory stays");
     }
 }

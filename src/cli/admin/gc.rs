@@ -176,16 +176,26 @@ pub(super) fn run(ctx: &Ctx, args: &GcArgs) -> Result<(), Error> {
     };
     let p = &report.packs;
     if p.packs > 0 || p.nodes_deleted > 0 {
+        // A dry run counts what a gc would delete and compact, and does none of it (nothing is copied or written).
+        let (deleted, compacted, work, freed) = if args.dry_run {
+            ("to delete", "to compact", String::new(), "would be freed, less the live frames compaction copies")
+        } else {
+            let work = format!(
+                " ({} frames copied, {} packs and {} index objects written, {} read in {} requests, {} written)",
+                p.frames_copied,
+                p.packs_written,
+                p.index_written,
+                human_bytes(p.bytes_read),
+                p.read_requests,
+                human_bytes(p.bytes_written),
+            );
+            ("deleted", "compacted", work, "freed")
+        };
         line(format_args!(
-            "gc {storage}: packs: {} deleted, {} compacted ({} frames copied, {} packs and {} index objects written, {} read in {} requests, {} written), {} left in grace; {} index objects and {} nodes deleted; {} freed",
+            "gc {storage}: packs: {} {deleted}, {} {compacted}{work}, {} left in grace; {} index objects and {} nodes \
+             {deleted}; {} {freed}",
             p.packs_deleted,
             p.packs_compacted,
-            p.frames_copied,
-            p.packs_written,
-            p.index_written,
-            human_bytes(p.bytes_read),
-            p.read_requests,
-            human_bytes(p.bytes_written),
             p.packs_in_grace,
             p.index_deleted,
             p.nodes_deleted,

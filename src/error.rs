@@ -622,8 +622,11 @@ fn storage_hint(e: &crate::storage::Error) -> Option<&'static str> {
         S::Transient { .. } => {
             "the repository is unreachable or failing; check the endpoint, network and credentials (retried until archive.retry_deadline_seconds)"
         }
+        S::PermissionDenied { backend, .. } if backend.starts_with("file://") => {
+            "run the command as the OS user that owns the repository (the PostgreSQL OS user: runuser -u postgres -- ...), or give this user access to its directories"
+        }
         S::PermissionDenied { .. } => {
-            "check the credentials and their IAM or bucket policy (a push-only policy from packaging/iam/ may not delete: prune, delete and gc need the full one; docs/operations.md, \"S3 credentials with least privilege\"), or the directory permissions for the PostgreSQL OS user"
+            "check the credentials and their IAM or bucket policy (a push-only policy from packaging/iam/ may not delete: prune, delete and gc need the full one; docs/operations.md, \"S3 credentials with least privilege\")"
         }
         S::InvalidUrl { .. } => "repository.url must be file:///absolute/path or s3://bucket/prefix",
         S::RangeBeyondEnd { .. } => {
@@ -639,4 +642,24 @@ fn storage_hint(e: &crate::storage::Error) -> Option<&'static str> {
 /// `, N broken dump(s)` when `n` is above 0, else nothing (the verify failure's message).
 fn broken_dumps_text(n: usize) -> String {
     if n == 0 { String::new() } else { format!(", {n} broken dump(s)") }
+}
+
+#[cfg(test)]
+mod tests {
+    /// Access refused by a file:// repository's directories gets a hint about OS users, by S3 one about IAM
+    /// (before, a 0700 repository read by another user was told to check its IAM policy).
+    #[test]
+    fn a_refused_access_is_explained_in_its_backend_s_terms() {
+        let denied = |backend: &str| {
+            super::Error::Storage(crate::storage::Error::PermissionDenied {
+                backend: backend.to_owned(),
+                key: "backupctl.json".to_owned(),
+                source: "Permission denied (os error 13)".into(),
+            })
+        };
+        let file = denied("file:///var/lib/backupctl/repo").hint().unwrap_or_default();
+        assert!(file.contains("OS user") && !file.contains("IAM"), "{file}");
+        let s3 = denied("s3://bucket/prefix").hint().unwrap_or_default();
+        assert!(s3.contains("IAM") && !s3.contains("OS user"), "{s3}");
+    }
 }

@@ -151,7 +151,7 @@ pub fn run(
 
         // Every link is resolved and every directory read here, before any data is copied. Format 2 keeps only
         // the totals (for the progress bar): its copy walks again as a stream (`backup::stream`), so that memory
-        // does not grow with the number of files.
+        // does not grow with the number of files (and warns about skipped special files, once).
         let (listing, total, count) = if descriptor.format >= 2 {
             let (mut bytes, mut files) = (0u64, 0u64);
             walk::visit(&data_dir, &mut |item| {

@@ -156,6 +156,7 @@ pub async fn copy(
                 Some(Item::File(f)) => window.push(f),
                 Some(Item::Dir(d)) => out.directories.push(d),
                 Some(Item::Tablespace(t)) => out.tablespaces.push(t),
+                Some(special @ Item::Special { .. }) => special.warn_skipped(),
                 None => {
                     is_done = true;
                     break;

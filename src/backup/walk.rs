@@ -81,6 +81,7 @@ pub struct Listing {
 pub fn list(data_dir: &Path) -> Result<Listing, Error> {
     let mut files = Vec::new();
     let mut out = visit(data_dir, &mut |item| {
+        item.warn_skipped();
         if let Item::File(f) = item {
             files.push(f);
         }
@@ -99,6 +100,24 @@ pub enum Item {
     Dir(DirEntry),
     /// A tablespace under `pg_tblspc` (before anything in it).
     Tablespace(Tablespace),
+    /// A socket, FIFO or device (not behind a link), which is not backed up: PostgreSQL's own base backup skips
+    /// these too ("skipping special file", src/backend/backup/basebackup.c). The caller that copies warns
+    /// ([`Item::warn_skipped`]), once per backup.
+    Special {
+        /// Where it is.
+        path: PathBuf,
+        /// "socket", "FIFO", "block device", "character device" or "special file".
+        kind: &'static str,
+    },
+}
+
+impl Item {
+    /// Log the warning for an [`Item::Special`] (nothing for the other items).
+    pub fn warn_skipped(&self) {
+        if let Item::Special { path, kind } = self {
+            tracing::warn!(path = %Escaped(path), kind = *kind, "skipping special file");
+        }
+    }
 }
 
 /// Walk `data_dir` as [`list`] does, passing each item to `found` as it is found instead of keeping it, in walk
@@ -217,8 +236,7 @@ impl Walker<'_> {
                     LinkProblem::NotFileOrDirectory { target: resolved, kind: kind(&target) },
                 ));
             } else {
-                // PostgreSQL's own base backup skips these too ("skipping special file", basebackup.c).
-                tracing::warn!(path = %Escaped(&path), kind = kind(&target), "skipping special file");
+                (self.found)(Item::Special { path, kind: kind(&target) })?;
             }
         }
         Ok(())
@@ -369,6 +387,7 @@ mod tests {
                 Item::File(f) => format!("f {}", f.rel),
                 Item::Dir(d) => format!("d {}", d.path),
                 Item::Tablespace(t) => format!("t {}", t.oid),
+                Item::Special { path, kind } => format!("s {} {kind}", path.display()),
             });
             Ok(())
         })

@@ -25,22 +25,41 @@ use crate::spool::Spool;
 /// `base-backup`, `pitr-restore`, `backupctl` (with its subcommands). For generating man pages and shell completions
 /// (`examples/gen-assets.rs`, run when the Debian package is built).
 pub fn commands() -> Vec<clap::Command> {
-    use clap::CommandFactory as _;
     vec![
-        wal_push::Args::command(),
-        wal_fetch::Args::command(),
-        base_backup::Args::command(),
-        pitr_restore::Args::command(),
-        admin::Args::command(),
+        command_of::<wal_push::Args>(),
+        command_of::<wal_fetch::Args>(),
+        command_of::<base_backup::Args>(),
+        command_of::<pitr_restore::Args>(),
+        command_of::<admin::Args>(),
     ]
+}
+
+/// The command-line definition of `A` as the program parses it and as its man page shows it: every subcommand
+/// without a `--help` epilogue of its own takes its parent's ([`inherit_exit_help`]).
+fn command_of<A: clap::CommandFactory>() -> clap::Command {
+    inherit_exit_help(A::command())
 }
 
 /// Parse the command line as `A`; on `--help`, `--version` or a usage error, print clap's text and return the exit
 /// status `program` uses for it.
 pub fn parse_args<A: clap::Parser>(program: exit::Program) -> Result<A, std::process::ExitCode> {
-    A::try_parse().map_err(|e| {
+    let mut command = command_of::<A>();
+    let parsed = command
+        .try_get_matches_from_mut(std::env::args_os())
+        .and_then(|mut m| A::from_arg_matches_mut(&mut m).map_err(|e| e.format(&mut command)));
+    parsed.map_err(|e| {
         let _ = e.print();
         std::process::ExitCode::from(exit::clap_code(program, &e))
+    })
+}
+
+/// `command` with its `--help` epilogue (the exit statuses) given to every subcommand, at any depth, that has
+/// none of its own: `backupctl restore --help` says what its exit statuses mean as `pitr-restore --help` does.
+fn inherit_exit_help(command: clap::Command) -> clap::Command {
+    let Some(epilogue) = command.get_after_long_help().cloned() else { return command };
+    command.mut_subcommands(|sub| {
+        let sub = if sub.get_after_long_help().is_none() { sub.after_long_help(epilogue.clone()) } else { sub };
+        inherit_exit_help(sub)
     })
 }
 
@@ -233,6 +252,27 @@ mod tests {
             let err = parse_time(text).expect_err(text);
             assert!(err.contains(want), "{text}: {err:?} should say {want:?}");
         }
+    }
+
+    /// Every program and every subcommand at any depth says in its --help what its exit statuses mean (before,
+    /// `backupctl restore --help` and the other subcommands did not).
+    #[test]
+    fn every_help_names_its_exit_statuses() {
+        fn check(mut command: clap::Command, path: &str) -> usize {
+            let path = format!("{path} {}", command.get_name());
+            // Words only: where clap wraps the text depends on the terminal's width.
+            let help = command.render_long_help().to_string().split_whitespace().collect::<Vec<_>>().join(" ");
+            assert!(help.contains("Exit status:"), "{path} --help says nothing about exit statuses:\n{help}");
+            let subs: Vec<clap::Command> =
+                command.get_subcommands().filter(|s| s.get_name() != "help").cloned().collect();
+            1 + subs.into_iter().map(|s| check(s, &path)).sum::<usize>()
+        }
+        let checked: usize = super::commands().into_iter().map(|c| check(c, "")).sum();
+        assert!(checked > 20, "only {checked} commands checked");
+        let mut restore =
+            super::commands().pop().expect("backupctl").find_subcommand("restore").cloned().expect("restore");
+        let help = restore.render_long_help().to_string().split_whitespace().collect::<Vec<_>>().join(" ");
+        assert!(help.contains("Exit status: 0 success; 1 failure"), "{help}");
     }
 
     #[test]

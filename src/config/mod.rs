@@ -343,8 +343,19 @@ impl Config {
         let mut problems = Vec::new();
         let url = &self.repository.url;
         if let Some(rest) = url.strip_prefix("file://") {
+            let root = Path::new(rest);
             if !rest.starts_with('/') {
                 problems.push(format!("repository.url = {url:?}: must be an absolute path (file:///...)"));
+            } else if root.parent().is_none() {
+                problems
+                    .push(format!("repository.url = {url:?}: names the root directory; name a directory of its own"));
+            } else if nests(root, &self.spool.path) {
+                // gc and verify would take the spool's files for the repository's, and the spool's clean-up the
+                // repository's for its own.
+                problems.push(format!(
+                    "spool.path = {:?}: must not be inside the repository ({url}) nor hold it",
+                    self.spool.path
+                ));
             }
         } else if let Some(rest) = url.strip_prefix("s3://") {
             if rest.split('/').next().is_none_or(str::is_empty) {
@@ -421,6 +432,27 @@ impl Config {
         problems.extend(catalog::validate(self.catalog.as_ref()));
         problems
     }
+}
+
+/// Whether one of two absolute paths is the other or inside it, compared component by component after `.` and
+/// `..` are resolved as written (`/srv/spool/../repo` is `/srv/repo`; links are not followed: the paths need
+/// not exist yet).
+fn nests(a: &Path, b: &Path) -> bool {
+    fn lexical(p: &Path) -> PathBuf {
+        let mut out = PathBuf::new();
+        for c in p.components() {
+            match c {
+                std::path::Component::CurDir => {}
+                std::path::Component::ParentDir => {
+                    out.pop();
+                }
+                c => out.push(c),
+            }
+        }
+        out
+    }
+    let (a, b) = (lexical(a), lexical(b));
+    a.starts_with(&b) || b.starts_with(&a)
 }
 
 /// Replace `${VAR}` and `${VAR:default}`; `$$` stays a literal `$`. Comments are interpolated too.
@@ -629,6 +661,22 @@ mod tests {
     const MINIMAL: &str =
         "[repository]\nurl = \"file:///var/lib/backupctl/repo\"\n[spool]\npath = \"/var/lib/backupctl/spool\"\n";
 
+    /// A spool beside the repository is fine, however the paths are written; only nesting is refused.
+    #[test]
+    fn a_spool_beside_a_file_repository_is_accepted() {
+        for (url, spool) in [
+            ("file:///srv/r", "/srv/r2"),
+            ("file:///srv/r2/", "/srv/r"),
+            ("file:///srv/spool/../repo", "/srv/spool"),
+            ("file:///var/lib/backupctl/repo", "/var/lib/backupctl/spool/"),
+        ] {
+            let text = format!("[repository]\nurl = \"{url}\"\n[spool]\npath = \"{spool}\"\n");
+            assert!(parse(&text).is_ok(), "{url} with spool {spool}: {:?}", parse(&text).err());
+        }
+        assert!(nests(Path::new("/srv/spool/../repo/x"), Path::new("/srv/repo")));
+        assert!(!nests(Path::new("/srv/repo"), Path::new("/srv/repository")));
+    }
+
     #[test]
     fn minimal_file_gets_defaults() {
         let c = parse(MINIMAL).expect("minimal config");
@@ -675,6 +723,11 @@ mod tests {
             ),
             ("[repository]\nurl = \"file:///r\"\ncompression_level = 0\n[spool]\npath = \"/s\"\n", "compression_level"),
             ("[repository]\nurl = \"file:///r\"\n[spool]\npath = \"rel\"\n", "spool.path"),
+            ("[repository]\nurl = \"file:///\"\n[spool]\npath = \"/s\"\n", "names the root directory"),
+            ("[repository]\nurl = \"file:///r\"\n[spool]\npath = \"/r/spool\"\n", "must not be inside the repository"),
+            ("[repository]\nurl = \"file:///s/r/\"\n[spool]\npath = \"/s\"\n", "nor hold it"),
+            ("[repository]\nurl = \"file:///r\"\n[spool]\npath = \"/r\"\n", "spool.path = \"/r\""),
+            ("[repository]\nurl = \"file:///s/../r/./x\"\n[spool]\npath = \"/r\"\n", "nor hold it"),
             (
                 "[repository]\nurl = \"file:///r\"\n[spool]\npath = \"/s\"\n[archive]\npush_concurrency = 0\n",
                 "push_concurrency",

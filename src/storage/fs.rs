@@ -64,14 +64,20 @@ impl FsStorage {
         let mut attempt = 0;
         let mut tmp = loop {
             attempt += 1;
-            let made = create_dir_all_durable(&dir)
-                .and_then(|()| tempfile::Builder::new().prefix(TEMP_PREFIX).tempfile_in(&dir));
+            let made = make_dir_all(&dir).and_then(|()| tempfile::Builder::new().prefix(TEMP_PREFIX).tempfile_in(&dir));
             match made {
                 Ok(tmp) => break tmp,
                 Err(e) if e.kind() == ErrorKind::NotFound && attempt < PUT_DIR_ATTEMPTS => {}
+                // Not "object not found": the write's own directory kept vanishing.
+                Err(e) if e.kind() == ErrorKind::NotFound => {
+                    let why = format!("{}: {e} ({attempt} times: concurrent deletes kept removing it)", dir.display());
+                    return Err(Error::other(self, "put", key, why));
+                }
                 Err(e) => return Err(io(e)),
             }
         };
+        // The temp file keeps `dir` and its parents in place while they are synced.
+        sync_parents(&self.root, &dir).map_err(io)?;
         tmp.write_all(body).map_err(io)?;
         tmp.as_file().sync_all().map_err(io)?;
         match mode {
@@ -275,11 +281,7 @@ impl FsStorage {
             Err(e) => return Err(self.map_err("remove", &item.name, e)),
         }
         let dir = path.parent().unwrap_or(&self.root);
-        match sync_dir(dir) {
-            Ok(()) => {}
-            Err(e) if e.kind() == ErrorKind::NotFound => return Ok(()),
-            Err(e) => return Err(self.map_err("remove", &item.name, e)),
-        }
+        sync_nearest_dir(&self.root, dir).map_err(|e| self.map_err("remove", &item.name, e))?;
         // A killed writer's temp file may have been all its new directory held.
         remove_empty_dirs(&self.root, dir);
         Ok(())
@@ -300,17 +302,49 @@ fn remove_empty_dirs(root: &Path, dir: &Path) {
         if !parent.starts_with(root) || parent == root || std::fs::remove_dir(dir).is_err() {
             return;
         }
+        // The removal is durable before the caller returns: a delete racing this one that finds the directory
+        // gone relies on it (`sync_nearest_dir`). A failure leaves at worst an empty directory after a crash.
+        let _ = sync_dir(parent);
         dir = parent;
     }
 }
 
-/// Create a directory and its parents, fsyncing each parent whose entry was added.
-fn create_dir_all_durable(dir: &Path) -> std::io::Result<()> {
+/// fsync `dir`, or if a concurrent delete removed it (`remove_empty_dirs`), the nearest directory above it that
+/// still exists, up to `root`: an unlink in a directory that another delete then removed is durable once the
+/// removal is. Errors: any but `NotFound` from `fsync(2)` or `open(2)`, and `NotFound` for `root` itself.
+fn sync_nearest_dir(root: &Path, dir: &Path) -> std::io::Result<()> {
+    for d in dir.ancestors() {
+        match sync_dir(d) {
+            Err(e) if e.kind() == ErrorKind::NotFound && d != root && d.starts_with(root) => continue,
+            other => return other,
+        }
+    }
+    Ok(())
+}
+
+/// fsync every directory from `dir`'s parent up to `root`, so that the entries leading from `root` to `dir`
+/// are durable whoever made them: a directory that another writer has just made ([`make_dir_all`]) is visible
+/// before that writer has fsynced its parent, so finding it proves nothing about a crash, and a put acknowledged
+/// in it must not depend on the other writer. Costs one `fsync(2)` per level below `root` (about 45 µs each on a
+/// clean directory here). Errors: those of `open(2)` and `fsync(2)`.
+fn sync_parents(root: &Path, dir: &Path) -> std::io::Result<()> {
+    for d in dir.ancestors().skip(1) {
+        if !d.starts_with(root) {
+            break;
+        }
+        sync_dir(d)?;
+    }
+    Ok(())
+}
+
+/// Create a directory and its parents, fsyncing each parent whose entry was added (those above the repository's
+/// root included, when the first put makes it).
+fn make_dir_all(dir: &Path) -> std::io::Result<()> {
     if dir.is_dir() {
         return Ok(());
     }
     if let Some(parent) = dir.parent() {
-        create_dir_all_durable(parent)?;
+        make_dir_all(parent)?;
     }
     match std::fs::create_dir(dir) {
         Ok(()) => {}
@@ -386,13 +420,7 @@ impl Storage for FsStorage {
         let key = key.clone();
         let this = self.clone();
         blocking(move || {
-            // Another delete that emptied the directory may have removed it already: nothing is left to sync
-            // (an object that came back after a crash would be garbage again, never data lost).
-            match sync_dir(&dir) {
-                Ok(()) => {}
-                Err(e) if e.kind() == ErrorKind::NotFound => return Ok(()),
-                Err(e) => return Err(this.map_err("delete", &key, e)),
-            }
+            sync_nearest_dir(&this.root, &dir).map_err(|e| this.map_err("delete", &key, e))?;
             remove_empty_dirs(&this.root, &dir);
             Ok(())
         })
@@ -475,5 +503,33 @@ mod tests {
         s.remove_incomplete(&found[0]).await.expect("remove");
         assert!(!dir.path().join("packs/zz").exists(), "the emptied directory is removed");
         assert!(dir.path().join("packs").is_dir(), "a top-level directory stays");
+    }
+
+    /// A delete whose directory another delete has removed syncs the nearest directory that still exists, which
+    /// holds the removal; it never goes above the repository's root, and a missing root is an error.
+    #[test]
+    fn the_nearest_existing_directory_is_synced_up_to_the_root() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let root = dir.path().join("repo");
+        std::fs::create_dir_all(root.join("wal")).expect("mkdir");
+        sync_nearest_dir(&root, &root.join("wal/a/b")).expect("wal exists");
+        sync_nearest_dir(&root, &root).expect("the root exists");
+        std::fs::remove_dir_all(&root).expect("rm");
+        let err = sync_nearest_dir(&root, &root.join("wal/a/b")).expect_err("the root is gone");
+        assert_eq!(err.kind(), ErrorKind::NotFound);
+    }
+
+    /// A put's directories are synced from its own up to the root and no further; a directory missing fails.
+    #[test]
+    fn a_put_s_parents_are_synced_up_to_the_root() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let root = dir.path().join("repo");
+        make_dir_all(&root.join("packs/ab")).expect("made");
+        sync_parents(&root, &root.join("packs/ab")).expect("synced");
+        sync_parents(&root, &root).expect("nothing between the root and itself");
+        std::fs::remove_dir(root.join("packs/ab")).expect("rmdir");
+        std::fs::remove_dir(root.join("packs")).expect("rmdir");
+        let err = sync_parents(&root, &root.join("packs/ab")).expect_err("packs is gone");
+        assert_eq!(err.kind(), ErrorKind::NotFound);
     }
 }

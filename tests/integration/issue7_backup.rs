@@ -142,6 +142,17 @@ fn issue_7_links_that_cannot_be_followed_are_refused_before_copying() {
         assert!(repo.objects().is_empty(), "{}: refused before any data is copied", link.display());
         std::fs::remove_file(link).expect("rm link");
     }
+    // A FIFO in the data directory itself (not behind a link) is skipped, as pg_basebackup does, with one warning
+    // that names it (format 2 walks twice, and warned twice before).
+    let stray = data.join("stray-fifo");
+    assert_ok("mkfifo", &Command::new("mkfifo").arg(&stray).output().expect("mkfifo"));
+    let out = src.base_backup(&["--fast"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "a FIFO in the data directory is skipped: {err}");
+    let warnings: Vec<&str> = err.lines().filter(|l| l.contains("skipping special file")).collect();
+    assert_eq!(warnings.len(), 1, "one warning for the FIFO: {err}");
+    assert!(warnings[0].contains("stray-fifo") && warnings[0].contains("FIFO"), "{err}");
+    std::fs::remove_file(&stray).expect("rm fifo");
     let summary = src.backup_json("full");
     assert!(summary["files"].as_u64().unwrap_or(0) > 500, "{summary}");
 }

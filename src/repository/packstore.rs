@@ -240,6 +240,8 @@ pub async fn save_raw(
     let id = ObjectId::of(raw);
     let key = key_of(&id);
     if storage.exists(&key).await? {
+        // A writer killed after the object appeared may not have synced it; the backup will reference it.
+        storage.make_durable(&key).await?;
         return Ok((id, 0));
     }
     let (object, _) = codec::encode_hashed(raw, codec::Digest::Blake3(id.0), level)

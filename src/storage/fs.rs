@@ -1,8 +1,10 @@
 //! Local directory backend (`file:///path`).
 //!
 //! Invariants: a put writes a temp file in the target directory, fsyncs it, then renames it into place
-//! (`Overwrite`) or hard-links it (`Create`, which fails atomically if the name exists), and fsyncs the directory.
-//! A reader never sees a partial object; temp files are removed on drop.
+//! (`Overwrite`) or hard-links it (`Create`, which fails atomically if the name exists), and fsyncs the directory
+//! and every directory above it up to the root. A reader never sees a partial object; temp files are removed on
+//! drop. A delete fsyncs the directory it unlinked from (or the nearest one left) and then removes the
+//! directories it emptied below the top level (docs/design/architecture.md, storage).
 
 pub mod owner;
 
@@ -57,7 +59,11 @@ impl FsStorage {
     fn put_blocking(&self, key: &Key, body: &[u8], mode: PutMode) -> Result<()> {
         let path = self.path(key);
         let dir = path.parent().unwrap_or(&self.root).to_path_buf();
-        let io = |e| self.map_err("put", key, e);
+        // A put's NotFound is its directory vanishing, never "no such object".
+        let io = |e: std::io::Error| match e.kind() {
+            ErrorKind::NotFound => Error::other(self, "put", key, e),
+            _ => self.map_err("put", key, e),
+        };
         // A delete removes a directory it emptied (`remove_empty_dirs`): one can vanish between being made and
         // the temp file's creation in it, so that is tried again. A directory holding the temp file is never
         // empty, so nothing after this can race with it.
@@ -88,6 +94,9 @@ impl FsStorage {
             PutMode::Create => match std::fs::hard_link(tmp.path(), &path) {
                 Ok(()) => drop(tmp),
                 Err(e) if e.kind() == ErrorKind::AlreadyExists => {
+                    // The other writer may have been killed before syncing the directory, and the caller counts
+                    // the object as stored.
+                    sync_dir(&dir).map_err(io)?;
                     return Err(Error::AlreadyExists { backend: self.to_string(), key: key.clone() });
                 }
                 Err(e) => return Err(io(e)),
@@ -302,8 +311,8 @@ fn remove_empty_dirs(root: &Path, dir: &Path) {
         if !parent.starts_with(root) || parent == root || std::fs::remove_dir(dir).is_err() {
             return;
         }
-        // The removal is durable before the caller returns: a delete racing this one that finds the directory
-        // gone relies on it (`sync_nearest_dir`). A failure leaves at worst an empty directory after a crash.
+        // Best effort: a failure leaves at worst an empty directory after a crash. (A racing delete that finds
+        // this directory gone syncs the nearest one left itself, `sync_nearest_dir`.)
         let _ = sync_dir(parent);
         dir = parent;
     }
@@ -411,17 +420,24 @@ impl Storage for FsStorage {
 
     async fn delete(&self, key: &Key) -> Result<()> {
         let path = self.path(key);
-        match tokio::fs::remove_file(&path).await {
-            Ok(()) => {}
-            Err(e) if e.kind() == ErrorKind::NotFound => return Ok(()),
+        let is_gone = match tokio::fs::remove_file(&path).await {
+            Ok(()) => false,
+            Err(e) if e.kind() == ErrorKind::NotFound => true,
             Err(e) => return Err(self.map_err("delete", key, e)),
-        }
+        };
         let dir = path.parent().unwrap_or(&self.root).to_path_buf();
         let key = key.clone();
         let this = self.clone();
         blocking(move || {
-            sync_nearest_dir(&this.root, &dir).map_err(|e| this.map_err("delete", &key, e))?;
-            remove_empty_dirs(&this.root, &dir);
+            // Synced also when the object was already gone: a racing delete of the same key (or this one, retried)
+            // may have unlinked it without syncing yet, and this call must not return before the unlink is durable.
+            match sync_nearest_dir(&this.root, &dir) {
+                Err(e) if is_gone && e.kind() == ErrorKind::NotFound => return Ok(()),
+                r => r.map_err(|e| this.map_err("delete", &key, e))?,
+            }
+            if !is_gone {
+                remove_empty_dirs(&this.root, &dir);
+            }
             Ok(())
         })
         .await
@@ -439,6 +455,21 @@ impl Storage for FsStorage {
 
     fn capabilities(&self) -> Capabilities {
         Capabilities { is_create_atomic: true, has_fsync_dir: true }
+    }
+
+    /// [`Storage::make_durable`]: the object's content was fsynced before it got its name; its directory and
+    /// every one up to the root are fsynced here.
+    async fn make_durable(&self, key: &Key) -> Result<()> {
+        let (this, key) = (self.clone(), key.clone());
+        blocking(move || {
+            let path = this.path(&key);
+            let dir = path.parent().unwrap_or(&this.root);
+            if !path.is_file() {
+                return Err(Error::NotFound { backend: this.to_string(), key });
+            }
+            sync_dir(dir).and_then(|()| sync_parents(&this.root, dir)).map_err(|e| this.map_err("sync", &key, e))
+        })
+        .await
     }
 }
 
@@ -519,7 +550,27 @@ mod tests {
         assert_eq!(err.kind(), ErrorKind::NotFound);
     }
 
-    /// A put's directories are synced from its own up to the root and no further; a directory missing fails.
+    /// An object found is made durable in place; one missing is NotFound. Deleting what is gone, in a directory
+    /// that is gone or a repository that is gone, is not an error (it syncs the nearest directory left).
+    #[tokio::test]
+    async fn make_durable_and_deletes_of_what_is_gone() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let s = FsStorage::new(dir.path().join("repo"));
+        s.put(&key("packs/ab/x"), Bytes::from_static(b"x"), PutMode::Create).await.expect("put");
+        s.make_durable(&key("packs/ab/x")).await.expect("present");
+        let err = s.make_durable(&key("packs/ab/y")).await.expect_err("missing");
+        assert!(err.is_not_found(), "{err}");
+        let again = s.put(&key("packs/ab/x"), Bytes::from_static(b"x"), PutMode::Create).await;
+        assert!(matches!(again, Err(Error::AlreadyExists { .. })), "{again:?}");
+        s.delete(&key("packs/ab/x")).await.expect("delete");
+        s.delete(&key("packs/ab/x")).await.expect("gone already");
+        s.delete(&key("packs/cd/z")).await.expect("never there");
+        std::fs::remove_dir_all(dir.path().join("repo")).expect("rm");
+        s.delete(&key("packs/ab/x")).await.expect("the repository is gone");
+    }
+
+    /// A put's parent directories are synced from its directory's parent up to the root and no further; a
+    /// directory missing fails.
     #[test]
     fn a_put_s_parents_are_synced_up_to_the_root() {
         let dir = tempfile::tempdir().expect("tempdir");

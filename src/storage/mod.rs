@@ -285,6 +285,15 @@ pub trait Storage: Send + Sync + fmt::Display + fmt::Debug {
     /// What this backend guarantees.
     fn capabilities(&self) -> Capabilities;
 
+    /// Make an object that already exists as durable as a put that created it would have: for a caller that
+    /// found it (by `head` or a read) and is about to count it as stored, when the writer that made it may have
+    /// been killed after the object became visible and before its directory was synced. The default does nothing
+    /// (S3: an object is durable once visible). Errors: [`Error::NotFound`] if it is gone, and the backend's errors.
+    async fn make_durable(&self, key: &Key) -> Result<()> {
+        let _ = key;
+        Ok(())
+    }
+
     /// At most `limit` objects whose key starts with `prefix` and sorts after `start_after` (byte order), sorted
     /// by key: a bounded look at what follows a key without listing everything before it (S3 `ListObjectsV2`
     /// `StartAfter`). The default lists the whole prefix; backends override it to do less.

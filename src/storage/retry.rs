@@ -110,4 +110,7 @@ impl Storage for Retrying {
     fn capabilities(&self) -> Capabilities {
         self.inner.capabilities()
     }
+    async fn make_durable(&self, key: &Key) -> Result<()> {
+        self.run("sync", key.as_str(), || self.inner.make_durable(key)).await
+    }
 }

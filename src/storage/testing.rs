@@ -126,6 +126,9 @@ impl Storage for Faulty {
     fn capabilities(&self) -> Capabilities {
         self.inner.capabilities()
     }
+    async fn make_durable(&self, key: &Key) -> Result<()> {
+        self.inner.make_durable(key).await
+    }
 }
 
 /// One request made through [`Counting`].
@@ -221,6 +224,9 @@ impl Storage for Counting {
     }
     fn capabilities(&self) -> Capabilities {
         self.inner.capabilities()
+    }
+    async fn make_durable(&self, key: &Key) -> Result<()> {
+        self.inner.make_durable(key).await
     }
 }
 

@@ -205,6 +205,8 @@ pub async fn push_file(
         let _permit = cpu_permit(cpu).await?;
         let digest = blocking(move || digest_file(&p, size)).await?;
         compare(name, &existing, digest, size)?;
+        // A pusher killed after the object appeared may not have synced it: exit 0 means durable.
+        storage.make_durable(&key).await?;
         return Ok(done(digest, 0, Stored::AlreadyPresent));
     }
 

@@ -26,9 +26,11 @@ fn segment_object(repo: &FileRepo, name: &str) -> PathBuf {
     repo.dir.path().join("wal").join(&name[..16]).join(name)
 }
 
-/// Start a restored copy without waiting for it to accept connections (it may stop during recovery).
+/// Start a restored copy without waiting for it to accept connections (it may stop during recovery, before
+/// `pg_ctl start`'s polling would see it ready).
 fn start_unchecked(copy: &Cluster) {
     let out = as_postgres(&copy.bin.join("pg_ctl"))
+        .arg("--no-wait")
         .arg("-D")
         .arg(&copy.data)
         .arg("-l")
@@ -117,9 +119,11 @@ fn issue_7_hole_in_archive_stops_restore_and_recovery() {
     let copy = Cluster::at(&c.bin, &early, &c.socket);
     start_unchecked(&copy);
     let _stop = StopOnDrop(&copy);
+    // The log is read again once the server has stopped: the lines it writes between wal-fetch's message and its
+    // exit (the startup process's FATAL with the exit code, then the shutdown) may not be there yet at the first read.
     let log = wait_for("the restored copy to stop at the hole", Duration::from_secs(180), || {
         let log = copy.log_text();
-        (log.contains("wal-fetch") && log.contains(&lost) && !is_running(&copy)).then_some(log)
+        (log.contains("wal-fetch") && log.contains(&lost) && !is_running(&copy)).then(|| copy.log_text())
     });
     assert!(log.contains(&format!("{lost} is missing")) && log.contains(&next), "{log}");
     assert!(log.contains("exit code 255") || log.contains("exited with exit code 255"), "{log}");

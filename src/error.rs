@@ -129,6 +129,20 @@ pub enum Error {
         /// Backend display.
         backend: String,
     },
+    /// The archive lacks a segment, holds later WAL, and holds nothing of the segment's timeline before it: the
+    /// segment is older than the archive (retention removed WAL no kept backup needs, and a standby or an old copy
+    /// asked for it), or was never archived. Fatal to recovery like [`Error::ArchiveHole`] (wal-fetch exits 255).
+    #[error(
+        "{missing} is older than anything the archive {backend} holds on its timeline (the oldest is {oldest}): retention removed it, or it was never archived"
+    )]
+    OlderThanArchive {
+        /// The absent segment.
+        missing: String,
+        /// The oldest archived segment of its timeline.
+        oldest: String,
+        /// Backend display.
+        backend: String,
+    },
     /// A restore would need WAL that the archive lacks (checked before anything is written).
     #[error(
         "cannot restore backup {backup} to {target}: WAL segment {missing} is missing from the archive {backend} ({next} is the next one present)"
@@ -464,6 +478,9 @@ impl Error {
                 "another cluster or a restored copy may be archiving into this repository; give it its own repository url"
             }
             Error::NotInArchive { .. } => return None,
+            Error::OlderThanArchive { .. } => {
+                "recover from a backup taken after the oldest archived segment instead ('backupctl status' lists the backups), or rebuild this standby from a new base backup; if the segment was never archived and is still in pg_wal of the source, copy it into the repository"
+            }
             Error::ArchiveHole { .. } | Error::WalGap { .. } => {
                 "copy the missing segment back into the repository (from pg_wal of the source, a standby or a copy of the repository); otherwise restore only to a target before it"
             }

@@ -91,8 +91,10 @@ pub fn list(data_dir: &Path) -> Result<Listing, Error> {
     Ok(out)
 }
 
-/// One thing the walk found.
+/// One thing the walk found. More kinds may be added (special files were), so matches outside this crate need a
+/// wildcard arm.
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub enum Item {
     /// A regular file to copy.
     File(SourceFile),

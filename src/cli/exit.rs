@@ -53,8 +53,8 @@ pub const WAL_FETCH_HELP: &str = "Exit status:
 
 /// The `--help` epilogue of base-backup, pitr-restore and backupctl.
 pub const OTHER_HELP: &str = "Exit status: 0 success; 1 failure (the error line names what and where, a hint line \
-says what to do); 2 bad configuration or usage (including running as a user who does not own the file:// \
-repository or spool, and no S3 credentials).";
+says what to do); 2 bad configuration or usage (including no S3 credentials and, for a command that writes to a \
+file:// repository or the spool, running as a user who does not own it).";
 
 /// Make a panic end wal-fetch with [`FETCH_FATAL`] instead of Rust's 101: PostgreSQL takes any exit status up to
 /// 125 from restore_command as "not in the archive" and would end recovery early, promoting with transactions
@@ -145,6 +145,7 @@ mod tests {
         let no_repository =
             Error::Repository(crate::repository::store::Error::NoRepository { backend: "file:///typo".into() });
         let hole = Error::ArchiveHole { missing: "x".into(), later: "y".into(), backend: "file:///r".into() };
+        let older = Error::OlderThanArchive { missing: "x".into(), oldest: "y".into(), backend: "file:///r".into() };
         let cases: &[(Program, Option<&Error>, u8)] = &[
             (Program::WalPush, None, 0),
             (Program::WalPush, Some(&other), 1),
@@ -155,6 +156,7 @@ mod tests {
             (Program::WalFetch, Some(&usage), 255),
             (Program::WalFetch, Some(&other), 255),
             (Program::WalFetch, Some(&hole), 255),
+            (Program::WalFetch, Some(&older), 255),
             (Program::Other, Some(&hole), 1),
             (Program::Other, Some(&usage), 2),
             (Program::WalPush, Some(&owner), 2),

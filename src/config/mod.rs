@@ -372,6 +372,8 @@ impl Config {
                     ));
                 } else if !matches!(scheme.as_deref(), Some("http" | "https")) {
                     problems.push(format!("repository.s3.endpoint = {shown:?}: must start with https:// or http://"));
+                } else if let Some(what) = endpoint_problem(ep) {
+                    problems.push(format!("repository.s3.endpoint = {shown:?}: {what}"));
                 }
             }
             match (s3.sse.as_deref(), &s3.sse_kms_key_id) {
@@ -434,9 +436,22 @@ impl Config {
     }
 }
 
-/// Whether one of two absolute paths is the other or inside it, compared component by component after `.` and
-/// `..` are resolved as written (`/srv/spool/../repo` is `/srv/repo`; links are not followed: the paths need
-/// not exist yet).
+/// What is wrong with an `http(s)://` endpoint URL that the SDK would only reject at the first request, or
+/// connect to nowhere: not a URL by RFC 3986 (as the `url` crate parses it), no host, or port 0. None when it
+/// is usable. A path is allowed (some S3-compatible gateways serve below one).
+fn endpoint_problem(endpoint: &str) -> Option<String> {
+    match url::Url::parse(endpoint) {
+        Err(e) => Some(format!("is not a URL ({e})")),
+        Ok(u) if u.host_str().is_none_or(str::is_empty) => Some("names no host".to_owned()),
+        Ok(u) if u.port() == Some(0) => Some("port 0 is no port to connect to".to_owned()),
+        Ok(_) => None,
+    }
+}
+
+/// Whether one of two absolute paths is the other or inside it: compared component by component after `.` and
+/// `..` are resolved as written (`/srv/spool/../repo` is `/srv/repo`), and again with the symbolic links of the
+/// part of each path that exists already resolved (`realpath(3)`; a spool whose directory is a link into the
+/// repository). The paths need not exist yet.
 fn nests(a: &Path, b: &Path) -> bool {
     fn lexical(p: &Path) -> PathBuf {
         let mut out = PathBuf::new();
@@ -451,8 +466,16 @@ fn nests(a: &Path, b: &Path) -> bool {
         }
         out
     }
+    /// The nearest existing ancestor's real path, with the rest of the path appended as written; the lexical
+    /// path when no ancestor can be resolved (one that cannot be read, say).
+    fn resolved(p: &Path) -> PathBuf {
+        p.ancestors()
+            .find_map(|a| Some(a.canonicalize().ok()?.join(p.strip_prefix(a).ok()?)))
+            .unwrap_or_else(|| p.to_path_buf())
+    }
     let (a, b) = (lexical(a), lexical(b));
-    a.starts_with(&b) || b.starts_with(&a)
+    let (ra, rb) = (resolved(&a), resolved(&b));
+    a.starts_with(&b) || b.starts_with(&a) || ra.starts_with(&rb) || rb.starts_with(&ra)
 }
 
 /// Replace `${VAR}` and `${VAR:default}`; `$$` stays a literal `$`. Comments are interpolated too.
@@ -677,6 +700,35 @@ mod tests {
         assert!(!nests(Path::new("/srv/repo"), Path::new("/srv/repository")));
     }
 
+    /// A spool reached through a symbolic link into the repository (or a repository through one into the spool)
+    /// nests as much as one written inside it; a link elsewhere does not.
+    #[test]
+    fn a_spool_linked_into_a_file_repository_is_refused() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (repo, other) = (dir.path().join("repo"), dir.path().join("other"));
+        std::fs::create_dir_all(repo.join("spool")).expect("mkdir");
+        std::fs::create_dir(&other).expect("mkdir");
+        std::os::unix::fs::symlink(repo.join("spool"), dir.path().join("spool-link")).expect("symlink");
+        std::os::unix::fs::symlink(&repo, dir.path().join("repo-link")).expect("symlink");
+        std::os::unix::fs::symlink(&other, dir.path().join("other-link")).expect("symlink");
+        let d = dir.path().display();
+        for (url, spool, refused) in [
+            (format!("file://{d}/repo"), format!("{d}/spool-link"), true),
+            (format!("file://{d}/repo"), format!("{d}/spool-link/not-yet/made"), true),
+            (format!("file://{d}/repo-link"), format!("{d}/repo/spool"), true),
+            (format!("file://{d}/repo"), format!("{d}/other-link/spool"), false),
+        ] {
+            let text = format!("[repository]\nurl = \"{url}\"\n[spool]\npath = \"{spool}\"\n");
+            match parse(&text) {
+                Err(e) => assert!(
+                    refused && e.to_string().contains("must not be inside the repository"),
+                    "{url} {spool}: {e}"
+                ),
+                Ok(_) => assert!(!refused, "{url} with spool {spool} was accepted"),
+            }
+        }
+    }
+
     #[test]
     fn minimal_file_gets_defaults() {
         let c = parse(MINIMAL).expect("minimal config");
@@ -749,6 +801,18 @@ mod tests {
             (
                 "[repository]\nurl = \"s3://b\"\n[repository.s3]\nendpoint = \"ftp://k:s3cr3t@h\"\n[spool]\npath = \"/s\"\n",
                 "repository.s3.endpoint = \"ftp://<redacted>@h\": must start with https://",
+            ),
+            (
+                "[repository]\nurl = \"s3://b\"\n[repository.s3]\nendpoint = \"https://minio:0\"\n[spool]\npath = \"/s\"\n",
+                "repository.s3.endpoint = \"https://minio:0\": port 0",
+            ),
+            (
+                "[repository]\nurl = \"s3://b\"\n[repository.s3]\nendpoint = \"https://minio:99999\"\n[spool]\npath = \"/s\"\n",
+                "repository.s3.endpoint = \"https://minio:99999\": is not a URL (invalid port number)",
+            ),
+            (
+                "[repository]\nurl = \"s3://b\"\n[repository.s3]\nendpoint = \"https://k:s3cr3t@:9000\"\n[spool]\npath = \"/s\"\n",
+                "repository.s3.endpoint = \"https://<redacted>@:9000\": is not a URL (empty host)",
             ),
         ];
         for (text, want) in cases {

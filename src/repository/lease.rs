@@ -211,8 +211,9 @@ pub enum Error {
         /// How long we waited.
         waited_seconds: u64,
     },
-    /// Our own lease could not be renewed for so long that others may have taken it for stale.
-    #[error("lease {key} on {backend} could not be renewed for {seconds} s: others may take it for stale")]
+    /// Our own lease went without renewal for so long (renewals failed, or the process was stopped) that others
+    /// may have taken it for stale.
+    #[error("lease {key} on {backend} went {seconds} s without renewal: others may have taken it for stale")]
     Lost {
         /// The lease key.
         key: Key,

@@ -158,6 +158,18 @@ impl Report {
     }
 }
 
+/// The base-backup running on this repository (its live lease, described), if any; a logical dump's lease (also
+/// of kind backup) does not count: a dump needs no WAL. Liveness by this host's clock against the leases'
+/// renewal times (prune holds no lease of its own yet to learn the backend's).
+async fn running_base_backup(storage: &dyn Storage, now: Timestamp) -> Result<Option<String>, crate::Error> {
+    use crate::repository::lease::{self, LeaseKind};
+    let live = lease::live_leases(storage, &[LeaseKind::Backup], None, None, to_offset_date_time(now)?, false).await?;
+    let is_dump = |l: &lease::FoundLease| {
+        l.record.as_ref().is_some_and(|r| r.what.parse::<crate::repository::dump::DumpId>().is_ok())
+    };
+    Ok(live.iter().find(|l| !is_dump(l)).map(lease::FoundLease::describe))
+}
+
 /// WAL files deleted per `delete_many` call (S3's DeleteObjects takes up to 1000 keys).
 const WAL_DELETE_BATCH: usize = 1000;
 
@@ -179,7 +191,18 @@ pub async fn run(
     options: Options,
 ) -> Result<Report, crate::Error> {
     let inputs = load_inputs(storage).await?;
-    let plan = plan::plan(&inputs.backups, &inputs.wal_objects, inputs.segment_size, policy, now);
+    let mut plan = plan::plan(&inputs.backups, &inputs.wal_objects, inputs.segment_size, policy, now);
+    // Looked at after `wal/` was listed: a base-backup that takes its lease later archives all its WAL later, so
+    // this plan cannot hold any of it.
+    if plan.wal.files > 0
+        && let Some(running) = running_base_backup(storage, now).await?
+    {
+        plan.wal = plan::WalPlan { keep_all_from: plan.wal.keep_all_from.take(), ..plan::WalPlan::default() };
+        plan.notes.push(format!(
+            "{running} is running: no WAL is deleted now (the WAL it needs is in no manifest yet, and after a \
+             restore to an earlier point it may lie below the kept backups' start); the next prune deletes it"
+        ));
+    }
     let mut report = Report::of(&plan, options.dry_run);
     if options.dry_run {
         return Ok(report);

@@ -125,6 +125,9 @@ pub enum Reason {
     Yearly(i16),
     /// Started within the last `full-days` days.
     FullDays(u32),
+    /// The backup the `pitr-days` window restores from: the newest that stopped before the window began (or the
+    /// oldest, if none did), so that every moment of the window can be restored.
+    PitrDays(u32),
     /// Its keep mark holds (the mark's own wording: "kept forever", "kept until ...").
     Marked(String),
     /// The policy has no rule that chooses backups: every backup is kept.
@@ -141,6 +144,7 @@ impl fmt::Display for Reason {
             Reason::Monthly(y, m) => write!(f, "monthly {y:04}-{m:02}"),
             Reason::Yearly(y) => write!(f, "yearly {y:04}"),
             Reason::FullDays(d) => write!(f, "full-days {d}"),
+            Reason::PitrDays(d) => write!(f, "pitr-days {d}"),
             Reason::Marked(m) => f.write_str(m),
             Reason::NoRule => f.write_str("no backup rule in the policy"),
         }
@@ -248,6 +252,16 @@ pub fn plan(
                 sorted[sorted.len() - 1].id
             ));
         }
+    }
+    // The PITR window's base: without it, a window that no kept backup stopped before would silently shrink to the
+    // oldest kept backup's stop (keep-last=3 with pitr-days=14 kept 3 days). With no backup before the window,
+    // the oldest backup is its base (every moment since it stopped stays restorable).
+    if let Some(days) = policy.rules.pitr_days
+        && !sorted.is_empty()
+    {
+        let cutoff = now.checked_sub(jiff::SignedDuration::from_hours(i64::from(days) * 24)).unwrap_or(Timestamp::MIN);
+        let base = sorted.iter().rposition(|b| b.stop_time <= cutoff).unwrap_or(0);
+        reasons[base].push(Reason::PitrDays(days));
     }
     let kept: Vec<&Backup> = sorted.iter().zip(&reasons).filter(|(_, r)| !r.is_empty()).map(|(b, _)| *b).collect();
     // No rule at all: prune deletes nothing, not even WAL older than every backup (a copy made by other means,

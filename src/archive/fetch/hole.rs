@@ -35,7 +35,8 @@ const RECHECK_FOR: Duration = Duration::from_secs(10);
 const RECHECK_EVERY: Duration = Duration::from_millis(250);
 
 /// `seg` is absent from `storage`: `Ok(None)` if that is the end of the archive, `Ok(Some(object))` if it
-/// arrived while being looked for again, [`Error::ArchiveHole`] if the archive goes on after it. `now` is this
+/// arrived while being looked for again, [`Error::ArchiveHole`] if the archive goes on after it, or
+/// [`Error::OlderThanArchive`] if it does and nothing of `seg`'s timeline is archived before it. `now` is this
 /// host's clock, to tell fresh evidence.
 pub(super) async fn absent_segment(
     storage: &dyn Storage,
@@ -81,6 +82,17 @@ pub(super) async fn absent_segment(
                 Err(e) => return Err(e.into()),
             }
         }
+    }
+    // Nothing of the timeline archived before it: WAL older than the archive (retention pruned it: a standby that
+    // was away too long), not a gap in the middle of it. Still fatal to recovery, with its own message and hint.
+    let first = storage.list_after(&prefix, "", 1).await?;
+    let oldest = first.first().and_then(|m| m.key.file_name().parse::<WalFileName>().ok()?.segment());
+    if let Some(oldest) = oldest.filter(|&o| o > seg) {
+        return Err(Error::OlderThanArchive {
+            missing: seg.to_string(),
+            oldest: oldest.to_string(),
+            backend: storage.to_string(),
+        });
     }
     Err(Error::ArchiveHole { missing: seg.to_string(), later: later.to_string(), backend: storage.to_string() })
 }
@@ -157,5 +169,36 @@ mod tests {
             other => panic!("expected a hole, got {other:?}"),
         }
         assert!(absent_segment(&st, seg("000000010000000000000005"), later).await.expect("end").is_none());
+    }
+
+    /// A segment older than everything archived on its timeline (retention pruned it; a standby that was away too
+    /// long asks for it) is told apart from a hole in the middle of the archive, and still stops recovery.
+    #[tokio::test]
+    async fn a_segment_older_than_the_archive_is_not_called_a_hole() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let st = FsStorage::new(dir.path());
+        for name in ["000000010000000000000005.00000028.backup", "000000010000000000000005", "000000010000000000000007"]
+        {
+            let key = Key::new(format!("wal/0000000100000000/{name}")).expect("key");
+            st.put(&key, Bytes::from_static(b"x"), PutMode::Create).await.expect("put");
+        }
+        let later = SystemTime::now() + Duration::from_secs(3600);
+        let seg = |s: &str| s.parse::<SegmentName>().expect("name");
+        match absent_segment(&st, seg("000000010000000000000003"), later).await {
+            Err(e @ Error::OlderThanArchive { .. }) => {
+                let text = e.to_string();
+                assert!(
+                    text.contains("000000010000000000000003 is older than")
+                        && text.contains("000000010000000000000005"),
+                    "{text}"
+                );
+            }
+            other => panic!("expected older than the archive, got {other:?}"),
+        }
+        assert!(matches!(
+            absent_segment(&st, seg("000000010000000000000006"), later).await,
+            Err(Error::ArchiveHole { .. })
+        ));
+        assert!(absent_segment(&st, seg("000000010000000000000008"), later).await.expect("end").is_none());
     }
 }

@@ -78,13 +78,29 @@ fn kind_matches(meta: &ObjectMeta, record: Option<&LeaseRecord>, kinds: &[LeaseK
     }
 }
 
+/// When a lease was last renewed, on both clocks, and the longest stretch it went without renewal.
+#[derive(Debug)]
+struct Renewals {
+    at: std::time::Instant,
+    wall: SystemTime,
+    longest_gap: Duration,
+}
+
+impl Renewals {
+    /// Time since the last renewal: the larger of the monotonic clock's (which a suspended machine may stop) and
+    /// the wall clock's measure.
+    fn since(&self) -> Duration {
+        self.at.elapsed().max(SystemTime::now().duration_since(self.wall).unwrap_or(Duration::ZERO))
+    }
+}
+
 /// A lease this process holds, renewed by the caller ([`Lease::renew_if_due`]) between steps of its work: for a
 /// command that works on a borrowed storage handle (gc). See [`Held`] for one renewed in the background.
 #[derive(Debug)]
 pub struct Lease {
     key: Key,
     record: Mutex<LeaseRecord>,
-    last_renewed: Mutex<std::time::Instant>,
+    renewals: Mutex<Renewals>,
     /// The lease object's modified time right after it was written: the backend's clock then.
     written_at_backend: Option<SystemTime>,
     written_at_local: std::time::Instant,
@@ -113,7 +129,7 @@ impl Lease {
         Ok(Self {
             key,
             record: Mutex::new(record),
-            last_renewed: Mutex::new(at),
+            renewals: Mutex::new(Renewals { at, wall: SystemTime::now(), longest_gap: Duration::ZERO }),
             written_at_backend,
             written_at_local: at,
         })
@@ -130,9 +146,16 @@ impl Lease {
         self.written_at_backend.map(|t| t + self.written_at_local.elapsed())
     }
 
-    /// Seconds since the last successful write of the record.
+    /// Time since the last successful write of the record.
     fn since_renewed(&self) -> Duration {
-        self.last_renewed.lock().map(|t| t.elapsed()).unwrap_or(TTL)
+        self.renewals.lock().map(|r| r.since()).unwrap_or(TTL)
+    }
+
+    /// The longest time the record went without renewal, the current stretch included: a process stopped for
+    /// longer than the TTL (SIGSTOP, a suspended VM) and then renewed again must still find out that others may
+    /// have taken its lease for stale meanwhile.
+    fn longest_gap(&self) -> Duration {
+        self.renewals.lock().map(|r| r.longest_gap.max(r.since())).unwrap_or(TTL)
     }
 
     /// Renew the record (overwrite it with a new `renewed_at`).
@@ -143,14 +166,17 @@ impl Lease {
             r.clone()
         };
         store::put_record(storage, &self.key, &record).await?;
-        if let Ok(mut t) = self.last_renewed.lock() {
-            *t = std::time::Instant::now();
+        if let Ok(mut r) = self.renewals.lock() {
+            r.longest_gap = r.longest_gap.max(r.since());
+            r.at = std::time::Instant::now();
+            r.wall = SystemTime::now();
         }
         Ok(())
     }
 
-    /// Renew if [`RENEW_EVERY`] has passed since the last renewal; fail with [`Error::Lost`] if it has not been
-    /// renewed for half the TTL (others may soon take it for stale).
+    /// Renew if [`RENEW_EVERY`] has passed since the last renewal; fail with [`Error::Lost`] if it has gone
+    /// without renewal for more than half the TTL, now or at any time since it was taken (others may have taken
+    /// it for stale).
     pub async fn renew_if_due(&self, storage: &dyn Storage) -> Result<(), Error> {
         if self.since_renewed() < RENEW_EVERY {
             return Ok(());
@@ -161,13 +187,14 @@ impl Lease {
         self.check(storage)
     }
 
-    /// Fail with [`Error::Lost`] if the lease has not been renewed for half the TTL.
+    /// Fail with [`Error::Lost`] if the lease has gone without renewal for more than half the TTL, now or at any
+    /// time since it was taken: a renewal after a long stop does not undo what others may have done meanwhile.
     pub fn check(&self, storage: &dyn Storage) -> Result<(), Error> {
-        if self.since_renewed() > TTL / 2 { Err(self.lost(storage)) } else { Ok(()) }
+        if self.longest_gap() > TTL / 2 { Err(self.lost(storage)) } else { Ok(()) }
     }
 
     fn lost(&self, storage: &dyn Storage) -> Error {
-        Error::Lost { key: self.key.clone(), backend: storage.to_string(), seconds: self.since_renewed().as_secs() }
+        Error::Lost { key: self.key.clone(), backend: storage.to_string(), seconds: self.longest_gap().as_secs() }
     }
 
     /// Delete the lease.
@@ -256,5 +283,38 @@ impl Held {
 impl Drop for Held {
     fn drop(&mut self) {
         self.task.abort();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::storage::fs::FsStorage;
+
+    /// A lease whose holder was stopped for longer than half the TTL fails its check even after it renews again:
+    /// others may have taken it for stale and acted meanwhile (before, the renewal made the check pass). Either
+    /// clock shows the stop: the monotonic one (SIGSTOP) or the wall clock (a suspended machine).
+    #[tokio::test]
+    async fn a_renewal_after_a_long_stop_does_not_undo_the_lapse() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let s = FsStorage::new(dir.path());
+        let stop = Duration::from_secs(360);
+        for stopped_clock in ["monotonic", "wall"] {
+            let lease = Lease::take(&s, LeaseKind::Gc, "").await.expect("lease");
+            lease.check(&s).expect("fresh");
+            lease.renew_if_due(&s).await.expect("not due yet");
+            if let Ok(mut r) = lease.renewals.lock() {
+                if stopped_clock == "monotonic" {
+                    r.at = std::time::Instant::now().checked_sub(stop).expect("uptime above 6 minutes");
+                } else {
+                    r.wall = SystemTime::now() - stop;
+                }
+            }
+            let e = lease.renew_if_due(&s).await.expect_err("lapsed");
+            assert!(matches!(&e, Error::Lost { seconds, .. } if *seconds >= 360), "{stopped_clock}: {e}");
+            lease.renew(&s).await.expect("renews");
+            assert!(lease.check(&s).is_err(), "{stopped_clock}: still lapsed after a fresh renewal");
+            lease.release(&s).await.expect("release");
+        }
     }
 }

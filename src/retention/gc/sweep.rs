@@ -105,6 +105,10 @@ async fn run(storage: &dyn Storage, options: &GcOptions, lease: Option<&Lease>) 
     let mut report = GcReport { dry_run: options.dry_run, ..GcReport::default() };
     let own = lease.map(Lease::key);
     let backend_now = lease.and_then(Lease::backend_now);
+    // Another gc stops this one too: two sweeps planned from different marks (a `delete` or the grace boundary
+    // between them) could each keep an index object naming a pack the other deletes. Both taking their leases
+    // before either looks makes both wait for a later run, never both sweep. Later checks look for backups and
+    // restores only: a gc that took its lease after this check defers itself here.
     let all = [LeaseKind::Backup, LeaseKind::Restore, LeaseKind::Gc];
     let live = lease::live_leases(storage, &all, own, backend_now, options.now, !options.dry_run).await?;
     report.deferred = blocking(&live);
@@ -197,16 +201,9 @@ async fn run(storage: &dyn Storage, options: &GcOptions, lease: Option<&Lease>) 
     Ok(report)
 }
 
-/// The first live lease that stops a sweep, described.
+/// The first live lease that stops a sweep (the caller lists only the kinds that do), described.
 pub(super) fn blocking(live: &[lease::FoundLease]) -> Option<String> {
-    live.iter()
-        .find(|l| l.record.as_ref().is_none_or(|r| BLOCKING.contains(&r.kind)) && !is_gc(l))
-        .map(|l| format!("{} is running", l.describe()))
-}
-
-/// An unreadable lease whose key says gc (gc leases never stop a sweep).
-fn is_gc(l: &lease::FoundLease) -> bool {
-    l.record.as_ref().map_or_else(|| l.key.file_name().starts_with("gc-"), |r| r.kind == LeaseKind::Gc)
+    live.first().map(|l| format!("{} is running", l.describe()))
 }
 
 #[cfg(test)]
@@ -237,8 +234,8 @@ mod tests {
     }
 
     /// Unreferenced old objects, old temp files and orphan records go; referenced and young objects stay; a dry
-    /// run lists exactly what the real run removes; a live backup lease defers the data sweep, a dead holder's
-    /// lease does not.
+    /// run lists exactly what the real run removes; a live backup lease or another gc's defers the data sweep, a
+    /// dead holder's lease does not.
     #[tokio::test]
     async fn mark_and_sweep_with_an_injected_clock() {
         let dir = tempfile::tempdir().expect("tempdir");
@@ -272,6 +269,13 @@ mod tests {
         assert_eq!(deferred.objects_removed, 0);
         assert_eq!(deferred.temp_files_removed, 0, "temp files stay while a backup runs: its puts may be in flight");
         held.release(&s).await.expect("release");
+        // So does another gc's: two sweeps at once could each keep what the other deletes.
+        let other = Lease::take(&s, LeaseKind::Gc, "").await.expect("lease");
+        let deferred = collect(&s, &GcOptions { grace, dry_run: false, now: later }).await.expect("gc");
+        let why = deferred.deferred.expect("deferred");
+        assert!(why.starts_with("backupctl gc (pid "), "{why}");
+        assert_eq!((deferred.objects_removed, deferred.temp_files_removed), (0, 0));
+        other.release(&s).await.expect("release");
 
         let real = collect(&s, &GcOptions { grace, dry_run: false, now: later }).await.expect("gc");
         let names = |r: &GcReport| {

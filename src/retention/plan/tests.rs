@@ -352,12 +352,63 @@ fn wal_plan_with_and_without_a_pitr_window() {
     // Oldest segment first.
     assert_eq!(names.first().map(String::as_str), Some(seg(1, 1).to_string().as_str()));
 
-    // A window longer than the history: B0 is the oldest kept backup and every kept backup reaches onward.
+    // A window longer than the history: the oldest backup is the window's base (kept for it), and every kept
+    // backup reaches onward.
     let p = plan(&backups, &objects, Some(MB16), &policy("keep-last=1,pitr-days=400", "UTC"), now);
-    assert_eq!(p.wal.keep_all_from.as_deref(), Some(seg(1, 30).to_string().as_str()));
+    assert_eq!(p.wal.keep_all_from.as_deref(), Some(seg(1, 10).to_string().as_str()));
+    assert!(has(&p, "2026-01-01T00", "pitr-days 400"), "{:?}", kept(&p));
     assert!(p.keep.iter().all(|k| k.reach == Reach::Onward));
     // No segment size known (no WAL archived yet): no WAL plan.
     assert_eq!(plan(&backups, &objects, None, &policy("keep-last=1", "UTC"), now).wal.files, 0);
+}
+
+/// After a restore to an earlier point, the newest backup (on the new timeline) starts below an older kept
+/// backup: it still reaches onward, and the new timeline's WAL after its stop stays (before, the older backup was
+/// B0, the newest one was stop-only and every prune deleted the new timeline's WAL between them).
+#[test]
+fn a_newer_backup_below_an_older_one_reaches_onward() {
+    let t0 = ts("2026-03-01T00:00:00Z");
+    let day = |d: i64| t0 + SignedDuration::from_hours(24 * d);
+    // Timeline 1: backups in segments 30 and 50; timeline 2 forked in segment 40 (a restore to before the
+    // second backup), its first backup in segment 42, ten days later.
+    let backups = vec![backup_at(day(0), 1, 30, 30), backup_at(day(10), 1, 50, 50), backup_at(day(20), 2, 42, 42)];
+    let mut objects: Vec<ObjectMeta> = (1..=60).map(|n| object(&seg(1, n).to_string(), 16)).collect();
+    objects.extend((40..=70).map(|n| object(&seg(2, n).to_string(), 16)));
+    let now = day(21);
+    for text in ["keep-last=2", "keep-last=2,pitr-days=3", "keep-last=1,pitr-days=15"] {
+        let p = plan(&backups, &objects, Some(MB16), &policy(text, "UTC"), now);
+        let newest = p.keep.last().expect("kept");
+        assert_eq!((newest.start_time, newest.reach), (day(20), Reach::Onward), "{text}: {:?}", p.keep);
+        let names = deleted_names(&p);
+        for n in 42..=70 {
+            assert!(!names.contains(&seg(2, n).to_string()), "{text}: {} deleted", seg(2, n));
+        }
+        assert!(p.wal.keep_all_from.as_deref() <= Some(seg(2, 42).to_string().as_str()), "{text}");
+    }
+}
+
+/// `pitr-days` keeps the backup its window restores from: the newest that stopped before the window began, even
+/// when no other rule keeps it (before, keep-last=3,pitr-days=14 silently kept a 3-day window).
+#[test]
+fn the_pitr_window_keeps_its_base_backup() {
+    let backups = daily("2026-01-01", "2026-01-31", 2);
+    let objects: Vec<ObjectMeta> = (1..=80).map(|n| object(&seg(1, n).to_string(), 16)).collect();
+    let now = ts("2026-01-31T12:00:00Z");
+    let p = plan(&backups, &objects, Some(MB16), &policy("keep-last=3,pitr-days=14", "UTC"), now);
+    // The window begins 2026-01-17T12:00; the backup of 2026-01-17 02:00 stopped before it.
+    assert!(has(&p, "2026-01-17T02", "pitr-days 14"), "{:?}", kept(&p));
+    assert_eq!(p.keep.len(), 4, "{:?}", kept(&p));
+    let base = backups.iter().find(|b| b.start_time == ts("2026-01-17T02:00:00Z")).expect("base");
+    assert_eq!(p.wal.keep_all_from, Some(base.start_segment.to_string()));
+    let base_from = base.start_segment.segno(MB16).expect("segno");
+    let names = deleted_names(&p);
+    assert!((base_from..=80).all(|n| !names.contains(&seg(1, n).to_string())), "the window's WAL stays");
+    assert!(names.contains(&seg(1, base_from - 1).to_string()), "WAL before the base goes");
+    // The window's base is kept once: applying and planning again changes nothing.
+    let gone: BTreeSet<&BackupId> = p.delete.iter().map(|d| &d.id).collect();
+    let rest: Vec<Backup> = backups.iter().filter(|b| !gone.contains(&b.id)).cloned().collect();
+    let again = plan(&rest, &[], Some(MB16), &policy("keep-last=3,pitr-days=14", "UTC"), now);
+    assert!(again.delete.is_empty(), "{:?}", again.delete);
 }
 
 /// Applying a plan and planning again with the same clock deletes nothing more, over two years of daily backups

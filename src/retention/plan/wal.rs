@@ -3,12 +3,16 @@
 //! - Without `pitr-days`: every WAL file from the oldest kept backup's start segment on is kept, so every kept
 //!   backup can reach any later moment (what pgBackRest, WAL-G and Barman do).
 //! - With `pitr-days = D`: let B0 be the newest kept backup that stopped at or before `now - D days`, or the oldest
-//!   kept backup if none did. Every WAL file from B0's start segment on is kept (so every moment since B0's stop,
-//!   which includes the whole window, can be restored); each older kept backup keeps only the segments from its
-//!   start to its stop, its `.backup` file among them, and can restore to its consistent point only.
+//!   kept backup if none did (the plan keeps the backup the window needs: see `plan`). Every WAL file from B0's
+//!   start segment on is kept (so every moment since B0's stop, which includes the whole window, can be
+//!   restored); each older kept backup keeps only the segments from its start to its stop, its `.backup` file
+//!   among them, and can restore to its consistent point only.
+//!
+//! "From B0's start" means from the lowest start segment of B0 and every kept backup newer than it in time: after
+//! a restore to an earlier point, a newer backup on the new timeline starts below B0.
 //!
 //! The test is by segment number, on every timeline at once: a file is deleted only if its segment number is
-//! below B0's start and outside every older kept backup's start..=stop. Timelines share one LSN space and a
+//! below that start and outside every older kept backup's start..=stop. Timelines share one LSN space and a
 //! recovery never reads a segment numbered below its backup's start on any timeline (the recovery path, see
 //! `wal::continuity::recovery_path`, only moves forward), so this keeps at least what following the history
 //! files would keep, on every timeline, and never less. `.history` files are always kept (they are tiny and a
@@ -116,8 +120,13 @@ pub(super) fn plan(
         notes.push(format!("backup {}: its WAL segments do not fit the segment size, so no WAL is deleted", b.id));
         return WalPlan::default();
     }
-    let keep_from = segno(&b0.start_segment).unwrap_or(0);
-    let older: Vec<&&Backup> = kept.iter().filter(|b| segno(&b.start_segment).is_some_and(|s| s < keep_from)).collect();
+    // Every kept backup from B0 on in time reaches onward, whatever its LSN: after a restore to an earlier point
+    // (a new timeline forked below B0's start), a newer backup on the new timeline starts at a lower LSN than
+    // B0, and the WAL its window needs lies below B0's start.
+    let b0_at = kept.iter().position(|b| b.id == b0.id).unwrap_or(0);
+    let keep_from = kept[b0_at..].iter().filter_map(|b| segno(&b.start_segment)).min().unwrap_or(0);
+    let older: Vec<&&Backup> =
+        kept[..b0_at].iter().filter(|b| segno(&b.start_segment).is_some_and(|s| s < keep_from)).collect();
     let ranges_own: Vec<(u64, u64)> = older
         .iter()
         .filter_map(|b| Some((segno(&b.start_segment)?, segno(&b.stop_segment)?)))
@@ -140,8 +149,9 @@ pub(super) fn plan(
     let stop_only = older.iter().map(|b| b.id.clone()).collect();
     let files = doomed.len() as u64;
     let bytes = doomed.iter().map(|d| d.3).sum();
+    let from = kept[b0_at..].iter().find(|b| segno(&b.start_segment) == Some(keep_from)).unwrap_or(&b0);
     WalPlan {
-        keep_all_from: Some(SegmentName::from_segno(b0.start_segment.timeline, keep_from, size).to_string()),
+        keep_all_from: Some(SegmentName::from_segno(from.start_segment.timeline, keep_from, size).to_string()),
         delete: ranges(doomed),
         files,
         bytes,

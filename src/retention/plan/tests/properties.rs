@@ -71,6 +71,14 @@ proptest! {
         if !rules.has_backup_rule() {
             prop_assert!(p.delete.is_empty());
         }
+        // The PITR window: some kept backup that reaches onward stopped before it began, if any backup did (else
+        // the oldest backup is kept and reaches onward).
+        if let Some(days) = rules.pitr_days {
+            let cutoff = now - SignedDuration::from_hours(i64::from(days) * 24);
+            let base = backups.iter().rev().find(|b| b.stop_time <= cutoff).unwrap_or(&backups[0]);
+            let covered = p.keep.iter().any(|k| k.reach == Reach::Onward && k.stop_time <= base.stop_time);
+            prop_assert!(covered, "no kept backup covers the window from {} ({:?})", cutoff, p.keep);
+        }
         let gone: BTreeSet<&BackupId> = p.delete.iter().map(|d| &d.id).collect();
         let rest: Vec<Backup> = backups.iter().filter(|b| !gone.contains(&b.id)).cloned().collect();
         let gone_keys: BTreeSet<&Key> = p.wal.keys.iter().collect();

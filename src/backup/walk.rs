@@ -134,9 +134,21 @@ pub fn visit(data_dir: &Path, found: &mut dyn FnMut(Item) -> Result<(), Error>) 
         let meta = std::fs::metadata(dir).map_err(|e| read_error(dir, e))?;
         ancestors.insert(0, (meta.dev(), meta.ino()));
     }
-    let mut walker = Walker { out: Listing::default(), ancestors, found };
+    let tablespace_dir = tablespace_version_dir(data_dir);
+    let mut walker = Walker { out: Listing::default(), ancestors, found, tablespace_dir };
     walker.walk_dir(data_dir, &ManifestPath::default(), true)?;
     Ok(walker.out)
+}
+
+/// This cluster's directory in a tablespace's directory, PostgreSQL's TABLESPACE_VERSION_DIRECTORY
+/// (`PG_<major>_<catalog version>`, src/include/catalog/catalog.h): the major from `PG_VERSION`, the catalog
+/// version from `global/pg_control` (`catalog_version_no`, a native-endian uint32 at byte 12 of ControlFileData
+/// in every version, src/include/catalog/pg_control.h). `None` if either cannot be read.
+fn tablespace_version_dir(data_dir: &Path) -> Option<OsString> {
+    let major = std::fs::read_to_string(data_dir.join("PG_VERSION")).ok()?;
+    let control = std::fs::read(data_dir.join("global/pg_control")).ok()?;
+    let catalog = u32::from_ne_bytes(*control.get(12..16)?.first_chunk::<4>()?);
+    Some(format!("PG_{}_{catalog}", major.trim()).into())
 }
 
 /// The order in which the walk yields files: manifest paths compared component by component, each component by
@@ -155,6 +167,9 @@ struct Walker<'a> {
     found: &'a mut dyn FnMut(Item) -> Result<(), Error>,
     /// (device, inode) of the directories from the data directory down to the one being read, links resolved.
     ancestors: Vec<(u64, u64)>,
+    /// This cluster's directory in each tablespace's directory ([`tablespace_version_dir`]); `None` if unknown,
+    /// and then the whole tablespace directory is copied.
+    tablespace_dir: Option<OsString>,
 }
 
 impl Walker<'_> {
@@ -177,10 +192,30 @@ impl Walker<'_> {
         let text_names: Vec<&str> = names.iter().filter_map(|n| n.to_str()).collect();
         let unlogged = unlogged_relations(&text_names);
         let is_tblspc = *rel == "pg_tblspc";
+        let is_tablespace_dir = rel
+            .as_bytes()
+            .strip_prefix(b"pg_tblspc/")
+            .is_some_and(|o| !o.is_empty() && o.iter().all(u8::is_ascii_digit));
+        // Only the cluster's own directory of a tablespace's directory, if it is there (if not, all of it: never
+        // less than PostgreSQL may need).
+        let own = self.tablespace_dir.clone().filter(|own| is_tablespace_dir && names.contains(own));
+        if is_tablespace_dir && own.is_none() && !names.is_empty() {
+            tracing::warn!(
+                path = %Escaped(dir),
+                expected = ?self.tablespace_dir,
+                "a tablespace directory without this cluster's version directory: copying all of it"
+            );
+        }
         for name in &names {
             let bytes = name.as_bytes();
             let child_rel = rel.join(bytes);
             let path = dir.join(name);
+            if own.as_ref().is_some_and(|own| own != name) {
+                // Another cluster's (another major's, beside this one after pg_upgrade) or not PostgreSQL's:
+                // pg_basebackup copies only the cluster's own directory too (sendTablespace in basebackup.c).
+                tracing::info!(path = %Escaped(&path), "not this cluster's directory in a tablespace: not backed up");
+                continue;
+            }
             if is_skipped(rel.is_empty(), bytes, &unlogged) {
                 continue;
             }

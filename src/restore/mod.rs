@@ -109,6 +109,9 @@ pub async fn run(
         tablespaces: write::tablespace_dirs(&manifest, &request.tablespace_mapping)?,
     };
     write::check_root(&layout.destination, request.delta)?;
+    if request.delta {
+        write::check_old_copy(&layout.destination, &manifest)?;
+    }
     for (oid, dir) in &layout.tablespaces {
         write::check_tablespace_root(&layout.destination, *oid, dir, request.delta)?;
     }

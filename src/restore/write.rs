@@ -73,6 +73,51 @@ pub fn check_root(dir: &Path, delta: bool) -> Result<(), Error> {
     }
 }
 
+/// With `--delta`, refuse a non-empty destination that is not an old copy of the backed-up cluster: delta removes
+/// every entry the backup does not hold, so a mistyped path (a parent of several data directories, `/srv`) would
+/// lose everything in it. An old copy has a `PG_VERSION` of the backup's major, or a `global/pg_control` whose
+/// system identifier (its first 8 bytes, native byte order: `ControlFileData` in PostgreSQL's
+/// `src/include/catalog/pg_control.h`) is the backup's; neither may say otherwise. (An interrupted delta restore
+/// removed `pg_control` first and left `PG_VERSION`; a damaged copy may have lost `PG_VERSION`.) Touches nothing.
+pub fn check_old_copy(dir: &Path, manifest: &Manifest) -> Result<(), Error> {
+    if first_entry(dir)?.is_none() {
+        return Ok(());
+    }
+    let refuse = |reason: String| Error::Destination {
+        path: dir.to_path_buf(),
+        reason: format!(
+            "{reason}: --delta restores only over an old copy of the backed-up cluster, and removes everything \
+             else in it; name that data directory, or restore into a new or empty directory"
+        ),
+    };
+    let major = (manifest.pg_version_num / 10_000).to_string();
+    let version = match std::fs::read_to_string(dir.join("PG_VERSION")) {
+        Ok(v) => Some(v.trim().to_owned()),
+        Err(e) if e.kind() == ErrorKind::NotFound => None,
+        Err(e) => return Err(refuse(format!("its PG_VERSION cannot be read ({e})"))),
+    };
+    if let Some(v) = version.as_ref().filter(|v| **v != major) {
+        return Err(refuse(format!(
+            "holds a PostgreSQL {} data directory, and the backup is of PostgreSQL {major}",
+            v.escape_debug()
+        )));
+    }
+    let control = std::fs::read(dir.join("global/pg_control")).ok();
+    let id = control.as_deref().and_then(|c| c.first_chunk::<8>()).map(|b| u64::from_ne_bytes(*b));
+    if let Some(id) = id.filter(|id| id.to_string() != manifest.system_identifier) {
+        return Err(refuse(format!(
+            "holds another cluster's data directory (system identifier {id}; the backup's is {})",
+            manifest.system_identifier
+        )));
+    }
+    if version.is_none() && id.is_none() {
+        return Err(refuse(
+            "is not a PostgreSQL data directory (it has neither PG_VERSION nor global/pg_control)".into(),
+        ));
+    }
+    Ok(())
+}
+
 /// Refuse the directory of tablespace `oid` as [`check_root`] does, and, when it is not empty, unless it is the
 /// tablespace of the old copy being restored over: with `delta`, the destination's own `pg_tblspc/<oid>` must
 /// lead to it. A tablespace directory that holds data but is not linked from the destination may be a running
@@ -540,18 +585,32 @@ pub fn remove_extraneous(manifest: &Manifest, files: &[ManifestPath], layout: &L
     for oid in layout.tablespaces.keys() {
         keep.insert(layout.destination.join("pg_tblspc").join(oid.to_string()));
     }
-    let mut removed = 0;
-    for root in layout.roots() {
-        removed += prune_dir(&root, &keep, true)?;
+    let mut removed = prune_dir(&layout.destination, &keep, Top::DataDirectory)?;
+    // In a tablespace's directory only this major's version directories (`PG_15_202209061`: PostgreSQL's
+    // TABLESPACE_VERSION_DIRECTORY) are this cluster's: another major's (pg_upgrade puts the new cluster's beside
+    // the old one in the same directory) is another cluster's, running perhaps, and stays.
+    let own = format!("PG_{}_", manifest.pg_version_num / 10_000);
+    for root in layout.tablespaces.values() {
+        removed += prune_dir(root, &keep, Top::Tablespace(&own))?;
     }
     let wal = layout.destination.join("pg_wal");
     if std::fs::symlink_metadata(&wal).is_ok_and(|m| m.file_type().is_symlink()) {
-        removed += prune_dir(&wal, &keep, false)?;
+        removed += prune_dir(&wal, &keep, Top::No)?;
     }
     Ok(removed)
 }
 
-fn prune_dir(dir: &Path, keep: &HashSet<PathBuf>, is_root: bool) -> Result<u64, Error> {
+/// Where [`prune_dir`] is: at the top of the data directory, at the top of a tablespace's directory (only the
+/// entries whose names start with this major's version-directory prefix are the cluster's), or below.
+#[derive(Clone, Copy)]
+enum Top<'a> {
+    DataDirectory,
+    Tablespace(&'a str),
+    No,
+}
+
+/// Remove what is in `dir` and not in `keep`, recursively; `lost+found` stays at the top of a root.
+fn prune_dir(dir: &Path, keep: &HashSet<PathBuf>, top: Top<'_>) -> Result<u64, Error> {
     let werr = |p: &Path, e| Error::WriteDestination { path: p.to_path_buf(), source: e };
     let mut removed = 0;
     let entries = match std::fs::read_dir(dir) {
@@ -561,16 +620,21 @@ fn prune_dir(dir: &Path, keep: &HashSet<PathBuf>, is_root: bool) -> Result<u64, 
     };
     for entry in entries {
         let entry = entry.map_err(|e| werr(dir, e))?;
-        if is_root && is_file_system_artefact(&entry.file_name()) {
-            continue;
-        }
         let path = entry.path();
+        match top {
+            Top::DataDirectory | Top::Tablespace(_) if is_file_system_artefact(&entry.file_name()) => continue,
+            Top::Tablespace(own) if !entry.file_name().as_bytes().starts_with(own.as_bytes()) => {
+                tracing::info!(path = %Escaped(&path), "not this cluster's (another major's, or not PostgreSQL's): left alone");
+                continue;
+            }
+            _ => {}
+        }
         let meta = std::fs::symlink_metadata(&path).map_err(|e| werr(&path, e))?;
         if !keep.contains(&path) {
             remove_any(&path).map_err(|e| werr(&path, e))?;
             removed += 1;
         } else if meta.is_dir() {
-            removed += prune_dir(&path, keep, false)?;
+            removed += prune_dir(&path, keep, Top::No)?;
         }
     }
     Ok(removed)
@@ -749,6 +813,38 @@ mod tests {
         drop(held);
         assert!(waiter.join().is_ok());
         assert!(locks.try_take(&a).is_some(), "free again");
+    }
+
+    /// `--delta` goes only over an old copy of the backed-up cluster: a directory that is none (a parent of data
+    /// directories), another major's or another cluster's is refused untouched; an old copy that lost its
+    /// `PG_VERSION` or (an interrupted delta restore) its `pg_control` is accepted.
+    #[test]
+    fn delta_goes_only_over_an_old_copy_of_the_cluster() {
+        let manifest = Manifest { pg_version_num: 150004, system_identifier: "7001".into(), ..Manifest::example() };
+        let dir = tempfile::tempdir().expect("tempdir");
+        let d = dir.path();
+        check_old_copy(d, &manifest).expect("empty");
+        std::fs::create_dir_all(d.join("main/base")).expect("mkdir");
+        std::fs::write(d.join("notes.txt"), b"x").expect("write");
+        let err = check_old_copy(d, &manifest).expect_err("a parent of data directories").to_string();
+        assert!(err.contains("is not a PostgreSQL data directory") && err.contains("--delta"), "{err}");
+        std::fs::write(d.join("PG_VERSION"), b"16\n").expect("write");
+        let err = check_old_copy(d, &manifest).expect_err("another major").to_string();
+        assert!(err.contains("PostgreSQL 16 data directory") && err.contains("PostgreSQL 15"), "{err}");
+        std::fs::write(d.join("PG_VERSION"), b"15\n").expect("write");
+        check_old_copy(d, &manifest).expect("PG_VERSION of the major, no pg_control (an interrupted delta)");
+        std::fs::create_dir(d.join("global")).expect("mkdir");
+        let mut control = 7002u64.to_ne_bytes().to_vec();
+        control.resize(8192, 0);
+        std::fs::write(d.join("global/pg_control"), &control).expect("write");
+        let err = check_old_copy(d, &manifest).expect_err("another cluster").to_string();
+        assert!(err.contains("system identifier 7002; the backup's is 7001"), "{err}");
+        control[..8].copy_from_slice(&7001u64.to_ne_bytes());
+        std::fs::write(d.join("global/pg_control"), &control).expect("write");
+        check_old_copy(d, &manifest).expect("the cluster's own copy");
+        std::fs::remove_file(d.join("PG_VERSION")).expect("rm");
+        check_old_copy(d, &manifest).expect("its own copy without PG_VERSION");
+        assert!(d.join("notes.txt").exists(), "nothing touched");
     }
 
     /// Locations are written escaped as PostgreSQL reads them, whatever bytes they hold; escaped newlines in the

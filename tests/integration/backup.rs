@@ -235,6 +235,18 @@ fn delta_restore() {
     assert_eq!(out.status.code(), Some(1), "{err}");
     assert!(err.contains("not empty") && err.contains("--delta"), "{err}");
 
+    // --delta over a directory that is not an old copy of this cluster (a mistyped parent of data directories):
+    // refused, nothing in it removed.
+    let parent = src.dir.sub("several");
+    std::fs::create_dir_all(parent.join("other-cluster/base")).expect("mkdir");
+    std::fs::write(parent.join("other-cluster/PG_VERSION"), b"15\n").expect("write");
+    crate::support::cluster::chown_postgres(&parent);
+    let out = src.restore(&parent, &["--delta", "--archive-mode", "off"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("is not a PostgreSQL data directory"), "{err}");
+    assert!(parent.join("other-cluster/PG_VERSION").exists(), "a refused delta restore removed files");
+
     // Damage the copy: a relation file rewritten, one removed, a stray file and stale WAL added.
     let relpath = src.cluster.sql("select pg_relation_filepath('big')");
     std::fs::write(dest.join(&relpath), b"garbage").expect("damage relation");

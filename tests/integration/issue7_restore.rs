@@ -362,6 +362,11 @@ fn issue_7_delta_never_writes_into_another_clusters_tablespace() {
     let ts = src.dir.sub("ts-live");
     c.sql(&format!("create tablespace ts location '{}'", ts.display()));
     c.sql("create table batches (batch int, id int) tablespace ts");
+    // Another major's directory beside this cluster's (what pg_upgrade leaves): not this cluster's, not backed up.
+    let other_major = ts.join("PG_99_202601011");
+    std::fs::create_dir(&other_major).expect("mkdir");
+    std::fs::write(other_major.join("leftover"), b"x").expect("write");
+    crate::support::cluster::chown_postgres(&ts);
     insert(c, 0);
     src.backup_json("full");
     insert(c, 1);
@@ -384,8 +389,23 @@ fn issue_7_delta_never_writes_into_another_clusters_tablespace() {
     let moved = fresh(&src, "ts-copy");
     let mapping = format!("{}={}", ts.display(), moved.display());
     assert_ok("restore", &src.restore(&dest, &["--archive-mode", "off", "--tablespace-mapping", &mapping]));
+    let names = |d: &Path| -> Vec<String> {
+        std::fs::read_dir(d)
+            .expect("read_dir")
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect()
+    };
+    let restored = names(&moved);
+    assert!(restored.len() == 1 && restored[0].starts_with("PG_"), "only the cluster's own directory: {restored:?}");
+    // Another major's cluster beside the copy's in the same tablespace directory: a delta restore leaves it alone.
+    let beside = moved.join("PG_98_202501011");
+    std::fs::create_dir(&beside).expect("mkdir");
+    std::fs::write(beside.join("16384"), b"another cluster's").expect("write");
+    crate::support::cluster::chown_postgres(&moved);
     let out = src.restore(&dest, &["--archive-mode", "off", "--tablespace-mapping", &mapping, "--delta"]);
     assert_ok("delta restore over the copy", &out);
+    assert_eq!(std::fs::read(beside.join("16384")).expect("left alone"), b"another cluster's");
     let copy = start_recovered(&src, &dest);
     assert_eq!(batches(&copy), "0:100,1:100,2:100");
     assert_eq!(tree_digest(&ts), before);

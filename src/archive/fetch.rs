@@ -69,12 +69,22 @@ pub async fn run(ctx: &ArchiveContext, name: &str, dest: &Path) -> Result<FetchR
 pub fn from_spool(ctx: &ArchiveContext, name: &str, dest: &Path) -> Result<Option<FetchReport>, Error> {
     let started = Instant::now();
     let wal_name: WalFileName = name.parse()?;
-    if let WalFileName::Segment(_) = wal_name {
-        ctx.spool.set_wanted(name)?;
+    // The prefetch queue only saves time: a spool that cannot be written or read (full, its permissions changed)
+    // must not stop recovery, so its failures are warnings and the segment comes from the repository.
+    if let WalFileName::Segment(_) = wal_name
+        && let Err(e) = ctx.spool.set_wanted(name)
+    {
+        tracing::warn!(error = %e, "cannot record the segment PostgreSQL wants in the spool; prefetching may lag");
     }
-    let Some((path, digest)) = ctx.spool.find_prefetched(name, PREFETCH_MAX_AGE)? else { return Ok(None) };
+    let found = ctx.spool.find_prefetched(name, PREFETCH_MAX_AGE).unwrap_or_else(|e| {
+        tracing::warn!(error = %e, "cannot read the prefetch queue; fetching from the repository");
+        None
+    });
+    let Some((path, digest)) = found else { return Ok(None) };
     let result = serve_prefetched(&path, digest, dest);
-    ctx.spool.remove_prefetched(name)?;
+    if let Err(e) = ctx.spool.remove_prefetched(name) {
+        tracing::warn!(error = %e, "cannot remove a served segment from the prefetch queue");
+    }
     match result {
         Ok(raw_size) => Ok(Some(FetchReport {
             name: wal_name,

@@ -18,8 +18,10 @@ use crate::restore::{self, RestoreRequest};
 /// Restore a base backup into a new data directory, set up for PostgreSQL's point-in-time recovery to a target;
 /// then start PostgreSQL on it (as the PostgreSQL OS user).
 ///
-/// Without --backup-id, picks the newest backup that can reach the target (for --to, the newest that finished
-/// before TIME). Writes recovery.signal and, in postgresql.auto.conf, restore_command (wal-fetch with this
+/// Without --backup-id, picks the newest backup that can reach the target: for --to, the newest that finished
+/// before TIME; for --to-lsn, the newest that stopped at or before LSN; for --to-xid and --to-name, whose time is
+/// not known, the newest (pass --backup-id when the target is older; on PostgreSQL 13, which would promote past
+/// a target it never meets, --backup-id is required when there is a choice). Writes recovery.signal and, in postgresql.auto.conf, restore_command (wal-fetch with this
 /// configuration), the recovery_target_* settings, and every other recovery setting at its default (so none left
 /// in postgresql.conf applies).
 #[derive(Debug, Clone, Parser)]
@@ -51,8 +53,9 @@ pub struct RestoreArgs {
     #[arg(long, value_name = "LSN", group = "target")]
     pub to_lsn: Option<crate::wal::Lsn>,
     /// Recover to this transaction id: a normal one, 3 or more (0, 1 and 2 are PostgreSQL's invalid, bootstrap
-    /// and frozen ids, never committed; src/include/access/transam.h).
-    #[arg(long, value_name = "XID", group = "target", value_parser = clap::value_parser!(u64).range(3..))]
+    /// and frozen ids, never committed; src/include/access/transam.h). An epoch-qualified 64-bit id is accepted,
+    /// but PostgreSQL compares only its low 32 bits, which must then be 3 or more too.
+    #[arg(long, value_name = "XID", group = "target", value_parser = parse_xid)]
     pub to_xid: Option<u64>,
     /// Recover to this restore point (made with pg_create_restore_point).
     #[arg(long, value_name = "NAME", group = "target")]
@@ -247,6 +250,21 @@ fn percent_escape(s: &[u8]) -> Vec<u8> {
     out
 }
 
+/// `--to-xid`: a transaction id PostgreSQL can reach. `recovery_target_xid` is read as a 64-bit number and cast to
+/// a 32-bit `TransactionId` (check_recovery_target_xid in src/backend/utils/misc/guc_funcs.c or guc.c), so an
+/// epoch-qualified id whose low 32 bits are 0, 1 or 2 would name an id that never commits, and recovery would run
+/// to the end of the archive.
+fn parse_xid(text: &str) -> Result<u64, String> {
+    let xid: u64 = text.parse().map_err(|e| format!("{text:?} is not a transaction id: {e}"))?;
+    if xid & 0xFFFF_FFFF < 3 {
+        return Err(format!(
+            "{xid} is not a normal transaction id: its low 32 bits (all PostgreSQL compares) are {}, and 0, 1 and 2 never commit",
+            xid & 0xFFFF_FFFF
+        ));
+    }
+    Ok(xid)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -267,7 +285,16 @@ mod tests {
         assert!(both.is_err(), "two targets must be refused");
         let bad_time = Args::try_parse_from(["pitr-restore", "--destination", "/d", "--to", "yesterday"]);
         assert!(bad_time.is_err());
-        for (xid, ok) in [("0", false), ("2", false), ("3", true), ("4294967296", true), ("-1", false)] {
+        for (xid, ok) in [
+            ("0", false),
+            ("2", false),
+            ("3", true),
+            ("4294967296", false),
+            ("4294967298", false),
+            ("4294967299", true),
+            ("-1", false),
+            ("x", false),
+        ] {
             let a = Args::try_parse_from(["pitr-restore", "--destination", "/d", "--to-xid", xid]);
             assert_eq!(a.is_ok(), ok, "--to-xid {xid}: {a:?}");
         }

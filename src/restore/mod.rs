@@ -201,10 +201,15 @@ pub async fn run(
     let merged = recovery_block.merge_into(&existing);
     write::write_small(&layout, "postgresql.auto.conf", &merged)?;
     write::write_small(&layout, "recovery.signal", b"")?;
+    // Their names are durable before pg_control is written: a crash must never leave a pg_control without the
+    // backup_label beside it (the server would run plain crash recovery from the backup's checkpoint and start on
+    // an inconsistent copy). Not every file system orders a rename before a later file's creation.
+    write::sync_dir(&layout.destination)?;
     let control: Vec<&FileEntry> = control.iter().collect();
     let c =
         write::write_files(storage, &manifest, &control, &layout, request.delta, 1, index.as_ref(), &in_batch).await?;
     write::sync_files(&control, &layout).await?;
+    write::sync_dir(&layout.destination.join("global"))?;
     progress.finish();
 
     s.add(&c);

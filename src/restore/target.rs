@@ -184,6 +184,22 @@ pub fn choose_backup<'a>(
     }
     let best = candidates.iter().filter(|m| before_target(m)).max_by(|a, b| stop_time(a).cmp(&stop_time(b)));
     match best {
+        // When a transaction committed or a restore point was made, nothing here says: the newest backup is a
+        // guess. PostgreSQL 14+ stops with a FATAL if that backup is newer than the target; 13 ends recovery at
+        // the end of the archive and promotes, past the target, silently. So on 13 the DBA chooses.
+        Some(m)
+            if matches!(target, Target::Xid(_) | Target::Name(_))
+                && m.pg_version_num < 140_000
+                && candidates.len() > 1 =>
+        {
+            Err(format!(
+                "on PostgreSQL 13 a backup newer than the target would silently recover past it (PostgreSQL 13 \
+                 promotes at the end of the archive when it never meets the target), and when the target happened \
+                 is not known here: pass --backup-id of a backup that finished before it ('backupctl status' lists \
+                 them; the newest is {})",
+                m.id
+            ))
+        }
         Some(m) => Ok(m),
         None => {
             let oldest = candidates.iter().min_by(|a, b| stop_time(a).cmp(&stop_time(b)));
@@ -288,6 +304,17 @@ mod tests {
         assert!(choose_backup(&ms, &Target::Latest, Some(&tl2), Some(&wanted)).is_err());
         assert!(choose_backup(&ms, &t("2026-11-26T10:30:00Z"), None, Some(&wanted)).is_err());
         assert!(choose_backup(&[], &Target::Latest, None, None).is_err());
+        // An xid or a restore point: the newest backup on 14+; on 13 (which would promote past a target it never
+        // meets) the DBA must choose.
+        assert_eq!(pick(&Target::Xid(5000), None), Ok("20261126-120000I".into()));
+        assert_eq!(pick(&Target::Name("r".into()), Some(&tl1)), Ok("20261126-110000I".into()));
+        let pg13: Vec<Manifest> = ms.iter().map(|m| Manifest { pg_version_num: 130_010, ..m.clone() }).collect();
+        for target in [Target::Xid(5000), Target::Name("r".into())] {
+            let err = choose_backup(&pg13, &target, None, None).expect_err("PostgreSQL 13 guesses nothing");
+            assert!(err.contains("--backup-id") && err.contains("20261126-120000I"), "{err}");
+            assert!(choose_backup(&pg13, &target, None, Some(&wanted)).is_ok(), "chosen by the DBA");
+        }
+        assert!(choose_backup(&pg13[..1], &Target::Xid(5000), None, None).is_ok(), "one backup: nothing to choose");
     }
 
     #[test]

@@ -670,6 +670,12 @@ pub fn write_small(layout: &Layout, rel: &str, content: &[u8]) -> Result<(), Err
     Ok(())
 }
 
+/// fsync the directory `dir` of the destination, so that the names created or renamed in it are durable.
+/// Errors: [`Error::WriteDestination`] naming it.
+pub fn sync_dir(dir: &Path) -> Result<(), Error> {
+    crate::storage::fs::sync_dir(dir).map_err(|e| Error::WriteDestination { path: dir.to_path_buf(), source: e })
+}
+
 /// fsyncs in flight at once when a restore flushes what it wrote. An fsync mostly waits (for the device, and on
 /// ext4 or XFS for a journal commit), and the file system commits the fsyncs that arrive together at once. With
 /// `[restore] parallel` (2) in flight, the flush of the scale-100 bench's files took 0.046-0.054 s on this

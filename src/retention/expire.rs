@@ -15,7 +15,7 @@ use crate::repository::store;
 use crate::retention::keep::{self, KeepMark};
 use crate::retention::plan::{self, Backup, DoomedBackup, Plan, PlanError, Policy, WalRange};
 use crate::storage::{ObjectMeta, Storage};
-use crate::wal::SegmentSize;
+use crate::wal::{SegmentSize, TimelineHistory, TimelineId, WalFileName};
 
 /// Why `prune`, `keep` or `unkeep` cannot go on.
 #[derive(Debug, thiserror::Error)]
@@ -61,11 +61,20 @@ pub struct Inputs {
     pub wal_objects: Vec<ObjectMeta>,
     /// The repository's `wal_segment_size` (none before the first WAL is archived).
     pub segment_size: Option<SegmentSize>,
+    /// The newest timeline's history ([`newest_history`]).
+    pub history: Option<TimelineHistory>,
 }
 
-/// Load the plan's inputs. A manifest that cannot be read or used stops it ([`Error::UnusableBackups`]): deleting
-/// WAL without knowing what that backup needs could break it.
+/// Load the plan's inputs: `wal/` listed first, then the manifests (see [`run`] for why that order). A manifest
+/// that cannot be read or used stops it ([`Error::UnusableBackups`]): deleting WAL without knowing what that
+/// backup needs could break it.
 pub async fn load_inputs(storage: &dyn Storage) -> Result<Inputs, crate::Error> {
+    let wal_objects = storage.list("wal/").await?;
+    load_backups(storage, wal_objects).await
+}
+
+/// The rest of [`load_inputs`], after `wal/` was listed.
+async fn load_backups(storage: &dyn Storage, wal_objects: Vec<ObjectMeta>) -> Result<Inputs, crate::Error> {
     // Headers: retention needs each backup's times, LSNs and WAL, not its file entries.
     let (manifests, bad) = store::manifest_headers(storage).await?;
     if let Some((_, first)) = bad.first() {
@@ -83,12 +92,49 @@ pub async fn load_inputs(storage: &dyn Storage) -> Result<Inputs, crate::Error> 
         .map(|m| Backup::from_manifest(m, marks.remove(&m.id)))
         .collect::<Result<Vec<_>, _>>()
         .map_err(Error::from)?;
-    let wal_objects = storage.list("wal/").await?;
     let segment_size = match store::cluster_info(storage).await? {
         Some(c) => Some(SegmentSize::new(c.wal_segment_size)?),
         None => None,
     };
-    Ok(Inputs { backups, wal_objects, segment_size })
+    let history = newest_history(storage, &wal_objects).await?;
+    Ok(Inputs { backups, wal_objects, segment_size, history })
+}
+
+/// The history of the newest timeline in a listing of `wal/` (timeline 1's, which has no file, when there is
+/// none): the timeline recovery follows by default, whose PITR window `pitr-days` keeps. `None`, with a warning,
+/// if its file vanished or does not read as a history file (the plan then treats every backup as on its path).
+/// Errors: storage errors other than not found.
+pub async fn newest_history(
+    storage: &dyn Storage,
+    wal_objects: &[ObjectMeta],
+) -> Result<Option<TimelineHistory>, crate::storage::Error> {
+    let newest = wal_objects
+        .iter()
+        .filter_map(|m| match plan::wal_file_of_key(&m.key) {
+            Some(WalFileName::History(t)) => Some((t, &m.key)),
+            _ => None,
+        })
+        .max_by_key(|(t, _)| *t);
+    let Some((tli, key)) = newest else { return Ok(Some(TimelineHistory::root(TimelineId(1)))) };
+    let object = match storage.get(key).await {
+        Ok(o) => o,
+        Err(e) if e.is_not_found() => {
+            tracing::warn!(key = %key, "the newest timeline's history file vanished; planning without it");
+            return Ok(None);
+        }
+        Err(e) => return Err(e),
+    };
+    let mut text = Vec::new();
+    let parsed = crate::codec::decode(&object, &mut text)
+        .map_err(|e| e.to_string())
+        .and_then(|_| TimelineHistory::parse(tli, &String::from_utf8_lossy(&text)));
+    match parsed {
+        Ok(h) => Ok(Some(h)),
+        Err(reason) => {
+            tracing::warn!(key = %key, reason, "unreadable timeline history; planning without it");
+            Ok(None)
+        }
+    }
 }
 
 /// The WAL a prune deletes (or, in a dry run, would delete).
@@ -190,12 +236,16 @@ pub async fn run(
     now: Timestamp,
     options: Options,
 ) -> Result<Report, crate::Error> {
-    let inputs = load_inputs(storage).await?;
-    let mut plan = plan::plan(&inputs.backups, &inputs.wal_objects, inputs.segment_size, policy, now);
-    // Looked at after `wal/` was listed: a base-backup that takes its lease later archives all its WAL later, so
-    // this plan cannot hold any of it.
+    // The order is `wal/`, then the leases, then the manifests. A base-backup whose WAL is in the listing took its
+    // lease before it (the lease comes before pg_backup_start): if the lease is gone when prune looks, the
+    // backup's manifest was written before, and the manifest listing holds it.
+    let wal_objects = storage.list("wal/").await?;
+    let running = running_base_backup(storage, now).await?;
+    let inputs = load_backups(storage, wal_objects).await?;
+    let mut plan =
+        plan::plan(&inputs.backups, &inputs.wal_objects, inputs.segment_size, inputs.history.as_ref(), policy, now);
     if plan.wal.files > 0
-        && let Some(running) = running_base_backup(storage, now).await?
+        && let Some(running) = running
     {
         plan.wal = plan::WalPlan { keep_all_from: plan.wal.keep_all_from.take(), ..plan::WalPlan::default() };
         plan.notes.push(format!(

@@ -28,12 +28,12 @@ use jiff::Timestamp;
 use serde::Serialize;
 
 pub use policy::{Policy, PolicyError, Rules};
-pub use wal::{WalPlan, WalRange};
+pub use wal::{WalPlan, WalRange, wal_file_of_key};
 
 use crate::repository::backup::{BackupId, BackupType, Manifest};
 use crate::retention::keep::KeepMark;
 use crate::storage::ObjectMeta;
-use crate::wal::{Lsn, SegmentName, SegmentSize};
+use crate::wal::{Lsn, SegmentName, SegmentSize, TimelineHistory};
 
 /// A manifest whose fields the plan cannot use.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -74,6 +74,8 @@ pub struct Backup {
     pub stop_time: Timestamp,
     /// Where its WAL starts.
     pub start_lsn: Lsn,
+    /// Where it is consistent (its stop LSN), on the timeline of `stop_segment`.
+    pub stop_lsn: Lsn,
     /// The first WAL segment it needs.
     pub start_segment: SegmentName,
     /// The last WAL segment it needs (holds its consistent point).
@@ -101,6 +103,7 @@ impl Backup {
             start_time: time("start_time", &m.start_time)?,
             stop_time: time("stop_time", &m.stop_time)?,
             start_lsn: m.start_lsn,
+            stop_lsn: m.stop_lsn,
             start_segment: segment("start_wal", &m.start_wal)?,
             stop_segment: segment("stop_wal", &m.stop_wal)?,
             keep,
@@ -219,11 +222,13 @@ impl Plan {
 
 /// Decide what `policy` keeps at `now` of `backups` (any order) and of the archived WAL (`wal_objects`, the
 /// listing of `wal/` with sizes; `segment_size` from the repository's cluster record, `None` if none: then no WAL
-/// is deleted).
+/// is deleted). `history` is the newest timeline's (see [`newest_history`](crate::retention::expire::newest_history)),
+/// whose PITR window `pitr-days` keeps; `None` if unknown (then every backup counts as on its path).
 pub fn plan(
     backups: &[Backup],
     wal_objects: &[ObjectMeta],
     segment_size: Option<SegmentSize>,
+    history: Option<&TimelineHistory>,
     policy: &Policy,
     now: Timestamp,
 ) -> Plan {
@@ -246,22 +251,32 @@ pub fn plan(
     }
     if let Some(last) = reasons.last_mut() {
         last.insert(0, Reason::Newest);
-        if policy.rules.has_backup_rule() && !chosen_by_rules && sorted.len() > 1 {
-            notes.push(format!(
-                "the policy {policy} keeps no backup: the newest backup, {}, is kept regardless",
-                sorted[sorted.len() - 1].id
-            ));
-        }
     }
     // The PITR window's base: without it, a window that no kept backup stopped before would silently shrink to the
-    // oldest kept backup's stop (keep-last=3 with pitr-days=14 kept 3 days). With no backup before the window,
-    // the oldest backup is its base (every moment since it stopped stays restorable).
-    if let Some(days) = policy.rules.pitr_days
-        && !sorted.is_empty()
-    {
+    // oldest kept backup's stop (keep-last=3 with pitr-days=14 kept 3 days). The window is the newest timeline's
+    // (what recovery follows by default), so the base is the newest backup on its path that stopped before the
+    // window began, or with none that old the oldest on its path (every moment since it stopped stays
+    // restorable). A backup on an abandoned timeline past its fork cannot be the base.
+    let mut base = None;
+    if let Some(days) = policy.rules.pitr_days {
         let cutoff = now.checked_sub(jiff::SignedDuration::from_hours(i64::from(days) * 24)).unwrap_or(Timestamp::MIN);
-        let base = sorted.iter().rposition(|b| b.stop_time <= cutoff).unwrap_or(0);
-        reasons[base].push(Reason::PitrDays(days));
+        let on_path = |b: &&Backup| history.is_none_or(|h| h.can_reach_from(b.stop_segment.timeline, b.stop_lsn));
+        let path: Vec<usize> = (0..sorted.len()).filter(|&i| on_path(&sorted[i])).collect();
+        if let Some(&i) = path.iter().rev().find(|&&i| sorted[i].stop_time <= cutoff).or(path.first()) {
+            reasons[i].push(Reason::PitrDays(days));
+            base = Some(sorted[i].id.clone());
+        }
+    }
+    let newest = sorted.last().map(|b| &b.id);
+    if policy.rules.has_backup_rule()
+        && !chosen_by_rules
+        && sorted.len() > 1
+        && (base.is_none() || base.as_ref() == newest)
+    {
+        notes.push(format!(
+            "the policy {policy} keeps no backup: the newest backup, {}, is kept regardless",
+            sorted[sorted.len() - 1].id
+        ));
     }
     let kept: Vec<&Backup> = sorted.iter().zip(&reasons).filter(|(_, r)| !r.is_empty()).map(|(b, _)| *b).collect();
     // No rule at all: prune deletes nothing, not even WAL older than every backup (a copy made by other means,
@@ -272,7 +287,7 @@ pub fn plan(
         }
         WalPlan::default()
     } else {
-        wal::plan(&kept, wal_objects, segment_size, policy.rules.pitr_days, now, &mut notes)
+        wal::plan(&kept, wal_objects, segment_size, base.as_ref(), &mut notes)
     };
     let mut keep = Vec::new();
     let mut delete = Vec::new();

@@ -252,7 +252,9 @@ pub async fn collect_with(
             sizes
         }
     };
-    let (policy, mut decisions) = retention(&manifests, &unusable, &marks, wal_listing, size, policy, clock.now);
+    let history = crate::retention::expire::newest_history(storage, wal_listing).await?;
+    let (policy, mut decisions) =
+        retention(&manifests, &unusable, &marks, wal_listing, size, history.as_ref(), policy, clock.now);
     let backups: Vec<BackupStatus> = manifests
         .into_iter()
         .zip(coverage.backups.iter().cloned())
@@ -288,12 +290,14 @@ pub async fn collect_with(
 
 /// What `policy` decides at `now` about each backup: the plan `prune` would apply (pure). A repository with
 /// unusable manifests gets no plan (prune refuses it too), and says why.
+#[allow(clippy::too_many_arguments)] // the plan's inputs, each from a different listing
 fn retention(
     manifests: &[Manifest],
     unusable: &[(BackupId, StoreError)],
     marks: &HashMap<BackupId, KeepMark>,
     wal_listing: &[ObjectMeta],
     size: crate::wal::SegmentSize,
+    history: Option<&crate::wal::TimelineHistory>,
     policy: &Policy,
     now: SystemTime,
 ) -> (PolicyStatus, HashMap<BackupId, Retention>) {
@@ -323,7 +327,7 @@ fn retention(
             return (status, out);
         }
     };
-    let p = plan::plan(&backups, wal_listing, Some(size), policy, now);
+    let p = plan::plan(&backups, wal_listing, Some(size), history, policy, now);
     for k in p.keep {
         let reasons = k.reasons.iter().map(ToString::to_string).collect();
         out.insert(k.id, Retention::Kept { reasons, reach: k.reach });

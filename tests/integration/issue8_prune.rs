@@ -103,7 +103,7 @@ fn prune_scenario(url: &str, extra: &str, label: &str) {
     assert_eq!(ids(&dry["kept_backups"]), [id(1), id(3)], "{dry:#}");
     assert_eq!(dry["kept_backups"][0]["reasons"], serde_json::json!(["kept forever"]));
     assert_eq!(dry["kept_backups"][0]["reach"], "stop-only");
-    assert_eq!(dry["kept_backups"][1]["reasons"], serde_json::json!(["newest", "keep-last"]));
+    assert_eq!(dry["kept_backups"][1]["reasons"], serde_json::json!(["newest", "keep-last", "pitr-days 0"]));
     assert_eq!(dry["kept_backups"][1]["reach"], "onward");
     assert!(dry["deleted_wal"]["files"].as_u64().unwrap_or(0) >= 4, "{dry:#}");
     assert_eq!(wal_names(&src), wal_before, "a dry run deletes nothing");

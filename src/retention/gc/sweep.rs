@@ -66,7 +66,7 @@ pub struct GcReport {
     pub temp_files_removed: u64,
     /// Their bytes.
     pub temp_bytes_removed: u64,
-    /// Why the data sweep was skipped (a running base-backup or restore, named), if it was.
+    /// Why the data sweep was skipped (a running base-backup, restore or other gc, named), if it was.
     pub deferred: Option<String>,
     /// Records of backups without a manifest removed.
     pub records_removed: u64,
@@ -86,7 +86,7 @@ pub struct GcReport {
 
 /// Reclaim space: remove temporary files killed writers left, records of deleted backups, and (mark and sweep)
 /// data objects no manifest references, each older than `options.grace`. The data sweep and the temporary files
-/// are skipped, with the reason in [`GcReport::deferred`], while a base-backup or pitr-restore holds a live lease. Takes a gc lease for
+/// are skipped, with the reason in [`GcReport::deferred`], while a base-backup, a pitr-restore or another gc holds a live lease. Takes a gc lease for
 /// the run (none in a dry run) and releases it at the end, on failure too.
 #[tracing::instrument(skip_all, fields(backend = %storage, dry_run = options.dry_run))]
 pub async fn collect(storage: &dyn Storage, options: &GcOptions) -> Result<GcReport, crate::Error> {

@@ -27,6 +27,7 @@ fn backup_at(start: Timestamp, tli: u32, a: u64, z: u64) -> Backup {
         start_time: start,
         stop_time: start + SignedDuration::from_mins(10),
         start_lsn: Lsn(a * MB16.bytes() + 0x28),
+        stop_lsn: Lsn(z * MB16.bytes() + 0x100),
         start_segment: seg(tli, a),
         stop_segment: seg(tli, z),
         keep: None,
@@ -76,6 +77,7 @@ fn gfs_over_years_of_daily_backups() {
         &backups,
         &[],
         None,
+        None,
         &policy("daily-retain=7,weekly-retain=4,monthly-retain=12,yearly-retain=3", "UTC"),
         ts("2028-03-05T12:00:00Z"),
     );
@@ -109,7 +111,8 @@ fn gfs_over_years_of_daily_backups() {
 #[test]
 fn iso_week_53_and_year_end() {
     let backups = daily("2026-12-20", "2027-01-10", 23);
-    let p = plan(&backups, &[], None, &policy("weekly-retain=3,yearly-retain=2", "UTC"), ts("2027-01-11T00:00:00Z"));
+    let p =
+        plan(&backups, &[], None, None, &policy("weekly-retain=3,yearly-retain=2", "UTC"), ts("2027-01-11T00:00:00Z"));
     assert!(has(&p, "2027-01-10T23", "weekly 2027-W01"));
     assert!(has(&p, "2027-01-03T23", "weekly 2026-W53"), "{:?}", kept(&p));
     assert!(has(&p, "2026-12-27T23", "weekly 2026-W52"));
@@ -134,10 +137,10 @@ fn time_zones_and_dst() {
             .map(|h| backup_at(t0 + SignedDuration::from_hours(h), 1, 10 + h as u64, 10 + h as u64))
             .collect();
         let now = t0 + SignedDuration::from_hours(hours);
-        let p = plan(&backups, &[], None, &policy("daily-retain=5", "Europe/Berlin"), now);
+        let p = plan(&backups, &[], None, None, &policy("daily-retain=5", "Europe/Berlin"), now);
         assert!(has(&p, last_of_day, day), "{day}: {:?}", kept(&p));
         // The 25-hour day holds 25 hourly backups and keeps one: every other one of that local day is deleted.
-        let utc = plan(&backups, &[], None, &policy("daily-retain=5", "UTC"), now);
+        let utc = plan(&backups, &[], None, None, &policy("daily-retain=5", "UTC"), now);
         assert!(!has(&utc, last_of_day, day), "in UTC the day ends at 23:00Z");
     }
     // 2026-11-30T12:00Z is already 2026-12-01 in Auckland.
@@ -147,11 +150,11 @@ fn time_zones_and_dst() {
         backup_at(ts("2026-11-30T14:00:00Z"), 1, 14, 14),
     ];
     let now = ts("2026-11-30T15:00:00Z");
-    let p = plan(&backups, &[], None, &policy("monthly-retain=2", "Pacific/Auckland"), now);
+    let p = plan(&backups, &[], None, None, &policy("monthly-retain=2", "Pacific/Auckland"), now);
     assert!(has(&p, "2026-11-30T10", "monthly 2026-11"), "{:?}", kept(&p));
     assert!(has(&p, "2026-11-30T14", "monthly 2026-12"));
     assert_eq!(p.delete.len(), 1);
-    let p = plan(&backups, &[], None, &policy("monthly-retain=2", "America/Los_Angeles"), now);
+    let p = plan(&backups, &[], None, None, &policy("monthly-retain=2", "America/Los_Angeles"), now);
     assert!(has(&p, "2026-11-30T14", "monthly 2026-11"));
     assert_eq!(p.keep.len(), 1, "one month only in Los Angeles: {:?}", kept(&p));
 }
@@ -163,13 +166,13 @@ fn several_backups_a_day() {
     let backups: Vec<Backup> = (0..16)
         .map(|i| backup_at(t0 + SignedDuration::from_hours(6 * i), 1, 10 + i as u64 * 2, 11 + i as u64 * 2))
         .collect();
-    let p = plan(&backups, &[], None, &policy("daily-retain=2", "UTC"), ts("2026-12-01T00:00:00Z"));
+    let p = plan(&backups, &[], None, None, &policy("daily-retain=2", "UTC"), ts("2026-12-01T00:00:00Z"));
     let got: Vec<String> = p.keep.iter().map(|k| k.start_time.to_string()).collect();
     assert_eq!(got, ["2026-11-29T18:30:00Z", "2026-11-30T18:30:00Z"]);
-    let p = plan(&backups, &[], None, &policy("keep-last=3", "UTC"), ts("2026-12-01T00:00:00Z"));
+    let p = plan(&backups, &[], None, None, &policy("keep-last=3", "UTC"), ts("2026-12-01T00:00:00Z"));
     assert_eq!(p.keep.len(), 3);
     assert!(p.keep.iter().all(|k| k.reasons.contains(&Reason::KeepLast)));
-    let p = plan(&backups, &[], None, &policy("full-days=1", "UTC"), ts("2026-11-30T12:00:00Z"));
+    let p = plan(&backups, &[], None, None, &policy("full-days=1", "UTC"), ts("2026-11-30T12:00:00Z"));
     let got: Vec<String> = p.keep.iter().map(|k| k.start_time.to_string()).collect();
     assert_eq!(
         got,
@@ -192,7 +195,7 @@ fn order_is_start_time_not_id() {
     a.id = "20300101-000000F".parse().expect("id");
     let mut b = backup_at(ts("2026-02-01T00:00:00Z"), 1, 20, 20);
     b.id = "20200101-000000F".parse().expect("id");
-    let p = plan(&[a.clone(), b.clone()], &[], None, &policy("keep-last=1", "UTC"), ts("2026-03-01T00:00:00Z"));
+    let p = plan(&[a.clone(), b.clone()], &[], None, None, &policy("keep-last=1", "UTC"), ts("2026-03-01T00:00:00Z"));
     assert_eq!(p.keep.len(), 1);
     assert_eq!(p.keep[0].id, b.id, "the newer backup by start time is kept");
     assert_eq!(p.delete[0].id, a.id);
@@ -200,7 +203,7 @@ fn order_is_start_time_not_id() {
     let mut c = b.clone();
     c.id = "20100101-000000F".parse().expect("id");
     c.start_lsn = Lsn(b.start_lsn.0 + 1);
-    let p = plan(&[c.clone(), b.clone()], &[], None, &policy("keep-last=1", "UTC"), ts("2026-03-01T00:00:00Z"));
+    let p = plan(&[c.clone(), b.clone()], &[], None, None, &policy("keep-last=1", "UTC"), ts("2026-03-01T00:00:00Z"));
     assert_eq!(p.keep[0].id, c.id);
 }
 
@@ -216,7 +219,7 @@ fn marks_newest_and_empty_policies() {
     backups[1].keep = Some(mark(true, Some("2026-12-01T00:00:00Z")));
     backups[2].keep = Some(mark(true, Some("2026-11-29T00:00:00Z")));
     backups[3].keep = Some(mark(false, None));
-    let p = plan(&backups, &[], None, &policy("full-days=1", "UTC"), now);
+    let p = plan(&backups, &[], None, None, &policy("full-days=1", "UTC"), now);
     let got: Vec<String> = kept(&p).into_iter().map(|(s, r)| format!("{s}: {r}")).collect();
     assert_eq!(
         got,
@@ -224,20 +227,20 @@ fn marks_newest_and_empty_policies() {
     );
     assert_eq!(p.notes.len(), 1, "{:?}", p.notes);
     assert!(p.notes[0].contains("keeps no backup") && p.notes[0].contains("20261110-030000F"), "{:?}", p.notes);
-    let p = plan(&backups, &[], None, &policy("", "UTC"), now);
+    let p = plan(&backups, &[], None, None, &policy("", "UTC"), now);
     assert_eq!(p.keep.len(), backups.len(), "no rule: keep everything");
     assert!(p.delete.is_empty());
     // No rule at all: not even the WAL older than every backup goes.
     let (b2, objects) = two_timelines();
-    let p = plan(&b2, &objects, Some(MB16), &policy("", "UTC"), now);
+    let p = plan(&b2, &objects, Some(MB16), None, &policy("", "UTC"), now);
     assert!(p.is_empty() && p.keep.len() == b2.len(), "{:?}", p.wal.delete);
     assert_eq!(p.notes, ["the backup policy has no rules: no backup or WAL is deleted"]);
     // keep-last as large as the history keeps every backup, and the WAL before the oldest goes.
-    let p = plan(&b2, &objects, Some(MB16), &policy("keep-last=10", "UTC"), now);
+    let p = plan(&b2, &objects, Some(MB16), None, &policy("keep-last=10", "UTC"), now);
     assert!(p.delete.is_empty() && p.wal.files == 9, "segments 1..=9 and nothing else: {:?}", p.wal.delete);
-    let p = plan(&backups, &[], None, &policy("pitr-days=3", "UTC"), now);
+    let p = plan(&backups, &[], None, None, &policy("pitr-days=3", "UTC"), now);
     assert_eq!(p.keep.len(), backups.len(), "pitr-days alone chooses no backup");
-    assert!(plan(&[], &[], Some(MB16), &policy("keep-last=1", "UTC"), now).is_empty());
+    assert!(plan(&[], &[], Some(MB16), None, &policy("keep-last=1", "UTC"), now).is_empty());
 }
 
 fn object(name: &str, size: u64) -> ObjectMeta {
@@ -289,7 +292,7 @@ fn wal_plan_with_and_without_a_pitr_window() {
     backups[1].keep = Some(KeepMark { kept: true, until: None, set_at: String::new() });
     backups[2].keep = Some(KeepMark { kept: true, until: None, set_at: String::new() });
     let now = ts("2026-02-15T00:00:00Z");
-    let p = plan(&backups, &objects, Some(MB16), &policy("keep-last=1", "UTC"), now);
+    let p = plan(&backups, &objects, Some(MB16), None, &policy("keep-last=1", "UTC"), now);
     let ids: Vec<String> = p.delete.iter().map(|d| d.id.to_string()).collect();
     assert_eq!(ids, ["20260101-000000F", "20260131-000000F"]);
     assert_eq!(p.wal.keep_all_from.as_deref(), Some(seg(1, 30).to_string().as_str()));
@@ -302,7 +305,7 @@ fn wal_plan_with_and_without_a_pitr_window() {
     assert!(p.keep.iter().all(|k| k.reach == Reach::Onward));
 
     // A window of 3 days: B0 is the newest kept backup that stopped before 2026-02-12, the one in segment 90.
-    let p = plan(&backups, &objects, Some(MB16), &policy("keep-last=1,pitr-days=3", "UTC"), now);
+    let p = plan(&backups, &objects, Some(MB16), None, &policy("keep-last=1,pitr-days=3", "UTC"), now);
     assert_eq!(p.wal.keep_all_from.as_deref(), Some(seg(2, 90).to_string().as_str()));
     let reach: Vec<(String, Reach)> = p.keep.iter().map(|k| (k.id.to_string(), k.reach)).collect();
     assert_eq!(
@@ -354,12 +357,12 @@ fn wal_plan_with_and_without_a_pitr_window() {
 
     // A window longer than the history: the oldest backup is the window's base (kept for it), and every kept
     // backup reaches onward.
-    let p = plan(&backups, &objects, Some(MB16), &policy("keep-last=1,pitr-days=400", "UTC"), now);
+    let p = plan(&backups, &objects, Some(MB16), None, &policy("keep-last=1,pitr-days=400", "UTC"), now);
     assert_eq!(p.wal.keep_all_from.as_deref(), Some(seg(1, 10).to_string().as_str()));
     assert!(has(&p, "2026-01-01T00", "pitr-days 400"), "{:?}", kept(&p));
     assert!(p.keep.iter().all(|k| k.reach == Reach::Onward));
     // No segment size known (no WAL archived yet): no WAL plan.
-    assert_eq!(plan(&backups, &objects, None, &policy("keep-last=1", "UTC"), now).wal.files, 0);
+    assert_eq!(plan(&backups, &objects, None, None, &policy("keep-last=1", "UTC"), now).wal.files, 0);
 }
 
 /// After a restore to an earlier point, the newest backup (on the new timeline) starts below an older kept
@@ -375,8 +378,10 @@ fn a_newer_backup_below_an_older_one_reaches_onward() {
     let mut objects: Vec<ObjectMeta> = (1..=60).map(|n| object(&seg(1, n).to_string(), 16)).collect();
     objects.extend((40..=70).map(|n| object(&seg(2, n).to_string(), 16)));
     let now = day(21);
+    let tl2 = crate::wal::TimelineHistory::parse(TimelineId(2), &format!("1\t{}\tx\n", Lsn(40 * MB16.bytes())))
+        .expect("history");
     for text in ["keep-last=2", "keep-last=2,pitr-days=3", "keep-last=1,pitr-days=15"] {
-        let p = plan(&backups, &objects, Some(MB16), &policy(text, "UTC"), now);
+        let p = plan(&backups, &objects, Some(MB16), Some(&tl2), &policy(text, "UTC"), now);
         let newest = p.keep.last().expect("kept");
         assert_eq!((newest.start_time, newest.reach), (day(20), Reach::Onward), "{text}: {:?}", p.keep);
         let names = deleted_names(&p);
@@ -385,6 +390,12 @@ fn a_newer_backup_below_an_older_one_reaches_onward() {
         }
         assert!(p.wal.keep_all_from.as_deref() <= Some(seg(2, 42).to_string().as_str()), "{text}");
     }
+    // A window of 3 days (from day 18): its base is the backup of day 0, the newest on timeline 2's path; the one
+    // of day 10 is on timeline 1 past the fork and cannot reach timeline 2. Timeline 2's WAL from the fork stays.
+    let p = plan(&backups, &objects, Some(MB16), Some(&tl2), &policy("keep-last=2,pitr-days=3", "UTC"), now);
+    assert!(has(&p, "2026-03-01T00", "pitr-days 3"), "{:?}", kept(&p));
+    let names = deleted_names(&p);
+    assert!((40..=41).all(|n| !names.contains(&seg(2, n).to_string())), "{names:?}");
 }
 
 /// `pitr-days` keeps the backup its window restores from: the newest that stopped before the window began, even
@@ -394,7 +405,7 @@ fn the_pitr_window_keeps_its_base_backup() {
     let backups = daily("2026-01-01", "2026-01-31", 2);
     let objects: Vec<ObjectMeta> = (1..=80).map(|n| object(&seg(1, n).to_string(), 16)).collect();
     let now = ts("2026-01-31T12:00:00Z");
-    let p = plan(&backups, &objects, Some(MB16), &policy("keep-last=3,pitr-days=14", "UTC"), now);
+    let p = plan(&backups, &objects, Some(MB16), None, &policy("keep-last=3,pitr-days=14", "UTC"), now);
     // The window begins 2026-01-17T12:00; the backup of 2026-01-17 02:00 stopped before it.
     assert!(has(&p, "2026-01-17T02", "pitr-days 14"), "{:?}", kept(&p));
     assert_eq!(p.keep.len(), 4, "{:?}", kept(&p));
@@ -407,7 +418,7 @@ fn the_pitr_window_keeps_its_base_backup() {
     // The window's base is kept once: applying and planning again changes nothing.
     let gone: BTreeSet<&BackupId> = p.delete.iter().map(|d| &d.id).collect();
     let rest: Vec<Backup> = backups.iter().filter(|b| !gone.contains(&b.id)).cloned().collect();
-    let again = plan(&rest, &[], Some(MB16), &policy("keep-last=3,pitr-days=14", "UTC"), now);
+    let again = plan(&rest, &[], Some(MB16), None, &policy("keep-last=3,pitr-days=14", "UTC"), now);
     assert!(again.delete.is_empty(), "{:?}", again.delete);
 }
 
@@ -429,13 +440,13 @@ fn applying_then_replanning_deletes_nothing_more() {
         "monthly-retain=6",
     ] {
         let pol = policy(text, "Europe/Berlin");
-        let first = plan(&backups, &objects, Some(MB16), &pol, now);
+        let first = plan(&backups, &objects, Some(MB16), None, &pol, now);
         assert!(!first.delete.is_empty() && first.wal.files > 0, "{text}");
         let gone_ids: BTreeSet<&BackupId> = first.delete.iter().map(|d| &d.id).collect();
         let rest: Vec<Backup> = backups.iter().filter(|b| !gone_ids.contains(&b.id)).cloned().collect();
         let gone_keys: BTreeSet<&Key> = first.wal.keys.iter().collect();
         let left: Vec<ObjectMeta> = objects.iter().filter(|o| !gone_keys.contains(&o.key)).cloned().collect();
-        let second = plan(&rest, &left, Some(MB16), &pol, now);
+        let second = plan(&rest, &left, Some(MB16), None, &pol, now);
         assert!(second.is_empty(), "{text}: {:?} {:?}", second.delete, second.wal.delete);
         assert_eq!(second.keep, first.keep, "{text}");
     }

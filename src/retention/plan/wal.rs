@@ -18,7 +18,6 @@
 //! files would keep, on every timeline, and never less. `.history` files are always kept (they are tiny and a
 //! recovery reads them all), as is every object under `wal/` whose key is not a WAL file name.
 
-use jiff::{SignedDuration, Timestamp};
 use serde::Serialize;
 
 use super::Backup;
@@ -89,13 +88,14 @@ pub(super) fn ranges(mut files: Vec<(TimelineId, u64, String, u64)>) -> Vec<WalR
     out.into_iter().map(|(_, _, r)| r).collect()
 }
 
-/// The WAL plan for `kept` (oldest first), see the module doc. Adds to `notes` why nothing is deleted when so.
+/// The WAL plan for `kept` (oldest first), see the module doc. `window_base`: the backup the `pitr-days` window
+/// restores from (kept; `None` without `pitr-days`: then B0 is the oldest kept backup). Adds to `notes` why
+/// nothing is deleted when so.
 pub(super) fn plan(
     kept: &[&Backup],
     wal_objects: &[ObjectMeta],
     segment_size: Option<SegmentSize>,
-    pitr_days: Option<u32>,
-    now: Timestamp,
+    window_base: Option<&BackupId>,
     notes: &mut Vec<String>,
 ) -> WalPlan {
     let Some(size) = segment_size else {
@@ -103,12 +103,7 @@ pub(super) fn plan(
     };
     let segno = |s: &SegmentName| s.segno(size).ok();
     // B0: the backup from whose start all WAL is kept.
-    let cutoff =
-        pitr_days.map(|d| now.checked_sub(SignedDuration::from_hours(i64::from(d) * 24)).unwrap_or(Timestamp::MIN));
-    let b0 = match cutoff {
-        None => kept.first().copied(),
-        Some(c) => kept.iter().rev().find(|b| b.stop_time <= c).or(kept.first()).copied(),
-    };
+    let b0 = window_base.and_then(|id| kept.iter().find(|b| b.id == *id)).or(kept.first()).copied();
     let Some(b0) = b0 else {
         if !wal_objects.is_empty() {
             notes.push("no backup is kept, so no WAL is deleted".to_owned());

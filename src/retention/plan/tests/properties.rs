@@ -48,7 +48,7 @@ proptest! {
         let objects: Vec<ObjectMeta> = (1..=last_seg).map(|n| object(&seg(1, n).to_string(), n)).collect();
         let now = t + SignedDuration::from_hours(later);
         let pol = Policy::new(rules, tz).expect("tz");
-        let p = plan(&backups, &objects, Some(MB16), &pol, now);
+        let p = plan(&backups, &objects, Some(MB16), None, &pol, now);
         prop_assert_eq!(p.keep.len() + p.delete.len(), backups.len());
         let newest = backups.last().expect("one");
         prop_assert!(p.keep.iter().any(|k| k.id == newest.id));
@@ -83,7 +83,7 @@ proptest! {
         let rest: Vec<Backup> = backups.iter().filter(|b| !gone.contains(&b.id)).cloned().collect();
         let gone_keys: BTreeSet<&Key> = p.wal.keys.iter().collect();
         let left: Vec<ObjectMeta> = objects.iter().filter(|o| !gone_keys.contains(&o.key)).cloned().collect();
-        let again = plan(&rest, &left, Some(MB16), &pol, now);
+        let again = plan(&rest, &left, Some(MB16), None, &pol, now);
         prop_assert!(again.is_empty(), "{:?} {:?}", again.delete, again.wal.delete);
     }
 }

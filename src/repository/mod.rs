@@ -84,6 +84,14 @@ pub fn wal_key(name: &WalFileName) -> Key {
     Key::new(key).unwrap_or_else(|e| unreachable!("wal key is valid: {e}"))
 }
 
+/// Decode an archived timeline history file (a codec object, [`crate::codec`]) of timeline `tli` and parse it as
+/// PostgreSQL writes it ([`crate::wal::TimelineHistory::parse`]). Errors: why it is not one, as text.
+pub fn decode_history(tli: crate::wal::TimelineId, object: &[u8]) -> Result<crate::wal::TimelineHistory, String> {
+    let mut text = Vec::new();
+    crate::codec::decode(object, &mut text).map_err(|e| e.to_string())?;
+    crate::wal::TimelineHistory::parse(tli, &String::from_utf8_lossy(&text))
+}
+
 /// The repository descriptor (`backupctl.json`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Descriptor {

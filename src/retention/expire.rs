@@ -124,11 +124,7 @@ pub async fn newest_history(
         }
         Err(e) => return Err(e),
     };
-    let mut text = Vec::new();
-    let parsed = crate::codec::decode(&object, &mut text)
-        .map_err(|e| e.to_string())
-        .and_then(|_| TimelineHistory::parse(tli, &String::from_utf8_lossy(&text)));
-    match parsed {
+    match crate::repository::decode_history(tli, &object) {
         Ok(h) => Ok(Some(h)),
         Err(reason) => {
             tracing::warn!(key = %key, reason, "unreadable timeline history; planning without it");

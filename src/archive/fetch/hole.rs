@@ -15,11 +15,10 @@ use std::time::{Duration, SystemTime};
 use bytes::Bytes;
 
 use crate::Error;
-use crate::codec;
 use crate::repository::{self, store};
 use crate::storage::{ObjectMeta, Storage};
 use crate::wal::continuity::{LaterWal, fork_evidence, later_file_evidence};
-use crate::wal::{SegmentName, SegmentSize, TimelineHistory, WalFileName};
+use crate::wal::{SegmentName, SegmentSize, WalFileName};
 
 /// Keys of the same timeline looked at after the absent segment (its own `.partial` and `.backup` files come
 /// first, then the next segments).
@@ -117,11 +116,7 @@ async fn newer_timeline_evidence(
             Err(e) if e.is_not_found() => continue,
             Err(e) => return Err(e.into()),
         };
-        let mut text = Vec::new();
-        let history = codec::decode(&object, &mut text)
-            .map_err(|e| e.to_string())
-            .and_then(|_| TimelineHistory::parse(tli, &String::from_utf8_lossy(&text)));
-        let history = match history {
+        let history = match repository::decode_history(tli, &object) {
             Ok(h) => h,
             Err(reason) => {
                 tracing::warn!(key = %meta.key, reason, "ignoring an unreadable timeline history");

@@ -2,9 +2,9 @@
 //!
 //! - Without `pitr-days`: every WAL file from the oldest kept backup's start segment on is kept, so every kept
 //!   backup can reach any later moment (what pgBackRest, WAL-G and Barman do).
-//! - With `pitr-days = D`: let B0 be the newest kept backup that stopped at or before `now - D days`, or the oldest
-//!   kept backup if none did (the plan keeps the backup the window needs: see `plan`). Every WAL file from B0's
-//!   start segment on is kept (so every moment since B0's stop, which includes the whole window, can be
+//! - With `pitr-days = D`: B0 is the window's base, which the plan keeps (see `plan`): the newest backup on the
+//!   newest timeline's path that stopped at or before `now - D days`, or the oldest on it if none did (the oldest
+//!   kept backup if no backup is on it). Every WAL file from B0's start segment on is kept (so every moment since B0's stop, which includes the whole window, can be
 //!   restored); each older kept backup keeps only the segments from its start to its stop, its `.backup` file
 //!   among them, and can restore to its consistent point only.
 //!

@@ -161,7 +161,7 @@ impl Lease {
     /// Renew the record (overwrite it with a new `renewed_at`).
     pub async fn renew(&self, storage: &dyn Storage) -> Result<(), Error> {
         let record = {
-            let mut r = self.record.lock().map_err(|_| self.lost(storage))?;
+            let mut r = self.record.lock().map_err(|_| self.lost(storage, self.since_renewed()))?;
             r.renewed_at = OffsetDateTime::now_utc().format(&Rfc3339).unwrap_or_default();
             r.clone()
         };
@@ -193,17 +193,14 @@ impl Lease {
     pub fn check(&self, storage: &dyn Storage) -> Result<(), Error> {
         let (now, past) = (self.since_renewed(), self.longest_past_gap());
         if now > TTL / 2 || past > TTL * 3 / 4 {
-            return Err(Error::Lost {
-                key: self.key.clone(),
-                backend: storage.to_string(),
-                seconds: now.max(past).as_secs(),
-            });
+            return Err(self.lost(storage, now.max(past)));
         }
         Ok(())
     }
 
-    fn lost(&self, storage: &dyn Storage) -> Error {
-        Error::Lost { key: self.key.clone(), backend: storage.to_string(), seconds: self.since_renewed().as_secs() }
+    /// [`Error::Lost`] for this lease, `gap` without renewal.
+    fn lost(&self, storage: &dyn Storage, gap: Duration) -> Error {
+        Error::Lost { key: self.key.clone(), backend: storage.to_string(), seconds: gap.as_secs() }
     }
 
     /// Delete the lease.
